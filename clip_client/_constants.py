@@ -1,0 +1,48 @@
+"""Defaults, in one place, so that the documentation and the code cannot drift apart."""
+
+from __future__ import annotations
+
+DEFAULT_TEXT_ENDPOINT = "clip-text-embedding"
+DEFAULT_IMAGE_ENDPOINT = "clip-image-embedding"
+
+#: Records per request. A Small endpoint runs a handful of requests at once; 32 records keeps each one
+#: well inside the 297 s model limit while amortising the per-request overhead.
+DEFAULT_BATCH_SIZE = 32
+
+#: Databricks Model Serving rejects bodies over 16 MB (decimal, 16_000_000 bytes, to be safe against
+#: either reading of "MB"). Stay a margin under it for proxies that count headers too.
+SERVING_MAX_REQUEST_BYTES = 16_000_000
+DEFAULT_MAX_REQUEST_BYTES = 15_000_000
+
+#: Requests in flight per client. A "Small" endpoint serves about four at once; more only queues.
+DEFAULT_MAX_CONCURRENCY = 4
+
+#: Retries after the first attempt, for connection errors, timeouts, 408, 429 and 5xx.
+DEFAULT_MAX_RETRIES = 8
+#: Exponential backoff: first wait, growth factor and cap, in seconds (full jitter is applied).
+RETRY_INITIAL_WAIT = 0.5
+RETRY_MAX_WAIT = 30.0
+#: A server's Retry-After is honoured up to this many seconds.
+RETRY_AFTER_MAX = 120.0
+#: Total time one batch may spend on retries before the last error is raised.
+DEFAULT_RETRY_DEADLINE = 900.0
+
+#: The model may run for 297 s; leave room for queueing and transfer.
+DEFAULT_TIMEOUT = 330.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: CLIP ViT-L/14 input resolution.
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_JPEG_QUALITY = 95
+
+#: Refuse images with more pixels than this before decoding them (decompression-bomb guard).
+#: 178,956,970 is the point at which Pillow itself refuses (twice its warning threshold).
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+
+#: ViT-L/14's embedding width; used only for the shape of an empty result.
+DEFAULT_EMBEDDING_DIM = 768
+
+#: Status codes that are worth another attempt.
+RETRYABLE_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
+
+LOGGER_NAME = "clip_client"

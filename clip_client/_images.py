@@ -1,0 +1,309 @@
+"""Image inputs to CLIP-ready pixels: decode, orient, convert to RGB, resize and crop exactly as the
+served model does, then encode.
+
+The served model (``CLIPModel`` + ``CLIPImageProcessor``) resizes the shortest edge to 224 with
+Pillow BICUBIC, center-crops 224x224 at the floor offset and converts to RGB, compositing alpha onto
+white. A 224x224 RGB image passes through that unchanged, so doing the same resize and crop here and
+sending the result losslessly gives the server exactly the pixels it would have computed from the
+original file, in a fraction of the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageDecodeError, InvalidInputError
+
+__all__ = ["ImageOptions", "PreparedImage", "clip_resize_crop", "prepare_image", "to_rgb"]
+
+_EXIF_ORIENTATION = 0x0112
+#: Above this many pixels the full-size intermediate of an extreme aspect ratio (a 30000x10 banner)
+#: would not fit in memory; such images are resized from the needed region only (see below).
+_MAX_INTERMEDIATE_PIXELS = 64_000_000
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How images are prepared; derived from the client settings."""
+
+    size: int = 224
+    format: Literal["png", "jpeg"] = "png"
+    jpeg_quality: int = 95
+    max_pixels: int = 178_956_970
+    #: "encoded": file bytes for the wire; "pixels": a uint8 array for the in-process model.
+    want: Literal["encoded", "pixels"] = "encoded"
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A CLIP-ready image: ``size`` x ``size`` RGB, as encoded bytes or pixels (whichever was asked)."""
+
+    encoded: bytes | None = None
+    pixels: npt.NDArray[np.uint8] | None = None
+
+    def b64(self) -> bytes:
+        if self.encoded is None:
+            raise ValueError("this image was prepared as pixels, not as encoded bytes")
+        return base64.b64encode(self.encoded)
+
+
+def prepare_image(value: object, index: int | None, opts: ImageOptions) -> PreparedImage:
+    """Turn one user input into a :class:`PreparedImage`, or raise an error that names ``index``."""
+    raw, path, img = _open(value, index, opts)
+    try:
+        _check_size(img, index, path, opts)
+        if raw is not None and opts.want == "encoded" and _is_ready_as_is(img, opts.size):
+            # Already a 224x224 RGB PNG/JPEG with no rotation: the server decodes these very bytes to
+            # the pixels we would send. Decode once anyway so a corrupt file fails here, not remotely.
+            _load(img, index, path)
+            return PreparedImage(encoded=raw)
+        _load(img, index, path)
+        try:
+            rgb = to_rgb(_exif_transpose(img))
+        except ValueError as exc:
+            raise ImageDecodeError(
+                f"cannot convert image mode {img.mode!r} to RGB ({exc})", index=index, path=path
+            ) from exc
+        out = clip_resize_crop(rgb, opts.size)
+        if opts.want == "pixels":
+            return PreparedImage(pixels=np.asarray(out, dtype=np.uint8))
+        return PreparedImage(encoded=encode(out, opts.format, opts.jpeg_quality))
+    finally:
+        if raw is not None or path is not None:
+            img.close()
+
+
+def clip_resize_crop(img: Image.Image, size: int) -> Image.Image:
+    """Resize the shortest edge to ``size`` (Pillow BICUBIC, long edge truncated) and center-crop
+    ``size`` x ``size`` at the floor offset: ``CLIPImageProcessor``'s arithmetic, bit for bit."""
+    width, height = img.size
+    if (width, height) == (size, size):
+        return img
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    if new_w * new_h <= _MAX_INTERMEDIATE_PIXELS:
+        return img.resize((new_w, new_h), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+    # Extreme aspect ratio: resizing the whole image would allocate gigabytes. Resample only the
+    # region that survives the crop; Pillow maps the same pixel centres, so this differs from the
+    # full resize by at most one level in a few pixels, and only for images that no server could
+    # resize whole either.
+    sx, sy = width / new_w, height / new_h
+    box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+    return img.resize((size, size), Image.Resampling.BICUBIC, box=box)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """RGB as ``transformers``' ``convert_to_rgb`` makes it: alpha (and palette or colour-key
+    transparency) composited onto white. 16-bit and float images are scaled to 8 bits first rather
+    than clipped to white, which is what a plain ``convert("RGB")`` would do to them."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif img.mode == "F":
+        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), "L")
+    if img.mode == "RGB":
+        return img
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def encode(img: Image.Image, fmt: Literal["png", "jpeg"], jpeg_quality: int) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        # Level 1 is several times faster than the default 6 and only a little larger on photos.
+        img.save(buf, format="PNG", compress_level=1)
+    else:
+        img.save(buf, format="JPEG", quality=jpeg_quality)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Opening the many kinds of input
+
+
+def _open(
+    value: object, index: int | None, opts: ImageOptions
+) -> tuple[bytes | None, str | None, Image.Image]:
+    """Returns (encoded bytes if the input was a file or bytes, path if any, an opened image)."""
+    if isinstance(value, Image.Image):
+        return None, None, value
+    if isinstance(value, np.ndarray):
+        return None, None, _from_array(value, index)
+    path: str | None = None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        what = "bytes"
+    elif isinstance(value, str) and value.startswith("data:"):
+        raw = _from_data_uri(value, index)
+        what = "data URI"
+    elif isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if not isinstance(path, str):
+            raise InvalidInputError("bytes paths are not supported; pass a str or pathlib.Path", index=index)
+        raw = _read_file(path, index)
+        what = "file"
+    else:
+        raise InvalidInputError(_unsupported(value), index=index)
+    if not raw:
+        raise ImageDecodeError(f"the {what} is empty (0 bytes)", index=index, path=path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as exc:
+        raise ImageDecodeError(
+            f"image refused as a possible decompression bomb ({exc}); raise max_image_pixels and "
+            "PIL.Image.MAX_IMAGE_PIXELS if it is genuine",
+            index=index,
+            path=path,
+        ) from exc
+    except UnidentifiedImageError as exc:
+        hint = "" if path is None else " (is it really an image, whatever its extension?)"
+        raise ImageDecodeError(
+            f"not a recognised image format{hint}; expected JPEG, PNG, GIF, WebP, BMP, TIFF...",
+            index=index,
+            path=path,
+        ) from exc
+    except _DECODE_ERRORS as exc:
+        raise ImageDecodeError(f"cannot read image: {exc}", index=index, path=path) from exc
+    return raw, path, img
+
+
+def _read_file(path: str, index: int | None) -> bytes:
+    if path.startswith(("http://", "https://", "s3://", "gs://", "abfss://", "dbfs:/")):
+        raise InvalidInputError(
+            "URLs are not fetched; download the file first (or pass a local path, /dbfs/... or "
+            "/Volumes/... path, or the bytes)",
+            index=index,
+            path=path,
+        )
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InvalidInputError("no such file", index=index, path=path) from None
+    except OSError as exc:
+        raise InvalidInputError(f"cannot access file: {exc.strerror or exc}", index=index, path=path) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise InvalidInputError("is a directory, not an image file", index=index, path=path)
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInputError(
+            "is not a regular file (a FIFO, socket or device); pass the image's bytes instead",
+            index=index,
+            path=path,
+        )
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read file: {exc.strerror or exc}", index=index, path=path) from exc
+
+
+def _from_data_uri(uri: str, index: int | None) -> bytes:
+    head, sep, data = uri.partition(",")
+    if not sep or not head.endswith(";base64"):
+        raise InvalidInputError(
+            "data URIs must look like 'data:image/png;base64,<data>'", index=index, path=None
+        )
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageDecodeError(f"the data URI's base64 is invalid ({exc})", index=index) from exc
+
+
+def _from_array(arr: npt.NDArray[np.generic], index: int | None) -> Image.Image:
+    if arr.dtype != np.uint8:
+        hint = ""
+        if np.issubdtype(arr.dtype, np.floating):
+            hint = "; for floats in [0, 1] use (arr * 255).round().clip(0, 255).astype(np.uint8)"
+        raise InvalidInputError(f"image arrays must be uint8, got {arr.dtype}{hint}", index=index)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise InvalidInputError(
+            f"image arrays must be HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), got shape {arr.shape}",
+            index=index,
+        )
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InvalidInputError(f"image array is empty (shape {arr.shape})", index=index)
+    mode = {2: "L", 3: "RGB", 4: "RGBA"}[arr.ndim if arr.ndim == 2 else arr.shape[2]]
+    return Image.fromarray(np.ascontiguousarray(arr), mode)
+
+
+def _unsupported(value: object) -> str:
+    kind = type(value).__name__
+    if value is None:
+        return "got None; expected an image path, bytes, a PIL image or a uint8 array"
+    if isinstance(value, (list, tuple)):
+        return f"got a nested {kind}; pass a flat list of images"
+    return (
+        f"unsupported image input of type {kind}; expected a path (str or os.PathLike), a "
+        "data:image/...;base64 URI, bytes, a PIL.Image.Image or a uint8 numpy array"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks and decoding
+
+
+def _check_size(img: Image.Image, index: int | None, path: str | None, opts: ImageOptions) -> None:
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image has no pixels ({width}x{height})", index=index, path=path)
+    if width * height > opts.max_pixels:
+        raise ImageDecodeError(
+            f"image is {width}x{height} = {width * height:,} pixels, over max_image_pixels="
+            f"{opts.max_pixels:,} (a decompression-bomb guard); raise max_image_pixels if it is genuine",
+            index=index,
+            path=path,
+        )
+
+
+def _load(img: Image.Image, index: int | None, path: str | None) -> None:
+    try:
+        img.load()
+    except _DECODE_ERRORS as exc:
+        raise ImageDecodeError(
+            f"cannot decode image ({exc}); the file may be truncated or corrupt", index=index, path=path
+        ) from exc
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a malformed EXIF block must not make an otherwise good image fail
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    if _orientation(img) in (2, 3, 4, 5, 6, 7, 8):
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def _is_ready_as_is(img: Image.Image, size: int) -> bool:
+    return (
+        img.format in ("PNG", "JPEG")
+        and img.mode == "RGB"
+        and img.size == (size, size)
+        and img.info.get("transparency") is None
+        and _orientation(img) == 1
+    )

@@ -1,0 +1,230 @@
+"""One exception tree for everything the client can raise.
+
+Every error says what failed, where (the input's index and path, or the endpoint and HTTP status) and,
+where it can, what to do about it. Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClipClientError",
+    "CredentialsError",
+    "EndpointNotFoundError",
+    "ImageDecodeError",
+    "InvalidInputError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseFormatError",
+    "ServerError",
+]
+
+
+class ClipClientError(Exception):
+    """Root of every error raised by clip_client."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Errors cross process boundaries (Spark, multiprocessing); keyword-only constructors would
+        # break the default pickling, so rebuild from the instance state instead.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore(cls: type[ClipClientError], args: tuple[Any, ...], state: dict[str, Any]) -> ClipClientError:
+    obj = cls.__new__(cls)
+    Exception.__init__(obj, *args)
+    obj.__dict__.update(state)
+    return obj
+
+
+class InvalidInputError(ClipClientError, ValueError):
+    """An input cannot be embedded. Raised before any request is sent for the batch that holds it.
+
+    Attributes:
+        index: position of the offending input in the list the caller passed (None for a bare call
+            such as ``embed_text``).
+        path: the file path, where the input was one.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None, path: str | None = None) -> None:
+        self.index = index
+        self.path = path
+        self.reason = message
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        where = []
+        if self.index is not None:
+            where.append(f"input {self.index}")
+        if self.path is not None:
+            where.append(f"path {self.path!r}")
+        prefix = f"{', '.join(where)}: " if where else ""
+        return f"{prefix}{self.reason}"
+
+
+class ImageDecodeError(InvalidInputError):
+    """An image input could not be read or decoded (corrupt, truncated, not an image, too large)."""
+
+
+class CredentialsError(ClipClientError):
+    """databricks-sdk could not produce credentials (expired OAuth secret, missing profile...)."""
+
+
+class ResponseFormatError(ClipClientError):
+    """The endpoint answered 200 but the body is not the embeddings we asked for."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None, request_id: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.request_id = request_id
+        parts = [message]
+        if endpoint:
+            parts.append(f"endpoint={endpoint!r}")
+        if request_id:
+            parts.append(f"request_id={request_id}")
+        super().__init__("; ".join(parts))
+
+
+class APIError(ClipClientError):
+    """A request to a serving endpoint failed.
+
+    Attributes:
+        endpoint: the serving endpoint's name.
+        attempts: how many attempts were made before this error was raised.
+    """
+
+    def __init__(self, message: str, *, endpoint: str | None = None, attempts: int = 1) -> None:
+        self.message = message
+        self.endpoint = endpoint
+        self.attempts = attempts
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        text = self._describe()
+        if self.attempts > 1:
+            text += f" (gave up after {self.attempts} attempts)"
+        return text
+
+    def _describe(self) -> str:
+        where = f"endpoint {self.endpoint!r}: " if self.endpoint else ""
+        return f"{where}{self.message}"
+
+
+class APIConnectionError(APIError):
+    """The request never got an HTTP answer: DNS, refused or dropped connection, TLS failure."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out (connect, write or read). Raise ``timeout`` for slow models."""
+
+
+class APIStatusError(APIError):
+    """The endpoint answered with an HTTP error status.
+
+    Attributes:
+        status_code: HTTP status.
+        error_code: the server's ``error_code`` (e.g. ``RESOURCE_DOES_NOT_EXIST``), when it sent one.
+        message: the server's message, or a short excerpt of a non-JSON body.
+        request_id: the ``x-request-id`` of the failed request, for support tickets.
+        retry_after: seconds the server asked us to wait, when it sent ``Retry-After``.
+    """
+
+    #: One line of advice appended to the message; subclasses override it.
+    hint: str = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        error_code: str | None = None,
+        request_id: str | None = None,
+        endpoint: str | None = None,
+        retry_after: float | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.status_code = status_code
+        self.error_code = error_code
+        self.request_id = request_id
+        self.retry_after = retry_after
+        super().__init__(message, endpoint=endpoint, attempts=attempts)
+
+    def _describe(self) -> str:
+        head = f"HTTP {self.status_code}"
+        if self.error_code:
+            head += f" {self.error_code}"
+        where = f"endpoint {self.endpoint!r} answered " if self.endpoint else ""
+        text = f"{where}{head}: {self.message}"
+        if self.request_id:
+            text += f" [request_id={self.request_id}]"
+        if self.hint:
+            text += f". {self.hint}"
+        return text
+
+
+class BadRequestError(APIStatusError):
+    """400: the endpoint rejected the input, or the model raised inside ``predict``."""
+
+    hint = "Check that the endpoint serves this kind of input (text vs image) and read the server's message"
+
+
+class AuthenticationError(APIStatusError):
+    """401: missing, expired or invalid credentials."""
+
+    hint = (
+        "Check DATABRICKS_TOKEN / DATABRICKS_HOST, your ~/.databrickscfg profile, or the OAuth client "
+        "credentials"
+    )
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the identity may not query this endpoint."""
+
+    hint = "Ask a workspace admin for CAN QUERY permission on the serving endpoint"
+
+
+class EndpointNotFoundError(APIStatusError):
+    """404: no serving endpoint of that name in this workspace."""
+
+    hint = "Check the endpoint name (text_endpoint= / image_endpoint=) and the workspace host"
+
+
+class PayloadTooLargeError(APIStatusError):
+    """413: the request body was over the serving limit (16 MB)."""
+
+    hint = "Lower max_request_bytes or batch_size"
+
+
+class RateLimitError(APIStatusError):
+    """429: the workspace or endpoint is over its request rate."""
+
+    hint = "Lower max_concurrency, or raise the endpoint's rate limit"
+
+
+class ServerError(APIStatusError):
+    """5xx: the endpoint failed, is scaling from zero, or timed out."""
+
+
+_STATUS_ERRORS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: EndpointNotFoundError,
+    413: PayloadTooLargeError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The most specific exception class for an HTTP error status."""
+    if status_code in _STATUS_ERRORS:
+        return _STATUS_ERRORS[status_code]
+    if status_code >= 500:
+        return ServerError
+    return APIStatusError
