@@ -109,6 +109,32 @@ class _BaseClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend!r})"
 
+    @classmethod
+    def local(
+        cls,
+        model: str | os.PathLike[str] = "openai/clip-vit-large-patch14",
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        compile: bool = False,
+        **client_options: Any,
+    ) -> Self:
+        """A client whose backend is the CLIP model in this process (:class:`LocalBackend`).
+
+        Needs no workspace. ``client_options`` are the usual client keywords (``batch_size``,
+        ``normalize``, ``progress``...); everything above the backend is the same code as remote.
+        """
+        from .local import LocalBackend
+
+        backend = LocalBackend(
+            model, device=device, dtype=dtype, batch_size=client_options.get("batch_size"), compile=compile
+        )
+        client_options.setdefault("batch_size", backend.batch_size)
+        client_options.setdefault("image_size", backend.image_size)
+        # Two batches in flight: one on the device while the next is tokenised/stacked and copied.
+        client_options.setdefault("max_concurrency", 2)
+        return cls(backend=backend, **client_options)
+
     # -- planning ------------------------------------------------------------------------------------
 
     def _call_settings(
@@ -131,6 +157,11 @@ class _BaseClient:
             endpoint=endpoint(kind) if callable(endpoint) else None,
             progress=bar,
         )
+
+    def _empty(self) -> FloatArray:
+        """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
+        dim = getattr(self.backend, "dim", None)
+        return empty_result(dim if isinstance(dim, int) else None)
 
     def _image_options(self) -> ImageOptions:
         s = self.settings
@@ -280,24 +311,23 @@ class ClipClient(_BaseClient):
         self, kind: Kind, total: int, payloads: Iterator[tuple[int, Any, int]], settings: Settings
     ) -> FloatArray:
         if total == 0:
-            return empty_result()
+            return self._empty()
         job = self._new_job(kind, total, settings)
         pool = self._requests()
         window: deque[tuple[Batch, Future[FloatArray]]] = deque()
         limit = self._window(settings)
 
-        def submit(batch: Batch | None) -> None:
+        def submit(batch: Batch | None, drain: bool = False) -> None:
             if batch is not None:
                 window.append((batch, pool.submit(self.backend.embed, kind, batch.payloads)))
-            while len(window) > limit or (batch is None and window):
+            while len(window) > limit or (drain and window):
                 done, fut = window.popleft()
                 job.complete(done, fut.result())
 
         try:
             for index, payload, nbytes in payloads:
                 submit(job.add(index, payload, nbytes))
-            submit(job.flush())
-            submit(None)
+            submit(job.flush(), drain=True)
         except BaseException:
             for _, fut in window:
                 fut.cancel()
@@ -405,23 +435,22 @@ class AsyncClipClient(_BaseClient):
 
     async def _run(self, kind: Kind, total: int, payloads: Any, settings: Settings) -> FloatArray:
         if total == 0:
-            return empty_result()
+            return self._empty()
         job = self._new_job(kind, total, settings)
         window: deque[tuple[Batch, asyncio.Task[FloatArray]]] = deque()
         limit = self._window(settings)
 
-        async def submit(batch: Batch | None) -> None:
+        async def submit(batch: Batch | None, drain: bool = False) -> None:
             if batch is not None:
                 window.append((batch, asyncio.ensure_future(self._send(kind, batch))))
-            while len(window) > limit or (batch is None and window):
+            while len(window) > limit or (drain and window):
                 done, task = window.popleft()
                 job.complete(done, await task)
 
         try:
             async for index, payload, nbytes in payloads:
                 await submit(job.add(index, payload, nbytes))
-            await submit(job.flush())
-            await submit(None)
+            await submit(job.flush(), drain=True)
         except BaseException:
             tasks = [task for _, task in window]
             for task in tasks:

@@ -19,7 +19,7 @@ DEFAULT_MAX_CONCURRENCY = 4
 
 #: Retries after the first attempt, for connection errors, timeouts, 408, 429 and 5xx.
 DEFAULT_MAX_RETRIES = 8
-#: Exponential backoff: first wait, growth factor and cap, in seconds (full jitter is applied).
+#: Exponential backoff: first wait and cap, in seconds; each wait is half fixed, half random.
 RETRY_INITIAL_WAIT = 0.5
 RETRY_MAX_WAIT = 30.0
 #: A server's Retry-After is honoured up to this many seconds.

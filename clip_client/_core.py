@@ -142,10 +142,9 @@ class BatchPlanner:
 
     def add(self, index: int, payload: Any, nbytes: int = 0) -> Batch | None:
         """Add one item; returns the batch it closed, if adding it closed one."""
-        cost = nbytes + 1  # the record and its separator
-        if self.max_bytes is not None and BODY_OVERHEAD + cost > self.max_bytes:
+        if self.max_bytes is not None and BODY_OVERHEAD + nbytes > self.max_bytes:
             raise InvalidInputError(
-                f"this input alone makes a {BODY_OVERHEAD + cost:,}-byte request, over "
+                f"this input alone makes a {BODY_OVERHEAD + nbytes:,}-byte request, over "
                 f"max_request_bytes={self.max_bytes:,}; shorten it (or, for an image, use "
                 "image_format='jpeg')",
                 index=index,
@@ -154,10 +153,11 @@ class BatchPlanner:
         current = self._current
         if current.indices and (
             len(current) >= self.max_items
-            or (self.max_bytes is not None and current.nbytes + cost > self.max_bytes)
+            or (self.max_bytes is not None and current.nbytes + 1 + nbytes > self.max_bytes)
         ):
             closed = self.flush()
             current = self._current
+        cost = nbytes + 1 if current.indices else nbytes  # n records are joined by n - 1 commas
         current.indices.append(index)
         current.payloads.append(payload)
         if self.max_bytes is not None:
@@ -235,8 +235,9 @@ def _unwrap_row(row: Any, i: int, fail: Any) -> Any:
 
 
 def l2_normalize(arr: FloatArray) -> FloatArray:
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    np.maximum(norms, np.finfo(np.float32).tiny, out=norms)
+    # Norms in float64: float32 squares of tiny values would underflow to a zero norm.
+    norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
+    np.maximum(norms, np.finfo(np.float64).tiny, out=norms)
     out: FloatArray = (arr / norms).astype(np.float32, copy=False)
     return out
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from pydantic import ValidationError
-from tenacity import RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity import RetryCallState, stop_after_attempt, stop_before_delay
 
 from . import _constants as C
 from .errors import (
@@ -56,11 +56,12 @@ __all__ = [
 
 def normalize_host(host: str) -> str:
     """``https://`` added when missing, trailing slash dropped; plain http only to loopback."""
-    host = host.strip().rstrip("/")
-    if not host:
+    host = host.strip()
+    if not host.rstrip("/"):
         raise ValueError("host is empty; pass host='https://<workspace>.cloud.databricks.com'")
-    if "://" not in host:
+    if "://" not in host:  # checked before stripping slashes, so "https://" is not read as a hostname
         host = "https://" + host
+    host = host.rstrip("/")
     parts = urlsplit(host)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"host {host!r} is not an http(s) URL of a Databricks workspace")
@@ -163,8 +164,8 @@ def resolve_workspace(
             config = Config(**kwargs)
         except ValueError as exc:
             raise ValueError(
-                f"could not resolve a Databricks workspace: {exc}. Pass host= and token=, set "
-                "DATABRICKS_HOST and DATABRICKS_TOKEN, or name a ~/.databrickscfg profile= "
+                f"could not resolve a Databricks workspace: {str(exc).rstrip('.')}. Pass host= and "
+                "token=, set DATABRICKS_HOST and DATABRICKS_TOKEN, or name a ~/.databrickscfg profile= "
                 "(or use ClipClient.local() to run the model in-process)"
             ) from exc
     if not config.host:
@@ -265,6 +266,15 @@ def _log_retry(state: RetryCallState) -> None:
     logger.info("retrying after attempt %d failed: %s; waiting %.2fs", state.attempt_number, exc, wait)
 
 
+def _should_retry(state: RetryCallState) -> bool:
+    """The retry decision. It also stamps the attempt count on the error, so one that is raised at
+    once (a 400 after two 503s) reports every attempt its batch took, not just the last."""
+    exc = state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
+    if isinstance(exc, APIError):
+        exc.attempts = state.attempt_number
+    return exc is not None and is_retryable(exc)
+
+
 def _give_up(state: RetryCallState) -> Any:
     exc = state.outcome.exception() if state.outcome else None
     if isinstance(exc, APIError):
@@ -281,7 +291,7 @@ def retry_arguments(
     The error that finally escapes is the last one, of its precise type, with ``attempts`` set.
     """
     return {
-        "retry": retry_if_exception(is_retryable),
+        "retry": _should_retry,
         "stop": stop_after_attempt(max_retries + 1) | stop_before_delay(deadline),
         "wait": _Backoff(backoff, backoff_max),
         "before_sleep": _log_retry,

@@ -24,6 +24,8 @@ import numpy as np
 from clip_client.types import InvocationRequest
 
 DIM = 768
+#: The token test clients send (``ServingServer.client_kwargs``); tests check it never leaks.
+TOKEN = "dapi-e2e-secret-0123456789abcdef"
 
 
 def expected_vector(kind: str, value: str | bytes, dim: int = DIM) -> np.ndarray:
@@ -79,18 +81,27 @@ class ServingServer:
         self.model = model
         self.latency = latency
         self.received: list[Received] = []
+        #: (method, path) of every request, errors and scripted replies included, in arrival order.
+        self.requests: list[tuple[str, str]] = []
         self.script: list[Reply] = []  # consumed one per invocation, before normal handling
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )  # a short poll interval: shutdown() waits up to one interval
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+    def client_kwargs(self, **overrides: Any) -> dict[str, Any]:
+        """Keywords for a ``ClipClient``/``AsyncClipClient`` of this server: explicit host and token,
+        no retry backoff (retries cost no time) and a timeout that turns a hang into a failure."""
+        return {"host": self.url, "token": TOKEN, "retry_backoff": 0, "timeout": 30, **overrides}
 
     def __enter__(self) -> ServingServer:
         self._thread.start()
@@ -108,6 +119,12 @@ class ServingServer:
         if kind == "text":
             return [expected_vector("text", x, self.dim).tolist() for x in inputs]
         return [expected_vector("image", base64.b64decode(x), self.dim).tolist() for x in inputs]
+
+    def posts(self, endpoint: str | None = None) -> int:
+        """POSTs received (for ``endpoint``, when given), answered or not."""
+        return sum(
+            m == "POST" and (endpoint is None or p.split("/")[2:3] == [endpoint]) for m, p in self.requests
+        )
 
     def inputs(self, endpoint: str | None = None) -> list[str]:
         return [x for r in self.received if endpoint is None or r.endpoint == endpoint for x in r.inputs]
@@ -130,16 +147,22 @@ class ServingServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+            def _error(
+                self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+            ) -> None:
                 body = json.dumps({"error_code": code, "message": message}).encode()
                 self._send(status, body, {"x-request-id": "req-err", **(headers or {})})
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
+                with server.lock:
+                    server.requests.append(("GET", self.path))
                 self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 raw = self.rfile.read(length)
+                with server.lock:
+                    server.requests.append(("POST", self.path))
                 parts = self.path.strip("/").split("/")
                 if len(parts) != 3 or parts[0] != "serving-endpoints" or parts[2] != "invocations":
                     return self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
@@ -160,7 +183,9 @@ class ServingServer:
                             self.close_connection = True
                             self.connection.close()
                             return None
-                        body = reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                        body = (
+                            reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
+                        )
                         return self._send(reply.status, body, reply.headers)
                     started = time.monotonic()
                     try:
@@ -179,7 +204,9 @@ class ServingServer:
                             Received(name, inputs, dict(self.headers), len(raw), started, time.monotonic())
                         )
                     return self._send(
-                        200, json.dumps({"predictions": rows}).encode(), {"x-request-id": f"req-{len(server.received)}"}
+                        200,
+                        json.dumps({"predictions": rows}).encode(),
+                        {"x-request-id": f"req-{len(server.received)}"},
                     )
                 finally:
                     with server.lock:

@@ -1,0 +1,65 @@
+"""Embed a few texts and a generated image on your workspace's CLIP endpoints, then zero-shot classify.
+
+Run it with any credentials databricks-sdk understands, for example::
+
+    DATABRICKS_HOST=https://<workspace>.cloud.databricks.com DATABRICKS_TOKEN=<token> \\
+        python examples/quickstart.py
+
+or ``DATABRICKS_CONFIG_PROFILE=<profile>`` for a ``~/.databrickscfg`` profile, or
+``DATABRICKS_CLIENT_ID``/``DATABRICKS_CLIENT_SECRET`` for OAuth M2M. The endpoints default to
+``clip-text-embedding`` and ``clip-image-embedding``; this script reads ``CLIP_TEXT_ENDPOINT`` and
+``CLIP_IMAGE_ENDPOINT`` to point it at others.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from clip_client import ClipClient, ClipClientError
+
+LABELS = ["a red circle", "a blue square", "a photo of a dog"]
+
+
+def make_images() -> list[object]:
+    """Two images made here, so the example needs no files: a PIL image and a uint8 array."""
+    circle = Image.new("RGB", (320, 240), "white")
+    ImageDraw.Draw(circle).ellipse((80, 40, 240, 200), fill=(220, 20, 30))
+    square = np.full((256, 256, 3), 255, dtype=np.uint8)
+    square[48:208, 48:208] = (30, 60, 220)
+    return [circle, square]
+
+
+def main() -> int:
+    endpoints = {
+        key: value
+        for key, value in {
+            "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
+            "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
+        }.items()
+        if value
+    }
+    try:
+        # No host/token arguments: the workspace comes from the databricks-sdk config chain.
+        with ClipClient(normalize=True, **endpoints) as client:
+            print(client)
+            text_vecs = client.embed_texts(LABELS)
+            image_vecs = client.embed_images(make_images())
+    except (ClipClientError, ValueError) as exc:
+        print(f"error: {exc}")
+        return 1
+
+    print(f"texts:  {text_vecs.shape} {text_vecs.dtype}")
+    print(f"images: {image_vecs.shape} {image_vecs.dtype}")
+    # Rows are L2-normalised (normalize=True), so a dot product is the cosine similarity.
+    similarity = image_vecs @ text_vecs.T
+    for name, row in zip(["circle image", "square image"], similarity, strict=True):
+        scores = ", ".join(f"{label!r}: {score:.3f}" for label, score in zip(LABELS, row, strict=True))
+        print(f"{name}: {scores} -> best {LABELS[int(row.argmax())]!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,610 @@
+"""Unit tests of the sans-I/O core (input checks, batch planning, wire encoding, response validation,
+reassembly), the settings model and the pickling of errors."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import pathlib
+import pickle
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from clip_client import _core
+from clip_client._constants import DEFAULT_EMBEDDING_DIM
+from clip_client._core import (
+    BODY_OVERHEAD,
+    Batch,
+    BatchPlanner,
+    EmbedJob,
+    check_image_list,
+    check_text,
+    check_text_list,
+    encode_body,
+    encode_record,
+    parse_predictions,
+)
+from clip_client.errors import (
+    APITimeoutError,
+    ImageDecodeError,
+    InvalidInputError,
+    RateLimitError,
+    ResponseFormatError,
+)
+from clip_client.types import InvocationRequest, Settings
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def test_check_text_list_refuses_a_bare_string_and_points_to_embed_text():
+    with pytest.raises(TypeError, match=r"embed_text\(text\)"):
+        check_text_list("a red car")
+
+
+@pytest.mark.parametrize("value", [b"abc", bytearray(b"abc"), 42, None])
+def test_check_text_list_refuses_non_lists(value):
+    with pytest.raises(TypeError, match="list of strings"):
+        check_text_list(value)
+
+
+def test_check_text_list_accepts_any_iterable_and_keeps_order():
+    assert check_text_list(["a", "b"]) == ["a", "b"]
+    assert check_text_list(t for t in ("x", "y", "z")) == ["x", "y", "z"]
+    assert check_text_list(("é", "日本", "🙂")) == ["é", "日本", "🙂"]
+    assert check_text_list([]) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "fragment"),
+    [
+        (b"bytes", "got bytes"),
+        (bytearray(b"x"), "got bytes"),
+        (7, "got int"),
+        (None, "got NoneType"),
+        (3.5, "got float"),
+        ("", "empty"),
+        ("a\ud800b", "lone surrogate"),
+    ],
+)
+@pytest.mark.parametrize("position", [0, 2])
+def test_check_text_list_names_the_index_of_a_bad_text(bad, fragment, position):
+    texts: list[object] = ["ok one", "ok two", "ok three"]
+    texts[position] = bad
+    with pytest.raises(InvalidInputError) as info:
+        check_text_list(texts)
+    err = info.value
+    assert err.index == position
+    assert fragment in str(err)
+    assert str(err).startswith(f"input {position}: ")
+    assert isinstance(err, ValueError)  # callers catching ValueError still catch it
+
+
+def test_check_text_reports_the_surrogate_position_and_allows_none_index():
+    with pytest.raises(InvalidInputError, match="character 3") as info:
+        check_text("abc\udcff", None)
+    assert info.value.index is None
+    assert not str(info.value).startswith("input")
+
+
+def test_first_bad_text_is_reported():
+    with pytest.raises(InvalidInputError) as info:
+        check_text_list(["fine", "", 5])
+    assert info.value.index == 1
+
+
+@pytest.mark.parametrize(
+    "single",
+    [
+        "photo.jpg",
+        pathlib.Path("photo.jpg"),
+        b"\x89PNG....",
+        bytearray(b"\xff\xd8"),
+        memoryview(b"\xff\xd8"),
+        Image.new("RGB", (4, 4)),
+        np.zeros((4, 4, 3), dtype=np.uint8),
+        np.zeros((4, 4), dtype=np.uint8),
+    ],
+    ids=["str", "path", "bytes", "bytearray", "memoryview", "pil", "array-hwc", "array-hw"],
+)
+def test_check_image_list_refuses_a_single_image(single):
+    with pytest.raises(TypeError, match=r"embed_image\(image\)"):
+        check_image_list(single)
+
+
+def test_check_image_list_refuses_non_iterables():
+    with pytest.raises(TypeError, match="got int"):
+        check_image_list(12)
+
+
+def test_check_image_list_accepts_lists_generators_and_stacks():
+    paths = ["a.png", "b.png"]
+    assert check_image_list(paths) is paths
+    assert check_image_list(p for p in paths) == paths
+    stack = np.arange(2 * 3 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 3)
+    items = check_image_list(stack)
+    assert len(items) == 2
+    np.testing.assert_array_equal(items[1], stack[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# Wire encoding
+
+TRICKY_TEXTS = [
+    "plain",
+    'she said "hi"',
+    "back\\slash \\n not a newline",
+    "line one\nline two\r\n\ttabbed",
+    "ünïcödé, 日本語, Ελληνικά",
+    "emoji 🚗🐕‍🦺 and flags 🇫🇷",
+    "control \x00\x1f chars",
+    "</script><!-- -->",
+    " ",
+]
+
+
+@pytest.mark.parametrize("text", TRICKY_TEXTS)
+def test_encode_record_round_trips_text(text):
+    record = encode_record(text)
+    assert json.loads(record) == {"input": text}
+    record.decode("ascii")  # non-ASCII is escaped, so the byte count is the wire count
+
+
+def test_encode_record_embeds_base64_bytes_verbatim():
+    b64 = b"iVBORw0KGgoAAAANSUhEUg+/="
+    assert encode_record(b64) == b'{"input":"iVBORw0KGgoAAAANSUhEUg+/="}'
+    assert json.loads(encode_record(b64)) == {"input": b64.decode()}
+
+
+def test_encode_body_is_exactly_dataframe_records():
+    body = encode_body([encode_record(t) for t in TRICKY_TEXTS])
+    doc = json.loads(body)
+    assert doc == {"dataframe_records": [{"input": t} for t in TRICKY_TEXTS]}
+    assert [r.input for r in InvocationRequest.model_validate_json(body).dataframe_records] == TRICKY_TEXTS
+    assert json.loads(encode_body([])) == {"dataframe_records": []}
+    assert len(encode_body([])) == BODY_OVERHEAD
+
+
+# --------------------------------------------------------------------------------------------------
+# Batch planning
+
+
+def plan(planner: BatchPlanner, records: list[bytes]) -> list[Batch]:
+    batches = []
+    for i, record in enumerate(records):
+        closed = planner.add(i, record, len(record))
+        if closed is not None:
+            batches.append(closed)
+    last = planner.flush()
+    if last is not None:
+        batches.append(last)
+    assert planner.flush() is None
+    return batches
+
+
+def test_planner_by_count():
+    batches = plan(BatchPlanner(3, None), [b"x"] * 8)
+    assert [b.indices for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [len(b) for b in batches] == [3, 3, 2]
+
+
+def test_planner_add_returns_the_batch_it_closed():
+    planner = BatchPlanner(2, None)
+    assert planner.add(0, "a") is None
+    assert planner.add(1, "b") is None
+    closed = planner.add(2, "c")
+    assert closed is not None
+    assert closed.indices == [0, 1]
+    assert closed.payloads == ["a", "b"]
+    assert planner.flush().payloads == ["c"]
+
+
+def test_planner_with_no_items_makes_no_batch():
+    assert plan(BatchPlanner(4, 10_000), []) == []
+
+
+def test_planner_by_bytes_keeps_every_body_under_the_limit_and_exact():
+    records = [encode_record("x" * n) for n in (10, 50, 5, 200, 1, 1, 1, 90, 300, 7)]
+    max_bytes = 400
+    batches = plan(BatchPlanner(100, max_bytes), records)
+    assert len(batches) > 1
+    for batch in batches:
+        body = encode_body(batch.payloads)
+        assert len(body) <= max_bytes
+        assert batch.nbytes == len(body)
+    # no batch was closed early: the next record would not have fit
+    for batch, following in itertools.pairwise(batches):
+        first_next = records[following.indices[0]]
+        assert len(encode_body([*batch.payloads, first_next])) > max_bytes
+
+
+def test_planner_accepts_a_body_of_exactly_max_bytes():
+    record = encode_record("y" * 100)
+    limit = len(encode_body([record]))
+    batches = plan(BatchPlanner(10, limit), [record, record])
+    assert [b.indices for b in batches] == [[0], [1]]
+    two = len(encode_body([record, record]))
+    batches = plan(BatchPlanner(10, two), [record, record, record])
+    assert [b.indices for b in batches] == [[0, 1], [2]]
+
+
+def test_planner_refuses_an_item_too_large_alone_naming_its_index():
+    small = encode_record("fine")
+    huge = encode_record("z" * 2000)
+    planner = BatchPlanner(10, 1024)
+    planner.add(0, small, len(small))
+    with pytest.raises(InvalidInputError) as info:
+        planner.add(1, huge, len(huge))
+    err = info.value
+    assert err.index == 1
+    exact = len(encode_body([huge]))
+    assert f"{exact:,}-byte request" in str(err)
+    assert "max_request_bytes=1,024" in str(err)
+    # an item one byte over the limit is refused, one that exactly fits is not
+    with pytest.raises(InvalidInputError):
+        BatchPlanner(10, exact - 1).add(0, huge, len(huge))
+    assert BatchPlanner(10, exact).add(0, huge, len(huge)) is None
+
+
+def test_planner_property_random_inputs():
+    """Random sizes and limits: order kept, each index once, both limits hold, no early close."""
+    rng = random.Random(20240601)
+    for _ in range(300):
+        n = rng.randrange(0, 60)
+        max_items = rng.randrange(1, 12)
+        max_bytes = rng.choice([None, rng.randrange(BODY_OVERHEAD + 20, 2000)])
+        texts = ["w" * rng.randrange(1, 120) for _ in range(n)]
+        records = [encode_record(t) for t in texts]
+        if max_bytes is not None:
+            records = [r for r in records if len(encode_body([r])) <= max_bytes]
+        batches = plan(BatchPlanner(max_items, max_bytes), records)
+        flat = [i for b in batches for i in b.indices]
+        assert flat == list(range(len(records)))
+        for b in batches:
+            assert 1 <= len(b) <= max_items
+            assert b.payloads == [records[i] for i in b.indices]
+            if max_bytes is not None:
+                assert len(encode_body(b.payloads)) <= max_bytes
+        for b, nxt in itertools.pairwise(batches):
+            would_be = [*b.payloads, records[nxt.indices[0]]]
+            assert len(b) == max_items or (max_bytes is not None and len(encode_body(would_be)) > max_bytes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Response validation
+
+
+@pytest.fixture(params=["orjson", "stdlib"])
+def json_backend(request, monkeypatch):
+    """parse_predictions must behave the same with and without the optional orjson."""
+    if request.param == "stdlib":
+        monkeypatch.setattr(_core, "_orjson", None)
+    elif _core._orjson is None:
+        pytest.skip("orjson not installed")
+    return request.param
+
+
+def dumps(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_parse_list_rows(json_backend):
+    arr = parse_predictions(dumps({"predictions": [[1, 2.5, -3], [0.1, 0.2, 0.3]]}), 2)
+    assert arr.dtype == np.float32
+    assert arr.shape == (2, 3)
+    np.testing.assert_array_equal(arr[0], np.array([1, 2.5, -3], dtype=np.float32))
+
+
+def test_parse_object_rows(json_backend):
+    body = dumps({"predictions": [{"embedding": [1.0, 2.0]}, {"embedding": [3.0, 4.0]}]})
+    np.testing.assert_array_equal(parse_predictions(body, 2), [[1, 2], [3, 4]])
+
+
+def test_parse_column_oriented_predictions(json_backend):
+    body = dumps({"predictions": {"embedding": [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]}})
+    arr = parse_predictions(body, 3)
+    assert arr.dtype == np.float32
+    np.testing.assert_array_equal(arr, [[1, 2], [3, 4], [5, 6]])
+
+
+def test_parse_ignores_extra_top_level_keys(json_backend):
+    body = dumps({"predictions": [[1.0]], "model_version": "3"})
+    np.testing.assert_array_equal(parse_predictions(body, 1), [[1.0]])
+
+
+@pytest.mark.parametrize(
+    ("body", "rows", "fragment"),
+    [
+        (dumps({"predictions": [[1.0, 2.0]]}), 2, "sent 2 records but got 1 rows back"),
+        (dumps({"predictions": [[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]]}), 2, "got 3 rows back"),
+        (dumps({"predictions": [[1.0, 2.0], [1.0]]}), 2, "not equal-length"),
+        (dumps({"predictions": [[1.0, "x"]]}), 1, "not equal-length lists of numbers"),
+        (dumps({"predictions": [[1.0, None]]}), 1, "row 0 holds NaN"),
+        (dumps({"predictions": [1.0, 2.0]}), 2, "2-D"),
+        (dumps({"predictions": [[]]}), 1, "2-D"),
+        (b'{"predictions": [[1.0, NaN]]}', 1, ""),
+        pytest.param(
+            dumps({"predictions": [[0.5], [1e39]]}),
+            2,
+            "row 1 holds NaN or infinite values",
+            marks=pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
+        ),
+        (b"upstream connect error", 1, "not JSON (starts with 'upstream connect error')"),
+        (b"<html>\n<body>Bad Gateway</body></html>", 1, "not JSON (starts with '<html>"),
+        (b"", 1, "not JSON"),
+        (
+            dumps({"error_code": "X", "message": "m"}),
+            1,
+            "no 'predictions' key (keys: ['error_code', 'message'])",
+        ),
+        (dumps([[1.0, 2.0]]), 1, "JSON list, expected an object with 'predictions'"),
+        (dumps("hello"), 1, "JSON str"),
+        (dumps({"predictions": "oops"}), 1, "'predictions' is a str"),
+        (dumps({"predictions": {"a": [[1.0]], "b": [[2.0]]}}), 1, "'predictions' is a dict"),
+        (dumps({"predictions": [{"a": [1.0], "b": [2.0]}]}), 1, "row 0 is not a list of floats"),
+        (dumps({"predictions": [{"e": [1.0]}, [2.0]]}), 2, "row 1 is not a list of floats"),
+    ],
+    ids=[
+        "too-few-rows",
+        "too-many-rows",
+        "ragged",
+        "strings",
+        "nulls",
+        "flat-list",
+        "empty-row",
+        "nan-literal",
+        "overflow-inf",
+        "plain-text",
+        "html",
+        "empty-body",
+        "error-object",
+        "json-list",
+        "json-string",
+        "predictions-str",
+        "predictions-multi-key-dict",
+        "row-multi-key",
+        "mixed-rows",
+    ],
+)
+def test_parse_refuses_malformed_answers(json_backend, body, rows, fragment):
+    with pytest.raises(ResponseFormatError) as info:
+        parse_predictions(body, rows, endpoint="clip-text-embedding", request_id="req-9")
+    message = str(info.value)
+    assert fragment in message
+    assert "endpoint='clip-text-embedding'" in message
+    assert "request_id=req-9" in message
+    assert info.value.endpoint == "clip-text-embedding"
+    assert info.value.request_id == "req-9"
+
+
+def test_parse_nan_names_the_row_with_stdlib_json(monkeypatch):
+    monkeypatch.setattr(_core, "_orjson", None)
+    with pytest.raises(ResponseFormatError, match="row 1 holds NaN"):
+        parse_predictions(b'{"predictions": [[1.0], [NaN]]}', 2)
+    with pytest.raises(ResponseFormatError, match="row 0 holds NaN or infinite"):
+        parse_predictions(b'{"predictions": [[Infinity], [1.0]]}', 2)
+
+
+def test_parse_excerpt_of_a_long_body_is_short():
+    body = b"<html>" + b"x" * 10_000 + b"</html>"
+    with pytest.raises(ResponseFormatError) as info:
+        parse_predictions(body, 1)
+    assert len(str(info.value)) < 300
+
+
+# --------------------------------------------------------------------------------------------------
+# Reassembly
+
+
+def planned_job(total: int, batch_size: int, **kwargs) -> tuple[EmbedJob, list[Batch]]:
+    job = EmbedJob(total, BatchPlanner(batch_size, None), **kwargs)
+    batches = [b for i in range(total) if (b := job.add(i, f"item{i}")) is not None]
+    if (last := job.flush()) is not None:
+        batches.append(last)
+    return job, batches
+
+
+def rows_for(indices: list[int], dim: int = 3) -> np.ndarray:
+    return np.array([[i, i * 10, -i] for i in indices], dtype=np.float32)[:, :dim]
+
+
+def test_job_reassembles_out_of_order_completions():
+    job, batches = planned_job(10, 3)
+    order = [2, 0, 3, 1]
+    for k in order:
+        job.complete(batches[k], rows_for(batches[k].indices))
+    out = job.result(normalize=False)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, rows_for(list(range(10))))
+
+
+def test_job_handles_non_consecutive_indices():
+    job = EmbedJob(4, BatchPlanner(4, None))
+    job.complete(Batch(indices=[3, 1]), rows_for([3, 1]))
+    job.complete(Batch(indices=[0, 2]), rows_for([0, 2]))
+    np.testing.assert_array_equal(job.result(normalize=False), rows_for([0, 1, 2, 3]))
+
+
+def test_job_refuses_a_width_change():
+    job, batches = planned_job(4, 2, endpoint="ep")
+    job.complete(batches[0], np.ones((2, 3), dtype=np.float32))
+    with pytest.raises(ResponseFormatError, match=r"width changed between requests \(3 then 4\)") as info:
+        job.complete(batches[1], np.ones((2, 4), dtype=np.float32))
+    assert info.value.endpoint == "ep"
+
+
+def test_job_refuses_a_wrong_row_count():
+    job, batches = planned_job(4, 2)
+    with pytest.raises(ResponseFormatError, match="sent 2 inputs but got 1 rows"):
+        job.complete(batches[0], np.ones((1, 3), dtype=np.float32))
+
+
+def test_job_refuses_to_return_a_partial_result():
+    job, batches = planned_job(4, 2)
+    job.complete(batches[1], rows_for(batches[1].indices))
+    with pytest.raises(RuntimeError, match="2 of 4 rows"):
+        job.result(normalize=False)
+
+
+def test_job_normalize_gives_unit_rows_and_keeps_zero_rows_finite():
+    job, batches = planned_job(3, 3)
+    rows = np.array([[3.0, 4.0], [0.0, 0.0], [-2e-4, 1e-4]], dtype=np.float32)
+    job.complete(batches[0], rows)
+    out = job.result(normalize=True)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0], [0.6, 0.8], rtol=1e-6)
+    np.testing.assert_array_equal(out[1], [0.0, 0.0])
+    np.testing.assert_allclose(np.linalg.norm(out[[0, 2]], axis=1), 1.0, rtol=1e-5)
+    assert out.dtype == np.float32
+    # normalize=False returns the raw rows
+    np.testing.assert_array_equal(job.result(normalize=False), rows)
+
+
+def test_job_with_no_inputs_returns_an_empty_array():
+    job = EmbedJob(0, BatchPlanner(4, None))
+    out = job.result(normalize=True)
+    assert out.shape == (0, DEFAULT_EMBEDDING_DIM)
+    assert out.dtype == np.float32
+
+
+def test_job_reports_progress_and_closes_it():
+    class Bar:
+        def __init__(self):
+            self.n = 0
+            self.closed = False
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    bar = Bar()
+    job, batches = planned_job(5, 2, progress=bar)
+    for b in reversed(batches):
+        job.complete(b, rows_for(b.indices))
+    job.close()
+    assert bar.n == 5
+    assert bar.closed
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_concurrency": 0}, "max_concurrency"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"retry_deadline": 0}, "retry_deadline"),
+        ({"timeout": 0}, "timeout"),
+        ({"max_request_bytes": 10}, "max_request_bytes"),
+        ({"jpeg_quality": 101}, "jpeg_quality"),
+        ({"image_format": "gif"}, "image_format"),
+        ({"text_endpoint": "a/b"}, "text_endpoint"),
+        ({"image_endpoint": " padded "}, "image_endpoint"),
+        ({"text_endpoint": ""}, "text_endpoint"),
+        ({"bacth_size": 4}, "bacth_size"),
+    ],
+)
+def test_settings_validation_names_the_field(kwargs, field):
+    with pytest.raises(ValidationError) as info:
+        Settings(**kwargs)
+    assert field in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_settings_unknown_keyword_is_refused_as_extra():
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        Settings(unknown=1)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("jpg", "jpeg"), ("JPG", "jpeg"), ("JPEG", "jpeg"), ("PNG", "png")]
+)
+def test_settings_image_format_aliases(given, stored):
+    assert Settings(image_format=given).image_format == stored
+
+
+def test_settings_merged_overrides_and_validates():
+    base = Settings(batch_size=8, normalize=False)
+    merged = base.merged(batch_size=2, normalize=True, progress=None)
+    assert (merged.batch_size, merged.normalize, merged.progress) == (2, True, False)
+    assert (base.batch_size, base.normalize) == (8, False)  # the original is untouched
+    assert merged.text_endpoint == base.text_endpoint
+    assert base.merged() is base
+    assert base.merged(batch_size=None) is base
+    assert base.merged(image_format="jpg").image_format == "jpeg"
+    with pytest.raises(ValidationError, match="batch_size"):
+        base.merged(batch_size=0)
+    with pytest.raises(ValidationError):
+        base.merged(nonsense=1)
+
+
+def test_settings_are_frozen():
+    with pytest.raises(ValidationError):
+        Settings().batch_size = 3  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors cross process boundaries
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        InvalidInputError("text is empty", index=3),
+        InvalidInputError("bad", index=None, path="/tmp/a.png"),
+        ImageDecodeError("cannot identify image file", index=7, path="/data/x.jpg"),
+        RateLimitError(
+            "Exceeded",
+            status_code=429,
+            error_code="REQUEST_LIMIT_EXCEEDED",
+            request_id="r-1",
+            endpoint="clip-text-embedding",
+            retry_after=2.0,
+            attempts=4,
+        ),
+        APITimeoutError("request timed out (ReadTimeout)", endpoint="clip-image-embedding", attempts=3),
+        ResponseFormatError("sent 2 records but got 1 rows back", endpoint="ep", request_id="r-2"),
+    ],
+    ids=["invalid-input", "invalid-input-path", "image-decode", "rate-limit", "timeout", "response-format"],
+)
+def test_errors_survive_pickling(err):
+    clone = pickle.loads(pickle.dumps(err))
+    assert type(clone) is type(err)
+    assert str(clone) == str(err)
+    assert clone.args == err.args
+    assert vars(clone) == vars(err)
+
+
+def test_pickled_errors_keep_their_attributes():
+    err = RateLimitError(
+        "Exceeded",
+        status_code=429,
+        error_code="REQUEST_LIMIT_EXCEEDED",
+        request_id="r-1",
+        endpoint="clip-text-embedding",
+        retry_after=2.0,
+        attempts=4,
+    )
+    clone = pickle.loads(pickle.dumps(err))
+    assert (clone.status_code, clone.error_code, clone.request_id, clone.endpoint) == (
+        429,
+        "REQUEST_LIMIT_EXCEEDED",
+        "r-1",
+        "clip-text-embedding",
+    )
+    assert (clone.retry_after, clone.attempts, clone.message) == (2.0, 4, "Exceeded")
+    assert "gave up after 4 attempts" in str(clone)
+
+    decode = pickle.loads(pickle.dumps(ImageDecodeError("truncated", index=7, path="/x.jpg")))
+    assert (decode.index, decode.path, decode.reason) == (7, "/x.jpg", "truncated")
+    assert isinstance(decode, InvalidInputError)
+    assert isinstance(decode, ValueError)
