@@ -23,12 +23,14 @@ from .errors import (
     EndpointNotFoundError,
     ImageDecodeError,
     InvalidInputError,
+    ModelLoadError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
     ResponseFormatError,
     ServerError,
 )
+from .local import LocalBackend
 from .types import EmbeddingArray, ImageInput, Settings
 
 __all__ = [
@@ -48,6 +50,8 @@ __all__ = [
     "ImageDecodeError",
     "ImageInput",
     "InvalidInputError",
+    "LocalBackend",
+    "ModelLoadError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",

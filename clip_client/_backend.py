@@ -9,15 +9,16 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
-from tenacity import AsyncRetrying, Retrying
+from tenacity import AsyncRetrying, RetryCallState, Retrying
+from tenacity.stop import stop_base
 
 from . import _constants as C
-from ._core import FloatArray, Kind, encode_body, encode_record, parse_predictions
+from ._concurrency import AIMDLimit, AsyncLimiter, Slot, ThreadLimiter
+from ._core import CallContext, FloatArray, Kind, encode_body, encode_record, parse_predictions
 from ._images import PreparedImage
 from ._transport import (
     Workspace,
@@ -47,11 +48,12 @@ class Backend(Protocol):
         """The per-item payload a batch is made of, and its size in bytes (0 when unbounded)."""
         ...
 
-    def embed(self, kind: Kind, payloads: Sequence[Any]) -> FloatArray:
-        """One batch, synchronously; may be called from several threads at once."""
+    def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+        """One batch, synchronously; may be called from several threads at once. ``ctx`` carries
+        the call's deadline and cancellation."""
         ...
 
-    async def aembed(self, kind: Kind, payloads: Sequence[Any]) -> FloatArray:
+    async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         """One batch, from an event loop."""
         ...
 
@@ -64,11 +66,43 @@ def user_agent() -> str:
     return f"clip-serving-client/{__version__} python/{platform.python_version()} httpx/{httpx.__version__}"
 
 
+class _Counters:
+    """Thread-safe counts for ``client.stats``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+        self.overloads = 0
+
+    def attempt(self, number: int) -> None:
+        with self._lock:
+            self.requests += 1
+            self.retries += number > 1
+
+    def overload(self) -> None:
+        with self._lock:
+            self.overloads += 1
+
+
+class _StopAtDeadline(stop_base):
+    """Stop retrying once the call's deadline has passed or the call was cancelled."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        left = self.ctx.remaining()
+        return self.ctx.cancelled.is_set() or (left is not None and left <= 0)
+
+
 class RemoteBackend:
     """Databricks Model Serving: one POST per batch, with retries, to the text or image endpoint.
 
     Owns a pooled ``httpx.Client`` and/or ``httpx.AsyncClient`` (created on first use, kept alive
     across calls) unless the caller injects their own, which it then leaves open on ``close``.
+    Every attempt takes a slot from one adaptive limit shared by all calls, threads and tasks on the
+    client: 429 and 503 answers halve it, successes grow it back up to ``max_concurrency``.
     """
 
     image_input: Literal["encoded", "pixels"] = "encoded"
@@ -95,14 +129,17 @@ class RemoteBackend:
             backoff=settings.retry_backoff,
             backoff_max=settings.retry_backoff_max,
         )
-        connect = min(C.DEFAULT_CONNECT_TIMEOUT, settings.timeout)
-        self._timeout = httpx.Timeout(settings.timeout, connect=connect)
+        self._timeout = settings.timeout
         self._headers = {"Content-Type": "application/json", "User-Agent": user_agent()}
         self._client = http_client
         self._aclient = async_http_client
         self._owns_client = http_client is None
         self._owns_aclient = async_http_client is None
         self._lock = threading.Lock()
+        self.limit = AIMDLimit(settings.max_concurrency)
+        self._thread_slots = ThreadLimiter(self.limit)
+        self._task_slots = AsyncLimiter(self.limit)
+        self.counters = _Counters()
 
     def __repr__(self) -> str:
         return (
@@ -121,23 +158,26 @@ class RemoteBackend:
 
     # -- sync ----------------------------------------------------------------------------------------
 
-    def embed(self, kind: Kind, payloads: Sequence[Any]) -> FloatArray:
+    def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         body = encode_body(payloads)
-        for attempt in Retrying(**self._retry):
+        retrying = Retrying(**self._retry_arguments(ctx, sleep=ctx.sleep if ctx else None))
+        for attempt in retrying:
             with attempt:
-                return self._post(kind, body, len(payloads))
+                self.counters.attempt(attempt.retry_state.attempt_number)
+                timeout = self._attempt_timeout(kind, ctx)
+                with self._thread_slots.slot() as slot:
+                    try:
+                        response = self._sync_client().post(
+                            self._urls[kind],
+                            content=body,
+                            headers=self._headers,
+                            auth=self.workspace.auth,
+                            timeout=timeout,
+                        )
+                    except httpx.TransportError as exc:
+                        raise map_transport_error(exc, self._endpoints[kind], len(body)) from exc
+                    return self._handle(response, kind, len(payloads), len(body), slot)
         raise AssertionError("unreachable: tenacity either returns or raises")
-
-    def _post(self, kind: Kind, body: bytes, rows: int) -> FloatArray:
-        endpoint = self._endpoints[kind]
-        started = time.perf_counter()
-        try:
-            response = self._sync_client().post(
-                self._urls[kind], content=body, headers=self._headers, auth=self.workspace.auth
-            )
-        except httpx.TransportError as exc:
-            raise map_transport_error(exc, endpoint) from exc
-        return self._handle(response, kind, rows, len(body), started)
 
     def _sync_client(self) -> httpx.Client:
         if self._client is None:
@@ -148,49 +188,83 @@ class RemoteBackend:
 
     # -- async ---------------------------------------------------------------------------------------
 
-    async def aembed(self, kind: Kind, payloads: Sequence[Any]) -> FloatArray:
+    async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         body = encode_body(payloads)
-        async for attempt in AsyncRetrying(**self._retry):
-            with attempt:
-                return await self._apost(kind, body, len(payloads))
-        raise AssertionError("unreachable: tenacity either returns or raises")
-
-    async def _apost(self, kind: Kind, body: bytes, rows: int) -> FloatArray:
-        endpoint = self._endpoints[kind]
-        started = time.perf_counter()
         if self._aclient is None:
             self._aclient = httpx.AsyncClient(timeout=self._timeout, limits=self._limits())
-        try:
-            response = await self._aclient.post(
-                self._urls[kind], content=body, headers=self._headers, auth=self.workspace.auth
-            )
-        except httpx.TransportError as exc:
-            raise map_transport_error(exc, endpoint) from exc
-        return self._handle(response, kind, rows, len(body), started)
+        client = self._aclient
+        retrying = AsyncRetrying(**self._retry_arguments(ctx, sleep=ctx.asleep if ctx else None))
+        async for attempt in retrying:
+            with attempt:
+                self.counters.attempt(attempt.retry_state.attempt_number)
+                timeout = self._attempt_timeout(kind, ctx)
+                async with self._task_slots.slot() as slot:
+                    try:
+                        response = await client.post(
+                            self._urls[kind],
+                            content=body,
+                            headers=self._headers,
+                            auth=self.workspace.auth,
+                            timeout=timeout,
+                        )
+                    except httpx.TransportError as exc:
+                        raise map_transport_error(exc, self._endpoints[kind], len(body)) from exc
+                    return self._handle(response, kind, len(payloads), len(body), slot)
+        raise AssertionError("unreachable: tenacity either returns or raises")
 
     # -- shared --------------------------------------------------------------------------------------
+
+    def _retry_arguments(self, ctx: CallContext | None, sleep: Any) -> dict[str, Any]:
+        if ctx is None:
+            return self._retry
+        return {**self._retry, "stop": self._retry["stop"] | _StopAtDeadline(ctx), "sleep": sleep}
+
+    def _attempt_timeout(self, kind: Kind, ctx: CallContext | None) -> httpx.Timeout:
+        """``timeout`` bounds one attempt; the call's deadline, when nearer, bounds it further."""
+        seconds = self._timeout
+        if ctx is not None:
+            ctx.check(self._endpoints[kind])
+            left = ctx.remaining()
+            if left is not None:
+                seconds = min(seconds, left)
+        return httpx.Timeout(seconds, connect=min(C.DEFAULT_CONNECT_TIMEOUT, seconds))
 
     def _limits(self) -> httpx.Limits:
         n = self.settings.max_concurrency
         return httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n, keepalive_expiry=60)
 
-    def _handle(
-        self, response: httpx.Response, kind: Kind, rows: int, nbytes: int, started: float
-    ) -> FloatArray:
+    def _handle(self, response: httpx.Response, kind: Kind, rows: int, nbytes: int, slot: Slot) -> FloatArray:
         endpoint = self._endpoints[kind]
         request_id = request_id_of(response)
+        elapsed = response.elapsed.total_seconds() if hasattr(response, "_elapsed") else float("nan")
         logger.debug(
-            "POST %s: %d records, %d bytes -> HTTP %d in %.3fs (request_id=%s)",
+            "POST %s: %d records, %d bytes -> HTTP %d in %.3fs (request_id=%s, limit=%d)",
             endpoint,
             rows,
             nbytes,
             response.status_code,
-            time.perf_counter() - started,
+            elapsed,
             request_id,
+            self.limit.current,
         )
+        if response.status_code in (429, 503):
+            slot.overloaded = True
+            self.counters.overload()
         if response.status_code >= 400:
             raise error_from_response(response, endpoint)
-        return parse_predictions(response.content, rows, endpoint=endpoint, request_id=request_id)
+        result = parse_predictions(response.content, rows, endpoint=endpoint, request_id=request_id)
+        slot.succeeded = True
+        return result
+
+    def stats(self) -> dict[str, int]:
+        c = self.counters
+        return {
+            "requests": c.requests,
+            "retries": c.retries,
+            "overloads": c.overloads,
+            "concurrency_limit": self.limit.current,
+            "max_concurrency": self.limit.maximum,
+        }
 
     def close(self) -> None:
         if self._client is not None and self._owns_client:

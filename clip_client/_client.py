@@ -1,8 +1,10 @@
 """``ClipClient`` and ``AsyncClipClient``: thin shells around the shared core.
 
-Everything that decides something (input checks, batch plans, ordering, retries, response checks)
-lives in ``_core``, ``_images``, ``_transport`` and the backend. The shells only schedule: the sync
-client on a thread pool shared by all threads using it, the async client on the event loop.
+Everything that decides something (input checks, batch plans, splitting refused batches, ordering,
+retries, response checks) lives in ``_core``, ``_images``, ``_transport`` and the backend. The shells
+only schedule: the sync client on a thread pool shared by all threads using it, the async client
+on the event loop. Every call is a stream underneath: ``embed_*`` collects it into one array,
+``iter_embed_*`` hands it over row by row with memory bounded by a few batches.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import asyncio
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import httpx
 import numpy as np
@@ -22,28 +24,100 @@ import numpy.typing as npt
 
 from ._backend import Backend, RemoteBackend
 from ._core import (
-    Batch,
     BatchPlanner,
+    CallContext,
+    Collector,
     EmbedJob,
     FloatArray,
     Kind,
+    Piece,
+    adrive,
+    batch_flow,
     check_image_list,
     check_text,
     check_text_list,
+    drive,
     empty_result,
+    refuse_single_image,
 )
 from ._images import ImageOptions, PreparedImage, prepare_image
 from ._transport import resolve_workspace
-from .errors import InvalidInputError
-from .types import ImageFormat, ImageInput, Settings
+from .errors import ClipClientError, InvalidInputError
+from .types import ClientStats, EmbeddingFailure, EmbeddingResult, ImageFormat, ImageInput, OnError, Settings
 
 if TYPE_CHECKING:
     from databricks.sdk.core import Config
     from typing_extensions import Self
 
-__all__ = ["AsyncClipClient", "ClipClient"]
+__all__ = ["AsyncClipClient", "AsyncEmbeddingStream", "ClipClient", "EmbeddingStream"]
 
 _PREP_WORKERS = max(1, min(32, os.cpu_count() or 1))
+
+#: One item on its way to a batch: (index, payload or the error that stopped it, payload bytes).
+Item = tuple[int, Any, int]
+#: One row on its way out: (index, row, error). Failed rows are NaN and carry their error.
+Row = tuple[int, FloatArray, ClipClientError | None]
+
+
+class EmbeddingStream:
+    """``(index, vector)`` pairs in input order, from ``ClipClient.iter_embed_*``.
+
+    Memory stays bounded by a few batches whatever the input's length. With ``on_error="mark"`` a
+    failed input yields a NaN vector and is listed in :attr:`failures`; otherwise the stream stops
+    with the error. Closing the stream (or leaving a ``with`` block) cancels the work in flight.
+    """
+
+    def __init__(self, rows: Iterator[Row]) -> None:
+        self._rows = rows
+        self.failures: list[EmbeddingFailure] = []
+
+    def __iter__(self) -> EmbeddingStream:
+        return self
+
+    def __next__(self) -> tuple[int, FloatArray]:
+        index, row, error = next(self._rows)
+        if error is not None:
+            self.failures.append(EmbeddingFailure(index, error))
+        return index, row
+
+    def close(self) -> None:
+        close = getattr(self._rows, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> EmbeddingStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncEmbeddingStream:
+    """The async twin of :class:`EmbeddingStream`, from ``AsyncClipClient.iter_embed_*``."""
+
+    def __init__(self, rows: AsyncIterator[Row]) -> None:
+        self._rows = rows
+        self.failures: list[EmbeddingFailure] = []
+
+    def __aiter__(self) -> AsyncEmbeddingStream:
+        return self
+
+    async def __anext__(self) -> tuple[int, FloatArray]:
+        index, row, error = await self._rows.__anext__()
+        if error is not None:
+            self.failures.append(EmbeddingFailure(index, error))
+        return index, row
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._rows, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> AsyncEmbeddingStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 class _BaseClient:
@@ -70,6 +144,7 @@ class _BaseClient:
         image_format: ImageFormat | None = None,
         jpeg_quality: int | None = None,
         max_image_pixels: int | None = None,
+        fast_decode: bool | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
         backend: Backend | None = None,
@@ -91,6 +166,7 @@ class _BaseClient:
             image_format=image_format,
             jpeg_quality=jpeg_quality,
             max_image_pixels=max_image_pixels,
+            fast_decode=fast_decode,
             normalize=normalize,
             progress=progress,
         )
@@ -105,6 +181,7 @@ class _BaseClient:
         self._pool_lock = threading.Lock()
         self._prep_pool: ThreadPoolExecutor | None = None
         self._closed = False
+        self._splits = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend!r})"
@@ -135,6 +212,22 @@ class _BaseClient:
         client_options.setdefault("max_concurrency", 2)
         return cls(backend=backend, **client_options)
 
+    @property
+    def stats(self) -> ClientStats:
+        """Counters since the client was created: requests, retries, overloads, splits, and the
+        adaptive concurrency limit as it stands now."""
+        backend_stats = getattr(self.backend, "stats", None)
+        counts: dict[str, int] = backend_stats() if callable(backend_stats) else {}
+        maximum = self.settings.max_concurrency
+        return ClientStats(
+            requests=counts.get("requests", 0),
+            retries=counts.get("retries", 0),
+            overloads=counts.get("overloads", 0),
+            splits=self._splits,
+            concurrency_limit=counts.get("concurrency_limit", maximum),
+            max_concurrency=counts.get("max_concurrency", maximum),
+        )
+
     # -- planning ------------------------------------------------------------------------------------
 
     def _call_settings(
@@ -144,7 +237,9 @@ class _BaseClient:
             raise RuntimeError(f"this {type(self).__name__} is closed")
         return self.settings.merged(batch_size=batch_size, normalize=normalize, progress=progress)
 
-    def _new_job(self, kind: Kind, total: int, settings: Settings) -> EmbedJob:
+    def _new_job(self, kind: Kind, settings: Settings, on_error: OnError, total: int | None) -> EmbedJob:
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         bar = None
         if settings.progress:
             from tqdm.auto import tqdm
@@ -152,16 +247,25 @@ class _BaseClient:
             bar = tqdm(total=total, unit=kind, desc=f"embedding {kind}s")
         endpoint = getattr(self.backend, "endpoint", None)
         return EmbedJob(
-            total,
             BatchPlanner(settings.batch_size, self.backend.max_request_bytes),
+            mark=on_error == "mark",
+            normalize=settings.normalize,
             endpoint=endpoint(kind) if callable(endpoint) else None,
             progress=bar,
+            dim_hint=self._dim(),
         )
 
-    def _empty(self) -> FloatArray:
-        """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
+    def _dim(self) -> int | None:
         dim = getattr(self.backend, "dim", None)
-        return empty_result(dim if isinstance(dim, int) else None)
+        return dim if isinstance(dim, int) else None
+
+    def _empty(self, on_error: OnError) -> FloatArray | EmbeddingResult:
+        """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
+        empty = empty_result(self._dim())
+        return EmbeddingResult(empty) if on_error == "mark" else empty
+
+    def _count_split(self) -> None:
+        self._splits += 1
 
     def _image_options(self) -> ImageOptions:
         s = self.settings
@@ -170,6 +274,7 @@ class _BaseClient:
             format=s.image_format,
             jpeg_quality=s.jpeg_quality,
             max_pixels=s.max_image_pixels,
+            fast_decode=s.fast_decode,
             want=self.backend.image_input,
         )
 
@@ -178,14 +283,18 @@ class _BaseClient:
         that memory stays bounded by a few batches whatever the input size."""
         return 2 * settings.max_concurrency
 
-    def _text_payloads(self, texts: list[str]) -> Iterator[tuple[int, Any, int]]:
+    def _text_items(self, texts: Iterable[object]) -> Iterator[Item]:
         for i, text in enumerate(texts):
-            payload, nbytes = self.backend.payload("text", text)
-            yield i, payload, nbytes
+            try:
+                payload, nbytes = self.backend.payload("text", check_text(text, i))
+            except InvalidInputError as exc:
+                yield i, exc, 0
+            else:
+                yield i, payload, nbytes
 
     def _images_ahead(
         self, images: Iterable[object], settings: Settings
-    ) -> Iterator[tuple[int, Future[PreparedImage]]]:
+    ) -> Generator[tuple[int, Future[PreparedImage]], None, None]:
         """Images decoded and resized in a thread pool, a bounded number ahead of the consumer,
         yielded in input order. Pending work is cancelled if the consumer stops early."""
         pool = self._preparation_pool()
@@ -202,6 +311,10 @@ class _BaseClient:
         finally:
             for _, fut in ahead:
                 fut.cancel()
+
+    def _image_item(self, index: int, prepared: PreparedImage) -> Item:
+        payload, nbytes = self.backend.payload("image", prepared)
+        return index, payload, nbytes
 
     def _preparation_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -222,6 +335,19 @@ def _single(exc: InvalidInputError) -> InvalidInputError:
     return type(exc)(exc.reason, index=None, path=exc.path)
 
 
+def _collect(
+    rows: Iterable[Row], total: int, on_error: OnError, dim: int | None
+) -> FloatArray | EmbeddingResult:
+    out = Collector(total)
+    failures = []
+    for index, row, error in rows:
+        out.put(index, row)
+        if error is not None:
+            failures.append(EmbeddingFailure(index, error))
+    array = out.result(dim)
+    return EmbeddingResult(array, failures) if on_error == "mark" else array
+
+
 class ClipClient(_BaseClient):
     """Embeds texts and images with CLIP ViT-L/14 on Databricks Model Serving.
 
@@ -239,6 +365,28 @@ class ClipClient(_BaseClient):
 
     # -- public API ----------------------------------------------------------------------------------
 
+    @overload
+    def embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["raise"] = ...,
+        deadline: float | None = ...,
+    ) -> FloatArray: ...
+    @overload
+    def embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["mark"],
+        deadline: float | None = ...,
+    ) -> EmbeddingResult: ...
     def embed_texts(
         self,
         texts: Iterable[str],
@@ -246,21 +394,54 @@ class ClipClient(_BaseClient):
         batch_size: int | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
-    ) -> FloatArray:
-        """Embed texts; returns float32 of shape ``(len(texts), dim)``, rows in input order."""
-        settings = self._call_settings(batch_size, normalize, progress)
-        checked = check_text_list(texts)
-        return self._run("text", len(checked), self._text_payloads(checked), settings)
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> FloatArray | EmbeddingResult:
+        """Embed texts; float32 of shape ``(len(texts), dim)``, rows in input order.
 
-    def embed_text(self, text: str, *, normalize: bool | None = None) -> FloatArray:
+        ``on_error="mark"`` returns an :class:`EmbeddingResult` instead of raising: failed rows are
+        NaN and listed with their errors. ``deadline`` bounds the whole call, retries included.
+        """
+        settings = self._call_settings(batch_size, normalize, progress)
+        checked: Sequence[object] = check_text_list(texts) if on_error == "raise" else list(_texts(texts))
+        if not checked:
+            return self._empty(on_error)
+        rows = self._stream("text", self._text_items(checked), settings, on_error, deadline, len(checked))
+        return _collect(rows, len(checked), on_error, self._dim())
+
+    def embed_text(
+        self, text: str, *, normalize: bool | None = None, deadline: float | None = None
+    ) -> FloatArray:
         """Embed one text; returns float32 of shape ``(dim,)``."""
         try:
             check_text(text, None)
         except InvalidInputError as exc:
             raise _single(exc) from None
-        row: FloatArray = self.embed_texts([text], normalize=normalize)[0]
+        row: FloatArray = self.embed_texts([text], normalize=normalize, deadline=deadline)[0]
         return row
 
+    @overload
+    def embed_images(
+        self,
+        images: Iterable[ImageInput] | npt.NDArray[np.uint8],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["raise"] = ...,
+        deadline: float | None = ...,
+    ) -> FloatArray: ...
+    @overload
+    def embed_images(
+        self,
+        images: Iterable[ImageInput] | npt.NDArray[np.uint8],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["mark"],
+        deadline: float | None = ...,
+    ) -> EmbeddingResult: ...
     def embed_images(
         self,
         images: Iterable[ImageInput] | npt.NDArray[np.uint8],
@@ -268,20 +449,63 @@ class ClipClient(_BaseClient):
         batch_size: int | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
-    ) -> FloatArray:
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> FloatArray | EmbeddingResult:
         """Embed images (paths, data URIs, bytes, PIL images, uint8 arrays); float32
-        ``(len(images), dim)``, rows in input order."""
+        ``(len(images), dim)``, rows in input order. ``on_error`` and ``deadline`` as for
+        :meth:`embed_texts`."""
         settings = self._call_settings(batch_size, normalize, progress)
         items = check_image_list(images)
-        return self._run("image", len(items), self._image_payloads(items, settings), settings)
+        if not items:
+            return self._empty(on_error)
+        rows = self._stream(
+            "image", self._image_items(items, settings), settings, on_error, deadline, len(items)
+        )
+        return _collect(rows, len(items), on_error, self._dim())
 
-    def embed_image(self, image: ImageInput, *, normalize: bool | None = None) -> FloatArray:
+    def embed_image(
+        self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
+    ) -> FloatArray:
         """Embed one image; returns float32 of shape ``(dim,)``."""
         try:
-            row: FloatArray = self.embed_images([image], normalize=normalize)[0]
+            row: FloatArray = self.embed_images([image], normalize=normalize, deadline=deadline)[0]
         except InvalidInputError as exc:
             raise _single(exc) from exc.__cause__
         return row
+
+    def iter_embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = None,
+        normalize: bool | None = None,
+        progress: bool | None = None,
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> EmbeddingStream:
+        """Embed an iterable of any length (a generator, a file read line by line), yielding
+        ``(index, vector)`` in input order with memory bounded by a few batches."""
+        settings = self._call_settings(batch_size, normalize, progress)
+        source = _texts(texts)
+        rows = self._stream("text", self._text_items(source), settings, on_error, deadline, _length(source))
+        return EmbeddingStream(rows)
+
+    def iter_embed_images(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        batch_size: int | None = None,
+        normalize: bool | None = None,
+        progress: bool | None = None,
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> EmbeddingStream:
+        """Embed an iterable of images of any length, yielding ``(index, vector)`` in input order;
+        images are read a bounded number ahead, so memory does not grow with the input."""
+        settings = self._call_settings(batch_size, normalize, progress)
+        items = self._image_items(refuse_single_image(images), settings)
+        return EmbeddingStream(self._stream("image", items, settings, on_error, deadline, _length(images)))
 
     def close(self) -> None:
         """Release connections and threads. Idempotent."""
@@ -302,41 +526,60 @@ class ClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    def _image_payloads(self, images: Iterable[object], settings: Settings) -> Iterator[tuple[int, Any, int]]:
+    def _image_items(self, images: Iterable[object], settings: Settings) -> Iterator[Item]:
         for i, fut in self._images_ahead(images, settings):
-            payload, nbytes = self.backend.payload("image", fut.result())
-            yield i, payload, nbytes
+            try:
+                prepared = fut.result()
+            except InvalidInputError as exc:
+                yield i, exc, 0
+            else:
+                yield self._image_item(i, prepared)
 
-    def _run(
-        self, kind: Kind, total: int, payloads: Iterator[tuple[int, Any, int]], settings: Settings
-    ) -> FloatArray:
-        if total == 0:
-            return self._empty()
-        job = self._new_job(kind, total, settings)
+    def _stream(
+        self,
+        kind: Kind,
+        items: Iterator[Item],
+        settings: Settings,
+        on_error: OnError,
+        deadline: float | None,
+        total: int | None,
+    ) -> Iterator[Row]:
+        job = self._new_job(kind, settings, on_error, total)
+        ctx = CallContext(deadline)
         pool = self._requests()
-        window: deque[tuple[Batch, Future[FloatArray]]] = deque()
+        window: deque[Future[list[Piece]]] = deque()
         limit = self._window(settings)
-
-        def submit(batch: Batch | None, drain: bool = False) -> None:
-            if batch is not None:
-                window.append((batch, pool.submit(self.backend.embed, kind, batch.payloads)))
-            while len(window) > limit or (drain and window):
-                done, fut = window.popleft()
-                job.complete(done, fut.result())
-
         try:
-            for index, payload, nbytes in payloads:
-                submit(job.add(index, payload, nbytes))
-            submit(job.flush(), drain=True)
-        except BaseException:
-            for _, fut in window:
+            for index, payload, nbytes in items:
+                if isinstance(payload, ClipClientError):
+                    job.input_failed(index, payload)
+                else:
+                    batch = job.add(index, payload, nbytes)
+                    if batch is not None:
+                        window.append(pool.submit(self._send, kind, batch, ctx, job.mark))
+                while len(window) > limit:
+                    job.settle(window.popleft().result())
+                yield from job.ready()
+            batch = job.flush()
+            if batch is not None:
+                window.append(pool.submit(self._send, kind, batch, ctx, job.mark))
+            while window:
+                job.settle(window.popleft().result())
+                yield from job.ready()
+            yield from job.ready(final=True)
+        except BaseException:  # an error, Ctrl-C, or the consumer closing the stream early
+            ctx.cancelled.set()
+            for fut in window:
                 fut.cancel()
             raise
         finally:
             job.close()
-            if hasattr(payloads, "close"):
-                payloads.close()
-        return job.result(settings.normalize)
+            items.close()  # type: ignore[attr-defined]
+
+    def _send(self, kind: Kind, batch: Any, ctx: CallContext, mark: bool) -> list[Piece]:
+        ctx.check(getattr(self.backend, "endpoint", lambda _: None)(kind))
+        flow = batch_flow(batch, mark=mark, on_split=self._count_split)
+        return drive(flow, lambda b: self.backend.embed(kind, b.payloads, ctx))
 
     def _requests(self) -> ThreadPoolExecutor:
         """One pool per client: its size is the cap on requests in flight, shared by every thread."""
@@ -355,10 +598,28 @@ class AsyncClipClient(_BaseClient):
     decoding runs in worker threads so the event loop stays responsive.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._semaphore: asyncio.Semaphore | None = None
-
+    @overload
+    async def embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["raise"] = ...,
+        deadline: float | None = ...,
+    ) -> FloatArray: ...
+    @overload
+    async def embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["mark"],
+        deadline: float | None = ...,
+    ) -> EmbeddingResult: ...
     async def embed_texts(
         self,
         texts: Iterable[str],
@@ -366,21 +627,52 @@ class AsyncClipClient(_BaseClient):
         batch_size: int | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
-    ) -> FloatArray:
-        """Embed texts; returns float32 of shape ``(len(texts), dim)``, rows in input order."""
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> FloatArray | EmbeddingResult:
+        """Embed texts; float32 of shape ``(len(texts), dim)``, rows in input order."""
         settings = self._call_settings(batch_size, normalize, progress)
-        checked = check_text_list(texts)
-        return await self._run("text", len(checked), self._atext_payloads(checked), settings)
+        checked: Sequence[object] = check_text_list(texts) if on_error == "raise" else list(_texts(texts))
+        if not checked:
+            return self._empty(on_error)
+        rows = self._stream(
+            "text", _aiter(self._text_items(checked)), settings, on_error, deadline, len(checked)
+        )
+        return _collect([row async for row in rows], len(checked), on_error, self._dim())
 
-    async def embed_text(self, text: str, *, normalize: bool | None = None) -> FloatArray:
+    async def embed_text(
+        self, text: str, *, normalize: bool | None = None, deadline: float | None = None
+    ) -> FloatArray:
         """Embed one text; returns float32 of shape ``(dim,)``."""
         try:
             check_text(text, None)
         except InvalidInputError as exc:
             raise _single(exc) from None
-        row: FloatArray = (await self.embed_texts([text], normalize=normalize))[0]
+        row: FloatArray = (await self.embed_texts([text], normalize=normalize, deadline=deadline))[0]
         return row
 
+    @overload
+    async def embed_images(
+        self,
+        images: Iterable[ImageInput] | npt.NDArray[np.uint8],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["raise"] = ...,
+        deadline: float | None = ...,
+    ) -> FloatArray: ...
+    @overload
+    async def embed_images(
+        self,
+        images: Iterable[ImageInput] | npt.NDArray[np.uint8],
+        *,
+        batch_size: int | None = ...,
+        normalize: bool | None = ...,
+        progress: bool | None = ...,
+        on_error: Literal["mark"],
+        deadline: float | None = ...,
+    ) -> EmbeddingResult: ...
     async def embed_images(
         self,
         images: Iterable[ImageInput] | npt.NDArray[np.uint8],
@@ -388,19 +680,63 @@ class AsyncClipClient(_BaseClient):
         batch_size: int | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
-    ) -> FloatArray:
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> FloatArray | EmbeddingResult:
         """Embed images; float32 ``(len(images), dim)``, rows in input order."""
         settings = self._call_settings(batch_size, normalize, progress)
         items = check_image_list(images)
-        return await self._run("image", len(items), self._image_payloads(items, settings), settings)
+        if not items:
+            return self._empty(on_error)
+        rows = self._stream(
+            "image", self._image_items(items, settings), settings, on_error, deadline, len(items)
+        )
+        return _collect([row async for row in rows], len(items), on_error, self._dim())
 
-    async def embed_image(self, image: ImageInput, *, normalize: bool | None = None) -> FloatArray:
+    async def embed_image(
+        self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
+    ) -> FloatArray:
         """Embed one image; returns float32 of shape ``(dim,)``."""
         try:
-            row: FloatArray = (await self.embed_images([image], normalize=normalize))[0]
+            row: FloatArray = (await self.embed_images([image], normalize=normalize, deadline=deadline))[0]
         except InvalidInputError as exc:
             raise _single(exc) from exc.__cause__
         return row
+
+    def iter_embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int | None = None,
+        normalize: bool | None = None,
+        progress: bool | None = None,
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> AsyncEmbeddingStream:
+        """``async for index, vector in client.iter_embed_texts(texts)``: input order, bounded memory."""
+        settings = self._call_settings(batch_size, normalize, progress)
+        source = _texts(texts)
+        items = _aiter(self._text_items(source))
+        return AsyncEmbeddingStream(
+            self._stream("text", items, settings, on_error, deadline, _length(source))
+        )
+
+    def iter_embed_images(
+        self,
+        images: Iterable[ImageInput],
+        *,
+        batch_size: int | None = None,
+        normalize: bool | None = None,
+        progress: bool | None = None,
+        on_error: OnError = "raise",
+        deadline: float | None = None,
+    ) -> AsyncEmbeddingStream:
+        """``async for index, vector in client.iter_embed_images(images)``: input order, bounded memory."""
+        settings = self._call_settings(batch_size, normalize, progress)
+        items = self._image_items(refuse_single_image(images), settings)
+        return AsyncEmbeddingStream(
+            self._stream("image", items, settings, on_error, deadline, _length(images))
+        )
 
     async def close(self) -> None:
         """Release connections and threads. Idempotent."""
@@ -417,48 +753,85 @@ class AsyncClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    async def _atext_payloads(self, texts: list[str]) -> Any:
-        for item in self._text_payloads(texts):
-            yield item
-
-    async def _image_payloads(self, images: Iterable[object], settings: Settings) -> Any:
-        for i, fut in self._images_ahead(images, settings):
-            prepared: PreparedImage = await asyncio.wrap_future(fut)
-            payload, nbytes = self.backend.payload("image", prepared)
-            yield i, payload, nbytes
-
-    async def _send(self, kind: Kind, batch: Batch) -> FloatArray:
-        if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
-        async with self._semaphore:
-            return await self.backend.aembed(kind, batch.payloads)
-
-    async def _run(self, kind: Kind, total: int, payloads: Any, settings: Settings) -> FloatArray:
-        if total == 0:
-            return self._empty()
-        job = self._new_job(kind, total, settings)
-        window: deque[tuple[Batch, asyncio.Task[FloatArray]]] = deque()
-        limit = self._window(settings)
-
-        async def submit(batch: Batch | None, drain: bool = False) -> None:
-            if batch is not None:
-                window.append((batch, asyncio.ensure_future(self._send(kind, batch))))
-            while len(window) > limit or (drain and window):
-                done, task = window.popleft()
-                job.complete(done, await task)
-
+    async def _image_items(self, images: Iterable[object], settings: Settings) -> AsyncIterator[Item]:
+        ahead = self._images_ahead(images, settings)
         try:
-            async for index, payload, nbytes in payloads:
-                await submit(job.add(index, payload, nbytes))
-            await submit(job.flush(), drain=True)
-        except BaseException:
-            tasks = [task for _, task in window]
-            for task in tasks:
+            for i, fut in ahead:
+                try:
+                    prepared: PreparedImage = await asyncio.wrap_future(fut)
+                except InvalidInputError as exc:
+                    yield i, exc, 0
+                else:
+                    yield self._image_item(i, prepared)
+        finally:
+            ahead.close()
+
+    async def _stream(
+        self,
+        kind: Kind,
+        items: AsyncIterator[Item],
+        settings: Settings,
+        on_error: OnError,
+        deadline: float | None,
+        total: int | None,
+    ) -> AsyncIterator[Row]:
+        job = self._new_job(kind, settings, on_error, total)
+        ctx = CallContext(deadline)
+        window: deque[asyncio.Task[list[Piece]]] = deque()
+        limit = self._window(settings)
+        try:
+            async for index, payload, nbytes in items:
+                if isinstance(payload, ClipClientError):
+                    job.input_failed(index, payload)
+                else:
+                    batch = job.add(index, payload, nbytes)
+                    if batch is not None:
+                        window.append(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
+                while len(window) > limit:
+                    job.settle(await window.popleft())
+                for row in job.ready():
+                    yield row
+            batch = job.flush()
+            if batch is not None:
+                window.append(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
+            while window:
+                job.settle(await window.popleft())
+                for row in job.ready():
+                    yield row
+            for row in job.ready(final=True):
+                yield row
+        except BaseException:  # an error, cancellation, or the consumer closing the stream early
+            ctx.cancelled.set()
+            for task in window:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*window, return_exceptions=True)
             raise
         finally:
             job.close()
-            if hasattr(payloads, "aclose"):
-                await payloads.aclose()
-        return job.result(settings.normalize)
+            await items.aclose()  # type: ignore[attr-defined]
+
+    async def _send(self, kind: Kind, batch: Any, ctx: CallContext, mark: bool) -> list[Piece]:
+        ctx.check(getattr(self.backend, "endpoint", lambda _: None)(kind))
+        flow = batch_flow(batch, mark=mark, on_split=self._count_split)
+        return await adrive(flow, lambda b: self.backend.aembed(kind, b.payloads, ctx))
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _texts(texts: object) -> Iterable[object]:
+    """The iterable of texts, refusing a bare string (which would iterate character by character)."""
+    if isinstance(texts, str):
+        raise TypeError("expected an iterable of strings; for one string use embed_text(text)")
+    if not isinstance(texts, Iterable):
+        raise TypeError(f"expected an iterable of strings, got {type(texts).__name__}")
+    return texts
+
+
+def _length(items: Iterable[object]) -> int | None:
+    return len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+
+
+async def _aiter(items: Iterator[Item]) -> AsyncIterator[Item]:
+    for item in items:
+        yield item

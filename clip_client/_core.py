@@ -7,17 +7,30 @@ thread or sleeps: the client shells feed it items and responses and do the waiti
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from ._constants import DEFAULT_EMBEDDING_DIM
-from .errors import InvalidInputError, ResponseFormatError
+from .errors import (
+    APIError,
+    APITimeoutError,
+    BadRequestError,
+    ClipClientError,
+    InvalidInputError,
+    PayloadTooLargeError,
+    ResponseFormatError,
+)
+from .types import EmbeddingFailure
 
 _orjson: Any
 try:  # optional: parses the predictions several times faster than the standard library
@@ -31,17 +44,25 @@ FloatArray = npt.NDArray[np.float32]
 __all__ = [
     "Batch",
     "BatchPlanner",
+    "CallCancelled",
+    "CallContext",
+    "Collector",
     "EmbedJob",
     "Kind",
+    "Piece",
+    "adrive",
+    "batch_flow",
     "check_image_list",
     "check_text",
     "check_text_list",
     "decode_json",
+    "drive",
     "empty_result",
     "encode_body",
     "encode_record",
     "l2_normalize",
     "parse_predictions",
+    "refuse_single_image",
 ]
 
 
@@ -77,8 +98,9 @@ def check_text_list(texts: object) -> list[str]:
     return [check_text(t, i) for i, t in enumerate(texts)]
 
 
-def check_image_list(images: object) -> Sequence[object]:
-    """The images as a sequence, refusing a single image passed where a list belongs."""
+def refuse_single_image(images: object) -> Iterable[object]:
+    """The images as an iterable, refusing a single image passed where a list belongs (a path
+    string or bytes would otherwise be iterated character by character)."""
     from PIL import Image
 
     single = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
@@ -87,11 +109,17 @@ def check_image_list(images: object) -> Sequence[object]:
             f"embed_images() takes a list of images, got a single {type(images).__name__}; "
             "for one image use embed_image(image)"
         )
-    if isinstance(images, np.ndarray):  # a stack of images, N x H x W x C
-        return list(images)
     if not isinstance(images, Iterable):
         raise TypeError(f"embed_images() takes a list of images, got {type(images).__name__}")
-    return images if isinstance(images, Sequence) else list(images)
+    return images
+
+
+def check_image_list(images: object) -> Sequence[object]:
+    """The images as a sequence (a generator is read into a list; a 4-D array is a stack)."""
+    items = refuse_single_image(images)
+    if isinstance(items, np.ndarray):  # a stack of images, N x H x W x C
+        return list(items)
+    return items if isinstance(items, Sequence) else list(items)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,6 +157,13 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def halves(self) -> tuple[Batch, Batch]:
+        mid = len(self) // 2
+        return (
+            Batch(self.indices[:mid], self.payloads[:mid]),
+            Batch(self.indices[mid:], self.payloads[mid:]),
+        )
 
 
 class BatchPlanner:
@@ -247,30 +282,148 @@ def empty_result(dim: int | None = None) -> FloatArray:
 
 
 # --------------------------------------------------------------------------------------------------
+# One batch's fate: send, split when refused as too large, isolate a bad input
+
+
+#: What sending one batch ends in: sub-batches with their rows, or (with on_error="mark") the error
+#: that sank them.
+Piece = tuple[Batch, "FloatArray | ClipClientError"]
+
+
+def batch_flow(
+    batch: Batch, *, mark: bool, on_split: Callable[[], None]
+) -> Generator[Batch, FloatArray, list[Piece]]:
+    """The decisions about one batch, as a generator the shells drive (like httpx's auth flows).
+
+    It yields each (sub-)batch to send and is sent the rows, or thrown the error. A batch the
+    endpoint refuses as too large is split in half, down to a single input, which then fails alone
+    with its index. With ``mark`` a 400 is split the same way to find the input it was about, and
+    errors come back as pieces instead of being raised.
+    """
+    try:
+        rows = yield batch
+    except ClipClientError as exc:
+        too_large = isinstance(exc, PayloadTooLargeError)
+        if len(batch) > 1 and (too_large or (mark and isinstance(exc, BadRequestError))):
+            on_split()
+            left, right = batch.halves()
+            first = yield from batch_flow(left, mark=mark, on_split=on_split)
+            return first + (yield from batch_flow(right, mark=mark, on_split=on_split))
+        if len(batch) == 1 and isinstance(exc, APIError):
+            exc.index = batch.indices[0]
+        if not mark:
+            raise
+        return [(batch, exc)]
+    return [(batch, rows)]
+
+
+def drive(
+    flow: Generator[Batch, FloatArray, list[Piece]], send: Callable[[Batch], FloatArray]
+) -> list[Piece]:
+    """Run a :func:`batch_flow` with a blocking ``send``."""
+    request = next(flow)
+    while True:
+        try:
+            rows = send(request)
+        except ClipClientError as exc:
+            step = partial(flow.throw, exc)
+        else:
+            step = partial(flow.send, rows)
+        try:
+            request = step()
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def adrive(
+    flow: Generator[Batch, FloatArray, list[Piece]], send: Callable[[Batch], Awaitable[FloatArray]]
+) -> list[Piece]:
+    """Run a :func:`batch_flow` with an awaitable ``send``."""
+    request = next(flow)
+    while True:
+        try:
+            rows = await send(request)
+        except ClipClientError as exc:
+            step = partial(flow.throw, exc)
+        else:
+            step = partial(flow.send, rows)
+        try:
+            request = step()
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+class CallCancelled(ClipClientError):
+    """Internal: the call this work belonged to was interrupted or cancelled; nobody awaits it."""
+
+
+class CallContext:
+    """What every request of one call shares: its deadline and whether it was cancelled."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        self.expires_at = None if deadline is None else time.monotonic() + deadline
+        self.cancelled = threading.Event()
+
+    def remaining(self) -> float | None:
+        return None if self.expires_at is None else self.expires_at - time.monotonic()
+
+    def check(self, endpoint: str | None = None) -> None:
+        """Raise if the call was cancelled or its deadline has passed."""
+        if self.cancelled.is_set():
+            raise CallCancelled("the call was cancelled")
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise APITimeoutError(f"the call's deadline of {self.deadline:g}s passed", endpoint=endpoint)
+
+    def sleep(self, seconds: float) -> None:
+        """A retry wait that wakes at once when the call is cancelled and never outlasts the deadline."""
+        left = self.remaining()
+        if left is not None:
+            seconds = max(0.0, min(seconds, left))
+        if self.cancelled.wait(seconds):
+            raise CallCancelled("the call was cancelled")
+
+    async def asleep(self, seconds: float) -> None:
+        left = self.remaining()
+        if left is not None:
+            seconds = max(0.0, min(seconds, left))
+        await asyncio.sleep(seconds)
+
+
+# --------------------------------------------------------------------------------------------------
 # One embed call's state
 
 
 class EmbedJob:
-    """Plans the batches of one embed call and puts the answers back in input order.
+    """Plans the batches of one embed call and hands the answers back in input order.
 
-    The shells feed it items (``add``), send the batches it hands back however they like (threads,
-    tasks, in any order), and report each answer (``complete``). It owns no I/O.
+    The shells feed it items (``add``, ``input_failed``), send the batches it closes however they
+    like (threads, tasks), report each batch's pieces (``settle``) and take the rows that are ready
+    (``ready``), strictly in input order. Rows wait here only until the ones before them are done,
+    so memory is bounded by the batches in flight, not by the input. It owns no I/O.
     """
 
     def __init__(
         self,
-        total: int,
         planner: BatchPlanner,
         *,
+        mark: bool = False,
+        normalize: bool = False,
         endpoint: str | None = None,
         progress: Any | None = None,
+        dim_hint: int | None = None,
     ) -> None:
-        self.total = total
         self.planner = planner
+        self.mark = mark
+        self.normalize = normalize
         self.endpoint = endpoint
         self.progress = progress
-        self._out: FloatArray | None = None
-        self._filled = 0
+        self.dim: int | None = None
+        self.dim_hint = dim_hint
+        self.failures: list[EmbeddingFailure] = []
+        self._waiting: dict[int, FloatArray | BaseException] = {}
+        self._next = 0
 
     def add(self, index: int, payload: Any, nbytes: int = 0) -> Batch | None:
         return self.planner.add(index, payload, nbytes)
@@ -278,33 +431,83 @@ class EmbedJob:
     def flush(self) -> Batch | None:
         return self.planner.flush()
 
-    def complete(self, batch: Batch, rows: FloatArray) -> None:
-        if rows.shape[0] != len(batch):
+    def input_failed(self, index: int, error: ClipClientError) -> None:
+        """An input that could not be prepared: raised, or marked and skipped (it costs no request)."""
+        if not self.mark:
+            raise error
+        self._waiting[index] = error
+        self._tick(1)
+
+    def settle(self, pieces: list[Piece]) -> None:
+        for batch, outcome in pieces:
+            if isinstance(outcome, BaseException):
+                for i in batch.indices:
+                    self._waiting[i] = outcome
+            else:
+                rows = self._checked(batch, outcome)
+                for i, row in zip(batch.indices, rows, strict=True):
+                    self._waiting[i] = row
+            self._tick(len(batch))
+
+    def ready(self, final: bool = False) -> Iterator[tuple[int, FloatArray, ClipClientError | None]]:
+        """``(index, row, error)`` for each input whose turn has come. A failed input's NaN row needs
+        the embedding width, so it waits for the first success (or for ``final``)."""
+        while self._next in self._waiting:
+            item = self._waiting[self._next]
+            if isinstance(item, ClipClientError):
+                if self.dim is None and not final:
+                    return
+                row = np.full(self.dim or self.dim_hint or DEFAULT_EMBEDDING_DIM, np.nan, dtype=np.float32)
+                self.failures.append(EmbeddingFailure(self._next, item))
+                yield self._next, row, item
+            else:
+                assert not isinstance(item, BaseException)
+                yield self._next, item, None
+            del self._waiting[self._next]
+            self._next += 1
+
+    @property
+    def emitted(self) -> int:
+        return self._next
+
+    def _checked(self, batch: Batch, rows: FloatArray) -> FloatArray:
+        if rows.ndim != 2 or rows.shape[0] != len(batch):
             raise ResponseFormatError(
                 f"sent {len(batch)} inputs but got {rows.shape[0]} rows back", endpoint=self.endpoint
             )
-        if self._out is None:
-            self._out = np.empty((self.total, rows.shape[1]), dtype=np.float32)
-        elif rows.shape[1] != self._out.shape[1]:
+        if self.dim is None:
+            self.dim = int(rows.shape[1])
+        elif rows.shape[1] != self.dim:
             raise ResponseFormatError(
-                f"embedding width changed between requests ({self._out.shape[1]} then {rows.shape[1]})",
+                f"embedding width changed between requests ({self.dim} then {rows.shape[1]})",
                 endpoint=self.endpoint,
             )
-        first = batch.indices[0]
-        if batch.indices[-1] - first + 1 == len(batch):  # consecutive: one slice copy
-            self._out[first : first + len(batch)] = rows
-        else:
-            self._out[batch.indices] = rows
-        self._filled += len(batch)
-        if self.progress is not None:
-            self.progress.update(len(batch))
+        return l2_normalize(rows) if self.normalize else rows
 
-    def result(self, normalize: bool) -> FloatArray:
-        if self._filled != self.total:  # a bug, never a user error: refuse to return a partial array
-            raise RuntimeError(f"internal error: {self._filled} of {self.total} rows filled")
-        out = self._out if self._out is not None else empty_result()
-        return l2_normalize(out) if normalize else out
+    def _tick(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress.update(n)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
+
+
+class Collector:
+    """Rows from :meth:`EmbedJob.ready` into one float32 array of known length."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._out: FloatArray | None = None
+        self._filled = 0
+
+    def put(self, index: int, row: FloatArray) -> None:
+        if self._out is None:
+            self._out = np.empty((self.total, row.shape[0]), dtype=np.float32)
+        self._out[index] = row
+        self._filled += 1
+
+    def result(self, dim: int | None = None) -> FloatArray:
+        if self._filled != self.total:  # a bug, never a user error: refuse to return a partial array
+            raise RuntimeError(f"internal error: {self._filled} of {self.total} rows filled")
+        return self._out if self._out is not None else empty_result(dim)

@@ -44,6 +44,9 @@ class ImageOptions:
     format: Literal["png", "jpeg"] = "png"
     jpeg_quality: int = 95
     max_pixels: int = 178_956_970
+    #: Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below ``size`` on the short
+    #: side) before the exact resize: several times faster on photos, close to but not bit-exact.
+    fast_decode: bool = False
     #: "encoded": file bytes for the wire; "pixels": a uint8 array for the in-process model.
     want: Literal["encoded", "pixels"] = "encoded"
 
@@ -71,6 +74,8 @@ def prepare_image(value: object, index: int | None, opts: ImageOptions) -> Prepa
             # the pixels we would send. Decode once anyway so a corrupt file fails here, not remotely.
             _load(img, index, path)
             return PreparedImage(encoded=raw)
+        if opts.fast_decode:
+            _draft(img, opts.size)
         _load(img, index, path)
         try:
             rgb = to_rgb(_exif_transpose(img))
@@ -291,6 +296,17 @@ def _load(img: Image.Image, index: int | None, path: str | None) -> None:
         raise ImageDecodeError(
             f"cannot decode image ({exc}); the file may be truncated or corrupt", index=index, path=path
         ) from exc
+
+
+def _draft(img: Image.Image, size: int) -> None:
+    """Ask libjpeg for a reduced-scale decode whose short side stays at least twice ``size``, so
+    the bicubic resize still has real pixels to average (only JPEGs support this)."""
+    width, height = img.size
+    short = min(width, height)
+    if img.format != "JPEG" or short < 4 * size:
+        return
+    scale = 2 * size / short
+    img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
 def _orientation(img: Image.Image) -> int:

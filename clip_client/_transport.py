@@ -30,6 +30,8 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     CredentialsError,
+    PayloadTooLargeError,
+    ResponseFormatError,
     status_error_class,
 )
 from .types import ServingErrorBody
@@ -221,10 +223,30 @@ def error_from_response(response: httpx.Response, endpoint: str) -> APIStatusErr
     )
 
 
-def map_transport_error(exc: httpx.TransportError, endpoint: str) -> APIConnectionError:
+#: A connection dropped while sending a body at least this large is taken for a size refusal:
+#: proxies in front of serving endpoints drop oversized uploads rather than answer 413.
+LARGE_BODY_BYTES = 1_000_000
+
+
+def map_transport_error(exc: httpx.TransportError, endpoint: str, body_bytes: int = 0) -> APIError:
     if isinstance(exc, httpx.TimeoutException):
         return APITimeoutError(
             f"request timed out ({type(exc).__name__}); raise timeout= if the model is slow",
+            endpoint=endpoint,
+        )
+    if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        error = APIConnectionError(
+            f"TLS certificate verification failed ({exc}); check the host name, or give a custom CA "
+            "bundle through an httpx client (http_client=httpx.Client(verify=...))",
+            endpoint=endpoint,
+        )
+        error.retryable = False
+        return error
+    if body_bytes >= LARGE_BODY_BYTES and not isinstance(exc, httpx.ConnectError):
+        return PayloadTooLargeError(
+            f"the connection was dropped while sending a {body_bytes:,}-byte request "
+            f"({type(exc).__name__}); taken as a refusal of its size",
+            status_code=413,
             endpoint=endpoint,
         )
     return APIConnectionError(f"connection failed: {type(exc).__name__}: {exc}", endpoint=endpoint)
@@ -235,9 +257,13 @@ def map_transport_error(exc: httpx.TransportError, endpoint: str) -> APIConnecti
 
 
 def is_retryable(exc: BaseException) -> bool:
+    """Worth another attempt: connection trouble, timeouts, 408/429/5xx, and a 200 whose body was
+    not the embeddings asked for (an HTML page from a gateway, a truncated answer)."""
     if isinstance(exc, APIStatusError):
         return exc.status_code in C.RETRYABLE_STATUS_CODES
-    return isinstance(exc, APIConnectionError)
+    if isinstance(exc, APIConnectionError):
+        return exc.retryable
+    return isinstance(exc, ResponseFormatError)
 
 
 class _Backoff:

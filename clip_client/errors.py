@@ -77,6 +77,10 @@ class CredentialsError(ClipClientError):
     """databricks-sdk could not produce credentials (expired OAuth secret, missing profile...)."""
 
 
+class ModelLoadError(ClipClientError):
+    """The local CLIP model could not be loaded; the message says why and how to fix it."""
+
+
 class ResponseFormatError(ClipClientError):
     """The endpoint answered 200 but the body is not the embeddings we asked for."""
 
@@ -99,6 +103,10 @@ class APIError(ClipClientError):
         attempts: how many attempts were made before this error was raised.
     """
 
+    #: The input this error concerns, when it concerns exactly one (a single item too large for
+    #: the endpoint, or isolated as the one a 400 was about); None for a whole batch.
+    index: int | None = None
+
     def __init__(self, message: str, *, endpoint: str | None = None, attempts: int = 1) -> None:
         self.message = message
         self.endpoint = endpoint
@@ -109,6 +117,8 @@ class APIError(ClipClientError):
         text = self._describe()
         if self.attempts > 1:
             text += f" (gave up after {self.attempts} attempts)"
+        if self.index is not None:
+            text = f"input {self.index}: {text}"
         return text
 
     def _describe(self) -> str:
@@ -118,6 +128,9 @@ class APIError(ClipClientError):
 
 class APIConnectionError(APIError):
     """The request never got an HTTP answer: DNS, refused or dropped connection, TLS failure."""
+
+    #: False for failures another attempt cannot fix (a TLS certificate that does not verify).
+    retryable: bool = True
 
 
 class APITimeoutError(APIConnectionError):

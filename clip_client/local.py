@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import numpy as np
 
 from ._constants import LOGGER_NAME
-from ._core import FloatArray, Kind
+from ._core import CallContext, FloatArray, Kind
 from ._images import PreparedImage
-from .errors import ClipClientError
+from .errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -46,10 +46,6 @@ _DTYPES = {
     "half": "float16",
 }
 _DTYPES |= {"bfloat16": "bfloat16", "bf16": "bfloat16"}
-
-
-class ModelLoadError(ClipClientError):
-    """The local CLIP model could not be loaded; the message says why and how to fix it."""
 
 
 def _require_torch() -> tuple[Any, Any]:
@@ -118,6 +114,7 @@ class LocalBackend:
         # One forward pass at a time on the device; tokenising, stacking and host-to-device copies of
         # the next batch happen outside the lock, overlapping the current one.
         self._device_lock = threading.Lock()
+        self._passes = 0
 
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model_name!r}, device='{self.device}', dtype={self.dtype})"
@@ -136,13 +133,21 @@ class LocalBackend:
             )
         return item.pixels, 0
 
-    def embed(self, kind: Kind, payloads: Sequence[Any]) -> FloatArray:
-        chunks = [payloads[i : i + self.batch_size] for i in range(0, len(payloads), self.batch_size)]
-        parts = [self._embed_chunk(kind, chunk) for chunk in chunks]
+    def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+        parts = []
+        for start in range(0, len(payloads), self.batch_size):
+            if ctx is not None:
+                ctx.check()
+            parts.append(self._embed_chunk(kind, payloads[start : start + self.batch_size]))
+            self._passes += 1
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    async def aembed(self, kind: Kind, payloads: Sequence[Any]) -> FloatArray:
-        return await asyncio.to_thread(self.embed, kind, payloads)
+    async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+        return await asyncio.to_thread(self.embed, kind, payloads, ctx)
+
+    def stats(self) -> dict[str, int]:
+        """Forward passes run so far (``requests`` in ``client.stats``)."""
+        return {"requests": self._passes}
 
     def close(self) -> None:
         pass

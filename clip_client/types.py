@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
@@ -15,7 +16,10 @@ if TYPE_CHECKING:
     from PIL import Image
 
 __all__ = [
+    "ClientStats",
     "EmbeddingArray",
+    "EmbeddingFailure",
+    "EmbeddingResult",
     "ImageFormat",
     "ImageInput",
     "InvocationRecord",
@@ -41,6 +45,10 @@ ImageInput = Union[
 EmbeddingArray = npt.NDArray[np.float32]
 
 ImageFormat = Literal["png", "jpeg"]
+
+#: What a call does when an input or a batch fails: stop with the error ("raise"), or embed
+#: everything else and report the failures ("mark", which returns an :class:`EmbeddingResult`).
+OnError = Literal["raise", "mark"]
 
 
 class Settings(BaseModel):
@@ -68,6 +76,9 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(default=C.DEFAULT_MAX_IMAGE_PIXELS, ge=1)
     normalize: bool = False
     progress: bool = False
+    #: Let libjpeg decode large JPEGs at a reduced scale before the exact resize (faster, not
+    #: bit-exact with the server's own preprocessing of the original file).
+    fast_decode: bool = False
 
     @field_validator("text_endpoint", "image_endpoint")
     @classmethod
@@ -121,3 +132,60 @@ class ServingErrorBody(BaseModel):
 
     error_code: str | None = None
     message: str | None = None
+
+
+@dataclass(frozen=True)
+class EmbeddingFailure:
+    """One input that could not be embedded, and why."""
+
+    index: int
+    error: BaseException
+
+
+@dataclass
+class EmbeddingResult:
+    """What ``embed_*(..., on_error="mark")`` returns: every row, failures marked rather than raised.
+
+    ``embeddings`` has one float32 row per input, in input order; the rows of failed inputs are NaN.
+    ``failures`` lists each failed input's index and error, in index order.
+    """
+
+    embeddings: EmbeddingArray
+    failures: list[EmbeddingFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> npt.NDArray[np.bool_]:
+        """True for each row that holds a real embedding."""
+        mask = np.ones(len(self.embeddings), dtype=bool)
+        mask[[f.index for f in self.failures]] = False
+        return mask
+
+    def __len__(self) -> int:
+        return len(self.embeddings)
+
+    def raise_for_failures(self) -> EmbeddingArray:
+        """The embeddings, or the first failure's error (with the count of others in a note)."""
+        if not self.failures:
+            return self.embeddings
+        first = self.failures[0].error
+        if len(self.failures) > 1 and hasattr(first, "add_note"):
+            first.add_note(f"{len(self.failures) - 1} other input(s) failed too")
+        raise first
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """Counters of one client since it was created (``client.stats``)."""
+
+    requests: int
+    """HTTP attempts sent (or forward passes run, in local mode)."""
+    retries: int
+    """Attempts that were retries of a failed attempt."""
+    overloads: int
+    """429 and 503 answers, which lower the concurrency limit."""
+    splits: int
+    """Batches split in half after the endpoint refused them as too large (or, with
+    ``on_error="mark"``, to isolate the input a 400 was about)."""
+    concurrency_limit: int
+    """Requests the client allows in flight right now (adaptive, at most ``max_concurrency``)."""
+    max_concurrency: int

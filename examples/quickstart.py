@@ -1,4 +1,8 @@
-"""Embed a few texts and a generated image on your workspace's CLIP endpoints, then zero-shot classify.
+"""Embed a few texts and two generated images with CLIP, then zero-shot classify them.
+
+Through your workspace's CLIP endpoints when one is configured, else in local mode (the same model
+in-process, on CUDA or CPU; needs the ``local`` extra and, once, the weights from the Hugging Face
+hub). ``--local [MODEL_OR_FOLDER]`` forces local mode.
 
 Run it with any credentials databricks-sdk understands, for example::
 
@@ -13,6 +17,7 @@ or ``DATABRICKS_CONFIG_PROFILE=<profile>`` for a ``~/.databrickscfg`` profile, o
 
 from __future__ import annotations
 
+import argparse
 import os
 
 import numpy as np
@@ -32,7 +37,8 @@ def make_images() -> list[object]:
     return [circle, square]
 
 
-def main() -> int:
+def open_client(local: str | None) -> ClipClient:
+    """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
     endpoints = {
         key: value
         for key, value in {
@@ -41,13 +47,32 @@ def main() -> int:
         }.items()
         if value
     }
+    if local is None:
+        try:
+            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
+            return ClipClient(normalize=True, **endpoints)
+        except ValueError as exc:
+            print(f"no workspace configured ({str(exc).splitlines()[0][:120]}...); using local mode")
+    return ClipClient.local(local or "openai/clip-vit-large-patch14", normalize=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--local",
+        nargs="?",
+        const="openai/clip-vit-large-patch14",
+        default=None,
+        metavar="MODEL",
+        help="run the model in-process (a hub id or a checkpoint folder)",
+    )
+    args = parser.parse_args()
     try:
-        # No host/token arguments: the workspace comes from the databricks-sdk config chain.
-        with ClipClient(normalize=True, **endpoints) as client:
+        with open_client(args.local) as client:
             print(client)
             text_vecs = client.embed_texts(LABELS)
             image_vecs = client.embed_images(make_images())
-    except (ClipClientError, ValueError) as exc:
+    except (ClipClientError, ValueError, ImportError) as exc:
         print(f"error: {exc}")
         return 1
 

@@ -20,18 +20,26 @@ from clip_client._core import (
     BODY_OVERHEAD,
     Batch,
     BatchPlanner,
+    CallCancelled,
+    CallContext,
+    Collector,
     EmbedJob,
+    adrive,
+    batch_flow,
     check_image_list,
     check_text,
     check_text_list,
+    drive,
     encode_body,
     encode_record,
     parse_predictions,
 )
 from clip_client.errors import (
     APITimeoutError,
+    BadRequestError,
     ImageDecodeError,
     InvalidInputError,
+    PayloadTooLargeError,
     RateLimitError,
     ResponseFormatError,
 )
@@ -401,7 +409,7 @@ def test_parse_excerpt_of_a_long_body_is_short():
 
 
 def planned_job(total: int, batch_size: int, **kwargs) -> tuple[EmbedJob, list[Batch]]:
-    job = EmbedJob(total, BatchPlanner(batch_size, None), **kwargs)
+    job = EmbedJob(BatchPlanner(batch_size, None), **kwargs)
     batches = [b for i in range(total) if (b := job.add(i, f"item{i}")) is not None]
     if (last := job.flush()) is not None:
         batches.append(last)
@@ -412,63 +420,84 @@ def rows_for(indices: list[int], dim: int = 3) -> np.ndarray:
     return np.array([[i, i * 10, -i] for i in indices], dtype=np.float32)[:, :dim]
 
 
+def collect(job: EmbedJob, total: int, dim: int | None = None) -> np.ndarray:
+    out = Collector(total)
+    for index, row, _ in job.ready(final=True):
+        out.put(index, row)
+    return out.result(dim)
+
+
 def test_job_reassembles_out_of_order_completions():
     job, batches = planned_job(10, 3)
-    order = [2, 0, 3, 1]
-    for k in order:
-        job.complete(batches[k], rows_for(batches[k].indices))
-    out = job.result(normalize=False)
-    assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, rows_for(list(range(10))))
+    emitted = []
+    for k in [2, 0, 3, 1]:
+        job.settle([(batches[k], rows_for(batches[k].indices))])
+        emitted.extend(i for i, _, _ in job.ready())
+    # Rows come out strictly in input order, each as soon as every row before it is done.
+    assert emitted == list(range(10))
+    assert job.emitted == 10
+
+
+def test_job_holds_rows_until_their_turn():
+    job, batches = planned_job(6, 2)
+    job.settle([(batches[2], rows_for(batches[2].indices))])
+    assert list(job.ready()) == []
+    job.settle([(batches[0], rows_for(batches[0].indices))])
+    assert [i for i, _, _ in job.ready()] == [0, 1]
+    job.settle([(batches[1], rows_for(batches[1].indices))])
+    out = [(i, row) for i, row, _ in job.ready()]
+    assert [i for i, _ in out] == [2, 3, 4, 5]
+    np.testing.assert_array_equal(np.stack([r for _, r in out]), rows_for([2, 3, 4, 5]))
 
 
 def test_job_handles_non_consecutive_indices():
-    job = EmbedJob(4, BatchPlanner(4, None))
-    job.complete(Batch(indices=[3, 1]), rows_for([3, 1]))
-    job.complete(Batch(indices=[0, 2]), rows_for([0, 2]))
-    np.testing.assert_array_equal(job.result(normalize=False), rows_for([0, 1, 2, 3]))
+    job = EmbedJob(BatchPlanner(4, None))
+    job.settle([(Batch(indices=[3, 1]), rows_for([3, 1]))])
+    job.settle([(Batch(indices=[0, 2]), rows_for([0, 2]))])
+    np.testing.assert_array_equal(collect(job, 4), rows_for([0, 1, 2, 3]))
 
 
 def test_job_refuses_a_width_change():
     job, batches = planned_job(4, 2, endpoint="ep")
-    job.complete(batches[0], np.ones((2, 3), dtype=np.float32))
+    job.settle([(batches[0], np.ones((2, 3), dtype=np.float32))])
     with pytest.raises(ResponseFormatError, match=r"width changed between requests \(3 then 4\)") as info:
-        job.complete(batches[1], np.ones((2, 4), dtype=np.float32))
+        job.settle([(batches[1], np.ones((2, 4), dtype=np.float32))])
     assert info.value.endpoint == "ep"
 
 
 def test_job_refuses_a_wrong_row_count():
     job, batches = planned_job(4, 2)
     with pytest.raises(ResponseFormatError, match="sent 2 inputs but got 1 rows"):
-        job.complete(batches[0], np.ones((1, 3), dtype=np.float32))
+        job.settle([(batches[0], np.ones((1, 3), dtype=np.float32))])
 
 
-def test_job_refuses_to_return_a_partial_result():
+def test_collector_refuses_to_return_a_partial_result():
     job, batches = planned_job(4, 2)
-    job.complete(batches[1], rows_for(batches[1].indices))
+    job.settle([(batches[0], rows_for(batches[0].indices))])
     with pytest.raises(RuntimeError, match="2 of 4 rows"):
-        job.result(normalize=False)
+        collect(job, 4)
 
 
 def test_job_normalize_gives_unit_rows_and_keeps_zero_rows_finite():
-    job, batches = planned_job(3, 3)
+    job, batches = planned_job(3, 3, normalize=True)
     rows = np.array([[3.0, 4.0], [0.0, 0.0], [-2e-4, 1e-4]], dtype=np.float32)
-    job.complete(batches[0], rows)
-    out = job.result(normalize=True)
+    job.settle([(batches[0], rows)])
+    out = collect(job, 3)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out[0], [0.6, 0.8], rtol=1e-6)
     np.testing.assert_array_equal(out[1], [0.0, 0.0])
     np.testing.assert_allclose(np.linalg.norm(out[[0, 2]], axis=1), 1.0, rtol=1e-5)
     assert out.dtype == np.float32
-    # normalize=False returns the raw rows
-    np.testing.assert_array_equal(job.result(normalize=False), rows)
+    raw_job, raw_batches = planned_job(3, 3)
+    raw_job.settle([(raw_batches[0], rows)])
+    np.testing.assert_array_equal(collect(raw_job, 3), rows)
 
 
-def test_job_with_no_inputs_returns_an_empty_array():
-    job = EmbedJob(0, BatchPlanner(4, None))
-    out = job.result(normalize=True)
+def test_empty_collector_returns_an_empty_array():
+    out = Collector(0).result()
     assert out.shape == (0, DEFAULT_EMBEDDING_DIM)
     assert out.dtype == np.float32
+    assert Collector(0).result(24).shape == (0, 24)
 
 
 def test_job_reports_progress_and_closes_it():
@@ -486,10 +515,140 @@ def test_job_reports_progress_and_closes_it():
     bar = Bar()
     job, batches = planned_job(5, 2, progress=bar)
     for b in reversed(batches):
-        job.complete(b, rows_for(b.indices))
+        job.settle([(b, rows_for(b.indices))])
     job.close()
     assert bar.n == 5
     assert bar.closed
+
+
+def test_input_failure_raises_by_default_and_is_marked_with_mark():
+    bad = InvalidInputError("broken", index=1)
+    job = EmbedJob(BatchPlanner(4, None))
+    with pytest.raises(InvalidInputError) as info:
+        job.input_failed(1, bad)
+    assert info.value is bad
+
+    job = EmbedJob(BatchPlanner(4, None), mark=True)
+    job.add(0, "a")
+    job.input_failed(1, bad)
+    job.add(2, "c")
+    batch = job.flush()
+    assert batch is not None
+    assert batch.indices == [0, 2]
+    job.settle([(batch, rows_for([0, 2]))])
+    out = list(job.ready(final=True))
+    assert [i for i, _, _ in out] == [0, 1, 2]
+    assert np.isnan(out[1][1]).all()
+    assert out[1][1].shape == (3,)
+    assert out[1][2] is bad
+    assert [(f.index, f.error) for f in job.failures] == [(1, bad)]
+
+
+def test_a_failed_row_waits_for_the_width_unless_final():
+    job = EmbedJob(BatchPlanner(4, None), mark=True, dim_hint=7)
+    job.input_failed(0, InvalidInputError("x", index=0))
+    assert list(job.ready()) == []  # the NaN row's width is not known yet
+    rows = list(job.ready(final=True))
+    assert rows[0][1].shape == (7,)
+
+
+# --------------------------------------------------------------------------------------------------
+# One batch's fate: split when too large, isolate a bad input
+
+
+def too_large() -> PayloadTooLargeError:
+    return PayloadTooLargeError("too big", status_code=413, endpoint="ep")
+
+
+def fake_send(limit: int, bad: set[int] = frozenset()):
+    """A send that refuses batches over ``limit`` items and answers 400 for batches holding ``bad``."""
+    sent: list[list[int]] = []
+
+    def send(batch: Batch) -> np.ndarray:
+        sent.append(list(batch.indices))
+        if len(batch) > limit:
+            raise too_large()
+        if bad & set(batch.indices):
+            raise BadRequestError("bad input", status_code=400, endpoint="ep")
+        return rows_for(batch.indices)
+
+    return send, sent
+
+
+def test_batch_flow_splits_a_refused_batch_down_to_what_fits():
+    send, sent = fake_send(limit=2)
+    splits = []
+    pieces = drive(
+        batch_flow(Batch(list(range(7)), list(range(7))), mark=False, on_split=lambda: splits.append(1)), send
+    )
+    assert [i for b, _ in pieces for i in b.indices] == list(range(7))
+    for b, rows in pieces:
+        np.testing.assert_array_equal(rows, rows_for(b.indices))
+    assert sent[0] == list(range(7))
+    assert len(splits) > 0
+    assert all(len(b) <= 2 for b, _ in pieces)
+
+
+def test_batch_flow_single_item_too_large_names_its_index():
+    send, _ = fake_send(limit=0)
+    with pytest.raises(PayloadTooLargeError) as info:
+        drive(batch_flow(Batch([5, 6], ["a", "b"]), mark=False, on_split=lambda: None), send)
+    assert info.value.index == 5
+    assert str(info.value).startswith("input 5: ")
+
+
+def test_batch_flow_raise_mode_does_not_split_a_400():
+    send, sent = fake_send(limit=10, bad={2})
+    with pytest.raises(BadRequestError) as info:
+        drive(batch_flow(Batch([0, 1, 2, 3], list("abcd")), mark=False, on_split=lambda: None), send)
+    assert sent == [[0, 1, 2, 3]]
+    assert info.value.index is None
+
+
+def test_batch_flow_mark_mode_isolates_the_input_a_400_was_about():
+    send, _ = fake_send(limit=10, bad={2})
+    pieces = drive(batch_flow(Batch([0, 1, 2, 3], list("abcd")), mark=True, on_split=lambda: None), send)
+    failed = [(b.indices, e) for b, e in pieces if isinstance(e, Exception)]
+    assert len(failed) == 1
+    assert failed[0][0] == [2]
+    assert failed[0][1].index == 2
+    ok = sorted(i for b, r in pieces if not isinstance(r, Exception) for i in b.indices)
+    assert ok == [0, 1, 3]
+
+
+def test_batch_flow_mark_mode_marks_a_whole_batch_on_other_errors():
+    def send(batch: Batch) -> np.ndarray:
+        raise RateLimitError("slow down", status_code=429, endpoint="ep")
+
+    pieces = drive(batch_flow(Batch([0, 1], ["a", "b"]), mark=True, on_split=lambda: None), send)
+    assert len(pieces) == 1
+    assert isinstance(pieces[0][1], RateLimitError)
+
+
+async def test_adrive_runs_the_same_flow():
+    send, _ = fake_send(limit=2)
+
+    async def asend(batch: Batch) -> np.ndarray:
+        return send(batch)
+
+    pieces = await adrive(
+        batch_flow(Batch(list(range(5)), list(range(5))), mark=False, on_split=lambda: None), asend
+    )
+    assert [i for b, _ in pieces for i in b.indices] == list(range(5))
+
+
+def test_call_context_deadline_and_cancel():
+    ctx = CallContext(deadline=0.0)
+    with pytest.raises(APITimeoutError, match="deadline"):
+        ctx.check("ep")
+    ctx = CallContext()
+    ctx.check()  # no deadline: never expires
+    assert ctx.remaining() is None
+    ctx.cancelled.set()
+    with pytest.raises(CallCancelled):
+        ctx.check()
+    with pytest.raises(CallCancelled):
+        ctx.sleep(10)  # wakes at once when cancelled
 
 
 # --------------------------------------------------------------------------------------------------

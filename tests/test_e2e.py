@@ -380,12 +380,19 @@ async def test_transient_failure_without_retries_raises(
 async def test_malformed_200_is_a_response_format_error(
     make: Make, server: ServingServer, body: Any, match: str
 ) -> None:
-    server.script = [Reply(200, body, {"x-request-id": "req-bad"})]
+    server.script = [Reply(200, body, {"x-request-id": "req-bad"})] * 3
     with pytest.raises(ResponseFormatError, match=match) as info:
-        await make().embed_texts(["a", "b"])
+        await make(max_retries=2).embed_texts(["a", "b"])
     assert info.value.endpoint == TEXT
     assert info.value.request_id == "req-bad"
-    assert server.posts() == 1  # a wrong answer is not retried
+    assert server.posts() == 3  # retried like any glitch, then an error: never a wrong array
+
+
+async def test_one_malformed_200_is_retried(make: Make, server: ServingServer) -> None:
+    server.script = [Reply(200, b"<html><body><h1>502 Bad Gateway</h1></body></html>")]
+    out = await make(max_retries=2).embed_texts(["a", "b"])
+    np.testing.assert_array_equal(out, text_rows(["a", "b"]))
+    assert server.posts() == 2
 
 
 async def test_reply_slower_than_timeout_is_retried(make: Make, server: ServingServer) -> None:
