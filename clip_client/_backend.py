@@ -28,6 +28,7 @@ from ._transport import (
     retry_arguments,
 )
 from ._version import __version__
+from .errors import APIError, APITimeoutError
 from .types import Settings
 
 logger = logging.getLogger(C.LOGGER_NAME)
@@ -175,7 +176,7 @@ class RemoteBackend:
                             timeout=timeout,
                         )
                     except httpx.TransportError as exc:
-                        raise map_transport_error(exc, self._endpoints[kind], len(body)) from exc
+                        raise self._transport_error(exc, kind, len(body), timeout, ctx) from exc
                     return self._handle(response, kind, len(payloads), len(body), slot)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
@@ -208,7 +209,7 @@ class RemoteBackend:
                             timeout=timeout,
                         )
                     except httpx.TransportError as exc:
-                        raise map_transport_error(exc, self._endpoints[kind], len(body)) from exc
+                        raise self._transport_error(exc, kind, len(body), timeout, ctx) from exc
                     return self._handle(response, kind, len(payloads), len(body), slot)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
@@ -228,6 +229,29 @@ class RemoteBackend:
             if left is not None:
                 seconds = min(seconds, left)
         return httpx.Timeout(seconds, connect=min(C.DEFAULT_CONNECT_TIMEOUT, seconds))
+
+    def _transport_error(
+        self,
+        exc: httpx.TransportError,
+        kind: Kind,
+        nbytes: int,
+        timeout: httpx.Timeout,
+        ctx: CallContext | None,
+    ) -> APIError:
+        """The typed error for a failed attempt. A timeout that fired because the call's deadline
+        shortened the attempt says so: "raise timeout=" would be the wrong advice."""
+        endpoint = self._endpoints[kind]
+        if isinstance(exc, httpx.TimeoutException) and ctx is not None and ctx.deadline is not None:
+            connect = isinstance(exc, httpx.ConnectTimeout)
+            used = timeout.connect if connect else timeout.read
+            uncut = min(C.DEFAULT_CONNECT_TIMEOUT, self._timeout) if connect else self._timeout
+            if used is not None and used < uncut:
+                return APITimeoutError(
+                    f"the call's deadline of {ctx.deadline:g}s passed while waiting for the endpoint "
+                    f"({type(exc).__name__})",
+                    endpoint=endpoint,
+                )
+        return map_transport_error(exc, endpoint, nbytes)
 
     def _limits(self) -> httpx.Limits:
         n = self.settings.max_concurrency

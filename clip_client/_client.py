@@ -14,7 +14,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -253,6 +253,7 @@ class _BaseClient:
             endpoint=endpoint(kind) if callable(endpoint) else None,
             progress=bar,
             dim_hint=self._dim(),
+            window=self._window(settings),
         )
 
     def _dim(self) -> int | None:
@@ -547,29 +548,32 @@ class ClipClient(_BaseClient):
         job = self._new_job(kind, settings, on_error, total)
         ctx = CallContext(deadline)
         pool = self._requests()
-        window: deque[Future[list[Piece]]] = deque()
-        limit = self._window(settings)
+        pending: set[Future[list[Piece]]] = set()
+
+        def settle_some() -> None:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                pending.discard(fut)
+                job.settle(fut.result())
+
         try:
             for index, payload, nbytes in items:
                 if isinstance(payload, ClipClientError):
                     job.input_failed(index, payload)
-                else:
-                    batch = job.add(index, payload, nbytes)
-                    if batch is not None:
-                        window.append(pool.submit(self._send, kind, batch, ctx, job.mark))
-                while len(window) > limit:
-                    job.settle(window.popleft().result())
+                elif (batch := job.add(index, payload, nbytes)) is not None:
+                    pending.add(pool.submit(self._send, kind, batch, ctx, job.mark))
+                while job.must_wait(len(pending)):
+                    settle_some()
                 yield from job.ready()
-            batch = job.flush()
-            if batch is not None:
-                window.append(pool.submit(self._send, kind, batch, ctx, job.mark))
-            while window:
-                job.settle(window.popleft().result())
+            if (batch := job.flush()) is not None:
+                pending.add(pool.submit(self._send, kind, batch, ctx, job.mark))
+            while pending:
+                settle_some()
                 yield from job.ready()
             yield from job.ready(final=True)
         except BaseException:  # an error, Ctrl-C, or the consumer closing the stream early
             ctx.cancelled.set()
-            for fut in window:
+            for fut in pending:
                 fut.cancel()
             raise
         finally:
@@ -777,34 +781,37 @@ class AsyncClipClient(_BaseClient):
     ) -> AsyncIterator[Row]:
         job = self._new_job(kind, settings, on_error, total)
         ctx = CallContext(deadline)
-        window: deque[asyncio.Task[list[Piece]]] = deque()
-        limit = self._window(settings)
+        pending: set[asyncio.Future[list[Piece]]] = set()
+
+        async def settle_some() -> None:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                pending.discard(task)
+                job.settle(task.result())
+
         try:
             async for index, payload, nbytes in items:
                 if isinstance(payload, ClipClientError):
                     job.input_failed(index, payload)
-                else:
-                    batch = job.add(index, payload, nbytes)
-                    if batch is not None:
-                        window.append(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
-                while len(window) > limit:
-                    job.settle(await window.popleft())
+                elif (batch := job.add(index, payload, nbytes)) is not None:
+                    pending.add(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
+                while job.must_wait(len(pending)):
+                    await settle_some()
                 for row in job.ready():
                     yield row
-            batch = job.flush()
-            if batch is not None:
-                window.append(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
-            while window:
-                job.settle(await window.popleft())
+            if (batch := job.flush()) is not None:
+                pending.add(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
+            while pending:
+                await settle_some()
                 for row in job.ready():
                     yield row
             for row in job.ready(final=True):
                 yield row
         except BaseException:  # an error, cancellation, or the consumer closing the stream early
             ctx.cancelled.set()
-            for task in window:
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*window, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
             raise
         finally:
             job.close()

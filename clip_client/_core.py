@@ -413,8 +413,14 @@ class EmbedJob:
         endpoint: str | None = None,
         progress: Any | None = None,
         dim_hint: int | None = None,
+        window: int = 8,
     ) -> None:
         self.planner = planner
+        self.window = window
+        #: Rows finished but held behind an earlier, slower batch: up to another window's worth, so
+        #: the other request slots keep working past a slow reply, and memory stays bounded by about
+        #: two windows of batches whatever the input's length.
+        self.backlog_cap = window * planner.max_items
         self.mark = mark
         self.normalize = normalize
         self.endpoint = endpoint
@@ -469,6 +475,12 @@ class EmbedJob:
     @property
     def emitted(self) -> int:
         return self._next
+
+    def must_wait(self, in_flight: int) -> bool:
+        """Whether the shell should wait for a batch to finish before sending more: when ``window``
+        batches are in flight, or too many finished rows wait behind a slow one. Batches are waited
+        on as they finish, in any order, so one slow reply never idles the other request slots."""
+        return in_flight > 0 and (in_flight >= self.window or len(self._waiting) > self.backlog_cap)
 
     def _checked(self, batch: Batch, rows: FloatArray) -> FloatArray:
         if rows.ndim != 2 or rows.shape[0] != len(batch):

@@ -3,7 +3,9 @@
 Used by the end-to-end tests (and the benchmarks): it checks each request's shape with the same
 pydantic models the client documents, records what it received, and answers with deterministic
 embeddings derived from each input, so a test can check every returned row. Behaviour per request
-can be scripted (errors, delays) through ``ServingServer.script``.
+can be scripted (errors, delays) through ``ServingServer.script``, and faults can be injected at
+random, reproducibly, through ``ServingServer.faults`` (a :class:`Faults`): the 429 storms, 503s,
+504s, dropped connections, slow replies, malformed 200s and body-size limits of a real endpoint.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import base64
 import hashlib
 import io
 import json
+import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -26,6 +30,19 @@ from clip_client.types import InvocationRequest
 DIM = 768
 #: The token test clients send (``ServingServer.client_kwargs``); tests check it never leaks.
 TOKEN = "dapi-e2e-secret-0123456789abcdef"
+
+
+def dumps(value: Any) -> bytes:
+    """JSON for an answer: orjson when installed (many times faster on 768-float rows, so the server
+    is not what a benchmark measures), else the standard library. Both write floats round-trip exact."""
+    try:
+        import orjson
+    except ImportError:
+        return json.dumps(value).encode()
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value).encode()
 
 
 def expected_vector(kind: str, value: str | bytes, dim: int = DIM) -> np.ndarray:
@@ -64,8 +81,129 @@ class Reply:
     drop: bool = False
 
 
+#: The kinds of fault :class:`Faults` injects, by the name ``ServingServer.injected`` counts them under.
+FAULT_KINDS = (
+    "rate_limit",  # 429 REQUEST_LIMIT_EXCEEDED with ``Retry-After: <retry_after>``
+    "rate_limit_bare",  # 429 REQUEST_LIMIT_EXCEEDED without Retry-After
+    "unavailable",  # 503 TEMPORARILY_UNAVAILABLE (scale from zero)
+    "server_error",  # 500 INTERNAL_ERROR
+    "gateway_timeout",  # 504, plain-text body "upstream request timeout"
+    "drop",  # the body is read, then the connection is closed without an answer
+    "slow",  # a correct answer after ``slow_delay`` s, which a client with a shorter timeout abandoned
+    "short",  # 200 with one row too few
+    "html",  # 200 with an HTML "502 Bad Gateway" page
+)
+#: Kinds that happen outside the random draw, also counted in ``ServingServer.injected``.
+#: "body_limit": Content-Length over ``Faults.body_limit``; "status": ``Faults.status_for_all``.
+
+_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "RESOURCE_DOES_NOT_EXIST",
+    413: "REQUEST_ENTITY_TOO_LARGE",
+    429: "REQUEST_LIMIT_EXCEEDED",
+    500: "INTERNAL_ERROR",
+    503: "TEMPORARILY_UNAVAILABLE",
+}
+
+HTML_BAD_GATEWAY = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n"
+    b"<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and how often, on a :class:`ServingServer` (``ServingServer(faults=...)`` or
+    ``server.faults = ...``).
+
+    Each field named in :data:`FAULT_KINDS` is the probability that one POST gets that fault. The
+    kinds exclude one another (one uniform draw per POST picks at most one), so each probability is
+    exactly what it says whatever the others are, and their sum is the share of POSTs that fail.
+    Draws come from ``random.Random(seed)`` under a lock: the same seed gives the same sequence of
+    faults (the requests they land on depend on arrival order, which concurrency can shuffle).
+
+    Outside the draw: a request whose ``Content-Length`` exceeds ``body_limit`` has its connection
+    dropped before the body is read and without an answer, as a proxy does (or, with
+    ``body_limit_status=413``, gets a clean 413 once the body is read); ``status_for_all`` answers
+    every POST with that status and a JSON error body (401/403/404 tests).
+    """
+
+    rate_limit: float = 0.0
+    rate_limit_bare: float = 0.0
+    unavailable: float = 0.0
+    server_error: float = 0.0
+    gateway_timeout: float = 0.0
+    drop: float = 0.0
+    slow: float = 0.0
+    short: float = 0.0
+    html: float = 0.0
+    retry_after: str = "0"
+    slow_delay: float = 1.0
+    body_limit: int | None = None
+    body_limit_status: int | None = None
+    status_for_all: int | None = None
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for kind in FAULT_KINDS:
+            if not 0.0 <= getattr(self, kind) <= 1.0:
+                raise ValueError(f"Faults.{kind} is a probability, got {getattr(self, kind)!r}")
+        if self.total > 1.0 + 1e-9:
+            raise ValueError(f"the fault probabilities add up to {self.total:.3f}, more than 1")
+        self._rng = random.Random(self.seed)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def spread(cls, total: float, **options: Any) -> Faults:
+        """``total`` spread evenly over every kind in :data:`FAULT_KINDS`; ``options`` set the other
+        fields (or override one kind's probability)."""
+        share = {kind: total / len(FAULT_KINDS) for kind in FAULT_KINDS}
+        return cls(**{**share, **options})
+
+    @property
+    def total(self) -> float:
+        """The share of POSTs that get a fault from the draw."""
+        return float(sum(getattr(self, kind) for kind in FAULT_KINDS))
+
+    def draw(self) -> str | None:
+        """The fault for the next POST, or None for a normal answer. Thread-safe."""
+        with self._lock:
+            u = self._rng.random()
+        edge = 0.0
+        for kind in FAULT_KINDS:
+            edge += getattr(self, kind)
+            if u < edge:
+                return kind
+        return None
+
+    def settings(self) -> dict[str, Any]:
+        """The configuration, for printing."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up (a timed-out reply, a dropped connection) is business as usual."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
 class ServingServer:
-    """``with ServingServer() as server: ClipClient(host=server.url, token="t")``."""
+    """``with ServingServer() as server: ClipClient(host=server.url, token="t")``.
+
+    ``received`` holds only the requests answered with a real, correct 200 (scripted replies and
+    injected faults are not in it); ``requests`` holds every request; ``injected`` counts the faults
+    injected, by kind (:data:`FAULT_KINDS`, plus "body_limit" and "status").
+    """
 
     def __init__(
         self,
@@ -75,20 +213,22 @@ class ServingServer:
         image_endpoint: str = "clip-image-embedding",
         model: Callable[[str, list[str]], list[list[float]]] | None = None,
         latency: float = 0.0,
+        faults: Faults | None = None,
     ) -> None:
         self.dim = dim
         self.endpoints = {text_endpoint: "text", image_endpoint: "image"}
         self.model = model
         self.latency = latency
+        self.faults = faults
         self.received: list[Received] = []
         #: (method, path) of every request, errors and scripted replies included, in arrival order.
         self.requests: list[tuple[str, str]] = []
-        self.script: list[Reply] = []  # consumed one per invocation, before normal handling
+        self.script: list[Reply] = []  # consumed one per invocation, before faults and normal handling
+        self.injected: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )  # a short poll interval: shutdown() waits up to one interval
@@ -96,6 +236,7 @@ class ServingServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)
         return f"http://{host}:{port}"
 
     def client_kwargs(self, **overrides: Any) -> dict[str, Any]:
@@ -129,11 +270,16 @@ class ServingServer:
     def inputs(self, endpoint: str | None = None) -> list[str]:
         return [x for r in self.received if endpoint is None or r.endpoint == endpoint for x in r.inputs]
 
+    def _inject(self, kind: str) -> None:
+        with self.lock:
+            self.injected[kind] += 1
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each reply stalls ~40 ms on loopback (delayed ACK)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -153,6 +299,11 @@ class ServingServer:
                 body = json.dumps({"error_code": code, "message": message}).encode()
                 self._send(status, body, {"x-request-id": "req-err", **(headers or {})})
 
+            def _drop(self) -> None:
+                """Hang up without a word (what a proxy does to a body it will not take)."""
+                self.close_connection = True
+                self.connection.close()
+
             def do_GET(self) -> None:
                 with server.lock:
                     server.requests.append(("GET", self.path))
@@ -160,9 +311,28 @@ class ServingServer:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
+                faults = server.faults
+                if faults is not None and faults.body_limit is not None and length > faults.body_limit:
+                    with server.lock:
+                        server.requests.append(("POST", self.path))
+                    server._inject("body_limit")
+                    if faults.body_limit_status is None:
+                        return self._drop()  # the body is never read
+                    self.rfile.read(length)
+                    return self._error(
+                        faults.body_limit_status,
+                        _ERROR_CODES.get(faults.body_limit_status, "BAD_REQUEST"),
+                        f"Request body of {length} bytes exceeds the limit of {faults.body_limit} bytes",
+                    )
                 raw = self.rfile.read(length)
                 with server.lock:
                     server.requests.append(("POST", self.path))
+                if faults is not None and faults.status_for_all is not None:
+                    status = faults.status_for_all
+                    server._inject("status")
+                    return self._error(
+                        status, _ERROR_CODES.get(status, "ERROR"), f"Injected HTTP {status} for every request"
+                    )
                 parts = self.path.strip("/").split("/")
                 if len(parts) != 3 or parts[0] != "serving-endpoints" or parts[2] != "invocations":
                     return self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
@@ -180,36 +350,70 @@ class ServingServer:
                         if reply.delay:
                             time.sleep(reply.delay)
                         if reply.drop:
-                            self.close_connection = True
-                            self.connection.close()
-                            return None
+                            return self._drop()
                         body = (
                             reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
                         )
                         return self._send(reply.status, body, reply.headers)
-                    started = time.monotonic()
-                    try:
-                        request = InvocationRequest.model_validate_json(raw)
-                    except ValueError as exc:
-                        return self._error(400, "BAD_REQUEST", f"Invalid request body: {exc}")
-                    inputs = [r.input for r in request.dataframe_records]
-                    if server.latency:
-                        time.sleep(server.latency)
-                    try:
-                        rows = server.answer(server.endpoints[name], inputs)
-                    except Exception as exc:  # what MLflow does with an exception in predict()
-                        return self._error(400, "BAD_REQUEST", f"Encountered an unexpected error: {exc}")
+                    fault = faults.draw() if faults is not None else None
+                    if fault is not None:
+                        server._inject(fault)
+                        if fault not in ("slow", "short"):
+                            return self._fault(fault, faults)
+                    return self._answer(name, raw, fault, faults)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def _fault(self, fault: str, faults: Any) -> None:
+                if fault == "rate_limit":
+                    return self._error(
+                        429,
+                        "REQUEST_LIMIT_EXCEEDED",
+                        "Exceeded rate limit",
+                        {"Retry-After": faults.retry_after},
+                    )
+                if fault == "rate_limit_bare":
+                    return self._error(429, "REQUEST_LIMIT_EXCEEDED", "Exceeded rate limit")
+                if fault == "unavailable":
+                    return self._error(503, "TEMPORARILY_UNAVAILABLE", "The endpoint is scaling up from zero")
+                if fault == "server_error":
+                    return self._error(500, "INTERNAL_ERROR", "Internal error")
+                if fault == "gateway_timeout":
+                    return self._send(504, b"upstream request timeout", {"Content-Type": "text/plain"})
+                if fault == "drop":
+                    return self._drop()
+                if fault == "html":
+                    return self._send(200, HTML_BAD_GATEWAY, {"Content-Type": "text/html"})
+                raise AssertionError(f"unknown fault {fault!r}")
+
+            def _answer(self, name: str, raw: bytes, fault: str | None, faults: Any) -> None:
+                """The normal answer; for a "slow" fault late, for a "short" one a row short. Only a
+                correct answer in time is recorded in ``received``."""
+                started = time.monotonic()
+                try:
+                    request = InvocationRequest.model_validate_json(raw)
+                except ValueError as exc:
+                    return self._error(400, "BAD_REQUEST", f"Invalid request body: {exc}")
+                inputs = [r.input for r in request.dataframe_records]
+                if server.latency:
+                    time.sleep(server.latency)
+                if fault == "slow":
+                    time.sleep(faults.slow_delay)
+                try:
+                    rows = server.answer(server.endpoints[name], inputs)
+                except Exception as exc:  # what MLflow does with an exception in predict()
+                    return self._error(400, "BAD_REQUEST", f"Encountered an unexpected error: {exc}")
+                if fault == "short":
+                    rows = rows[:-1]
+                if fault is None:
                     with server.lock:
                         server.received.append(
                             Received(name, inputs, dict(self.headers), len(raw), started, time.monotonic())
                         )
-                    return self._send(
-                        200,
-                        json.dumps({"predictions": rows}).encode(),
-                        {"x-request-id": f"req-{len(server.received)}"},
-                    )
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
+                        request_id = f"req-{len(server.received)}"
+                else:
+                    request_id = f"req-{fault}"
+                return self._send(200, dumps({"predictions": rows}), {"x-request-id": request_id})
 
         return Handler

@@ -565,3 +565,24 @@ def test_compile_with_inductor(tiny: Path, local: ClipClient) -> None:
         np.testing.assert_allclose(compiled.embed_texts(texts), local.embed_texts(texts), atol=ATOL)
         pics = [picture(250, 230, 3, seed=90 + i) for i in range(3)]
         np.testing.assert_allclose(compiled.embed_images(pics), local.embed_images(pics), atol=ATOL)
+
+
+def test_text_batches_are_padded_to_a_few_static_lengths(local: ClipClient) -> None:
+    backend = local.backend
+    assert isinstance(backend, LocalBackend)
+    batches = [
+        ["a"],
+        ["a photo of the cat"],
+        ["word " * 20],
+        ["word " * 50],
+        ["word " * 400],
+        ["a", "b " * 30],
+    ]
+    lengths = {backend._tokenize(texts)["input_ids"].shape[1] for texts in batches}
+    assert lengths <= {16, 32, 48, 64, 77}
+    assert {16, 77} <= lengths  # short batches stay short; long ones cap at CLIP's 77
+    backend.compile = True  # compile=True pads every batch to one shape
+    try:
+        assert backend._tokenize(["a"])["input_ids"].shape[1] == 77
+    finally:
+        backend.compile = False
