@@ -18,7 +18,7 @@ from tenacity.stop import stop_base
 
 from . import _constants as C
 from ._concurrency import AIMDLimit, AsyncLimiter, Slot, ThreadLimiter
-from ._core import CallContext, FloatArray, Kind, encode_body, encode_record, parse_predictions
+from ._core import CallContext, FloatArray, Kind, encode_body, encode_record, parse_predictions, record_size
 from ._images import PreparedImage
 from ._transport import (
     Workspace,
@@ -154,8 +154,8 @@ class RemoteBackend:
     # -- payloads ------------------------------------------------------------------------------------
 
     def payload(self, kind: Kind, item: str | PreparedImage) -> tuple[bytes, int]:
-        record = encode_record(item if isinstance(item, str) else item.b64())
-        return record, len(record)
+        value = encode_record(item if isinstance(item, str) else item.b64())
+        return value, record_size(value)
 
     # -- sync ----------------------------------------------------------------------------------------
 

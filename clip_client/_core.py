@@ -62,6 +62,7 @@ __all__ = [
     "encode_record",
     "l2_normalize",
     "parse_predictions",
+    "record_size",
     "refuse_single_image",
 ]
 
@@ -127,20 +128,37 @@ def check_image_list(images: object) -> Sequence[object]:
 
 _BODY_HEAD = b'{"dataframe_records":['
 _BODY_TAIL = b"]}"
-#: Bytes of an empty body; each record adds its own length plus one separator.
+_RECORD_OPEN = b'{"input":"'
+_RECORD_CLOSE = b'"}'
+_RECORD_SEP = _RECORD_CLOSE + b"," + _RECORD_OPEN
+#: Bytes of an empty body; each record adds ``record_size`` plus one separating comma.
 BODY_OVERHEAD = len(_BODY_HEAD) + len(_BODY_TAIL)
+RECORD_OVERHEAD = len(_RECORD_OPEN) + len(_RECORD_CLOSE)
 
 
 def encode_record(value: str | bytes) -> bytes:
-    """One ``{"input": ...}`` record. ``bytes`` must be base64 (needs no JSON escaping)."""
+    """The JSON string content of one record's ``input``: base64 ``bytes`` as they are (they need no
+    escaping), a text JSON-escaped to ASCII, so its length is its exact size on the wire."""
     if isinstance(value, bytes):
-        return b'{"input":"' + value + b'"}'
-    return b'{"input":' + json.dumps(value).encode("ascii") + b"}"
+        return value
+    return json.dumps(value)[1:-1].encode("ascii")
 
 
-def encode_body(records: Sequence[bytes]) -> bytes:
-    """The request body, joined once from pre-encoded records (no image byte is copied twice)."""
-    return _BODY_HEAD + b",".join(records) + _BODY_TAIL
+def record_size(payload: bytes) -> int:
+    """Bytes one record adds to a body (``{"input":"..."}``), separator not included."""
+    return len(payload) + RECORD_OVERHEAD
+
+
+def encode_body(payloads: Sequence[bytes]) -> bytes:
+    """The request body in one join: every image's base64 is copied exactly once, into the body."""
+    if not payloads:
+        return _BODY_HEAD + _BODY_TAIL
+    parts = [_BODY_HEAD + _RECORD_OPEN]
+    for payload in payloads:
+        parts.append(payload)
+        parts.append(_RECORD_SEP)
+    parts[-1] = _RECORD_CLOSE + _BODY_TAIL
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------

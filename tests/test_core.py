@@ -33,6 +33,7 @@ from clip_client._core import (
     encode_body,
     encode_record,
     parse_predictions,
+    record_size,
 )
 from clip_client.errors import (
     APITimeoutError,
@@ -158,14 +159,16 @@ TRICKY_TEXTS = [
 @pytest.mark.parametrize("text", TRICKY_TEXTS)
 def test_encode_record_round_trips_text(text):
     record = encode_record(text)
-    assert json.loads(record) == {"input": text}
+    body = encode_body([record])
+    assert json.loads(body) == {"dataframe_records": [{"input": text}]}
     record.decode("ascii")  # non-ASCII is escaped, so the byte count is the wire count
+    assert len(body) == BODY_OVERHEAD + record_size(record)
 
 
 def test_encode_record_embeds_base64_bytes_verbatim():
     b64 = b"iVBORw0KGgoAAAANSUhEUg+/="
-    assert encode_record(b64) == b'{"input":"iVBORw0KGgoAAAANSUhEUg+/="}'
-    assert json.loads(encode_record(b64)) == {"input": b64.decode()}
+    assert encode_record(b64) is b64  # no copy: the body join is the only one
+    assert encode_body([b64]) == b'{"dataframe_records":[{"input":"iVBORw0KGgoAAAANSUhEUg+/="}]}'
 
 
 def test_encode_body_is_exactly_dataframe_records():
@@ -184,7 +187,7 @@ def test_encode_body_is_exactly_dataframe_records():
 def plan(planner: BatchPlanner, records: list[bytes]) -> list[Batch]:
     batches = []
     for i, record in enumerate(records):
-        closed = planner.add(i, record, len(record))
+        closed = planner.add(i, record, record_size(record))
         if closed is not None:
             batches.append(closed)
     last = planner.flush()
@@ -244,9 +247,9 @@ def test_planner_refuses_an_item_too_large_alone_naming_its_index():
     small = encode_record("fine")
     huge = encode_record("z" * 2000)
     planner = BatchPlanner(10, 1024)
-    planner.add(0, small, len(small))
+    planner.add(0, small, record_size(small))
     with pytest.raises(InvalidInputError) as info:
-        planner.add(1, huge, len(huge))
+        planner.add(1, huge, record_size(huge))
     err = info.value
     assert err.index == 1
     exact = len(encode_body([huge]))
@@ -254,8 +257,8 @@ def test_planner_refuses_an_item_too_large_alone_naming_its_index():
     assert "max_request_bytes=1,024" in str(err)
     # an item one byte over the limit is refused, one that exactly fits is not
     with pytest.raises(InvalidInputError):
-        BatchPlanner(10, exact - 1).add(0, huge, len(huge))
-    assert BatchPlanner(10, exact).add(0, huge, len(huge)) is None
+        BatchPlanner(10, exact - 1).add(0, huge, record_size(huge))
+    assert BatchPlanner(10, exact).add(0, huge, record_size(huge)) is None
 
 
 def test_planner_property_random_inputs():
