@@ -165,8 +165,10 @@ class RemoteBackend:
         for attempt in retrying:
             with attempt:
                 self.counters.attempt(attempt.retry_state.attempt_number)
-                timeout = self._attempt_timeout(kind, ctx)
                 with self._thread_slots.slot() as slot:
+                    # Checked once a slot is ours: the call may have been cancelled, or its deadline
+                    # come nearer, while this attempt waited for one.
+                    timeout = self._attempt_timeout(kind, ctx)
                     try:
                         response = self._sync_client().post(
                             self._urls[kind],
@@ -177,7 +179,10 @@ class RemoteBackend:
                         )
                     except httpx.TransportError as exc:
                         raise self._transport_error(exc, kind, len(body), timeout, ctx) from exc
-                    return self._handle(response, kind, len(payloads), len(body), slot)
+                    self._grade(response, slot)
+                # The slot is free once the answer is in: the next request goes out while this
+                # thread/task parses, so no endpoint slot idles on the client's JSON work.
+                return self._handle(response, kind, len(payloads), len(body))
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _sync_client(self) -> httpx.Client:
@@ -198,8 +203,10 @@ class RemoteBackend:
         async for attempt in retrying:
             with attempt:
                 self.counters.attempt(attempt.retry_state.attempt_number)
-                timeout = self._attempt_timeout(kind, ctx)
                 async with self._task_slots.slot() as slot:
+                    # Checked once a slot is ours: the call may have been cancelled, or its deadline
+                    # come nearer, while this attempt waited for one.
+                    timeout = self._attempt_timeout(kind, ctx)
                     try:
                         response = await client.post(
                             self._urls[kind],
@@ -210,7 +217,10 @@ class RemoteBackend:
                         )
                     except httpx.TransportError as exc:
                         raise self._transport_error(exc, kind, len(body), timeout, ctx) from exc
-                    return self._handle(response, kind, len(payloads), len(body), slot)
+                    self._grade(response, slot)
+                # The slot is free once the answer is in: the next request goes out while this
+                # thread/task parses, so no endpoint slot idles on the client's JSON work.
+                return self._handle(response, kind, len(payloads), len(body))
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     # -- shared --------------------------------------------------------------------------------------
@@ -257,7 +267,15 @@ class RemoteBackend:
         n = self.settings.max_concurrency
         return httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n, keepalive_expiry=60)
 
-    def _handle(self, response: httpx.Response, kind: Kind, rows: int, nbytes: int, slot: Slot) -> FloatArray:
+    def _grade(self, response: httpx.Response, slot: Slot) -> None:
+        """What the adaptive limit learns from an answer: 429/503 mean overload."""
+        if response.status_code in (429, 503):
+            slot.overloaded = True
+            self.counters.overload()
+        else:
+            slot.succeeded = response.status_code < 400
+
+    def _handle(self, response: httpx.Response, kind: Kind, rows: int, nbytes: int) -> FloatArray:
         endpoint = self._endpoints[kind]
         request_id = request_id_of(response)
         elapsed = response.elapsed.total_seconds() if hasattr(response, "_elapsed") else float("nan")
@@ -271,14 +289,9 @@ class RemoteBackend:
             request_id,
             self.limit.current,
         )
-        if response.status_code in (429, 503):
-            slot.overloaded = True
-            self.counters.overload()
         if response.status_code >= 400:
             raise error_from_response(response, endpoint)
-        result = parse_predictions(response.content, rows, endpoint=endpoint, request_id=request_id)
-        slot.succeeded = True
-        return result
+        return parse_predictions(response.content, rows, endpoint=endpoint, request_id=request_id)
 
     def stats(self) -> dict[str, int]:
         c = self.counters

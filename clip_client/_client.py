@@ -586,11 +586,13 @@ class ClipClient(_BaseClient):
         return drive(flow, lambda b: self.backend.embed(kind, b.payloads, ctx))
 
     def _requests(self) -> ThreadPoolExecutor:
-        """One pool per client: its size is the cap on requests in flight, shared by every thread."""
+        """One pool per client, shared by every thread. Two threads more than ``max_concurrency``:
+        the backend's limit caps what is on the wire, and the spare threads build the next bodies
+        and parse answers while every endpoint slot stays busy."""
         with self._pool_lock:
             if self._request_pool is None:
                 self._request_pool = ThreadPoolExecutor(
-                    self.settings.max_concurrency, thread_name_prefix="clip-request"
+                    self.settings.max_concurrency + 2, thread_name_prefix="clip-request"
                 )
             return self._request_pool
 

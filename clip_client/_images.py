@@ -17,6 +17,7 @@ import math
 import os
 import stat
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Literal
 
@@ -141,8 +142,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 def encode(img: Image.Image, fmt: Literal["png", "jpeg"], jpeg_quality: int) -> bytes:
     buf = io.BytesIO()
     if fmt == "png":
-        # Level 1 is several times faster than the default 6 and only a little larger on photos.
-        img.save(buf, format="PNG", compress_level=1)
+        # zlib's run-length strategy: lossless like any PNG, and on 224x224 photos about 1.8x faster
+        # to encode than the default strategy at any level, and no larger (benchmarks/preprocess.py).
+        img.save(buf, format="PNG", compress_type=zlib.Z_RLE)
     else:
         img.save(buf, format="JPEG", quality=jpeg_quality)
     return buf.getvalue()
