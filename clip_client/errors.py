@@ -177,7 +177,7 @@ class APIStatusError(APIError):
         if self.request_id:
             text += f" [request_id={self.request_id}]"
         if self.hint:
-            text += f". {self.hint}"
+            text += f"{'' if text.endswith('.') else '.'} {self.hint}"
         return text
 
 
