@@ -17,8 +17,8 @@ from tenacity import AsyncRetrying, RetryCallState, Retrying
 from tenacity.stop import stop_base
 
 from . import _constants as C
-from ._concurrency import AIMDLimit, AsyncLimiter, Slot, ThreadLimiter
-from ._core import CallContext, FloatArray, Kind, encode_body, encode_record, parse_predictions, record_size
+from ._concurrency import AIMDLimit, AsyncLimiter, CallContext, Slot, ThreadLimiter
+from ._core import FloatArray, Kind, encode_body, encode_record, parse_predictions, record_size
 from ._images import PreparedImage
 from ._transport import (
     Workspace,

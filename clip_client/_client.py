@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 
 from ._backend import Backend, RemoteBackend
+from ._concurrency import CallContext
 from ._core import (
     BatchPlanner,
-    CallContext,
     Collector,
     EmbedJob,
     FloatArray,
@@ -39,6 +39,7 @@ from ._core import (
     drive,
     empty_result,
     refuse_single_image,
+    refuse_single_text,
 )
 from ._images import ImageOptions, PreparedImage, prepare_image
 from ._transport import resolve_workspace
@@ -336,6 +337,12 @@ def _single(exc: InvalidInputError) -> InvalidInputError:
     return type(exc)(exc.reason, index=None, path=exc.path)
 
 
+def _text_list(texts: object, on_error: OnError) -> Sequence[object]:
+    """With "raise", every text is checked before the first request (cheap, and a bad one then costs
+    nothing); with "mark", bad texts are marked as they come and the others still go out."""
+    return check_text_list(texts) if on_error == "raise" else list(refuse_single_text(texts))
+
+
 def _collect(
     rows: Iterable[Row], total: int, on_error: OnError, dim: int | None
 ) -> FloatArray | EmbeddingResult:
@@ -404,7 +411,7 @@ class ClipClient(_BaseClient):
         NaN and listed with their errors. ``deadline`` bounds the whole call, retries included.
         """
         settings = self._call_settings(batch_size, normalize, progress)
-        checked: Sequence[object] = check_text_list(texts) if on_error == "raise" else list(_texts(texts))
+        checked = _text_list(texts, on_error)
         if not checked:
             return self._empty(on_error)
         rows = self._stream("text", self._text_items(checked), settings, on_error, deadline, len(checked))
@@ -488,7 +495,7 @@ class ClipClient(_BaseClient):
         """Embed an iterable of any length (a generator, a file read line by line), yielding
         ``(index, vector)`` in input order with memory bounded by a few batches."""
         settings = self._call_settings(batch_size, normalize, progress)
-        source = _texts(texts)
+        source = refuse_single_text(texts)
         rows = self._stream("text", self._text_items(source), settings, on_error, deadline, _length(source))
         return EmbeddingStream(rows)
 
@@ -638,7 +645,7 @@ class AsyncClipClient(_BaseClient):
     ) -> FloatArray | EmbeddingResult:
         """Embed texts; float32 of shape ``(len(texts), dim)``, rows in input order."""
         settings = self._call_settings(batch_size, normalize, progress)
-        checked: Sequence[object] = check_text_list(texts) if on_error == "raise" else list(_texts(texts))
+        checked = _text_list(texts, on_error)
         if not checked:
             return self._empty(on_error)
         rows = self._stream(
@@ -721,7 +728,7 @@ class AsyncClipClient(_BaseClient):
     ) -> AsyncEmbeddingStream:
         """``async for index, vector in client.iter_embed_texts(texts)``: input order, bounded memory."""
         settings = self._call_settings(batch_size, normalize, progress)
-        source = _texts(texts)
+        source = refuse_single_text(texts)
         items = _aiter(self._text_items(source))
         return AsyncEmbeddingStream(
             self._stream("text", items, settings, on_error, deadline, _length(source))
@@ -826,15 +833,6 @@ class AsyncClipClient(_BaseClient):
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def _texts(texts: object) -> Iterable[object]:
-    """The iterable of texts, refusing a bare string (which would iterate character by character)."""
-    if isinstance(texts, str):
-        raise TypeError("expected an iterable of strings; for one string use embed_text(text)")
-    if not isinstance(texts, Iterable):
-        raise TypeError(f"expected an iterable of strings, got {type(texts).__name__}")
-    return texts
 
 
 def _length(items: Iterable[object]) -> int | None:

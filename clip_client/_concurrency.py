@@ -1,4 +1,5 @@
-"""Adaptive concurrency: how many requests one client keeps in flight.
+"""Waiting, in one place: how many requests one client keeps in flight, and what a call's requests
+share while they wait (its deadline and cancellation).
 
 ``AIMDLimit`` is the policy, free of I/O: additive increase (about +1 per round of successful
 requests) and multiplicative decrease (halve) when the endpoint signals overload with 429 or 503,
@@ -13,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-__all__ = ["AIMDLimit", "AsyncLimiter", "Slot", "ThreadLimiter"]
+from .errors import APITimeoutError, ClipClientError
+
+__all__ = ["AIMDLimit", "AsyncLimiter", "CallCancelled", "CallContext", "Slot", "ThreadLimiter"]
 
 
 @dataclass
@@ -115,3 +119,41 @@ class AsyncLimiter:
             for waiter in self._waiters:
                 if not waiter.done():
                     waiter.set_result(None)
+
+
+class CallCancelled(ClipClientError):
+    """Internal: the call this work belonged to was interrupted or cancelled; nobody awaits it."""
+
+
+class CallContext:
+    """What every request of one call shares: its deadline and whether it was cancelled."""
+
+    def __init__(self, deadline: float | None = None) -> None:
+        self.deadline = deadline
+        self.expires_at = None if deadline is None else time.monotonic() + deadline
+        self.cancelled = threading.Event()
+
+    def remaining(self) -> float | None:
+        return None if self.expires_at is None else self.expires_at - time.monotonic()
+
+    def check(self, endpoint: str | None = None) -> None:
+        """Raise if the call was cancelled or its deadline has passed."""
+        if self.cancelled.is_set():
+            raise CallCancelled("the call was cancelled")
+        left = self.remaining()
+        if left is not None and left <= 0:
+            raise APITimeoutError(f"the call's deadline of {self.deadline:g}s passed", endpoint=endpoint)
+
+    def sleep(self, seconds: float) -> None:
+        """A retry wait that wakes at once when the call is cancelled and never outlasts the deadline."""
+        left = self.remaining()
+        if left is not None:
+            seconds = max(0.0, min(seconds, left))
+        if self.cancelled.wait(seconds):
+            raise CallCancelled("the call was cancelled")
+
+    async def asleep(self, seconds: float) -> None:
+        left = self.remaining()
+        if left is not None:
+            seconds = max(0.0, min(seconds, left))
+        await asyncio.sleep(seconds)

@@ -7,11 +7,8 @@ thread or sleeps: the client shells feed it items and responses and do the waiti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
-import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +20,6 @@ import numpy.typing as npt
 from ._constants import DEFAULT_EMBEDDING_DIM
 from .errors import (
     APIError,
-    APITimeoutError,
     BadRequestError,
     ClipClientError,
     InvalidInputError,
@@ -44,8 +40,6 @@ FloatArray = npt.NDArray[np.float32]
 __all__ = [
     "Batch",
     "BatchPlanner",
-    "CallCancelled",
-    "CallContext",
     "Collector",
     "EmbedJob",
     "Kind",
@@ -64,6 +58,7 @@ __all__ = [
     "parse_predictions",
     "record_size",
     "refuse_single_image",
+    "refuse_single_text",
 ]
 
 
@@ -90,13 +85,18 @@ def check_text(text: object, index: int | None) -> str:
     return text
 
 
-def check_text_list(texts: object) -> list[str]:
-    """Every text checked up front: text checks are cheap, so a bad one costs no request at all."""
+def refuse_single_text(texts: object) -> Iterable[object]:
+    """The texts as an iterable, refusing a bare string (which would iterate character by character)."""
     if isinstance(texts, str):
         raise TypeError("embed_texts() takes a list of strings; for one string use embed_text(text)")
     if isinstance(texts, (bytes, bytearray, memoryview)) or not isinstance(texts, Iterable):
         raise TypeError(f"embed_texts() takes a list of strings, got {type(texts).__name__}")
-    return [check_text(t, i) for i, t in enumerate(texts)]
+    return texts
+
+
+def check_text_list(texts: object) -> list[str]:
+    """Every text checked up front: text checks are cheap, so a bad one costs no request at all."""
+    return [check_text(t, i) for i, t in enumerate(refuse_single_text(texts))]
 
 
 def refuse_single_image(images: object) -> Iterable[object]:
@@ -369,44 +369,6 @@ async def adrive(
             request = step()
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
-
-
-class CallCancelled(ClipClientError):
-    """Internal: the call this work belonged to was interrupted or cancelled; nobody awaits it."""
-
-
-class CallContext:
-    """What every request of one call shares: its deadline and whether it was cancelled."""
-
-    def __init__(self, deadline: float | None = None) -> None:
-        self.deadline = deadline
-        self.expires_at = None if deadline is None else time.monotonic() + deadline
-        self.cancelled = threading.Event()
-
-    def remaining(self) -> float | None:
-        return None if self.expires_at is None else self.expires_at - time.monotonic()
-
-    def check(self, endpoint: str | None = None) -> None:
-        """Raise if the call was cancelled or its deadline has passed."""
-        if self.cancelled.is_set():
-            raise CallCancelled("the call was cancelled")
-        left = self.remaining()
-        if left is not None and left <= 0:
-            raise APITimeoutError(f"the call's deadline of {self.deadline:g}s passed", endpoint=endpoint)
-
-    def sleep(self, seconds: float) -> None:
-        """A retry wait that wakes at once when the call is cancelled and never outlasts the deadline."""
-        left = self.remaining()
-        if left is not None:
-            seconds = max(0.0, min(seconds, left))
-        if self.cancelled.wait(seconds):
-            raise CallCancelled("the call was cancelled")
-
-    async def asleep(self, seconds: float) -> None:
-        left = self.remaining()
-        if left is not None:
-            seconds = max(0.0, min(seconds, left))
-        await asyncio.sleep(seconds)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
+from ._concurrency import CallContext
 from ._constants import LOGGER_NAME
-from ._core import CallContext, FloatArray, Kind
+from ._core import FloatArray, Kind
 from ._images import PreparedImage
 from .errors import ModelLoadError
 

@@ -15,13 +15,12 @@ from PIL import Image
 from pydantic import ValidationError
 
 from clip_client import _core
+from clip_client._concurrency import CallCancelled, CallContext
 from clip_client._constants import DEFAULT_EMBEDDING_DIM
 from clip_client._core import (
     BODY_OVERHEAD,
     Batch,
     BatchPlanner,
-    CallCancelled,
-    CallContext,
     Collector,
     EmbedJob,
     adrive,
