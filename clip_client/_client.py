@@ -232,15 +232,20 @@ class _BaseClient:
     # -- planning ------------------------------------------------------------------------------------
 
     def _call_settings(
-        self, batch_size: int | None, normalize: bool | None, progress: bool | None
+        self,
+        batch_size: int | None,
+        normalize: bool | None,
+        progress: bool | None,
+        on_error: OnError = "raise",
     ) -> Settings:
+        """The settings of one call, checked before anything starts (streams included)."""
         if self._closed:
             raise RuntimeError(f"this {type(self).__name__} is closed")
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         return self.settings.merged(batch_size=batch_size, normalize=normalize, progress=progress)
 
     def _new_job(self, kind: Kind, settings: Settings, on_error: OnError, total: int | None) -> EmbedJob:
-        if on_error not in ("raise", "mark"):
-            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         bar = None
         if settings.progress:
             from tqdm.auto import tqdm
@@ -267,7 +272,8 @@ class _BaseClient:
         return EmbeddingResult(empty) if on_error == "mark" else empty
 
     def _count_split(self) -> None:
-        self._splits += 1
+        with self._pool_lock:  # called from request threads
+            self._splits += 1
 
     def _image_options(self) -> ImageOptions:
         s = self.settings
@@ -410,7 +416,7 @@ class ClipClient(_BaseClient):
         ``on_error="mark"`` returns an :class:`EmbeddingResult` instead of raising: failed rows are
         NaN and listed with their errors. ``deadline`` bounds the whole call, retries included.
         """
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         checked = _text_list(texts, on_error)
         if not checked:
             return self._empty(on_error)
@@ -463,7 +469,7 @@ class ClipClient(_BaseClient):
         """Embed images (paths, data URIs, bytes, PIL images, uint8 arrays); float32
         ``(len(images), dim)``, rows in input order. ``on_error`` and ``deadline`` as for
         :meth:`embed_texts`."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         items = check_image_list(images)
         if not items:
             return self._empty(on_error)
@@ -494,7 +500,7 @@ class ClipClient(_BaseClient):
     ) -> EmbeddingStream:
         """Embed an iterable of any length (a generator, a file read line by line), yielding
         ``(index, vector)`` in input order with memory bounded by a few batches."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         source = refuse_single_text(texts)
         rows = self._stream("text", self._text_items(source), settings, on_error, deadline, _length(source))
         return EmbeddingStream(rows)
@@ -511,7 +517,7 @@ class ClipClient(_BaseClient):
     ) -> EmbeddingStream:
         """Embed an iterable of images of any length, yielding ``(index, vector)`` in input order;
         images are read a bounded number ahead, so memory does not grow with the input."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         items = self._image_items(refuse_single_image(images), settings)
         return EmbeddingStream(self._stream("image", items, settings, on_error, deadline, _length(images)))
 
@@ -644,7 +650,7 @@ class AsyncClipClient(_BaseClient):
         deadline: float | None = None,
     ) -> FloatArray | EmbeddingResult:
         """Embed texts; float32 of shape ``(len(texts), dim)``, rows in input order."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         checked = _text_list(texts, on_error)
         if not checked:
             return self._empty(on_error)
@@ -697,7 +703,7 @@ class AsyncClipClient(_BaseClient):
         deadline: float | None = None,
     ) -> FloatArray | EmbeddingResult:
         """Embed images; float32 ``(len(images), dim)``, rows in input order."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         items = check_image_list(images)
         if not items:
             return self._empty(on_error)
@@ -727,7 +733,7 @@ class AsyncClipClient(_BaseClient):
         deadline: float | None = None,
     ) -> AsyncEmbeddingStream:
         """``async for index, vector in client.iter_embed_texts(texts)``: input order, bounded memory."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         source = refuse_single_text(texts)
         items = _aiter(self._text_items(source))
         return AsyncEmbeddingStream(
@@ -745,7 +751,7 @@ class AsyncClipClient(_BaseClient):
         deadline: float | None = None,
     ) -> AsyncEmbeddingStream:
         """``async for index, vector in client.iter_embed_images(images)``: input order, bounded memory."""
-        settings = self._call_settings(batch_size, normalize, progress)
+        settings = self._call_settings(batch_size, normalize, progress, on_error)
         items = self._image_items(refuse_single_image(images), settings)
         return AsyncEmbeddingStream(
             self._stream("image", items, settings, on_error, deadline, _length(images))
