@@ -36,11 +36,10 @@ logger = logging.getLogger(LOGGER_NAME)
 DEFAULT_LOCAL_MODEL = "openai/clip-vit-large-patch14"
 #: CLIP's text context: every text is truncated to this many tokens (never an error for long text).
 TEXT_CONTEXT = 77
-#: Texts are padded up to a multiple of this (tensor-core friendly), capped at TEXT_CONTEXT: a batch
-#: of short captions does not pay for 77 positions (padding every batch to 77 made short texts 2x
-#: slower on a CPU, and a bucket of 16 still cost 15%), and the text tower sees at most ten shapes.
+#: Without compile, a batch is padded to its longest text only: CLIP's causal text tower gives the
+#: same features whatever the padding, and short captions then do not pay for 77 positions
+#: (padding to 77 made them 2.2x slower, a bucket of 8 tokens still 15%: benchmarks/local_gpu.py).
 #: With compile=True every batch is padded to exactly TEXT_CONTEXT: one shape, one graph.
-TEXT_BUCKET = 8
 _OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 _OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _DTYPES = {
@@ -179,16 +178,14 @@ class LocalBackend:
         return result
 
     def _tokenize(self, texts: list[str]) -> dict[str, Any]:
-        enc = self._tokenizer(texts, truncation=True, max_length=TEXT_CONTEXT)
-        longest = max(len(ids) for ids in enc["input_ids"])
-        length = TEXT_CONTEXT if self.compile else min(TEXT_CONTEXT, -(-longest // TEXT_BUCKET) * TEXT_BUCKET)
-        padded = self._tokenizer.pad(
-            {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]},
-            padding="max_length",
-            max_length=length,
+        enc = self._tokenizer(
+            texts,
+            truncation=True,
+            max_length=TEXT_CONTEXT,
+            padding="max_length" if self.compile else "longest",
             return_tensors="pt",
         )
-        return {k: self._copy(v) for k, v in padded.items()}
+        return {k: self._copy(v) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def _to_device(self, stack: np.ndarray[Any, Any]) -> torch.Tensor:
         """uint8 NHWC on the host -> normalised NCHW in the model's dtype on the device, in one

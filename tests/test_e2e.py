@@ -8,19 +8,19 @@ can be checked against the input it belongs to. Most tests run once per client (
 from __future__ import annotations
 
 import asyncio
-import inspect
 import io
 import os
 import re
 import threading
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from harness import Make, clients_of
 from PIL import Image
 from serving_server import TOKEN, Reply, ServingServer, expected_vector, image_pixels
 
@@ -49,39 +49,11 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-class Embedder:
-    """One face for both clients: ``await e.embed_texts(...)`` calls the sync client directly and
-    awaits the async one, so each test body is written once."""
-
-    def __init__(self, client: ClipClient | AsyncClipClient) -> None:
-        self.client = client
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        return call
-
-
-Make = Callable[..., Embedder]
-
-
 @pytest.fixture(params=["sync", "async"])
 async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    """``make(**overrides)`` builds a client of ``server`` of the parametrized kind."""
-    cls = ClipClient if request.param == "sync" else AsyncClipClient
-    made: list[ClipClient | AsyncClipClient] = []
-
-    def factory(**overrides: Any) -> Embedder:
-        made.append(cls(**server.client_kwargs(**overrides)))
-        return Embedder(made[-1])
-
-    yield factory
-    for c in made:
-        await Embedder(c).close()
+    """Clients of ``server`` of the parametrized kind."""
+    async with clients_of(request.param, server) as factory:
+        yield factory
 
 
 # --------------------------------------------------------------------------------------------------

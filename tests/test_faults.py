@@ -10,14 +10,14 @@ is checked against the input it belongs to. Most tests run once per client (sync
 from __future__ import annotations
 
 import asyncio
-import inspect
 import io
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
+from harness import Make, clients_of
 from PIL import Image
 from serving_server import FAULT_KINDS, Faults, Reply, ServingServer, expected_vector
 
@@ -31,7 +31,7 @@ from clip_client import (
     ResponseFormatError,
 )
 from clip_client._images import ImageOptions, prepare_image
-from clip_client.types import ClientStats, EmbeddingResult
+from clip_client.types import EmbeddingResult
 
 TEXT = "clip-text-embedding"
 IMAGE = "clip-image-embedding"
@@ -46,44 +46,11 @@ def text_rows(texts: list[str]) -> np.ndarray:
     return np.stack([expected_vector("text", t) for t in texts])
 
 
-class Embedder:
-    """One face for both clients: ``await e.embed_texts(...)`` calls the sync client directly and
-    awaits the async one, so each test body is written once."""
-
-    def __init__(self, client: ClipClient | AsyncClipClient) -> None:
-        self.client = client
-
-    @property
-    def stats(self) -> ClientStats:
-        return self.client.stats
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        return call
-
-
-Make = Callable[..., Embedder]
-
-
 @pytest.fixture(params=["sync", "async"])
 async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    """``make(**overrides)`` builds a client of ``server`` of the parametrized kind, with ``FAST``
-    retries."""
-    cls = ClipClient if request.param == "sync" else AsyncClipClient
-    made: list[ClipClient | AsyncClipClient] = []
-
-    def factory(**overrides: Any) -> Embedder:
-        made.append(cls(**server.client_kwargs(**{**FAST, **overrides})))
-        return Embedder(made[-1])
-
-    yield factory
-    for c in made:
-        await Embedder(c).close()
+    """Clients of ``server`` of the parametrized kind, with ``FAST`` retries."""
+    async with clients_of(request.param, server, **FAST) as factory:
+        yield factory
 
 
 # --------------------------------------------------------------------------------------------------

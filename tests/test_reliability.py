@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
-import inspect
 import io
 import logging
 import math
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness import Embedder, Make, clients_of
 from image_factory import png_header_only
 from PIL import Image
 from serving_server import TOKEN, Reply, ServingServer, expected_vector
@@ -51,43 +51,11 @@ IMAGE = "clip-image-embedding"
 SMALL_DIM = 16
 
 
-class Embedder:
-    """One face for both clients: ``await e.embed_texts(...)`` calls the sync client directly and
-    awaits the async one, so each test body is written once."""
-
-    def __init__(self, client: ClipClient | AsyncClipClient) -> None:
-        self.client = client
-
-    @property
-    def stats(self) -> ClientStats:
-        return self.client.stats
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        method = getattr(self.client, name)
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = method(*args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        return call
-
-
-Make = Callable[..., Embedder]
-
-
 @pytest.fixture(params=["sync", "async"])
 async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    """``make(**overrides)`` builds a client of ``server`` of the parametrized kind."""
-    cls = ClipClient if request.param == "sync" else AsyncClipClient
-    made: list[ClipClient | AsyncClipClient] = []
-
-    def factory(**overrides: Any) -> Embedder:
-        made.append(cls(**server.client_kwargs(**overrides)))
-        return Embedder(made[-1])
-
-    yield factory
-    for c in made:
-        await Embedder(c).close()
+    """Clients of ``server`` of the parametrized kind."""
+    async with clients_of(request.param, server) as factory:
+        yield factory
 
 
 def text_rows(texts: list[str], dim: int = 768) -> np.ndarray:
