@@ -284,6 +284,21 @@ def test_records_are_jpeg_when_asked(
         assert diff.mean() < 8, (name, diff.mean())
 
 
+def test_records_are_lossless_bmp_when_asked(
+    images: dict[str, Path], references: dict[str, np.ndarray], server: ServingServer
+) -> None:
+    names = ["rgb_jpeg", "rgba_png", "gray16_png", "exif6_jpeg", "large_jpeg"]
+    with ClipClient(host=server.url, token="t", image_format="bmp", max_retries=0) as c:
+        c.embed_images([images[n] for n in names])
+    for name, rec in zip(names, records(server)):
+        raw = decoded(rec)
+        assert raw.startswith(b"BM"), name
+        with Image.open(io.BytesIO(raw)) as img:
+            assert (img.format, img.mode, img.size) == ("BMP", "RGB", (224, 224))
+        # Lossless: exactly the pixels the processor computes from the original file.
+        np.testing.assert_array_equal(image_pixels(rec), references[name], err_msg=name)
+
+
 def test_bytes_sent_are_a_small_fraction_of_the_original(
     images: dict[str, Path], client: ClipClient, server: ServingServer
 ) -> None:
@@ -760,3 +775,30 @@ def test_prepare_image_leaves_the_callers_pil_image_open_and_unchanged() -> None
     prepare_image(img, 0, ImageOptions())
     assert img.mode == "RGBA"
     assert np.array_equal(np.asarray(img), before)
+
+
+# --------------------------------------------------------------------------------------------------
+# fast_decode: libjpeg's reduced-scale decode before the exact resize (opt-in, not bit-exact)
+
+
+def test_fast_decode_is_close_to_exact_on_large_jpegs_and_identical_on_small_ones(
+    images: dict[str, Path], server: ServingServer
+) -> None:
+    from clip_client._images import ImageOptions, prepare_image
+
+    exact, fast = ImageOptions(want="pixels"), ImageOptions(want="pixels", fast_decode=True)
+    large = images["large_jpeg"]  # 4000x3000: decoded at 1/4 scale
+    a, b = prepare_image(large, 0, exact).pixels, prepare_image(large, 0, fast).pixels
+    assert a is not None
+    assert b is not None
+    assert a.shape == b.shape == (224, 224, 3)
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert 0 < diff.mean() < 1.0  # really a different decode, and only slightly different pixels
+    assert diff.max() <= 8
+    for name in ("rgb_jpeg", "rgba_png", "exif6_jpeg"):  # too small for a draft, or not a JPEG
+        x, y = prepare_image(images[name], 0, exact).pixels, prepare_image(images[name], 0, fast).pixels
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    # Through the client: the setting reaches the preparation.
+    with ClipClient(host=server.url, token="t", fast_decode=True, max_retries=0) as c:
+        c.embed_image(large)
+    np.testing.assert_array_equal(image_pixels(records(server)[0]), b)
