@@ -164,11 +164,11 @@ class RemoteBackend:
         retrying = Retrying(**self._retry_arguments(ctx, sleep=ctx.sleep if ctx else None))
         for attempt in retrying:
             with attempt:
-                self.counters.attempt(attempt.retry_state.attempt_number)
                 with self._thread_slots.slot() as slot:
                     # Checked once a slot is ours: the call may have been cancelled, or its deadline
                     # come nearer, while this attempt waited for one.
                     timeout = self._attempt_timeout(kind, ctx)
+                    self.counters.attempt(attempt.retry_state.attempt_number)
                     try:
                         response = self._sync_client().post(
                             self._urls[kind],
@@ -202,11 +202,11 @@ class RemoteBackend:
         retrying = AsyncRetrying(**self._retry_arguments(ctx, sleep=ctx.asleep if ctx else None))
         async for attempt in retrying:
             with attempt:
-                self.counters.attempt(attempt.retry_state.attempt_number)
                 async with self._task_slots.slot() as slot:
                     # Checked once a slot is ours: the call may have been cancelled, or its deadline
                     # come nearer, while this attempt waited for one.
                     timeout = self._attempt_timeout(kind, ctx)
+                    self.counters.attempt(attempt.retry_state.attempt_number)
                     try:
                         response = await client.post(
                             self._urls[kind],

@@ -76,7 +76,7 @@ def prepare_image(value: object, index: int | None, opts: ImageOptions) -> Prepa
             # the pixels we would send. Decode once anyway so a corrupt file fails here, not remotely.
             _load(img, index, path)
             return PreparedImage(encoded=raw)
-        if opts.fast_decode:
+        if opts.fast_decode and raw is not None:  # only on images we opened: never the caller's
             _draft(img, opts.size)
         _load(img, index, path)
         try:
