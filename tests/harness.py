@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,7 +13,7 @@ from serving_server import ServingServer
 from clip_client import AsyncClipClient, ClipClient
 from clip_client.types import ClientStats
 
-__all__ = ["Embedder", "Make", "clients_of"]
+__all__ = ["Embedder", "Make", "clients_of", "embed_in_threads"]
 
 
 class Embedder:
@@ -54,3 +55,27 @@ async def clients_of(kind: str, server: ServingServer, **defaults: Any) -> Async
     finally:
         for c in made:
             await Embedder(c).close()
+
+
+def embed_in_threads(client: ClipClient, lists: list[list[str]]) -> dict[int, Any]:
+    """Each list embedded by its own thread, all started together on one shared client; returns the
+    results by thread, and raises the first error any thread met."""
+    results: dict[int, Any] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(lists))
+
+    def work(t: int) -> None:
+        try:
+            start.wait()
+            results[t] = client.embed_texts(lists[t])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(len(lists))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness import Make, clients_of
+from harness import Make, clients_of, embed_in_threads
 from PIL import Image
 from serving_server import TOKEN, Reply, ServingServer, expected_vector, image_pixels
 
@@ -161,26 +161,8 @@ def test_shared_sync_client_caps_requests_in_flight_across_threads(server: Servi
     server.latency = 0.005
     n_threads, per_thread, cap = 16, 60, 3
     lists = [[f"thread {t} item {i}" for i in range(per_thread)] for t in range(n_threads)]
-    results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(n_threads)
-
     with ClipClient(**server.client_kwargs(batch_size=8, max_concurrency=cap)) as client:
-
-        def work(t: int) -> None:
-            try:
-                start.wait()
-                results[t] = client.embed_texts(lists[t])
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-
-    assert errors == []
+        results = embed_in_threads(client, lists)
     for t in range(n_threads):
         np.testing.assert_array_equal(results[t], text_rows(lists[t]))
     assert 1 < server.max_in_flight <= cap

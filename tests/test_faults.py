@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from harness import Make, clients_of
+from harness import Make, clients_of, embed_in_threads
 from PIL import Image
 from serving_server import FAULT_KINDS, Faults, Reply, ServingServer, expected_vector
 
@@ -251,27 +250,9 @@ def test_sixteen_threads_share_one_client_through_faults(server: ServingServer) 
     server.faults = Faults.spread(0.10, slow_delay=SLOW_DELAY, seed=99)
     n_threads = 16
     lists = [[f"thread {t} item {i}" for i in range(48)] for t in range(n_threads)]
-    results: dict[int, np.ndarray] = {}
-    errors: list[BaseException] = []
-    start = threading.Barrier(n_threads)
-
     with ClipClient(**server.client_kwargs(**FAST, timeout=TIMEOUT, batch_size=8)) as client:
-
-        def work(t: int) -> None:
-            try:
-                start.wait()
-                results[t] = client.embed_texts(lists[t])
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        results = embed_in_threads(client, lists)
         stats = client.stats
-
-    assert errors == []
     for t in range(n_threads):
         np.testing.assert_array_equal(results[t], text_rows(lists[t]))
     assert sum(server.injected.values()) > 0
