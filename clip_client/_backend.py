@@ -6,6 +6,7 @@ normalisation and progress sit above them in the client, written once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 import threading
@@ -136,6 +137,7 @@ class RemoteBackend:
         self._aclient = async_http_client
         self._owns_client = http_client is None
         self._owns_aclient = async_http_client is None
+        self._aclient_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self.limit = AIMDLimit(settings.max_concurrency)
         self._thread_slots = ThreadLimiter(self.limit)
@@ -196,9 +198,7 @@ class RemoteBackend:
 
     async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         body = encode_body(payloads)
-        if self._aclient is None:
-            self._aclient = httpx.AsyncClient(timeout=self._timeout, limits=self._limits())
-        client = self._aclient
+        client = self._async_client()
         retrying = AsyncRetrying(**self._retry_arguments(ctx, sleep=ctx.asleep if ctx else None))
         async for attempt in retrying:
             with attempt:
@@ -222,6 +222,16 @@ class RemoteBackend:
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
                 return self._handle(response, kind, len(payloads), len(body))
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    def _async_client(self) -> httpx.AsyncClient:
+        """The pooled async client, bound to the running event loop. A client used from another loop
+        (a second ``asyncio.run``) gets a fresh pool: pooled connections belong to the loop that
+        opened them, and the old loop may be closed, so they can be neither reused nor closed."""
+        loop = asyncio.get_running_loop()
+        if self._aclient is None or (self._owns_aclient and self._aclient_loop is not loop):
+            self._aclient = httpx.AsyncClient(timeout=self._timeout, limits=self._limits())
+            self._aclient_loop = loop
+        return self._aclient
 
     # -- shared --------------------------------------------------------------------------------------
 
@@ -310,6 +320,7 @@ class RemoteBackend:
 
     async def aclose(self) -> None:
         if self._aclient is not None and self._owns_aclient:
-            await self._aclient.aclose()
+            if self._aclient_loop is asyncio.get_running_loop():
+                await self._aclient.aclose()
             self._aclient = None
         self.close()

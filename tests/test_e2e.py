@@ -544,3 +544,14 @@ async def test_event_loop_keeps_ticking_while_images_decode(aclient: AsyncClipCl
     assert not gated.starved, "the image was decoded while the event loop was blocked"
     # the gated image came back in its place: same row as the same pixels sent as plain bytes
     np.testing.assert_array_equal(out[1], await aclient.embed_image(gated_bytes.getvalue()))
+
+
+def test_one_async_client_works_across_event_loops(server: ServingServer) -> None:
+    """A script that calls ``asyncio.run`` twice with one client: the second loop must not reuse
+    connections that belong to the first, closed one."""
+    client = AsyncClipClient(**server.client_kwargs())
+    first = asyncio.run(client.embed_texts(["a", "b"]))
+    second = asyncio.run(client.embed_texts(["c"]))
+    asyncio.run(client.close())
+    np.testing.assert_array_equal(first, text_rows(["a", "b"]))
+    np.testing.assert_array_equal(second, text_rows(["c"]))
