@@ -167,20 +167,11 @@ class RemoteBackend:
         for attempt in retrying:
             with attempt:
                 with self._thread_slots.slot() as slot:
-                    # Checked once a slot is ours: the call may have been cancelled, or its deadline
-                    # come nearer, while this attempt waited for one.
-                    timeout = self._attempt_timeout(kind, ctx)
-                    self.counters.attempt(attempt.retry_state.attempt_number)
+                    post = self._attempt(kind, body, ctx, attempt.retry_state.attempt_number)
                     try:
-                        response = self._sync_client().post(
-                            self._urls[kind],
-                            content=body,
-                            headers=self._headers,
-                            auth=self.workspace.auth,
-                            timeout=timeout,
-                        )
+                        response = self._sync_client().post(**post)
                     except httpx.TransportError as exc:
-                        raise self._transport_error(exc, kind, len(body), timeout, ctx) from exc
+                        raise self._transport_error(exc, kind, len(body), post["timeout"], ctx) from exc
                     self._grade(response, slot)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
@@ -203,20 +194,11 @@ class RemoteBackend:
         async for attempt in retrying:
             with attempt:
                 async with self._task_slots.slot() as slot:
-                    # Checked once a slot is ours: the call may have been cancelled, or its deadline
-                    # come nearer, while this attempt waited for one.
-                    timeout = self._attempt_timeout(kind, ctx)
-                    self.counters.attempt(attempt.retry_state.attempt_number)
+                    post = self._attempt(kind, body, ctx, attempt.retry_state.attempt_number)
                     try:
-                        response = await client.post(
-                            self._urls[kind],
-                            content=body,
-                            headers=self._headers,
-                            auth=self.workspace.auth,
-                            timeout=timeout,
-                        )
+                        response = await client.post(**post)
                     except httpx.TransportError as exc:
-                        raise self._transport_error(exc, kind, len(body), timeout, ctx) from exc
+                        raise self._transport_error(exc, kind, len(body), post["timeout"], ctx) from exc
                     self._grade(response, slot)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
@@ -239,6 +221,19 @@ class RemoteBackend:
         if ctx is None:
             return self._retry
         return {**self._retry, "stop": self._retry["stop"] | _StopAtDeadline(ctx), "sleep": sleep}
+
+    def _attempt(self, kind: Kind, body: bytes, ctx: CallContext | None, number: int) -> dict[str, Any]:
+        """The keyword arguments of one attempt's POST, made once a slot is ours: the call may have
+        been cancelled, or its deadline come nearer, while the attempt waited for one."""
+        timeout = self._attempt_timeout(kind, ctx)
+        self.counters.attempt(number)
+        return {
+            "url": self._urls[kind],
+            "content": body,
+            "headers": self._headers,
+            "auth": self.workspace.auth,
+            "timeout": timeout,
+        }
 
     def _attempt_timeout(self, kind: Kind, ctx: CallContext | None) -> httpx.Timeout:
         """``timeout`` bounds one attempt; the call's deadline, when nearer, bounds it further."""

@@ -36,7 +36,7 @@ async def main() -> int:
         if value
     }
     try:
-        async with AsyncClipClient(normalize=True, max_concurrency=4, **endpoints) as client:
+        async with AsyncClipClient(normalize=True, **endpoints) as client:
             # Both calls share the client's connection pool and concurrency cap.
             text_vecs, image_vecs = await asyncio.gather(
                 client.embed_texts(QUERIES),
