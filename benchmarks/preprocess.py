@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -176,15 +177,22 @@ def stages(path: Path, reps: int) -> dict[str, float]:
     img = clock("read+decode", decoded)
     rgb = clock("to RGB", lambda: to_rgb(img))
     crop = clock("resize+crop", lambda: clip_resize_crop(rgb, 224))
-    png = clock("PNG encode (client: Z_RLE)", lambda: encode(crop, "png", 95))
+    png = clock("PNG encode (client)", lambda: encode(crop, "png", 95))
     clock("base64", lambda: base64.b64encode(png))
 
-    def default_png() -> bytes:
-        buf = io.BytesIO()
-        crop.save(buf, format="PNG")  # Pillow's defaults: level 6, default strategy
-        return buf.getvalue()
+    def pillow_png(**options: Any) -> Callable[[], bytes]:
+        def save() -> bytes:
+            buf = io.BytesIO()
+            crop.save(buf, format="PNG", **options)
+            return buf.getvalue()
 
-    out["alt: PNG default bytes"] = len(clock("alt: PNG encode, Pillow default", default_png))
+        return save
+
+    # Pillow tries all five PNG filters on every row; the client's writer uses one (Average).
+    out["alt: Pillow PNG Z_RLE bytes"] = len(
+        clock("alt: PNG encode, Pillow Z_RLE (before)", pillow_png(compress_type=zlib.Z_RLE))
+    )
+    out["alt: PNG default bytes"] = len(clock("alt: PNG encode, Pillow default", pillow_png()))
     out["PNG client bytes"] = len(png)
 
     def drafted() -> Image.Image:
@@ -263,6 +271,50 @@ def effect_table(samples: list[Sample], tmp: Path) -> None:
 
 
 # -- the run -------------------------------------------------------------------------------------------
+
+
+def png_writers(photo_crop: Image.Image, reps: int) -> None:
+    """The client's PNG writer against Pillow's on 224x224 content of four kinds: time and bytes."""
+    from PIL import ImageDraw
+
+    shot = Image.new("RGB", (224, 224), "white")
+    draw = ImageDraw.Draw(shot)
+    for y in range(0, 224, 14):
+        draw.text((4, y), "The quick brown fox jumps 0123", fill=(0, 0, 0))
+    draw.rectangle((150, 20, 210, 80), fill=(255, 0, 0))
+    flat = np.empty((224, 224, 3), dtype=np.uint8)
+    flat[:] = (30, 120, 200)
+    flat[:5] = np.random.default_rng(0).integers(0, 256, (5, 224, 3), dtype=np.uint8)
+    noise = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    contents = {
+        "photo (the 1 MP sample's crop)": photo_crop,
+        "screenshot (text on white)": shot,
+        "flat colour, 5 noisy rows": Image.fromarray(flat),
+        "noise": Image.fromarray(noise),
+    }
+
+    def pillow(img: Image.Image, **options: Any) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", **options)
+        return buf.getvalue()
+
+    writers: dict[str, Callable[[Image.Image], bytes]] = {
+        "client (Average filter, RLE/default)": lambda img: encode(img, "png", 95),
+        "Pillow, Z_RLE (the client before)": lambda img: pillow(img, compress_type=zlib.Z_RLE),
+        "Pillow, defaults": pillow,
+    }
+    print("| content | " + " | ".join(f"{w}: ms / bytes" for w in writers) + " |")
+    print("|---|" + "---:|" * len(writers))
+    for name, img in contents.items():
+        cells = []
+        for write in writers.values():
+            best = float("inf")
+            for _ in range(reps):
+                start = time.perf_counter()
+                out = write(img)
+                best = min(best, time.perf_counter() - start)
+            cells.append(f"{best * 1000:.2f} / {len(out):,}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -345,13 +397,17 @@ def main() -> None:
             "read+decode",
             "to RGB",
             "resize+crop",
-            "PNG encode (client: Z_RLE)",
+            "PNG encode (client)",
             "base64",
             "fast_decode: draft decode",
             "fast_decode: resize+crop",
+            "alt: PNG encode, Pillow Z_RLE (before)",
             "alt: PNG encode, Pillow default",
         ]
-        print("| image | " + " | ".join(names) + " | PNG bytes client / default | fast_decode decodes at |")
+        print(
+            "| image | " + " | ".join(names) + " | PNG bytes client / Pillow Z_RLE / Pillow default "
+            "| fast_decode decodes at |"
+        )
         print("|---|" + "---:|" * (len(names) + 2))
         for sample in samples:
             st = stages(sample.paths[0], 2 if smoke else 15)
@@ -359,7 +415,8 @@ def main() -> None:
             print(
                 f"| {sample.name} | "
                 + " | ".join(f"{st[n]:.2f}" for n in names)
-                + f" | {st['PNG client bytes']:,.0f} / {st['alt: PNG default bytes']:,.0f} "
+                + f" | {st['PNG client bytes']:,.0f} / {st['alt: Pillow PNG Z_RLE bytes']:,.0f} "
+                f"/ {st['alt: PNG default bytes']:,.0f} "
                 f"| {size // 10_000}x{size % 10_000} |"
             )
 
@@ -386,6 +443,10 @@ def main() -> None:
                 f"| {sample.name} | {raw:,.0f} | {today:,.0f} | {ours:,.0f} | {ours_bmp:,.0f} "
                 f"| {ours_jpeg:,.0f} | {squash:,.0f} | {today / ours:.1f}x |"
             )
+
+        print("\nThe PNG writer (best of single-threaded runs, 224x224 content):\n")
+        with Image.open(samples[0].paths[0]) as first:
+            png_writers(clip_resize_crop(to_rgb(first), 224), 3 if smoke else 30)
 
         print(
             "\nfast_decode's effect on the 224x224 pixels sent (model-independent), and the cosine "

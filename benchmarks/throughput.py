@@ -1,7 +1,7 @@
 """Throughput against a 4-slot endpoint: the loops users write today around databricks-sdk, against
 ClipClient and AsyncClipClient, side by side in one run, on a loopback server in another process.
 
-    python benchmarks/throughput.py            # 4,000 texts and 500 640x480 JPEGs (about 2 minutes)
+    python benchmarks/throughput.py            # 4,000 texts and 500 640x480 JPEGs (about 3 minutes)
     python benchmarks/throughput.py --smoke    # a few dozen items (CI)
 
 Methods:
@@ -10,6 +10,9 @@ Methods:
       a subset: it is the slow baseline);
   (b) the same call with chunks of 32 records, one request after the other;
   (c) ``ClipClient`` with its defaults; (d) ``AsyncClipClient`` with its defaults.
+A second image table repeats (b), (c) and (d) against servers that charge more per image
+(``--image-sweep``, default 4, 8 and 16 ms; ViT-L/14 on a small GPU is in that range): it shows how
+the client fares as the ceiling drops to and below what this machine's cores can prepare.
 The server's ceiling is ``slots x batch / (request time at that batch)``, at batch 32. The server
 refuses any body but ``{"dataframe_records": [{"input": "<str>"}, ...]}``, and every answer timed here
 is checked against the rows the server must have computed for those inputs.
@@ -333,6 +336,54 @@ def report(endpoint: Endpoint, runs: list[Run], prep_rate: float | None) -> bool
     return all_ok
 
 
+def image_sweep(
+    paths: Sequence[Path], points: Sequence[float], slots: int, request_ms: float, repeats: int
+) -> list[tuple[float, float, Run, Run, Run]]:
+    """(b), (c) and (d) on the images against servers that charge ``ms`` per image, for each point:
+    where the ceiling is below what this machine's cores can prepare, the client reaches it; above,
+    the client's preparation is the limit. Not a method of the issue: it shows where that line is."""
+    out = []
+    n = len(paths)
+    sample = sorted({0, 1, n // 2, n - 1})
+    original, prepared = image_rows_original(paths), image_rows_prepared(paths)
+    for ms in points:
+        with serve(slots, request_ms, 1.0, ms) as endpoint:
+            w = sdk_client(endpoint.url)
+            w.serving_endpoints.query(name=IMAGE_ENDPOINT, dataframe_records=[{"input": b64_file(paths[0])}])
+            got, b = timed(
+                endpoint,
+                "(b)",
+                "image",
+                n,
+                lambda w=w: sdk_loop(w, IMAGE_ENDPOINT, paths, b64_file, BATCH),
+            )
+            check("(b)", got, original, n, sample)
+            got, c = clip_sync(endpoint, "(c)", "image", paths, repeats)
+            check("(c)", got, prepared, n, sample)
+            got, d = clip_async(endpoint, "(d)", "image", paths, repeats)
+            check("(d)", got, prepared, n, sample)
+            out.append((ms, endpoint.ceiling("image", BATCH), b, c, d))
+    return out
+
+
+def report_sweep(points: list[tuple[float, float, Run, Run, Run]], prep_rate: float | None) -> None:
+    prep = f"{prep_rate:,.1f} images/s" if prep_rate is not None else "not measured"
+    print(
+        f"\nImages against servers that charge more per image (client preparation alone: {prep}; "
+        "the issue's setting is the first table):\n"
+    )
+    print(
+        "| server ms per image | ceiling (images/s) | (b) images/s | (c) images/s | (d) images/s "
+        "| (c) of ceiling | (d) of ceiling | (c)/(b) | (d)/(b) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for ms, ceil, b, c, d in points:
+        print(
+            f"| {ms:g} | {ceil:,.1f} | {b.rate:,.1f} | {c.rate:,.1f} | {d.rate:,.1f} "
+            f"| {c.rate / ceil:.1%} | {d.rate / ceil:.1%} | {c.rate / b.rate:.2f}x | {d.rate / b.rate:.2f}x |"
+        )
+
+
 def _workers() -> int:
     from clip_client._client import _PREP_WORKERS
 
@@ -352,6 +403,11 @@ def main() -> None:
     parser.add_argument("--request-ms", type=float, default=None, help="latency per request; default 50")
     parser.add_argument("--item-ms", type=float, default=1.0, help="latency per item")
     parser.add_argument("--image-item-ms", type=float, default=None, help="per image item; default item-ms")
+    parser.add_argument(
+        "--image-sweep",
+        default=None,
+        help="comma-separated ms per image for the extra image table (default 4,8,16; '' to skip)",
+    )
     args = parser.parse_args()
     smoke = args.smoke
     repeats = args.repeats or (1 if smoke else 3)
@@ -388,7 +444,12 @@ def main() -> None:
             image_runs, prep_rate = run_kind(endpoint, "image", paths, n_base_images, repeats)
             runs += image_runs
             late = endpoint.stats()["late"]
+        sweep_arg = args.image_sweep if args.image_sweep is not None else ("4" if smoke else "4,8,16")
+        points = [float(x) for x in sweep_arg.split(",") if x.strip()]
+        swept = image_sweep(paths, points, args.slots, request_ms, repeats)
     ok = report(endpoint, runs, prep_rate)
+    if swept:
+        report_sweep(swept, prep_rate)
     print(
         f"\n(c-)/(d-) are not methods of the issue: with exactly as many requests in flight as the "
         "endpoint has slots, a slot idles while the client parses an answer and sends the next request; "

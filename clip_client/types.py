@@ -45,7 +45,7 @@ ImageInput = Union[
 EmbeddingArray = npt.NDArray[np.float32]
 
 #: How prepared images travel: "png" (lossless, the default), "bmp" (lossless and uncompressed: the
-#: least client CPU, about 40% more bytes) or "jpeg" (smallest, but changes the pixels slightly).
+#: least client CPU, about 50% more bytes) or "jpeg" (smallest, but changes the pixels slightly).
 ImageFormat = Literal["png", "bmp", "jpeg"]
 
 #: What a call does when an input or a batch fails: stop with the error ("raise"), or embed
