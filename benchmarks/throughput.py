@@ -1,7 +1,7 @@
 """Throughput against a 4-slot endpoint: the loops users write today around databricks-sdk, against
 ClipClient and AsyncClipClient, side by side in one run, on a loopback server in another process.
 
-    python benchmarks/throughput.py            # 4,000 texts and 500 640x480 JPEGs (about 3 minutes)
+    python benchmarks/throughput.py            # 4,000 texts and 500 640x480 JPEGs (about 4 minutes)
     python benchmarks/throughput.py --smoke    # a few dozen items (CI)
 
 Methods:
@@ -12,7 +12,9 @@ Methods:
   (c) ``ClipClient`` with its defaults; (d) ``AsyncClipClient`` with its defaults.
 A second image table repeats (b), (c) and (d) against servers that charge more per image
 (``--image-sweep``, default 4, 8 and 16 ms; ViT-L/14 on a small GPU is in that range): it shows how
-the client fares as the ceiling drops to and below what this machine's cores can prepare.
+the client fares as the ceiling drops to and below what this machine's cores can prepare. A last
+table runs ``ClipClient`` on 64 camera-sized (12 MP) JPEGs against its bare preparation rate on the same
+thread pool (``--large-photos``): whether it is bound by decoding or by waiting on requests.
 The server's ceiling is ``slots x batch / (request time at that batch)``, at batch 32. The server
 refuses any body but ``{"dataframe_records": [{"input": "<str>"}, ...]}``, and every answer timed here
 is checked against the rows the server must have computed for those inputs.
@@ -153,13 +155,13 @@ def clip_async(
     return asyncio.run(passes())
 
 
-def preparation_alone(paths: Sequence[Path]) -> float:
+def preparation_alone(paths: Sequence[Path], fast_decode: bool = False) -> float:
     """Images/s of the client's own preparation (decode, exact resize+crop, PNG, base64) on its pool
     of one thread per core, without any request: the most this machine can feed the endpoint."""
     from clip_client._client import _PREP_WORKERS
     from clip_client._images import ImageOptions, prepare_image
 
-    opts = ImageOptions()
+    opts = ImageOptions(fast_decode=fast_decode)
 
     def one(item: tuple[int, Path]) -> bytes:
         return prepare_image(item[1], item[0], opts).b64()
@@ -366,6 +368,50 @@ def image_sweep(
     return out
 
 
+def write_large_photos(folder: Path, count: int, size: tuple[int, int]) -> list[Path]:
+    """``count`` distinct camera-sized JPEGs: 8 synthetic photos (slow to make), each saved at several
+    qualities (distinct files, distinct rows)."""
+    from _serve import photo
+
+    distinct = min(8, count)
+    pictures = [photo(*size, seed=100 + i) for i in range(distinct)]
+    paths = []
+    for i in range(count):
+        path = folder / f"large_{i:04d}.jpg"
+        pictures[i % distinct].save(path, "JPEG", quality=95 - i // distinct)
+        paths.append(path)
+    return paths
+
+
+def large_photo_runs(endpoint: Endpoint, paths: Sequence[Path]) -> list[tuple[str, float, float]]:
+    """ClipClient (defaults, and fast_decode) on camera-sized JPEGs against its preparation alone:
+    a ratio near 1 means the client is bound by decoding and resizing, not by waiting on requests."""
+    out = []
+    n = len(paths)
+    sample = sorted({0, n // 2, n - 1})
+    for label, fast in (("defaults (exact)", False), ("fast_decode=True", True)):
+        prep = preparation_alone(paths, fast_decode=fast)
+        got, run = clip_sync(endpoint, label, "image", paths, 1, fast_decode=fast)
+        if not fast:
+            check(label, got, image_rows_prepared(paths), n, sample)
+        out.append((label, prep, run.rate))
+    return out
+
+
+def report_large(size: tuple[int, int], count: int, rows: list[tuple[str, float, float]]) -> None:
+    print(
+        f"\n{count} camera-sized {size[0]}x{size[1]} JPEGs, ClipClient.embed_images against the same "
+        "preparation on the same thread pool with no requests at all:\n"
+    )
+    print(
+        "| ClipClient | preparation alone (images/s) | embed_images (images/s) "
+        "| embed_images / preparation alone |"
+    )
+    print("|---|---:|---:|---:|")
+    for label, prep, rate in rows:
+        print(f"| {label} | {prep:,.1f} | {rate:,.1f} | {rate / prep:.0%} |")
+
+
 def report_sweep(points: list[tuple[float, float, Run, Run, Run]], prep_rate: float | None) -> None:
     prep = f"{prep_rate:,.1f} images/s" if prep_rate is not None else "not measured"
     print(
@@ -403,6 +449,9 @@ def main() -> None:
     parser.add_argument("--request-ms", type=float, default=None, help="latency per request; default 50")
     parser.add_argument("--item-ms", type=float, default=1.0, help="latency per item")
     parser.add_argument("--image-item-ms", type=float, default=None, help="per image item; default item-ms")
+    parser.add_argument(
+        "--large-photos", type=int, default=None, help="camera-sized JPEGs for the last table; default 64"
+    )
     parser.add_argument(
         "--image-sweep",
         default=None,
@@ -444,12 +493,18 @@ def main() -> None:
             image_runs, prep_rate = run_kind(endpoint, "image", paths, n_base_images, repeats)
             runs += image_runs
             late = endpoint.stats()["late"]
+            large_size = (1200, 900) if smoke else (4000, 3000)
+            n_large = args.large_photos if args.large_photos is not None else (4 if smoke else 64)
+            large = write_large_photos(Path(tmp), n_large, large_size) if n_large else []
+            large_rows = large_photo_runs(endpoint, large) if large else []
         sweep_arg = args.image_sweep if args.image_sweep is not None else ("4" if smoke else "4,8,16")
         points = [float(x) for x in sweep_arg.split(",") if x.strip()]
         swept = image_sweep(paths, points, args.slots, request_ms, repeats)
     ok = report(endpoint, runs, prep_rate)
     if swept:
         report_sweep(swept, prep_rate)
+    if large_rows:
+        report_large(large_size, n_large, large_rows)
     print(
         f"\n(c-)/(d-) are not methods of the issue: with exactly as many requests in flight as the "
         "endpoint has slots, a slot idles while the client parses an answer and sends the next request; "
