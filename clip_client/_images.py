@@ -150,7 +150,7 @@ def encode(img: Image.Image, fmt: ImageFormat, jpeg_quality: int) -> bytes:
         return buf.getvalue()
     buf = io.BytesIO()
     if fmt == "bmp":
-        # Lossless and uncompressed: nearly free to encode, ~80% more bytes on the wire than PNG.
+        # Lossless and uncompressed: nearly free to encode, ~50% more bytes on the wire than PNG.
         img.save(buf, format="BMP")
     else:
         img.save(buf, format="JPEG", quality=jpeg_quality)
@@ -169,8 +169,8 @@ def png_rgb(pixels: npt.NDArray[np.uint8]) -> bytes:
     few numpy operations, and zlib codes it with its run-length strategy; when a quarter or more of
     the filtered bytes are zero (flat regions: graphics, screenshots, backgrounds) zlib's default
     strategy is tried too, since it also finds repeated shapes such as glyphs, and the smaller kept.
-    On 224x224 photos this is 2.5-3x faster than Pillow's fastest setting for ~6% more bytes; on
-    screenshots it is smaller (``benchmarks/preprocess.py``). Any PNG decoder returns ``pixels``.
+    On 224x224 photos this is about 2.7x faster than Pillow's fastest setting for 1-6% more bytes;
+    on screenshots it is 6x smaller (``benchmarks/preprocess.py``). Any PNG decoder returns ``pixels``.
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"png_rgb takes (H, W, 3) uint8 pixels, not {pixels.shape} {pixels.dtype}")
