@@ -275,21 +275,13 @@ def effect_table(samples: list[Sample], tmp: Path) -> None:
 
 def png_writers(photo_crop: Image.Image, reps: int) -> None:
     """The client's PNG writer against Pillow's on 224x224 content of four kinds: time and bytes."""
-    from PIL import ImageDraw
+    from image_factory import flat_with_noisy_rows, screenshot  # tests/, on the path via _serve
 
-    shot = Image.new("RGB", (224, 224), "white")
-    draw = ImageDraw.Draw(shot)
-    for y in range(0, 224, 14):
-        draw.text((4, y), "The quick brown fox jumps 0123", fill=(0, 0, 0))
-    draw.rectangle((150, 20, 210, 80), fill=(255, 0, 0))
-    flat = np.empty((224, 224, 3), dtype=np.uint8)
-    flat[:] = (30, 120, 200)
-    flat[:5] = np.random.default_rng(0).integers(0, 256, (5, 224, 3), dtype=np.uint8)
     noise = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)
     contents = {
         "photo (the 1 MP sample's crop)": photo_crop,
-        "screenshot (text on white)": shot,
-        "flat colour, 5 noisy rows": Image.fromarray(flat),
+        "screenshot (text on white)": Image.fromarray(screenshot()),
+        "flat colour, 5 noisy rows": Image.fromarray(flat_with_noisy_rows()),
         "noise": Image.fromarray(noise),
     }
 

@@ -143,11 +143,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def encode(img: Image.Image, fmt: ImageFormat, jpeg_quality: int) -> bytes:
     if fmt == "png":
-        if img.mode == "RGB":
-            return png_rgb(np.asarray(img))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        return buf.getvalue()
+        return png_rgb(np.asarray(img))  # prepared images are RGB: to_rgb runs before the resize
     buf = io.BytesIO()
     if fmt == "bmp":
         # Lossless and uncompressed: nearly free to encode, ~50% more bytes on the wire than PNG.

@@ -41,6 +41,26 @@ def picture(width: int, height: int, channels: int = 3, seed: int = 0) -> np.nda
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
 
 
+def screenshot(size: int = 224) -> np.ndarray:
+    """Black text and a red box on white: flat regions and repeated glyphs, like a screenshot."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    for y in range(0, size, 14):
+        draw.text((4, y), "The quick brown fox jumps 0123", fill=(0, 0, 0))
+    draw.rectangle((150, 20, 210, 80), fill=(255, 0, 0))
+    return np.asarray(img)
+
+
+def flat_with_noisy_rows(size: int = 224, rows: int = 5) -> np.ndarray:
+    """One flat colour with ``rows`` rows of noise at the top."""
+    arr = np.empty((size, size, 3), dtype=np.uint8)
+    arr[:] = (30, 120, 200)
+    arr[:rows] = np.random.default_rng(0).integers(0, 256, (rows, size, 3), dtype=np.uint8)
+    return arr
+
+
 def exif_bytes(orientation: int) -> bytes:
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation

@@ -717,21 +717,25 @@ def test_settings_are_frozen():
 # Errors cross process boundaries
 
 
+def _rate_limited() -> RateLimitError:
+    return RateLimitError(
+        "Exceeded",
+        status_code=429,
+        error_code="REQUEST_LIMIT_EXCEEDED",
+        request_id="r-1",
+        endpoint="clip-text-embedding",
+        retry_after=2.0,
+        attempts=4,
+    )
+
+
 @pytest.mark.parametrize(
     "err",
     [
         InvalidInputError("text is empty", index=3),
         InvalidInputError("bad", index=None, path="/tmp/a.png"),
         ImageDecodeError("cannot identify image file", index=7, path="/data/x.jpg"),
-        RateLimitError(
-            "Exceeded",
-            status_code=429,
-            error_code="REQUEST_LIMIT_EXCEEDED",
-            request_id="r-1",
-            endpoint="clip-text-embedding",
-            retry_after=2.0,
-            attempts=4,
-        ),
+        _rate_limited(),
         APITimeoutError("request timed out (ReadTimeout)", endpoint="clip-image-embedding", attempts=3),
         ResponseFormatError("sent 2 records but got 1 rows back", endpoint="ep", request_id="r-2"),
     ],
@@ -746,16 +750,7 @@ def test_errors_survive_pickling(err):
 
 
 def test_pickled_errors_keep_their_attributes():
-    err = RateLimitError(
-        "Exceeded",
-        status_code=429,
-        error_code="REQUEST_LIMIT_EXCEEDED",
-        request_id="r-1",
-        endpoint="clip-text-embedding",
-        retry_after=2.0,
-        attempts=4,
-    )
-    clone = pickle.loads(pickle.dumps(err))
+    clone = pickle.loads(pickle.dumps(_rate_limited()))
     assert (clone.status_code, clone.error_code, clone.request_id, clone.endpoint) == (
         429,
         "REQUEST_LIMIT_EXCEEDED",

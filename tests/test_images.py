@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 import pytest
-from image_factory import KINDS, exif_bytes, picture, png_header_only, write_images
+from image_factory import (
+    KINDS,
+    exif_bytes,
+    flat_with_noisy_rows,
+    picture,
+    png_header_only,
+    screenshot,
+    write_images,
+)
 from PIL import Image, ImageOps
 from serving_server import ServingServer, expected_vector, image_pixels
 
@@ -95,12 +103,6 @@ def reference(processor: Any, name: str, path: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def references(images: dict[str, Path], processor: Any) -> dict[str, np.ndarray]:
     return {name: reference(processor, name, path) for name, path in images.items()}
-
-
-@pytest.fixture
-def server() -> Iterator[ServingServer]:
-    with ServingServer() as srv:
-        yield srv
 
 
 @pytest.fixture
@@ -890,30 +892,12 @@ def test_png_rgb_round_trips_full_size_images_through_pillow() -> None:
             np.testing.assert_array_equal(np.asarray(img), pixels)
 
 
-def _screenshot() -> np.ndarray:
-    from PIL import ImageDraw
-
-    img = Image.new("RGB", (224, 224), "white")
-    draw = ImageDraw.Draw(img)
-    for y in range(0, 224, 14):
-        draw.text((4, y), "The quick brown fox jumps 0123", fill=(0, 0, 0))
-    draw.rectangle((150, 20, 210, 80), fill=(255, 0, 0))
-    return np.asarray(img)
-
-
-def _flat_with_noisy_rows() -> np.ndarray:
-    arr = np.empty((224, 224, 3), dtype=np.uint8)
-    arr[:] = (30, 120, 200)
-    arr[:5] = np.random.default_rng(0).integers(0, 256, (5, 224, 3), dtype=np.uint8)
-    return arr
-
-
 @pytest.mark.parametrize(
     ("name", "make", "bound"),
     [
         ("photo", lambda: picture(224, 224, 3, seed=9), 1.15),
-        ("flat", _flat_with_noisy_rows, 1.5),
-        ("screenshot", _screenshot, 1.5),
+        ("flat", flat_with_noisy_rows, 1.5),
+        ("screenshot", screenshot, 1.5),
     ],
 )
 def test_png_rgb_compresses_about_as_well_as_pillow(
