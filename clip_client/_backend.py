@@ -11,30 +11,37 @@ import logging
 import platform
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, Retrying
-from tenacity.stop import stop_base
+from tenacity import AsyncRetrying, Retrying
 
 from . import _constants as C
 from ._concurrency import AIMDLimit, AsyncLimiter, CallContext, Slot, ThreadLimiter
 from ._core import FloatArray, Kind, encode_body, encode_record, parse_predictions, record_size
 from ._images import PreparedImage
 from ._transport import (
+    AttemptClock,
     Workspace,
+    call_retry_arguments,
     error_from_response,
     map_transport_error,
     request_id_of,
     retry_arguments,
+    sync_client,
 )
 from ._version import __version__
-from .errors import APIError, APITimeoutError
 from .types import Settings
 
 logger = logging.getLogger(C.LOGGER_NAME)
 
 __all__ = ["Backend", "RemoteBackend"]
+
+#: A socket timeout can fire a hair before the time it was set for: within this many seconds of the
+#: call's deadline, a timeout of an attempt the deadline bounded is the deadline's.
+_CLOCK_SLACK = 0.05
+#: The shortest timeout handed to httpx: a socket timeout of 0 would mean "non-blocking", not "now".
+_MIN_TIMEOUT = 0.001
 
 
 @runtime_checkable
@@ -85,17 +92,6 @@ class _Counters:
     def overload(self) -> None:
         with self._lock:
             self.overloads += 1
-
-
-class _StopAtDeadline(stop_base):
-    """Stop retrying once the call's deadline has passed or the call was cancelled."""
-
-    def __init__(self, ctx: CallContext) -> None:
-        self.ctx = ctx
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        left = self.ctx.remaining()
-        return self.ctx.cancelled.is_set() or (left is not None and left <= 0)
 
 
 class RemoteBackend:
@@ -163,15 +159,20 @@ class RemoteBackend:
 
     def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         body = encode_body(payloads)
-        retrying = Retrying(**self._retry_arguments(ctx, sleep=ctx.sleep if ctx else None))
+        endpoint = self._endpoints[kind]
+        retrying = Retrying(**self._retry_arguments(endpoint, ctx, ctx.sleep if ctx else None))
         for attempt in retrying:
             with attempt:
-                with self._thread_slots.slot() as slot:
-                    post = self._attempt(kind, body, ctx, attempt.retry_state.attempt_number)
+                with self._thread_slots.slot(ctx, endpoint) as slot:
+                    client = self._sync_client()
+                    number = attempt.retry_state.attempt_number
+                    request, clock = self._request(client, kind, body, ctx, number)
                     try:
-                        response = self._sync_client().post(**post)
+                        with clock.bounding_sockets():
+                            response = client.send(request, auth=self.workspace.auth, stream=True)
+                            clock.read_body(response)
                     except httpx.TransportError as exc:
-                        raise self._transport_error(exc, kind, len(body), post["timeout"], ctx) from exc
+                        self._transport_error(exc, kind, len(body), clock, ctx)
                     self._grade(response, slot)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
@@ -182,23 +183,33 @@ class RemoteBackend:
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = httpx.Client(timeout=self._timeout, limits=self._limits())
+                    self._client = sync_client(self._timeout, self._limits())
         return self._client
 
     # -- async ---------------------------------------------------------------------------------------
 
     async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         body = encode_body(payloads)
+        endpoint = self._endpoints[kind]
         client = self._async_client()
-        retrying = AsyncRetrying(**self._retry_arguments(ctx, sleep=ctx.asleep if ctx else None))
+        retrying = AsyncRetrying(**self._retry_arguments(endpoint, ctx, ctx.asleep if ctx else None))
         async for attempt in retrying:
             with attempt:
-                async with self._task_slots.slot() as slot:
-                    post = self._attempt(kind, body, ctx, attempt.retry_state.attempt_number)
+                async with self._task_slots.slot(ctx, endpoint) as slot:
+                    number = attempt.retry_state.attempt_number
+                    request, clock = self._request(client, kind, body, ctx, number)
                     try:
-                        response = await client.post(**post)
+                        # A cancelled attempt closes its connection (httpcore shields that cleanup),
+                        # so a half-read answer never goes back to the pool.
+                        response = await asyncio.wait_for(
+                            client.send(request, auth=self.workspace.auth), clock.left()
+                        )
+                    except asyncio.TimeoutError as exc:
+                        timeout = httpx.TimeoutException("the attempt's time ran out", request=request)
+                        timeout.__cause__ = exc
+                        self._transport_error(timeout, kind, len(body), clock, ctx)
                     except httpx.TransportError as exc:
-                        raise self._transport_error(exc, kind, len(body), post["timeout"], ctx) from exc
+                        self._transport_error(exc, kind, len(body), clock, ctx)
                     self._grade(response, slot)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
@@ -217,56 +228,71 @@ class RemoteBackend:
 
     # -- shared --------------------------------------------------------------------------------------
 
-    def _retry_arguments(self, ctx: CallContext | None, sleep: Any) -> dict[str, Any]:
+    def _retry_arguments(self, endpoint: str, ctx: CallContext | None, sleep: Any) -> dict[str, Any]:
         if ctx is None:
             return self._retry
-        return {**self._retry, "stop": self._retry["stop"] | _StopAtDeadline(ctx), "sleep": sleep}
+        return call_retry_arguments(self._retry, ctx, endpoint, sleep)
 
-    def _attempt(self, kind: Kind, body: bytes, ctx: CallContext | None, number: int) -> dict[str, Any]:
-        """The keyword arguments of one attempt's POST, made once a slot is ours: the call may have
-        been cancelled, or its deadline come nearer, while the attempt waited for one."""
-        timeout = self._attempt_timeout(kind, ctx)
-        self.counters.attempt(number)
-        return {
-            "url": self._urls[kind],
-            "content": body,
-            "headers": self._headers,
-            "auth": self.workspace.auth,
-            "timeout": timeout,
-        }
+    def _request(
+        self,
+        client: httpx.Client | httpx.AsyncClient,
+        kind: Kind,
+        body: bytes,
+        ctx: CallContext | None,
+        number: int,
+    ) -> tuple[httpx.Request, AttemptClock]:
+        """One attempt's POST and its time bound, made once a slot is ours: the call may have been
+        cancelled, or its deadline come nearer, while the attempt waited for one.
 
-    def _attempt_timeout(self, kind: Kind, ctx: CallContext | None) -> httpx.Timeout:
-        """``timeout`` bounds one attempt; the call's deadline, when nearer, bounds it further."""
-        seconds = self._timeout
+        A client the library created bounds the attempt as a whole by ``timeout`` (connect by
+        ``min(10, timeout)``); an injected client keeps its own timeouts. Either way the call's
+        deadline, when nearer, shortens both."""
+        endpoint = self._endpoints[kind]
+        left = None
         if ctx is not None:
-            ctx.check(self._endpoints[kind])
+            ctx.check(endpoint)
             left = ctx.remaining()
-            if left is not None:
-                seconds = min(seconds, left)
-        return httpx.Timeout(seconds, connect=min(C.DEFAULT_CONNECT_TIMEOUT, seconds))
+        self.counters.attempt(number)
+        if self._owns_client if isinstance(client, httpx.Client) else self._owns_aclient:
+            clock = AttemptClock.start(self._timeout, left, f"timeout={self._timeout:g}s")
+            seconds = max(clock.left() or 0.0, _MIN_TIMEOUT)
+            timeout = httpx.Timeout(seconds, connect=min(C.DEFAULT_CONNECT_TIMEOUT, seconds))
+        else:
+            clock = AttemptClock.start(None, left, "the http_client's timeouts")
+            bound = clock.left()
+            timeout = _shortened(client.timeout, None if bound is None else max(bound, _MIN_TIMEOUT))
+        request = client.build_request(
+            "POST", self._urls[kind], content=body, headers=self._headers, timeout=timeout
+        )
+        return request, clock
 
     def _transport_error(
         self,
         exc: httpx.TransportError,
         kind: Kind,
         nbytes: int,
-        timeout: httpx.Timeout,
+        clock: AttemptClock,
         ctx: CallContext | None,
-    ) -> APIError:
-        """The typed error for a failed attempt. A timeout that fired because the call's deadline
-        shortened the attempt says so: "raise timeout=" would be the wrong advice."""
+    ) -> NoReturn:
+        """Raise the typed error for a failed attempt, chained to ``exc``. A timeout that fired
+        because the call's deadline came first raises the deadline's error instead ("raise
+        timeout=" would be the wrong advice), chained to the call's last failure before it."""
         endpoint = self._endpoints[kind]
-        if isinstance(exc, httpx.TimeoutException) and ctx is not None and ctx.deadline is not None:
-            connect = isinstance(exc, httpx.ConnectTimeout)
-            used = timeout.connect if connect else timeout.read
-            uncut = min(C.DEFAULT_CONNECT_TIMEOUT, self._timeout) if connect else self._timeout
-            if used is not None and used < uncut:
-                return APITimeoutError(
-                    f"the call's deadline of {ctx.deadline:g}s passed while waiting for the endpoint "
-                    f"({type(exc).__name__})",
-                    endpoint=endpoint,
-                )
-        return map_transport_error(exc, endpoint, nbytes)
+        if (
+            isinstance(exc, httpx.TimeoutException)
+            and ctx is not None
+            and clock.by_deadline
+            and ctx.expires_within(_CLOCK_SLACK)
+        ):
+            waiting = f"for the endpoint's answer ({type(exc).__name__})"
+            expired = ctx.expired_error(endpoint, waiting=waiting, cut=exc)
+            raise expired from expired.__cause__
+        advice = (
+            "raise timeout= if the model is slow"
+            if clock.bound.startswith("timeout=")
+            else "raise the http_client's timeout if the model is slow"
+        )
+        raise map_transport_error(exc, endpoint, nbytes, bound=clock.bound, advice=advice) from exc
 
     def _limits(self) -> httpx.Limits:
         n = self.settings.max_concurrency
@@ -319,3 +345,16 @@ class RemoteBackend:
                 await self._aclient.aclose()
             self._aclient = None
         self.close()
+
+
+def _shortened(timeout: httpx.Timeout, seconds: float | None) -> httpx.Timeout:
+    """An injected client's own timeouts, each cut to ``seconds`` when that is shorter."""
+    if seconds is None:
+        return timeout
+
+    def cut(value: float | None) -> float:
+        return seconds if value is None else min(value, seconds)
+
+    return httpx.Timeout(
+        connect=cut(timeout.connect), read=cut(timeout.read), write=cut(timeout.write), pool=cut(timeout.pool)
+    )

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from ._backend import Backend, RemoteBackend
 from ._concurrency import CallContext
 from ._core import (
+    Batch,
     BatchPlanner,
     Collector,
     EmbedJob,
@@ -44,7 +45,16 @@ from ._core import (
 from ._images import ImageOptions, PreparedImage, prepare_image
 from ._transport import resolve_workspace
 from .errors import ClipClientError, InvalidInputError
-from .types import ClientStats, EmbeddingFailure, EmbeddingResult, ImageFormat, ImageInput, OnError, Settings
+from .types import (
+    ClientStats,
+    EmbeddingFailure,
+    EmbeddingResult,
+    HighBitDepth,
+    ImageFormat,
+    ImageInput,
+    OnError,
+    Settings,
+)
 
 if TYPE_CHECKING:
     from databricks.sdk.core import Config
@@ -146,6 +156,7 @@ class _BaseClient:
         jpeg_quality: int | None = None,
         max_image_pixels: int | None = None,
         fast_decode: bool | None = None,
+        high_bit_depth: HighBitDepth | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
         backend: Backend | None = None,
@@ -168,6 +179,7 @@ class _BaseClient:
             jpeg_quality=jpeg_quality,
             max_image_pixels=max_image_pixels,
             fast_decode=fast_decode,
+            high_bit_depth=high_bit_depth,
             normalize=normalize,
             progress=progress,
         )
@@ -271,6 +283,12 @@ class _BaseClient:
         empty = empty_result(self._dim())
         return EmbeddingResult(empty) if on_error == "mark" else empty
 
+    def _check_call(self, kind: Kind, ctx: CallContext) -> None:
+        """Before each (sub-)batch goes out: stop if the call was cancelled or its deadline passed.
+        Raised inside the batch's flow, so with ``on_error="mark"`` a batch the deadline caught
+        before it was sent is marked failed like any other, rather than sinking the whole call."""
+        ctx.check(getattr(self.backend, "endpoint", lambda _: None)(kind))
+
     def _count_split(self) -> None:
         with self._pool_lock:  # called from request threads
             self._splits += 1
@@ -283,6 +301,7 @@ class _BaseClient:
             jpeg_quality=s.jpeg_quality,
             max_pixels=s.max_image_pixels,
             fast_decode=s.fast_decode,
+            high_bit_depth=s.high_bit_depth,
             want=self.backend.image_input,
         )
 
@@ -561,12 +580,20 @@ class ClipClient(_BaseClient):
         job = self._new_job(kind, settings, on_error, total)
         ctx = CallContext(deadline)
         pool = self._requests()
-        pending: set[Future[list[Piece]]] = set()
+        pending: dict[Future[list[Piece]], Any] = {}  # each batch in flight, by its future
 
         def settle_some() -> None:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            done, _ = wait(pending, timeout=ctx.wait_limit(), return_when=FIRST_COMPLETED)
+            if not done:  # the deadline passed and no worker could say so: one is stuck (DNS...)
+                error = ctx.expired_error(job.endpoint, waiting="for a request that no time bound reaches")
+                if not job.mark:
+                    raise error
+                job.settle([(batch, error) for batch in pending.values()])
+                for fut in pending:
+                    fut.cancel()
+                pending.clear()
             for fut in done:
-                pending.discard(fut)
+                del pending[fut]
                 job.settle(fut.result())
 
         try:
@@ -574,12 +601,12 @@ class ClipClient(_BaseClient):
                 if isinstance(payload, ClipClientError):
                     job.input_failed(index, payload)
                 elif (batch := job.add(index, payload, nbytes)) is not None:
-                    pending.add(pool.submit(self._send, kind, batch, ctx, job.mark))
+                    pending[pool.submit(self._send, kind, batch, ctx, job.mark)] = batch
                 while job.must_wait(len(pending)):
                     settle_some()
                 yield from job.ready()
             if (batch := job.flush()) is not None:
-                pending.add(pool.submit(self._send, kind, batch, ctx, job.mark))
+                pending[pool.submit(self._send, kind, batch, ctx, job.mark)] = batch
             while pending:
                 settle_some()
                 yield from job.ready()
@@ -594,9 +621,11 @@ class ClipClient(_BaseClient):
             items.close()  # type: ignore[attr-defined]
 
     def _send(self, kind: Kind, batch: Any, ctx: CallContext, mark: bool) -> list[Piece]:
-        ctx.check(getattr(self.backend, "endpoint", lambda _: None)(kind))
-        flow = batch_flow(batch, mark=mark, on_split=self._count_split)
-        return drive(flow, lambda b: self.backend.embed(kind, b.payloads, ctx))
+        def send(b: Batch) -> FloatArray:
+            self._check_call(kind, ctx)
+            return self.backend.embed(kind, b.payloads, ctx)
+
+        return drive(batch_flow(batch, mark=mark, on_split=self._count_split), send)
 
     def _requests(self) -> ThreadPoolExecutor:
         """One pool per client, shared by every thread. Two threads more than ``max_concurrency``:
@@ -833,9 +862,11 @@ class AsyncClipClient(_BaseClient):
             await items.aclose()  # type: ignore[attr-defined]
 
     async def _send(self, kind: Kind, batch: Any, ctx: CallContext, mark: bool) -> list[Piece]:
-        ctx.check(getattr(self.backend, "endpoint", lambda _: None)(kind))
-        flow = batch_flow(batch, mark=mark, on_split=self._count_split)
-        return await adrive(flow, lambda b: self.backend.aembed(kind, b.payloads, ctx))
+        async def send(b: Batch) -> FloatArray:
+            self._check_call(kind, ctx)
+            return await self.backend.aembed(kind, b.payloads, ctx)
+
+        return await adrive(batch_flow(batch, mark=mark, on_split=self._count_split), send)
 
 
 # --------------------------------------------------------------------------------------------------

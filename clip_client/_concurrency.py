@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-from .errors import APITimeoutError, ClipClientError
+from . import _constants as C
+from .errors import APIError, APITimeoutError, ClipClientError
 
 __all__ = ["AIMDLimit", "AsyncLimiter", "CallCancelled", "CallContext", "Slot", "ThreadLimiter"]
 
@@ -81,9 +82,13 @@ class ThreadLimiter:
         self._cond = threading.Condition()
 
     @contextmanager
-    def slot(self) -> Iterator[Slot]:
+    def slot(self, ctx: CallContext | None = None, endpoint: str | None = None) -> Iterator[Slot]:
+        """A slot, waited for no longer than ``ctx``'s deadline (then ``APITimeoutError``)."""
+        left = None if ctx is None else ctx.remaining()
         with self._cond:
-            self._cond.wait_for(self.policy.can_start)
+            if not self._cond.wait_for(self.policy.can_start, None if left is None else max(0.0, left)):
+                assert ctx is not None
+                raise ctx.expired_error(endpoint, waiting="for a free request slot")
             slot = self.policy.start()
         try:
             yield slot
@@ -102,12 +107,17 @@ class AsyncLimiter:
         self._waiters: list[asyncio.Future[None]] = []
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[Slot]:
+    async def slot(self, ctx: CallContext | None = None, endpoint: str | None = None) -> AsyncIterator[Slot]:
+        """A slot, waited for no longer than ``ctx``'s deadline (then ``APITimeoutError``)."""
         while not self.policy.can_start():
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
+            left = None if ctx is None else ctx.remaining()
             try:
-                await waiter
+                await asyncio.wait_for(waiter, None if left is None else max(0.0, left))
+            except asyncio.TimeoutError:
+                assert ctx is not None
+                raise ctx.expired_error(endpoint, waiting="for a free request slot") from None
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -126,23 +136,81 @@ class CallCancelled(ClipClientError):
 
 
 class CallContext:
-    """What every request of one call shares: its deadline and whether it was cancelled."""
+    """What every request of one call shares: its deadline, whether it was cancelled, and the last
+    failure any of its attempts met, so that the error raised when the deadline passes can say what
+    went wrong before it (a refused connection, a DNS failure, a timeout) and chain it.
+
+    ``deadline`` is in seconds from the context's creation; None means no bound.
+    """
 
     def __init__(self, deadline: float | None = None) -> None:
         self.deadline = deadline
         self.expires_at = None if deadline is None else time.monotonic() + deadline
         self.cancelled = threading.Event()
+        #: The last error an attempt of this call failed with (any batch, any thread or task).
+        self.last_error: BaseException | None = None
 
     def remaining(self) -> float | None:
+        """Seconds left before the deadline (negative once it passed), or None without one."""
         return None if self.expires_at is None else self.expires_at - time.monotonic()
+
+    def wait_limit(self) -> float | None:
+        """How long a caller waits on this call's requests in flight before raising the deadline's
+        error itself: until the deadline, plus a grace for the requests to report it (with what
+        they were doing); None without a deadline."""
+        left = self.remaining()
+        return None if left is None else max(0.0, left + C.DEADLINE_GRACE)
+
+    def expires_within(self, seconds: float) -> bool:
+        """Whether the deadline passes within ``seconds`` from now (never, without a deadline)."""
+        left = self.remaining()
+        return left is not None and left <= seconds
+
+    def failed(self, error: BaseException) -> None:
+        """Remember an attempt's failure (the deadline's own errors are not failures of their own)."""
+        if not getattr(error, "deadline_passed", False):
+            self.last_error = error
+
+    def expired_error(
+        self,
+        endpoint: str | None = None,
+        *,
+        waiting: str | None = None,
+        next_wait: float | None = None,
+        cause: BaseException | None = None,
+        cut: BaseException | None = None,
+        attempts: int = 1,
+    ) -> APITimeoutError:
+        """The error for a call whose deadline passed, or would pass before the next retry is due
+        (``next_wait`` seconds from now). It names the last failure (``cause``, else the last one
+        :meth:`failed` saw) and is chained to it; ``cut`` is the exception of an attempt the
+        deadline cut short, chained when there was no earlier failure. ``waiting`` says what the
+        call was waiting for when the deadline passed ("for the endpoint's answer (ReadTimeout)")."""
+        if next_wait is not None and not self.expires_within(0):
+            left = max(0.0, self.remaining() or 0.0)
+            text = (
+                f"the call's deadline of {self.deadline:g}s would pass before the next retry "
+                f"(due in {next_wait:.2f}s, {left:.2f}s left)"
+            )
+        else:
+            text = f"the call's deadline of {self.deadline:g}s passed"
+            if waiting:
+                text += f" while waiting {waiting}"
+        last = cause if cause is not None else self.last_error
+        if last is not None:
+            text += f"; last failure: {_describe(last)}"
+        error = APITimeoutError(text, endpoint=endpoint, attempts=attempts)
+        error.retryable = False
+        error.deadline_passed = True
+        error.__cause__ = last if last is not None else cut
+        return error
 
     def check(self, endpoint: str | None = None) -> None:
         """Raise if the call was cancelled or its deadline has passed."""
         if self.cancelled.is_set():
             raise CallCancelled("the call was cancelled")
-        left = self.remaining()
-        if left is not None and left <= 0:
-            raise APITimeoutError(f"the call's deadline of {self.deadline:g}s passed", endpoint=endpoint)
+        if self.expires_within(0):
+            raise self.expired_error(endpoint)
 
     def sleep(self, seconds: float) -> None:
         """A retry wait that wakes at once when the call is cancelled and never outlasts the deadline."""
@@ -157,3 +225,14 @@ class CallContext:
         if left is not None:
             seconds = max(0.0, min(seconds, left))
         await asyncio.sleep(seconds)
+
+
+def _describe(error: BaseException) -> str:
+    """An error's own text, without the endpoint (the deadline's error names it) or attempt count."""
+    if not isinstance(error, APIError):
+        return f"{type(error).__name__}: {error}"
+    text = error._describe()
+    for prefix in (f"endpoint {error.endpoint!r}: ", f"endpoint {error.endpoint!r} answered "):
+        if error.endpoint and text.startswith(prefix):
+            return text[len(prefix) :]
+    return text

@@ -19,7 +19,8 @@ DEFAULT_MAX_REQUEST_BYTES = 15_000_000
 #: (90% of the endpoint's ceiling at 4, 97% at 5: benchmarks/throughput.py). 429s lower it at once.
 DEFAULT_MAX_CONCURRENCY = 5
 
-#: Retries after the first attempt, for connection errors, timeouts, 408, 429 and 5xx.
+#: Retries after the first attempt, for connection errors, timeouts, 408, 429 and 5xx (a malformed
+#: 200 and a host name that does not resolve get one at most, below).
 DEFAULT_MAX_RETRIES = 8
 #: Exponential backoff: first wait and cap, in seconds; each wait is half fixed, half random.
 RETRY_INITIAL_WAIT = 0.5
@@ -29,9 +30,28 @@ RETRY_AFTER_MAX = 120.0
 #: Total time one batch may spend on retries before the last error is raised.
 DEFAULT_RETRY_DEADLINE = 900.0
 
-#: The model may run for 297 s; leave room for queueing and transfer.
+#: The model may run for 297 s; leave room for queueing and transfer. One attempt's whole time:
+#: connecting, sending the body and receiving the complete answer.
 DEFAULT_TIMEOUT = 330.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
+#: After a call's deadline, how long a sync call waits for its worker threads to report the deadline
+#: themselves (with what they were doing) before it raises on its own: a worker can be stuck where
+#: no bound reaches (a DNS lookup, a credentials refresh, the headers of an injected http client).
+DEADLINE_GRACE = 0.25
+
+#: Retries one batch may spend on a 200 whose body is not the embeddings asked for: a gateway's
+#: HTML page is transient, a model that answers the wrong shape answers it again.
+MALFORMED_ANSWER_RETRIES = 1
+#: Retries one batch may spend on a host name that does not resolve: a wrong DATABRICKS_HOST or
+#: profile, or a VPN that is down, does not fix itself in a second; one covers a resolver's hiccup.
+NAME_RESOLUTION_RETRIES = 1
+
+#: databricks-sdk's own bounds for what ``Config()`` does on the network while the client is built
+#: (the host-metadata probe), used when neither the caller nor the profile set them. The SDK's
+#: defaults (300 s of retries, 60 s per request) hold a wrong host for about five minutes; the probe
+#: is best-effort (the SDK falls back to the explicit configuration when it fails).
+CONFIG_RETRY_TIMEOUT_SECONDS = 10
+CONFIG_HTTP_TIMEOUT_SECONDS = 10.0
 
 #: CLIP ViT-L/14 input resolution.
 DEFAULT_IMAGE_SIZE = 224

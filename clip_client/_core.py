@@ -18,8 +18,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ._constants import DEFAULT_EMBEDDING_DIM
+from ._secrets import excerpt
 from .errors import (
-    APIError,
     BadRequestError,
     ClipClientError,
     InvalidInputError,
@@ -72,8 +72,6 @@ def check_text(text: object, index: int | None) -> str:
         raise InvalidInputError("texts must be str, got bytes; decode them first", index=index)
     if not isinstance(text, str):
         raise InvalidInputError(f"texts must be str, got {type(text).__name__}", index=index)
-    if not text:
-        raise InvalidInputError("text is empty; CLIP has nothing to embed", index=index)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -236,6 +234,9 @@ def decode_json(content: bytes) -> Any:
     return json.loads(content)
 
 
+_NOT_JSON = object()
+
+
 def parse_predictions(
     content: bytes, expected_rows: int, *, endpoint: str | None = None, request_id: str | None = None
 ) -> FloatArray:
@@ -251,8 +252,9 @@ def parse_predictions(
     try:
         doc = decode_json(content)
     except ValueError:
-        excerpt = content[:120].decode("utf-8", "replace").strip()
-        raise fail(f"the answer is not JSON (starts with {excerpt!r})") from None
+        doc = _NOT_JSON  # raised below, outside the handler: the parser's error holds the whole body
+    if doc is _NOT_JSON:
+        raise fail(f"the answer is not JSON (starts with {excerpt(content, 120)!r})")
     rows: Any
     if isinstance(doc, dict) and "predictions" in doc:
         rows = doc["predictions"]
@@ -308,6 +310,11 @@ def empty_result(dim: int | None = None) -> FloatArray:
 Piece = tuple[Batch, "FloatArray | ClipClientError"]
 
 
+#: Errors that concern the input sent, not the endpoint: a body too large for the endpoint, and a 400
+#: (what any exception inside the model's ``predict`` becomes).
+_ABOUT_AN_INPUT = (PayloadTooLargeError, BadRequestError)
+
+
 def batch_flow(
     batch: Batch, *, mark: bool, on_split: Callable[[], None]
 ) -> Generator[Batch, FloatArray, list[Piece]]:
@@ -327,7 +334,9 @@ def batch_flow(
             left, right = batch.halves()
             first = yield from batch_flow(left, mark=mark, on_split=on_split)
             return first + (yield from batch_flow(right, mark=mark, on_split=on_split))
-        if len(batch) == 1 and isinstance(exc, APIError):
+        if len(batch) == 1 and isinstance(exc, _ABOUT_AN_INPUT):
+            # Only a refusal of the input itself names it; a 404, 401, 403, 5xx or timeout is about
+            # the endpoint, the credentials or the network, whichever input happened to be sent.
             exc.index = batch.indices[0]
         if not mark:
             raise

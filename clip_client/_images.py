@@ -1,42 +1,66 @@
 """Image inputs to CLIP-ready pixels: decode, orient, convert to RGB, resize and crop exactly as the
 served model does, then encode.
 
-The served model (``CLIPModel`` + ``CLIPImageProcessor``) resizes the shortest edge to 224 with
-Pillow BICUBIC, center-crops 224x224 at the floor offset and converts to RGB, compositing alpha onto
-white. A 224x224 RGB image passes through that unchanged, so doing the same resize and crop here and
-sending the result losslessly gives the server exactly the pixels it would have computed from the
-original file, in a fraction of the bytes.
+The served model (``CLIPModel`` + ``CLIPImageProcessor``) converts to RGB with ``transformers``'
+``convert_to_rgb`` (Pillow's own mode conversions, alpha composited onto white), resizes the
+shortest edge to 224 with Pillow BICUBIC and center-crops 224x224 at the floor offset. A 224x224 RGB
+image passes through that unchanged, so doing the same conversion, resize and crop here and sending
+the result losslessly gives the server exactly the pixels it would have computed from the original
+file, in a fraction of the bytes.
+
+Every input is prepared independently: whatever goes wrong with one becomes an
+:class:`~clip_client.errors.ImageDecodeError` (or :class:`~clip_client.errors.InvalidInputError`)
+naming its index, never an untyped exception, so ``on_error="mark"`` can contain it.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import io
 import math
 import os
 import stat
 import struct
+import threading
 import warnings
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from .errors import ImageDecodeError, InvalidInputError
-from .types import ImageFormat
+from .errors import ClipClientError, ImageDecodeError, InvalidInputError
+from .types import HighBitDepth, ImageFormat
 
 __all__ = ["ImageOptions", "PreparedImage", "clip_resize_crop", "png_rgb", "prepare_image", "to_rgb"]
 
 _EXIF_ORIENTATION = 0x0112
+#: EXIF orientation -> the transpose that shows the image upright: Pillow's own table
+#: (``ImageOps.exif_transpose``), applied here without that function's rewrite of the metadata,
+#: which raises on a tag stored with the wrong type.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 #: Above this many pixels the full-size intermediate of an extreme aspect ratio (a 30000x10 banner)
 #: would not fit in memory; such images are resized from the needed region only (see below).
 _MAX_INTERMEDIATE_PIXELS = 64_000_000
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+#: Integer greyscale wider than 8 bits; ``high_bit_depth="scale"`` maps 0..65535 onto 0..255.
+_WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+#: At most this much of an exception's text is quoted in an error message.
+_QUOTED_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -52,6 +76,11 @@ class ImageOptions:
     fast_decode: bool = False
     #: "encoded": file bytes for the wire; "pixels": a uint8 array for the in-process model.
     want: Literal["encoded", "pixels"] = "encoded"
+    #: 16-bit and 32-bit integer greyscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, ``I``):
+    #: "clip" (the default) does what the served processor does, Pillow's conversion, which clips
+    #: every value above 255 to 255; "scale" maps 0..65535 linearly onto 0..255 instead (a useful
+    #: picture of full-range 16-bit data, but not the embedding the endpoint computes from the file).
+    high_bit_depth: HighBitDepth = "clip"
 
 
 @dataclass(frozen=True)
@@ -67,32 +96,113 @@ class PreparedImage:
         return base64.b64encode(self.encoded)
 
 
+@dataclass
+class _Source:
+    """What one input turned out to be, filled in as it is opened."""
+
+    #: The path as the caller gave it (before ``~`` expansion), for messages; None if not a file.
+    path: str | None = None
+    #: The encoded file, when the input was a file, bytes, a data URI or a base64 string.
+    raw: bytes | None = None
+    #: The opened image; the caller's own when ``shared``.
+    img: Image.Image | None = None
+    #: A PIL image the caller passed: it may appear many times in one call, or in concurrent calls.
+    shared: bool = False
+
+
 def prepare_image(value: object, index: int | None, opts: ImageOptions) -> PreparedImage:
-    """Turn one user input into a :class:`PreparedImage`, or raise an error that names ``index``."""
-    raw, path, img = _open(value, index, opts)
+    """Turn one user input into a :class:`PreparedImage` (``opts.size`` x ``opts.size`` RGB: PNG,
+    BMP or JPEG bytes, or an ``(size, size, 3)`` uint8 array when ``opts.want == "pixels"``).
+
+    Raises :class:`InvalidInputError` for an input of the wrong kind (a missing file, a URL, a
+    float array...) and :class:`ImageDecodeError` for data that does not decode to an image. Any
+    other exception one input raises while being prepared (a Pillow bug, a metadata parser tripping
+    on a malformed file) becomes an :class:`ImageDecodeError` too, with the original chained as
+    ``__cause__``: one bad input never escapes as an untyped error. Each names ``index`` (None for a
+    bare call) and the path where the input was one.
+
+    Thread-safe: a PIL image the caller passed is touched by one thread at a time, however many
+    times it appears in one call or in concurrent calls; distinct inputs prepare in parallel.
+    """
+    src = _Source()
     try:
-        _check_size(img, index, path, opts)
-        if raw is not None and opts.want == "encoded" and _is_ready_as_is(img, opts.size):
-            # Already a 224x224 RGB PNG/JPEG with no rotation: the server decodes these very bytes to
-            # the pixels we would send. Decode once anyway so a corrupt file fails here, not remotely.
-            _load(img, index, path)
-            return PreparedImage(encoded=raw)
-        if opts.fast_decode and raw is not None:  # only on images we opened: never the caller's
-            _draft(img, opts.size)
+        return _prepare(value, index, opts, src)
+    except ClipClientError:
+        raise
+    except Exception as exc:  # one input's failure, whatever it is, must be typed and contained
+        raise ImageDecodeError(
+            f"cannot prepare image: unexpected {type(exc).__name__} ({_quote(exc)})",
+            index=index,
+            path=src.path,
+        ) from exc
+    finally:
+        if src.img is not None and not src.shared:
+            src.img.close()
+
+
+def _prepare(value: object, index: int | None, opts: ImageOptions, src: _Source) -> PreparedImage:
+    img = _open(value, index, src)
+    path = src.path
+    _check_size(img, index, path, opts)
+    if src.raw is not None and opts.want == "encoded" and _is_ready_as_is(img, opts.size):
+        # Already a 224x224 RGB PNG/JPEG with no rotation: the server decodes these very bytes to
+        # the pixels we would send. Decode once anyway so a corrupt file fails here, not remotely.
         _load(img, index, path)
+        return PreparedImage(encoded=src.raw)
+    if opts.fast_decode and src.raw is not None:  # only on images we opened: never the caller's
+        _draft(img, opts.size)
+    with _exclusive(img) if src.shared else nullcontext():
+        _load(img, index, path)
+        oriented = _exif_transpose(img)
         try:
-            rgb = to_rgb(_exif_transpose(img))
+            rgb = to_rgb(oriented, opts.high_bit_depth)
         except ValueError as exc:
             raise ImageDecodeError(
-                f"cannot convert image mode {img.mode!r} to RGB ({exc})", index=index, path=path
+                f"cannot convert image mode {img.mode!r} to RGB ({_quote(exc)})", index=index, path=path
             ) from exc
         out = clip_resize_crop(rgb, opts.size)
-        if opts.want == "pixels":
-            return PreparedImage(pixels=np.asarray(out, dtype=np.uint8))
-        return PreparedImage(encoded=encode(out, opts.format, opts.jpeg_quality))
+        if out is img:  # a size x size RGB image of the caller's: take our own copy under the lock
+            out = img.copy()
+    if opts.want == "pixels":
+        return PreparedImage(pixels=np.asarray(out, dtype=np.uint8))
+    return PreparedImage(encoded=encode(out, opts.format, opts.jpeg_quality))
+
+
+def _quote(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= _QUOTED_CHARS else f"{text[: _QUOTED_CHARS - 20]}…{text[-19:]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# One caller's PIL image, one thread at a time
+
+_locks_guard = threading.Lock()
+#: id(image) -> [its lock, how many threads hold or wait for it]. Keyed by id because PIL images
+#: define __eq__ and so are unhashable; an id stays unique while some thread holds a reference to
+#: the image, which every thread in this table does, and the entry goes when the last one leaves.
+_locks: dict[int, tuple[threading.Lock, list[int]]] = {}
+
+
+@contextmanager
+def _exclusive(img: Image.Image) -> Iterator[None]:
+    """Serialise everything that reads or changes a caller's PIL image (``load`` of a lazily opened
+    file, the EXIF read, ``convert``, ``resize``): Pillow objects are not thread-safe, and two
+    threads loading one lazy image at once read its file through one file pointer and fail with
+    false "truncated" errors."""
+    key = id(img)
+    with _locks_guard:
+        entry = _locks.get(key)
+        if entry is None:
+            entry = _locks[key] = (threading.Lock(), [0])
+        entry[1][0] += 1
+    try:
+        with entry[0]:
+            yield
     finally:
-        if raw is not None or path is not None:
-            img.close()
+        with _locks_guard:
+            entry[1][0] -= 1
+            if entry[1][0] == 0:
+                del _locks[key]
 
 
 def clip_resize_crop(img: Image.Image, size: int) -> Image.Image:
@@ -122,23 +232,48 @@ def clip_resize_crop(img: Image.Image, size: int) -> Image.Image:
     return rows.resize((size, size), Image.Resampling.BICUBIC, box=(0, y0 - r0, size, y1 - r0))
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """RGB as ``transformers``' ``convert_to_rgb`` makes it: alpha (and palette or colour-key
-    transparency) composited onto white. 16-bit and float images are scaled to 8 bits first rather
-    than clipped to white, which is what a plain ``convert("RGB")`` would do to them."""
-    if img.mode in _SIXTEEN_BIT_MODES:
-        wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
-        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
-    elif img.mode == "F":
-        img = Image.fromarray(np.clip(np.rint(np.asarray(img)), 0, 255).astype(np.uint8), "L")
-    transparency = img.info.get("transparency") is not None  # a palette index or an RGB/L colour key
-    if img.mode == "RGB" and not transparency:
-        return img
-    if "A" in img.getbands() or transparency:
+def to_rgb(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> Image.Image:
+    """RGB exactly as the served processor makes it: ``transformers``' ``convert_to_rgb`` (PIL path),
+    which composites onto white any image with an alpha band (a band named ``A``: ``RGBA``, ``LA``,
+    ``PA``, and also ``LAB``, whose alpha is opaque) or with ``transparency`` in its info (a palette's
+    alpha, or an ``L``/``RGB``/``I;16`` colour key), and gives everything else to Pillow's
+    ``convert("RGB")``. Pillow's conversions are the rule for every mode: 16-bit and 32-bit integer
+    grey clip at 255 (so most of a 16-bit picture turns white), floats (``F``) are truncated and
+    clipped to 0..255, premultiplied ``RGBa`` drops its alpha band.
+
+    Two departures: one for a mode the endpoint cannot take at all, and one opt-in.
+
+    - ``La`` (grey with premultiplied alpha: Pillow opens grey TIFFs with associated alpha so) has
+      no Pillow conversion, so the processor raises on it; here it is composited onto white
+      straight from the premultiplied values, ``L + 255 - a``, exactly.
+    - ``high_bit_depth="scale"`` (opt-in) maps 16-bit and 32-bit integer grey from 0..65535 onto
+      0..255, ``(v * 255 + 32767) // 65535`` after clipping to 0..65535, keeping a colour key as
+      transparency, instead of clipping at 255: a useful picture of full-range data, but not what
+      the endpoint computes from the same file.
+
+    Raises ``ValueError`` for a mode Pillow cannot convert.
+    """
+    if high_bit_depth == "scale" and img.mode in _WIDE_MODES:
+        img = _scaled_to_8_bits(img)
+    elif img.mode == "La":
+        premultiplied = np.asarray(img).astype(np.int16)
+        on_white = premultiplied[:, :, 0] + 255 - premultiplied[:, :, 1]
+        img = Image.fromarray(np.clip(on_white, 0, 255).astype(np.uint8), "L")
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _scaled_to_8_bits(img: Image.Image) -> Image.Image:
+    wide = np.asarray(img).astype(np.int64)
+    grey = Image.fromarray(((np.clip(wide, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8), "L")
+    key = img.info.get("transparency")
+    if not isinstance(key, int):
+        return grey
+    alpha = np.where(wide == key, 0, 255).astype(np.uint8)  # a 16-bit grey PNG's tRNS colour key
+    return Image.merge("LA", (grey, Image.fromarray(alpha, "L")))
 
 
 def encode(img: Image.Image, fmt: ImageFormat, jpeg_quality: int) -> bytes:
@@ -203,16 +338,17 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------------
 # Opening the many kinds of input
 
+_URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "abfss://", "dbfs:/")
 
-def _open(
-    value: object, index: int | None, opts: ImageOptions
-) -> tuple[bytes | None, str | None, Image.Image]:
-    """Returns (encoded bytes if the input was a file or bytes, path if any, an opened image)."""
+
+def _open(value: object, index: int | None, src: _Source) -> Image.Image:
+    """Open one input (without decoding its pixels yet) and record what it was in ``src``."""
     if isinstance(value, Image.Image):
-        return None, None, value
+        src.img, src.shared = value, True
+        return value
     if isinstance(value, np.ndarray):
-        return None, None, _from_array(value, index)
-    path: str | None = None
+        src.img = _from_array(value, index)
+        return src.img
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
         what = "bytes"
@@ -220,19 +356,18 @@ def _open(
         raw = _from_data_uri(value, index)
         what = "data URI"
     elif isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if not isinstance(path, str):
-            raise InvalidInputError("bytes paths are not supported; pass a str or pathlib.Path", index=index)
-        raw = _read_file(path, index)
-        what = "file"
+        raw, src.path = _from_path_or_base64(value, index)
+        what = "file" if src.path is not None else "base64 string"
     else:
         raise InvalidInputError(_unsupported(value), index=index)
+    src.raw = raw
+    path = src.path
     if not raw:
         raise ImageDecodeError(f"the {what} is empty (0 bytes)", index=index, path=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
+            src.img = Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(
             f"image refused as a possible decompression bomb ({exc}); raise max_image_pixels and "
@@ -248,37 +383,128 @@ def _open(
             path=path,
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise ImageDecodeError(f"cannot read image: {exc}", index=index, path=path) from exc
-    return raw, path, img
+        raise ImageDecodeError(f"cannot read image: {_quote(exc)}", index=index, path=path) from exc
+    return src.img
 
 
-def _read_file(path: str, index: int | None) -> bytes:
-    if path.startswith(("http://", "https://", "s3://", "gs://", "abfss://", "dbfs:/")):
+def _from_path_or_base64(value: str | os.PathLike[str], index: int | None) -> tuple[bytes, str | None]:
+    """The file's bytes and the path as given; or, for a ``str`` that names no file but is the
+    plain base64 of an image (a Databricks table's ``image_base64`` column), the decoded bytes and
+    no path. A leading ``~`` is expanded (``os.path.expanduser``), for ``str`` and ``os.PathLike``
+    alike; messages show the path as given, plus what it expanded to."""
+    given = os.fspath(value)
+    if not isinstance(given, str):
+        raise InvalidInputError("bytes paths are not supported; pass a str or pathlib.Path", index=index)
+    if given.startswith(_URL_PREFIXES):
         raise InvalidInputError(
             "URLs are not fetched; download the file first (or pass a local path, /dbfs/... or "
             "/Volumes/... path, or the bytes)",
             index=index,
-            path=path,
+            path=given,
         )
+    path = os.path.expanduser(given)
+    expanded = "" if path == given else f" (~ expanded to {path!r})"
     try:
         st = os.stat(path)
-    except FileNotFoundError:
-        raise InvalidInputError("no such file", index=index, path=path) from None
-    except OSError as exc:
-        raise InvalidInputError(f"cannot access file: {exc.strerror or exc}", index=index, path=path) from exc
+    except (OSError, ValueError) as exc:
+        # A file of that name wins (a real file may be named like base64: "/9j/..." is how every
+        # JPEG's base64 starts); only a string that names no file is tried as base64.
+        try:
+            decoded = _from_plain_base64(given) if isinstance(value, str) else None
+        except _InvalidBase64 as bad:
+            raise InvalidInputError(
+                f"no such file, and not base64 of an image either: {bad}", index=index, path=given
+            ) from None
+        if decoded is not None:
+            return decoded, None
+        raise _stat_error(exc, expanded, index, given) from (
+            None if isinstance(exc, FileNotFoundError) else exc
+        )
     if stat.S_ISDIR(st.st_mode):
-        raise InvalidInputError("is a directory, not an image file", index=index, path=path)
+        raise InvalidInputError(f"is a directory, not an image file{expanded}", index=index, path=given)
     if not stat.S_ISREG(st.st_mode):
         raise InvalidInputError(
-            "is not a regular file (a FIFO, socket or device); pass the image's bytes instead",
+            f"is not a regular file (a FIFO, socket or device){expanded}; pass the image's bytes instead",
             index=index,
-            path=path,
+            path=given,
         )
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            return fh.read(), given
     except OSError as exc:
-        raise InvalidInputError(f"cannot read file: {exc.strerror or exc}", index=index, path=path) from exc
+        raise InvalidInputError(
+            f"cannot read file{expanded}: {exc.strerror or _quote(exc)}", index=index, path=given
+        ) from exc
+
+
+def _stat_error(exc: OSError | ValueError, expanded: str, index: int | None, given: str) -> InvalidInputError:
+    """The error for a string or path that names no readable file (and is no image's base64)."""
+    if isinstance(exc, ValueError):  # an embedded NUL character
+        reason = f"not a valid file path ({_quote(exc)})"
+    elif exc.errno == errno.ENAMETOOLONG:
+        reason = "not an existing file (too long for a file name), and not base64 of an image either"
+    elif isinstance(exc, FileNotFoundError):
+        reason = f"no such file{expanded}"
+    else:
+        reason = f"cannot access file{expanded}: {exc.strerror or _quote(exc)}"
+    return InvalidInputError(reason, index=index, path=given)
+
+
+#: Leading bytes of the image formats a plain base64 string is accepted for, and their names.
+_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, format)
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"GIF87a", 0, "GIF"),
+    (b"GIF89a", 0, "GIF"),
+    (b"WEBP", 8, "WebP"),  # after b"RIFF" and the length
+    (b"II*\x00", 0, "TIFF"),
+    (b"MM\x00*", 0, "TIFF"),
+    (b"II+\x00", 0, "BigTIFF"),
+    (b"MM\x00+", 0, "BigTIFF"),
+    (b"ftypavif", 4, "AVIF"),
+    (b"ftypavis", 4, "AVIF"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
+)
+#: Base64 characters decoded to test a string's signature: 12 bytes, enough for every one above.
+_PROBE_CHARS = 16
+_WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
+
+
+def _image_signature(head: bytes) -> str | None:
+    for signature, offset, name in _SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return name
+    if head[:4] == b"RIFF" and head[8:12] != b"WEBP":
+        return None
+    # BMP: "BM", the file size, then two reserved 16-bit fields that writers leave at zero.
+    return "BMP" if head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00" else None
+
+
+class _InvalidBase64(ValueError):
+    """A string that starts like the base64 of an image, but is not valid base64 as a whole."""
+
+
+def _from_plain_base64(text: str) -> bytes | None:
+    """The bytes a plain base64 string (standard alphabet, padded; surrounding whitespace and MIME
+    line breaks tolerated) encodes, when they start like an image file; None when the string does
+    not start like the base64 of an image. Only a short prefix is decoded to test that, so a long
+    string that is not base64 costs next to nothing. Raises :class:`_InvalidBase64` when the start
+    fits but the whole does not decode (strictly: no stray characters, correct padding)."""
+    probe = text.lstrip()[: 4 * _PROBE_CHARS].translate(_WHITESPACE)[:_PROBE_CHARS]
+    if len(probe) < _PROBE_CHARS:
+        return None
+    try:
+        head = base64.b64decode(probe, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    kind = _image_signature(head)
+    if kind is None:
+        return None
+    try:
+        return base64.b64decode(text.translate(_WHITESPACE), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _InvalidBase64(f"it starts like a {kind}'s base64, but {_quote(exc)}") from exc
 
 
 def _from_data_uri(uri: str, index: int | None) -> bytes:
@@ -290,7 +516,7 @@ def _from_data_uri(uri: str, index: int | None) -> bytes:
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise ImageDecodeError(f"the data URI's base64 is invalid ({exc})", index=index) from exc
+        raise ImageDecodeError(f"the data URI's base64 is invalid ({_quote(exc)})", index=index) from exc
 
 
 def _from_array(arr: npt.NDArray[np.generic], index: int | None) -> Image.Image:
@@ -361,18 +587,24 @@ def _draft(img: Image.Image, size: int) -> None:
     img.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
 
-def _orientation(img: Image.Image) -> int:
+def _transpose_method(img: Image.Image) -> Image.Transpose | None:
+    """The transpose that applies the image's EXIF orientation (2 to 8), or None for orientation 1,
+    none at all, or metadata that cannot be read: a malformed EXIF block (``struct.error``, a wrong
+    type, a bad offset) leaves the pixels as stored rather than failing the image. Like Pillow, an
+    orientation stored as another numeric type (``6.0``) counts."""
     try:
         value = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # a malformed EXIF block must not make an otherwise good image fail
-        return 1
-    return value if isinstance(value, int) else 1
+        return _ORIENTATION_TRANSPOSE.get(value) if not isinstance(value, bool) else None
+    except Exception:  # whatever the parser trips on, the metadata is ignored
+        return None
 
 
 def _exif_transpose(img: Image.Image) -> Image.Image:
-    if _orientation(img) in (2, 3, 4, 5, 6, 7, 8):
-        return ImageOps.exif_transpose(img)
-    return img
+    """The image as a viewer shows it. Pillow's ``ImageOps.exif_transpose`` also rewrites the EXIF
+    block (``Exif.tobytes``), which raises on a tag stored with the wrong type; only the pixels
+    matter here, so this transposes and leaves the metadata alone."""
+    method = _transpose_method(img)
+    return img if method is None else img.transpose(method)
 
 
 def _is_ready_as_is(img: Image.Image, size: int) -> bool:
@@ -381,5 +613,5 @@ def _is_ready_as_is(img: Image.Image, size: int) -> bool:
         and img.mode == "RGB"
         and img.size == (size, size)
         and img.info.get("transparency") is None
-        and _orientation(img) == 1
+        and _transpose_method(img) is None
     )

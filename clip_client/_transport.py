@@ -9,21 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import logging
 import random
+import socket
+import ssl
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Generator, Mapping
+import weakref
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from pydantic import ValidationError
 from tenacity import RetryCallState, stop_after_attempt, stop_before_delay
+from tenacity.stop import stop_base
 
 from . import _constants as C
+from ._concurrency import CallContext
+from ._secrets import excerpt, redact, register, register_headers
 from .errors import (
     APIConnectionError,
     APIError,
@@ -89,6 +100,7 @@ class _StaticTokenAuth(httpx.Auth):
 
     def __init__(self, token: str) -> None:
         self._header = f"Bearer {token}"
+        register(token)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = self._header
@@ -118,9 +130,16 @@ class _ConfigAuth(httpx.Auth):
 
     def _call(self) -> Mapping[str, str]:
         try:
-            return self._headers()
+            headers = self._headers()
         except Exception as exc:  # the SDK's own messages name the auth method and how to fix it
-            raise CredentialsError(f"could not obtain credentials from databricks-sdk: {exc}") from exc
+            error = credentials_error(exc)
+        else:
+            # An OAuth refresh hands out a new token: known before it is sent, so an echo of it is scrubbed.
+            register_headers(headers.items())
+            return headers
+        # Raised outside the handler, so no implicit context is attached: when the SDK's text held a
+        # secret, its exception is not chained at all (credentials_error leaves __cause__ None).
+        raise error
 
     def __repr__(self) -> str:
         return "_ConfigAuth()"
@@ -157,13 +176,11 @@ def resolve_workspace(
     if host and token and not profile:
         return Workspace(normalize_host(host), _StaticTokenAuth(token), "pat")
     if config is None:
-        from databricks.sdk.core import Config
-
         kwargs: dict[str, Any] = {
             k: v for k, v in {"host": host, "token": token, "profile": profile}.items() if v
         }
         try:
-            config = Config(**kwargs)
+            config = _config_class()(**kwargs)
         except ValueError as exc:
             raise ValueError(
                 f"could not resolve a Databricks workspace: {str(exc).rstrip('.')}. Pass host= and "
@@ -172,7 +189,231 @@ def resolve_workspace(
             ) from exc
     if not config.host:
         raise ValueError("databricks-sdk resolved no workspace host; set DATABRICKS_HOST or pass host=")
+    register(*(getattr(config, attr.name, None) for attr in config.attributes() if attr.sensitive))
     return Workspace(normalize_host(config.host), _ConfigAuth(config.authenticate), str(config.auth_type))
+
+
+_CONFIG_TIME_BOUNDS = {
+    "retry_timeout_seconds": C.CONFIG_RETRY_TIMEOUT_SECONDS,
+    "http_timeout_seconds": C.CONFIG_HTTP_TIMEOUT_SECONDS,
+}
+
+
+@functools.cache
+def _config_class() -> type[Config]:
+    """databricks-sdk's ``Config``, with its own network time bounds (``retry_timeout_seconds``,
+    ``http_timeout_seconds``) set for what it does while it is built, when neither the caller, the
+    environment nor the profile set them.
+
+    ``Config()`` probes ``{host}/.well-known/databricks-config`` once the host is known, with the
+    SDK's default retry budget of 300 s: a host that does not resolve held ``ClipClient()`` for about
+    five minutes. The probe is best-effort (the SDK falls back to the explicit configuration), so a
+    short budget costs nothing but a slower failure. The values are filled in at the last moment
+    before the probe, after env vars and the profile were read, so that theirs win."""
+    from databricks.sdk.core import Config
+
+    Config.attributes()  # the SDK caches its attribute list on the class it is first asked from
+
+    class TimeBoundConfig(Config):
+        def _resolve_host_metadata(self) -> None:
+            for name, value in _CONFIG_TIME_BOUNDS.items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+            super()._resolve_host_metadata()
+
+    return TimeBoundConfig
+
+
+def credentials_error(exc: Exception) -> CredentialsError:
+    """databricks-sdk's failure as a :class:`CredentialsError`, scrubbed of credentials.
+
+    The SDK's message names the auth method and how to fix it, so it is kept (redacted). Its
+    exception is chained only when no credential shows in it or its own causes; otherwise the chain
+    is cut, since a traceback prints every cause in full.
+    """
+    error = CredentialsError(redact(f"could not obtain credentials from databricks-sdk: {exc}"))
+    if not _mentions_a_secret(exc):
+        error.__cause__ = exc
+    return error
+
+
+def _mentions_a_secret(exc: BaseException | None) -> bool:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{exc!s}\n{exc!r}"
+        if redact(text) != text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# Time bounds of one attempt
+#
+# httpx times each socket operation on its own (httpcore reads ``timeout["read"]`` once per phase and
+# gives every read that same value), so a server that sends one byte per second never trips a read
+# timeout. One attempt is bounded as a whole instead: the async client cancels it
+# (``asyncio.wait_for``); the sync client cannot cancel a thread, so the sync clients the library
+# creates get network streams that shorten every connect, read and write to the attempt's time left
+# (the header phase included), and every response body is read in chunks, checked against the clock.
+
+#: When the attempt running in this thread must be over (``time.monotonic()``), read by the network
+#: streams of the sync clients the library creates; None outside an attempt or without a bound.
+_attempt_expires: ContextVar[float | None] = ContextVar("clip_client_attempt_expires", default=None)
+
+
+@dataclass(frozen=True)
+class AttemptClock:
+    """The time bound of one attempt.
+
+    Attributes:
+        expires_at: ``time.monotonic()`` by which the attempt must be over; None when nothing bounds
+            it as a whole (an injected http client, and no call deadline).
+        by_deadline: the call's deadline, not ``timeout``, sets ``expires_at``.
+        bound: what bounds the attempt, for messages ("timeout=330s").
+    """
+
+    expires_at: float | None
+    by_deadline: bool
+    bound: str
+
+    @classmethod
+    def start(cls, timeout: float | None, deadline_left: float | None, bound: str) -> AttemptClock:
+        """Now plus ``timeout`` (None: unbounded), or the call's deadline when that comes first."""
+        now = time.monotonic()
+        if deadline_left is not None and (timeout is None or deadline_left < timeout):
+            return cls(now + deadline_left, True, bound)
+        return cls(None if timeout is None else now + timeout, False, bound)
+
+    def left(self) -> float | None:
+        """Seconds left (never negative), or None when unbounded."""
+        return None if self.expires_at is None else max(0.0, self.expires_at - time.monotonic())
+
+    @contextmanager
+    def bounding_sockets(self) -> Iterator[None]:
+        """Within this block, this thread's socket operations on a client made by
+        :func:`sync_client` end by ``expires_at``."""
+        token = _attempt_expires.set(self.expires_at)
+        try:
+            yield
+        finally:
+            _attempt_expires.reset(token)
+
+    def read_body(self, response: httpx.Response) -> None:
+        """Read a streamed response's body, stopping with ``httpx.ReadTimeout`` between two chunks
+        once the attempt's time is up. Closes the response either way: a body left half-read closes
+        its connection rather than return it to the pool."""
+        try:
+            if self.expires_at is not None:
+                response.stream = _ExpiringBody(response.stream, self.expires_at, response.request)
+            response.read()
+        finally:
+            response.close()
+
+
+class _ExpiringBody(httpx.SyncByteStream):
+    def __init__(self, stream: Any, expires_at: float, request: httpx.Request) -> None:
+        self._stream = stream
+        self._expires_at = expires_at
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if time.monotonic() >= self._expires_at:
+                raise httpx.ReadTimeout(
+                    "the answer was still arriving when time ran out", request=self._request
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """A socket operation's timeout, shortened to the running attempt's time left."""
+    expires_at = _attempt_expires.get()
+    if expires_at is None:
+        return timeout
+    left = expires_at - time.monotonic()
+    if timeout is not None:
+        left = min(timeout, left)
+    if left <= 0:  # a socket timeout of 0 would mean "non-blocking"
+        raise expired("the attempt's time ran out")
+    return left
+
+
+class _ExpiringStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the running attempt's deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._stream.start_tls(
+            ssl_context, server_hostname, _time_left(timeout, httpcore.ConnectTimeout)
+        )
+        return _ExpiringStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _ExpiringBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with connections that end by the running attempt's deadline."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = _time_left(timeout, httpcore.ConnectTimeout)
+        return _ExpiringStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        timeout = _time_left(timeout, httpcore.ConnectTimeout)
+        return _ExpiringStream(self._backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def sync_client(timeout: float, limits: httpx.Limits) -> httpx.Client:
+    """The ``httpx.Client`` the library creates: httpx's own (environment proxies and all), with its
+    connection pools' network backend wrapped so that every socket operation ends by the running
+    attempt's deadline. httpx has no public hook for a pool's network backend, so this reaches into
+    ``_transport``/``_mounts``/``_pool``; if those ever change, it logs, and an attempt's connect and
+    header phase fall back to httpx's per-operation timeouts (its body is still cut between chunks,
+    and a sync call still returns by its deadline). The time-bound tests fail if that happens."""
+    client = httpx.Client(timeout=timeout, limits=limits)
+    transports = [client._transport, *client._mounts.values()]
+    for transport in transports:
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.NetworkBackend):
+            pool._network_backend = _ExpiringBackend(backend)  # type: ignore[union-attr]
+        elif transport is not None:
+            logger.debug("cannot bound the sockets of %r by the attempt's deadline", transport)
+    return client
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,8 +451,7 @@ def error_from_response(response: httpx.Response, endpoint: str) -> APIStatusErr
     except ValidationError:
         pass
     if not message:
-        text = response.content[:300].decode("utf-8", "replace").strip()
-        message = " ".join(text.split()) or response.reason_phrase or "no message"
+        message = excerpt(response.content, 300) or response.reason_phrase or "no message"
     cls = status_error_class(response.status_code)
     return cls(
         message,
@@ -228,12 +468,25 @@ def error_from_response(response: httpx.Response, endpoint: str) -> APIStatusErr
 LARGE_BODY_BYTES = 1_000_000
 
 
-def map_transport_error(exc: httpx.TransportError, endpoint: str, body_bytes: int = 0) -> APIError:
+def map_transport_error(
+    exc: httpx.TransportError,
+    endpoint: str,
+    body_bytes: int = 0,
+    *,
+    bound: str = "timeout=",
+    advice: str = "raise timeout= if the model is slow",
+) -> APIError:
+    """The typed error for an attempt that got no complete answer, naming the underlying failure
+    (``Connection refused``, a DNS failure) and what bounded the attempt in time (``bound``).
+
+    A host name that does not resolve is an :class:`APIConnectionError` with ``name_resolution``
+    set, saying what to check; the retry policy retries it once at most.
+    """
     if isinstance(exc, httpx.TimeoutException):
-        return APITimeoutError(
-            f"request timed out ({type(exc).__name__}); raise timeout= if the model is slow",
-            endpoint=endpoint,
-        )
+        what = "could not connect" if isinstance(exc, httpx.ConnectTimeout) else "no complete answer"
+        if isinstance(exc, httpx.PoolTimeout):
+            what = "no free connection in the pool"
+        return APITimeoutError(f"{what} within {bound} ({type(exc).__name__}); {advice}", endpoint=endpoint)
     if isinstance(exc, httpx.ConnectError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
         error = APIConnectionError(
             f"TLS certificate verification failed ({exc}); check the host name, or give a custom CA "
@@ -242,6 +495,15 @@ def map_transport_error(exc: httpx.TransportError, endpoint: str, body_bytes: in
         )
         error.retryable = False
         return error
+    if isinstance(exc, httpx.ConnectError) and is_name_resolution_failure(exc):
+        host = _host_of(exc)
+        error = APIConnectionError(
+            f"could not resolve the host name {host!r} ({_underlying(exc)}); check DATABRICKS_HOST "
+            "(or host=), the ~/.databrickscfg profile in use, and the network: VPN, proxy, DNS",
+            endpoint=endpoint,
+        )
+        error.name_resolution = True
+        return error
     if body_bytes >= LARGE_BODY_BYTES and not isinstance(exc, httpx.ConnectError):
         return PayloadTooLargeError(
             f"the connection was dropped while sending a {body_bytes:,}-byte request "
@@ -249,7 +511,63 @@ def map_transport_error(exc: httpx.TransportError, endpoint: str, body_bytes: in
             status_code=413,
             endpoint=endpoint,
         )
-    return APIConnectionError(f"connection failed: {type(exc).__name__}: {exc}", endpoint=endpoint)
+    text = f"connection failed: {type(exc).__name__}: {exc}"
+    root = _root_cause(exc)
+    if root is not exc:
+        text += f" ({type(root).__name__})" if str(root) == str(exc) else f" ({type(root).__name__}: {root})"
+    return APIConnectionError(text, endpoint=endpoint)
+
+
+#: What resolvers say when a name does not resolve (glibc, macOS, Windows), for errors that arrive
+#: as text rather than as ``socket.gaierror``.
+_NAME_RESOLUTION_TEXTS = (
+    "name or service not known",
+    "nodename nor servname",
+    "temporary failure in name resolution",
+    "no address associated with hostname",
+    "getaddrinfo failed",
+)
+
+
+def is_name_resolution_failure(exc: BaseException) -> bool:
+    """Whether a connection failed because the host name did not resolve (DNS)."""
+    return any(
+        isinstance(e, socket.gaierror) or any(t in str(e).lower() for t in _NAME_RESOLUTION_TEXTS)
+        for e in _chain(exc)
+    )
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and every exception behind it: causes, contexts and the members of exception groups."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        e = todo.pop(0)
+        if any(e is s for s in seen):
+            continue
+        seen.append(e)
+        todo.extend(x for x in (e.__cause__, e.__context__) if x is not None)
+        todo.extend(x for x in getattr(e, "exceptions", ()) if isinstance(x, BaseException))
+    return seen
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The operating system's error behind an httpx one (``ConnectionRefusedError``, ``gaierror``),
+    or ``exc`` itself."""
+    errors = [e for e in _chain(exc) if isinstance(e, OSError)]
+    return errors[-1] if errors else exc
+
+
+def _underlying(exc: BaseException) -> str:
+    root = _root_cause(exc)
+    return f"{type(root).__name__}: {root}"
+
+
+def _host_of(exc: httpx.TransportError) -> str | None:
+    try:
+        return exc.request.url.host or None
+    except RuntimeError:  # an exception raised without its request
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -258,12 +576,25 @@ def map_transport_error(exc: httpx.TransportError, endpoint: str, body_bytes: in
 
 def is_retryable(exc: BaseException) -> bool:
     """Worth another attempt: connection trouble, timeouts, 408/429/5xx, and a 200 whose body was
-    not the embeddings asked for (an HTML page from a gateway, a truncated answer)."""
+    not the embeddings asked for (an HTML page from a gateway, a truncated answer). Some of these
+    are worth only one more attempt per batch: see :func:`_retries_allowed`."""
     if isinstance(exc, APIStatusError):
         return exc.status_code in C.RETRYABLE_STATUS_CODES
     if isinstance(exc, APIConnectionError):
         return exc.retryable
     return isinstance(exc, ResponseFormatError)
+
+
+def _retries_allowed(exc: BaseException) -> tuple[str, int] | None:
+    """Failures that are most likely to happen again, and the retries one batch may spend on each:
+    a malformed 200 (a gateway's HTML page is transient, a model that answers the wrong shape is
+    not) and a host name that does not resolve (a wrong host or profile, or a VPN that is down, does
+    not fix itself in a second; one retry covers a resolver's hiccup). None: up to ``max_retries``."""
+    if isinstance(exc, ResponseFormatError):
+        return "malformed answer", C.MALFORMED_ANSWER_RETRIES
+    if isinstance(exc, APIConnectionError) and exc.name_resolution:
+        return "name resolution", C.NAME_RESOLUTION_RETRIES
+    return None
 
 
 class _Backoff:
@@ -292,35 +623,89 @@ def _log_retry(state: RetryCallState) -> None:
     logger.info("retrying after attempt %d failed: %s; waiting %.2fs", state.attempt_number, exc, wait)
 
 
+def _failure(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
+
+
+#: Per batch (one tenacity run), how often each kind of failure in :func:`_retries_allowed` was met.
+_limited_seen: weakref.WeakKeyDictionary[RetryCallState, Counter[str]] = weakref.WeakKeyDictionary()
+_limited_lock = threading.Lock()
+
+
 def _should_retry(state: RetryCallState) -> bool:
     """The retry decision. It also stamps the attempt count on the error, so one that is raised at
-    once (a 400 after two 503s) reports every attempt its batch took, not just the last."""
-    exc = state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
+    once (a 400 after two 503s, a second malformed answer) reports every attempt its batch took."""
+    exc = _failure(state)
     if isinstance(exc, APIError):
         exc.attempts = state.attempt_number
-    return exc is not None and is_retryable(exc)
-
-
-def _give_up(state: RetryCallState) -> Any:
-    exc = state.outcome.exception() if state.outcome else None
-    if isinstance(exc, APIError):
-        exc.attempts = state.attempt_number
-    assert exc is not None
-    raise exc
+    if exc is None or not is_retryable(exc):
+        return False
+    limited = _retries_allowed(exc)
+    if limited is None:
+        return True
+    kind, allowed = limited
+    with _limited_lock:
+        seen = _limited_seen.setdefault(state, Counter())
+        seen[kind] += 1
+        return seen[kind] <= allowed
 
 
 def retry_arguments(
     *, max_retries: int, deadline: float, backoff: float, backoff_max: float
 ) -> dict[str, Any]:
-    """Keyword arguments for ``tenacity.Retrying`` and ``tenacity.AsyncRetrying`` alike.
+    """Keyword arguments for ``tenacity.Retrying`` and ``tenacity.AsyncRetrying`` alike, for one
+    batch (a fresh ``Retrying`` per batch: the once-only kinds are counted per run).
 
-    The error that finally escapes is the last one, of its precise type, with ``attempts`` set.
+    The error that finally escapes is the last one, of its precise type, with ``attempts`` set
+    (``reraise``). :func:`call_retry_arguments` adds what one call's deadline asks for.
     """
     return {
         "retry": _should_retry,
         "stop": stop_after_attempt(max_retries + 1) | stop_before_delay(deadline),
         "wait": _Backoff(backoff, backoff_max),
         "before_sleep": _log_retry,
-        "retry_error_callback": _give_up,
         "reraise": True,
+    }
+
+
+class _StopAtDeadline(stop_base):
+    """Stop once the call was cancelled, or when its deadline would pass before the next retry."""
+
+    def __init__(self, ctx: CallContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.ctx.cancelled.is_set() or self.ctx.expires_within(retry_state.upcoming_sleep)
+
+
+def call_retry_arguments(
+    arguments: dict[str, Any], ctx: CallContext, endpoint: str, sleep: Callable[[float], Any]
+) -> dict[str, Any]:
+    """``arguments`` for one batch of a call with a :class:`CallContext`: every failure is
+    remembered by the context; retrying stops when the call is cancelled or its deadline would pass
+    before the next attempt, and then raises the deadline's ``APITimeoutError``, naming the last
+    failure and chained to it (``__cause__``); waits are ``sleep`` (which wakes on cancellation)."""
+    decide: Callable[[RetryCallState], bool] = arguments["retry"]
+
+    def retry(state: RetryCallState) -> bool:
+        exc = _failure(state)
+        if exc is not None:
+            ctx.failed(exc)
+        return decide(state)
+
+    def give_up(state: RetryCallState) -> Any:
+        exc = _failure(state)
+        assert exc is not None
+        if not ctx.cancelled.is_set() and ctx.expires_within(state.upcoming_sleep):
+            raise ctx.expired_error(
+                endpoint, next_wait=state.upcoming_sleep, cause=exc, attempts=state.attempt_number
+            )
+        raise exc
+
+    return {
+        **arguments,
+        "retry": retry,
+        "stop": arguments["stop"] | _StopAtDeadline(ctx),
+        "sleep": sleep,
+        "retry_error_callback": give_up,
     }

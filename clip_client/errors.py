@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._secrets import redact
+
 __all__ = [
     "APIConnectionError",
     "APIError",
@@ -50,8 +52,14 @@ class InvalidInputError(ClipClientError, ValueError):
     Attributes:
         index: position of the offending input in the list the caller passed (None for a bare call
             such as ``embed_text``).
-        path: the file path, where the input was one.
+        path: the file path, where the input was one, in full and as the caller gave it. The
+            message quotes at most :attr:`PATH_SHOWN` characters of it: a longer string (typically
+            a whole base64 image passed where a path was expected) is shown as its start, an
+            ellipsis, its end and its length.
     """
+
+    #: Paths up to this long appear in the message in full.
+    PATH_SHOWN = 120
 
     def __init__(self, message: str, *, index: int | None = None, path: str | None = None) -> None:
         self.index = index
@@ -64,9 +72,17 @@ class InvalidInputError(ClipClientError, ValueError):
         if self.index is not None:
             where.append(f"input {self.index}")
         if self.path is not None:
-            where.append(f"path {self.path!r}")
+            where.append(f"path {self._excerpt(self.path)}")
         prefix = f"{', '.join(where)}: " if where else ""
         return f"{prefix}{self.reason}"
+
+    @classmethod
+    def _excerpt(cls, text: str) -> str:
+        """``repr(text)``; for a string over ``PATH_SHOWN`` characters, its first 60 and last 20
+        characters and its length."""
+        if len(text) <= cls.PATH_SHOWN:
+            return repr(text)
+        return f"{text[:60] + '…' + text[-20:]!r} ({len(text):,} characters)"
 
 
 class ImageDecodeError(InvalidInputError):
@@ -79,20 +95,6 @@ class CredentialsError(ClipClientError):
 
 class ModelLoadError(ClipClientError):
     """The local CLIP model could not be loaded; the message says why and how to fix it."""
-
-
-class ResponseFormatError(ClipClientError):
-    """The endpoint answered 200 but the body is not the embeddings we asked for."""
-
-    def __init__(self, message: str, *, endpoint: str | None = None, request_id: str | None = None) -> None:
-        self.endpoint = endpoint
-        self.request_id = request_id
-        parts = [message]
-        if endpoint:
-            parts.append(f"endpoint={endpoint!r}")
-        if request_id:
-            parts.append(f"request_id={request_id}")
-        super().__init__("; ".join(parts))
 
 
 class APIError(ClipClientError):
@@ -108,6 +110,10 @@ class APIError(ClipClientError):
     index: int | None = None
 
     def __init__(self, message: str, *, endpoint: str | None = None, attempts: int = 1) -> None:
+        # Server and library text may quote a credential back (a 401 naming the token, a gateway
+        # page listing the request headers): it is scrubbed here, before it can reach str(), repr(),
+        # a log line, a pickle or a traceback.
+        message = redact(message)
         self.message = message
         self.endpoint = endpoint
         self.attempts = attempts
@@ -126,15 +132,66 @@ class APIError(ClipClientError):
         return f"{where}{self.message}"
 
 
+class ResponseFormatError(APIError):
+    """The endpoint answered 200 but the body is not the embeddings asked for: not JSON (a gateway's
+    HTML page), no ``predictions``, the wrong number of rows, ragged or non-finite rows.
+
+    Retried once, since a gateway's page is transient while a model that answers the wrong shape
+    will answer it again (docs/reliability.md); ``attempts`` says how many attempts were made.
+
+    Attributes:
+        request_id: the ``x-request-id`` of the answer, when it had one.
+    """
+
+    hint = (
+        "Check that the endpoint serves a CLIP embedding model answering "
+        '{"predictions": [[float, ...], ...]} with one row per record; an HTML page usually means a '
+        "proxy or gateway between the client and the workspace"
+    )
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        request_id: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        self.request_id = None if request_id is None else redact(request_id)
+        super().__init__(message, endpoint=endpoint, attempts=attempts)
+
+    def _describe(self) -> str:
+        text = super()._describe()
+        if self.request_id:
+            text += f" [request_id={self.request_id}]"
+        return f"{text}{'' if text.endswith('.') else '.'} {self.hint}"
+
+
 class APIConnectionError(APIError):
-    """The request never got an HTTP answer: DNS, refused or dropped connection, TLS failure."""
+    """The request never got a complete HTTP answer: DNS, refused or dropped connection, TLS failure.
+
+    The message names the underlying error (``Connection refused``, ``Name or service not known``);
+    the httpx exception is chained as ``__cause__``.
+    """
 
     #: False for failures another attempt cannot fix (a TLS certificate that does not verify).
     retryable: bool = True
+    #: True when the workspace's host name did not resolve (DNS). Retried once at most: a wrong
+    #: ``DATABRICKS_HOST``, profile or VPN does not fix itself within a retry's wait.
+    name_resolution: bool = False
 
 
 class APITimeoutError(APIConnectionError):
-    """The request timed out (connect, write or read). Raise ``timeout`` for slow models."""
+    """A time bound ran out: one attempt's ``timeout`` (its whole duration: connecting, sending and
+    receiving the complete answer), or the call's ``deadline=``.
+
+    An attempt that ran out of ``timeout`` is retried. When the call's deadline passes (or would
+    pass before the next retry), the error says so, names the last failure of the call's attempts
+    and chains it as ``__cause__``; it is not retried and ``deadline_passed`` is True.
+    """
+
+    #: True when the call's ``deadline=`` ran out, rather than one attempt's ``timeout``.
+    deadline_passed: bool = False
 
 
 class APIStatusError(APIError):
@@ -163,8 +220,8 @@ class APIStatusError(APIError):
         attempts: int = 1,
     ) -> None:
         self.status_code = status_code
-        self.error_code = error_code
-        self.request_id = request_id
+        self.error_code = None if error_code is None else redact(error_code)
+        self.request_id = None if request_id is None else redact(request_id)
         self.retry_after = retry_after
         super().__init__(message, endpoint=endpoint, attempts=attempts)
 

@@ -20,6 +20,7 @@ __all__ = [
     "EmbeddingArray",
     "EmbeddingFailure",
     "EmbeddingResult",
+    "HighBitDepth",
     "ImageFormat",
     "ImageInput",
     "InvocationRecord",
@@ -47,6 +48,13 @@ EmbeddingArray = npt.NDArray[np.float32]
 #: How prepared images travel: "png" (lossless, the default), "bmp" (lossless and uncompressed: the
 #: least client CPU, about 50% more bytes) or "jpeg" (smallest, but changes the pixels slightly).
 ImageFormat = Literal["png", "bmp", "jpeg"]
+
+#: What happens to integer images deeper than 8 bits (16-bit PNG/TIFF, 32-bit "I"): "clip" (the
+#: default) keeps values above 255 at 255, which is what Pillow's ``convert("RGB")`` and therefore the
+#: served ``CLIPImageProcessor`` do with the same file, so the embedding matches the endpoint's;
+#: "scale" maps 0..65535 onto 0..255 (opt-in: more useful for full-range data, but a different
+#: embedding from the one the endpoint computes from the file, and 12-bit camera frames come out dark).
+HighBitDepth = Literal["clip", "scale"]
 
 #: What a call does when an input or a batch fails: stop with the error ("raise"), or embed
 #: everything else and report the failures ("mark", which returns an :class:`EmbeddingResult`).
@@ -81,6 +89,8 @@ class Settings(BaseModel):
     #: Let libjpeg decode large JPEGs at a reduced scale before the exact resize (faster, not
     #: bit-exact with the server's own preprocessing of the original file).
     fast_decode: bool = False
+    #: 16-bit and 32-bit integer images: "clip" like the served processor (default), or "scale".
+    high_bit_depth: HighBitDepth = "clip"
 
     @field_validator("text_endpoint", "image_endpoint")
     @classmethod

@@ -72,13 +72,24 @@ class Received:
 
 @dataclass
 class Reply:
-    """A scripted answer: status, body (bytes or JSON-able) and headers; or drop the connection."""
+    """A scripted answer: status, body (bytes or JSON-able, or a function of the request's headers
+    that returns one: a server that echoes what it was sent) and headers; or drop the connection.
+
+    ``delay`` waits that many seconds before answering. ``trickle`` sends the whole answer, status
+    line and headers included, one byte every ``trickle`` seconds: a server, proxy or dying link that
+    keeps every read busy without ever finishing in time (with ``trickle_body``, the status line and
+    headers go at once and only the body trickles). ``answer=True`` sends the correct answer for the
+    request's inputs (status 200; ``body`` is ignored), as the other fields say.
+    """
 
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     drop: bool = False
+    trickle: float = 0.0
+    trickle_body: bool = False
+    answer: bool = False
 
 
 #: The kinds of fault :class:`Faults` injects, by the name ``ServingServer.injected`` counts them under.
@@ -128,6 +139,12 @@ class Faults:
     dropped before the body is read and without an answer, as a proxy does (or, with
     ``body_limit_status=413``, gets a clean 413 once the body is read); ``status_for_all`` answers
     every POST with that status and a JSON error body (401/403/404 tests).
+
+    ``malformed_once`` (the default of :meth:`spread`) makes the malformed 200s ("short", "html")
+    glitches of the moment, as a gateway's are: a request body that got one is answered normally
+    when it comes again (the draw for it counts as no fault). The client retries a malformed 200 only
+    once per batch, since a model that answers the wrong shape answers it every time; without this,
+    a random mix would sometimes hit one batch twice and fail it, as it should.
     """
 
     rate_limit: float = 0.0
@@ -145,8 +162,10 @@ class Faults:
     body_limit_status: int | None = None
     status_for_all: int | None = None
     seed: int = 0
+    malformed_once: bool = False
     _rng: random.Random = field(init=False, repr=False, compare=False)
     _lock: threading.Lock = field(init=False, repr=False, compare=False)
+    _malformed: set[str] = field(init=False, repr=False, compare=False, default_factory=set)
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:
@@ -159,26 +178,33 @@ class Faults:
 
     @classmethod
     def spread(cls, total: float, **options: Any) -> Faults:
-        """``total`` spread evenly over every kind in :data:`FAULT_KINDS`; ``options`` set the other
-        fields (or override one kind's probability)."""
+        """``total`` spread evenly over every kind in :data:`FAULT_KINDS`, malformed 200s once per
+        request body; ``options`` set the other fields (or override one kind's probability)."""
         share = {kind: total / len(FAULT_KINDS) for kind in FAULT_KINDS}
-        return cls(**{**share, **options})
+        return cls(**{**share, "malformed_once": True, **options})
 
     @property
     def total(self) -> float:
         """The share of POSTs that get a fault from the draw."""
         return float(sum(getattr(self, kind) for kind in FAULT_KINDS))
 
-    def draw(self) -> str | None:
-        """The fault for the next POST, or None for a normal answer. Thread-safe."""
+    def draw(self, body: bytes = b"") -> str | None:
+        """The fault for the next POST (of ``body``), or None for a normal answer. Thread-safe."""
         with self._lock:
             u = self._rng.random()
-        edge = 0.0
-        for kind in FAULT_KINDS:
-            edge += getattr(self, kind)
-            if u < edge:
-                return kind
-        return None
+            edge = 0.0
+            for kind in FAULT_KINDS:
+                edge += getattr(self, kind)
+                if u < edge:
+                    break
+            else:
+                return None
+            if self.malformed_once and kind in ("short", "html"):
+                key = hashlib.sha256(body).hexdigest()
+                if key in self._malformed:
+                    return None
+                self._malformed.add(key)
+            return kind
 
     def settings(self) -> dict[str, Any]:
         """The configuration, for printing."""
@@ -284,14 +310,39 @@ class ServingServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
+            def _send(
+                self,
+                status: int,
+                body: bytes,
+                headers: dict[str, str] | None = None,
+                reply: Reply | None = None,
+            ) -> None:
                 hdrs = {"Content-Type": "application/json", **(headers or {})}
+                if reply is not None and reply.trickle:
+                    return self._trickle(status, body, hdrs, reply.trickle, reply.trickle_body)
+                self.send_response(status)
                 for k, v in hdrs.items():
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                return None
+
+            def _trickle(
+                self, status: int, body: bytes, headers: dict[str, str], interval: float, body_only: bool
+            ) -> None:
+                """The answer one byte per ``interval``, from the first byte of its status line (or,
+                with ``body_only``, of its body)."""
+                head = [f"HTTP/1.1 {status} {self.responses.get(status, ('',))[0]}"]
+                head += [f"{k}: {v}" for k, v in {**headers, "Content-Length": str(len(body))}.items()]
+                data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+                if body_only:
+                    self.wfile.write(data)
+                    data = b""
+                data += body
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    time.sleep(interval)
 
             def _error(
                 self, status: int, code: str, message: str, headers: dict[str, str] | None = None
@@ -351,11 +402,12 @@ class ServingServer:
                             time.sleep(reply.delay)
                         if reply.drop:
                             return self._drop()
-                        body = (
-                            reply.body if isinstance(reply.body, bytes) else json.dumps(reply.body).encode()
-                        )
-                        return self._send(reply.status, body, reply.headers)
-                    fault = faults.draw() if faults is not None else None
+                        if reply.answer:
+                            return self._answer(name, raw, None, faults, reply)
+                        body = reply.body(dict(self.headers)) if callable(reply.body) else reply.body
+                        body = body if isinstance(body, bytes) else json.dumps(body).encode()
+                        return self._send(reply.status, body, reply.headers, reply)
+                    fault = faults.draw(raw) if faults is not None else None
                     if fault is not None:
                         server._inject(fault)
                         if fault not in ("slow", "short"):
@@ -387,9 +439,12 @@ class ServingServer:
                     return self._send(200, HTML_BAD_GATEWAY, {"Content-Type": "text/html"})
                 raise AssertionError(f"unknown fault {fault!r}")
 
-            def _answer(self, name: str, raw: bytes, fault: str | None, faults: Any) -> None:
-                """The normal answer; for a "slow" fault late, for a "short" one a row short. Only a
-                correct answer in time is recorded in ``received``."""
+            def _answer(
+                self, name: str, raw: bytes, fault: str | None, faults: Any, reply: Reply | None = None
+            ) -> None:
+                """The normal answer; for a "slow" fault late, for a "short" one a row short; sent as
+                ``reply`` says (headers, trickle) when a scripted reply asked for the correct answer.
+                Only a correct answer in time is recorded in ``received``."""
                 started = time.monotonic()
                 try:
                     request = InvocationRequest.model_validate_json(raw)
@@ -414,6 +469,7 @@ class ServingServer:
                         request_id = f"req-{len(server.received)}"
                 else:
                     request_id = f"req-{fault}"
-                return self._send(200, dumps({"predictions": rows}), {"x-request-id": request_id})
+                headers = {"x-request-id": request_id, **(reply.headers if reply else {})}
+                return self._send(200, dumps({"predictions": rows}), headers, reply)
 
         return Handler

@@ -75,7 +75,6 @@ def test_check_text_list_accepts_any_iterable_and_keeps_order():
         (7, "got int"),
         (None, "got NoneType"),
         (3.5, "got float"),
-        ("", "empty"),
         ("a\ud800b", "lone surrogate"),
     ],
 )
@@ -102,7 +101,12 @@ def test_check_text_reports_the_surrogate_position_and_allows_none_index():
 def test_first_bad_text_is_reported():
     with pytest.raises(InvalidInputError) as info:
         check_text_list(["fine", "", 5])
-    assert info.value.index == 1
+    assert info.value.index == 2  # an empty text is a text: the model embeds it
+
+
+@pytest.mark.parametrize("text", ["", " ", "\t\n", "\u3000"])
+def test_empty_and_whitespace_texts_are_texts(text):
+    assert check_text_list(["a", text]) == ["a", text]
 
 
 @pytest.mark.parametrize(
@@ -385,8 +389,9 @@ def test_parse_refuses_malformed_answers(json_backend, body, rows, fragment):
         parse_predictions(body, rows, endpoint="clip-text-embedding", request_id="req-9")
     message = str(info.value)
     assert fragment in message
-    assert "endpoint='clip-text-embedding'" in message
-    assert "request_id=req-9" in message
+    assert message.startswith("endpoint 'clip-text-embedding': ")
+    assert "[request_id=req-9]" in message
+    assert message.endswith(ResponseFormatError.hint)
     assert info.value.endpoint == "clip-text-embedding"
     assert info.value.request_id == "req-9"
 
@@ -403,7 +408,7 @@ def test_parse_excerpt_of_a_long_body_is_short():
     body = b"<html>" + b"x" * 10_000 + b"</html>"
     with pytest.raises(ResponseFormatError) as info:
         parse_predictions(body, 1)
-    assert len(str(info.value)) < 300
+    assert len(info.value.message) < 300  # the excerpt; the advice that follows is fixed text
 
 
 # --------------------------------------------------------------------------------------------------

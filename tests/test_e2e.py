@@ -26,12 +26,15 @@ from serving_server import TOKEN, Reply, ServingServer, expected_vector, image_p
 
 from clip_client import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     AsyncClipClient,
     AuthenticationError,
+    BadRequestError,
     ClipClient,
     EndpointNotFoundError,
     InvalidInputError,
+    PermissionDeniedError,
     RateLimitError,
     ResponseFormatError,
     ServerError,
@@ -277,6 +280,46 @@ async def test_unknown_endpoint_is_one_request_and_names_the_endpoint(
     assert server.requests == [("POST", "/serving-endpoints/no-such-endpoint/invocations")]
 
 
+@pytest.mark.parametrize("count", [1, 2, 40])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (401, AuthenticationError),
+        (403, PermissionDeniedError),
+        (404, EndpointNotFoundError),
+        (503, ServerError),
+    ],
+)
+async def test_errors_about_the_endpoint_name_no_input(
+    make: Make, server: ServingServer, count: int, status: int, error: type[APIStatusError]
+) -> None:
+    """However many inputs were sent, an error about the endpoint, the credentials or the permissions
+    is not about any of them: no index, no "input N:" in the message."""
+    server.script = [Reply(status, {"error_code": "X", "message": "no"})]
+    with pytest.raises(error) as info:
+        await make(max_retries=0).embed_texts([f"t{i}" for i in range(count)])
+    assert info.value.index is None
+    assert not str(info.value).startswith("input")
+
+
+async def test_a_400_for_a_single_input_names_it(make: Make, server: ServingServer) -> None:
+    server.script = [Reply(400, {"error_code": "BAD_REQUEST", "message": "cannot embed this"})]
+    with pytest.raises(BadRequestError) as info:
+        await make().embed_texts(["only one"])
+    assert info.value.index == 0
+    assert str(info.value).startswith("input 0: ")
+
+
+async def test_empty_and_whitespace_texts_are_sent_and_embedded(make: Make, server: ServingServer) -> None:
+    """The served model embeds "" (CLIP tokenises it to its start and end tokens), as SQL ai_query and
+    Spark do: one empty caption must not sink a job."""
+    texts = ["a caption", "", "   ", "\n", "another"]
+    client = make()
+    np.testing.assert_array_equal(await client.embed_texts(texts), text_rows(texts))
+    assert server.inputs(TEXT) == texts
+    np.testing.assert_array_equal(await client.embed_text(""), text_rows([""])[0])
+
+
 @pytest.mark.parametrize(
     "reply",
     [
@@ -339,7 +382,8 @@ async def test_malformed_200_is_a_response_format_error(
         await make(max_retries=2).embed_texts(["a", "b"])
     assert info.value.endpoint == TEXT
     assert info.value.request_id == "req-bad"
-    assert server.posts() == 3  # retried like any glitch, then an error: never a wrong array
+    assert server.posts() == 2  # retried once, then an error: never a wrong array
+    assert info.value.attempts == 2
 
 
 async def test_one_malformed_200_is_retried(make: Make, server: ServingServer) -> None:

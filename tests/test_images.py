@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from clip_reference import make_processor, processed
 from image_factory import (
     KINDS,
     exif_bytes,
@@ -55,48 +56,19 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def processor() -> Any:
-    """transformers' CLIP image processor: the PIL backend where it exists (transformers 5 without
-    torchvision), else the classic one. Import by name so transformers logs no fallback warning."""
-    transformers = pytest.importorskip("transformers")
-    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    return cls()
-
-
-def processed(processor: Any, img: Image.Image, size: int = 224) -> np.ndarray:
-    """The processor's resized and center-cropped RGB pixels, HxWx3 uint8."""
-    out = processor(
-        images=img,
-        do_rescale=False,
-        do_normalize=False,
-        size={"shortest_edge": size},
-        crop_size={"height": size, "width": size},
-        return_tensors=None,
-    )["pixel_values"][0]
-    arr = np.asarray(out)
-    assert arr.shape == (3, size, size)
-    assert np.array_equal(arr, np.round(arr)), "the processor returned non-integral pixels"
-    assert arr.min() >= 0
-    assert arr.max() <= 255
-    return np.ascontiguousarray(np.transpose(arr, (1, 2, 0))).astype(np.uint8)
-
-
-def scaled_16_to_8(img: Image.Image) -> Image.Image:
-    wide = np.asarray(img).astype(np.float64)
-    return Image.fromarray(np.rint(wide * 255 / 65535).astype(np.uint8), "L")
+    """transformers' CLIP image processor: the PIL backend where it exists (``clip_reference``)."""
+    return make_processor()
 
 
 def reference(processor: Any, name: str, path: Path) -> np.ndarray:
     """What the served model computes from the original file of kind ``name``.
 
-    Two kinds need the file put right first, because the client does that and the processor does
-    not: EXIF orientation is applied, and 16-bit grey is scaled to 8 bits (a plain conversion would
-    clip it to white).
+    EXIF orientation is applied first, as the client does and the processor does not. Every mode,
+    16-bit grey included, is the processor's own conversion: the client's contract.
     """
     with Image.open(path) as img:
         if name in EXIF_KINDS:
             return processed(processor, ImageOps.exif_transpose(img))
-        if name == "gray16_png":
-            return processed(processor, scaled_16_to_8(img))
         return processed(processor, img)
 
 
@@ -205,9 +177,10 @@ async def test_async_client_sends_the_same_pixels(
     np.testing.assert_array_equal(one, expected_vector("image", decoded(rec)))
 
 
-def test_sixteen_bit_is_scaled_not_clipped(images: dict[str, Path]) -> None:
-    """The 16-bit reference above assumes the client scales v -> round(v * 255 / 65535); check that
-    against numpy, and that a plain conversion would indeed have clipped the image to white."""
+def test_sixteen_bit_is_clipped_like_the_processor(images: dict[str, Path]) -> None:
+    """The 16-bit reference above is Pillow's conversion, which clips at 255 (so this full-range
+    gradient turns mostly white): check the client against numpy and Pillow, and that scaling (the
+    opt-in) gives the mid-grey picture instead."""
     with Image.open(images["gray16_png"]) as img:
         assert img.mode.startswith("I;16")
         wide = np.asarray(img).astype(np.int64)
@@ -215,13 +188,15 @@ def test_sixteen_bit_is_scaled_not_clipped(images: dict[str, Path]) -> None:
         assert wide.max() == 65535
         rgb = np.asarray(to_rgb(img))
         plain = np.asarray(img.convert("RGB"))
-    want = np.rint(wide * 255 / 65535).astype(np.uint8)
+        scaled = np.asarray(to_rgb(img, "scale"))
     for channel in range(3):
-        assert np.array_equal(rgb[:, :, channel], want)
-    assert (plain == 255).mean() > 0.9  # what the client avoids
+        assert np.array_equal(rgb[:, :, channel], np.minimum(wide, 255))
+        assert np.array_equal(scaled[:, :, channel], np.rint(wide * 255 / 65535).astype(np.uint8))
+    assert np.array_equal(rgb, plain)  # exactly Pillow's conversion, as the processor's
+    assert (rgb == 255).mean() > 0.9  # what the served model sees of such a file
     assert rgb.min() == 0
     assert rgb.max() == 255
-    assert 100 < rgb.mean() < 155
+    assert 100 < scaled.mean() < 155
 
 
 # --------------------------------------------------------------------------------------------------
@@ -733,29 +708,70 @@ def test_to_rgb_puts_transparency_on_white(mode: str) -> None:
     assert (out[alpha == 0] == 255).all()
 
 
-def test_an_unconvertible_mode_is_an_image_decode_error() -> None:
-    img = _mode_image("La")  # premultiplied alpha: Pillow converts it to nothing useful
-    with pytest.raises(ImageDecodeError, match="cannot convert image mode 'La'") as info:
-        prepare_image(img, 3, ImageOptions())
+def test_a_mode_pillow_cannot_convert_is_an_image_decode_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow 13 converts every mode it decodes (La goes through LA); a mode it cannot convert must
+    # still fail as this input's ImageDecodeError, with Pillow's reason and the ValueError chained.
+    def refuse(img: Image.Image, high_bit_depth: str = "clip") -> Image.Image:
+        raise ValueError(f"conversion from {img.mode} to RGB not supported")
+
+    monkeypatch.setattr(images_mod, "to_rgb", refuse)
+    with pytest.raises(ImageDecodeError, match="cannot convert image mode 'RGBA'") as info:
+        prepare_image(_mode_image("RGBA"), 3, ImageOptions())
     assert info.value.index == 3
+    assert "not supported" in str(info.value)
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_premultiplied_grey_alpha_is_composited_onto_white(processor: Any) -> None:
+    """The processor raises on La (Pillow has no conversion from it); the client composites the
+    premultiplied values onto white exactly: L + (255 - a)."""
+    img = _mode_image("La")
+    with pytest.raises(ValueError, match="La"):
+        processed(processor, img)
+    grey, alpha = (np.asarray(img)[:, :, i].astype(int) for i in (0, 1))
+    assert (alpha == 0).any()
+    assert ((alpha > 0) & (alpha < 255)).any()
+    on_white = np.clip(grey + 255 - alpha, 0, 255).astype(np.uint8)
+    out = np.asarray(to_rgb(img))
+    for channel in range(3):
+        assert np.array_equal(out[:, :, channel], on_white)
+    assert (out[alpha == 0] == 255).all()
+    got = prepare_image(img, 0, ImageOptions(want="pixels")).pixels
+    assert np.array_equal(got, processed(processor, Image.fromarray(on_white, "L")))
 
 
 @pytest.mark.parametrize("mode", ["I;16", "I"])
-def test_to_rgb_scales_sixteen_bit(mode: str) -> None:
+def test_to_rgb_clips_sixteen_bit_by_default(mode: str) -> None:
     wide = np.linspace(0, 65535, 16 * 9).round().astype(np.uint16).reshape(9, 16)
     img = Image.fromarray(wide) if mode == "I;16" else Image.fromarray(wide.astype(np.int32))
     assert img.mode == mode
     out = np.asarray(to_rgb(img))
+    assert out.shape == (9, 16, 3)
+    for channel in range(3):
+        assert np.array_equal(out[:, :, channel], np.minimum(wide, 255))
+    assert np.array_equal(out, np.asarray(img.convert("RGB")))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I"])
+def test_to_rgb_scales_sixteen_bit_when_asked(mode: str) -> None:
+    wide = np.linspace(0, 65535, 16 * 9).round().astype(np.uint16).reshape(9, 16)
+    img = Image.fromarray(wide) if mode == "I;16" else Image.fromarray(wide.astype(np.int32))
+    assert img.mode == mode
+    out = np.asarray(to_rgb(img, "scale"))
     want = np.rint(wide.astype(np.float64) * 255 / 65535).astype(np.uint8)
     assert out.shape == (9, 16, 3)
     for channel in range(3):
         assert np.array_equal(out[:, :, channel], want)
+    # And through prepare_image, with the option on ImageOptions.
+    pixels = prepare_image(img, 0, ImageOptions(want="pixels", high_bit_depth="scale")).pixels
+    grey = Image.fromarray(want, "L").convert("RGB")
+    assert np.array_equal(pixels, np.asarray(clip_resize_crop(grey, 224)))
 
 
-def test_to_rgb_float_is_rounded_and_clipped() -> None:
+def test_to_rgb_float_is_truncated_and_clipped_like_pillow() -> None:
     values = np.array([[-3.0, 0.4, 0.6, 127.5, 254.6, 300.0]], dtype=np.float32)
     out = np.asarray(to_rgb(Image.fromarray(values)))
-    assert out[0, :, 0].tolist() == [0, 0, 1, 128, 255, 255]
+    assert out[0, :, 0].tolist() == [0, 0, 0, 127, 254, 255]
 
 
 def test_prepare_image_applies_each_exif_orientation(tmp_path: Path) -> None:

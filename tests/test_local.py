@@ -193,15 +193,21 @@ def test_many_image_kinds_in_one_call(local: ClipClient, ref: Reference, images:
     np.testing.assert_allclose(got, expected, atol=ATOL)
 
 
-def test_sixteen_bit_grey_is_scaled_not_clipped(
-    local: ClipClient, ref: Reference, images: dict[str, Path]
+def test_sixteen_bit_grey_embeds_as_the_processor_does(
+    local: ClipClient, ref: Reference, images: dict[str, Path], tiny: Path
 ) -> None:
-    """The documented exception: 16-bit images are scaled to 8 bits (a plain convert("RGB")
-    would clip them to white), then embedded exactly as the processor would embed that."""
+    """16-bit values above 255 clip, as Pillow's convert("RGB") in the processor clips them: the
+    local embedding is the processor's, from the very file. ``high_bit_depth="scale"`` is the opt-in."""
+    np.testing.assert_allclose(
+        local.embed_image(images["gray16_png"]), ref.image_file(images["gray16_png"]), atol=ATOL
+    )
     with Image.open(images["gray16_png"]) as img:
         wide = np.asarray(img, dtype=np.int64)
     eight = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), "L")
-    np.testing.assert_allclose(local.embed_image(images["gray16_png"]), ref.images([eight])[0], atol=ATOL)
+    with ClipClient.local(tiny, high_bit_depth="scale") as scaling:
+        scaled = scaling.embed_image(images["gray16_png"])
+    np.testing.assert_allclose(scaled, ref.images([eight])[0], atol=ATOL)
+    assert not np.allclose(scaled, ref.image_file(images["gray16_png"]), atol=1e-3)
 
 
 def test_pil_image_and_numpy_array_inputs(local: ClipClient, ref: Reference) -> None:
@@ -319,12 +325,21 @@ def test_bad_inputs_name_their_index(local: ClipClient, images: dict[str, Path])
     assert caught.value.index == 2
     assert isinstance(caught.value, ValueError)
     with pytest.raises(InvalidInputError) as caught:
-        local.embed_texts(["a", "", "b"])
+        local.embed_texts(["a", 7, "b"])  # type: ignore[list-item]
     assert caught.value.index == 1
-    assert "empty" in str(caught.value)
+    assert "got int" in str(caught.value)
     with pytest.raises(InvalidInputError) as caught:
-        local.embed_text("")
+        local.embed_text(None)  # type: ignore[arg-type]
     assert caught.value.index is None
+
+
+def test_empty_and_whitespace_texts_embed_as_the_model_does(local: ClipClient, ref: Reference) -> None:
+    texts = ["a", "", "   ", "\n\t", "b"]
+    got = local.embed_texts(texts)
+    np.testing.assert_allclose(got, ref.texts(texts), atol=ATOL)
+    assert ref.tokenizer("")["input_ids"] == [ref.tokenizer.bos_token_id, ref.tokenizer.eos_token_id]
+    np.testing.assert_allclose(local.embed_text(""), got[1], atol=ATOL)
+    assert not np.allclose(got[1], got[0], atol=1e-3)  # a real row of its own, not a copy of a neighbour
 
 
 def test_progress_bar_counts_every_input(local: ClipClient, capsys: pytest.CaptureFixture[str]) -> None:

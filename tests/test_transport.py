@@ -435,7 +435,7 @@ async def test_a_malformed_200_that_persists_is_an_error_not_a_short_array(route
     route = router.post(TEXT_URL).mock(return_value=httpx.Response(200, json={"predictions": [[1.0]]}))
     with pytest.raises(ResponseFormatError, match="sent 2 records but got 1 rows back"):
         await make(max_retries=2).embed_texts(["a", "b"])
-    assert route.call_count == 3
+    assert route.call_count == 2  # a malformed 200 is retried once at most
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -587,10 +587,18 @@ def test_stop_before_the_deadline():
 
 
 def test_give_up_sets_attempts_and_reraises_the_last_error():
-    args = policy(max_retries=2)
     err = ServerError("down", status_code=503, endpoint="ep")
+
+    def always_down() -> None:
+        raise err
+
+    def run() -> None:
+        for attempt in Retrying(**policy(max_retries=2, backoff=0.0)):
+            with attempt:
+                always_down()
+
     with pytest.raises(ServerError) as info:
-        args["retry_error_callback"](state_after(err, 3))
+        run()
     assert info.value is err
     assert err.attempts == 3
 

@@ -1,0 +1,110 @@
+"""Credentials never leave the process in text: one place that knows them and scrubs them out.
+
+Every credential the client holds (a personal access token, each bearer token that databricks-sdk's
+``Config.authenticate()`` hands out, which changes on every OAuth refresh, and the OAuth client
+secret or any other attribute the SDK marks sensitive) is registered here the moment the client
+sees it. Anything a server or a library says is passed through :func:`redact` before it becomes part
+of an error message, a repr or a log record, so a gateway that echoes the request's headers or a
+401 that quotes the token cannot leak it. Registration is process-wide, on purpose: an error built
+anywhere (a Spark worker, the CLI, a future integration) is scrubbed of every credential any client
+in the process has used, with no object to thread through.
+
+Beyond the registered values, two shapes are always scrubbed: ``Bearer <credential>`` of 16 or
+more characters (an echoed ``Authorization`` header) and Databricks personal access tokens
+(``dapi`` + 32 hex digits, optionally ``-N``), which a server may quote even when this process never
+held that token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterable
+
+from ._constants import LOGGER_NAME
+
+__all__ = ["MASK", "RedactingFilter", "excerpt", "redact", "register", "register_headers"]
+
+#: What a credential is replaced with.
+MASK = "***"
+#: Values shorter than this are not registered: masking every "1" or "abc" in a message would make
+#: it unreadable, and no real credential is that short.
+_MIN_SECRET_LENGTH = 8
+
+_PATTERNS = re.compile(
+    r"(?i:\b(bearer)\s+)[A-Za-z0-9._~+/=-]{16,}"  # an echoed Authorization header
+    r"|\bdapi[0-9a-f]{32}(?:-\d+)?\b"  # a Databricks personal access token
+)
+
+
+class _Registry:
+    """The credentials seen so far, as one compiled pattern swapped whole on each addition, so
+    :func:`redact` reads it without a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.known: frozenset[str] = frozenset()
+        self.pattern: re.Pattern[str] | None = None
+
+    def add(self, values: Iterable[str | None]) -> None:
+        new = {v for v in values if isinstance(v, str) and len(v) >= _MIN_SECRET_LENGTH} - self.known
+        if not new:
+            return
+        with self._lock:
+            known = self.known | new
+            # Longest first, so a credential that contains another registered value is masked whole.
+            alternatives = sorted(known, key=len, reverse=True)
+            self.pattern = re.compile("|".join(re.escape(v) for v in alternatives))
+            self.known = known
+
+
+_registry = _Registry()
+
+
+def register(*values: str | None) -> None:
+    """Remember credentials so that :func:`redact` scrubs them from now on. Cheap when already known."""
+    _registry.add(values)
+
+
+def register_headers(headers: Iterable[tuple[str, str]]) -> None:
+    """Register the credential in each auth header value: the whole value and, for ``Bearer x`` /
+    ``Basic x``, the ``x`` alone (a server may quote either)."""
+    for _, value in headers:
+        scheme, _, credential = value.partition(" ")
+        register(value, credential if scheme.lower() in ("bearer", "basic") else None)
+
+
+def redact(text: str) -> str:
+    """``text`` with every registered credential, echoed bearer header and PAT replaced by ``***``."""
+    pattern = _registry.pattern  # one read: a concurrent register() swaps in a new pattern whole
+    if pattern is not None:
+        text = pattern.sub(MASK, text)
+    return _PATTERNS.sub(_mask_match, text)
+
+
+def excerpt(data: bytes, limit: int) -> str:
+    """The start of a body as one line of at most ``limit`` characters, redacted *before* it is cut,
+    so a credential that straddles the cut cannot leave its first half behind."""
+    text = data[: limit + 4096].decode("utf-8", "replace")
+    return " ".join(redact(text).split())[:limit]
+
+
+def _mask_match(match: re.Match[str]) -> str:
+    scheme = match.group(1)
+    return f"{scheme} {MASK}" if scheme else MASK
+
+
+class RedactingFilter(logging.Filter):
+    """Scrubs credentials from every record of the ``clip_client`` logger, whatever its arguments:
+    a second line of defence behind the errors, which are redacted when they are built."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+logging.getLogger(LOGGER_NAME).addFilter(RedactingFilter())
