@@ -256,7 +256,7 @@ def main() -> None:
     print(f"\ndatabricks-sdk spends {sdk / clip:.1f}x the client CPU of ClipClient per embedding.\n")
     micro(BATCH, 768, 0.1 if smoke else 2.0)
     if smoke:
-        print("\n(smoke mode: few texts, one pass; these numbers mean little)")
+        print("\nsmoke run: targets not evaluated (few texts, one pass: these numbers mean little)")
 
 
 if __name__ == "__main__":

@@ -451,7 +451,7 @@ def main() -> None:
             "at 1/2, 1/4 or 1/8 scale,\nkeeping the short side at least 2 x 224, then runs the exact resize."
         )
     if smoke:
-        print("\n(smoke mode: one file per size and one short pass; these numbers mean little)")
+        print("\nsmoke run: targets not evaluated (one file per size, one short pass: numbers mean little)")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@ or in-process.
 
 from __future__ import annotations
 
-from ._backend import Backend, RemoteBackend
+from ._backend import Backend
 from ._client import AsyncClipClient, ClipClient
+from ._concurrency import CallContext
+from ._images import PreparedImage
+from ._streams import AsyncEmbeddingStream, EmbeddingStream
 from ._version import __version__
 from .errors import (
     APIConnectionError,
@@ -31,7 +34,18 @@ from .errors import (
     ServerError,
 )
 from .local import LocalBackend
-from .types import EmbeddingArray, ImageInput, Settings
+from .types import (
+    ClientStats,
+    EmbeddingArray,
+    EmbeddingFailure,
+    EmbeddingResult,
+    HighBitDepth,
+    ImageFormat,
+    ImageInput,
+    InputKind,
+    OnError,
+    Settings,
+)
 
 __all__ = [
     "APIConnectionError",
@@ -39,23 +53,33 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AsyncClipClient",
+    "AsyncEmbeddingStream",
     "AuthenticationError",
     "Backend",
     "BadRequestError",
+    "CallContext",
+    "ClientStats",
     "ClipClient",
     "ClipClientError",
     "CredentialsError",
     "EmbeddingArray",
+    "EmbeddingFailure",
+    "EmbeddingResult",
+    "EmbeddingStream",
     "EndpointNotFoundError",
+    "HighBitDepth",
     "ImageDecodeError",
+    "ImageFormat",
     "ImageInput",
+    "InputKind",
     "InvalidInputError",
     "LocalBackend",
     "ModelLoadError",
+    "OnError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
+    "PreparedImage",
     "RateLimitError",
-    "RemoteBackend",
     "ResponseFormatError",
     "ServerError",
     "Settings",

@@ -11,16 +11,15 @@ import logging
 import platform
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
 from tenacity import AsyncRetrying, Retrying
 
 from . import _constants as C
 from ._concurrency import AIMDLimit, AsyncLimiter, CallContext, Slot, ThreadLimiter
-from ._core import FloatArray, Kind, encode_body, encode_record, parse_predictions, record_size
-from ._images import PreparedImage
-from ._transport import (
+from ._core import FloatArray, encode_body, encode_record, parse_predictions, record_size
+from ._http import (
     AttemptClock,
     Workspace,
     call_retry_arguments,
@@ -30,8 +29,11 @@ from ._transport import (
     retry_arguments,
     sync_client,
 )
+from ._images import PreparedImage
+from ._secrets import safe_cause
 from ._version import __version__
-from .types import Settings
+from .errors import APIError
+from .types import InputKind, Settings
 
 logger = logging.getLogger(C.LOGGER_NAME)
 
@@ -46,52 +48,84 @@ _MIN_TIMEOUT = 0.001
 
 @runtime_checkable
 class Backend(Protocol):
-    """What a client needs from the thing that computes embeddings."""
+    """What a client needs from the thing that computes embeddings: the serving endpoints
+    (``RemoteBackend``), the model in-process (:class:`~clip_client.LocalBackend`), or your own.
 
-    #: "encoded" when images travel as file bytes, "pixels" when the backend wants uint8 arrays.
-    image_input: Literal["encoded", "pixels"]
-    #: Largest request body in bytes, or None when requests have no size (in-process).
-    max_request_bytes: int | None
+    A client does everything above the backend, once for every backend: input checks, image
+    preparation (decode, CLIP-exact resize and crop), batching by count and bytes, splitting refused
+    batches, ordering, normalisation, progress and ``client.stats``. A backend only turns one batch
+    into rows. Pass one with ``ClipClient(backend=...)``. Everything a backend needs is public:
+    :class:`~clip_client.CallContext`, :class:`~clip_client.PreparedImage` and
+    :data:`~clip_client.InputKind`. ``tests/test_backend_protocol.py`` runs a backend written against
+    these names alone, end to end.
 
-    def payload(self, kind: Kind, item: str | PreparedImage) -> tuple[Any, int]:
-        """The per-item payload a batch is made of, and its size in bytes (0 when unbounded)."""
+    Attributes:
+        image_input: ``"encoded"`` to receive images as encoded files (PNG by default,
+            ``PreparedImage.encoded``), ``"pixels"`` for ``(image_size, image_size, 3)`` uint8 arrays
+            (``PreparedImage.pixels``).
+        max_request_bytes: the most bytes the payloads of one batch may add up to (the client packs
+            batches under it and splits any the backend refuses with ``PayloadTooLargeError``), or
+            None when batches have no size limit.
+        batch_size: the records per batch this backend prefers, used when the client is not given
+            ``batch_size=``; None for the client's default (32).
+        image_size: the side, in pixels, of the square images the model takes, used when the client
+            is not given ``image_size=``; None for the client's default (224).
+        dim: the embedding width when known before the first answer (the shape of an empty result,
+            and of NaN rows in ``on_error="mark"`` results); None when only answers tell (768 until
+            then).
+    """
+
+    # Read-only properties, so that a plain attribute of a narrower type (``dim: int``) satisfies them.
+    @property
+    def image_input(self) -> Literal["encoded", "pixels"]: ...
+    @property
+    def max_request_bytes(self) -> int | None: ...
+    @property
+    def batch_size(self) -> int | None: ...
+    @property
+    def image_size(self) -> int | None: ...
+    @property
+    def dim(self) -> int | None: ...
+
+    def endpoint(self, kind: InputKind) -> str | None:
+        """The name errors and logs give for where ``kind`` inputs go (a serving endpoint's name), or
+        None when there is none to name."""
         ...
 
-    def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
-        """One batch, synchronously; may be called from several threads at once. ``ctx`` carries
-        the call's deadline and cancellation."""
+    def payload(self, kind: InputKind, item: str | PreparedImage) -> tuple[Any, int]:
+        """One input as a batch carries it, and the bytes it adds to the batch (0 when batches have
+        no size limit). ``item`` is the text, or the image prepared as :attr:`image_input` asks.
+        Raises ``InvalidInputError`` for an input the backend cannot take."""
         ...
 
-    async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
-        """One batch, from an event loop."""
+    def embed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext) -> FloatArray:
+        """One batch, blocking: float32 ``(len(payloads), dim)``, rows in payload order. Called from
+        several threads at once. ``ctx`` carries the call's deadline and cancellation (call
+        ``ctx.check()`` before each request) and counts requests (``ctx.attempted(n)``). Raises
+        ``ClipClientError`` subclasses: ``PayloadTooLargeError`` makes the client split the batch,
+        ``BadRequestError`` (with ``on_error="mark"``) isolate the input it was about."""
         ...
 
-    def close(self) -> None: ...
+    async def aembed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext) -> FloatArray:
+        """One batch, from an event loop; as :meth:`embed`. Called from several tasks at once."""
+        ...
 
-    async def aclose(self) -> None: ...
+    def concurrency_limit(self) -> int | None:
+        """Requests the backend admits at once right now, when it adapts that number itself (the
+        remote backend halves it on 429/503); None when it does not."""
+        ...
+
+    def close(self) -> None:
+        """Release what the backend holds (connections, threads). Idempotent."""
+        ...
+
+    async def aclose(self) -> None:
+        """:meth:`close`, from an event loop."""
+        ...
 
 
 def user_agent() -> str:
     return f"clip-serving-client/{__version__} python/{platform.python_version()} httpx/{httpx.__version__}"
-
-
-class _Counters:
-    """Thread-safe counts for ``client.stats``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.retries = 0
-        self.overloads = 0
-
-    def attempt(self, number: int) -> None:
-        with self._lock:
-            self.requests += 1
-            self.retries += number > 1
-
-    def overload(self) -> None:
-        with self._lock:
-            self.overloads += 1
 
 
 class RemoteBackend:
@@ -104,19 +138,24 @@ class RemoteBackend:
     """
 
     image_input: Literal["encoded", "pixels"] = "encoded"
+    batch_size: int | None = None
+    image_size: int | None = None
+    dim: int | None = None
 
     def __init__(
         self,
         workspace: Workspace,
         settings: Settings,
         *,
-        http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
+        http_client: httpx.Client | httpx.AsyncClient | None = None,
     ) -> None:
         self.workspace = workspace
         self.settings = settings
         self.max_request_bytes: int | None = settings.max_request_bytes
-        self._endpoints: dict[Kind, str] = {"text": settings.text_endpoint, "image": settings.image_endpoint}
+        self._endpoints: dict[InputKind, str] = {
+            "text": settings.text_endpoint,
+            "image": settings.image_endpoint,
+        }
         self._urls = {
             kind: f"{workspace.host}/serving-endpoints/{name}/invocations"
             for kind, name in self._endpoints.items()
@@ -129,16 +168,15 @@ class RemoteBackend:
         )
         self._timeout = settings.timeout
         self._headers = {"Content-Type": "application/json", "User-Agent": user_agent()}
-        self._client = http_client
-        self._aclient = async_http_client
-        self._owns_client = http_client is None
-        self._owns_aclient = async_http_client is None
+        self._client = http_client if isinstance(http_client, httpx.Client) else None
+        self._aclient = http_client if isinstance(http_client, httpx.AsyncClient) else None
+        self._owns_client = self._client is None
+        self._owns_aclient = self._aclient is None
         self._aclient_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self.limit = AIMDLimit(settings.max_concurrency)
         self._thread_slots = ThreadLimiter(self.limit)
         self._task_slots = AsyncLimiter(self.limit)
-        self.counters = _Counters()
 
     def __repr__(self) -> str:
         return (
@@ -146,18 +184,21 @@ class RemoteBackend:
             f"image_endpoint={self._endpoints['image']!r})"
         )
 
-    def endpoint(self, kind: Kind) -> str:
+    def endpoint(self, kind: InputKind) -> str:
         return self._endpoints[kind]
+
+    def concurrency_limit(self) -> int:
+        return self.limit.current
 
     # -- payloads ------------------------------------------------------------------------------------
 
-    def payload(self, kind: Kind, item: str | PreparedImage) -> tuple[bytes, int]:
+    def payload(self, kind: InputKind, item: str | PreparedImage) -> tuple[bytes, int]:
         value = encode_record(item if isinstance(item, str) else item.b64())
         return value, record_size(value)
 
     # -- sync ----------------------------------------------------------------------------------------
 
-    def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+    def embed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
         body = encode_body(payloads)
         endpoint = self._endpoints[kind]
         retrying = Retrying(**self._retry_arguments(endpoint, ctx, ctx.sleep if ctx else None))
@@ -171,9 +212,12 @@ class RemoteBackend:
                         with clock.bounding_sockets():
                             response = client.send(request, auth=self.workspace.auth, stream=True)
                             clock.read_body(response)
-                    except httpx.TransportError as exc:
-                        self._transport_error(exc, kind, len(body), clock, ctx)
-                    self._grade(response, slot)
+                        failure = None
+                    except httpx.HTTPError as exc:
+                        failure = self._failure(exc, kind, len(body), clock, ctx)
+                    if failure is not None:  # raised outside the handler: see _failure
+                        raise failure
+                    self._grade(response, slot, ctx)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
                 return self._handle(response, kind, len(payloads), len(body))
@@ -188,7 +232,9 @@ class RemoteBackend:
 
     # -- async ---------------------------------------------------------------------------------------
 
-    async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+    async def aembed(
+        self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None
+    ) -> FloatArray:
         body = encode_body(payloads)
         endpoint = self._endpoints[kind]
         client = self._async_client()
@@ -204,13 +250,16 @@ class RemoteBackend:
                         response = await asyncio.wait_for(
                             client.send(request, auth=self.workspace.auth), clock.left()
                         )
+                        failure = None
                     except asyncio.TimeoutError as exc:
                         timeout = httpx.TimeoutException("the attempt's time ran out", request=request)
                         timeout.__cause__ = exc
-                        self._transport_error(timeout, kind, len(body), clock, ctx)
-                    except httpx.TransportError as exc:
-                        self._transport_error(exc, kind, len(body), clock, ctx)
-                    self._grade(response, slot)
+                        failure = self._failure(timeout, kind, len(body), clock, ctx)
+                    except httpx.HTTPError as exc:
+                        failure = self._failure(exc, kind, len(body), clock, ctx)
+                    if failure is not None:  # raised outside the handler: see _failure
+                        raise failure
+                    self._grade(response, slot, ctx)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
                 return self._handle(response, kind, len(payloads), len(body))
@@ -236,7 +285,7 @@ class RemoteBackend:
     def _request(
         self,
         client: httpx.Client | httpx.AsyncClient,
-        kind: Kind,
+        kind: InputKind,
         body: bytes,
         ctx: CallContext | None,
         number: int,
@@ -252,7 +301,7 @@ class RemoteBackend:
         if ctx is not None:
             ctx.check(endpoint)
             left = ctx.remaining()
-        self.counters.attempt(number)
+            ctx.attempted(number)
         if self._owns_client if isinstance(client, httpx.Client) else self._owns_aclient:
             clock = AttemptClock.start(self._timeout, left, f"timeout={self._timeout:g}s")
             seconds = max(clock.left() or 0.0, _MIN_TIMEOUT)
@@ -266,18 +315,23 @@ class RemoteBackend:
         )
         return request, clock
 
-    def _transport_error(
+    def _failure(
         self,
-        exc: httpx.TransportError,
-        kind: Kind,
+        exc: httpx.HTTPError,
+        kind: InputKind,
         nbytes: int,
         clock: AttemptClock,
         ctx: CallContext | None,
-    ) -> NoReturn:
-        """Raise the typed error for a failed attempt, chained to ``exc``. A timeout that fired
-        because the call's deadline came first raises the deadline's error instead ("raise
-        timeout=" would be the wrong advice), chained to the call's last failure before it."""
+    ) -> APIError:
+        """The typed error for a failed attempt, chained to ``exc`` unless ``exc`` shows a
+        credential (a protocol error quoting a header the server echoed). A timeout that fired
+        because the call's deadline came first gives the deadline's error instead ("raise timeout="
+        would be the wrong advice), chained to the call's last failure before it.
+
+        The caller raises it outside its ``except`` block, so that the httpx exception is not
+        attached as the implicit ``__context__`` either."""
         endpoint = self._endpoints[kind]
+        cause = safe_cause(exc)
         if (
             isinstance(exc, httpx.TimeoutException)
             and ctx is not None
@@ -285,28 +339,31 @@ class RemoteBackend:
             and ctx.expires_within(_CLOCK_SLACK)
         ):
             waiting = f"for the endpoint's answer ({type(exc).__name__})"
-            expired = ctx.expired_error(endpoint, waiting=waiting, cut=exc)
-            raise expired from expired.__cause__
+            return ctx.expired_error(endpoint, waiting=waiting, cut=cause)
         advice = (
             "raise timeout= if the model is slow"
             if clock.bound.startswith("timeout=")
             else "raise the http_client's timeout if the model is slow"
         )
-        raise map_transport_error(exc, endpoint, nbytes, bound=clock.bound, advice=advice) from exc
+        error = map_transport_error(exc, endpoint, nbytes, bound=clock.bound, advice=advice)
+        error.__cause__ = cause
+        error.__suppress_context__ = True
+        return error
 
     def _limits(self) -> httpx.Limits:
         n = self.settings.max_concurrency
         return httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n, keepalive_expiry=60)
 
-    def _grade(self, response: httpx.Response, slot: Slot) -> None:
+    def _grade(self, response: httpx.Response, slot: Slot, ctx: CallContext | None) -> None:
         """What the adaptive limit learns from an answer: 429/503 mean overload."""
         if response.status_code in (429, 503):
             slot.overloaded = True
-            self.counters.overload()
+            if ctx is not None:
+                ctx.overloaded()
         else:
             slot.succeeded = response.status_code < 400
 
-    def _handle(self, response: httpx.Response, kind: Kind, rows: int, nbytes: int) -> FloatArray:
+    def _handle(self, response: httpx.Response, kind: InputKind, rows: int, nbytes: int) -> FloatArray:
         endpoint = self._endpoints[kind]
         request_id = request_id_of(response)
         elapsed = response.elapsed.total_seconds() if hasattr(response, "_elapsed") else float("nan")
@@ -323,16 +380,6 @@ class RemoteBackend:
         if response.status_code >= 400:
             raise error_from_response(response, endpoint)
         return parse_predictions(response.content, rows, endpoint=endpoint, request_id=request_id)
-
-    def stats(self) -> dict[str, int]:
-        c = self.counters
-        return {
-            "requests": c.requests,
-            "retries": c.retries,
-            "overloads": c.overloads,
-            "concurrency_limit": self.limit.current,
-            "max_concurrency": self.limit.maximum,
-        }
 
     def close(self) -> None:
         if self._client is not None and self._owns_client:

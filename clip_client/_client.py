@@ -1,10 +1,11 @@
 """``ClipClient`` and ``AsyncClipClient``: thin shells around the shared core.
 
 Everything that decides something (input checks, batch plans, splitting refused batches, ordering,
-retries, response checks) lives in ``_core``, ``_images``, ``_transport`` and the backend. The shells
-only schedule: the sync client on a thread pool shared by all threads using it, the async client
-on the event loop. Every call is a stream underneath: ``embed_*`` collects it into one array,
-``iter_embed_*`` hands it over row by row with memory bounded by a few batches.
+retries, response checks) lives in ``_core``, ``_images``, ``_http`` and the backend. Each public
+method is one call into the shared :meth:`_BaseClient._plan`, then the shell runs the plan: the sync
+client on a thread pool shared by all threads using it, the async client on the event loop. Every
+call is a stream underneath: ``embed_*`` collects it into one array, ``iter_embed_*`` hands it over
+row by row with memory bounded by a few batches.
 """
 
 from __future__ import annotations
@@ -13,25 +14,27 @@ import asyncio
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, get_args, overload
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
+from . import _constants as C
 from ._backend import Backend, RemoteBackend
-from ._concurrency import CallContext
+from ._concurrency import CallContext, Counters
 from ._core import (
     Batch,
+    BatchOutcome,
     BatchPlanner,
     Collector,
     EmbedJob,
     FloatArray,
-    Kind,
-    Piece,
     adrive,
     batch_flow,
     check_image_list,
@@ -42,16 +45,17 @@ from ._core import (
     refuse_single_image,
     refuse_single_text,
 )
+from ._http import resolve_workspace
 from ._images import ImageOptions, PreparedImage, prepare_image
-from ._transport import resolve_workspace
-from .errors import ClipClientError, InvalidInputError
+from ._streams import AsyncEmbeddingStream, EmbeddingStream, Row
+from .errors import APIError, ClipClientError, InvalidInputError
 from .types import (
     ClientStats,
-    EmbeddingFailure,
     EmbeddingResult,
     HighBitDepth,
     ImageFormat,
     ImageInput,
+    InputKind,
     OnError,
     Settings,
 )
@@ -60,79 +64,353 @@ if TYPE_CHECKING:
     from databricks.sdk.core import Config
     from typing_extensions import Self
 
-__all__ = ["AsyncClipClient", "AsyncEmbeddingStream", "ClipClient", "EmbeddingStream"]
+__all__ = ["AsyncClipClient", "ClipClient"]
 
 _PREP_WORKERS = max(1, min(32, os.cpu_count() or 1))
 
-#: One item on its way to a batch: (index, payload or the error that stopped it, payload bytes).
-Item = tuple[int, Any, int]
-#: One row on its way out: (index, row, error). Failed rows are NaN and carry their error.
-Row = tuple[int, FloatArray, ClipClientError | None]
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One input on its way to a batch: its payload and size, or the error that stopped it."""
+
+    index: int
+    payload: Any = None
+    nbytes: int = 0
+    error: ClipClientError | None = None
 
 
-class EmbeddingStream:
-    """``(index, vector)`` pairs in input order, from ``ClipClient.iter_embed_*``.
+@dataclass(frozen=True)
+class _Plan:
+    """One embed call, checked and planned before any I/O: what both shells run."""
 
-    Memory stays bounded by a few batches whatever the input's length. With ``on_error="mark"`` a
-    failed input yields a NaN vector and is listed in :attr:`failures`; otherwise the stream stops
-    with the error. Closing the stream (or leaving a ``with`` block) cancels the work in flight.
-    """
-
-    def __init__(self, rows: Iterator[Row]) -> None:
-        self._rows = rows
-        self.failures: list[EmbeddingFailure] = []
-
-    def __iter__(self) -> EmbeddingStream:
-        return self
-
-    def __next__(self) -> tuple[int, FloatArray]:
-        index, row, error = next(self._rows)
-        if error is not None:
-            self.failures.append(EmbeddingFailure(index, error))
-        return index, row
-
-    def close(self) -> None:
-        close = getattr(self._rows, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> EmbeddingStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    kind: InputKind
+    #: The inputs: a checked list (``embed_*``) or the caller's iterable, read lazily (``iter_embed_*``).
+    inputs: Iterable[object]
+    total: int | None
+    settings: Settings
+    on_error: OnError
+    deadline: float | None
 
 
-class AsyncEmbeddingStream:
-    """The async twin of :class:`EmbeddingStream`, from ``AsyncClipClient.iter_embed_*``."""
-
-    def __init__(self, rows: AsyncIterator[Row]) -> None:
-        self._rows = rows
-        self.failures: list[EmbeddingFailure] = []
-
-    def __aiter__(self) -> AsyncEmbeddingStream:
-        return self
-
-    async def __anext__(self) -> tuple[int, FloatArray]:
-        index, row, error = await self._rows.__anext__()
-        if error is not None:
-            self.failures.append(EmbeddingFailure(index, error))
-        return index, row
-
-    async def aclose(self) -> None:
-        aclose = getattr(self._rows, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    async def __aenter__(self) -> AsyncEmbeddingStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
+def _settings_doc() -> str:
+    """The Settings part of the clients' docstrings, from :class:`Settings` itself (its defaults,
+    ranges and descriptions): one source for the docstrings, the signature and the validation."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        bounds = [
+            f"{symbol} {getattr(m, attr)}"
+            for m in field.metadata
+            for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+            if getattr(m, attr, None) is not None
+        ]
+        choices = get_args(field.annotation)
+        valid = " or ".join(repr(c) for c in choices) if choices else ", ".join(bounds)
+        default = (
+            f"{field.default:_}"
+            if isinstance(field.default, int) and field.default > 9999
+            else repr(field.default)
+        )
+        head = f"{name}: default ``{default}``" + (f"; {valid}" if valid else "")
+        lines.append(f"        {head}. {field.description}")
+    return "\n".join(lines)
 
 
 class _BaseClient:
-    """State and planning shared by both clients; no I/O of its own."""
+    """State, planning and everything else both clients share; no I/O of its own."""
+
+    def __init__(
+        self,
+        *,
+        host: str | None,
+        token: str | None,
+        profile: str | None,
+        config: Config | None,
+        backend: Backend | None,
+        http_client: httpx.Client | httpx.AsyncClient | None,
+        http_client_type: type[httpx.Client] | type[httpx.AsyncClient],
+        **settings: Any,
+    ) -> None:
+        if http_client is not None and not isinstance(http_client, http_client_type):
+            other = "AsyncClipClient" if isinstance(http_client, httpx.AsyncClient) else "ClipClient"
+            raise TypeError(
+                f"{type(self).__name__} sends through an {http_client_type.__module__}."
+                f"{http_client_type.__name__}, got {type(http_client).__name__}; use {other} for that one"
+            )
+        if backend is not None:
+            if host or token or profile or config or http_client:
+                raise ValueError(
+                    "pass either backend= or workspace options (host/token/profile/config/http_client)"
+                )
+            # The backend's own preferences fill what the caller left unset (a local model's batch
+            # size and input resolution).
+            for name in ("batch_size", "image_size"):
+                preferred = getattr(backend, name)
+                if settings.get(name) is None and preferred is not None:
+                    settings[name] = preferred
+        self.settings: Settings = Settings().merged(**settings)
+        if backend is None:
+            workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
+            backend = RemoteBackend(workspace, self.settings, http_client=http_client)
+        self.backend: Backend = backend
+        self._counters = Counters()
+        self._pool_lock = threading.Lock()
+        self._prep_pool: ThreadPoolExecutor | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(backend={self.backend!r})"
+
+    @classmethod
+    def local(
+        cls,
+        model: str | os.PathLike[str] = C.DEFAULT_LOCAL_MODEL,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        compile: bool = False,
+        **client_options: Any,
+    ) -> Self:
+        """A client whose backend is the CLIP model in this process (:class:`~clip_client.LocalBackend`):
+        no workspace, the same code as the remote client above the backend, the same embeddings.
+
+        Args:
+            model: a Hugging Face hub id (from the local cache, downloaded on first use) or a folder
+                holding ``config.json``, the weights and the tokenizer files.
+            device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; None picks CUDA when available, else CPU.
+            dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``; None picks float16 on CUDA and
+                float32 on CPU.
+            compile: run both towers through ``torch.compile`` (every batch padded to one shape).
+            **client_options: the client's keywords (``batch_size``, ``normalize``, ``progress``...).
+                ``max_concurrency`` defaults to 2: one batch on the device while the next is
+                tokenised or stacked and copied.
+
+        Returns:
+            a client of this class, whose backend is a :class:`~clip_client.LocalBackend`.
+
+        Raises:
+            ModelLoadError: the checkpoint is missing, not cached while offline, or does not load.
+            ImportError: the ``local`` extra (torch, transformers) is not installed.
+            TypeError: an unknown keyword in ``client_options``.
+
+        >>> with ClipClient.local("openai/clip-vit-large-patch14", device="cpu") as client:  # doctest: +SKIP
+        ...     client.embed_text("a photo of a cat").shape
+        (768,)
+        """
+        from .local import LocalBackend
+
+        backend = LocalBackend(
+            model,
+            device=device,
+            dtype=dtype,
+            batch_size=client_options.get("batch_size"),
+            compile=compile,
+            progress=bool(client_options.get("progress", False)),  # loading is quiet unless asked
+        )
+        client_options.setdefault("max_concurrency", 2)
+        return cls(backend=backend, **client_options)
+
+    @property
+    def stats(self) -> ClientStats:
+        """Counters since the client was created (requests, retries, overloads, splits) and the
+        concurrency limit as it stands now; a fresh snapshot on each read."""
+        c = self._counters
+        maximum = self.settings.max_concurrency
+        limit = self.backend.concurrency_limit()
+        return ClientStats(
+            requests=c.requests,
+            retries=c.retries,
+            overloads=c.overloads,
+            splits=c.splits,
+            concurrency_limit=maximum if limit is None else limit,
+            max_concurrency=maximum,
+        )
+
+    # -- planning: the one step every public method starts with ---------------------------------------
+
+    def _plan(
+        self,
+        kind: InputKind,
+        inputs: object,
+        *,
+        batch_size: int | None,
+        normalize: bool | None,
+        progress: bool | None,
+        on_error: OnError,
+        deadline: float | None,
+        collect: bool,
+    ) -> _Plan:
+        """Check one call's arguments before anything starts (streams included) and plan it.
+
+        ``collect`` (``embed_*``): the inputs are read into a list; with ``on_error="raise"`` every
+        text is checked before the first request (cheap, and a bad one then costs nothing). Otherwise
+        (``iter_embed_*``) they are read lazily, a bounded number ahead."""
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
+        if deadline is not None and not deadline > 0:
+            raise ValueError(f"deadline must be a number of seconds > 0, got {deadline!r}")
+        settings = self.settings.merged(batch_size=batch_size, normalize=normalize, progress=progress)
+        source: Iterable[object]
+        if kind == "text":
+            if not collect:
+                source = refuse_single_text(inputs)
+            elif on_error == "raise":
+                source = check_text_list(inputs)
+            else:
+                source = list(refuse_single_text(inputs))
+        else:
+            source = check_image_list(inputs) if collect else refuse_single_image(inputs)
+        total = len(source) if isinstance(source, list) else _length(source)
+        return _Plan(kind, source, total, settings, on_error, deadline)
+
+    def _collector(self, plan: _Plan) -> Collector:
+        assert plan.total is not None
+        return Collector(plan.total, mark=plan.on_error == "mark")
+
+    def _new_job(self, plan: _Plan) -> EmbedJob:
+        bar = None
+        if plan.settings.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=plan.total, unit=plan.kind, desc=f"embedding {plan.kind}s")
+        return EmbedJob(
+            BatchPlanner(plan.settings.batch_size, self.backend.max_request_bytes),
+            mark=plan.on_error == "mark",
+            normalize=plan.settings.normalize,
+            endpoint=self.backend.endpoint(plan.kind),
+            progress=bar,
+            dim_hint=self.backend.dim,
+            window=2 * plan.settings.max_concurrency,  # enough to keep every slot busy, memory bounded
+        )
+
+    def _context(self, plan: _Plan) -> CallContext:
+        return CallContext(plan.deadline, self._counters)
+
+    def _check_call(self, kind: InputKind, ctx: CallContext) -> None:
+        """Before each (sub-)batch goes out: stop if the call was cancelled or its deadline passed.
+        Raised inside the batch's flow, so with ``on_error="mark"`` a batch the deadline caught
+        before it was sent is marked failed like any other, rather than sinking the whole call."""
+        ctx.check(self.backend.endpoint(kind))
+
+    def _flow(self, batch: Batch, mark: bool) -> Generator[Batch, FloatArray, list[BatchOutcome]]:
+        return batch_flow(batch, mark=mark, on_split=self._counters.split)
+
+    def _image_options(self) -> ImageOptions:
+        s = self.settings
+        return ImageOptions(
+            size=s.image_size,
+            format=s.image_format,
+            jpeg_quality=s.jpeg_quality,
+            max_pixels=s.max_image_pixels,
+            fast_decode=s.fast_decode,
+            high_bit_depth=s.high_bit_depth,
+            want=self.backend.image_input,
+        )
+
+    def _text_items(self, texts: Iterable[object]) -> Iterator[Prepared]:
+        for i, text in enumerate(texts):
+            try:
+                payload, nbytes = self.backend.payload("text", check_text(text, i))
+            except InvalidInputError as exc:
+                yield Prepared(i, error=exc)
+            else:
+                yield Prepared(i, payload, nbytes)
+
+    def _images_ahead(
+        self, images: Iterable[object], settings: Settings
+    ) -> Generator[tuple[int, Future[PreparedImage]], None, None]:
+        """Images decoded and resized in a thread pool, a bounded number ahead of the consumer,
+        yielded in input order. Pending work is cancelled if the consumer stops early."""
+        pool = self._preparation_pool()
+        opts = self._image_options()
+        lookahead = max(2 * _PREP_WORKERS, settings.batch_size)
+        ahead: deque[tuple[int, Future[PreparedImage]]] = deque()
+        try:
+            for i, image in enumerate(images):
+                ahead.append((i, pool.submit(prepare_image, image, i, opts)))
+                if len(ahead) >= lookahead:
+                    yield ahead.popleft()
+            while ahead:
+                yield ahead.popleft()
+        finally:
+            for _, fut in ahead:
+                fut.cancel()
+
+    def _image_item(self, index: int, prepared: PreparedImage) -> Prepared:
+        payload, nbytes = self.backend.payload("image", prepared)
+        return Prepared(index, payload, nbytes)
+
+    def _empty(self, plan: _Plan) -> FloatArray | EmbeddingResult:
+        """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
+        empty = empty_result(self.backend.dim)
+        return EmbeddingResult(empty) if plan.on_error == "mark" else empty
+
+    def _preparation_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._prep_pool is None:
+                self._prep_pool = ThreadPoolExecutor(_PREP_WORKERS, thread_name_prefix="clip-prep")
+            return self._prep_pool
+
+    def _shutdown_pools(self) -> None:
+        self._closed = True
+        with self._pool_lock:
+            if self._prep_pool is not None:
+                self._prep_pool.shutdown(wait=False, cancel_futures=True)
+                self._prep_pool = None
+
+
+@contextmanager
+def _one_input() -> Iterator[None]:
+    """For ``embed_text`` / ``embed_image``: the error of the one input, without an index (there is
+    no list to index), chained to the same cause. Both methods, both clients, go through this."""
+    try:
+        yield
+    except InvalidInputError as exc:
+        raise type(exc)(exc.reason, index=None, path=exc.path) from exc.__cause__
+    except APIError as exc:
+        exc.index = None
+        raise
+
+
+def _length(items: Iterable[object]) -> int | None:
+    return len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+
+
+_CLIENT_DOC = """
+
+    Args:
+        host: the workspace URL (``https://`` added when missing; plain ``http://`` only to loopback).
+            With ``token``, used as given and no databricks-sdk ``Config`` is built.
+        token: a personal access token, sent as ``Authorization: Bearer``. Never shown in a repr, an
+            error or a log. Without ``host``/``token``, databricks-sdk's chain resolves both
+            (``DATABRICKS_HOST``/``DATABRICKS_TOKEN``, ``~/.databrickscfg``, OAuth M2M, Azure, GCP).
+        profile: a ``~/.databrickscfg`` profile name.
+        config: a ``databricks.sdk.core.Config``; not with ``host``/``token``/``profile``.
+        backend: any :class:`~clip_client.Backend` instead of a workspace (not with the above).
+        http_client: {http_client}
+
+    Settings (validated by :class:`~clip_client.Settings`; all optional; docs/configuration.md):
+{settings}
+
+    Raises:
+        ValueError: no workspace resolves, the host is not a usable URL, or a setting is out of
+            range (``pydantic.ValidationError``, a ``ValueError`` naming the field).
+        TypeError: an unknown keyword, or an ``http_client`` of the other kind.
+    """
+
+
+class ClipClient(_BaseClient):
+    """Embeds texts and images with CLIP ViT-L/14 on Databricks Model Serving (or in-process, with
+    :meth:`local`). Every result is float32, one row per input, in input order.
+
+    One client is safe to share across threads; ``max_concurrency`` bounds the requests in flight
+    across all of them. Use it as a context manager, or call :meth:`close`.
+
+    >>> with ClipClient() as client:  # the workspace from databricks-sdk's config chain  # doctest: +SKIP
+    ...     client.embed_texts(["a red car", "a dog"]).shape
+    (2, 768)
+    """
 
     def __init__(
         self,
@@ -161,9 +439,15 @@ class _BaseClient:
         progress: bool | None = None,
         backend: Backend | None = None,
         http_client: httpx.Client | None = None,
-        async_http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        self.settings = Settings().merged(
+        super().__init__(
+            host=host,
+            token=token,
+            profile=profile,
+            config=config,
+            backend=backend,
+            http_client=http_client,
+            http_client_type=httpx.Client,
             text_endpoint=text_endpoint,
             image_endpoint=image_endpoint,
             batch_size=batch_size,
@@ -183,218 +467,7 @@ class _BaseClient:
             normalize=normalize,
             progress=progress,
         )
-        if backend is None:
-            workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
-            backend = RemoteBackend(
-                workspace, self.settings, http_client=http_client, async_http_client=async_http_client
-            )
-        elif host or token or profile or config:
-            raise ValueError("pass either backend= or workspace options (host/token/profile/config)")
-        self.backend: Backend = backend
-        self._pool_lock = threading.Lock()
-        self._prep_pool: ThreadPoolExecutor | None = None
-        self._closed = False
-        self._splits = 0
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(backend={self.backend!r})"
-
-    @classmethod
-    def local(
-        cls,
-        model: str | os.PathLike[str] = "openai/clip-vit-large-patch14",
-        *,
-        device: str | None = None,
-        dtype: str | None = None,
-        compile: bool = False,
-        **client_options: Any,
-    ) -> Self:
-        """A client whose backend is the CLIP model in this process (:class:`LocalBackend`).
-
-        Needs no workspace. ``client_options`` are the usual client keywords (``batch_size``,
-        ``normalize``, ``progress``...); everything above the backend is the same code as remote.
-        """
-        from .local import LocalBackend
-
-        backend = LocalBackend(
-            model, device=device, dtype=dtype, batch_size=client_options.get("batch_size"), compile=compile
-        )
-        client_options.setdefault("batch_size", backend.batch_size)
-        client_options.setdefault("image_size", backend.image_size)
-        # Two batches in flight: one on the device while the next is tokenised/stacked and copied.
-        client_options.setdefault("max_concurrency", 2)
-        return cls(backend=backend, **client_options)
-
-    @property
-    def stats(self) -> ClientStats:
-        """Counters since the client was created: requests, retries, overloads, splits, and the
-        adaptive concurrency limit as it stands now."""
-        backend_stats = getattr(self.backend, "stats", None)
-        counts: dict[str, int] = backend_stats() if callable(backend_stats) else {}
-        maximum = self.settings.max_concurrency
-        return ClientStats(
-            requests=counts.get("requests", 0),
-            retries=counts.get("retries", 0),
-            overloads=counts.get("overloads", 0),
-            splits=self._splits,
-            concurrency_limit=counts.get("concurrency_limit", maximum),
-            max_concurrency=counts.get("max_concurrency", maximum),
-        )
-
-    # -- planning ------------------------------------------------------------------------------------
-
-    def _call_settings(
-        self,
-        batch_size: int | None,
-        normalize: bool | None,
-        progress: bool | None,
-        on_error: OnError = "raise",
-    ) -> Settings:
-        """The settings of one call, checked before anything starts (streams included)."""
-        if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} is closed")
-        if on_error not in ("raise", "mark"):
-            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
-        return self.settings.merged(batch_size=batch_size, normalize=normalize, progress=progress)
-
-    def _new_job(self, kind: Kind, settings: Settings, on_error: OnError, total: int | None) -> EmbedJob:
-        bar = None
-        if settings.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, unit=kind, desc=f"embedding {kind}s")
-        endpoint = getattr(self.backend, "endpoint", None)
-        return EmbedJob(
-            BatchPlanner(settings.batch_size, self.backend.max_request_bytes),
-            mark=on_error == "mark",
-            normalize=settings.normalize,
-            endpoint=endpoint(kind) if callable(endpoint) else None,
-            progress=bar,
-            dim_hint=self._dim(),
-            window=self._window(settings),
-        )
-
-    def _dim(self) -> int | None:
-        dim = getattr(self.backend, "dim", None)
-        return dim if isinstance(dim, int) else None
-
-    def _empty(self, on_error: OnError) -> FloatArray | EmbeddingResult:
-        """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
-        empty = empty_result(self._dim())
-        return EmbeddingResult(empty) if on_error == "mark" else empty
-
-    def _check_call(self, kind: Kind, ctx: CallContext) -> None:
-        """Before each (sub-)batch goes out: stop if the call was cancelled or its deadline passed.
-        Raised inside the batch's flow, so with ``on_error="mark"`` a batch the deadline caught
-        before it was sent is marked failed like any other, rather than sinking the whole call."""
-        ctx.check(getattr(self.backend, "endpoint", lambda _: None)(kind))
-
-    def _count_split(self) -> None:
-        with self._pool_lock:  # called from request threads
-            self._splits += 1
-
-    def _image_options(self) -> ImageOptions:
-        s = self.settings
-        return ImageOptions(
-            size=s.image_size,
-            format=s.image_format,
-            jpeg_quality=s.jpeg_quality,
-            max_pixels=s.max_image_pixels,
-            fast_decode=s.fast_decode,
-            high_bit_depth=s.high_bit_depth,
-            want=self.backend.image_input,
-        )
-
-    def _window(self, settings: Settings) -> int:
-        """Batches one call keeps in flight or ready: enough to keep every slot busy, few enough
-        that memory stays bounded by a few batches whatever the input size."""
-        return 2 * settings.max_concurrency
-
-    def _text_items(self, texts: Iterable[object]) -> Iterator[Item]:
-        for i, text in enumerate(texts):
-            try:
-                payload, nbytes = self.backend.payload("text", check_text(text, i))
-            except InvalidInputError as exc:
-                yield i, exc, 0
-            else:
-                yield i, payload, nbytes
-
-    def _images_ahead(
-        self, images: Iterable[object], settings: Settings
-    ) -> Generator[tuple[int, Future[PreparedImage]], None, None]:
-        """Images decoded and resized in a thread pool, a bounded number ahead of the consumer,
-        yielded in input order. Pending work is cancelled if the consumer stops early."""
-        pool = self._preparation_pool()
-        opts = self._image_options()
-        lookahead = max(2 * _PREP_WORKERS, settings.batch_size)
-        ahead: deque[tuple[int, Future[PreparedImage]]] = deque()
-        try:
-            for i, image in enumerate(images):
-                ahead.append((i, pool.submit(prepare_image, image, i, opts)))
-                if len(ahead) >= lookahead:
-                    yield ahead.popleft()
-            while ahead:
-                yield ahead.popleft()
-        finally:
-            for _, fut in ahead:
-                fut.cancel()
-
-    def _image_item(self, index: int, prepared: PreparedImage) -> Item:
-        payload, nbytes = self.backend.payload("image", prepared)
-        return index, payload, nbytes
-
-    def _preparation_pool(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._prep_pool is None:
-                self._prep_pool = ThreadPoolExecutor(_PREP_WORKERS, thread_name_prefix="clip-prep")
-            return self._prep_pool
-
-    def _shutdown_pools(self) -> None:
-        self._closed = True
-        with self._pool_lock:
-            if self._prep_pool is not None:
-                self._prep_pool.shutdown(wait=False, cancel_futures=True)
-                self._prep_pool = None
-
-
-def _single(exc: InvalidInputError) -> InvalidInputError:
-    """The same error without an index, for the one-item methods."""
-    return type(exc)(exc.reason, index=None, path=exc.path)
-
-
-def _text_list(texts: object, on_error: OnError) -> Sequence[object]:
-    """With "raise", every text is checked before the first request (cheap, and a bad one then costs
-    nothing); with "mark", bad texts are marked as they come and the others still go out."""
-    return check_text_list(texts) if on_error == "raise" else list(refuse_single_text(texts))
-
-
-def _collect(
-    rows: Iterable[Row], total: int, on_error: OnError, dim: int | None
-) -> FloatArray | EmbeddingResult:
-    out = Collector(total)
-    failures = []
-    for index, row, error in rows:
-        out.put(index, row)
-        if error is not None:
-            failures.append(EmbeddingFailure(index, error))
-    array = out.result(dim)
-    return EmbeddingResult(array, failures) if on_error == "mark" else array
-
-
-class ClipClient(_BaseClient):
-    """Embeds texts and images with CLIP ViT-L/14 on Databricks Model Serving.
-
-    One client is safe to share across threads; ``max_concurrency`` bounds the requests in flight
-    across all of them. Use it as a context manager, or call :meth:`close`.
-
-    >>> client = ClipClient()                      # workspace from the databricks-sdk config chain
-    >>> client.embed_texts(["a red car", "a dog"]).shape
-    (2, 768)
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._request_pool: ThreadPoolExecutor | None = None
+        self._request_threads: ThreadPoolExecutor | None = None
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -430,27 +503,61 @@ class ClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> FloatArray | EmbeddingResult:
-        """Embed texts; float32 of shape ``(len(texts), dim)``, rows in input order.
+        """Embed texts.
 
-        ``on_error="mark"`` returns an :class:`EmbeddingResult` instead of raising: failed rows are
-        NaN and listed with their errors. ``deadline`` bounds the whole call, retries included.
+        Args:
+            texts: a list (or any iterable) of ``str``; ``""`` and whitespace embed as the model
+                embeds them; texts over CLIP's 77 tokens are truncated by the model, never refused.
+            batch_size: records per request for this call (default: the client's).
+            normalize: L2-normalise the rows (default: the client's ``normalize``).
+            progress: show a tqdm bar for this call (default: the client's ``progress``).
+            on_error: ``"raise"`` stops at the first failure; ``"mark"`` embeds everything else and
+                returns an :class:`~clip_client.EmbeddingResult` whose failed rows are NaN.
+            deadline: seconds; a wall-clock bound on the whole call, retries included.
+
+        Returns:
+            float32 array of shape ``(len(texts), dim)`` (``dim`` 768 for ViT-L/14), rows in input
+            order; ``(0, dim)`` for no texts. With ``on_error="mark"``, an ``EmbeddingResult``.
+
+        Raises:
+            TypeError: ``texts`` is a single ``str`` (use :meth:`embed_text`) or not iterable.
+            InvalidInputError: a text is not a ``str`` or holds a lone surrogate (``.index``
+                names it); raised before any request.
+            APIError: a request failed after its retries (see docs/errors.md); with ``deadline``,
+                ``APITimeoutError`` once it passes.
+            CredentialsError: databricks-sdk could not produce credentials.
+
+        >>> client.embed_texts(["a red car", "a dog"], normalize=True).shape  # doctest: +SKIP
+        (2, 768)
         """
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        checked = _text_list(texts, on_error)
-        if not checked:
-            return self._empty(on_error)
-        rows = self._stream("text", self._text_items(checked), settings, on_error, deadline, len(checked))
-        return _collect(rows, len(checked), on_error, self._dim())
+        plan = self._plan(
+            "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=True,
+        )  # fmt: skip
+        return self._collect(plan)
 
     def embed_text(
         self, text: str, *, normalize: bool | None = None, deadline: float | None = None
     ) -> FloatArray:
-        """Embed one text; returns float32 of shape ``(dim,)``."""
-        try:
-            check_text(text, None)
-        except InvalidInputError as exc:
-            raise _single(exc) from None
-        row: FloatArray = self.embed_texts([text], normalize=normalize, deadline=deadline)[0]
+        """Embed one text.
+
+        Args:
+            text: a ``str`` (``""`` included).
+            normalize: L2-normalise the row (default: the client's ``normalize``).
+            deadline: seconds; a wall-clock bound on the call.
+
+        Returns:
+            float32 array of shape ``(dim,)``.
+
+        Raises:
+            InvalidInputError: ``text`` is not a ``str`` (no ``.index``: there is no list).
+            APIError, CredentialsError: as :meth:`embed_texts`.
+
+        >>> client.embed_text("a photo of a cat").shape  # doctest: +SKIP
+        (768,)
+        """
+        with _one_input():
+            row: FloatArray = self.embed_texts([text], normalize=normalize, deadline=deadline)[0]
         return row
 
     @overload
@@ -485,26 +592,53 @@ class ClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> FloatArray | EmbeddingResult:
-        """Embed images (paths, data URIs, bytes, PIL images, uint8 arrays); float32
-        ``(len(images), dim)``, rows in input order. ``on_error`` and ``deadline`` as for
-        :meth:`embed_texts`."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        items = check_image_list(images)
-        if not items:
-            return self._empty(on_error)
-        rows = self._stream(
-            "image", self._image_items(items, settings), settings, on_error, deadline, len(items)
-        )
-        return _collect(rows, len(items), on_error, self._dim())
+        """Embed images, each decoded, oriented, converted to RGB, resized and centre-cropped to
+        224x224 exactly as the served ``CLIPImageProcessor`` would (docs/images.md).
+
+        Args:
+            images: a list (or any iterable) of paths (``str``/``os.PathLike``, ``~`` expanded),
+                ``data:image/...;base64,`` URIs, plain base64 strings of image files, encoded file
+                bytes, PIL images, or uint8 arrays (HxW, HxWx1, HxWx3 RGB, HxWx4 RGBA); or one uint8
+                array of shape ``(N, H, W, C)``.
+            batch_size, normalize, progress, on_error, deadline: as :meth:`embed_texts`.
+
+        Returns:
+            float32 array of shape ``(len(images), dim)``, rows in input order; ``(0, dim)`` for no
+            images. With ``on_error="mark"``, an :class:`~clip_client.EmbeddingResult`.
+
+        Raises:
+            TypeError: ``images`` is a single image (use :meth:`embed_image`) or not iterable.
+            InvalidInputError: an input of the wrong kind (a missing file, a URL, a float array...),
+                with its ``.index`` and ``.path``; ``ImageDecodeError`` for one that does not decode.
+                Raised when the batch holding it is prepared: earlier batches may have been sent.
+            APIError, CredentialsError: as :meth:`embed_texts`.
+
+        >>> client.embed_images(["cat.jpg", Image.open("dog.png")]).shape  # doctest: +SKIP
+        (2, 768)
+        """
+        plan = self._plan(
+            "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=True,
+        )  # fmt: skip
+        return self._collect(plan)
 
     def embed_image(
         self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
     ) -> FloatArray:
-        """Embed one image; returns float32 of shape ``(dim,)``."""
-        try:
+        """Embed one image (any input :meth:`embed_images` takes).
+
+        Returns:
+            float32 array of shape ``(dim,)``.
+
+        Raises:
+            InvalidInputError, ImageDecodeError: the image cannot be used (no ``.index``).
+            APIError, CredentialsError: as :meth:`embed_texts`.
+
+        >>> client.embed_image("cat.jpg").shape  # doctest: +SKIP
+        (768,)
+        """
+        with _one_input():
             row: FloatArray = self.embed_images([image], normalize=normalize, deadline=deadline)[0]
-        except InvalidInputError as exc:
-            raise _single(exc) from exc.__cause__
         return row
 
     def iter_embed_texts(
@@ -517,12 +651,29 @@ class ClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> EmbeddingStream:
-        """Embed an iterable of any length (a generator, a file read line by line), yielding
-        ``(index, vector)`` in input order with memory bounded by a few batches."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        source = refuse_single_text(texts)
-        rows = self._stream("text", self._text_items(source), settings, on_error, deadline, _length(source))
-        return EmbeddingStream(rows)
+        """Embed an iterable of any length (a generator, a file read line by line).
+
+        Args: as :meth:`embed_texts`; ``texts`` is read lazily, a bounded number ahead.
+
+        Returns:
+            an :class:`~clip_client.EmbeddingStream` of ``(index, vector)``, ``vector`` float32
+            ``(dim,)``, in input order, with memory bounded by a few batches. Closing it (or leaving
+            its ``with`` block) cancels the work in flight.
+
+        Raises:
+            TypeError: at once, for a single ``str``. Other errors as :meth:`embed_texts`, raised
+            by the stream when it reaches them (with ``on_error="mark"``, listed in
+            ``stream.failures`` instead).
+
+        >>> with client.iter_embed_texts(open("captions.txt")) as stream:  # doctest: +SKIP
+        ...     for index, vector in stream:
+        ...         sink.write(index, vector)
+        """
+        plan = self._plan(
+            "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=False,
+        )  # fmt: skip
+        return EmbeddingStream(self._rows(plan))
 
     def iter_embed_images(
         self,
@@ -534,19 +685,28 @@ class ClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> EmbeddingStream:
-        """Embed an iterable of images of any length, yielding ``(index, vector)`` in input order;
-        images are read a bounded number ahead, so memory does not grow with the input."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        items = self._image_items(refuse_single_image(images), settings)
-        return EmbeddingStream(self._stream("image", items, settings, on_error, deadline, _length(images)))
+        """Embed an iterable of images of any length; images are read and prepared a bounded number
+        ahead, so memory does not grow with the input.
+
+        Args, Returns, Raises: as :meth:`iter_embed_texts`, for the inputs :meth:`embed_images` takes.
+
+        >>> photos = Path("photos").glob("*.jpg")
+        >>> with client.iter_embed_images(photos, on_error="mark") as stream:  # doctest: +SKIP
+        ...     rows = dict(stream)
+        """
+        plan = self._plan(
+            "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=False,
+        )  # fmt: skip
+        return EmbeddingStream(self._rows(plan))
 
     def close(self) -> None:
-        """Release connections and threads. Idempotent."""
+        """Release connections and threads (not an ``http_client`` you passed). Idempotent."""
         self._shutdown_pools()
         with self._pool_lock:
-            if self._request_pool is not None:
-                self._request_pool.shutdown(wait=False, cancel_futures=True)
-                self._request_pool = None
+            if self._request_threads is not None:
+                self._request_threads.shutdown(wait=False, cancel_futures=True)
+                self._request_threads = None
         self.backend.close()
 
     def __enter__(self) -> Self:
@@ -559,28 +719,35 @@ class ClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    def _image_items(self, images: Iterable[object], settings: Settings) -> Iterator[Item]:
+    def _collect(self, plan: _Plan) -> FloatArray | EmbeddingResult:
+        if plan.total == 0:
+            return self._empty(plan)
+        out = self._collector(plan)
+        for row in self._rows(plan):
+            out.put(*row)
+        return out.result(self.backend.dim)
+
+    def _rows(self, plan: _Plan) -> Iterator[Row]:
+        if plan.kind == "text":
+            items = self._text_items(plan.inputs)
+        else:
+            items = self._image_items(plan.inputs, plan.settings)
+        return self._stream(plan, items)
+
+    def _image_items(self, images: Iterable[object], settings: Settings) -> Iterator[Prepared]:
         for i, fut in self._images_ahead(images, settings):
             try:
                 prepared = fut.result()
             except InvalidInputError as exc:
-                yield i, exc, 0
+                yield Prepared(i, error=exc)
             else:
                 yield self._image_item(i, prepared)
 
-    def _stream(
-        self,
-        kind: Kind,
-        items: Iterator[Item],
-        settings: Settings,
-        on_error: OnError,
-        deadline: float | None,
-        total: int | None,
-    ) -> Iterator[Row]:
-        job = self._new_job(kind, settings, on_error, total)
-        ctx = CallContext(deadline)
-        pool = self._requests()
-        pending: dict[Future[list[Piece]], Any] = {}  # each batch in flight, by its future
+    def _stream(self, plan: _Plan, items: Iterator[Prepared]) -> Iterator[Row]:
+        job = self._new_job(plan)
+        ctx = self._context(plan)
+        pool = self._request_pool()
+        pending: dict[Future[list[BatchOutcome]], Batch] = {}  # each batch in flight, by its future
 
         def settle_some() -> None:
             done, _ = wait(pending, timeout=ctx.wait_limit(), return_when=FIRST_COMPLETED)
@@ -597,16 +764,16 @@ class ClipClient(_BaseClient):
                 job.settle(fut.result())
 
         try:
-            for index, payload, nbytes in items:
-                if isinstance(payload, ClipClientError):
-                    job.input_failed(index, payload)
-                elif (batch := job.add(index, payload, nbytes)) is not None:
-                    pending[pool.submit(self._send, kind, batch, ctx, job.mark)] = batch
+            for item in items:
+                if item.error is not None:
+                    job.input_failed(item.index, item.error)
+                elif (batch := job.add(item.index, item.payload, item.nbytes)) is not None:
+                    pending[pool.submit(self._send, plan.kind, batch, ctx, job.mark)] = batch
                 while job.must_wait(len(pending)):
                     settle_some()
                 yield from job.ready()
             if (batch := job.flush()) is not None:
-                pending[pool.submit(self._send, kind, batch, ctx, job.mark)] = batch
+                pending[pool.submit(self._send, plan.kind, batch, ctx, job.mark)] = batch
             while pending:
                 settle_some()
                 yield from job.ready()
@@ -620,31 +787,105 @@ class ClipClient(_BaseClient):
             job.close()
             items.close()  # type: ignore[attr-defined]
 
-    def _send(self, kind: Kind, batch: Any, ctx: CallContext, mark: bool) -> list[Piece]:
+    def _send(self, kind: InputKind, batch: Batch, ctx: CallContext, mark: bool) -> list[BatchOutcome]:
         def send(b: Batch) -> FloatArray:
             self._check_call(kind, ctx)
             return self.backend.embed(kind, b.payloads, ctx)
 
-        return drive(batch_flow(batch, mark=mark, on_split=self._count_split), send)
+        return drive(self._flow(batch, mark), send)
 
-    def _requests(self) -> ThreadPoolExecutor:
-        """One pool per client, shared by every thread. Two threads more than ``max_concurrency``:
-        the backend's limit caps what is on the wire, and the spare threads build the next bodies
-        and parse answers while every endpoint slot stays busy."""
+    def _request_pool(self) -> ThreadPoolExecutor:
+        """The thread pool requests are sent from: one per client, shared by every thread using it.
+        Two threads more than ``max_concurrency``: the backend's limit caps what is on the wire, and
+        the spare threads build the next bodies and parse answers while every slot stays busy."""
         with self._pool_lock:
-            if self._request_pool is None:
-                self._request_pool = ThreadPoolExecutor(
+            if self._request_threads is None:
+                self._request_threads = ThreadPoolExecutor(
                     self.settings.max_concurrency + 2, thread_name_prefix="clip-request"
                 )
-            return self._request_pool
+            return self._request_threads
+
+
+ClipClient.__doc__ = (ClipClient.__doc__ or "") + _CLIENT_DOC.format(
+    http_client="your own ``httpx.Client`` to send through (its timeouts and limits apply, "
+    "shortened only by a nearer ``deadline``; left open on ``close``). Default: one the client "
+    "creates, with ``timeout`` bounding each attempt as a whole.",
+    settings=_settings_doc(),
+)
 
 
 class AsyncClipClient(_BaseClient):
-    """The asyncio twin of :class:`ClipClient`: same arguments, same results, awaitable.
+    """The asyncio twin of :class:`ClipClient`: the same keywords (``http_client`` is an
+    ``httpx.AsyncClient``), the same results, awaitable.
 
     ``max_concurrency`` bounds the requests in flight across all tasks using the client. Image
-    decoding runs in worker threads so the event loop stays responsive.
+    decoding runs in worker threads, and OAuth token refreshes off the event loop, so the loop stays
+    responsive. A client may be used from several event loops in turn (each ``asyncio.run`` gets a
+    fresh connection pool).
+
+    >>> async with AsyncClipClient() as client:  # doctest: +SKIP
+    ...     texts, images = await asyncio.gather(
+    ...         client.embed_texts(["a red car"]), client.embed_images(["car.jpg"])
+    ...     )
     """
+
+    def __init__(
+        self,
+        *,
+        host: str | None = None,
+        token: str | None = None,
+        profile: str | None = None,
+        config: Config | None = None,
+        text_endpoint: str | None = None,
+        image_endpoint: str | None = None,
+        batch_size: int | None = None,
+        max_request_bytes: int | None = None,
+        max_concurrency: int | None = None,
+        max_retries: int | None = None,
+        retry_deadline: float | None = None,
+        retry_backoff: float | None = None,
+        retry_backoff_max: float | None = None,
+        timeout: float | None = None,
+        image_size: int | None = None,
+        image_format: ImageFormat | None = None,
+        jpeg_quality: int | None = None,
+        max_image_pixels: int | None = None,
+        fast_decode: bool | None = None,
+        high_bit_depth: HighBitDepth | None = None,
+        normalize: bool | None = None,
+        progress: bool | None = None,
+        backend: Backend | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(
+            host=host,
+            token=token,
+            profile=profile,
+            config=config,
+            backend=backend,
+            http_client=http_client,
+            http_client_type=httpx.AsyncClient,
+            text_endpoint=text_endpoint,
+            image_endpoint=image_endpoint,
+            batch_size=batch_size,
+            max_request_bytes=max_request_bytes,
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            retry_deadline=retry_deadline,
+            retry_backoff=retry_backoff,
+            retry_backoff_max=retry_backoff_max,
+            timeout=timeout,
+            image_size=image_size,
+            image_format=image_format,
+            jpeg_quality=jpeg_quality,
+            max_image_pixels=max_image_pixels,
+            fast_decode=fast_decode,
+            high_bit_depth=high_bit_depth,
+            normalize=normalize,
+            progress=progress,
+        )
+
+    # -- public API ----------------------------------------------------------------------------------
 
     @overload
     async def embed_texts(
@@ -678,25 +919,55 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> FloatArray | EmbeddingResult:
-        """Embed texts; float32 of shape ``(len(texts), dim)``, rows in input order."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        checked = _text_list(texts, on_error)
-        if not checked:
-            return self._empty(on_error)
-        rows = self._stream(
-            "text", _aiter(self._text_items(checked)), settings, on_error, deadline, len(checked)
-        )
-        return _collect([row async for row in rows], len(checked), on_error, self._dim())
+        """Embed texts; the twin of :meth:`ClipClient.embed_texts`.
+
+        Args:
+            texts: a list (or any iterable) of ``str``; ``""`` and whitespace embed as the model
+                embeds them; texts over CLIP's 77 tokens are truncated by the model, never refused.
+            batch_size: records per request for this call (default: the client's).
+            normalize: L2-normalise the rows (default: the client's ``normalize``).
+            progress: show a tqdm bar for this call (default: the client's ``progress``).
+            on_error: ``"raise"`` stops at the first failure; ``"mark"`` embeds everything else and
+                returns an :class:`~clip_client.EmbeddingResult` whose failed rows are NaN.
+            deadline: seconds; a wall-clock bound on the whole call, retries included.
+
+        Returns:
+            float32 array of shape ``(len(texts), dim)`` (``dim`` 768 for ViT-L/14), rows in input
+            order; ``(0, dim)`` for no texts. With ``on_error="mark"``, an ``EmbeddingResult``.
+
+        Raises:
+            TypeError: ``texts`` is a single ``str`` (use :meth:`embed_text`) or not iterable.
+            InvalidInputError: a text is not a ``str`` or holds a lone surrogate (``.index``
+                names it); raised before any request.
+            APIError: a request failed after its retries (see docs/errors.md); with ``deadline``,
+                ``APITimeoutError`` once it passes.
+            CredentialsError: databricks-sdk could not produce credentials.
+
+        >>> await client.embed_texts(["a red car", "a dog"], normalize=True)  # doctest: +SKIP
+        """
+        plan = self._plan(
+            "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=True,
+        )  # fmt: skip
+        return await self._collect(plan)
 
     async def embed_text(
         self, text: str, *, normalize: bool | None = None, deadline: float | None = None
     ) -> FloatArray:
-        """Embed one text; returns float32 of shape ``(dim,)``."""
-        try:
-            check_text(text, None)
-        except InvalidInputError as exc:
-            raise _single(exc) from None
-        row: FloatArray = (await self.embed_texts([text], normalize=normalize, deadline=deadline))[0]
+        """Embed one text; the twin of :meth:`ClipClient.embed_text`.
+
+        Returns:
+            float32 array of shape ``(dim,)``.
+
+        Raises:
+            InvalidInputError: ``text`` is not a ``str`` (no ``.index``: there is no list).
+            APIError, CredentialsError: as :meth:`embed_texts`.
+
+        >>> (await client.embed_text("a photo of a cat")).shape  # doctest: +SKIP
+        (768,)
+        """
+        with _one_input():
+            row: FloatArray = (await self.embed_texts([text], normalize=normalize, deadline=deadline))[0]
         return row
 
     @overload
@@ -731,24 +1002,42 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> FloatArray | EmbeddingResult:
-        """Embed images; float32 ``(len(images), dim)``, rows in input order."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        items = check_image_list(images)
-        if not items:
-            return self._empty(on_error)
-        rows = self._stream(
-            "image", self._image_items(items, settings), settings, on_error, deadline, len(items)
-        )
-        return _collect([row async for row in rows], len(items), on_error, self._dim())
+        """Embed images; the twin of :meth:`ClipClient.embed_images` (the same inputs, results and
+        errors). Decoding and resizing run in worker threads, off the event loop.
+
+        Returns:
+            float32 array of shape ``(len(images), dim)``, rows in input order; with
+            ``on_error="mark"``, an :class:`~clip_client.EmbeddingResult`.
+
+        Raises:
+            TypeError, InvalidInputError, ImageDecodeError, APIError, CredentialsError: as
+            :meth:`ClipClient.embed_images`.
+
+        >>> await client.embed_images(["cat.jpg", Image.open("dog.png")])  # doctest: +SKIP
+        """
+        plan = self._plan(
+            "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=True,
+        )  # fmt: skip
+        return await self._collect(plan)
 
     async def embed_image(
         self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
     ) -> FloatArray:
-        """Embed one image; returns float32 of shape ``(dim,)``."""
-        try:
+        """Embed one image; the twin of :meth:`ClipClient.embed_image`.
+
+        Returns:
+            float32 array of shape ``(dim,)``.
+
+        Raises:
+            InvalidInputError, ImageDecodeError: the image cannot be used (no ``.index``).
+            APIError, CredentialsError: as :meth:`embed_texts`.
+
+        >>> (await client.embed_image("cat.jpg")).shape  # doctest: +SKIP
+        (768,)
+        """
+        with _one_input():
             row: FloatArray = (await self.embed_images([image], normalize=normalize, deadline=deadline))[0]
-        except InvalidInputError as exc:
-            raise _single(exc) from exc.__cause__
         return row
 
     def iter_embed_texts(
@@ -761,13 +1050,24 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> AsyncEmbeddingStream:
-        """``async for index, vector in client.iter_embed_texts(texts)``: input order, bounded memory."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        source = refuse_single_text(texts)
-        items = _aiter(self._text_items(source))
-        return AsyncEmbeddingStream(
-            self._stream("text", items, settings, on_error, deadline, _length(source))
-        )
+        """Embed an iterable of any length; the twin of :meth:`ClipClient.iter_embed_texts`.
+
+        Returns:
+            an :class:`~clip_client.AsyncEmbeddingStream` of ``(index, vector)`` in input order,
+            used with ``async with`` / ``async for``; memory bounded by a few batches.
+
+        Raises:
+            TypeError: at once, for a single ``str``; other errors as the stream reaches them.
+
+        >>> async with client.iter_embed_texts(lines) as stream:  # doctest: +SKIP
+        ...     async for index, vector in stream:
+        ...         sink.write(index, vector)
+        """
+        plan = self._plan(
+            "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=False,
+        )  # fmt: skip
+        return AsyncEmbeddingStream(self._rows(plan))
 
     def iter_embed_images(
         self,
@@ -779,15 +1079,22 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> AsyncEmbeddingStream:
-        """``async for index, vector in client.iter_embed_images(images)``: input order, bounded memory."""
-        settings = self._call_settings(batch_size, normalize, progress, on_error)
-        items = self._image_items(refuse_single_image(images), settings)
-        return AsyncEmbeddingStream(
-            self._stream("image", items, settings, on_error, deadline, _length(images))
-        )
+        """Embed an iterable of images of any length; the twin of
+        :meth:`ClipClient.iter_embed_images`.
+
+        Returns, Raises: as :meth:`iter_embed_texts`.
+
+        >>> async with client.iter_embed_images(paths, on_error="mark") as stream:  # doctest: +SKIP
+        ...     rows = {index: vector async for index, vector in stream}
+        """
+        plan = self._plan(
+            "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
+            on_error=on_error, deadline=deadline, collect=False,
+        )  # fmt: skip
+        return AsyncEmbeddingStream(self._rows(plan))
 
     async def close(self) -> None:
-        """Release connections and threads. Idempotent."""
+        """Release connections and threads (not an ``http_client`` you passed). Idempotent."""
         self._shutdown_pools()
         await self.backend.aclose()
 
@@ -801,31 +1108,38 @@ class AsyncClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    async def _image_items(self, images: Iterable[object], settings: Settings) -> AsyncIterator[Item]:
+    async def _collect(self, plan: _Plan) -> FloatArray | EmbeddingResult:
+        if plan.total == 0:
+            return self._empty(plan)
+        out = self._collector(plan)
+        async for row in self._rows(plan):
+            out.put(*row)
+        return out.result(self.backend.dim)
+
+    def _rows(self, plan: _Plan) -> AsyncIterator[Row]:
+        if plan.kind == "text":
+            items = _aiter(self._text_items(plan.inputs))
+        else:
+            items = self._image_items(plan.inputs, plan.settings)
+        return self._stream(plan, items)
+
+    async def _image_items(self, images: Iterable[object], settings: Settings) -> AsyncIterator[Prepared]:
         ahead = self._images_ahead(images, settings)
         try:
             for i, fut in ahead:
                 try:
                     prepared: PreparedImage = await asyncio.wrap_future(fut)
                 except InvalidInputError as exc:
-                    yield i, exc, 0
+                    yield Prepared(i, error=exc)
                 else:
                     yield self._image_item(i, prepared)
         finally:
             ahead.close()
 
-    async def _stream(
-        self,
-        kind: Kind,
-        items: AsyncIterator[Item],
-        settings: Settings,
-        on_error: OnError,
-        deadline: float | None,
-        total: int | None,
-    ) -> AsyncIterator[Row]:
-        job = self._new_job(kind, settings, on_error, total)
-        ctx = CallContext(deadline)
-        pending: set[asyncio.Future[list[Piece]]] = set()
+    async def _stream(self, plan: _Plan, items: AsyncIterator[Prepared]) -> AsyncIterator[Row]:
+        job = self._new_job(plan)
+        ctx = self._context(plan)
+        pending: set[asyncio.Future[list[BatchOutcome]]] = set()
 
         async def settle_some() -> None:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -834,17 +1148,17 @@ class AsyncClipClient(_BaseClient):
                 job.settle(task.result())
 
         try:
-            async for index, payload, nbytes in items:
-                if isinstance(payload, ClipClientError):
-                    job.input_failed(index, payload)
-                elif (batch := job.add(index, payload, nbytes)) is not None:
-                    pending.add(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
+            async for item in items:
+                if item.error is not None:
+                    job.input_failed(item.index, item.error)
+                elif (batch := job.add(item.index, item.payload, item.nbytes)) is not None:
+                    pending.add(asyncio.ensure_future(self._send(plan.kind, batch, ctx, job.mark)))
                 while job.must_wait(len(pending)):
                     await settle_some()
                 for row in job.ready():
                     yield row
             if (batch := job.flush()) is not None:
-                pending.add(asyncio.ensure_future(self._send(kind, batch, ctx, job.mark)))
+                pending.add(asyncio.ensure_future(self._send(plan.kind, batch, ctx, job.mark)))
             while pending:
                 await settle_some()
                 for row in job.ready():
@@ -861,21 +1175,22 @@ class AsyncClipClient(_BaseClient):
             job.close()
             await items.aclose()  # type: ignore[attr-defined]
 
-    async def _send(self, kind: Kind, batch: Any, ctx: CallContext, mark: bool) -> list[Piece]:
+    async def _send(self, kind: InputKind, batch: Batch, ctx: CallContext, mark: bool) -> list[BatchOutcome]:
         async def send(b: Batch) -> FloatArray:
             self._check_call(kind, ctx)
             return await self.backend.aembed(kind, b.payloads, ctx)
 
-        return await adrive(batch_flow(batch, mark=mark, on_split=self._count_split), send)
+        return await adrive(self._flow(batch, mark), send)
 
 
-# --------------------------------------------------------------------------------------------------
+AsyncClipClient.__doc__ = (AsyncClipClient.__doc__ or "") + _CLIENT_DOC.format(
+    http_client="your own ``httpx.AsyncClient`` to send through (its timeouts and limits apply, "
+    "shortened only by a nearer ``deadline``; left open on ``close``). Default: one the client "
+    "creates, with ``timeout`` bounding each attempt as a whole.",
+    settings=_settings_doc(),
+)
 
 
-def _length(items: Iterable[object]) -> int | None:
-    return len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-
-
-async def _aiter(items: Iterator[Item]) -> AsyncIterator[Item]:
+async def _aiter(items: Iterator[Prepared]) -> AsyncIterator[Prepared]:
     for item in items:
         yield item

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from . import _constants as C
 from .errors import APIError, APITimeoutError, ClipClientError
 
-__all__ = ["AIMDLimit", "AsyncLimiter", "CallCancelled", "CallContext", "Slot", "ThreadLimiter"]
+__all__ = ["AIMDLimit", "AsyncLimiter", "CallCancelled", "CallContext", "Counters", "Slot", "ThreadLimiter"]
 
 
 @dataclass
@@ -135,20 +135,66 @@ class CallCancelled(ClipClientError):
     """Internal: the call this work belonged to was interrupted or cancelled; nobody awaits it."""
 
 
-class CallContext:
-    """What every request of one call shares: its deadline, whether it was cancelled, and the last
-    failure any of its attempts met, so that the error raised when the deadline passes can say what
-    went wrong before it (a refused connection, a DNS failure, a timeout) and chain it.
+class Counters:
+    """What one client has done since it was created, counted from every thread and task that
+    uses it: the one source of ``client.stats``. Thread-safe."""
 
-    ``deadline`` is in seconds from the context's creation; None means no bound.
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+        self.overloads = 0
+        self.splits = 0
+
+    def attempt(self, number: int = 1) -> None:
+        """One request (an HTTP attempt, a forward pass); ``number`` > 1 marks it as a retry."""
+        with self._lock:
+            self.requests += 1
+            self.retries += number > 1
+
+    def overload(self) -> None:
+        """An answer that said the endpoint is overloaded (429, 503)."""
+        with self._lock:
+            self.overloads += 1
+
+    def split(self) -> None:
+        """A batch split in half (refused as too large, or isolating the input a 400 was about)."""
+        with self._lock:
+            self.splits += 1
+
+
+class CallContext:
+    """What every request of one embed call shares, handed to :meth:`Backend.embed` /
+    :meth:`Backend.aembed` with each batch.
+
+    A backend calls :meth:`check` before starting work (it raises once the call was cancelled or its
+    deadline passed), sleeps between retries with :meth:`sleep` / :meth:`asleep` (which wake at
+    cancellation and never outlast the deadline), reports each request with :meth:`attempted`,
+    overload answers with :meth:`overloaded` and failures with :meth:`failed`, so that
+    ``client.stats`` counts them and the error raised when the deadline passes names what went wrong
+    before it (a refused connection, a DNS failure, a timeout) and chains it.
+
+    Args:
+        deadline: seconds from the context's creation until the call must be over; None for no bound.
+        counters: where :meth:`attempted` and :meth:`overloaded` count (the client's); a fresh
+            :class:`Counters` when None.
     """
 
-    def __init__(self, deadline: float | None = None) -> None:
+    def __init__(self, deadline: float | None = None, counters: Counters | None = None) -> None:
         self.deadline = deadline
         self.expires_at = None if deadline is None else time.monotonic() + deadline
         self.cancelled = threading.Event()
+        self.counters = counters if counters is not None else Counters()
         #: The last error an attempt of this call failed with (any batch, any thread or task).
         self.last_error: BaseException | None = None
+
+    def attempted(self, number: int = 1) -> None:
+        """Count one request; ``number`` is its attempt number within its batch (2+ is a retry)."""
+        self.counters.attempt(number)
+
+    def overloaded(self) -> None:
+        """Count an answer that said the endpoint is overloaded (429, 503)."""
+        self.counters.overload()
 
     def remaining(self) -> float | None:
         """Seconds left before the deadline (negative once it passed), or None without one."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 DEFAULT_TEXT_ENDPOINT = "clip-text-embedding"
 DEFAULT_IMAGE_ENDPOINT = "clip-image-embedding"
 
@@ -9,9 +11,8 @@ DEFAULT_IMAGE_ENDPOINT = "clip-image-embedding"
 #: well inside the 297 s model limit while amortising the per-request overhead.
 DEFAULT_BATCH_SIZE = 32
 
-#: Databricks Model Serving rejects bodies over 16 MB (decimal, 16_000_000 bytes, to be safe against
-#: either reading of "MB"). Stay a margin under it for proxies that count headers too.
-SERVING_MAX_REQUEST_BYTES = 16_000_000
+#: Databricks Model Serving rejects bodies over 16 MB. Stay a margin under it, for proxies that
+#: count headers too and for either reading of "MB".
 DEFAULT_MAX_REQUEST_BYTES = 15_000_000
 
 #: Requests in flight per client. A "Small" endpoint serves about four at once; one more waits in the
@@ -55,6 +56,12 @@ CONFIG_HTTP_TIMEOUT_SECONDS = 10.0
 
 #: CLIP ViT-L/14 input resolution.
 DEFAULT_IMAGE_SIZE = 224
+DEFAULT_IMAGE_FORMAT: Final = "png"
+DEFAULT_FAST_DECODE = False
+DEFAULT_NORMALIZE = False
+DEFAULT_PROGRESS = False
+#: 16-bit images clip at 255 as the served processor does (types.HighBitDepth).
+DEFAULT_HIGH_BIT_DEPTH: Final = "clip"
 DEFAULT_JPEG_QUALITY = 95
 
 #: Refuse images with more pixels than this before decoding them (decompression-bomb guard).
@@ -68,3 +75,6 @@ DEFAULT_EMBEDDING_DIM = 768
 RETRYABLE_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
 
 LOGGER_NAME = "clip_client"
+
+#: The model local mode loads when none is named: the one the serving endpoints serve.
+DEFAULT_LOCAL_MODEL = "openai/clip-vit-large-patch14"

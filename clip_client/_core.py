@@ -12,7 +12,7 @@ import os
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -20,13 +20,17 @@ import numpy.typing as npt
 from ._constants import DEFAULT_EMBEDDING_DIM
 from ._secrets import excerpt
 from .errors import (
+    AuthenticationError,
     BadRequestError,
     ClipClientError,
+    CredentialsError,
+    EndpointNotFoundError,
     InvalidInputError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ResponseFormatError,
 )
-from .types import EmbeddingFailure
+from .types import EmbeddingFailure, EmbeddingResult
 
 _orjson: Any
 try:  # optional: parses the predictions several times faster than the standard library
@@ -34,16 +38,14 @@ try:  # optional: parses the predictions several times faster than the standard 
 except ImportError:  # pragma: no cover - exercised in environments without the extra
     _orjson = None
 
-Kind = Literal["text", "image"]
 FloatArray = npt.NDArray[np.float32]
 
 __all__ = [
     "Batch",
+    "BatchOutcome",
     "BatchPlanner",
     "Collector",
     "EmbedJob",
-    "Kind",
-    "Piece",
     "adrive",
     "batch_flow",
     "check_image_list",
@@ -270,11 +272,20 @@ def parse_predictions(
         raise fail(f"sent {expected_rows} records but got {len(rows)} rows back")
     if rows and isinstance(rows[0], dict):
         rows = [_unwrap_row(r, i, fail) for i, r in enumerate(rows)]
+    # The element type is inferred first, then checked: asking for float32 outright would take
+    # numbers written as strings ("0.1") and booleans for numbers without a word. A JSON null makes
+    # the inferred type "object"; converted, it is NaN, refused below with the row that holds it.
     try:
-        arr = np.asarray(rows, dtype=np.float32)
+        arr = np.asarray(rows)
+        if arr.dtype.kind == "O":
+            arr = np.asarray(rows, dtype=np.float32)
     except (ValueError, TypeError):
         lengths = sorted({len(r) if isinstance(r, list) else -1 for r in rows})
         raise fail(f"rows are not equal-length lists of numbers (row lengths seen: {lengths[:5]})") from None
+    if arr.size and arr.dtype.kind not in "iuf":
+        kind = {"U": "strings", "S": "strings", "b": "booleans"}.get(arr.dtype.kind, str(arr.dtype))
+        raise fail(f"rows are not equal-length lists of numbers (they hold {kind})")
+    arr = arr.astype(np.float32, copy=False)
     if expected_rows and (arr.ndim != 2 or arr.shape[1] == 0):
         raise fail(f"expected a 2-D array of embeddings, got shape {arr.shape}")
     if not np.isfinite(arr).all():
@@ -305,25 +316,30 @@ def empty_result(dim: int | None = None) -> FloatArray:
 # One batch's fate: send, split when refused as too large, isolate a bad input
 
 
-#: What sending one batch ends in: sub-batches with their rows, or (with on_error="mark") the error
-#: that sank them.
-Piece = tuple[Batch, "FloatArray | ClipClientError"]
+#: What sending one batch ends in, per (sub-)batch: its rows, or (with on_error="mark") the error that
+#: sank it. A batch split in half ends in one outcome per part.
+BatchOutcome = tuple[Batch, "FloatArray | ClipClientError"]
 
 
 #: Errors that concern the input sent, not the endpoint: a body too large for the endpoint, and a 400
 #: (what any exception inside the model's ``predict`` becomes).
 _ABOUT_AN_INPUT = (PayloadTooLargeError, BadRequestError)
+#: Errors that every other batch of the call would meet too: bad credentials, no permission, no such
+#: endpoint. They stop the call even with ``on_error="mark"``, which is for failures of some inputs;
+#: a revoked token must not send every batch of a million-image job to collect a million failures.
+_FATAL_TO_THE_CALL = (AuthenticationError, PermissionDeniedError, EndpointNotFoundError, CredentialsError)
 
 
 def batch_flow(
     batch: Batch, *, mark: bool, on_split: Callable[[], None]
-) -> Generator[Batch, FloatArray, list[Piece]]:
+) -> Generator[Batch, FloatArray, list[BatchOutcome]]:
     """The decisions about one batch, as a generator the shells drive (like httpx's auth flows).
 
     It yields each (sub-)batch to send and is sent the rows, or thrown the error. A batch the
     endpoint refuses as too large is split in half, down to a single input, which then fails alone
     with its index. With ``mark`` a 400 is split the same way to find the input it was about, and
-    errors come back as pieces instead of being raised.
+    errors come back as outcomes instead of being raised, except those fatal to the whole call
+    (401, 403, 404, credentials), which are raised whatever ``mark`` says.
     """
     try:
         rows = yield batch
@@ -338,15 +354,15 @@ def batch_flow(
             # Only a refusal of the input itself names it; a 404, 401, 403, 5xx or timeout is about
             # the endpoint, the credentials or the network, whichever input happened to be sent.
             exc.index = batch.indices[0]
-        if not mark:
+        if not mark or isinstance(exc, _FATAL_TO_THE_CALL):
             raise
         return [(batch, exc)]
     return [(batch, rows)]
 
 
 def drive(
-    flow: Generator[Batch, FloatArray, list[Piece]], send: Callable[[Batch], FloatArray]
-) -> list[Piece]:
+    flow: Generator[Batch, FloatArray, list[BatchOutcome]], send: Callable[[Batch], FloatArray]
+) -> list[BatchOutcome]:
     """Run a :func:`batch_flow` with a blocking ``send``."""
     request = next(flow)
     while True:
@@ -363,8 +379,8 @@ def drive(
 
 
 async def adrive(
-    flow: Generator[Batch, FloatArray, list[Piece]], send: Callable[[Batch], Awaitable[FloatArray]]
-) -> list[Piece]:
+    flow: Generator[Batch, FloatArray, list[BatchOutcome]], send: Callable[[Batch], Awaitable[FloatArray]]
+) -> list[BatchOutcome]:
     """Run a :func:`batch_flow` with an awaitable ``send``."""
     request = next(flow)
     while True:
@@ -388,7 +404,7 @@ class EmbedJob:
     """Plans the batches of one embed call and hands the answers back in input order.
 
     The shells feed it items (``add``, ``input_failed``), send the batches it closes however they
-    like (threads, tasks), report each batch's pieces (``settle``) and take the rows that are ready
+    like (threads, tasks), report each batch's outcomes (``settle``) and take the rows that are ready
     (``ready``), strictly in input order. Rows wait here only until the ones before them are done,
     so memory is bounded by the batches in flight, not by the input. It owns no I/O.
     """
@@ -421,7 +437,13 @@ class EmbedJob:
         self._next = 0
 
     def add(self, index: int, payload: Any, nbytes: int = 0) -> Batch | None:
-        return self.planner.add(index, payload, nbytes)
+        """Plan one input; returns the batch it closed, if any. An input too large for a request on
+        its own fails alone, like any other bad input (raised, or marked with ``mark``)."""
+        try:
+            return self.planner.add(index, payload, nbytes)
+        except InvalidInputError as exc:
+            self.input_failed(index, exc)
+            return None
 
     def flush(self) -> Batch | None:
         return self.planner.flush()
@@ -433,8 +455,8 @@ class EmbedJob:
         self._waiting[index] = error
         self._tick(1)
 
-    def settle(self, pieces: list[Piece]) -> None:
-        for batch, outcome in pieces:
+    def settle(self, outcomes: list[BatchOutcome]) -> None:
+        for batch, outcome in outcomes:
             if isinstance(outcome, BaseException):
                 for i in batch.indices:
                     self._waiting[i] = outcome
@@ -495,20 +517,26 @@ class EmbedJob:
 
 
 class Collector:
-    """Rows from :meth:`EmbedJob.ready` into one float32 array of known length."""
+    """The rows of one ``embed_*`` call, as they come out of :meth:`EmbedJob.ready`, into one float32
+    array of known length; with ``mark``, into an :class:`EmbeddingResult` listing the failures."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, total: int, *, mark: bool = False) -> None:
         self.total = total
+        self.mark = mark
+        self.failures: list[EmbeddingFailure] = []
         self._out: FloatArray | None = None
         self._filled = 0
 
-    def put(self, index: int, row: FloatArray) -> None:
+    def put(self, index: int, row: FloatArray, error: ClipClientError | None = None) -> None:
         if self._out is None:
             self._out = np.empty((self.total, row.shape[0]), dtype=np.float32)
         self._out[index] = row
         self._filled += 1
+        if error is not None:
+            self.failures.append(EmbeddingFailure(index, error))
 
-    def result(self, dim: int | None = None) -> FloatArray:
+    def result(self, dim: int | None = None) -> FloatArray | EmbeddingResult:
         if self._filled != self.total:  # a bug, never a user error: refuse to return a partial array
             raise RuntimeError(f"internal error: {self._filled} of {self.total} rows filled")
-        return self._out if self._out is not None else empty_result(dim)
+        array = self._out if self._out is not None else empty_result(dim)
+        return EmbeddingResult(array, self.failures) if self.mark else array

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
+from . import _constants as C
 from .errors import ClipClientError, ImageDecodeError, InvalidInputError
 from .types import HighBitDepth, ImageFormat
 
@@ -67,10 +68,10 @@ _QUOTED_CHARS = 200
 class ImageOptions:
     """How images are prepared; derived from the client settings."""
 
-    size: int = 224
-    format: ImageFormat = "png"
-    jpeg_quality: int = 95
-    max_pixels: int = 178_956_970
+    size: int = C.DEFAULT_IMAGE_SIZE
+    format: ImageFormat = C.DEFAULT_IMAGE_FORMAT
+    jpeg_quality: int = C.DEFAULT_JPEG_QUALITY
+    max_pixels: int = C.DEFAULT_MAX_IMAGE_PIXELS
     #: Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below ``size`` on the short
     #: side) before the exact resize: several times faster on photos, close to but not bit-exact.
     fast_decode: bool = False
@@ -80,12 +81,21 @@ class ImageOptions:
     #: "clip" (the default) does what the served processor does, Pillow's conversion, which clips
     #: every value above 255 to 255; "scale" maps 0..65535 linearly onto 0..255 instead (a useful
     #: picture of full-range 16-bit data, but not the embedding the endpoint computes from the file).
-    high_bit_depth: HighBitDepth = "clip"
+    high_bit_depth: HighBitDepth = C.DEFAULT_HIGH_BIT_DEPTH
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """A CLIP-ready image: ``size`` x ``size`` RGB, as encoded bytes or pixels (whichever was asked)."""
+    """One image input, prepared exactly as the served ``CLIPImageProcessor`` would see it: decoded,
+    oriented, converted to RGB, resized (shortest edge, Pillow BICUBIC) and centre-cropped to
+    ``image_size`` x ``image_size``. What a :class:`~clip_client.Backend` receives in
+    ``payload()``: one of the two fields is set, as its ``image_input`` asks.
+
+    Attributes:
+        encoded: the crop as an image file (PNG unless ``image_format`` says otherwise), or the
+            caller's own file when it already was a ``image_size`` square RGB PNG/JPEG.
+        pixels: the crop as a ``(image_size, image_size, 3)`` uint8 RGB array.
+    """
 
     encoded: bytes | None = None
     pixels: npt.NDArray[np.uint8] | None = None
@@ -351,7 +361,7 @@ def _open(value: object, index: int | None, src: _Source) -> Image.Image:
         return src.img
     if isinstance(value, (bytes, bytearray, memoryview)):
         raw = bytes(value)
-        what = "bytes"
+        what = "image bytes"
     elif isinstance(value, str) and value.startswith("data:"):
         raw = _from_data_uri(value, index)
         what = "data URI"
@@ -363,7 +373,8 @@ def _open(value: object, index: int | None, src: _Source) -> Image.Image:
     src.raw = raw
     path = src.path
     if not raw:
-        raise ImageDecodeError(f"the {what} is empty (0 bytes)", index=index, path=path)
+        verb = "are" if what.endswith("bytes") else "is"
+        raise ImageDecodeError(f"the {what} {verb} empty (0 bytes)", index=index, path=path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -395,7 +406,13 @@ def _from_path_or_base64(value: str | os.PathLike[str], index: int | None) -> tu
     given = os.fspath(value)
     if not isinstance(given, str):
         raise InvalidInputError("bytes paths are not supported; pass a str or pathlib.Path", index=index)
-    if given.startswith(_URL_PREFIXES):
+    if given.lower().startswith("file://"):
+        raise InvalidInputError(
+            "file:// URLs are not read; pass the path itself (the part after file://)",
+            index=index,
+            path=given,
+        )
+    if given.lower().startswith(_URL_PREFIXES):
         raise InvalidInputError(
             "URLs are not fetched; download the file first (or pass a local path, /dbfs/... or "
             "/Volumes/... path, or the bytes)",

@@ -24,7 +24,17 @@ from collections.abc import Iterable
 
 from ._constants import LOGGER_NAME
 
-__all__ = ["MASK", "RedactingFilter", "excerpt", "redact", "register", "register_headers"]
+__all__ = [
+    "MASK",
+    "RedactingFilter",
+    "excerpt",
+    "mentions_a_secret",
+    "redact",
+    "register",
+    "register_headers",
+    "safe_cause",
+    "shorten",
+]
 
 #: What a credential is replaced with.
 MASK = "***"
@@ -84,10 +94,38 @@ def redact(text: str) -> str:
 
 
 def excerpt(data: bytes, limit: int) -> str:
-    """The start of a body as one line of at most ``limit`` characters, redacted *before* it is cut,
-    so a credential that straddles the cut cannot leave its first half behind."""
-    text = data[: limit + 4096].decode("utf-8", "replace")
+    """The start of a body as one line of at most ``limit`` characters. The whole body is redacted
+    *before* anything is cut (a regular-expression pass, linear in its size, on an error path), so
+    no credential that straddles a cut, however much whitespace comes before it, leaves part of
+    itself behind."""
+    text = data.decode("utf-8", "replace")
     return " ".join(redact(text).split())[:limit]
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with a note of how long it was; call it on redacted text."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text):,} characters in all)"
+
+
+def mentions_a_secret(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or any exception chained behind it, shows a credential in its text."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = f"{exc!s}\n{exc!r}"
+        if redact(text) != text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def safe_cause(exc: BaseException) -> BaseException | None:
+    """``exc`` when it may be chained as a ``__cause__`` (a traceback prints every cause in full),
+    or None when it or its own causes show a credential: a library's exception (a protocol error
+    quoting a header the server sent back) cannot be rewritten, so it is left out of the chain."""
+    return None if mentions_a_secret(exc) else exc
 
 
 def _mask_match(match: re.Match[str]) -> str:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._secrets import redact
+from ._secrets import redact, shorten
+
+#: Server text quoted in an error (a message, an ``error_code``) is cut to this many characters: a
+#: 2 MB JSON message must not become a 2 MB exception and log line on every retry.
+_QUOTED_MESSAGE = 2000
+_QUOTED_CODE = 100
 
 __all__ = [
     "APIConnectionError",
@@ -113,7 +118,7 @@ class APIError(ClipClientError):
         # Server and library text may quote a credential back (a 401 naming the token, a gateway
         # page listing the request headers): it is scrubbed here, before it can reach str(), repr(),
         # a log line, a pickle or a traceback.
-        message = redact(message)
+        message = shorten(redact(message), _QUOTED_MESSAGE)
         self.message = message
         self.endpoint = endpoint
         self.attempts = attempts
@@ -220,7 +225,7 @@ class APIStatusError(APIError):
         attempts: int = 1,
     ) -> None:
         self.status_code = status_code
-        self.error_code = None if error_code is None else redact(error_code)
+        self.error_code = None if error_code is None else shorten(redact(error_code), _QUOTED_CODE)
         self.request_id = None if request_id is None else redact(request_id)
         self.retry_after = retry_after
         super().__init__(message, endpoint=endpoint, attempts=attempts)

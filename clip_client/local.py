@@ -4,27 +4,31 @@ It answers the same two calls as the serving endpoints (a batch of texts, a batc
 224x224 RGB images -> float32 rows), so the client's input handling, batching, ordering and
 normalisation are the very code the remote path runs, and both paths see identical pixels.
 
-Needs the ``local`` extra: ``pip install "clip-serving-client[local]"``.
+Needs the ``local`` extra: ``pip install -e ".[local]"`` from a checkout (``pip install
+"clip-serving-client[local]"`` once the package is on an index).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 import json
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
 from ._concurrency import CallContext
-from ._constants import LOGGER_NAME
-from ._core import FloatArray, Kind
+from ._constants import DEFAULT_LOCAL_MODEL, LOGGER_NAME
+from ._core import FloatArray
 from ._images import PreparedImage
 from .errors import ModelLoadError
+from .types import InputKind
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +37,6 @@ __all__ = ["DEFAULT_LOCAL_MODEL", "LocalBackend", "ModelLoadError"]
 
 logger = logging.getLogger(LOGGER_NAME)
 
-DEFAULT_LOCAL_MODEL = "openai/clip-vit-large-patch14"
 #: CLIP's text context: every text is truncated to this many tokens (never an error for long text).
 TEXT_CONTEXT = 77
 #: Without compile, a batch is padded to its longest text only: CLIP's causal text tower gives the
@@ -58,8 +61,9 @@ def _require_torch() -> tuple[Any, Any]:
         import transformers
     except ImportError as exc:
         raise ImportError(
-            f"local mode needs PyTorch and transformers ({exc.name} is missing): "
-            "pip install 'clip-serving-client[local]'"
+            f"local mode needs PyTorch and transformers ({exc.name} is missing): install the local extra, "
+            "pip install 'clip-serving-client[local]' (from a checkout: pip install -e '.[local]'); on a "
+            "machine without a GPU install a CPU build of torch first, or pip fetches a multi-GB CUDA build"
         ) from exc
     return torch, transformers
 
@@ -68,8 +72,9 @@ class LocalBackend:
     """CLIP (``transformers.CLIPModel``) in this process.
 
     Args:
-        model: a hub id, loaded through the normal Hugging Face cache (so ``HF_HUB_OFFLINE=1`` works
-            once the weights are cached), or a local folder in the same layout.
+        model: a hub id, loaded from the Hugging Face cache without the hub when it is there, else
+            downloaded into it (an offline machine fails in seconds, saying what to do); or a local
+            folder in the same layout (``config.json``, weights, tokenizer files).
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; None picks CUDA when available, else CPU.
         dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or a ``torch.dtype``; None picks float16 on
             CUDA and float32 on CPU.
@@ -77,6 +82,9 @@ class LocalBackend:
             from the client are split.
         compile: wrap the two towers in ``torch.compile``; batches are then padded to ``batch_size``
             so the compiled graphs see one shape.
+        progress: show transformers' "Loading weights" bar while the checkpoint loads (off by
+            default). A first download from the hub shows huggingface_hub's download bars either
+            way; ``HF_HUB_DISABLE_PROGRESS_BARS``, when set, has priority over this argument.
     """
 
     image_input: Literal["encoded", "pixels"] = "pixels"
@@ -90,6 +98,7 @@ class LocalBackend:
         dtype: str | torch.dtype | None = None,
         batch_size: int | None = None,
         compile: bool = False,
+        progress: bool = False,
     ) -> None:
         torch, transformers = _require_torch()
         self._torch = torch
@@ -100,7 +109,9 @@ class LocalBackend:
         self.batch_size = batch_size or (128 if self.device.type == "cuda" else 32)
         self.model_name = os.fspath(model)
         self.compile = compile
-        self._model, self._tokenizer = _load(transformers, self.model_name, self.device, self.dtype)
+        self._model, self._tokenizer = _load(
+            transformers, self.model_name, self.device, self.dtype, progress=progress
+        )
         vision = self._model.config.vision_config
         self.image_size: int = int(vision.image_size)
         #: Width of an embedding row (what an empty input returns, too).
@@ -118,14 +129,13 @@ class LocalBackend:
         # One forward pass at a time on the device; tokenising, stacking and host-to-device copies of
         # the next batch happen outside the lock, overlapping the current one.
         self._device_lock = threading.Lock()
-        self._passes = 0
 
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model_name!r}, device='{self.device}', dtype={self.dtype})"
 
     # -- Backend protocol ----------------------------------------------------------------------------
 
-    def payload(self, kind: Kind, item: str | PreparedImage) -> tuple[Any, int]:
+    def payload(self, kind: InputKind, item: str | PreparedImage) -> tuple[Any, int]:
         if isinstance(item, str):
             return item, 0
         if item.pixels is None:
@@ -137,20 +147,30 @@ class LocalBackend:
             )
         return item.pixels, 0
 
-    def embed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+    def endpoint(self, kind: InputKind) -> str | None:
+        """None: there is no endpoint to name in errors; the model is in this process."""
+        return None
+
+    def concurrency_limit(self) -> int | None:
+        """None: the forward passes are serialised on the device; nothing adapts."""
+        return None
+
+    def embed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+        """One batch through the text or image tower: float32 ``(len(payloads), dim)``. Batches
+        larger than :attr:`batch_size` run as several forward passes; each checks ``ctx`` first (a
+        cancelled call or a passed deadline stops between passes) and counts as one request."""
         parts = []
         for start in range(0, len(payloads), self.batch_size):
             if ctx is not None:
                 ctx.check()
+                ctx.attempted()
             parts.append(self._embed_chunk(kind, payloads[start : start + self.batch_size]))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    async def aembed(self, kind: Kind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+    async def aembed(
+        self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None
+    ) -> FloatArray:
         return await asyncio.to_thread(self.embed, kind, payloads, ctx)
-
-    def stats(self) -> dict[str, int]:
-        """Forward passes run so far (``requests`` in ``client.stats``)."""
-        return {"requests": self._passes}
 
     def close(self) -> None:
         pass
@@ -160,7 +180,7 @@ class LocalBackend:
 
     # -- the model -----------------------------------------------------------------------------------
 
-    def _embed_chunk(self, kind: Kind, chunk: Sequence[Any]) -> FloatArray:
+    def _embed_chunk(self, kind: InputKind, chunk: Sequence[Any]) -> FloatArray:
         torch = self._torch
         n = len(chunk)
         pad = self.batch_size - n if self.compile else 0
@@ -169,12 +189,10 @@ class LocalBackend:
                 inputs = self._tokenize(list(chunk) + [chunk[-1]] * pad)
                 with self._device_lock:
                     out = self._text_tower(inputs["input_ids"], inputs["attention_mask"])
-                    self._passes += 1
             else:
                 pixels = self._to_device(np.stack(list(chunk) + [chunk[-1]] * pad))
                 with self._device_lock:
                     out = self._image_tower(pixels)
-                    self._passes += 1
             result: FloatArray = out[:n].float().cpu().numpy()
         return result
 
@@ -252,40 +270,154 @@ def _resolve_dtype(dtype: Any, device: torch.device) -> torch.dtype:
     return resolved
 
 
-def _load(transformers: Any, model: str, device: Any, dtype: Any) -> tuple[Any, Any]:
+#: clip_client's own loads, one at a time: they switch transformers' process-wide progress bar.
+_LOAD_LOCK = threading.Lock()
+
+
+def _load(
+    transformers: Any, model: str, device: Any, dtype: Any, *, progress: bool = False
+) -> tuple[Any, Any]:
+    """The model and its tokenizer, from the folder, or from the Hugging Face cache without asking the
+    hub when they are there; only what is missing is fetched from the hub, after one quick check that
+    the hub can serve it (offline, an unreachable hub or an unknown id fail in seconds, saying what to
+    do). Held under ``_LOAD_LOCK`` with transformers' loading bar as ``progress`` says."""
     folder = Path(model).expanduser()
-    if folder.is_dir():
+    is_folder = folder.is_dir()
+    if is_folder:
         _check_checkpoint_folder(folder)
     elif model.startswith((".", "~", "/")) or model.count("/") > 1:
         raise ModelLoadError(
             f"model={model!r}: no such folder, and it is not a hub id like 'openai/clip-vit-large-patch14'"
         )
-    try:
-        clip = transformers.CLIPModel.from_pretrained(model, attn_implementation="sdpa")
-        tokenizer = transformers.AutoTokenizer.from_pretrained(model)
-    except OSError as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or os.environ.get(
-            "TRANSFORMERS_OFFLINE", ""
-        ) not in ("", "0")
-        how = (
-            "It is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE is set). "
-            if offline
-            else "It could not be found locally or downloaded. "
-        )
-        raise ModelLoadError(
-            f"could not load CLIP model {model!r}: {how}Fetch it once on a connected machine "
-            f"(`huggingface-cli download {model}` or `CLIPModel.from_pretrained({model!r})`), or point "
-            "model= at a folder holding config.json, the weights and the tokenizer files. "
-            f"Cause: {exc}"
-        ) from exc
-    except Exception as exc:  # corrupt/truncated weights (SafetensorError), shape mismatches...
-        raise ModelLoadError(
-            f"could not load CLIP model {model!r}: its files are there but do not load "
-            f"({type(exc).__name__}: {exc}); a truncated download or a config.json that does not "
-            "match the weights does this: fetch the checkpoint again"
-        ) from exc
+    loaders: list[Callable[..., Any]] = [
+        lambda **kw: transformers.CLIPModel.from_pretrained(model, attn_implementation="sdpa", **kw),
+        lambda **kw: transformers.AutoTokenizer.from_pretrained(model, **kw),
+    ]
+    loaded = []
+    hub_checked = False
+    with _LOAD_LOCK, _transformers_progress(transformers, progress):
+        for load in loaders:
+            try:
+                try:
+                    loaded.append(load(local_files_only=True))
+                    continue
+                except OSError:
+                    if is_folder:
+                        raise
+                if not hub_checked:
+                    _check_hub(model)
+                    hub_checked = True
+                logger.info("%s is not in the Hugging Face cache: downloading it from the hub", model)
+                loaded.append(load())
+            except ModelLoadError:
+                raise
+            except OSError as exc:
+                if is_folder:
+                    raise ModelLoadError(f"could not load folder {str(folder)!r}: {_one_line(exc)}") from exc
+                raise ModelLoadError(
+                    f"could not download CLIP model {model!r}: {_one_line(exc)}. {_fetch_hint(model)}"
+                ) from exc
+            except Exception as exc:  # corrupt/truncated weights (SafetensorError), shape mismatches...
+                raise ModelLoadError(
+                    f"could not load CLIP model {model!r}: its files are there but do not load "
+                    f"({type(exc).__name__}: {_one_line(exc)}); a truncated download or a config.json that "
+                    "does not match the weights does this: fetch the checkpoint again"
+                ) from exc
+    clip, tokenizer = loaded
     logger.debug("loaded %s onto %s as %s", model, device, dtype)
     return clip.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def _check_hub(model: str) -> None:
+    """Raise ModelLoadError at once when the hub cannot serve ``model``: offline mode, no route to the
+    hub, or no such repository. One HEAD request for its config.json, not retried, bounded by
+    ``HF_HUB_ETAG_TIMEOUT`` (10 s unless set). Without it, huggingface_hub retries an unreachable hub
+    with backoff for about half a minute (minutes where packets are dropped) before transformers
+    gives up; when the hub answers, the download that follows keeps those retries."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
+
+    is_offline = getattr(constants, "is_offline_mode", lambda: constants.HF_HUB_OFFLINE)
+    cache = constants.HF_HUB_CACHE
+    if is_offline():
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: it is not in the Hugging Face cache ({cache}) and "
+            f"HF_HUB_OFFLINE is set, so the hub was not asked. {_fetch_hint(model)}"
+        )
+    try:
+        get_hf_file_metadata(hf_hub_url(model, "config.json"), timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except RepositoryNotFoundError as exc:  # also GatedRepoError
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: it is not in the Hugging Face cache ({cache}) and the "
+            "hub has no such model that this machine may read: check the id, and for a private or gated "
+            f"model log in first (`hf auth login`). {_fetch_hint(model)}"
+        ) from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status is None or status == 429 or status >= 500:
+            return  # the hub is there but busy: the download's own retries are for this
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: it is not in the Hugging Face cache ({cache}) and the "
+            f"hub refused it (HTTP {status}: {_one_line(exc)}). {_fetch_hint(model)}"
+        ) from exc
+    except OfflineModeIsEnabled as exc:
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: it is not in the Hugging Face cache ({cache}) and "
+            f"HF_HUB_OFFLINE is set, so the hub was not asked. {_fetch_hint(model)}"
+        ) from exc
+    except Exception as exc:  # no route, DNS, refused, timed out, TLS...
+        raise ModelLoadError(
+            f"could not load CLIP model {model!r}: it is not in the Hugging Face cache ({cache}) and the "
+            f"hub ({constants.ENDPOINT}) cannot be reached ({type(exc).__name__}: {_one_line(exc)}). "
+            f"{_fetch_hint(model)}"
+        ) from exc
+
+
+def _fetch_hint(model: str) -> str:
+    return (
+        "Fetch it once where the hub is reachable: "
+        f"`hf download {model} --include '*.json' --include '*.txt' --include '*.safetensors'` "
+        "(huggingface_hub's command) puts it in the Hugging Face cache, from which it then loads "
+        "without the hub; add `--local-dir FOLDER` to get a folder to copy here instead. Or point "
+        "model= at a folder holding config.json, the weights and the tokenizer files: "
+        "ClipClient.local('path/to/folder')"
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+@contextlib.contextmanager
+def _transformers_progress(transformers: Any, show: bool) -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") on or off for one load, then as they were.
+
+    The switch is process-wide: clip_client's loads hold ``_LOAD_LOCK``, but another thread loading a
+    transformers model at the same moment sees it too. huggingface_hub's download bars, which
+    transformers' switch also flips, are put back at once: a first download shows them either way.
+    ``HF_HUB_DISABLE_PROGRESS_BARS``, when set, has priority (as it has in huggingface_hub)."""
+    bars = transformers.utils.logging
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is not None or bars.is_progress_bar_enabled() == show:
+        yield
+        return
+    hub_states: dict[str, bool] | None = getattr(
+        importlib.import_module("huggingface_hub.utils.tqdm"), "progress_bar_states", None
+    )
+    saved = dict(hub_states) if hub_states is not None else None
+
+    def restore_hub() -> None:
+        if hub_states is not None and saved is not None:
+            hub_states.clear()
+            hub_states.update(saved)
+
+    (bars.enable_progress_bar if show else bars.disable_progress_bar)()
+    restore_hub()
+    try:
+        yield
+    finally:
+        (bars.disable_progress_bar if show else bars.enable_progress_bar)()
+        restore_hub()
 
 
 def _check_checkpoint_folder(folder: Path) -> None:

@@ -23,9 +23,10 @@ __all__ = [
     "HighBitDepth",
     "ImageFormat",
     "ImageInput",
+    "InputKind",
     "InvocationRecord",
     "InvocationRequest",
-    "InvocationResponse",
+    "OnError",
     "ServingErrorBody",
     "Settings",
 ]
@@ -56,41 +57,93 @@ ImageFormat = Literal["png", "bmp", "jpeg"]
 #: embedding from the one the endpoint computes from the file, and 12-bit camera frames come out dark).
 HighBitDepth = Literal["clip", "scale"]
 
+#: What an input is: a text, or an image. Backends receive it with each batch.
+InputKind = Literal["text", "image"]
+
 #: What a call does when an input or a batch fails: stop with the error ("raise"), or embed
 #: everything else and report the failures ("mark", which returns an :class:`EmbeddingResult`).
 OnError = Literal["raise", "mark"]
 
 
 class Settings(BaseModel):
-    """Everything that shapes a client's behaviour, validated once at construction.
+    """Everything that shapes a client's behaviour, validated once at construction (``client.settings``
+    shows the values in force). The one source of every setting's default, valid range and meaning:
+    the clients' docstrings and docs/configuration.md are checked against it (tests/test_surface.py).
 
     Per-call overrides (``batch_size``, ``normalize``, ``progress``) go through :meth:`merged`, so a
-    bad override fails with the same message as a bad constructor argument.
+    bad override fails with the same message as a bad constructor argument. A bad value raises
+    ``pydantic.ValidationError`` (a ``ValueError``) naming the field.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    text_endpoint: str = Field(default=C.DEFAULT_TEXT_ENDPOINT, min_length=1)
-    image_endpoint: str = Field(default=C.DEFAULT_IMAGE_ENDPOINT, min_length=1)
-    batch_size: int = Field(default=C.DEFAULT_BATCH_SIZE, ge=1)
-    max_request_bytes: int = Field(default=C.DEFAULT_MAX_REQUEST_BYTES, ge=1024)
-    max_concurrency: int = Field(default=C.DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_retries: int = Field(default=C.DEFAULT_MAX_RETRIES, ge=0)
-    retry_deadline: float = Field(default=C.DEFAULT_RETRY_DEADLINE, gt=0)
-    retry_backoff: float = Field(default=C.RETRY_INITIAL_WAIT, ge=0)
-    retry_backoff_max: float = Field(default=C.RETRY_MAX_WAIT, ge=0)
-    timeout: float = Field(default=C.DEFAULT_TIMEOUT, gt=0)
-    image_size: int = Field(default=C.DEFAULT_IMAGE_SIZE, ge=1)
-    image_format: ImageFormat = "png"
-    jpeg_quality: int = Field(default=C.DEFAULT_JPEG_QUALITY, ge=1, le=100)
-    max_image_pixels: int = Field(default=C.DEFAULT_MAX_IMAGE_PIXELS, ge=1)
-    normalize: bool = False
-    progress: bool = False
-    #: Let libjpeg decode large JPEGs at a reduced scale before the exact resize (faster, not
-    #: bit-exact with the server's own preprocessing of the original file).
-    fast_decode: bool = False
-    #: 16-bit and 32-bit integer images: "clip" like the served processor (default), or "scale".
-    high_bit_depth: HighBitDepth = "clip"
+    text_endpoint: str = Field(
+        default=C.DEFAULT_TEXT_ENDPOINT, min_length=1, description="Serving endpoint for texts."
+    )
+    image_endpoint: str = Field(
+        default=C.DEFAULT_IMAGE_ENDPOINT, min_length=1, description="Serving endpoint for images."
+    )
+    batch_size: int = Field(default=C.DEFAULT_BATCH_SIZE, ge=1, description="Most records in one request.")
+    max_request_bytes: int = Field(
+        default=C.DEFAULT_MAX_REQUEST_BYTES,
+        ge=1024,
+        description="Most bytes in one request body (serving refuses bodies over 16 MB).",
+    )
+    max_concurrency: int = Field(
+        default=C.DEFAULT_MAX_CONCURRENCY,
+        ge=1,
+        le=256,
+        description="Most requests in flight per client, across all its threads and tasks; the live "
+        "limit adapts below it on 429/503.",
+    )
+    max_retries: int = Field(
+        default=C.DEFAULT_MAX_RETRIES, ge=0, description="Retries after the first attempt, per batch."
+    )
+    retry_deadline: float = Field(
+        default=C.DEFAULT_RETRY_DEADLINE,
+        gt=0,
+        description="Seconds one batch may spend, from its first attempt, before no further retry starts.",
+    )
+    retry_backoff: float = Field(
+        default=C.RETRY_INITIAL_WAIT, ge=0, description="Backoff ceiling before the first retry, seconds."
+    )
+    retry_backoff_max: float = Field(
+        default=C.RETRY_MAX_WAIT, ge=0, description="Largest backoff ceiling, seconds."
+    )
+    timeout: float = Field(
+        default=C.DEFAULT_TIMEOUT,
+        gt=0,
+        description="Most seconds one attempt may take as a whole, however slowly its answer arrives "
+        "(connecting: at most 10 s). Not applied to your own http_client.",
+    )
+    image_size: int = Field(
+        default=C.DEFAULT_IMAGE_SIZE, ge=1, description="Side of the square crop sent, pixels."
+    )
+    image_format: ImageFormat = Field(
+        default=C.DEFAULT_IMAGE_FORMAT,
+        description='Encoding of prepared images: "png" (lossless), "bmp" (lossless, least CPU) or '
+        '"jpeg" (smallest, not exact).',
+    )
+    jpeg_quality: int = Field(
+        default=C.DEFAULT_JPEG_QUALITY, ge=1, le=100, description='JPEG quality when image_format="jpeg".'
+    )
+    max_image_pixels: int = Field(
+        default=C.DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        description="Images with more pixels are refused before decoding (decompression-bomb guard).",
+    )
+    fast_decode: bool = Field(
+        default=C.DEFAULT_FAST_DECODE,
+        description="Let libjpeg decode large JPEGs at a reduced scale before the exact resize (faster, "
+        "not bit-exact).",
+    )
+    high_bit_depth: HighBitDepth = Field(
+        default=C.DEFAULT_HIGH_BIT_DEPTH,
+        description='16- and 32-bit integer images: "clip" at 255 as the served processor does, or '
+        '"scale" 0..65535 onto 0..255.',
+    )
+    normalize: bool = Field(default=C.DEFAULT_NORMALIZE, description="L2-normalise every returned row.")
+    progress: bool = Field(default=C.DEFAULT_PROGRESS, description="Show a tqdm progress bar per call.")
 
     @field_validator("text_endpoint", "image_endpoint")
     @classmethod
@@ -129,12 +182,6 @@ class InvocationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataframe_records: list[InvocationRecord]
-
-
-class InvocationResponse(BaseModel):
-    """The body a serving endpoint answers with: one embedding row per record, in order."""
-
-    predictions: list[list[float]]
 
 
 class ServingErrorBody(BaseModel):

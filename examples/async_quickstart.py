@@ -1,22 +1,29 @@
 """The async client: embed texts and images concurrently from one event loop.
 
-Run it like ``examples/quickstart.py``::
+Like ``examples/quickstart.py``: through your workspace's CLIP endpoints when one is configured,
+else in local mode (the same model in-process, on CUDA or CPU; needs the ``local`` extra, and the
+weights, fetched from the Hugging Face hub into its cache on first use)::
 
     DATABRICKS_HOST=https://<workspace>.cloud.databricks.com DATABRICKS_TOKEN=<token> \\
         python examples/async_quickstart.py
+    python examples/async_quickstart.py                          # no workspace: local mode
+    python examples/async_quickstart.py --local /models/clip     # local mode, a checkpoint folder
 
 ``max_concurrency`` caps the requests in flight across every task that shares the client.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import sys
 
 import numpy as np
 
-from clip_client import AsyncClipClient, ClipClientError
+from clip_client import AsyncClipClient, ClipClientError, ModelLoadError
 
+MODEL = "openai/clip-vit-large-patch14"
 QUERIES = ["a sunset over the sea", "a city street at night", "a bowl of fruit"]
 
 
@@ -26,25 +33,42 @@ def make_images() -> list[np.ndarray]:
     return [rng.integers(0, 256, size=(240 + 16 * i, 320, 3), dtype=np.uint8) for i in range(4)]
 
 
-async def main() -> int:
-    endpoints = {
-        key: value
-        for key, value in {
-            "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
-            "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
-        }.items()
-        if value
-    }
+def open_client(local: str | None) -> AsyncClipClient:
+    """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
+    if local is None:
+        endpoints = {
+            key: value
+            for key, value in {
+                "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
+                "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
+            }.items()
+            if value
+        }
+        try:
+            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
+            return AsyncClipClient(normalize=True, **endpoints)
+        except ValueError as exc:  # no workspace: say why only if one seemed meant
+            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
+            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
+            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
+    # Loading blocks for a few seconds; forward passes later run in a worker thread.
+    return AsyncClipClient.local(local or MODEL, normalize=True)
+
+
+async def main(local: str | None) -> int:
     try:
-        async with AsyncClipClient(normalize=True, **endpoints) as client:
-            # Both calls share the client's connection pool and concurrency cap.
+        async with open_client(local) as client:
+            # Both calls share the client's concurrency cap (and, remotely, its connection pool).
             text_vecs, image_vecs = await asyncio.gather(
                 client.embed_texts(QUERIES),
                 client.embed_images(make_images()),
             )
             one = await client.embed_text("a single query")
-    except (ClipClientError, ValueError) as exc:
-        print(f"error: {exc}")
+    except ModelLoadError as exc:
+        print(f"error: {exc} (with this script: --local FOLDER)", file=sys.stderr)
+        return 1
+    except (ClipClientError, ValueError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
     print(f"texts:  {text_vecs.shape}, images: {image_vecs.shape}, one text: {one.shape}")
@@ -55,4 +79,13 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--local",
+        nargs="?",
+        const=MODEL,
+        default=None,
+        metavar="MODEL_OR_FOLDER",
+        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
+    )
+    raise SystemExit(asyncio.run(main(parser.parse_args().local)))

@@ -1,8 +1,9 @@
 """Embed a few texts and two generated images with CLIP, then zero-shot classify them.
 
-Through your workspace's CLIP endpoints when one is configured, else in local mode (the same model
-in-process, on CUDA or CPU; needs the ``local`` extra and, once, the weights from the Hugging Face
-hub). ``--local [MODEL_OR_FOLDER]`` forces local mode.
+Through your workspace's CLIP endpoints when one is configured, else in local mode: the same model
+in-process, on CUDA or CPU (needs the ``local`` extra, and the weights, fetched from the Hugging Face
+hub into its cache on first use). ``--local [MODEL_OR_FOLDER]`` forces local mode, with a hub id or
+a checkpoint folder (``config.json``, weights, tokenizer files) for a machine with no hub access.
 
 Run it with any credentials databricks-sdk understands, for example::
 
@@ -12,19 +13,24 @@ Run it with any credentials databricks-sdk understands, for example::
 or ``DATABRICKS_CONFIG_PROFILE=<profile>`` for a ``~/.databrickscfg`` profile, or
 ``DATABRICKS_CLIENT_ID``/``DATABRICKS_CLIENT_SECRET`` for OAuth M2M. The endpoints default to
 ``clip-text-embedding`` and ``clip-image-embedding``; this script reads ``CLIP_TEXT_ENDPOINT`` and
-``CLIP_IMAGE_ENDPOINT`` to point it at others.
+``CLIP_IMAGE_ENDPOINT`` to point it at others. Without a workspace::
+
+    python examples/quickstart.py                                # local mode, openai/clip-vit-large-patch14
+    python examples/quickstart.py --local /models/clip-vit-l14   # local mode, a checkpoint folder
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clip_client import ClipClient, ClipClientError
+from clip_client import ClipClient, ClipClientError, ModelLoadError
 
+MODEL = "openai/clip-vit-large-patch14"
 LABELS = ["a red circle", "a blue square", "a photo of a dog"]
 
 
@@ -39,21 +45,23 @@ def make_images() -> list[object]:
 
 def open_client(local: str | None) -> ClipClient:
     """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
-    endpoints = {
-        key: value
-        for key, value in {
-            "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
-            "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
-        }.items()
-        if value
-    }
     if local is None:
+        endpoints = {
+            key: value
+            for key, value in {
+                "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
+                "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
+            }.items()
+            if value
+        }
         try:
             # No host/token arguments: the workspace comes from the databricks-sdk config chain.
             return ClipClient(normalize=True, **endpoints)
-        except ValueError as exc:
-            print(f"no workspace configured ({str(exc).splitlines()[0][:120]}...); using local mode")
-    return ClipClient.local(local or "openai/clip-vit-large-patch14", normalize=True)
+        except ValueError as exc:  # no workspace: say why only if one seemed meant
+            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
+            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
+            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
+    return ClipClient.local(local or MODEL, normalize=True)
 
 
 def main() -> int:
@@ -61,10 +69,10 @@ def main() -> int:
     parser.add_argument(
         "--local",
         nargs="?",
-        const="openai/clip-vit-large-patch14",
+        const=MODEL,
         default=None,
-        metavar="MODEL",
-        help="run the model in-process (a hub id or a checkpoint folder)",
+        metavar="MODEL_OR_FOLDER",
+        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
     )
     args = parser.parse_args()
     try:
@@ -72,8 +80,11 @@ def main() -> int:
             print(client)
             text_vecs = client.embed_texts(LABELS)
             image_vecs = client.embed_images(make_images())
+    except ModelLoadError as exc:
+        print(f"error: {exc} (with this script: --local FOLDER)", file=sys.stderr)
+        return 1
     except (ClipClientError, ValueError, ImportError) as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 1
 
     print(f"texts:  {text_vecs.shape} {text_vecs.dtype}")

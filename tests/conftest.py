@@ -1,35 +1,138 @@
-"""Shared fixtures: a real loopback serving endpoint and clients pointed at it.
+"""Shared fixtures: the loopback serving endpoint, the mocked workspace, and clients of either.
 
-Helpers live in plain modules next to this file (``serving_server``, ``image_factory``...), which the
-tests import directly.
+- ``server``: a started ``ServingServer``, shared by the whole session (one per distinct options:
+  ``@pytest.mark.server(dim=2)`` asks for a narrow one) and reset before each test, so a test may
+  set ``.script``, ``.faults``, ``.latency`` or ``.model`` freely. ``serve(**options)`` starts one
+  of a test's own (another model, say), through the same factory.
+- ``router``: respx mocking httpx, for the unit tests of the HTTP layer (``mock_workspace``).
+- ``make``: ``make(**overrides)`` builds a client, once a ``ClipClient`` and once an
+  ``AsyncClipClient`` (the test runs for each), of ``server``, or of the mocked workspace when the
+  test uses ``router``; ``@pytest.mark.client(**options)`` sets options for every client a test
+  makes. ``client`` and ``aclient`` are one client of each kind, built the same way.
+- ``clean_env``: no ambient Databricks configuration; ``processor``: the reference CLIP image
+  processor (``clip_reference``).
+
+Helpers live in plain modules next to this file (``harness``, ``serving_server``, ``mock_workspace``,
+``image_factory``, ``bad_inputs``...), which the tests import directly.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
 
+import mock_workspace
 import pytest
+import respx
+from clip_reference import make_processor
+from harness import KINDS, Make, Serve, clients_of
 from serving_server import ServingServer
 
 from clip_client import AsyncClipClient, ClipClient
 
 
-@pytest.fixture
-def server() -> Iterator[ServingServer]:
-    """A started :class:`ServingServer`; set ``.latency``, ``.script`` or ``.model`` as needed."""
-    with ServingServer() as started:
-        yield started
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "server(**options): the ServingServer options of this test's `server` (e.g. dim=2)"
+    )
+    config.addinivalue_line(
+        "markers", "client(**options): client options for every client `make`, `client` and `aclient` build"
+    )
+
+
+def _start(stack: ExitStack, options: dict[str, Any]) -> ServingServer:
+    """The one factory of servers: a ``ServingServer(**options)``, started, stopped with ``stack``."""
+    return stack.enter_context(ServingServer(**options))
+
+
+@pytest.fixture(scope="session")
+def _shared_servers() -> Iterator[Serve]:
+    """``get(**options)``: the session's server of those options, started on first use (a server's
+    shutdown is slow, so each is shared and reset between tests)."""
+    started: dict[tuple[tuple[str, Any], ...], ServingServer] = {}
+    with ExitStack() as stack:
+
+        def get(**options: Any) -> ServingServer:
+            key = tuple(sorted(options.items()))
+            if key not in started:
+                started[key] = _start(stack, options)
+            return started[key]
+
+        yield get
 
 
 @pytest.fixture
-def client(server: ServingServer) -> Iterator[ClipClient]:
-    """A ``ClipClient`` of ``server`` (``server.client_kwargs()``), closed afterwards."""
-    with ClipClient(**server.client_kwargs()) as c:
+def server(request: pytest.FixtureRequest, _shared_servers: Serve) -> ServingServer:
+    """A started :class:`ServingServer`, reset: no script, faults, latency or model, empty history.
+    ``@pytest.mark.server(**options)`` picks its options."""
+    marker = request.node.get_closest_marker("server")
+    shared = _shared_servers(**(marker.kwargs if marker else {}))
+    shared.reset()
+    return shared
+
+
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """``serve(**options)``: a ``ServingServer`` of this test's own, stopped after it."""
+    with ExitStack() as stack:
+        yield lambda **options: _start(stack, options)
+
+
+@pytest.fixture
+def router() -> Iterator[respx.MockRouter]:
+    """respx, mocking every httpx client for the test (``mock_workspace`` builds the answers)."""
+    with respx.mock(assert_all_called=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def client_options(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """What ``make``, ``client`` and ``aclient`` build clients with: the mocked workspace's keywords
+    when the test uses ``router``, else ``server``'s; then those of a ``client`` marker."""
+    marker = request.node.get_closest_marker("client")
+    options = marker.kwargs if marker else {}
+    if "router" in request.fixturenames:
+        return mock_workspace.client_kwargs(**options)
+    server: ServingServer = request.getfixturevalue("server")
+    return server.client_kwargs(**options)
+
+
+@pytest.fixture(params=KINDS)
+async def make(request: pytest.FixtureRequest, client_options: dict[str, Any]) -> AsyncIterator[Make]:
+    """``make(**overrides)`` builds a client of the parametrized kind (sync, then async); all are
+    closed after the test."""
+    async with clients_of(request.param, **client_options) as factory:
+        yield factory
+
+
+@pytest.fixture
+def client(client_options: dict[str, Any]) -> Iterator[ClipClient]:
+    """A ``ClipClient`` built with ``client_options`` (of ``server``, usually), closed afterwards."""
+    with ClipClient(**client_options) as c:
         yield c
 
 
 @pytest.fixture
-async def aclient(server: ServingServer) -> AsyncIterator[AsyncClipClient]:
-    """An ``AsyncClipClient`` of ``server``, closed afterwards."""
-    async with AsyncClipClient(**server.client_kwargs()) as c:
+async def aclient(client_options: dict[str, Any]) -> AsyncIterator[AsyncClipClient]:
+    """An ``AsyncClipClient`` built with ``client_options``, closed afterwards."""
+    async with AsyncClipClient(**client_options) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def processor() -> Any:
+    """transformers' CLIP image processor: the PIL backend where it exists (``clip_reference``)."""
+    return make_processor()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """No ambient Databricks credentials: no env vars, and a config file that does not exist."""
+    for name in list(os.environ):
+        if name.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-such-databrickscfg"))
+    return monkeypatch

@@ -1,19 +1,49 @@
-"""One face for both clients, so each end-to-end test body is written once and runs twice."""
+"""The shared test scaffold: one face for both clients, and the helpers more than one module needs.
+
+``Embedder`` wraps a ``ClipClient`` or an ``AsyncClipClient`` so that ``await e.embed_texts(...)``
+works for either: each test body is written once and runs for both (the ``make`` fixture in
+``conftest.py``, parametrized over :data:`KINDS`, builds them through :func:`clients_of`). The
+servers they talk to are ``serving_server.ServingServer`` (real HTTP on 127.0.0.1) and
+``mock_workspace`` (respx); images come from ``image_factory``, bad inputs from ``bad_inputs``.
+"""
 
 from __future__ import annotations
 
 import inspect
+import pickle
 import threading
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from serving_server import ServingServer
+import numpy as np
+from serving_server import DIM, ServingServer, expected_vector
 
 from clip_client import AsyncClipClient, ClipClient
 from clip_client.types import ClientStats
 
-__all__ = ["Embedder", "Make", "clients_of", "embed_in_threads"]
+__all__ = [
+    "IMAGE",
+    "KINDS",
+    "TEXT",
+    "Embedder",
+    "Make",
+    "Serve",
+    "assert_secret_absent",
+    "clients_of",
+    "embed_in_threads",
+    "header",
+    "records",
+    "rendered",
+    "text_rows",
+]
+
+#: The two clients every adapted test runs with.
+KINDS = ("sync", "async")
+#: The endpoints a client calls by default (and ``ServingServer`` serves).
+TEXT = "clip-text-embedding"
+IMAGE = "clip-image-embedding"
 
 
 class Embedder:
@@ -37,17 +67,20 @@ class Embedder:
 
 
 Make = Callable[..., Embedder]
+#: ``serve(**options)``: the ``serve`` fixture, a ``ServingServer`` of a test's own.
+Serve = Callable[..., ServingServer]
 
 
 @asynccontextmanager
-async def clients_of(kind: str, server: ServingServer, **defaults: Any) -> AsyncIterator[Make]:
-    """``make(**overrides)`` builds a ``kind`` ("sync"/"async") client of ``server``; all are closed
-    on exit."""
+async def clients_of(kind: str, **options: Any) -> AsyncIterator[Make]:
+    """``make(**overrides)`` builds a ``kind`` ("sync"/"async") client with ``options`` and the
+    overrides (``server.client_kwargs()`` for the loopback server, ``mock_workspace.client_kwargs()``
+    for respx); every client made is closed on exit."""
     cls = ClipClient if kind == "sync" else AsyncClipClient
     made: list[ClipClient | AsyncClipClient] = []
 
     def factory(**overrides: Any) -> Embedder:
-        made.append(cls(**server.client_kwargs(**{**defaults, **overrides})))
+        made.append(cls(**{**options, **overrides}))
         return Embedder(made[-1])
 
     try:
@@ -79,3 +112,44 @@ def embed_in_threads(client: ClipClient, lists: list[list[str]]) -> dict[int, An
     if errors:
         raise errors[0]
     return results
+
+
+# --------------------------------------------------------------------------------------------------
+# What the loopback server answers and received
+
+
+def text_rows(texts: list[str], dim: int = DIM) -> np.ndarray:
+    """The rows ``ServingServer(dim=dim)`` answers for ``texts``."""
+    return np.stack([expected_vector("text", t, dim) for t in texts])
+
+
+def records(server: ServingServer) -> list[str]:
+    """The image records ``server`` answered, in the order it received them."""
+    return server.inputs(IMAGE)
+
+
+def header(headers: dict[str, str], name: str) -> str | None:
+    """The value of header ``name`` (any case) in ``headers``, or None."""
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+def rendered(exc: BaseException) -> str:
+    """Everything a user or a log could see of an error: its traceback with every chained cause,
+    its repr and attributes, and its pickle."""
+    text = "".join(traceback.format_exception(exc)) + repr(exc) + repr(vars(exc))
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None:
+        text += repr(cause) + repr(vars(cause)) if hasattr(cause, "__dict__") else repr(cause)
+        cause = cause.__cause__ or cause.__context__
+    return text + pickle.dumps(exc).decode("latin-1")
+
+
+def assert_secret_absent(secret: str, *objects: object) -> None:
+    """Neither ``str`` nor ``repr`` of any of ``objects`` shows ``secret``."""
+    for obj in objects:
+        assert secret not in str(obj), obj
+        assert secret not in repr(obj), obj

@@ -21,8 +21,11 @@ __all__ = [
     "KINDS",
     "MEMORY_MODES",
     "MODE_FILES",
+    "encode",
     "exif_bytes",
+    "noise",
     "picture",
+    "png",
     "png_header_only",
     "raw_exif",
     "wide_grey",
@@ -44,6 +47,11 @@ def picture(width: int, height: int, channels: int = 3, seed: int = 0) -> np.nda
     base = np.stack(planes[:channels], axis=-1)
     noisy = base + rng.normal(0.0, 18.0, size=base.shape).astype(np.float32)
     return np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+
+
+def noise(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A uint8 HxWx3 picture of uniform noise: incompressible, so its files are as large as they get."""
+    return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
 
 
 def screenshot(size: int = 224) -> np.ndarray:
@@ -108,7 +116,7 @@ def png_header_only(width: int, height: int) -> bytes:
 # One writer per kind. Each takes the target path and writes the file.
 
 
-def _rgb(width: int, height: int, fmt: str, seed: int, **save: object) -> Callable[[Path], None]:
+def _rgb_file(width: int, height: int, fmt: str, seed: int, **save: object) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         Image.fromarray(picture(width, height, 3, seed), "RGB").save(path, fmt, **save)
 
@@ -193,8 +201,8 @@ def _bilevel_png(path: Path) -> None:
 
 #: name -> (file name, writer). Names are what tests refer to.
 KINDS: dict[str, tuple[str, Callable[[Path], None]]] = {
-    "rgb_jpeg": ("rgb.jpg", _rgb(640, 480, "JPEG", seed=1, quality=90)),
-    "rgb_png": ("rgb.png", _rgb(300, 200, "PNG", seed=11)),
+    "rgb_jpeg": ("rgb.jpg", _rgb_file(640, 480, "JPEG", seed=1, quality=90)),
+    "rgb_png": ("rgb.png", _rgb_file(300, 200, "PNG", seed=11)),
     "rgba_png": ("rgba.png", _rgba_png),
     "la_png": ("la.png", _la_png),
     "rgb_colour_key_png": ("rgb_colour_key.png", _rgb_colour_key_png),
@@ -204,18 +212,18 @@ KINDS: dict[str, tuple[str, Callable[[Path], None]]] = {
     "gray16_png": ("gray16.png", _gray16_png),
     "gray8_png": ("gray8.png", _gray8_png),
     "bilevel_png": ("bilevel.png", _bilevel_png),
-    "webp": ("rgb.webp", _rgb(333, 251, "WEBP", seed=12, lossless=True, method=0)),
-    "bmp": ("rgb.bmp", _rgb(181, 203, "BMP", seed=13)),
+    "webp": ("rgb.webp", _rgb_file(333, 251, "WEBP", seed=12, lossless=True, method=0)),
+    "bmp": ("rgb.bmp", _rgb_file(181, 203, "BMP", seed=13)),
     "exif6_jpeg": ("exif6.jpg", _exif_jpeg(320, 240, 6, seed=14)),
     "exif3_jpeg": ("exif3.jpg", _exif_jpeg(300, 260, 3, seed=15)),
     "exif8_jpeg": ("exif8.jpg", _exif_jpeg(260, 380, 8, seed=16)),
-    "tiny_3x2_png": ("tiny_3x2.png", _rgb(3, 2, "PNG", seed=17)),
-    "tiny_1x1_png": ("tiny_1x1.png", _rgb(1, 1, "PNG", seed=18)),
-    "wide_jpeg": ("wide.jpg", _rgb(2000, 50, "JPEG", seed=19, quality=90)),
-    "tall_png": ("tall.png", _rgb(50, 2000, "PNG", seed=20)),
+    "tiny_3x2_png": ("tiny_3x2.png", _rgb_file(3, 2, "PNG", seed=17)),
+    "tiny_1x1_png": ("tiny_1x1.png", _rgb_file(1, 1, "PNG", seed=18)),
+    "wide_jpeg": ("wide.jpg", _rgb_file(2000, 50, "JPEG", seed=19, quality=90)),
+    "tall_png": ("tall.png", _rgb_file(50, 2000, "PNG", seed=20)),
     "large_jpeg": ("large.jpg", _large_jpeg),
-    "exact224_png": ("exact224.png", _rgb(224, 224, "PNG", seed=22)),
-    "exact224_jpeg": ("exact224.jpg", _rgb(224, 224, "JPEG", seed=23, quality=90)),
+    "exact224_png": ("exact224.png", _rgb_file(224, 224, "PNG", seed=22)),
+    "exact224_jpeg": ("exact224.jpg", _rgb_file(224, 224, "JPEG", seed=23, quality=90)),
     "exact224_exif6_jpeg": ("exact224_exif6.jpg", _exif_jpeg(224, 224, 6, seed=24)),
 }
 
@@ -443,3 +451,8 @@ def encode(img: Image.Image, fmt: str = "PNG", **save: object) -> bytes:
     buf = io.BytesIO()
     img.save(buf, fmt, **save)
     return buf.getvalue()
+
+
+def png(arr: np.ndarray) -> bytes:
+    """The PNG file of a uint8 array (HxW grey, HxWx3 RGB or HxWx4 RGBA)."""
+    return encode(Image.fromarray(arr), "PNG")

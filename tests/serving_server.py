@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -79,7 +79,9 @@ class Reply:
     line and headers included, one byte every ``trickle`` seconds: a server, proxy or dying link that
     keeps every read busy without ever finishing in time (with ``trickle_body``, the status line and
     headers go at once and only the body trickles). ``answer=True`` sends the correct answer for the
-    request's inputs (status 200; ``body`` is ignored), as the other fields say.
+    request's inputs (status 200; ``body`` is ignored), as the other fields say. ``raw`` (bytes, or
+    a function of the request's headers returning them) is written to the socket as the whole
+    answer, status line and headers included, and the connection closed: malformed HTTP.
     """
 
     status: int = 200
@@ -90,6 +92,7 @@ class Reply:
     trickle: float = 0.0
     trickle_body: bool = False
     answer: bool = False
+    raw: Any = None
 
 
 #: The kinds of fault :class:`Faults` injects, by the name ``ServingServer.injected`` counts them under.
@@ -211,6 +214,17 @@ class Faults:
         return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
+def answer_rows(
+    model: Callable[[str, list[str]], list[list[float]]] | None, dim: int, kind: str, inputs: list[str]
+) -> list[list[float]]:
+    """The rows a server with ``model`` (None: :func:`expected_vector` rows of width ``dim``) answers."""
+    if model is not None:
+        return model(kind, inputs)
+    if kind == "text":
+        return [expected_vector("text", x, dim).tolist() for x in inputs]
+    return [expected_vector("image", base64.b64decode(x), dim).tolist() for x in inputs]
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -229,6 +243,8 @@ class ServingServer:
     ``received`` holds only the requests answered with a real, correct 200 (scripted replies and
     injected faults are not in it); ``requests`` holds every request; ``injected`` counts the faults
     injected, by kind (:data:`FAULT_KINDS`, plus "body_limit" and "status").
+
+    One started server can serve many tests: :meth:`reset` puts back everything a test can change.
     """
 
     def __init__(
@@ -254,6 +270,9 @@ class ServingServer:
         self.lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
+        #: Bumped by :meth:`reset`: a request that arrived before it records nothing after it.
+        self.generation = 0
+        self._initial = (dim, model, latency, faults)
         self._server = _Server(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
@@ -270,6 +289,26 @@ class ServingServer:
         no retry backoff (retries cost no time) and a timeout that turns a hang into a failure."""
         return {"host": self.url, "token": TOKEN, "retry_backoff": 0, "timeout": 30, **overrides}
 
+    def reset(self) -> None:
+        """Back to the state it started in, for the next test: no script, the faults, latency, model
+        and width it was made with (the faults' random draws from their start again), and empty
+        histories and counters. Requests still being answered for an earlier test (a slow or
+        trickled reply its client gave up on) finish with the model they started with and are
+        recorded nowhere."""
+        dim, model, latency, faults = self._initial
+        with self.lock:
+            self.generation += 1
+            self.dim = dim
+            self.model = model
+            self.latency = latency
+            self.faults = replace(faults) if faults is not None else None
+            self.script = []
+            self.received = []
+            self.requests = []
+            self.injected = Counter()
+            self.in_flight = 0
+            self.max_in_flight = 0
+
     def __enter__(self) -> ServingServer:
         self._thread.start()
         return self
@@ -281,11 +320,7 @@ class ServingServer:
     # ------------------------------------------------------------------------------------------
 
     def answer(self, kind: str, inputs: list[str]) -> list[list[float]]:
-        if self.model is not None:
-            return self.model(kind, inputs)
-        if kind == "text":
-            return [expected_vector("text", x, self.dim).tolist() for x in inputs]
-        return [expected_vector("image", base64.b64decode(x), self.dim).tolist() for x in inputs]
+        return answer_rows(self.model, self.dim, kind, inputs)
 
     def posts(self, endpoint: str | None = None) -> int:
         """POSTs received (for ``endpoint``, when given), answered or not."""
@@ -296,9 +331,15 @@ class ServingServer:
     def inputs(self, endpoint: str | None = None) -> list[str]:
         return [x for r in self.received if endpoint is None or r.endpoint == endpoint for x in r.inputs]
 
-    def _inject(self, kind: str) -> None:
+    def _inject(self, kind: str, generation: int) -> None:
         with self.lock:
-            self.injected[kind] += 1
+            if generation == self.generation:
+                self.injected[kind] += 1
+
+    def _snapshot(self) -> tuple[int, Callable[[str, list[str]], list[list[float]]] | None, int]:
+        """What a request that arrives now is answered under: the generation, model and width."""
+        with self.lock:
+            return self.generation, self.model, self.dim
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -306,6 +347,10 @@ class ServingServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             disable_nagle_algorithm = True  # else each reply stalls ~40 ms on loopback (delayed ACK)
+            #: The server's generation, model and width when the request being handled arrived.
+            generation = 0
+            model: Callable[[str, list[str]], list[list[float]]] | None = None
+            dim = DIM
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -355,18 +400,23 @@ class ServingServer:
                 self.close_connection = True
                 self.connection.close()
 
-            def do_GET(self) -> None:
+            def _arrived(self, method: str) -> None:
                 with server.lock:
-                    server.requests.append(("GET", self.path))
+                    if self.generation == server.generation:
+                        server.requests.append((method, self.path))
+
+            def do_GET(self) -> None:
+                self.generation, self.model, self.dim = server._snapshot()
+                self._arrived("GET")
                 self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
 
             def do_POST(self) -> None:
+                self.generation, self.model, self.dim = server._snapshot()
                 length = int(self.headers.get("Content-Length", "0"))
                 faults = server.faults
                 if faults is not None and faults.body_limit is not None and length > faults.body_limit:
-                    with server.lock:
-                        server.requests.append(("POST", self.path))
-                    server._inject("body_limit")
+                    self._arrived("POST")
+                    server._inject("body_limit", self.generation)
                     if faults.body_limit_status is None:
                         return self._drop()  # the body is never read
                     self.rfile.read(length)
@@ -376,11 +426,10 @@ class ServingServer:
                         f"Request body of {length} bytes exceeds the limit of {faults.body_limit} bytes",
                     )
                 raw = self.rfile.read(length)
-                with server.lock:
-                    server.requests.append(("POST", self.path))
+                self._arrived("POST")
                 if faults is not None and faults.status_for_all is not None:
                     status = faults.status_for_all
-                    server._inject("status")
+                    server._inject("status", self.generation)
                     return self._error(
                         status, _ERROR_CODES.get(status, "ERROR"), f"Injected HTTP {status} for every request"
                     )
@@ -393,15 +442,22 @@ class ServingServer:
                         404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist."
                     )
                 with server.lock:
-                    reply = server.script.pop(0) if server.script else None
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    current = self.generation == server.generation
+                    reply = server.script.pop(0) if server.script and current else None
+                    if current:
+                        server.in_flight += 1
+                        server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
                     if reply is not None:
                         if reply.delay:
                             time.sleep(reply.delay)
                         if reply.drop:
                             return self._drop()
+                        if reply.raw is not None:
+                            raw_answer = reply.raw(dict(self.headers)) if callable(reply.raw) else reply.raw
+                            self.wfile.write(raw_answer)
+                            self.close_connection = True
+                            return None
                         if reply.answer:
                             return self._answer(name, raw, None, faults, reply)
                         body = reply.body(dict(self.headers)) if callable(reply.body) else reply.body
@@ -409,13 +465,14 @@ class ServingServer:
                         return self._send(reply.status, body, reply.headers, reply)
                     fault = faults.draw(raw) if faults is not None else None
                     if fault is not None:
-                        server._inject(fault)
+                        server._inject(fault, self.generation)
                         if fault not in ("slow", "short"):
                             return self._fault(fault, faults)
                     return self._answer(name, raw, fault, faults)
                 finally:
                     with server.lock:
-                        server.in_flight -= 1
+                        if current and self.generation == server.generation:
+                            server.in_flight -= 1
 
             def _fault(self, fault: str, faults: Any) -> None:
                 if fault == "rate_limit":
@@ -456,16 +513,19 @@ class ServingServer:
                 if fault == "slow":
                     time.sleep(faults.slow_delay)
                 try:
-                    rows = server.answer(server.endpoints[name], inputs)
+                    rows = answer_rows(self.model, self.dim, server.endpoints[name], inputs)
                 except Exception as exc:  # what MLflow does with an exception in predict()
                     return self._error(400, "BAD_REQUEST", f"Encountered an unexpected error: {exc}")
                 if fault == "short":
                     rows = rows[:-1]
                 if fault is None:
                     with server.lock:
-                        server.received.append(
-                            Received(name, inputs, dict(self.headers), len(raw), started, time.monotonic())
-                        )
+                        if self.generation == server.generation:
+                            server.received.append(
+                                Received(
+                                    name, inputs, dict(self.headers), len(raw), started, time.monotonic()
+                                )
+                            )
                         request_id = f"req-{len(server.received)}"
                 else:
                     request_id = f"req-{fault}"

@@ -11,6 +11,7 @@ import random
 
 import numpy as np
 import pytest
+from bad_inputs import BAD_TEXTS
 from PIL import Image
 from pydantic import ValidationError
 
@@ -67,24 +68,16 @@ def test_check_text_list_accepts_any_iterable_and_keeps_order():
     assert check_text_list([]) == []
 
 
-@pytest.mark.parametrize(
-    ("bad", "fragment"),
-    [
-        (b"bytes", "got bytes"),
-        (bytearray(b"x"), "got bytes"),
-        (7, "got int"),
-        (None, "got NoneType"),
-        (3.5, "got float"),
-        ("a\ud800b", "lone surrogate"),
-    ],
-)
+@pytest.mark.parametrize("kind", list(BAD_TEXTS))
 @pytest.mark.parametrize("position", [0, 2])
-def test_check_text_list_names_the_index_of_a_bad_text(bad, fragment, position):
+def test_check_text_list_names_the_index_of_a_bad_text(kind, position):
+    bad, fragment = BAD_TEXTS[kind].value, BAD_TEXTS[kind].says
     texts: list[object] = ["ok one", "ok two", "ok three"]
     texts[position] = bad
     with pytest.raises(InvalidInputError) as info:
         check_text_list(texts)
     err = info.value
+    assert type(err) is BAD_TEXTS[kind].error
     assert err.index == position
     assert fragment in str(err)
     assert str(err).startswith(f"input {position}: ")
@@ -337,6 +330,8 @@ def test_parse_ignores_extra_top_level_keys(json_backend):
         (dumps({"predictions": [[1.0, 2.0], [1.0, 2.0], [3.0, 4.0]]}), 2, "got 3 rows back"),
         (dumps({"predictions": [[1.0, 2.0], [1.0]]}), 2, "not equal-length"),
         (dumps({"predictions": [[1.0, "x"]]}), 1, "not equal-length lists of numbers"),
+        (dumps({"predictions": [["0.1", "0.2"]]}), 1, "lists of numbers (they hold strings)"),
+        (dumps({"predictions": [[True, False]]}), 1, "lists of numbers (they hold booleans)"),
         (dumps({"predictions": [[1.0, None]]}), 1, "row 0 holds NaN"),
         (dumps({"predictions": [1.0, 2.0]}), 2, "2-D"),
         (dumps({"predictions": [[]]}), 1, "2-D"),
@@ -367,6 +362,8 @@ def test_parse_ignores_extra_top_level_keys(json_backend):
         "too-many-rows",
         "ragged",
         "strings",
+        "numbers-as-strings",
+        "booleans",
         "nulls",
         "flat-list",
         "empty-row",

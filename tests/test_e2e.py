@@ -2,27 +2,27 @@
 
 Every request crosses a real socket into ``serving_server.ServingServer``, which validates the body,
 records what it received and answers with embeddings derived from each input, so every returned row
-can be checked against the input it belongs to. Most tests run once per client (sync and async).
+can be checked against the input it belongs to. Most tests run once per client (sync and async):
+the ``make`` fixture (``conftest.py``) builds clients of ``server`` of each kind. The token's secrecy
+is tested in ``test_secrets``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
 import re
 import threading
-import traceback
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from harness import Make, clients_of, embed_in_threads
+from harness import IMAGE, KINDS, TEXT, Make, embed_in_threads, header, text_rows
+from image_factory import encode, noise
 from PIL import Image
-from serving_server import TOKEN, Reply, ServingServer, expected_vector, image_pixels
+from serving_server import Reply, ServingServer, expected_vector, image_pixels
 
 from clip_client import (
     APIConnectionError,
@@ -40,23 +40,9 @@ from clip_client import (
     ServerError,
 )
 
-TEXT = "clip-text-embedding"
-IMAGE = "clip-image-embedding"
-
-
-def text_rows(texts: list[str]) -> np.ndarray:
-    return np.stack([expected_vector("text", t) for t in texts])
-
 
 def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
-@pytest.fixture(params=["sync", "async"])
-async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    """Clients of ``server`` of the parametrized kind."""
-    async with clients_of(request.param, server) as factory:
-        yield factory
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,8 +192,7 @@ def tagged_image(path: Path, i: int) -> Path:
 
 def noise_image(path: Path, seed: int = 99) -> Path:
     """Incompressible: even resized to 224x224 its PNG is ~150 KB."""
-    arr = np.random.default_rng(seed).integers(0, 256, size=(300, 300, 3), dtype=np.uint8)
-    Image.fromarray(arr).save(path)
+    Image.fromarray(noise(300, 300, seed)).save(path)
     return path
 
 
@@ -278,6 +263,47 @@ async def test_unknown_endpoint_is_one_request_and_names_the_endpoint(
     assert err.attempts == 1
     assert "no-such-endpoint" in str(err)
     assert server.requests == [("POST", "/serving-endpoints/no-such-endpoint/invocations")]
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(401, AuthenticationError), (403, PermissionDeniedError), (404, EndpointNotFoundError)],
+)
+async def test_errors_fatal_to_the_call_stop_it_even_in_mark_mode(
+    make: Make, server: ServingServer, status: int, error: type[APIStatusError]
+) -> None:
+    """``on_error="mark"`` is for failures of some inputs. Bad credentials, a missing permission or a
+    wrong endpoint name would fail every batch: the call stops at the first, rather than send all of
+    them to collect a failure per input."""
+    server.script = [Reply(status, {"error_code": "X", "message": "no"})] * 50
+    texts = [f"t{i}" for i in range(200)]
+    with pytest.raises(error):
+        await make(batch_size=4, max_concurrency=2, max_retries=0).embed_texts(texts, on_error="mark")
+    assert server.posts() <= 4  # the batches already in flight, not all 50
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_input_too_large_alone_is_marked_not_raised(
+    make: Make, server: ServingServer, stream: bool
+) -> None:
+    texts = ["ok", "y" * 5000, "ok2"]
+    client = make(max_request_bytes=2000)
+    if stream:
+        it = client.client.iter_embed_texts(texts, on_error="mark")
+        got = [row async for row in it] if hasattr(it, "__aiter__") else list(it)
+        failures = it.failures
+        rows = np.stack([row for _, row in got])
+    else:
+        result = await client.embed_texts(texts, on_error="mark")
+        failures, rows = result.failures, result.embeddings
+    assert [f.index for f in failures] == [1]
+    assert isinstance(failures[0].error, InvalidInputError)
+    assert "max_request_bytes" in str(failures[0].error)
+    np.testing.assert_array_equal(rows[[0, 2]], text_rows(["ok", "ok2"]))
+    assert np.isnan(rows[1]).all()
+    with pytest.raises(InvalidInputError) as info:
+        await client.embed_texts(texts)
+    assert info.value.index == 1
 
 
 @pytest.mark.parametrize("count", [1, 2, 40])
@@ -414,24 +440,16 @@ async def test_reply_slower_than_timeout_without_retries_raises(make: Make, serv
 
 
 @pytest.fixture
-def sdk_env(server: ServingServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+def sdk_env(server: ServingServer, clean_env: pytest.MonkeyPatch, tmp_path: Path) -> str:
     """DATABRICKS_HOST/TOKEN pointing at ``server``, and nothing else that Config could pick up."""
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
-            monkeypatch.delenv(name)
     token = "dapi-from-env-9876543210"
-    monkeypatch.setenv("DATABRICKS_HOST", server.url)
-    monkeypatch.setenv("DATABRICKS_TOKEN", token)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("HOME", str(tmp_path))
+    clean_env.setenv("DATABRICKS_HOST", server.url)
+    clean_env.setenv("DATABRICKS_TOKEN", token)
+    clean_env.setenv("HOME", str(tmp_path))
     return token
 
 
-def header(received_headers: dict[str, str], name: str) -> str | None:
-    return next((v for k, v in received_headers.items() if k.lower() == name.lower()), None)
-
-
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_workspace_resolved_from_sdk_config_env(server: ServingServer, sdk_env: str, kind: str) -> None:
     texts = ["from", "the", "environment"]
     if kind == "sync":
@@ -449,7 +467,7 @@ async def test_workspace_resolved_from_sdk_config_env(server: ServingServer, sdk
 
 
 # --------------------------------------------------------------------------------------------------
-# Lifecycle and secrets
+# Lifecycle
 
 
 def test_sync_context_manager_closes(server: ServingServer) -> None:
@@ -480,38 +498,6 @@ async def test_close_without_use_and_twice(make: Make) -> None:
     client = make()
     await client.close()
     await client.close()
-
-
-def rendered(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)) + repr(exc) + repr(vars(exc))
-
-
-async def test_token_never_shown_in_repr_or_errors(make: Make, server: ServingServer) -> None:
-    client = make(max_retries=0)
-    backend = client.client.backend
-    for text in (repr(client.client), repr(backend), repr(backend.workspace), repr(backend.workspace.auth)):
-        assert TOKEN not in text
-        assert TOKEN[:12] not in text
-
-    server.script = [Reply(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})]
-    with pytest.raises(AuthenticationError) as auth:
-        await client.embed_texts(["a"])
-    server.script = [Reply(200, b"<html>login page</html>")]
-    with pytest.raises(ResponseFormatError) as fmt:
-        await client.embed_texts(["a"])
-    server.script = [Reply(drop=True)]
-    with pytest.raises(APIConnectionError) as dropped:
-        await client.embed_texts(["a"])
-
-    for exc in (auth.value, fmt.value, dropped.value):
-        assert TOKEN not in rendered(exc)
-    assert "401" in str(auth.value)
-    assert server.posts(TEXT) == 3
-
-
-async def test_token_is_sent_as_bearer_header(make: Make, server: ServingServer) -> None:
-    await make().embed_texts(["a"])
-    assert header(server.received[0].headers, "Authorization") == f"Bearer {TOKEN}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -545,19 +531,12 @@ class GatedFile(io.BytesIO):
 
 
 def big_jpeg(seed: int, size: tuple[int, int] = (1600, 1200)) -> bytes:
-    rng = np.random.default_rng(seed)
-    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+    return encode(Image.fromarray(noise(*size, seed)), "JPEG", quality=90)
 
 
 async def test_event_loop_keeps_ticking_while_images_decode(aclient: AsyncClipClient) -> None:
-    gated_bytes = io.BytesIO()
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, size=(900, 1200, 3), dtype=np.uint8)).save(
-        gated_bytes, format="PNG"
-    )
-    gated = GatedFile(gated_bytes.getvalue())
+    gated_png = encode(Image.fromarray(noise(1200, 900, seed=5)))
+    gated = GatedFile(gated_png)
     gated_image = Image.open(gated)  # reads the header now; the pixels are read on load()
     gated.armed = True
     images: list[Any] = [big_jpeg(1), gated_image, big_jpeg(2), big_jpeg(3)]
@@ -587,7 +566,7 @@ async def test_event_loop_keeps_ticking_while_images_decode(aclient: AsyncClipCl
     assert gated.reader is not loop_thread
     assert not gated.starved, "the image was decoded while the event loop was blocked"
     # the gated image came back in its place: same row as the same pixels sent as plain bytes
-    np.testing.assert_array_equal(out[1], await aclient.embed_image(gated_bytes.getvalue()))
+    np.testing.assert_array_equal(out[1], await aclient.embed_image(gated_png))
 
 
 def test_one_async_client_works_across_event_loops(server: ServingServer) -> None:

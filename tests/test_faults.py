@@ -4,20 +4,20 @@ Every test runs against ``serving_server.ServingServer`` with fault injection (`
 and without ``Retry-After``, 503s, 500s, plain-text 504s, dropped connections, replies slower than
 the client's timeout, 200s a row short or made of HTML, and a body-size limit that hangs up on big
 requests. The server answers each input with a vector derived from its bytes, so every returned row
-is checked against the input it belongs to. Most tests run once per client (sync and async).
+is checked against the input it belongs to. Most tests run once per client (sync and async), built
+by the ``make`` fixture (``conftest.py``) with ``FAST`` retries.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-from harness import Make, clients_of, embed_in_threads
-from PIL import Image
+from harness import IMAGE, TEXT, Make, embed_in_threads, text_rows
+from image_factory import png
 from serving_server import FAULT_KINDS, Faults, Reply, ServingServer, expected_vector
 
 from clip_client import (
@@ -32,34 +32,17 @@ from clip_client import (
 from clip_client._images import ImageOptions, prepare_image
 from clip_client.types import EmbeddingResult
 
-TEXT = "clip-text-embedding"
-IMAGE = "clip-image-embedding"
-
 #: Retries cost next to nothing, and a reply later than ``timeout`` is a timeout.
 FAST: dict[str, Any] = {"retry_backoff": 0.001, "retry_backoff_max": 0.01, "max_retries": 10}
 TIMEOUT, SLOW_DELAY = 0.5, 0.8
 OVERLOAD_KINDS = ("rate_limit", "rate_limit_bare", "unavailable")
 
-
-def text_rows(texts: list[str]) -> np.ndarray:
-    return np.stack([expected_vector("text", t) for t in texts])
-
-
-@pytest.fixture(params=["sync", "async"])
-async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    """Clients of ``server`` of the parametrized kind, with ``FAST`` retries."""
-    async with clients_of(request.param, server, **FAST) as factory:
-        yield factory
+#: Every client ``make`` builds here retries fast.
+pytestmark = pytest.mark.client(**FAST)
 
 
 # --------------------------------------------------------------------------------------------------
 # Images: small, real, distinct per index; half pass through as they are, half are resized
-
-
-def png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def small_image(i: int) -> bytes:

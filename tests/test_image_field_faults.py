@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from clip_reference import make_processor, processed
-from image_factory import exif_bytes, picture, raw_exif
+from clip_reference import processed
+from harness import records
+from image_factory import encode, exif_bytes, picture, raw_exif
 from PIL import Image, ImageOps
 from serving_server import ServingServer, expected_vector, image_pixels
 
@@ -36,25 +37,10 @@ from clip_client._images import ImageOptions, prepare_image
 PIXELS = ImageOptions(want="pixels")
 
 
-@pytest.fixture(scope="module")
-def processor() -> Any:
-    return make_processor()
-
-
 def pixels_of(value: object, opts: ImageOptions = PIXELS) -> np.ndarray:
     out = prepare_image(value, 0, opts).pixels
     assert out is not None
     return out
-
-
-def encoded(img: Image.Image, fmt: str, **save: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **save)
-    return buf.getvalue()
-
-
-def records(server: ServingServer) -> list[str]:
-    return server.inputs("clip-image-embedding")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,7 +67,7 @@ def test_a_wrongly_typed_exif_tag_does_not_stop_the_orientation(
     stored = Image.fromarray(picture(160, 120, 3, seed=200), "RGB")
     save: dict[str, object] = {"lossless": True} if fmt == "WEBP" else {}
     path = tmp_path / f"photo.{fmt.lower()}"
-    path.write_bytes(encoded(stored, fmt, exif=raw_exif([ORIENTATION_6, tag]), **save))
+    path.write_bytes(encode(stored, fmt, exif=raw_exif([ORIENTATION_6, tag]), **save))
     with Image.open(path) as img:
         assert img.getexif().get(0x0112) == 6
         with pytest.raises(pillow_raises):  # the fault is real: Pillow's own transpose fails
@@ -110,7 +96,7 @@ def test_unreadable_orientation_leaves_the_stored_pixels(
 ) -> None:
     stored = Image.fromarray(picture(150, 110, 3, seed=201), "RGB")
     block = raw_exif(entries) if entries else b"Exif\x00\x00II*\x00\x08\x00\x00\x00\xff\xff" + bytes(10)
-    raw = encoded(stored, "JPEG", exif=block)
+    raw = encode(stored, "JPEG", exif=block)
     with Image.open(io.BytesIO(raw)) as img:
         assert img.getexif().get(0x0112) not in (2, 3, 4, 5, 6, 7, 8)
         want = processed(processor, img)
@@ -119,7 +105,7 @@ def test_unreadable_orientation_leaves_the_stored_pixels(
 
 def test_orientation_stored_as_a_rational_is_applied_as_pillow_does(processor: Any) -> None:
     stored = Image.fromarray(picture(150, 110, 3, seed=202), "RGB")
-    raw = encoded(stored, "JPEG", exif=raw_exif([(0x0112, 5, 1, struct.pack("<II", 6, 1))]))
+    raw = encode(stored, "JPEG", exif=raw_exif([(0x0112, 5, 1, struct.pack("<II", 6, 1))]))
     with Image.open(io.BytesIO(raw)) as img:
         assert img.getexif().get(0x0112) == 6  # an IFDRational equal to 6
         want = processed(processor, ImageOps.exif_transpose(img))
@@ -128,7 +114,7 @@ def test_orientation_stored_as_a_rational_is_applied_as_pillow_does(processor: A
 
 
 def test_metadata_whose_parser_raises_is_ignored(processor: Any) -> None:
-    img = Image.open(io.BytesIO(encoded(Image.fromarray(picture(90, 70, 3, seed=203)), "PNG")))
+    img = Image.open(io.BytesIO(encode(Image.fromarray(picture(90, 70, 3, seed=203)), "PNG")))
 
     def broken_exif() -> Image.Exif:
         raise struct.error("unpack requires a buffer of 4 bytes")
@@ -143,7 +129,7 @@ def test_every_exif_orientation_is_applied_by_the_clients_own_transpose(processo
     stored = Image.fromarray(picture(70, 50, 3, seed=204), "RGB")
     results = set()
     for orientation in range(1, 9):
-        raw = encoded(stored, "PNG", exif=exif_bytes(orientation))
+        raw = encode(stored, "PNG", exif=exif_bytes(orientation))
         with Image.open(io.BytesIO(raw)) as img:
             want = processed(processor, ImageOps.exif_transpose(img))
         got = pixels_of(raw)
@@ -190,7 +176,7 @@ def test_an_unexpected_exception_becomes_this_inputs_image_decode_error(
 
 
 def test_on_error_mark_contains_unexpected_failures(client: ClipClient, server: ServingServer) -> None:
-    bad_exif = encoded(
+    bad_exif = encode(
         Image.fromarray(picture(120, 90, 3, seed=206)),
         "JPEG",
         exif=raw_exif([ORIENTATION_6, WRONG_TYPES["XResolution as ASCII"][0]]),

@@ -24,9 +24,10 @@ from datetime import timedelta
 
 import numpy as np
 import pytest
+from harness import records
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from image_factory import exif_bytes, picture, raw_exif
+from image_factory import encode, exif_bytes, picture, raw_exif
 from PIL import Image
 from serving_server import ServingServer, expected_vector
 
@@ -155,9 +156,7 @@ def test_rewritten_exif_blocks_raise_only_typed_errors(fmt: str) -> None:
     @fuzz(30)
     @given(block=EXIF_BLOCKS)
     def check(block: bytes) -> None:
-        buf = io.BytesIO()
-        rgb.save(buf, fmt, exif=block, **({"lossless": True} if fmt == "WEBP" else {}))
-        prepares_or_fails_typed(buf.getvalue())
+        prepares_or_fails_typed(encode(rgb, fmt, exif=block, **({"lossless": True} if fmt == "WEBP" else {})))
 
     check()
 
@@ -176,9 +175,7 @@ def _gif_of_size(width: int, height: int) -> bytes:
 
 
 def _bmp_of_size(width: int, height: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(picture(16, 12, 3, seed=402), "RGB").save(buf, "BMP")
-    raw = bytearray(buf.getvalue())
+    raw = bytearray(encode(Image.fromarray(picture(16, 12, 3, seed=402), "RGB"), "BMP"))
     struct.pack_into("<ii", raw, 18, width, height)
     return bytes(raw)
 
@@ -232,7 +229,7 @@ def test_mutants_in_one_call_with_on_error_mark(client: ClipClient, server: Serv
         assert isinstance(failure.error, InvalidInputError)
         assert failure.error.index == failure.index
     assert np.isnan(result.embeddings[~result.ok]).all()
-    sent = server.inputs("clip-image-embedding")
+    sent = records(server)
     assert len(sent) == len(inputs) - len(failed)
     answers = {expected_vector("image", base64.b64decode(r)).tobytes() for r in sent}
     assert all(row.tobytes() in answers for row in result.embeddings[result.ok])

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from clip_reference import make_processor, processed
+from clip_reference import processed
+from harness import records
 from image_factory import MEMORY_MODES, MODE_FILES, wide_grey, write_mode_files
 from PIL import Image
 from serving_server import ServingServer, expected_vector, image_pixels
@@ -33,11 +34,6 @@ def premultiplied_on_white(img: Image.Image) -> Image.Image:
     """A premultiplied grey+alpha (La) image composited onto white: L + (255 - a)."""
     grey, alpha = (np.asarray(img)[:, :, i].astype(int) for i in (0, 1))
     return Image.fromarray(np.clip(grey + 255 - alpha, 0, 255).astype(np.uint8), "L")
-
-
-@pytest.fixture(scope="module")
-def processor() -> Any:
-    return make_processor()
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +100,7 @@ def test_every_decoded_mode_through_the_client(
 ) -> None:
     names = list(MODE_FILES)
     rows = client.embed_images([mode_files[n] for n in names])
-    recs = server.inputs("clip-image-embedding")
+    recs = records(server)
     assert len(recs) == len(names)  # in more than one batch, so matched by answer, not by order
     by_row = {expected_vector("image", base64.b64decode(r)).tobytes(): r for r in recs}
     for name, row in zip(names, rows):

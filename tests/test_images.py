@@ -12,22 +12,23 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from clip_reference import make_processor, processed
+from bad_inputs import BAD_IMAGES
+from clip_reference import processed
+from harness import records
 from image_factory import (
     KINDS,
+    encode,
     exif_bytes,
     flat_with_noisy_rows,
     picture,
-    png_header_only,
     screenshot,
     write_images,
 )
@@ -43,6 +44,9 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_KINDS = {"exif6_jpeg", "exif3_jpeg", "exif8_jpeg", "exact224_exif6_jpeg"}
 ALL_KINDS = list(KINDS)
 
+#: The ``client`` fixture's client does not retry: each test sees exactly the requests it caused.
+pytestmark = pytest.mark.client(max_retries=0)
+
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures and the reference
@@ -52,12 +56,6 @@ ALL_KINDS = list(KINDS)
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every kind of image file, written once per session."""
     return write_images(tmp_path_factory.mktemp("images"))
-
-
-@pytest.fixture(scope="session")
-def processor() -> Any:
-    """transformers' CLIP image processor: the PIL backend where it exists (``clip_reference``)."""
-    return make_processor()
 
 
 def reference(processor: Any, name: str, path: Path) -> np.ndarray:
@@ -75,16 +73,6 @@ def reference(processor: Any, name: str, path: Path) -> np.ndarray:
 @pytest.fixture(scope="session")
 def references(images: dict[str, Path], processor: Any) -> dict[str, np.ndarray]:
     return {name: reference(processor, name, path) for name, path in images.items()}
-
-
-@pytest.fixture
-def client(server: ServingServer) -> Iterator[ClipClient]:
-    with ClipClient(host=server.url, token="t", max_retries=0) as c:
-        yield c
-
-
-def records(server: ServingServer) -> list[str]:
-    return server.inputs("clip-image-embedding")
 
 
 def decoded(record: str) -> bytes:
@@ -369,88 +357,6 @@ def test_a_4d_stack_is_a_list_of_images(client: ClipClient, server: ServingServe
 # Bad inputs: the right error, naming the input, and no request for its batch
 
 
-def _write(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def _fifo(tmp: Path) -> Path:
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no FIFOs on this platform")
-    path = tmp / "pipe.png"
-    os.mkfifo(path)
-    return path
-
-
-def _truncated(name: str) -> Callable[[Path, dict[str, Path]], Path]:
-    def make(tmp: Path, images: dict[str, Path]) -> Path:
-        raw = images[name].read_bytes()
-        return _write(tmp / f"truncated_{images[name].name}", raw[: len(raw) // 2])
-
-    return make
-
-
-#: id -> (make(tmp_path, images) -> input, error class, words the message must hold, is a path)
-BAD_INPUTS: dict[str, tuple[Callable[[Path, dict[str, Path]], object], type[Exception], str, bool]] = {
-    "missing file": (lambda t, i: t / "nope.jpg", InvalidInputError, "no such file", True),
-    "directory": (lambda t, i: t, InvalidInputError, "directory", True),
-    "empty file": (lambda t, i: _write(t / "empty.jpg", b""), ImageDecodeError, "empty", True),
-    "truncated jpeg": (_truncated("rgb_jpeg"), ImageDecodeError, "truncated", True),
-    "truncated 224 jpeg": (_truncated("exact224_jpeg"), ImageDecodeError, "truncated", True),
-    "text named .png": (
-        lambda t, i: _write(t / "notes.png", b"hello, I am text\n" * 20),
-        ImageDecodeError,
-        "not a recognised image format",
-        True,
-    ),
-    "huge declared size": (
-        lambda t, i: _write(t / "huge.png", png_header_only(30000, 30000)),
-        ImageDecodeError,
-        "decompression bomb",
-        True,
-    ),
-    "0x0 png": (
-        lambda t, i: _write(t / "zero.png", png_header_only(0, 0)),
-        ImageDecodeError,
-        "not a recognised image format",
-        True,
-    ),
-    "0x0 PIL image": (lambda t, i: Image.new("RGB", (0, 0)), ImageDecodeError, "no pixels", False),
-    "garbage bytes": (lambda t, i: b"\x00\x01garbage" * 10, ImageDecodeError, "not a recognised", False),
-    "bad data URI base64": (
-        lambda t, i: "data:image/png;base64,@@not base64@@",
-        ImageDecodeError,
-        "base64",
-        False,
-    ),
-    "data URI without base64": (
-        lambda t, i: "data:image/png,abc",
-        InvalidInputError,
-        "data:image/png;base64",
-        False,
-    ),
-    "None": (lambda t, i: None, InvalidInputError, "None", False),
-    "int": (lambda t, i: 42, InvalidInputError, "int", False),
-    "nested list": (lambda t, i: [str(i["rgb_png"])], InvalidInputError, "nested list", False),
-    "float array": (lambda t, i: np.zeros((8, 8, 3), np.float32), InvalidInputError, "uint8", False),
-    "URL": (
-        lambda t, i: "https://example.com/cat.jpg",
-        InvalidInputError,
-        "URLs are not fetched",
-        True,
-    ),
-    "wrong array shape": (lambda t, i: np.zeros((8, 8, 2), np.uint8), InvalidInputError, "shape", False),
-    "4-D array in a list": (
-        lambda t, i: np.zeros((1, 8, 8, 3), np.uint8),
-        InvalidInputError,
-        "shape",
-        False,
-    ),
-    "empty array": (lambda t, i: np.zeros((0, 8, 3), np.uint8), InvalidInputError, "empty", False),
-    "FIFO": (lambda t, i: _fifo(t), InvalidInputError, "not a regular file", True),
-}
-
-
 def _check_error(
     exc: InvalidInputError, cls: type[Exception], words: str, index: int | None, path: object
 ) -> None:
@@ -466,12 +372,11 @@ def _check_error(
         assert str(exc).startswith(f"input {index}")
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_input_alone(
-    case: str, tmp_path: Path, images: dict[str, Path], client: ClipClient, server: ServingServer
-) -> None:
-    make, cls, words, is_path = BAD_INPUTS[case]
-    value = make(tmp_path, images)
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_input_alone(case: str, tmp_path: Path, client: ClipClient, server: ServingServer) -> None:
+    bad = BAD_IMAGES[case]
+    cls, words, is_path = bad.error, bad.says, bad.is_path
+    value = bad.make(tmp_path)
     with pytest.raises(cls) as info:
         client.embed_images([value])
     _check_error(info.value, cls, words, 0, value if is_path else None)
@@ -479,36 +384,39 @@ def test_bad_input_alone(
     assert server.received == []
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
 def test_bad_input_among_good_ones_names_its_index(
     case: str, tmp_path: Path, images: dict[str, Path], client: ClipClient, server: ServingServer
 ) -> None:
-    make, cls, words, is_path = BAD_INPUTS[case]
-    value = make(tmp_path, images)
+    bad = BAD_IMAGES[case]
+    cls, words, is_path = bad.error, bad.says, bad.is_path
+    value = bad.make(tmp_path)
     with pytest.raises(cls) as info:
         client.embed_images([images["rgb_png"], images["rgb_jpeg"], value, images["gray8_png"]])
     _check_error(info.value, cls, words, 2, value if is_path else None)
     assert server.requests == []  # all four share one batch, and it was never sent
 
 
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
 def test_bad_input_to_embed_image_has_no_index(
-    case: str, tmp_path: Path, images: dict[str, Path], client: ClipClient, server: ServingServer
+    case: str, tmp_path: Path, client: ClipClient, server: ServingServer
 ) -> None:
-    make, cls, words, is_path = BAD_INPUTS[case]
-    value = make(tmp_path, images)
+    bad = BAD_IMAGES[case]
+    cls, words, is_path = bad.error, bad.says, bad.is_path
+    value = bad.make(tmp_path)
     with pytest.raises(cls) as info:
         client.embed_image(value)  # type: ignore[arg-type]
     _check_error(info.value, cls, words, None, value if is_path else None)
     assert server.requests == []
 
 
-@pytest.mark.parametrize("case", ["missing file", "float array", "truncated jpeg", "None"])
+@pytest.mark.parametrize("case", ["missing file", "NaN-filled float array", "truncated JPEG", "None"])
 async def test_bad_input_async(
     case: str, tmp_path: Path, images: dict[str, Path], server: ServingServer
 ) -> None:
-    make, cls, words, is_path = BAD_INPUTS[case]
-    value = make(tmp_path, images)
+    bad = BAD_IMAGES[case]
+    cls, words, is_path = bad.error, bad.says, bad.is_path
+    value = bad.make(tmp_path)
     async with AsyncClipClient(host=server.url, token="t", max_retries=0) as c:
         with pytest.raises(cls) as info:
             await c.embed_images([images["rgb_png"], value])
@@ -922,9 +830,7 @@ def test_png_rgb_compresses_about_as_well_as_pillow(
     # Guards the filter and the choice of strategy: unfiltered rows deflate to far more bytes on
     # photos, and run-length coding alone leaves a screenshot ~9x larger than Pillow's PNG.
     pixels = make()
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-    pillow = len(buf.getvalue())
+    pillow = len(encode(Image.fromarray(pixels, "RGB"), "PNG"))
     unfiltered = len(zlib.compress(b"".join(b"\x00" + row.tobytes() for row in pixels), 9))
     ours = len(png_rgb(pixels))
     assert ours <= bound * pillow, (name, ours, pillow)

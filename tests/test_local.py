@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from harness import TEXT, Serve, records
 from image_factory import picture, write_images
 from PIL import Image, ImageOps
-from serving_server import ServingServer
 from tiny_clip import write_tiny_clip
 
 from clip_client import AsyncClipClient, ClipClient, InvalidInputError
@@ -252,17 +252,15 @@ def _parity_images(images: dict[str, Path]) -> list[Any]:
 
 
 def test_remote_and_local_give_the_same_vectors(
-    local: ClipClient, ref: Reference, images: dict[str, Path]
+    local: ClipClient, ref: Reference, images: dict[str, Path], serve: Serve
 ) -> None:
     inputs = _parity_images(images)
-    with (
-        ServingServer(model=ref.served, dim=DIM) as server,
-        ClipClient(host=server.url, token="t", retry_backoff=0, max_retries=0, timeout=60) as remote,
-    ):
+    server = serve(model=ref.served, dim=DIM)
+    with ClipClient(host=server.url, token="t", retry_backoff=0, max_retries=0, timeout=60) as remote:
         remote_texts = remote.embed_texts(TEXTS, batch_size=3)
         remote_images = remote.embed_images(inputs, batch_size=4)
-        assert len(server.inputs("clip-text-embedding")) == len(TEXTS)
-        assert len(server.inputs("clip-image-embedding")) == len(inputs)
+        assert len(server.inputs(TEXT)) == len(TEXTS)
+        assert len(records(server)) == len(inputs)
     np.testing.assert_allclose(local.embed_texts(TEXTS), remote_texts, atol=ATOL)
     np.testing.assert_allclose(local.embed_images(inputs), remote_images, atol=ATOL)
     # ...and both are the processor's answer on the original files.
@@ -270,23 +268,23 @@ def test_remote_and_local_give_the_same_vectors(
 
 
 async def test_async_remote_and_local_give_the_same_vectors(
-    tiny: Path, ref: Reference, images: dict[str, Path]
+    tiny: Path, ref: Reference, images: dict[str, Path], serve: Serve
 ) -> None:
     inputs = _parity_images(images)
-    with ServingServer(model=ref.served, dim=DIM) as server:
-        async with (
-            AsyncClipClient(host=server.url, token="t", retry_backoff=0, max_retries=0, timeout=60) as remote,
-            AsyncClipClient.local(tiny, device="cpu") as alocal,
-        ):
-            assert isinstance(alocal.backend, LocalBackend)
-            np.testing.assert_allclose(
-                await alocal.embed_texts(TEXTS, batch_size=2), await remote.embed_texts(TEXTS), atol=ATOL
-            )
-            np.testing.assert_allclose(
-                await alocal.embed_images(inputs, batch_size=3), await remote.embed_images(inputs), atol=ATOL
-            )
-            np.testing.assert_allclose(await alocal.embed_text(TEXTS[2]), ref.texts([TEXTS[2]])[0], atol=ATOL)
-            assert (await alocal.embed_texts([])).shape == (0, DIM)
+    server = serve(model=ref.served, dim=DIM)
+    async with (
+        AsyncClipClient(host=server.url, token="t", retry_backoff=0, max_retries=0, timeout=60) as remote,
+        AsyncClipClient.local(tiny, device="cpu") as alocal,
+    ):
+        assert isinstance(alocal.backend, LocalBackend)
+        np.testing.assert_allclose(
+            await alocal.embed_texts(TEXTS, batch_size=2), await remote.embed_texts(TEXTS), atol=ATOL
+        )
+        np.testing.assert_allclose(
+            await alocal.embed_images(inputs, batch_size=3), await remote.embed_images(inputs), atol=ATOL
+        )
+        np.testing.assert_allclose(await alocal.embed_text(TEXTS[2]), ref.texts([TEXTS[2]])[0], atol=ATOL)
+        assert (await alocal.embed_texts([])).shape == (0, DIM)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -443,7 +441,7 @@ def test_uncached_hub_id_while_offline_says_how_to_fetch_it(tmp_path: Path) -> N
     assert "MODEL_LOAD_ERROR:" in out, out
     assert "openai/clip-vit-large-patch14" in out
     assert "HF_HUB_OFFLINE" in out  # says why
-    assert "huggingface-cli download openai/clip-vit-large-patch14" in out  # says how to fetch it
+    assert "hf download openai/clip-vit-large-patch14" in out  # says how to fetch it, with today's CLI
     assert "model= at a folder" in out  # or where to point instead
     assert not any(hf_home.rglob("*.safetensors"))
 

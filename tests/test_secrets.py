@@ -1,12 +1,13 @@
-"""Credentials never appear in an error, a repr, a pickle or a log record, even when the server
-quotes them back.
+"""Credentials never appear in a repr, an error, a pickle or a log record, even when the server
+quotes them back; they travel only as the request's bearer header.
 
-A server or gateway can copy the submitted credential into its error body: a 401 whose message reads
-``invalid token dapi...``, a 503 page that lists the request headers. Each test here builds such a
-server (the loopback :class:`ServingServer` echoing what it was sent), then checks ``str``, ``repr``,
-the whole chain of causes as a traceback prints it, ``pickle`` and every ``clip_client`` log record
-at DEBUG, for the personal access token, OAuth bearer tokens that change on every refresh, and an
-OAuth client secret.
+All the secrecy tests of the suite are here. A server or gateway can copy the submitted credential
+into its error body: a 401 whose message reads ``invalid token dapi...``, a 503 page that lists the
+request headers. Most tests here build such a server (the loopback :class:`ServingServer` echoing
+what it was sent), then check ``str``, ``repr``, the whole chain of causes as a traceback prints it
+(``harness.rendered``), ``pickle`` and every ``clip_client`` log record at DEBUG, for the personal
+access token, OAuth bearer tokens that change on every refresh, and an OAuth client secret. A few
+mock the workspace with respx (``mock_workspace``) instead.
 """
 
 from __future__ import annotations
@@ -14,36 +15,33 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import os
 import pickle
-import traceback
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+import httpx
+import mock_workspace as mock
 import pytest
 from databricks.sdk.core import Config
 from databricks.sdk.credentials_provider import CredentialsStrategy
-from harness import Make, clients_of
+from harness import KINDS, TEXT, Make, assert_secret_absent, clients_of, header, rendered
+from mock_workspace import OK, error_response, scripted
 from serving_server import TOKEN, Reply, ServingServer
 
-from clip_client import APIError, ClipClient, ClipClientError, CredentialsError
+from clip_client import (
+    APIConnectionError,
+    APIError,
+    AuthenticationError,
+    ClipClient,
+    ClipClientError,
+    CredentialsError,
+    ResponseFormatError,
+)
 from clip_client._secrets import excerpt, redact, register
 
 #: The statuses a serving endpoint or its gateway answers with; the retryable ones are retried.
 STATUSES = [400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504]
 RETRYABLE = {408, 429, 500, 502, 503, 504}
-
-
-def rendered(exc: BaseException) -> str:
-    """Everything a user or a log could see of an error: its traceback with every chained cause,
-    its repr and attributes, and its pickle."""
-    text = "".join(traceback.format_exception(exc)) + repr(exc) + repr(vars(exc))
-    cause = exc.__cause__ or exc.__context__
-    while cause is not None:
-        text += repr(cause) + repr(vars(cause)) if hasattr(cause, "__dict__") else repr(cause)
-        cause = cause.__cause__ or cause.__context__
-    return text + pickle.dumps(exc).decode("latin-1")
 
 
 def echo_bodies(secret_of: Callable[[dict[str, str]], str]) -> dict[str, Callable[[dict[str, str]], Any]]:
@@ -62,19 +60,7 @@ def echo_bodies(secret_of: Callable[[dict[str, str]], str]) -> dict[str, Callabl
 
 
 def bearer(headers: dict[str, str]) -> str:
-    return next(v for k, v in headers.items() if k.lower() == "authorization").partition(" ")[2]
-
-
-@pytest.fixture
-def server() -> Iterator[ServingServer]:
-    with ServingServer() as started:
-        yield started
-
-
-@pytest.fixture(params=["sync", "async"])
-async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    async with clients_of(request.param, server) as factory:
-        yield factory
+    return (header(headers, "Authorization") or "").partition(" ")[2]
 
 
 def assert_hidden(secrets: list[str], exc: BaseException, caplog: pytest.LogCaptureFixture) -> None:
@@ -86,6 +72,112 @@ def assert_hidden(secrets: list[str], exc: BaseException, caplog: pytest.LogCapt
         message = record.getMessage()
         for secret in secrets:
             assert secret not in message, record
+
+
+# --------------------------------------------------------------------------------------------------
+# The token: only in the bearer header, never in a repr, an error or a log
+
+
+async def test_token_is_sent_as_bearer_header(make: Make, server: ServingServer) -> None:
+    await make().embed_texts(["a"])
+    assert header(server.received[0].headers, "Authorization") == f"Bearer {TOKEN}"
+
+
+async def test_token_never_shown_in_repr_or_errors(make: Make, server: ServingServer) -> None:
+    client = make(max_retries=0)
+    backend = client.client.backend
+    for text in (repr(client.client), repr(backend), repr(backend.workspace), repr(backend.workspace.auth)):
+        assert TOKEN not in text
+        assert TOKEN[:12] not in text
+
+    server.script = [Reply(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})]
+    with pytest.raises(AuthenticationError) as auth:
+        await client.embed_texts(["a"])
+    server.script = [Reply(200, b"<html>login page</html>")]
+    with pytest.raises(ResponseFormatError) as fmt:
+        await client.embed_texts(["a"])
+    server.script = [Reply(drop=True)]
+    with pytest.raises(APIConnectionError) as dropped:
+        await client.embed_texts(["a"])
+
+    for exc in (auth.value, fmt.value, dropped.value):
+        assert TOKEN not in rendered(exc)
+    assert "401" in str(auth.value)
+    assert server.posts(TEXT) == 3
+
+
+async def test_token_never_in_tracebacks_or_debug_logs(
+    make: Make, server: ServingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the root logger: httpx, httpcore and clip_client alike
+    client = make(max_retries=1)
+
+    server.script = [Reply(401, {"error_code": "UNAUTHENTICATED", "message": "Invalid access token."})]
+    with pytest.raises(AuthenticationError) as auth:
+        await client.embed_texts(["a"])
+    server.script = [Reply(200, b"<html>login</html>")] * 2
+    with pytest.raises(ResponseFormatError) as fmt:
+        await client.embed_texts(["a"])
+    server.script = [Reply(drop=True)] * 2
+    with pytest.raises(APIConnectionError) as dropped:
+        await client.embed_texts(["a"])
+    await client.embed_texts(["a"])
+
+    secret = TOKEN.split("-")[-1]
+    for exc in (auth.value, fmt.value, dropped.value):
+        assert TOKEN not in rendered(exc)
+        assert secret not in rendered(exc)
+    loggers = {r.name.split(".")[0] for r in caplog.records}
+    assert {"httpcore", "clip_client"} <= loggers  # DEBUG logging was really on
+    for record in caplog.records:
+        text = record.getMessage() + (
+            logging.Formatter().formatException(record.exc_info) if record.exc_info else ""
+        )
+        assert secret not in text, record
+        assert "Bearer" not in text, record
+    assert secret not in caplog.text
+
+
+# -- the same against a mocked workspace (respx) ---------------------------------------------------
+
+
+async def test_token_never_in_reprs(router: Any, make: Make) -> None:
+    client = make().client
+    workspace = client.backend.workspace  # type: ignore[attr-defined]
+    assert_secret_absent(mock.TOKEN, client, client.backend, workspace, workspace.auth, client.settings)
+    assert "example.cloud.databricks.com" in repr(client)
+
+
+async def test_token_never_in_errors_or_logs(
+    router: Any, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = make(max_retries=1)
+    router.post(mock.TEXT_URL).mock(
+        side_effect=scripted(
+            OK,  # a successful call
+            error_response(503, "TEMPORARILY_UNAVAILABLE"),  # a retried call
+            OK,
+            error_response(401, "UNAUTHENTICATED", "Invalid access token"),  # a failed call
+            httpx.ConnectError,  # a call that gives up
+            httpx.ConnectError,
+        )
+    )
+    await client.embed_texts(["one"])
+    await client.embed_texts(["two"])
+    with pytest.raises(AuthenticationError) as auth_info:
+        await client.embed_texts(["three"])
+    with pytest.raises(APIConnectionError) as conn_info:
+        await client.embed_texts(["four"])
+
+    assert_secret_absent(mock.TOKEN, auth_info.value, conn_info.value, conn_info.value.__cause__)
+    for err in (auth_info.value, conn_info.value):
+        assert mock.TOKEN.encode() not in pickle.dumps(err)
+    assert any("retrying" in r.getMessage() for r in caplog.records)  # the logs did run
+    assert any(r.levelno == logging.DEBUG for r in caplog.records)
+    for record in caplog.records:
+        assert mock.TOKEN not in record.getMessage()
+    assert mock.TOKEN not in caplog.text
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,6 +230,74 @@ async def test_a_token_cut_by_the_excerpt_leaves_no_half_behind(make: Make, serv
     assert str(info.value).count("x") >= 250  # the excerpt itself is still there
 
 
+@pytest.mark.parametrize("status", [200, 500])
+async def test_a_body_that_does_not_decode_is_a_typed_error_without_the_token(
+    make: Make, server: ServingServer, caplog: pytest.LogCaptureFixture, status: int
+) -> None:
+    """``Content-Encoding: gzip`` on a body that is not gzip: httpx raises DecodingError, whose
+    ``request`` carries the Authorization header. It becomes a ResponseFormatError (retried once),
+    which ``on_error="mark"`` contains, and nothing of it holds the token."""
+    caplog.set_level(logging.DEBUG, logger="clip_client")
+    broken = Reply(status, b"not gzip at all " + TOKEN.encode(), {"Content-Encoding": "gzip"})
+    server.script = [broken, broken]
+    client = make(max_retries=3)
+    with pytest.raises(ResponseFormatError, match="could not be decoded") as info:
+        await client.embed_texts(["a"])
+    assert info.value.attempts == 2
+    assert_hidden([TOKEN], info.value, caplog)
+    server.script = [broken, broken]
+    result = await client.embed_texts(["a", "b"], on_error="mark")
+    assert [f.index for f in result.failures] == [0, 1]
+
+
+async def test_a_protocol_error_quoting_the_token_is_not_chained(
+    make: Make, server: ServingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A malformed answer whose bad header line quotes the Authorization header: httpx's
+    RemoteProtocolError carries the raw line, which cannot be rewritten, so it is left out of the
+    chain (and out of the implicit context) while the message, masked, still says what happened."""
+    caplog.set_level(logging.DEBUG, logger="clip_client")
+    server.script = [Reply(raw=lambda h: f"HTTP/1.1 200 OK\r\nX-Echo Bearer {bearer(h)}\r\n\r\n".encode())]
+    with pytest.raises(APIConnectionError) as info:
+        await make(max_retries=0).embed_texts(["a"])
+    assert_hidden([TOKEN], info.value, caplog)
+    assert info.value.__cause__ is None
+    assert info.value.__context__ is None
+    assert "RemoteProtocolError" in str(info.value)
+
+
+async def test_a_clean_protocol_error_keeps_its_cause(make: Make, server: ServingServer) -> None:
+    server.script = [Reply(raw=b"HTTP/1.1 200 OK\r\nnot a header line\r\n\r\n")]
+    with pytest.raises(APIConnectionError) as info:
+        await make(max_retries=0).embed_texts(["a"])
+    assert isinstance(info.value.__cause__, httpx.RemoteProtocolError)
+
+
+async def test_whitespace_before_a_token_cannot_push_it_past_the_redaction(
+    make: Make, server: ServingServer
+) -> None:
+    body = b" " * (300 + 4096 - 35) + TOKEN.encode() + b" tail"
+    server.script = [Reply(503, body, {"Content-Type": "text/plain"})]
+    with pytest.raises(APIError) as info:
+        await make(max_retries=0).embed_texts(["a"])
+    assert TOKEN[:8] not in rendered(info.value)
+    assert "***" in str(info.value)
+
+
+async def test_a_huge_server_message_is_quoted_short(
+    make: Make, server: ServingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="clip_client")
+    huge = {"error_code": "E" * 100_000, "message": "x" * 2_000_000}
+    server.script = [Reply(503, huge), Reply(503, huge)]
+    with pytest.raises(APIError) as info:
+        await make(max_retries=1).embed_texts(["a"])
+    assert len(str(info.value)) < 3_000
+    assert "2,000,000 characters in all" in str(info.value)
+    assert len(info.value.error_code or "") <= 100
+    assert all(len(r.getMessage()) < 3_000 for r in caplog.records)
+
+
 # --------------------------------------------------------------------------------------------------
 # OAuth: bearer tokens that change on every refresh, and the client secret
 
@@ -167,16 +327,7 @@ class RefreshingStrategy(CredentialsStrategy):
 CLIENT_SECRET = "dose0123456789abcdefOAUTHsecret"
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none"))
-    return monkeypatch
-
-
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_refreshed_oauth_tokens_and_client_secret_are_redacted(
     clean_env: pytest.MonkeyPatch, server: ServingServer, caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
@@ -190,7 +341,8 @@ async def test_refreshed_oauth_tokens_and_client_secret_are_redacted(
         return {"error_code": "TEMPORARILY_UNAVAILABLE", "message": f"{bearer(headers)} / {CLIENT_SECRET}"}
 
     server.script = [Reply(503, echo_everything), Reply(503, echo_everything), Reply(401, echo_everything)]
-    async with clients_of(kind, server, host=None, token=None, config=config, max_retries=2) as make:
+    options = server.client_kwargs(host=None, token=None, config=config, max_retries=2)
+    async with clients_of(kind, **options) as make:
         with pytest.raises(APIError) as info:
             await make().embed_texts(["a"])
     assert len(set(strategy.issued)) == 3  # each attempt carried a different token

@@ -14,16 +14,14 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from harness import Embedder, Make, clients_of
-from serving_server import TOKEN, Reply, ServingServer, expected_vector
+from harness import KINDS, TEXT, Embedder, Make, clients_of, text_rows
+from serving_server import TOKEN, Reply, ServingServer
 
 from clip_client import (
     APIConnectionError,
@@ -33,9 +31,12 @@ from clip_client import (
     ResponseFormatError,
 )
 from clip_client import _constants as C
-from clip_client._transport import _config_class, resolve_workspace
+from clip_client._http import _config_class, resolve_workspace
 
-TEXT = "clip-text-embedding"
+#: A server whose answers are small (2 floats a row): a trickled answer takes about 40 s in full, so
+#: a call that was not cut short fails the test rather than hang it.
+pytestmark = pytest.mark.server(dim=2)
+
 #: One byte every this many seconds, the whole answer long.
 TRICKLE = 0.25
 #: How far past a bound a bounded call may end: a generous margin for a loaded 2-core machine.
@@ -43,38 +44,9 @@ MARGIN = 1.5
 UNRESOLVABLE = "no-such-workspace.invalid"
 
 
-def text_rows(texts: list[str], dim: int = 768) -> np.ndarray:
-    return np.stack([expected_vector("text", t, dim) for t in texts])
-
-
-@pytest.fixture
-def server() -> Iterator[ServingServer]:
-    """A server whose answers are small (2 floats a row): a trickled answer takes about 40 s in
-    full, so a call that was not cut short fails the test rather than hang it."""
-    with ServingServer(dim=2) as started:
-        yield started
-
-
-@pytest.fixture(params=["sync", "async"])
-async def make(request: pytest.FixtureRequest, server: ServingServer) -> AsyncIterator[Make]:
-    async with clients_of(request.param, server) as factory:
-        yield factory
-
-
 def trickled(n: int = 1) -> list[Reply]:
     """``n`` correct answers, each sent one byte every ``TRICKLE`` seconds from its status line on."""
     return [Reply(answer=True, trickle=TRICKLE)] * n
-
-
-@asynccontextmanager
-async def client_of(kind: str, **options: Any) -> AsyncIterator[Embedder]:
-    """A sync or async client with exactly ``options``, closed afterwards."""
-    cls = ClipClient if kind == "sync" else AsyncClipClient
-    client = Embedder(cls(**options))
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def timed(call: Any) -> tuple[Any, float]:
@@ -199,7 +171,7 @@ def injected(kind: str, server: ServingServer, http_timeout: float, **options: A
     kwargs = server.client_kwargs(**options)
     if kind == "sync":
         return Embedder(ClipClient(**kwargs, http_client=httpx.Client(timeout=http_timeout)))
-    return Embedder(AsyncClipClient(**kwargs, async_http_client=httpx.AsyncClient(timeout=http_timeout)))
+    return Embedder(AsyncClipClient(**kwargs, http_client=httpx.AsyncClient(timeout=http_timeout)))
 
 
 async def close_all(client: Embedder) -> None:
@@ -211,7 +183,7 @@ async def close_all(client: Embedder) -> None:
         await http.aclose()
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_an_injected_clients_timeout_applies(kind: str, server: ServingServer) -> None:
     server.script = [Reply(answer=True, delay=2.0)]
     client = injected(kind, server, 0.5, timeout=30, max_retries=0)
@@ -226,7 +198,7 @@ async def test_an_injected_clients_timeout_applies(kind: str, server: ServingSer
     assert not error.deadline_passed
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_timeout_setting_does_not_cut_an_injected_client(kind: str, server: ServingServer) -> None:
     server.script = [Reply(answer=True, delay=1.0)]
     client = injected(kind, server, 10, timeout=0.3, max_retries=0)
@@ -239,7 +211,7 @@ async def test_timeout_setting_does_not_cut_an_injected_client(kind: str, server
     assert server.posts() == 1
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_nearer_deadline_shortens_an_injected_clients_timeout(
     kind: str, server: ServingServer
 ) -> None:
@@ -257,7 +229,7 @@ async def test_a_nearer_deadline_shortens_an_injected_clients_timeout(
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("phase", ["headers", "body"])
 async def test_deadline_bounds_a_call_through_an_injected_client_against_a_trickle(
     kind: str, phase: str, server: ServingServer
@@ -309,10 +281,10 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_refused_port_with_a_deadline_names_the_refusal(kind: str) -> None:
-    async with client_of(kind, host=refused_url(), token=TOKEN, retry_backoff=0.2) as client:
-        error, seconds = await timed(client.embed_texts(["a"], deadline=3))
+    async with clients_of(kind, host=refused_url(), token=TOKEN, retry_backoff=0.2) as make_client:
+        error, seconds = await timed(make_client().embed_texts(["a"], deadline=3))
 
     assert isinstance(error, APITimeoutError), error
     assert error.deadline_passed
@@ -327,11 +299,13 @@ async def test_a_refused_port_with_a_deadline_names_the_refusal(kind: str) -> No
     assert seconds < 3 + MARGIN
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_refused_port_without_a_deadline_names_the_refusal(kind: str) -> None:
-    async with client_of(kind, host=refused_url(), token=TOKEN, retry_backoff=0, max_retries=2) as client:
+    async with clients_of(
+        kind, host=refused_url(), token=TOKEN, retry_backoff=0, max_retries=2
+    ) as make_client:
         with pytest.raises(APIConnectionError) as info:
-            await client.embed_texts(["a"])
+            await make_client().embed_texts(["a"])
     assert not isinstance(info.value, APITimeoutError)
     assert "refused" in str(info.value).lower()
     assert info.value.attempts == 3
@@ -359,12 +333,14 @@ def unresolvable(monkeypatch: pytest.MonkeyPatch) -> str:
     return UNRESOLVABLE
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_a_host_that_does_not_resolve_fails_fast_and_says_what_to_check(
     kind: str, unresolvable: str
 ) -> None:
-    async with client_of(kind, host=f"https://{unresolvable}", token=TOKEN, retry_backoff=0.5) as client:
-        error, seconds = await timed(client.embed_texts(["a"]))
+    async with clients_of(
+        kind, host=f"https://{unresolvable}", token=TOKEN, retry_backoff=0.5
+    ) as make_client:
+        error, seconds = await timed(make_client().embed_texts(["a"]))
 
     assert isinstance(error, APIConnectionError), error
     assert not isinstance(error, APITimeoutError)
@@ -377,18 +353,6 @@ async def test_a_host_that_does_not_resolve_fails_fast_and_says_what_to_check(
     assert "VPN" in message
     assert isinstance(error.__cause__, httpx.ConnectError)
     assert seconds < 10
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """No ambient Databricks configuration: no env vars, and a config file that does not exist."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-such-databrickscfg"))
-    return monkeypatch
 
 
 @pytest.mark.timeout(120)
@@ -439,10 +403,10 @@ def test_config_time_bounds_are_set_only_where_nobody_set_them(
 # Waiting for a request slot is bounded by the deadline too
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", KINDS)
 async def test_waiting_for_a_slot_ends_at_the_deadline(kind: str, server: ServingServer) -> None:
     server.script = [Reply(answer=True, delay=3.0)]
-    async with clients_of(kind, server) as make_client:
+    async with clients_of(kind, **server.client_kwargs()) as make_client:
         client = make_client(max_concurrency=1)
         busy: Any
         if kind == "sync":

@@ -1,9 +1,10 @@
-"""Unit tests of the HTTP layer: request shape, error mapping, retries, auth and token secrecy.
+"""Unit tests of the HTTP layer: request shape, error mapping, retries and auth.
 
-httpx is mocked with respx (its router serves both ``httpx.Client`` and ``httpx.AsyncClient``), so
-every client test runs once with :class:`ClipClient` and once with :class:`AsyncClipClient` against
-the same mocked answers. The databricks-sdk ``Config`` tests use the real loopback ``ServingServer``
-because ``Config()`` probes the host with ``requests``, which respx does not see.
+httpx is mocked with respx (the ``router`` fixture and ``mock_workspace``; its router serves both
+``httpx.Client`` and ``httpx.AsyncClient``), so every client test runs once with :class:`ClipClient`
+and once with :class:`AsyncClipClient` against the same mocked answers. The databricks-sdk
+``Config`` tests use the real loopback ``ServingServer`` because ``Config()`` probes the host with
+``requests``, which respx does not see. Token secrecy is tested in ``test_secrets``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
-import inspect
 import json
-import logging
-import pickle
 import threading
 import time
 from collections.abc import Callable
@@ -24,11 +22,23 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import respx
 from databricks.sdk.core import Config
 from databricks.sdk.credentials_provider import CredentialsStrategy
-from PIL import Image
-from serving_server import ServingServer, expected_vector
+from harness import KINDS, assert_secret_absent, clients_of, header, text_rows
+from image_factory import noise, png
+from mock_workspace import (
+    HOST,
+    IMAGE_URL,
+    OK,
+    TEXT_URL,
+    TOKEN,
+    client_kwargs,
+    echo,
+    error_response,
+    expected,
+    scripted,
+)
+from serving_server import ServingServer
 from tenacity import RetryCallState, Retrying
 
 from clip_client import (
@@ -48,7 +58,7 @@ from clip_client import (
     ServerError,
 )
 from clip_client._constants import RETRY_AFTER_MAX
-from clip_client._transport import (
+from clip_client._http import (
     error_from_response,
     normalize_host,
     parse_retry_after,
@@ -56,121 +66,9 @@ from clip_client._transport import (
     retry_arguments,
 )
 
-HOST = "https://example.cloud.databricks.com"
-TOKEN = "dapi-SECRET-123"
-TEXT_URL = f"{HOST}/serving-endpoints/clip-text-embedding/invocations"
-IMAGE_URL = f"{HOST}/serving-endpoints/clip-image-embedding/invocations"
-DIM = 8
-
-MODES = ["sync", "async"]
-
-
-# --------------------------------------------------------------------------------------------------
-# Helpers
-
-
-def vector(value: str) -> list[float]:
-    return expected_vector("x", value, DIM).tolist()
-
-
-def expected(values: list[str]) -> np.ndarray:
-    return np.array([vector(v) for v in values], dtype=np.float32)
-
-
-def echo(request: httpx.Request) -> httpx.Response:
-    """A well-behaved endpoint: one deterministic row per record."""
-    doc = json.loads(request.content)
-    rows = [vector(record["input"]) for record in doc["dataframe_records"]]
-    return httpx.Response(200, json={"predictions": rows}, headers={"x-request-id": "req-ok"})
-
-
-def error_response(
-    status: int, code: str | None = None, message: str = "boom", **headers: str
-) -> httpx.Response:
-    body = {"error_code": code, "message": message} if code else {"message": message}
-    return httpx.Response(status, json=body, headers={"x-request-id": f"req-{status}", **headers})
-
-
-OK = "ok"
-
-
-def scripted(*steps: Any) -> Callable[[httpx.Request], httpx.Response]:
-    """A respx side effect that plays ``steps`` in order, then echoes.
-
-    A step is ``OK`` (echo), an ``httpx.Response``, a callable building one, or an httpx exception
-    class (raised with the request attached, as httpx itself would).
-    """
-    queue = list(steps)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        step = queue.pop(0) if queue else OK
-        if step == OK:
-            return echo(request)
-        if isinstance(step, type) and issubclass(step, httpx.TransportError):
-            raise step(f"simulated {step.__name__}", request=request)
-        if callable(step):
-            return step()
-        return step
-
-    return handler
-
-
-class Harness:
-    """One client of either flavour, with awaitable methods whichever it is."""
-
-    def __init__(self, mode: str, **kwargs: Any) -> None:
-        self.mode = mode
-        cls = ClipClient if mode == "sync" else AsyncClipClient
-        kwargs.setdefault("host", HOST)
-        kwargs.setdefault("token", TOKEN)
-        kwargs.setdefault("retry_backoff", 0)
-        self.client: Any = cls(**kwargs)
-
-    async def _await(self, value: Any) -> Any:
-        return await value if inspect.isawaitable(value) else value
-
-    async def embed_texts(self, texts: list[str], **kwargs: Any) -> np.ndarray:
-        return await self._await(self.client.embed_texts(texts, **kwargs))
-
-    async def embed_text(self, text: str, **kwargs: Any) -> np.ndarray:
-        return await self._await(self.client.embed_text(text, **kwargs))
-
-    async def embed_images(self, images: list[Any], **kwargs: Any) -> np.ndarray:
-        return await self._await(self.client.embed_images(images, **kwargs))
-
-    async def close(self) -> None:
-        await self._await(self.client.close())
-
-
-@pytest.fixture
-def router():
-    with respx.mock(assert_all_called=False) as mock:
-        yield mock
-
-
-@pytest.fixture(params=MODES)
-async def make(request):
-    """``make(**client_kwargs)`` builds a sync or async client (the test runs once for each)."""
-    made: list[Harness] = []
-
-    def factory(**kwargs: Any) -> Harness:
-        harness = Harness(request.param, **kwargs)
-        made.append(harness)
-        return harness
-
-    yield factory
-    for harness in made:
-        await harness.close()
-
 
 def png_bytes(size: int = 224, seed: int = 0) -> bytes:
-    import io
-
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(pixels, "RGB").save(buf, format="PNG")
-    return buf.getvalue()
+    return png(noise(size, size, seed))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -675,16 +573,14 @@ def outcome_of(result: Any) -> Any:
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 async def test_sync_and_async_agree(router, scenario):
     outcomes = []
-    for mode in MODES:
-        router.reset()  # clear the call history of the previous mode
+    for kind in KINDS:
+        router.reset()  # clear the call history of the previous kind
         route = router.post(TEXT_URL).mock(side_effect=scripted(*SCENARIOS[scenario]))
-        harness = Harness(mode, max_retries=2)
-        try:
-            result: Any = await harness.embed_texts(["alpha", "beta"])
-        except Exception as exc:
-            result = exc
-        finally:
-            await harness.close()
+        async with clients_of(kind, **client_kwargs(max_retries=2)) as make:
+            try:
+                result: Any = await make().embed_texts(["alpha", "beta"])
+            except Exception as exc:
+                result = exc
         outcomes.append((outcome_of(result), route.call_count))
     assert outcomes[0] == outcomes[1]
     if scenario in ("ok", "retry-then-ok"):
@@ -694,86 +590,11 @@ async def test_sync_and_async_agree(router, scenario):
 
 
 # --------------------------------------------------------------------------------------------------
-# Token secrecy
-
-
-def assert_secret_absent(*objects: object) -> None:
-    for obj in objects:
-        assert TOKEN not in str(obj), obj
-        assert TOKEN not in repr(obj), obj
-
-
-async def test_token_never_in_reprs(make):
-    harness = make()
-    client = harness.client
-    workspace = client.backend.workspace
-    assert_secret_absent(client, client.backend, workspace, workspace.auth, client.settings)
-    assert "example.cloud.databricks.com" in repr(client)
-
-
-async def test_token_never_in_errors_or_logs(router, make, caplog):
-    caplog.set_level(logging.DEBUG)
-    client = make(max_retries=1)
-    router.post(TEXT_URL).mock(
-        side_effect=scripted(
-            OK,  # a successful call
-            error_response(503, "TEMPORARILY_UNAVAILABLE"),  # a retried call
-            OK,
-            error_response(401, "UNAUTHENTICATED", "Invalid access token"),  # a failed call
-            httpx.ConnectError,  # a call that gives up
-            httpx.ConnectError,
-        )
-    )
-    await client.embed_texts(["one"])
-    await client.embed_texts(["two"])
-    with pytest.raises(AuthenticationError) as auth_info:
-        await client.embed_texts(["three"])
-    with pytest.raises(APIConnectionError) as conn_info:
-        await client.embed_texts(["four"])
-
-    assert_secret_absent(auth_info.value, conn_info.value, conn_info.value.__cause__)
-    for err in (auth_info.value, conn_info.value):
-        assert TOKEN.encode() not in pickle.dumps(err)
-    assert any("retrying" in r.getMessage() for r in caplog.records)  # the logs did run
-    assert any(r.levelno == logging.DEBUG for r in caplog.records)
-    for record in caplog.records:
-        assert TOKEN not in record.getMessage()
-    assert TOKEN not in caplog.text
-
-
-# --------------------------------------------------------------------------------------------------
 # Workspace resolution and databricks-sdk auth
 
 
-@pytest.fixture
-def clean_env(monkeypatch, tmp_path):
-    """No ambient Databricks credentials: no env vars, and a config file that does not exist."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")):
-            monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-such-databrickscfg"))
-    return monkeypatch
-
-
-@pytest.fixture(scope="module")
-def shared_server():
-    with ServingServer() as srv:
-        yield srv
-
-
-@pytest.fixture
-def server(shared_server):
-    """The module's loopback server, with an empty history (its shutdown is slow, so it is shared)."""
-    with shared_server.lock:
-        shared_server.received.clear()
-        shared_server.script.clear()
-    return shared_server
-
-
 def auth_headers(srv: ServingServer) -> list[str | None]:
-    return [{k.lower(): v for k, v in r.headers.items()}.get("authorization") for r in srv.received]
+    return [header(r.headers, "Authorization") for r in srv.received]
 
 
 class CountingStrategy(CredentialsStrategy):
@@ -803,17 +624,17 @@ def test_explicit_host_and_token_need_no_config(clean_env):
     workspace = resolve_workspace(host="adb-123.azuredatabricks.net/", token=TOKEN)
     assert workspace.host == "https://adb-123.azuredatabricks.net"
     assert workspace.auth_type == "pat"
-    assert_secret_absent(workspace, workspace.auth)
+    assert_secret_absent(TOKEN, workspace, workspace.auth)
 
 
 async def test_config_token_reaches_the_server(clean_env, server, make):
     config = Config(host=server.url, token=TOKEN)
-    harness = make(host=None, token=None, config=config)
-    out = await harness.embed_texts(["a", "b"])
-    np.testing.assert_array_equal(out, np.stack([expected_vector("text", t) for t in ["a", "b"]]))
+    client = make(host=None, token=None, config=config)
+    out = await client.embed_texts(["a", "b"])
+    np.testing.assert_array_equal(out, text_rows(["a", "b"]))
     assert auth_headers(server) == [f"Bearer {TOKEN}"]
-    assert harness.client.backend.workspace.auth_type == "pat"
-    assert_secret_absent(harness.client, harness.client.backend.workspace)
+    assert client.client.backend.workspace.auth_type == "pat"
+    assert_secret_absent(TOKEN, client.client, client.client.backend.workspace)
 
 
 async def test_config_authenticate_runs_per_request_and_merges_all_headers(clean_env, server, make):
@@ -822,15 +643,15 @@ async def test_config_authenticate_runs_per_request_and_merges_all_headers(clean
     )
     config = Config(host=server.url, credentials_strategy=strategy)
     before = len(strategy.threads)
-    harness = make(host=None, token=None, config=config, batch_size=1)
-    await harness.embed_texts(["a", "b", "c"])
+    client = make(host=None, token=None, config=config, batch_size=1)
+    await client.embed_texts(["a", "b", "c"])
     assert len(strategy.threads) - before == 3  # once per request, never cached by the client
     assert len(server.received) == 3
     for received in server.received:
         headers = {k.lower(): v for k, v in received.headers.items()}
         assert headers["authorization"] == "Bearer fresh"
         assert headers["x-databricks-azure-sp-management-token"] == "mgmt"
-    assert harness.client.backend.workspace.auth_type == "counting"
+    assert client.client.backend.workspace.auth_type == "counting"
 
 
 async def test_async_client_authenticates_off_the_event_loop(clean_env, server):
@@ -855,10 +676,10 @@ async def test_credential_failure_is_a_credentials_error(clean_env, server, make
 async def test_env_vars_resolve_the_workspace(clean_env, server, make):
     clean_env.setenv("DATABRICKS_HOST", server.url)
     clean_env.setenv("DATABRICKS_TOKEN", TOKEN)
-    harness = make(host=None, token=None)
-    await harness.embed_text("hello")
+    client = make(host=None, token=None)
+    await client.embed_text("hello")
     assert auth_headers(server) == [f"Bearer {TOKEN}"]
-    assert harness.client.backend.workspace.host == server.url
+    assert client.client.backend.workspace.host == server.url
 
 
 def write_profiles(path, server_url: str) -> None:
@@ -872,10 +693,10 @@ async def test_profile_from_a_config_file(clean_env, server, make, tmp_path):
     cfg = tmp_path / "databrickscfg"
     write_profiles(cfg, server.url)
     clean_env.setenv("DATABRICKS_CONFIG_FILE", str(cfg))
-    harness = make(host=None, token=None, profile="staging")
-    await harness.embed_text("hello")
+    client = make(host=None, token=None, profile="staging")
+    await client.embed_text("hello")
     assert auth_headers(server) == ["Bearer dapi-staging"]
-    assert harness.client.backend.workspace.host == server.url
+    assert client.client.backend.workspace.host == server.url
 
 
 async def test_profile_from_env_var(clean_env, server, make, tmp_path):

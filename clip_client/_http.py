@@ -34,7 +34,7 @@ from tenacity.stop import stop_base
 
 from . import _constants as C
 from ._concurrency import CallContext
-from ._secrets import excerpt, redact, register, register_headers
+from ._secrets import excerpt, redact, register, register_headers, safe_cause
 from .errors import (
     APIConnectionError,
     APIError,
@@ -232,20 +232,8 @@ def credentials_error(exc: Exception) -> CredentialsError:
     is cut, since a traceback prints every cause in full.
     """
     error = CredentialsError(redact(f"could not obtain credentials from databricks-sdk: {exc}"))
-    if not _mentions_a_secret(exc):
-        error.__cause__ = exc
+    error.__cause__ = safe_cause(exc)
     return error
-
-
-def _mentions_a_secret(exc: BaseException | None) -> bool:
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        text = f"{exc!s}\n{exc!r}"
-        if redact(text) != text:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,7 +457,7 @@ LARGE_BODY_BYTES = 1_000_000
 
 
 def map_transport_error(
-    exc: httpx.TransportError,
+    exc: httpx.HTTPError,
     endpoint: str,
     body_bytes: int = 0,
     *,
@@ -480,8 +468,14 @@ def map_transport_error(
     (``Connection refused``, a DNS failure) and what bounded the attempt in time (``bound``).
 
     A host name that does not resolve is an :class:`APIConnectionError` with ``name_resolution``
-    set, saying what to check; the retry policy retries it once at most.
+    set, saying what to check; the retry policy retries it once at most. An answer whose body does
+    not decode (a ``Content-Encoding`` it does not follow) is a :class:`ResponseFormatError`, retried
+    once like any malformed answer.
     """
+    if isinstance(exc, httpx.DecodingError):
+        return ResponseFormatError(
+            f"the answer's body could not be decoded ({type(exc).__name__}: {exc})", endpoint=endpoint
+        )
     if isinstance(exc, httpx.TimeoutException):
         what = "could not connect" if isinstance(exc, httpx.ConnectTimeout) else "no complete answer"
         if isinstance(exc, httpx.PoolTimeout):

@@ -1,0 +1,196 @@
+"""The public surface is a contract: typed constructors that list every keyword, one source for every
+setting's default and range (``Settings``) that the docstrings and docs/configuration.md agree with,
+documented public methods, and an ``import clip_client`` that stays light."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+import httpx
+import pytest
+
+import clip_client
+from clip_client import AsyncClipClient, ClipClient, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = [ClipClient, AsyncClipClient]
+#: Constructor keywords that are not settings: where the client talks to, and its plumbing.
+WORKSPACE_AND_PLUMBING = {"host", "token", "profile", "config", "backend", "http_client"}
+PUBLIC_METHODS = [
+    "embed_texts",
+    "embed_text",
+    "embed_images",
+    "embed_image",
+    "iter_embed_texts",
+    "iter_embed_images",
+    "close",
+    "local",
+]
+
+
+@pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
+def test_the_signature_lists_every_keyword(cls: type) -> None:
+    params = inspect.signature(cls).parameters
+    assert set(params) == set(Settings.model_fields) | WORKSPACE_AND_PLUMBING
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
+    assert all(p.default is None for p in params.values())  # None: "the default", from Settings
+
+
+def test_each_client_takes_the_http_client_it_can_use() -> None:
+    from databricks.sdk.core import Config
+
+    names = {**vars(clip_client._client), "Config": Config}
+    assert get_type_hints(ClipClient.__init__, names)["http_client"] == httpx.Client | None
+    assert get_type_hints(AsyncClipClient.__init__, names)["http_client"] == httpx.AsyncClient | None
+    with pytest.raises(TypeError, match="AsyncClipClient"):
+        ClipClient(host="https://x.cloud.databricks.com", token="t" * 12, http_client=httpx.AsyncClient())  # type: ignore[arg-type]
+    with httpx.Client() as sync_http, pytest.raises(TypeError, match="use ClipClient"):
+        AsyncClipClient(host="https://x.cloud.databricks.com", token="t" * 12, http_client=sync_http)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
+def test_a_misspelt_keyword_is_a_type_error_naming_the_public_class(cls: type) -> None:
+    with pytest.raises(
+        TypeError, match=rf"{cls.__name__}.__init__\(\) got an unexpected keyword argument 'batchsize'"
+    ):
+        cls(host="https://x.cloud.databricks.com", token="t" * 12, batchsize=3)
+
+
+def test_mypy_rejects_a_misspelt_keyword_on_both_clients(tmp_path: Path) -> None:
+    snippet = tmp_path / "typo.py"
+    snippet.write_text(
+        textwrap.dedent(
+            """
+            from clip_client import AsyncClipClient, ClipClient
+
+            ClipClient(batchsize=3)
+            AsyncClipClient(batchsize=3)
+            ClipClient(batch_size=3)
+            AsyncClipClient(batch_size=3)
+            """
+        )
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--follow-imports=silent",
+            str(snippet),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert len(errors) == 2, done.stdout
+    assert all('Unexpected keyword argument "batchsize"' in line for line in errors), done.stdout
+    assert {'"ClipClient"' in errors[0], '"AsyncClipClient"' in errors[1]} == {True}
+
+
+def _valid(field: Any) -> str | None:
+    """A setting's valid range as docs/configuration.md writes it, from its pydantic constraints."""
+    choices = get_args(field.annotation)
+    if choices:
+        return ", ".join(f'"{c}"' for c in choices)
+    bound = {
+        attr: getattr(m, attr)
+        for m in field.metadata
+        for attr in ("ge", "gt", "le")
+        if getattr(m, attr, None) is not None
+    }
+    if "ge" in bound and "le" in bound:
+        return f"{bound['ge']} to {bound['le']}"
+    if "ge" in bound:
+        return f"≥ {bound['ge']}"
+    if "gt" in bound:
+        return f"> {bound['gt']}"
+    return None
+
+
+def _documented_settings() -> dict[str, tuple[str, str, str]]:
+    """The settings table of docs/configuration.md: name -> (default, valid, meaning) cells."""
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = text.split("## Settings", 1)[1]
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = (cells[1], cells[2], cells[3])
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+def test_docs_configuration_table_matches_settings() -> None:
+    documented = _documented_settings()
+    assert list(documented) == list(Settings.model_fields)  # every setting, in the same order
+    for name, field in Settings.model_fields.items():
+        default, valid, meaning = documented[name]
+        assert ast.literal_eval(default.strip("`")) == field.default, name
+        expected = _valid(field)
+        if expected is not None:
+            assert valid.replace("`", "").startswith(expected), (name, valid, expected)
+        assert meaning, name
+
+
+@pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
+def test_the_class_docstring_documents_every_keyword(cls: type) -> None:
+    doc = inspect.getdoc(cls) or ""
+    for name, field in Settings.model_fields.items():
+        line = next((ln for ln in doc.splitlines() if ln.strip().startswith(f"{name}:")), None)
+        assert line is not None, name
+        assert "default" in line
+        assert field.description, name
+        assert field.description[:30] in doc, name
+    for name in WORKSPACE_AND_PLUMBING:
+        assert re.search(rf"^\s*{name}:", doc, re.MULTILINE), name
+
+
+@pytest.mark.parametrize("cls", CLIENTS, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("method", PUBLIC_METHODS)
+def test_every_public_method_is_documented(cls: type, method: str) -> None:
+    doc = inspect.getdoc(getattr(cls, method)) or ""
+    assert doc, f"{cls.__name__}.{method} has no docstring"
+    if method != "close":
+        assert "Returns" in doc or "Returns, Raises" in doc, (cls.__name__, method)
+        assert "Raises" in doc, (cls.__name__, method)
+        assert ">>>" in doc, (cls.__name__, method)
+
+
+def test_everything_exported_is_importable_and_documented() -> None:
+    for name in clip_client.__all__:
+        value = getattr(clip_client, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert inspect.getdoc(value), name
+    for held in (
+        "EmbeddingResult",
+        "EmbeddingFailure",
+        "ClientStats",
+        "EmbeddingStream",
+        "AsyncEmbeddingStream",
+    ):
+        assert held in clip_client.__all__
+    for alias in ("OnError", "ImageFormat", "InputKind", "HighBitDepth"):
+        assert alias in clip_client.__all__
+    assert clip_client.EmbeddingStream.__module__ == "clip_client._streams"
+
+
+def test_import_clip_client_loads_no_heavy_dependency() -> None:
+    code = (
+        "import sys, clip_client\n"
+        "heavy = [m for m in ('torch', 'transformers', 'pandas', 'pyspark', 'mlflow') if m in sys.modules]\n"
+        "print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
