@@ -18,7 +18,8 @@ from tenacity import AsyncRetrying, Retrying
 
 from . import _constants as C
 from ._concurrency import AIMDLimit, AsyncLimiter, CallContext, Slot, ThreadLimiter
-from ._core import FloatArray, encode_body, encode_record, parse_predictions, record_size
+from ._core import FloatArray, decode_json, encode_body, encode_record, parse_predictions, record_size
+from ._endpoint import EndpointState, parse_endpoint_state, unknown_state
 from ._http import (
     AttemptClock,
     Workspace,
@@ -42,6 +43,9 @@ __all__ = ["Backend", "RemoteBackend"]
 #: A socket timeout can fire a hair before the time it was set for: within this many seconds of the
 #: call's deadline, a timeout of an attempt the deadline bounded is the deadline's.
 _CLOCK_SLACK = 0.05
+#: Seconds the state GET may take as a whole: it is best-effort, and the answer comes from the
+#: control plane, not the model.
+STATE_TIMEOUT = 10.0
 #: The shortest timeout handed to httpx: a socket timeout of 0 would mean "non-blocking", not "now".
 _MIN_TIMEOUT = 0.001
 
@@ -177,6 +181,7 @@ class RemoteBackend:
         self.limit = AIMDLimit(settings.max_concurrency)
         self._thread_slots = ThreadLimiter(self.limit)
         self._task_slots = AsyncLimiter(self.limit)
+        self._states: dict[InputKind, EndpointState] = {}
 
     def __repr__(self) -> str:
         return (
@@ -189,6 +194,70 @@ class RemoteBackend:
 
     def concurrency_limit(self) -> int:
         return self.limit.current
+
+    # -- the endpoint's own account of itself ---------------------------------------------------------
+
+    def endpoint_state(self, kind: InputKind, *, refresh: bool = False) -> EndpointState:
+        """``GET /api/2.0/serving-endpoints/{name}``, read once per client (``refresh`` reads it
+        again). A refusal (403: the caller may hold CAN QUERY only), a failure to connect or a
+        timeout of :data:`STATE_TIMEOUT` seconds gives a state marked unknown, not an error.
+
+        Raises:
+            AuthenticationError: 401, the credentials are wrong.
+            EndpointNotFoundError: 404, no endpoint of that name.
+        """
+        if refresh or kind not in self._states:
+            url = self._state_url(kind)
+            response: httpx.Response | httpx.HTTPError
+            try:
+                response = self._sync_client().get(
+                    url, auth=self.workspace.auth, headers=self._headers, timeout=STATE_TIMEOUT
+                )
+            except httpx.HTTPError as exc:
+                response = exc
+            self._states[kind] = self._state_of(kind, response)
+        return self._states[kind]
+
+    async def aendpoint_state(self, kind: InputKind, *, refresh: bool = False) -> EndpointState:
+        """:meth:`endpoint_state`, from an event loop."""
+        if refresh or kind not in self._states:
+            url = self._state_url(kind)
+            response: httpx.Response | httpx.HTTPError
+            try:
+                response = await self._async_client().get(
+                    url, auth=self.workspace.auth, headers=self._headers, timeout=STATE_TIMEOUT
+                )
+            except httpx.HTTPError as exc:
+                response = exc
+            self._states[kind] = self._state_of(kind, response)
+        return self._states[kind]
+
+    def _state_url(self, kind: InputKind) -> str:
+        return f"{self.workspace.host}/api/2.0/serving-endpoints/{self._endpoints[kind]}"
+
+    def _state_of(self, kind: InputKind, answer: httpx.Response | httpx.HTTPError) -> EndpointState:
+        name = self._endpoints[kind]
+        if isinstance(answer, httpx.HTTPError):
+            error = map_transport_error(answer, name)
+            return unknown_state(name, f"the endpoint's state could not be read: {error}")
+        if answer.status_code in (401, 404):
+            raise error_from_response(answer, name)
+        if answer.status_code >= 400:
+            error = error_from_response(answer, name)
+            why = (
+                "reading the endpoint's configuration needs CAN VIEW (or more) on it; CAN QUERY "
+                "alone does not allow it"
+                if answer.status_code == 403
+                else str(error)
+            )
+            return unknown_state(name, why)
+        try:
+            body = decode_json(answer.content)
+            if not isinstance(body, dict):
+                raise TypeError(f"a JSON {type(body).__name__}")
+            return parse_endpoint_state(body, name)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            return unknown_state(name, f"the endpoint's state did not parse ({type(exc).__name__}: {exc})")
 
     # -- payloads ------------------------------------------------------------------------------------
 

@@ -237,8 +237,61 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def endpoint_state(
+    name: str,
+    *,
+    ready: bool = True,
+    config_update: str = "NOT_UPDATING",
+    workload_size: str | None = "Small",
+    workload_type: str = "CPU",
+    scale_to_zero: bool = False,
+    max_concurrency: int | None = None,
+    entities: int = 1,
+    route_optimized: bool | None = None,
+    data_plane_url: str | None = None,
+    deployment_message: str | None = None,
+) -> dict[str, Any]:
+    """The JSON of ``GET /api/2.0/serving-endpoints/{name}`` for an endpoint in the given state, in
+    the shape Databricks answers (databricks-sdk's ``ServingEndpointDetailed``)."""
+    served = [
+        {
+            "name": f"{name}-{i + 1}",
+            "entity_name": f"main.default.{name.replace('-', '_')}",
+            "entity_version": str(i + 1),
+            "workload_type": workload_type,
+            "scale_to_zero_enabled": scale_to_zero,
+            **({"workload_size": workload_size} if workload_size else {}),
+            **({"max_provisioned_concurrency": max_concurrency} if max_concurrency is not None else {}),
+            "state": {
+                "deployment": "DEPLOYMENT_READY" if ready else "DEPLOYMENT_CREATING",
+                "deployment_state_message": deployment_message or ("" if ready else "Starting"),
+            },
+        }
+        for i in range(entities)
+    ]
+    body: dict[str, Any] = {
+        "name": name,
+        "state": {"ready": "READY" if ready else "NOT_READY", "config_update": config_update},
+        "config": {"served_entities": served},
+    }
+    if route_optimized is not None:
+        body["route_optimized"] = route_optimized
+    if data_plane_url is not None:
+        body["data_plane_info"] = {
+            "query_info": {
+                "endpoint_url": data_plane_url,
+                "authorization_details": '[{"type":"workspace_permission"}]',
+            }
+        }
+    return body
+
+
 class ServingServer:
     """``with ServingServer() as server: ClipClient(host=server.url, token="t")``.
+
+    It also answers the control plane's ``GET /api/2.0/serving-endpoints/{name}`` for its two
+    endpoints: a ready, Small, CPU endpoint unless ``states[name]`` says otherwise (a JSON body from
+    :func:`endpoint_state`, or a :class:`Reply` such as a 403).
 
     ``received`` holds only the requests answered with a real, correct 200 (scripted replies and
     injected faults are not in it); ``requests`` holds every request; ``injected`` counts the faults
@@ -266,6 +319,8 @@ class ServingServer:
         #: (method, path) of every request, errors and scripted replies included, in arrival order.
         self.requests: list[tuple[str, str]] = []
         self.script: list[Reply] = []  # consumed one per invocation, before faults and normal handling
+        #: What the control-plane GET answers, by endpoint name: a JSON body or a Reply.
+        self.states: dict[str, Any] = {}
         self.injected: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -303,6 +358,7 @@ class ServingServer:
             self.latency = latency
             self.faults = replace(faults) if faults is not None else None
             self.script = []
+            self.states = {}
             self.received = []
             self.requests = []
             self.injected = Counter()
@@ -408,7 +464,19 @@ class ServingServer:
             def do_GET(self) -> None:
                 self.generation, self.model, self.dim = server._snapshot()
                 self._arrived("GET")
-                self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
+                prefix = "/api/2.0/serving-endpoints/"
+                name = self.path[len(prefix) :] if self.path.startswith(prefix) else None
+                if name is None or "/" in name:
+                    return self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
+                state = server.states.get(name)
+                if isinstance(state, Reply):
+                    body = state.body if isinstance(state.body, bytes) else json.dumps(state.body).encode()
+                    return self._send(state.status, body, state.headers)
+                if state is None and name not in server.endpoints:
+                    return self._error(
+                        404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint with name '{name}' does not exist."
+                    )
+                return self._send(200, json.dumps(state or endpoint_state(name)).encode())
 
             def do_POST(self) -> None:
                 self.generation, self.model, self.dim = server._snapshot()
