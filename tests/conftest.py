@@ -28,7 +28,7 @@ import mock_workspace
 import pytest
 import respx
 from clip_reference import make_processor
-from harness import KINDS, Make, Serve, clients_of
+from harness import KINDS, Make, Serve, clients_of, close_and_drain
 from serving_server import ServingServer
 
 from clip_client import AsyncClipClient, ClipClient
@@ -109,10 +109,14 @@ async def make(request: pytest.FixtureRequest, client_options: dict[str, Any]) -
 
 
 @pytest.fixture
-def client(client_options: dict[str, Any]) -> Iterator[ClipClient]:
-    """A ``ClipClient`` built with ``client_options`` (of ``server``, usually), closed afterwards."""
-    with ClipClient(**client_options) as c:
+async def client(client_options: dict[str, Any]) -> AsyncIterator[ClipClient]:
+    """A ``ClipClient`` built with ``client_options`` (of ``server``, usually), closed afterwards
+    (and its requests still on the wire waited for: ``harness.close_and_drain``)."""
+    c = ClipClient(**client_options)
+    try:
         yield c
+    finally:
+        await close_and_drain(c)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import pickle
 import threading
+import time
 import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -87,7 +88,19 @@ async def clients_of(kind: str, **options: Any) -> AsyncIterator[Make]:
         yield factory
     finally:
         for c in made:
-            await Embedder(c).close()
+            await close_and_drain(c)
+
+
+async def close_and_drain(client: ClipClient | AsyncClipClient, within: float = 5.0) -> None:
+    """Close a client, then wait (up to ``within`` seconds) for the requests its worker threads still
+    have on the wire: a sync call that raised leaves the batches already sent to finish in the
+    background, and on a server shared between tests they would otherwise arrive during the next
+    test and take the replies scripted for it."""
+    threads = list(getattr(getattr(client, "_request_threads", None), "_threads", ()))
+    await Embedder(client).close()
+    deadline = time.monotonic() + within
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def embed_in_threads(client: ClipClient, lists: list[list[str]]) -> dict[int, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from harness import IMAGE, KINDS, TEXT, Make, embed_in_threads, header, text_rows
+from harness import IMAGE, KINDS, TEXT, Make, Serve, clients_of, embed_in_threads, header, text_rows
 from image_factory import encode, noise
 from PIL import Image
 from serving_server import Reply, ServingServer, expected_vector, image_pixels
@@ -269,16 +269,20 @@ async def test_unknown_endpoint_is_one_request_and_names_the_endpoint(
     ("status", "error"),
     [(401, AuthenticationError), (403, PermissionDeniedError), (404, EndpointNotFoundError)],
 )
+@pytest.mark.parametrize("kind", KINDS)
 async def test_errors_fatal_to_the_call_stop_it_even_in_mark_mode(
-    make: Make, server: ServingServer, status: int, error: type[APIStatusError]
+    serve: Serve, kind: str, status: int, error: type[APIStatusError]
 ) -> None:
     """``on_error="mark"`` is for failures of some inputs. Bad credentials, a missing permission or a
     wrong endpoint name would fail every batch: the call stops at the first, rather than send all of
-    them to collect a failure per input."""
+    them to collect a failure per input. (A server of its own: the batch still in flight when the
+    call stops may arrive after the test, where it must not meet the next test's script.)"""
+    server = serve()
     server.script = [Reply(status, {"error_code": "X", "message": "no"})] * 50
     texts = [f"t{i}" for i in range(200)]
-    with pytest.raises(error):
-        await make(batch_size=4, max_concurrency=2, max_retries=0).embed_texts(texts, on_error="mark")
+    async with clients_of(kind, **server.client_kwargs()) as make:
+        with pytest.raises(error):
+            await make(batch_size=4, max_concurrency=2, max_retries=0).embed_texts(texts, on_error="mark")
     assert server.posts() <= 4  # the batches already in flight, not all 50
 
 
