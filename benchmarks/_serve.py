@@ -11,6 +11,13 @@ predictions (shortest float64 repr, about 19 characters per value). ``TCP_NODELA
 answer goes out in one write, so no Nagle/delayed-ACK stall (40 ms per small answer on Linux
 loopback) is charged to any client.
 
+With ``decode_images`` the server also does what a real endpoint's preprocessing does with every
+image record, inside the request's slot and on top of its latency budget: decode the file, apply
+its EXIF orientation, convert to RGB and resize and crop it exactly as ``CLIPImageProcessor`` does
+(``clip_client._images``, the PIL-exact path). A 12 MP JPEG then costs the server what it would
+cost an endpoint, and a 224x224 PNG next to nothing; the row is derived from the 224x224 pixels, so
+a file and the client's crop of it get the same row. Its CPU time is counted (``prep_cpu_seconds``).
+
 Run as a module by :func:`serve`; by hand: ``python benchmarks/_serve.py --slots 4 --request-ms 50``.
 """
 
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import platform
@@ -41,11 +49,15 @@ for _p in (ROOT, ROOT / "tests"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from serving_server import TOKEN, expected_vector  # noqa: E402
+from serving_server import TOKEN, endpoint_state, expected_vector  # noqa: E402
+
+from clip_client._images import clip_resize_crop, to_rgb  # noqa: E402
 
 __all__ = ["TOKEN", "Endpoint", "ceiling", "expected_vector", "machine", "photo", "serve"]
 
 TEXT_ENDPOINT = "clip-text-embedding"
+#: The control plane's ``GET /api/2.0/serving-endpoints/{name}``, answered with ``workload_size``.
+_STATE_PATH = "/api/2.0/serving-endpoints/"
 IMAGE_ENDPOINT = "clip-image-embedding"
 
 try:
@@ -113,6 +125,8 @@ class _Stats:
         self.at_server = 0  # requests in a slot or queued for one
         self.max_at_server = 0
         self.late = 0  # requests whose own work outlasted their latency budget
+        self.bytes = 0  # request bodies received
+        self.prep_cpu = 0.0  # CPU seconds spent preparing images (decode_images)
 
     def snapshot(self) -> dict[str, Any]:
         """The counters; ``max_at_server`` is the most seen since the previous snapshot."""
@@ -123,6 +137,8 @@ class _Stats:
                 "busy_slot_seconds": self.busy,
                 "max_at_server": self.max_at_server,
                 "late": self.late,
+                "bytes": self.bytes,
+                "prep_cpu_seconds": self.prep_cpu,
             }
             self.max_at_server = self.at_server
             return snap
@@ -138,8 +154,20 @@ def _loads(raw: bytes) -> Any:
     return orjson.loads(raw) if orjson is not None else json.loads(raw)
 
 
-def _rows(kind: str, body: bytes) -> np.ndarray:
-    """The answer's rows for a request body, or ValueError if the body breaks the protocol."""
+def server_pixels(raw: bytes, size: int = 224) -> np.ndarray:
+    """What an endpoint's PIL-exact preprocessing makes of an image file: decoded, oriented, RGB,
+    resized (shortest edge, BICUBIC) and center-cropped, as ``(size, size, 3)`` uint8."""
+    from PIL import ImageOps
+
+    with Image.open(io.BytesIO(raw)) as img:
+        img.load()
+        upright = ImageOps.exif_transpose(img)
+        return np.asarray(clip_resize_crop(to_rgb(upright), size))
+
+
+def _rows(kind: str, body: bytes, decode_images: bool = False) -> tuple[np.ndarray, float, float]:
+    """The answer's rows for a request body, and the wall and CPU seconds spent preparing images
+    (``decode_images``); ValueError if the body breaks the protocol."""
     doc = _loads(body)
     if not isinstance(doc, dict) or set(doc) != {"dataframe_records"}:
         raise ValueError("expected a JSON object with exactly one key, 'dataframe_records'")
@@ -147,16 +175,34 @@ def _rows(kind: str, body: bytes) -> np.ndarray:
     if not isinstance(records, list) or not records:
         raise ValueError("'dataframe_records' must be a non-empty list")
     out = np.empty((len(records), 768), dtype=np.float64)
+    wall = cpu = 0.0
     for i, record in enumerate(records):
         if not isinstance(record, dict) or set(record) != {"input"} or not isinstance(record["input"], str):
             raise ValueError(f"record {i} must be {{'input': <string>}}")
         value = record["input"]
-        out[i] = expected_vector(kind, value if kind == "text" else base64.b64decode(value, validate=True))
-    return out
+        if kind == "text":
+            out[i] = expected_vector(kind, value)
+            continue
+        raw = base64.b64decode(value, validate=True)
+        if decode_images:
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            try:
+                raw = server_pixels(raw).tobytes()
+            except Exception as exc:  # what MLflow makes of an exception in predict(): a 400
+                raise ValueError(f"record {i} is not an image the model can read: {exc}") from exc
+            wall += time.perf_counter() - started
+            cpu += time.thread_time() - started_cpu
+        out[i] = expected_vector(kind, raw)
+    return out, wall, cpu
 
 
 def _handler(
-    slots: threading.BoundedSemaphore, request_s: float, item_s: dict[str, float], stats: _Stats
+    slots: threading.BoundedSemaphore,
+    request_s: float,
+    item_s: dict[str, float],
+    stats: _Stats,
+    decode_images: bool = False,
+    workload_size: str | None = None,
 ) -> type[BaseHTTPRequestHandler]:
     kinds = {TEXT_ENDPOINT: "text", IMAGE_ENDPOINT: "image"}
 
@@ -180,6 +226,10 @@ def _handler(
         def do_GET(self) -> None:
             if self.path == "/_bench/stats":
                 return self._send(200, json.dumps(stats.snapshot()).encode())
+            name = self.path.removeprefix(_STATE_PATH)
+            if workload_size is not None and self.path.startswith(_STATE_PATH) and name in kinds:
+                state = endpoint_state(name, workload_size=workload_size)  # the control plane's answer
+                return self._send(200, json.dumps(state).encode())
             return self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
 
         def do_POST(self) -> None:
@@ -193,6 +243,7 @@ def _handler(
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._error(401, "UNAUTHENTICATED", "Invalid access token.")
             with stats.lock:  # arrived: in a slot or queued for one
+                stats.bytes += len(raw)
                 stats.at_server += 1
                 stats.max_at_server = max(stats.max_at_server, stats.at_server)
             try:
@@ -205,18 +256,18 @@ def _handler(
 
         def _serve_one(self, kind: str, raw: bytes) -> tuple[int, bytes]:
             """Inside a slot: parse, compute and serialise, then hold the slot for the rest of the
-            request's latency budget."""
+            request's latency budget; preparing images (``decode_images``) comes on top of it."""
             start = time.perf_counter()
-            n, left = 0, 0.0
+            n, left, prep, prep_cpu = 0, 0.0, 0.0, 0.0
             try:
                 try:
-                    rows = _rows(kind, raw)
+                    rows, prep, prep_cpu = _rows(kind, raw, decode_images)
                 except ValueError as exc:
                     status = 400
                     out = json.dumps({"error_code": "BAD_REQUEST", "message": str(exc)}).encode()
                 else:
                     status, out, n = 200, _dumps({"predictions": rows}), len(rows)
-                left = start + request_s + item_s[kind] * n - time.perf_counter()
+                left = start + prep + request_s + item_s[kind] * n - time.perf_counter()
                 if left > 0:
                     time.sleep(left)
             finally:
@@ -224,6 +275,7 @@ def _handler(
                     stats.requests += 1
                     stats.items += n
                     stats.busy += time.perf_counter() - start
+                    stats.prep_cpu += prep_cpu
                     stats.late += left < -0.002
             return status, out
 
@@ -243,6 +295,12 @@ def _main() -> None:
     parser.add_argument(
         "--image-item-ms", type=float, default=None, help="per image record (default: item-ms)"
     )
+    parser.add_argument(
+        "--decode-images", action="store_true", help="decode, resize and crop every image record"
+    )
+    parser.add_argument(
+        "--workload-size", default=None, help="answer the endpoint-state GET with this workload size"
+    )
     args = parser.parse_args()
     image_ms = args.item_ms if args.image_item_ms is None else args.image_item_ms
     handler = _handler(
@@ -250,6 +308,8 @@ def _main() -> None:
         args.request_ms / 1000,
         {"text": args.item_ms / 1000, "image": image_ms / 1000},
         _Stats(),
+        args.decode_images,
+        args.workload_size,
     )
     server = _Server(("127.0.0.1", 0), handler)
     host, port = server.server_address[:2]
@@ -268,6 +328,7 @@ class Endpoint:
     request_ms: float
     item_ms: float
     image_item_ms: float
+    decode_images: bool = False
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_bench/stats", timeout=10) as resp:
@@ -280,27 +341,38 @@ class Endpoint:
 
     def describe(self) -> str:
         image = "" if self.image_item_ms == self.item_ms else f" ({self.image_item_ms:g} ms per image)"
+        decode = ", plus decoding, resizing and cropping each image" if self.decode_images else ""
         return (
             f"{self.slots} slots (more requests queue), {self.request_ms:g} ms per request + "
-            f"{self.item_ms:g} ms per item{image}, in a separate process at {self.url}"
+            f"{self.item_ms:g} ms per item{image}{decode}, in a separate process at {self.url}"
         )
 
 
 @contextmanager
 def serve(
-    slots: int = 4, request_ms: float = 50.0, item_ms: float = 1.0, image_item_ms: float | None = None
+    slots: int = 4,
+    request_ms: float = 50.0,
+    item_ms: float = 1.0,
+    image_item_ms: float | None = None,
+    decode_images: bool = False,
+    workload_size: str | None = None,
 ) -> Iterator[Endpoint]:
-    """Start the endpoint in a child process; stop it on exit."""
+    """Start the endpoint in a child process; stop it on exit. With ``workload_size`` it also answers
+    the control plane's ``GET /api/2.0/serving-endpoints/{name}``: a ready endpoint of that size (what
+    ``max_concurrency="auto"`` reads); without, that GET gets a 404."""
     image_ms = item_ms if image_item_ms is None else image_item_ms
     cmd = [sys.executable, str(Path(__file__).resolve()), "--slots", str(slots)]
     cmd += ["--request-ms", str(request_ms), "--item-ms", str(item_ms), "--image-item-ms", str(image_ms)]
+    cmd += ["--decode-images"] if decode_images else []
+    cmd += ["--workload-size", workload_size] if workload_size else []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         if not line.startswith("listening on "):
             raise RuntimeError(f"the benchmark server did not start (said {line!r})")
-        yield Endpoint(line.removeprefix("listening on "), slots, request_ms, item_ms, image_ms)
+        url = line.removeprefix("listening on ")
+        yield Endpoint(url, slots, request_ms, item_ms, image_ms, decode_images)
     finally:
         proc.terminate()
         try:

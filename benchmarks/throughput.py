@@ -3,6 +3,7 @@ ClipClient and AsyncClipClient, side by side in one run, on a loopback server in
 
     python benchmarks/throughput.py            # 4,000 texts and 500 640x480 JPEGs (about 4 minutes)
     python benchmarks/throughput.py --smoke    # a few dozen items (CI)
+    python benchmarks/throughput.py --preparation   # only the image_preparation tables (about 2.5 minutes)
 
 Methods:
   (a) one ``WorkspaceClient.serving_endpoints.query(dataframe_records=[{"input": x}])`` per item
@@ -18,6 +19,15 @@ thread pool (``--large-photos``): whether it is bound by decoding or by waiting 
 The server's ceiling is ``slots x batch / (request time at that batch)``, at batch 32. The server
 refuses any body but ``{"dataframe_records": [{"input": "<str>"}, ...]}``, and every answer timed here
 is checked against the rows the server must have computed for those inputs.
+
+``--preparation`` (also part of ``--smoke``, at tiny sizes) compares ``image_preparation="client"``
+(the client decodes, resizes and crops, and sends 224x224 PNGs) with ``"server"`` (the original files
+are sent, and the server decodes, resizes and crops each one, inside the request's slot, on top of
+its per-image model time) on small JPEGs (320x240, 640x480) and camera photos (12 MP JPEGs), at two
+per-image model costs (``--preparation-ms``, default 4 and 16), with client and server sharing all of
+this machine's cores and with one core each. It reports images/s, bytes sent and CPU per image on each
+side, and from those where the crossover lies as a function of the client's cores (a derived table:
+this machine cannot lend the server cores of its own beyond one).
 """
 
 from __future__ import annotations
@@ -25,11 +35,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +56,7 @@ from _serve import (
     TOKEN,
     Endpoint,
     b64_file,
+    ceiling,
     expected_vector,
     machine,
     serve,
@@ -445,6 +458,274 @@ def report_sweep(points: list[tuple[float, float, Run, Run, Run]], prep_rate: fl
         )
 
 
+# -- image_preparation: client or server -------------------------------------------------------------
+
+
+@dataclass
+class PrepRun:
+    files: str
+    model_ms: float
+    cores: str  # how this machine's cores were split: "2 shared" or "1 + 1"
+    mode: str
+    items: int
+    seconds: float
+    body_bytes: int
+    client_cpu: float  # CPU seconds of this process (every thread of the client)
+    server_prep_cpu: float  # CPU seconds the server spent decoding, resizing and cropping
+    requests: int
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds
+
+    def ms(self, seconds: float) -> float:
+        """Milliseconds per image."""
+        return 1000 * seconds / self.items
+
+
+@contextmanager
+def pinned(cores: set[int] | None) -> Iterator[None]:
+    """Run this thread (and the threads and processes it starts meanwhile, which inherit it) on
+    ``cores``; None leaves it alone."""
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def server_rows(paths: Sequence[Path], sample: Sequence[int]) -> Callable[[int], np.ndarray]:
+    """The rows a ``decode_images`` server answers: from the 224x224 pixels, the client's own crop."""
+    from clip_client._images import ImageOptions, prepare_image
+
+    opts = ImageOptions(want="pixels")
+    table = {}
+    for i in sample:
+        pixels = prepare_image(paths[i], i, opts).pixels
+        assert pixels is not None
+        table[i] = expected_vector("image", pixels.tobytes())
+    return table.__getitem__
+
+
+def prep_run(
+    endpoint: Endpoint,
+    label: tuple[str, str],
+    paths: Sequence[Path],
+    mode: str,
+    cores: set[int] | None,
+    repeats: int,
+) -> PrepRun:
+    """``repeats`` passes of ``ClipClient(image_preparation=mode).embed_images`` on ``cores``, every
+    sampled row checked (both modes must give the rows of the exact 224x224 crop); the median."""
+    from clip_client import ClipClient
+
+    files, split = label
+    n = len(paths)
+    sample = sorted({0, n // 2, n - 1})
+    want = server_rows(paths, sample)
+    runs = []
+    with pinned(cores), ClipClient(host=endpoint.url, token=TOKEN, image_preparation=mode) as client:
+        client.embed_text("warm-up")
+        for _ in range(repeats):
+            before = endpoint.stats()
+            cpu, start = time.process_time(), time.perf_counter()
+            out = client.embed_images(paths)
+            seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+            after = endpoint.stats()
+            check(f"{files}, {mode}", out, want, n, sample)
+            runs.append(
+                PrepRun(
+                    files,
+                    endpoint.image_item_ms,
+                    split,
+                    mode,
+                    n,
+                    seconds,
+                    after["bytes"] - before["bytes"],
+                    cpu,
+                    after["prep_cpu_seconds"] - before["prep_cpu_seconds"],
+                    after["requests"] - before["requests"],
+                )
+            )
+    return sorted(runs, key=lambda r: r.rate)[len(runs) // 2]
+
+
+def core_splits() -> list[tuple[str, set[int] | None, set[int] | None]]:
+    """(name, the server's cores, the client's cores): every core shared by both, as in the other
+    tables; and, with two cores or more, one core each, so neither takes the other's CPU."""
+    if not hasattr(os, "sched_setaffinity"):  # not Linux: no pinning
+        return [(f"{os.cpu_count()} shared", None, None)]
+    every = sorted(os.sched_getaffinity(0))
+    splits: list[tuple[str, set[int] | None, set[int] | None]] = [(f"{len(every)} shared", None, None)]
+    if len(every) > 1:
+        splits.append(("1 + 1", {every[1]}, {every[0]}))
+    return splits
+
+
+def preparation_runs(
+    sets: dict[str, list[Path]], points: Sequence[float], slots: int, request_ms: float, repeats: int
+) -> list[PrepRun]:
+    """Each set of files, at each model cost, with each split of the cores, both preparations."""
+    runs = []
+    for ms in points:
+        for split, server_cores, client_cores in core_splits():
+            with pinned(server_cores):  # the server process inherits it
+                server = serve(slots, request_ms, 1.0, ms, decode_images=True)
+                endpoint = server.__enter__()
+            try:
+                for files, paths in sets.items():
+                    for mode in ("client", "server"):
+                        runs.append(prep_run(endpoint, (files, split), paths, mode, client_cores, repeats))
+            finally:
+                server.__exit__(None, None, None)
+    return runs
+
+
+def write_preparation_sets(folder: Path, smoke: bool) -> dict[str, list[Path]]:
+    """Small files (two sizes of JPEG) and camera photos; distinct files, so distinct rows."""
+    sizes = [((320, 240), 32 if smoke else 320), ((640, 480), 16 if smoke else 192)]
+    sets = {}
+    for (width, height), count in sizes:
+        paths = write_photos(folder / f"{width}x{height}", count, (width, height), seed=1000)
+        sets[f"{width}x{height} JPEG"] = paths
+    large = (1200, 900) if smoke else (4000, 3000)
+    (folder / "large").mkdir()
+    paths = write_large_photos(folder / "large", 4 if smoke else 16, large)
+    sets[f"{large[0] * large[1] / 1e6:.0f} MP JPEG"] = paths
+    return {f"{name} ({_mean_kb(p):,.0f} KB)": p for name, p in sets.items()}
+
+
+def _mean_kb(paths: Sequence[Path]) -> float:
+    return sum(p.stat().st_size for p in paths) / len(paths) / 1000
+
+
+#: Uplinks for the bandwidth columns of the derived table, bytes per second.
+_LINKS = {"100 Mbit/s": 12.5e6, "1 Gbit/s": 125e6}
+#: Client cores for the derived table.
+_CLIENT_CORES = (1, 2, 4, 8)
+
+
+@dataclass
+class PrepCosts:
+    """One set of files at one model cost: what each side spends per image (ms), and what follows."""
+
+    client_ms: float  # client CPU per image, image_preparation="client"
+    client_ms_server_mode: float  # client CPU per image, image_preparation="server"
+    server_ms: float  # the server's preparation CPU per original image
+    server_ms_224: float  # the server's preparation CPU per 224x224 PNG
+    record_bytes: float  # request bytes per original image
+    batch: int  # originals per request: 32, or fewer under the 15 MB limit
+    slots: int
+    request_ms: float
+    model_ms: float
+
+    @classmethod
+    def of(cls, client: PrepRun, server: PrepRun, slots: int, request_ms: float) -> PrepCosts:
+        record = server.body_bytes / server.items
+        return cls(
+            client.ms(client.client_cpu),
+            server.ms(server.client_cpu),
+            server.ms(server.server_prep_cpu),
+            client.ms(client.server_prep_cpu),
+            record,
+            max(1, min(BATCH, int(15_000_000 // record))),
+            slots,
+            request_ms,
+            client.model_ms,
+        )
+
+    def client_ceiling(self) -> float:
+        return ceiling(self.slots, BATCH, self.request_ms, self.model_ms + self.server_ms_224)
+
+    def server_ceiling(self) -> float:
+        """With a core per slot: every image's preparation adds to its request's time."""
+        return ceiling(self.slots, self.batch, self.request_ms, self.model_ms + self.server_ms)
+
+    def client_mode(self, client_cores: float) -> float:
+        return min(client_cores * 1000 / self.client_ms, self.client_ceiling())
+
+    def server_mode(self, client_cores: float, server_cores: float | None = None) -> float:
+        rate = min(client_cores * 1000 / self.client_ms_server_mode, self.server_ceiling())
+        return rate if server_cores is None else min(rate, server_cores * 1000 / self.server_ms)
+
+
+def report_preparation(runs: list[PrepRun], slots: int, request_ms: float, smoke: bool) -> None:
+    by = {(r.files, r.model_ms, r.cores, r.mode): r for r in runs}
+    clean = runs[-1].cores  # "1 + 1" where there are two cores: neither side takes the other's CPU
+    costs = {
+        (r.files, r.model_ms): PrepCosts.of(by[(r.files, r.model_ms, clean, "client")], r, slots, request_ms)
+        for r in runs
+        if r.cores == clean and r.mode == "server"
+    }
+    print(
+        "\nimage_preparation: 'client' (224x224 PNGs) against 'server' (the original files; the server "
+        "decodes, resizes and crops each one inside its request, then spends the model's time). "
+        f"{slots} slots, {request_ms:g} ms per request; ClipClient defaults otherwise (batches of 32, at "
+        "most 15 MB). Cores: 'shared': client and server on all of this machine's cores; '1 + 1': the "
+        "client pinned to one core, the server to the other, and 'model' is what the CPU columns "
+        "allow there (the derived table's arithmetic):\n"
+    )
+    print(
+        "| files | model ms per image | cores | image_preparation | images/s | model | server/client "
+        "| bytes sent per image | client CPU ms per image | server preparation CPU ms per image |"
+    )
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in runs:
+        cost = costs[(r.files, r.model_ms)]
+        model = ""
+        if r.cores == "1 + 1":
+            rate = cost.client_mode(1) if r.mode == "client" else cost.server_mode(1, server_cores=1)
+            model = f"{rate:,.1f}"
+        other = by[(r.files, r.model_ms, r.cores, "client")]
+        ratio = f"{r.rate / other.rate:.2f}x" if r.mode == "server" else ""
+        print(
+            f"| {r.files} | {r.model_ms:g} | {r.cores} | {r.mode} | {r.rate:,.1f} | {model} "
+            f"| {ratio} | {r.body_bytes / r.items:,.0f} | {r.ms(r.client_cpu):.2f} "
+            f"| {r.ms(r.server_prep_cpu):.2f} |"
+        )
+    print(
+        "\nDerived, for an endpoint with a core per slot (this machine cannot lend the server cores of "
+        "its own), from the '1 + 1' CPU columns: 'client' runs at min(client cores x 1000 / its client "
+        "CPU ms per image, the server's ceiling), taking the client's preparation to scale with its cores; "
+        "'server' at the server's ceiling with each image's preparation added to its request, whatever "
+        "the client's cores. With fewer client cores than the crossover, 'server' is faster (links "
+        "apart: next table):\n"
+    )
+    client_cols = " | ".join(f"'client', {n} core{'s' if n > 1 else ''}" for n in _CLIENT_CORES)
+    print(
+        f"| files | model ms per image | 'client': client CPU ms per image | 'server': endpoint CPU ms "
+        f"per image | {client_cols} | 'server' | crossover (client cores) |"
+    )
+    print("|---|---:|---:|---:|" + "---:|" * (len(_CLIENT_CORES) + 2))
+    for (files, ms), cost in costs.items():
+        client_rates = " | ".join(f"{cost.client_mode(n):,.0f}" for n in _CLIENT_CORES)
+        server = cost.server_mode(max(_CLIENT_CORES))
+        crossover = server * cost.client_ms / 1000
+        print(
+            f"| {files} | {ms:g} | {cost.client_ms:.2f} | {cost.server_ms:.2f} | {client_rates} "
+            f"| {server:,.0f} | {crossover:.1f} |"
+        )
+    print("\nWhat a link carries, images/s at most (request bytes per image as measured):\n")
+    heads = " | ".join(f"'{mode}' over {name}" for name in _LINKS for mode in ("client", "server"))
+    print(f"| files | 'client' bytes per image | 'server' bytes per image | {heads} |")
+    print("|---|---:|---:|" + "---:|" * (2 * len(_LINKS)))
+    seen = set()
+    for r in runs:
+        if r.files in seen or r.mode != "server":
+            continue
+        seen.add(r.files)
+        client = by[(r.files, r.model_ms, r.cores, "client")].body_bytes / r.items
+        server = r.body_bytes / r.items
+        caps = " | ".join(f"{rate / size:,.1f}" for rate in _LINKS.values() for size in (client, server))
+        print(f"| {r.files} | {client:,.0f} | {server:,.0f} | {caps} |")
+    if smoke:
+        print("\n(smoke run: tiny sets at one model cost; these numbers mean nothing)")
+
+
 def _workers() -> int:
     from clip_client._client import _PREP_WORKERS
 
@@ -468,6 +749,16 @@ def main() -> None:
         "--large-photos", type=int, default=None, help="camera-sized JPEGs for the last table; default 64"
     )
     parser.add_argument(
+        "--preparation",
+        action="store_true",
+        help="only the image_preparation='client' vs 'server' tables (--smoke runs them too, tiny)",
+    )
+    parser.add_argument(
+        "--preparation-ms",
+        default=None,
+        help="comma-separated model ms per image for the preparation tables (default 4,16)",
+    )
+    parser.add_argument(
         "--image-sweep",
         default=None,
         help="comma-separated ms per image for the extra image table (default 4,8,16; '' to skip)",
@@ -485,6 +776,16 @@ def main() -> None:
     import databricks.sdk
 
     import clip_client
+
+    prep_points = [float(x) for x in (args.preparation_ms or ("4" if smoke else "4,16")).split(",")]
+    if args.preparation:
+        print(f"# throughput, image_preparation{' (smoke)' if smoke else ''}: {machine()}")
+        print(f"# clip_client {clip_client.__version__}; repeats: median of {repeats} passes per row")
+        with tempfile.TemporaryDirectory() as tmp:
+            sets = write_preparation_sets(Path(tmp), smoke)
+            prep_runs = preparation_runs(sets, prep_points, args.slots, request_ms, repeats)
+        report_preparation(prep_runs, args.slots, request_ms, smoke)
+        return
 
     words = ["a", "photo", "of", "the", "red", "car", "dog", "cat", "on", "in", "snow", "beach"]
     rng = np.random.default_rng(0)
@@ -515,11 +816,16 @@ def main() -> None:
         sweep_arg = args.image_sweep if args.image_sweep is not None else ("4" if smoke else "4,8,16")
         points = [float(x) for x in sweep_arg.split(",") if x.strip()]
         swept = image_sweep(paths, points, args.slots, request_ms, repeats)
+        if smoke:  # the full run has its own command: --preparation
+            sets = write_preparation_sets(Path(tmp), smoke)
+            prep_runs = preparation_runs(sets, prep_points, args.slots, request_ms, repeats)
     ok = report(endpoint, runs, prep_rate, smoke)
     if swept:
         report_sweep(swept, prep_rate)
     if large_rows:
         report_large(large_size, n_large, large_rows)
+    if smoke:
+        report_preparation(prep_runs, args.slots, request_ms, smoke)
     print(
         f"\n(c-)/(d-) are not methods of the issue: with exactly as many requests in flight as the "
         "endpoint has slots, a slot idles while the client parses an answer and sends the next request; "

@@ -9,8 +9,17 @@ or in-process.
 from __future__ import annotations
 
 from ._backend import Backend
+from ._check import (
+    EndpointCheck,
+    EndpointReport,
+    ImageParity,
+    ParityVerdict,
+    TextTruncation,
+    TruncationVerdict,
+)
 from ._client import AsyncClipClient, ClipClient
 from ._concurrency import CallContext
+from ._endpoint import EndpointState, ServedEntity
 from ._images import PreparedImage
 from ._streams import AsyncEmbeddingStream, EmbeddingStream
 from ._version import __version__
@@ -20,6 +29,7 @@ from .errors import (
     APIStatusError,
     APITimeoutError,
     AuthenticationError,
+    BackendError,
     BadRequestError,
     ClipClientError,
     CredentialsError,
@@ -42,6 +52,7 @@ from .types import (
     HighBitDepth,
     ImageFormat,
     ImageInput,
+    ImagePreparation,
     InputKind,
     OnError,
     Settings,
@@ -56,6 +67,7 @@ __all__ = [
     "AsyncEmbeddingStream",
     "AuthenticationError",
     "Backend",
+    "BackendError",
     "BadRequestError",
     "CallContext",
     "ClientStats",
@@ -66,22 +78,31 @@ __all__ = [
     "EmbeddingFailure",
     "EmbeddingResult",
     "EmbeddingStream",
+    "EndpointCheck",
     "EndpointNotFoundError",
+    "EndpointReport",
+    "EndpointState",
     "HighBitDepth",
     "ImageDecodeError",
     "ImageFormat",
     "ImageInput",
+    "ImageParity",
+    "ImagePreparation",
     "InputKind",
     "InvalidInputError",
     "LocalBackend",
     "ModelLoadError",
     "OnError",
+    "ParityVerdict",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "PreparedImage",
     "RateLimitError",
     "ResponseFormatError",
+    "ServedEntity",
     "ServerError",
     "Settings",
+    "TextTruncation",
+    "TruncationVerdict",
     "__version__",
 ]

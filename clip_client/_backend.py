@@ -7,10 +7,15 @@ normalisation and progress sit above them in the client, written once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import httpx
@@ -22,8 +27,10 @@ from ._core import FloatArray, decode_json, encode_body, encode_record, parse_pr
 from ._endpoint import EndpointState, parse_endpoint_state, unknown_state
 from ._http import (
     AttemptClock,
+    DataPlaneUnavailable,
     Workspace,
     call_retry_arguments,
+    data_plane_url,
     error_from_response,
     map_transport_error,
     request_id_of,
@@ -31,9 +38,10 @@ from ._http import (
     sync_client,
 )
 from ._images import PreparedImage
+from ._preflight import Preflight, preflight
 from ._secrets import safe_cause
 from ._version import __version__
-from .errors import APIError
+from .errors import APIError, APIStatusError
 from .types import InputKind, Settings
 
 logger = logging.getLogger(C.LOGGER_NAME)
@@ -132,6 +140,20 @@ def user_agent() -> str:
     return f"clip-serving-client/{__version__} python/{platform.python_version()} httpx/{httpx.__version__}"
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where one endpoint's requests go and how they authenticate: the workspace's invocations URL
+    with the workspace's credentials, or a route-optimized endpoint's data plane with a data-plane
+    token. Everything else about a request (retries, the adaptive limit, time bounds, error mapping)
+    is the same on either."""
+
+    url: str
+    auth: httpx.Auth
+    data_plane: bool = False
+    #: Why a route-optimized endpoint is queried at the workspace URL nevertheless; None otherwise.
+    fallback: str | None = None
+
+
 class RemoteBackend:
     """Databricks Model Serving: one POST per batch, with retries, to the text or image endpoint.
 
@@ -139,6 +161,11 @@ class RemoteBackend:
     across calls) unless the caller injects their own, which it then leaves open on ``close``.
     Every attempt takes a slot from one adaptive limit shared by all calls, threads and tasks on the
     client: 429 and 503 answers halve it, successes grow it back up to ``max_concurrency``.
+
+    Before its first request to an endpoint, it reads the endpoint's state once (:meth:`prepare`,
+    one ``GET /api/2.0/serving-endpoints/{name}`` per endpoint per backend) and acts on it
+    (``_preflight``): the ceiling of ``max_concurrency="auto"``, the data-plane URL of a
+    route-optimized endpoint, and whether its 503s are those of an endpoint that is starting.
     """
 
     image_input: Literal["encoded", "pixels"] = "encoded"
@@ -160,16 +187,21 @@ class RemoteBackend:
             "text": settings.text_endpoint,
             "image": settings.image_endpoint,
         }
-        self._urls = {
-            kind: f"{workspace.host}/serving-endpoints/{name}/invocations"
+        #: Where each endpoint's requests go: the workspace URL until :meth:`prepare` learns otherwise.
+        self._routes: dict[InputKind, Route] = {
+            kind: Route(f"{workspace.host}/serving-endpoints/{name}/invocations", workspace.auth)
             for kind, name in self._endpoints.items()
         }
-        self._retry = retry_arguments(
-            max_retries=settings.max_retries,
-            deadline=settings.retry_deadline,
-            backoff=settings.retry_backoff,
-            backoff_max=settings.retry_backoff_max,
-        )
+        self._retry = {
+            kind: retry_arguments(
+                max_retries=settings.max_retries,
+                deadline=settings.retry_deadline,
+                backoff=settings.retry_backoff,
+                backoff_max=settings.retry_backoff_max,
+                expected=partial(self._expected, kind),
+            )
+            for kind in self._endpoints
+        }
         self._timeout = settings.timeout
         self._headers = {"Content-Type": "application/json", "User-Agent": user_agent()}
         self._client = http_client if isinstance(http_client, httpx.Client) else None
@@ -178,10 +210,21 @@ class RemoteBackend:
         self._owns_aclient = self._aclient is None
         self._aclient_loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self.limit = AIMDLimit(settings.max_concurrency)
+        self._auto = settings.max_concurrency == "auto"
+        given = settings.max_concurrency
+        # "auto" starts at the default and takes the endpoint's number on the first call to it.
+        self.limit = AIMDLimit(given if isinstance(given, int) else C.DEFAULT_MAX_CONCURRENCY)
         self._thread_slots = ThreadLimiter(self.limit)
         self._task_slots = AsyncLimiter(self.limit)
         self._states: dict[InputKind, EndpointState] = {}
+        # What prepare() learnt, and its progress: the kinds done, the ceilings "auto" resolved, the
+        # endpoints whose 503s are expected until an answer succeeds, the start logged once each.
+        self._prepared: set[InputKind] = set()
+        self._preparing: dict[InputKind, Future[None]] = {}
+        self._apreparing: dict[InputKind, asyncio.Task[None]] = {}
+        self._ceilings: dict[InputKind, int] = {}
+        self._starting: set[InputKind] = set()
+        self._start_logged: set[InputKind] = set()
 
     def __repr__(self) -> str:
         return (
@@ -195,12 +238,20 @@ class RemoteBackend:
     def concurrency_limit(self) -> int:
         return self.limit.current
 
+    def concurrency_ceiling(self) -> int:
+        """The ceiling of the adaptive limit: ``max_concurrency``, or what ``"auto"`` resolved to (the
+        largest of the endpoints prepared so far; the default before the first)."""
+        return self.limit.maximum
+
     # -- the endpoint's own account of itself ---------------------------------------------------------
 
-    def endpoint_state(self, kind: InputKind, *, refresh: bool = False) -> EndpointState:
+    def endpoint_state(
+        self, kind: InputKind, *, refresh: bool = False, timeout: float = STATE_TIMEOUT
+    ) -> EndpointState:
         """``GET /api/2.0/serving-endpoints/{name}``, read once per client (``refresh`` reads it
         again). A refusal (403: the caller may hold CAN QUERY only), a failure to connect or a
-        timeout of :data:`STATE_TIMEOUT` seconds gives a state marked unknown, not an error.
+        timeout of ``timeout`` seconds (default :data:`STATE_TIMEOUT`) gives a state marked unknown,
+        not an error.
 
         Raises:
             AuthenticationError: 401, the credentials are wrong.
@@ -211,21 +262,23 @@ class RemoteBackend:
             response: httpx.Response | httpx.HTTPError
             try:
                 response = self._sync_client().get(
-                    url, auth=self.workspace.auth, headers=self._headers, timeout=STATE_TIMEOUT
+                    url, auth=self.workspace.auth, headers=self._headers, timeout=timeout
                 )
             except httpx.HTTPError as exc:
                 response = exc
             self._states[kind] = self._state_of(kind, response)
         return self._states[kind]
 
-    async def aendpoint_state(self, kind: InputKind, *, refresh: bool = False) -> EndpointState:
+    async def aendpoint_state(
+        self, kind: InputKind, *, refresh: bool = False, timeout: float = STATE_TIMEOUT
+    ) -> EndpointState:
         """:meth:`endpoint_state`, from an event loop."""
         if refresh or kind not in self._states:
             url = self._state_url(kind)
             response: httpx.Response | httpx.HTTPError
             try:
                 response = await self._async_client().get(
-                    url, auth=self.workspace.auth, headers=self._headers, timeout=STATE_TIMEOUT
+                    url, auth=self.workspace.auth, headers=self._headers, timeout=timeout
                 )
             except httpx.HTTPError as exc:
                 response = exc
@@ -259,6 +312,143 @@ class RemoteBackend:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             return unknown_state(name, f"the endpoint's state did not parse ({type(exc).__name__}: {exc})")
 
+    # -- before the first request to an endpoint: one decision, two shells -----------------------------
+
+    def prepare(self, kind: InputKind, ctx: CallContext | None = None) -> None:
+        """Read ``kind``'s endpoint state and act on it (:func:`~clip_client._preflight.preflight`),
+        once per backend: the first caller starts it, every caller (any thread) waits for it, and
+        later calls return at once. Best-effort: a state that cannot be read changes nothing but an
+        ``"auto"`` ceiling, which then stays at the default; nothing here raises.
+
+        The read runs in a thread of its own, so a caller waits no longer than its call's deadline
+        (then it returns unprepared, and the call's next check raises the deadline's error), even
+        when the GET is held where no time bound reaches (a DNS lookup, a credentials refresh).
+        """
+        if kind in self._prepared:
+            return
+        with self._lock:
+            future = self._preparing.get(kind)
+            if future is None:
+                future = self._preparing[kind] = Future()
+                threading.Thread(
+                    target=self._prepare_in_thread,
+                    args=(kind, ctx, future),
+                    name=f"clip-endpoint-state-{kind}",
+                    daemon=True,
+                ).start()
+        left = _time_left(ctx)
+        with contextlib.suppress(FutureTimeout):  # the call's deadline came first: its next check says so
+            future.result(timeout=left)
+
+    async def aprepare(self, kind: InputKind, ctx: CallContext | None = None) -> None:
+        """:meth:`prepare`, from an event loop: the first task starts it, every task awaits the same
+        preparation (no task blocks the loop), each no longer than its call's deadline."""
+        if kind in self._prepared:
+            return
+        loop = asyncio.get_running_loop()
+        task = self._apreparing.get(kind)
+        if task is None or task.get_loop() is not loop or task.cancelled():  # none, or not of use
+            task = self._apreparing[kind] = loop.create_task(self._aprepare_now(kind, ctx))
+        left = _time_left(ctx)
+        with contextlib.suppress(asyncio.TimeoutError):  # the call's deadline came first, as above
+            await asyncio.wait_for(asyncio.shield(task), left)
+
+    def _prepare_in_thread(self, kind: InputKind, ctx: CallContext | None, done: Future[None]) -> None:
+        try:
+            try:
+                state = self.endpoint_state(kind, timeout=_state_timeout(ctx))
+            except Exception as exc:  # the GET's failure never fails a call
+                state = self._unreadable(kind, exc)
+            plan = preflight(state, auto=self._auto)
+            self._adopt(kind, plan, self._route(kind, plan), self._thread_slots.set_ceiling)
+        except Exception:  # a bug here must not fail calls either: they go ahead with the defaults
+            logger.exception("preparing endpoint %r failed; using the defaults", self._endpoints[kind])
+        finally:
+            self._prepared.add(kind)
+            done.set_result(None)
+
+    async def _aprepare_now(self, kind: InputKind, ctx: CallContext | None) -> None:
+        """Not marked done if cancelled (its loop closing): the next call prepares afresh."""
+        try:
+            try:
+                state = await self.aendpoint_state(kind, timeout=_state_timeout(ctx))
+            except Exception as exc:  # the GET's failure never fails a call
+                state = self._unreadable(kind, exc)
+            plan = preflight(state, auto=self._auto)
+            route = await asyncio.to_thread(self._route, kind, plan)  # may refresh an OAuth token
+            self._adopt(kind, plan, route, self._task_slots.set_ceiling)
+        except Exception:  # a bug here must not fail calls either: they go ahead with the defaults
+            logger.exception("preparing endpoint %r failed; using the defaults", self._endpoints[kind])
+        self._prepared.add(kind)
+
+    def _unreadable(self, kind: InputKind, exc: Exception) -> EndpointState:
+        return unknown_state(self._endpoints[kind], f"the endpoint's state could not be read: {exc}")
+
+    def _route(self, kind: InputKind, plan: Preflight) -> Route:
+        """Where ``kind``'s requests go: a route-optimized endpoint's data plane when the credentials
+        can get its token, else the workspace URL, saying why. May block (an OAuth token check)."""
+        workspace_route = self._routes[kind]
+        if plan.data_plane_url is None:
+            if plan.route_note is None:
+                return workspace_route
+            return replace(workspace_route, fallback=plan.route_note)
+        try:
+            url = data_plane_url(plan.data_plane_url)
+            auth = self.workspace.data_plane_auth(url, plan.data_plane_authorization)
+        except DataPlaneUnavailable as exc:
+            return replace(workspace_route, fallback=str(exc))
+        return Route(url, auth, data_plane=True)
+
+    def _adopt(self, kind: InputKind, plan: Preflight, route: Route, set_ceiling: Any) -> None:
+        """Act on ``plan``: the route, the expected 503s, the ceiling (through the limiter of the
+        shell that prepared, which wakes its waiters), and one log line for each thing learnt."""
+        name = self._endpoints[kind]
+        with self._lock:
+            self._routes[kind] = route
+            if plan.starting:
+                self._starting.add(kind)
+            if plan.ceiling is not None:
+                self._ceilings[kind] = plan.ceiling
+            ceiling = max(self._ceilings.values(), default=None)
+        if ceiling is not None:
+            set_ceiling(ceiling)
+        if plan.ceiling_note is not None:
+            level = logging.DEBUG if plan.ceiling_known else logging.INFO
+            logger.log(level, "endpoint %r: max_concurrency='auto': %s", name, plan.ceiling_note)
+        if route.data_plane:
+            logger.debug("endpoint %r is route-optimized: sending its requests to %s", name, route.url)
+        elif route.fallback is not None:
+            logger.warning(
+                "endpoint %r is route-optimized, but %s: sending its requests to the workspace URL %s "
+                "instead, which only endpoints created before 2025-09-22 answer (without route "
+                "optimization's gains). Use OAuth credentials (a service principal's client id and "
+                "secret, or `databricks auth login`) to query its data plane",
+                name,
+                route.fallback,
+                route.url,
+            )
+        if plan.start_note is not None:
+            self._waiting_for_start(kind, plan.start_note)
+
+    def _waiting_for_start(self, kind: InputKind, why: str) -> None:
+        """Say once per endpoint that the client waits for it to start, and for how long."""
+        with self._lock:
+            if kind in self._start_logged:
+                return
+            self._start_logged.add(kind)
+        logger.info(
+            "endpoint %r: %s; waiting for it to start, up to retry_deadline=%gs per batch (its 503 "
+            "answers meanwhile are expected: they do not lower the concurrency limit nor use up "
+            "max_retries)",
+            self._endpoints[kind],
+            why,
+            self.settings.retry_deadline,
+        )
+
+    def _expected(self, kind: InputKind, exc: BaseException) -> bool:
+        """Whether a failure was expected: a 503 while the endpoint may still be starting."""
+        return isinstance(exc, APIStatusError) and exc.status_code == 503 and kind in self._starting
+
     # -- payloads ------------------------------------------------------------------------------------
 
     def payload(self, kind: InputKind, item: str | PreparedImage) -> tuple[bytes, int]:
@@ -268,28 +458,29 @@ class RemoteBackend:
     # -- sync ----------------------------------------------------------------------------------------
 
     def embed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+        self.prepare(kind, ctx)  # at once, unless this is the backend's first request to the endpoint
         body = encode_body(payloads)
         endpoint = self._endpoints[kind]
-        retrying = Retrying(**self._retry_arguments(endpoint, ctx, ctx.sleep if ctx else None))
+        retrying = Retrying(**self._retry_arguments(kind, ctx, ctx.sleep if ctx else None))
         for attempt in retrying:
             with attempt:
                 with self._thread_slots.slot(ctx, endpoint) as slot:
                     client = self._sync_client()
                     number = attempt.retry_state.attempt_number
-                    request, clock = self._request(client, kind, body, ctx, number)
+                    request, clock, route = self._request(client, kind, body, ctx, number)
                     try:
                         with clock.bounding_sockets():
-                            response = client.send(request, auth=self.workspace.auth, stream=True)
+                            response = client.send(request, auth=route.auth, stream=True)
                             clock.read_body(response)
                         failure = None
                     except httpx.HTTPError as exc:
                         failure = self._failure(exc, kind, len(body), clock, ctx)
                     if failure is not None:  # raised outside the handler: see _failure
                         raise failure
-                    self._grade(response, slot, ctx)
+                    self._grade(response, slot, ctx, kind)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
-                return self._handle(response, kind, len(payloads), len(body))
+                return self._handle(response, kind, len(payloads), len(body), route)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _sync_client(self) -> httpx.Client:
@@ -304,21 +495,20 @@ class RemoteBackend:
     async def aembed(
         self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None
     ) -> FloatArray:
+        await self.aprepare(kind, ctx)  # at once, unless this is the first request to the endpoint
         body = encode_body(payloads)
         endpoint = self._endpoints[kind]
         client = self._async_client()
-        retrying = AsyncRetrying(**self._retry_arguments(endpoint, ctx, ctx.asleep if ctx else None))
+        retrying = AsyncRetrying(**self._retry_arguments(kind, ctx, ctx.asleep if ctx else None))
         async for attempt in retrying:
             with attempt:
                 async with self._task_slots.slot(ctx, endpoint) as slot:
                     number = attempt.retry_state.attempt_number
-                    request, clock = self._request(client, kind, body, ctx, number)
+                    request, clock, route = self._request(client, kind, body, ctx, number)
                     try:
                         # A cancelled attempt closes its connection (httpcore shields that cleanup),
                         # so a half-read answer never goes back to the pool.
-                        response = await asyncio.wait_for(
-                            client.send(request, auth=self.workspace.auth), clock.left()
-                        )
+                        response = await asyncio.wait_for(client.send(request, auth=route.auth), clock.left())
                         failure = None
                     except asyncio.TimeoutError as exc:
                         timeout = httpx.TimeoutException("the attempt's time ran out", request=request)
@@ -328,10 +518,10 @@ class RemoteBackend:
                         failure = self._failure(exc, kind, len(body), clock, ctx)
                     if failure is not None:  # raised outside the handler: see _failure
                         raise failure
-                    self._grade(response, slot, ctx)
+                    self._grade(response, slot, ctx, kind)
                 # The slot is free once the answer is in: the next request goes out while this
                 # thread/task parses, so no endpoint slot idles on the client's JSON work.
-                return self._handle(response, kind, len(payloads), len(body))
+                return self._handle(response, kind, len(payloads), len(body), route)
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     def _async_client(self) -> httpx.AsyncClient:
@@ -346,10 +536,10 @@ class RemoteBackend:
 
     # -- shared --------------------------------------------------------------------------------------
 
-    def _retry_arguments(self, endpoint: str, ctx: CallContext | None, sleep: Any) -> dict[str, Any]:
+    def _retry_arguments(self, kind: InputKind, ctx: CallContext | None, sleep: Any) -> dict[str, Any]:
         if ctx is None:
-            return self._retry
-        return call_retry_arguments(self._retry, ctx, endpoint, sleep)
+            return self._retry[kind]
+        return call_retry_arguments(self._retry[kind], ctx, self._endpoints[kind], sleep)
 
     def _request(
         self,
@@ -358,9 +548,9 @@ class RemoteBackend:
         body: bytes,
         ctx: CallContext | None,
         number: int,
-    ) -> tuple[httpx.Request, AttemptClock]:
-        """One attempt's POST and its time bound, made once a slot is ours: the call may have been
-        cancelled, or its deadline come nearer, while the attempt waited for one.
+    ) -> tuple[httpx.Request, AttemptClock, Route]:
+        """One attempt's POST, its time bound and its route (URL and auth), made once a slot is ours:
+        the call may have been cancelled, or its deadline come nearer, while the attempt waited.
 
         A client the library created bounds the attempt as a whole by ``timeout`` (connect by
         ``min(10, timeout)``); an injected client keeps its own timeouts. Either way the call's
@@ -379,10 +569,11 @@ class RemoteBackend:
             clock = AttemptClock.start(None, left, "the http_client's timeouts")
             bound = clock.left()
             timeout = _shortened(client.timeout, None if bound is None else max(bound, _MIN_TIMEOUT))
+        route = self._routes[kind]
         request = client.build_request(
-            "POST", self._urls[kind], content=body, headers=self._headers, timeout=timeout
+            "POST", route.url, content=body, headers=self._headers, timeout=timeout
         )
-        return request, clock
+        return request, clock, route
 
     def _failure(
         self,
@@ -420,19 +611,30 @@ class RemoteBackend:
         return error
 
     def _limits(self) -> httpx.Limits:
-        n = self.settings.max_concurrency
+        # Made before "auto" is resolved (the state GET goes through the same pool): room for the
+        # highest ceiling it may choose. Connections open only as requests need them.
+        given = self.settings.max_concurrency
+        n = given if isinstance(given, int) else C.MAX_CONCURRENCY
         return httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n, keepalive_expiry=60)
 
-    def _grade(self, response: httpx.Response, slot: Slot, ctx: CallContext | None) -> None:
-        """What the adaptive limit learns from an answer: 429/503 mean overload."""
-        if response.status_code in (429, 503):
+    def _grade(self, response: httpx.Response, slot: Slot, ctx: CallContext | None, kind: InputKind) -> None:
+        """What the adaptive limit learns from an answer: 429/503 mean overload, except the 503s of an
+        endpoint that may be starting, until its first answer that succeeds."""
+        status = response.status_code
+        if status == 503 and kind in self._starting:
+            self._waiting_for_start(kind, "it may have scaled to zero, and answered 503")
+        elif status in (429, 503):
             slot.overloaded = True
             if ctx is not None:
                 ctx.overloaded()
         else:
-            slot.succeeded = response.status_code < 400
+            slot.succeeded = status < 400
+            if slot.succeeded:
+                self._starting.discard(kind)  # started: from now on a 503 is overload again
 
-    def _handle(self, response: httpx.Response, kind: InputKind, rows: int, nbytes: int) -> FloatArray:
+    def _handle(
+        self, response: httpx.Response, kind: InputKind, rows: int, nbytes: int, route: Route
+    ) -> FloatArray:
         endpoint = self._endpoints[kind]
         request_id = request_id_of(response)
         elapsed = response.elapsed.total_seconds() if hasattr(response, "_elapsed") else float("nan")
@@ -447,7 +649,13 @@ class RemoteBackend:
             self.limit.current,
         )
         if response.status_code >= 400:
-            raise error_from_response(response, endpoint)
+            error = error_from_response(response, endpoint)
+            if route.fallback is not None and response.status_code in (401, 403, 404):
+                error.message += (
+                    f" (the endpoint is route-optimized and was queried at the workspace URL, since "
+                    f"{route.fallback}; use OAuth credentials to query its data plane)"
+                )
+            raise error
         return parse_predictions(response.content, rows, endpoint=endpoint, request_id=request_id)
 
     def close(self) -> None:
@@ -461,6 +669,18 @@ class RemoteBackend:
                 await self._aclient.aclose()
             self._aclient = None
         self.close()
+
+
+def _time_left(ctx: CallContext | None) -> float | None:
+    """Seconds until the call's deadline (0 once it passed), or None without one."""
+    left = None if ctx is None else ctx.remaining()
+    return None if left is None else max(0.0, left)
+
+
+def _state_timeout(ctx: CallContext | None) -> float:
+    """The state GET's time bound: :data:`STATE_TIMEOUT`, or the call's time left when less."""
+    left = None if ctx is None else ctx.remaining()
+    return STATE_TIMEOUT if left is None else max(_MIN_TIMEOUT, min(STATE_TIMEOUT, left))
 
 
 def _shortened(timeout: httpx.Timeout, seconds: float | None) -> httpx.Timeout:

@@ -18,15 +18,17 @@ from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, get_args, overload
+from types import TracebackType, UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin, overload
 
 import httpx
 import numpy as np
 import numpy.typing as npt
+from pydantic.fields import FieldInfo
 
 from . import _constants as C
 from ._backend import Backend, RemoteBackend
+from ._check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
 from ._concurrency import CallContext, Counters
 from ._core import (
     Batch,
@@ -34,7 +36,6 @@ from ._core import (
     BatchPlanner,
     Collector,
     EmbedJob,
-    FloatArray,
     adrive,
     batch_flow,
     check_image_list,
@@ -47,20 +48,25 @@ from ._core import (
 )
 from ._http import resolve_workspace
 from ._images import ImageOptions, PreparedImage, prepare_image
+from ._secrets import safe_cause
 from ._streams import AsyncEmbeddingStream, EmbeddingStream, Row
-from .errors import APIError, ClipClientError, InvalidInputError
+from .errors import APIError, BackendError, ClipClientError, InvalidInputError
 from .types import (
     ClientStats,
+    EmbeddingArray,
     EmbeddingResult,
     HighBitDepth,
     ImageFormat,
     ImageInput,
+    ImagePreparation,
     InputKind,
+    MaxConcurrency,
     OnError,
     Settings,
 )
 
 if TYPE_CHECKING:
+    import torch
     from databricks.sdk.core import Config
     from typing_extensions import Self
 
@@ -97,14 +103,7 @@ def _settings_doc() -> str:
     ranges and descriptions): one source for the docstrings, the signature and the validation."""
     lines = []
     for name, field in Settings.model_fields.items():
-        bounds = [
-            f"{symbol} {getattr(m, attr)}"
-            for m in field.metadata
-            for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
-            if getattr(m, attr, None) is not None
-        ]
-        choices = get_args(field.annotation)
-        valid = " or ".join(repr(c) for c in choices) if choices else ", ".join(bounds)
+        valid = _valid_values(field.annotation, field.metadata)
         default = (
             f"{field.default:_}"
             if isinstance(field.default, int) and field.default > 9999
@@ -113,6 +112,26 @@ def _settings_doc() -> str:
         head = f"{name}: default ``{default}``" + (f"; {valid}" if valid else "")
         lines.append(f"        {head}. {field.description}")
     return "\n".join(lines)
+
+
+def _valid_values(annotation: Any, constraints: Iterable[Any]) -> str:
+    """A setting's valid values as its type and constraints say: ``'png' or 'bmp'``, ``>= 1, <= 256``,
+    ``>= 1, <= 256 or 'auto'`` (a union of both)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " or ".join(repr(c) for c in get_args(annotation))
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        nested = [c for m in extra for c in (m.metadata if isinstance(m, FieldInfo) else [m])]
+        return _valid_values(inner, [*constraints, *nested])
+    if origin in (Union, UnionType):
+        return " or ".join(v for arg in get_args(annotation) if (v := _valid_values(arg, ())))
+    return ", ".join(
+        f"{symbol} {getattr(m, attr)}"
+        for m in constraints
+        for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+        if getattr(m, attr, None) is not None
+    )
 
 
 class _BaseClient:
@@ -131,12 +150,17 @@ class _BaseClient:
         **settings: Any,
     ) -> None:
         if http_client is not None and not isinstance(http_client, http_client_type):
-            other = "AsyncClipClient" if isinstance(http_client, httpx.AsyncClient) else "ClipClient"
+            wanted = f"{http_client_type.__module__}.{http_client_type.__name__}"
+            hint = ""
+            if isinstance(http_client, (httpx.Client, httpx.AsyncClient)):
+                other = "AsyncClipClient" if isinstance(http_client, httpx.AsyncClient) else "ClipClient"
+                hint = f"; {other} takes that one"
             raise TypeError(
-                f"{type(self).__name__} sends through an {http_client_type.__module__}."
-                f"{http_client_type.__name__}, got {type(http_client).__name__}; use {other} for that one"
+                f"{type(self).__name__}(http_client=...) takes an {wanted}, got "
+                f"{type(http_client).__name__}{hint}"
             )
         if backend is not None:
+            _check_backend(backend)
             if host or token or profile or config or http_client:
                 raise ValueError(
                     "pass either backend= or workspace options (host/token/profile/config/http_client)"
@@ -148,6 +172,12 @@ class _BaseClient:
                 if settings.get(name) is None and preferred is not None:
                     settings[name] = preferred
         self.settings: Settings = Settings().merged(**settings)
+        takes = getattr(backend, "image_size", None)
+        if takes is not None and self.settings.image_size != takes:
+            raise ValueError(
+                f"image_size={self.settings.image_size}, but this backend's model takes {takes}x{takes} "
+                f"images; leave image_size unset (or set it to {takes})"
+            )
         if backend is None:
             workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
             backend = RemoteBackend(workspace, self.settings, http_client=http_client)
@@ -166,7 +196,7 @@ class _BaseClient:
         model: str | os.PathLike[str] = C.DEFAULT_LOCAL_MODEL,
         *,
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: str | torch.dtype | None = None,
         compile: bool = False,
         **client_options: Any,
     ) -> Self:
@@ -177,8 +207,8 @@ class _BaseClient:
             model: a Hugging Face hub id (from the local cache, downloaded on first use) or a folder
                 holding ``config.json``, the weights and the tokenizer files.
             device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; None picks CUDA when available, else CPU.
-            dtype: ``"float16"``, ``"bfloat16"`` or ``"float32"``; None picks float16 on CUDA and
-                float32 on CPU.
+            dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or a ``torch.dtype``; None picks
+                float16 on CUDA and float32 on CPU.
             compile: run both towers through ``torch.compile`` (every batch padded to one shape).
             **client_options: the client's keywords (``batch_size``, ``normalize``, ``progress``...).
                 ``max_concurrency`` defaults to 2: one batch on the device while the next is
@@ -190,7 +220,9 @@ class _BaseClient:
         Raises:
             ModelLoadError: the checkpoint is missing, not cached while offline, or does not load.
             ImportError: the ``local`` extra (torch, transformers) is not installed.
-            TypeError: an unknown keyword in ``client_options``.
+            TypeError: an unknown keyword in ``client_options``, or a workspace keyword (``host``,
+                ``token``...): local mode needs none. Checked, with the values, before the model
+                loads.
 
         >>> with ClipClient.local("openai/clip-vit-large-patch14", device="cpu") as client:  # doctest: +SKIP
         ...     client.embed_text("a photo of a cat").shape
@@ -198,6 +230,20 @@ class _BaseClient:
         """
         from .local import LocalBackend
 
+        # Every option is checked before the model loads: a typo must not cost a 1.7 GB load first.
+        workspace = sorted(
+            set(client_options) & {"host", "token", "profile", "config", "http_client", "backend"}
+        )
+        if workspace:
+            raise TypeError(
+                f"{cls.__name__}.local() runs the model in-process and takes no {', '.join(workspace)}"
+            )
+        unknown = sorted(set(client_options) - set(Settings.model_fields))
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.local() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}"
+            )
+        Settings().merged(**client_options)  # the values too (pydantic.ValidationError)
         backend = LocalBackend(
             model,
             device=device,
@@ -214,7 +260,7 @@ class _BaseClient:
         """Counters since the client was created (requests, retries, overloads, splits) and the
         concurrency limit as it stands now; a fresh snapshot on each read."""
         c = self._counters
-        maximum = self.settings.max_concurrency
+        maximum = self._concurrency()
         limit = self.backend.concurrency_limit()
         return ClientStats(
             requests=c.requests,
@@ -224,6 +270,19 @@ class _BaseClient:
             concurrency_limit=maximum if limit is None else limit,
             max_concurrency=maximum,
         )
+
+    # -- check_endpoint: one flow (clip_client._check), driven by each client's own I/O -----------------
+
+    def _check_flow(
+        self, deadline: float | None, *, control_plane: bool
+    ) -> tuple[Generator[Step, Any, EndpointCheck], CallContext]:
+        """The check's flow and the context its probes share (its deadline; its requests counted
+        apart, and in ``client.stats``)."""
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+        _check_deadline(deadline)
+        ctx = CallContext(deadline, CheckCounters(self._counters))
+        return check_flow(self.backend, self.settings, ctx, control_plane=control_plane), ctx
 
     # -- planning: the one step every public method starts with ---------------------------------------
 
@@ -248,8 +307,7 @@ class _BaseClient:
             raise RuntimeError(f"this {type(self).__name__} is closed")
         if on_error not in ("raise", "mark"):
             raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
-        if deadline is not None and not deadline > 0:
-            raise ValueError(f"deadline must be a number of seconds > 0, got {deadline!r}")
+        _check_deadline(deadline)
         settings = self.settings.merged(batch_size=batch_size, normalize=normalize, progress=progress)
         source: Iterable[object]
         if kind == "text":
@@ -281,8 +339,21 @@ class _BaseClient:
             endpoint=self.backend.endpoint(plan.kind),
             progress=bar,
             dim_hint=self.backend.dim,
-            window=2 * plan.settings.max_concurrency,  # enough to keep every slot busy, memory bounded
+            window=self._window(),
         )
+
+    def _concurrency(self) -> int:
+        """The most requests this client keeps in flight: the serving endpoints' ceiling
+        (``max_concurrency``, or what ``"auto"`` resolved to once the endpoint was prepared), else
+        the setting (the default for ``"auto"``: other backends have no state to read)."""
+        if isinstance(self.backend, RemoteBackend):
+            return self.backend.concurrency_ceiling()
+        value = self.settings.max_concurrency
+        return value if isinstance(value, int) else C.DEFAULT_MAX_CONCURRENCY
+
+    def _window(self) -> int:
+        """Batches one call keeps in flight: enough to keep every slot busy, memory bounded."""
+        return 2 * self._concurrency()
 
     def _context(self, plan: _Plan) -> CallContext:
         return CallContext(plan.deadline, self._counters)
@@ -293,7 +364,14 @@ class _BaseClient:
         before it was sent is marked failed like any other, rather than sinking the whole call."""
         ctx.check(self.backend.endpoint(kind))
 
-    def _flow(self, batch: Batch, mark: bool) -> Generator[Batch, FloatArray, list[BatchOutcome]]:
+    def _backend_failure(self, kind: InputKind, exc: Exception) -> BackendError:
+        """A backend's own exception as a typed error (the shells chain the original)."""
+        return BackendError(
+            f"the backend {type(self.backend).__name__} raised {type(exc).__name__}: {exc}",
+            endpoint=self.backend.endpoint(kind),
+        )
+
+    def _flow(self, batch: Batch, mark: bool) -> Generator[Batch, EmbeddingArray, list[BatchOutcome]]:
         return batch_flow(batch, mark=mark, on_split=self._counters.split)
 
     def _image_options(self) -> ImageOptions:
@@ -306,6 +384,7 @@ class _BaseClient:
             fast_decode=s.fast_decode,
             high_bit_depth=s.high_bit_depth,
             want=self.backend.image_input,
+            preparation=s.image_preparation,  # ignored by a backend that wants pixels (local mode)
         )
 
     def _text_items(self, texts: Iterable[object]) -> Iterator[Prepared]:
@@ -341,7 +420,7 @@ class _BaseClient:
         payload, nbytes = self.backend.payload("image", prepared)
         return Prepared(index, payload, nbytes)
 
-    def _empty(self, plan: _Plan) -> FloatArray | EmbeddingResult:
+    def _empty(self, plan: _Plan) -> EmbeddingArray | EmbeddingResult:
         """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
         empty = empty_result(self.backend.dim)
         return EmbeddingResult(empty) if plan.on_error == "mark" else empty
@@ -358,6 +437,59 @@ class _BaseClient:
             if self._prep_pool is not None:
                 self._prep_pool.shutdown(wait=False, cancel_futures=True)
                 self._prep_pool = None
+
+
+_NOT_FOR_LOCAL = frozenset({"host", "token", "profile", "config", "http_client", "backend"})
+_BACKEND_MEMBERS = (
+    "image_input",
+    "max_request_bytes",
+    "batch_size",
+    "image_size",
+    "dim",
+    "endpoint",
+    "payload",
+    "embed",
+    "aembed",
+    "concurrency_limit",
+    "close",
+    "aclose",
+)
+
+
+def _check_deadline(deadline: object) -> None:
+    """A call's ``deadline``: None, or a number of seconds > 0 (not a bool, not NaN)."""
+    if deadline is None:
+        return
+    if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0:
+        raise ValueError(f"deadline must be a number of seconds > 0, got {deadline!r}")
+
+
+def _check_backend(backend: object) -> None:
+    """A ``TypeError`` naming what is missing, for an object that is not a :class:`Backend`."""
+    if isinstance(backend, Backend):
+        return
+    members = [
+        m
+        for m in (
+            "image_input",
+            "max_request_bytes",
+            "batch_size",
+            "image_size",
+            "dim",
+            "endpoint",
+            "payload",
+            "embed",
+            "aembed",
+            "concurrency_limit",
+            "close",
+            "aclose",
+        )
+        if not hasattr(backend, m)
+    ]
+    raise TypeError(
+        f"backend= takes an object with the members of clip_client.Backend; {type(backend).__name__} "
+        f"lacks {', '.join(members)} (see docs/configuration.md, Backends)"
+    )
 
 
 @contextmanager
@@ -423,7 +555,7 @@ class ClipClient(_BaseClient):
         image_endpoint: str | None = None,
         batch_size: int | None = None,
         max_request_bytes: int | None = None,
-        max_concurrency: int | None = None,
+        max_concurrency: MaxConcurrency | None = None,
         max_retries: int | None = None,
         retry_deadline: float | None = None,
         retry_backoff: float | None = None,
@@ -435,6 +567,7 @@ class ClipClient(_BaseClient):
         max_image_pixels: int | None = None,
         fast_decode: bool | None = None,
         high_bit_depth: HighBitDepth | None = None,
+        image_preparation: ImagePreparation | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
         backend: Backend | None = None,
@@ -464,10 +597,13 @@ class ClipClient(_BaseClient):
             max_image_pixels=max_image_pixels,
             fast_decode=fast_decode,
             high_bit_depth=high_bit_depth,
+            image_preparation=image_preparation,
             normalize=normalize,
             progress=progress,
         )
         self._request_threads: ThreadPoolExecutor | None = None
+        self._request_threads_size = 0
+        self._retired_threads: list[ThreadPoolExecutor] = []
 
     # -- public API ----------------------------------------------------------------------------------
 
@@ -481,7 +617,7 @@ class ClipClient(_BaseClient):
         progress: bool | None = ...,
         on_error: Literal["raise"] = ...,
         deadline: float | None = ...,
-    ) -> FloatArray: ...
+    ) -> EmbeddingArray: ...
     @overload
     def embed_texts(
         self,
@@ -502,7 +638,7 @@ class ClipClient(_BaseClient):
         progress: bool | None = None,
         on_error: OnError = "raise",
         deadline: float | None = None,
-    ) -> FloatArray | EmbeddingResult:
+    ) -> EmbeddingArray | EmbeddingResult:
         """Embed texts.
 
         Args:
@@ -538,7 +674,7 @@ class ClipClient(_BaseClient):
 
     def embed_text(
         self, text: str, *, normalize: bool | None = None, deadline: float | None = None
-    ) -> FloatArray:
+    ) -> EmbeddingArray:
         """Embed one text.
 
         Args:
@@ -557,7 +693,7 @@ class ClipClient(_BaseClient):
         (768,)
         """
         with _one_input():
-            row: FloatArray = self.embed_texts([text], normalize=normalize, deadline=deadline)[0]
+            row: EmbeddingArray = self.embed_texts([text], normalize=normalize, deadline=deadline)[0]
         return row
 
     @overload
@@ -570,7 +706,7 @@ class ClipClient(_BaseClient):
         progress: bool | None = ...,
         on_error: Literal["raise"] = ...,
         deadline: float | None = ...,
-    ) -> FloatArray: ...
+    ) -> EmbeddingArray: ...
     @overload
     def embed_images(
         self,
@@ -591,7 +727,7 @@ class ClipClient(_BaseClient):
         progress: bool | None = None,
         on_error: OnError = "raise",
         deadline: float | None = None,
-    ) -> FloatArray | EmbeddingResult:
+    ) -> EmbeddingArray | EmbeddingResult:
         """Embed images, each decoded, oriented, converted to RGB, resized and centre-cropped to
         224x224 exactly as the served ``CLIPImageProcessor`` would (docs/images.md).
 
@@ -624,7 +760,7 @@ class ClipClient(_BaseClient):
 
     def embed_image(
         self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
-    ) -> FloatArray:
+    ) -> EmbeddingArray:
         """Embed one image (any input :meth:`embed_images` takes).
 
         Returns:
@@ -638,7 +774,7 @@ class ClipClient(_BaseClient):
         (768,)
         """
         with _one_input():
-            row: FloatArray = self.embed_images([image], normalize=normalize, deadline=deadline)[0]
+            row: EmbeddingArray = self.embed_images([image], normalize=normalize, deadline=deadline)[0]
         return row
 
     def iter_embed_texts(
@@ -700,13 +836,67 @@ class ClipClient(_BaseClient):
         )  # fmt: skip
         return EmbeddingStream(self._rows(plan))
 
+    def check_endpoint(self, *, deadline: float | None = None) -> EndpointCheck:
+        """What the two endpoints are and do, measured rather than assumed.
+
+        Per endpoint, text and image: its state from ``GET /api/2.0/serving-endpoints/{name}``
+        (ready, configuration update, served entities with workload size and type, scale to zero,
+        route-optimized); the embedding width, from one probe; for the image endpoint, pixel parity
+        (a 640x480 probe picture sent in one request both as the whole PNG file and as this client's
+        prepared crop: cosine, largest difference and a verdict, ``"exact"``, ``"close"`` or
+        ``"different"``, with what to do about the last two); for the text endpoint, whether a text
+        over CLIP's 77 tokens is truncated or refused. Probes go through the normal embed path
+        (retries, auth, the adaptive limit, ``timeout``) and count in :attr:`stats`. Fields and
+        verdicts: docs/endpoints.md.
+
+        Cost: 4 requests when every answer is a success (2 state GETs, 2 probe POSTs); a probe pair
+        the endpoint refuses with 400 is split to tell which input it refused (2 more); retries add
+        theirs. A backend without a control plane (:meth:`local`) reports its state as "not a
+        serving endpoint" and runs 2 forward passes.
+
+        Args:
+            deadline: seconds; a bound on the probes, retries included (each state GET is bounded by
+                10 s on its own).
+
+        Returns:
+            an :class:`~clip_client.EndpointCheck` (frozen): ``.text`` and ``.image``
+            (:class:`~clip_client.EndpointReport`), ``.requests``, ``.advice``; ``str()`` of it is a
+            readable summary. A state that cannot be read (403: CAN QUERY without CAN VIEW; a failed
+            GET) is reported unknown with its reason, not raised.
+
+        Raises:
+            EndpointNotFoundError: an endpoint does not exist (404); ``.endpoint`` names it.
+            AuthenticationError: 401, the credentials are wrong.
+            PermissionDeniedError: 403 on a probe: the caller may not query the endpoint.
+            APIError: a probe of what the client itself sends (a short caption, its prepared crop)
+                failed after its retries (a refusal of the long text or of the whole file is a
+                finding, not an error); ``APITimeoutError`` once ``deadline`` passes.
+            CredentialsError: databricks-sdk could not produce credentials.
+            ValueError: ``deadline`` is not > 0.
+            RuntimeError: the client is closed.
+
+        >>> print(client.check_endpoint())  # doctest: +SKIP
+        """
+        read_state = getattr(self.backend, "endpoint_state", None)
+        flow, ctx = self._check_flow(deadline, control_plane=read_state is not None)
+
+        def step(s: Step) -> Any:
+            if isinstance(s, ReadState):
+                return read_state(s.kind, refresh=True)  # type: ignore[misc]
+            self._check_call(s.kind, ctx)
+            return self.backend.embed(s.kind, s.batch.payloads, ctx)
+
+        return drive(flow, step)
+
     def close(self) -> None:
         """Release connections and threads (not an ``http_client`` you passed). Idempotent."""
         self._shutdown_pools()
         with self._pool_lock:
-            if self._request_threads is not None:
-                self._request_threads.shutdown(wait=False, cancel_futures=True)
-                self._request_threads = None
+            for pool in [*self._retired_threads, self._request_threads]:
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+            self._request_threads = None
+            self._retired_threads.clear()
         self.backend.close()
 
     def __enter__(self) -> Self:
@@ -719,7 +909,7 @@ class ClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    def _collect(self, plan: _Plan) -> FloatArray | EmbeddingResult:
+    def _collect(self, plan: _Plan) -> EmbeddingArray | EmbeddingResult:
         if plan.total == 0:
             return self._empty(plan)
         out = self._collector(plan)
@@ -746,8 +936,17 @@ class ClipClient(_BaseClient):
     def _stream(self, plan: _Plan, items: Iterator[Prepared]) -> Iterator[Row]:
         job = self._new_job(plan)
         ctx = self._context(plan)
-        pool = self._request_pool()
+        pool: ThreadPoolExecutor | None = None
         pending: dict[Future[list[BatchOutcome]], Batch] = {}  # each batch in flight, by its future
+
+        def submit(batch: Batch) -> None:
+            nonlocal pool
+            if pool is None:  # the call's first request: the backend knows its endpoint first
+                if isinstance(self.backend, RemoteBackend):
+                    self.backend.prepare(plan.kind, ctx)
+                job.resize(self._window())
+                pool = self._request_pool()
+            pending[pool.submit(self._send, plan.kind, batch, ctx, job)] = batch
 
         def settle_some() -> None:
             done, _ = wait(pending, timeout=ctx.wait_limit(), return_when=FIRST_COMPLETED)
@@ -768,12 +967,12 @@ class ClipClient(_BaseClient):
                 if item.error is not None:
                     job.input_failed(item.index, item.error)
                 elif (batch := job.add(item.index, item.payload, item.nbytes)) is not None:
-                    pending[pool.submit(self._send, plan.kind, batch, ctx, job.mark)] = batch
+                    submit(batch)
                 while job.must_wait(len(pending)):
                     settle_some()
                 yield from job.ready()
             if (batch := job.flush()) is not None:
-                pending[pool.submit(self._send, plan.kind, batch, ctx, job.mark)] = batch
+                submit(batch)
             while pending:
                 settle_some()
                 yield from job.ready()
@@ -787,22 +986,33 @@ class ClipClient(_BaseClient):
             job.close()
             items.close()  # type: ignore[attr-defined]
 
-    def _send(self, kind: InputKind, batch: Batch, ctx: CallContext, mark: bool) -> list[BatchOutcome]:
-        def send(b: Batch) -> FloatArray:
+    def _send(self, kind: InputKind, batch: Batch, ctx: CallContext, job: EmbedJob) -> list[BatchOutcome]:
+        def send(b: Batch) -> EmbeddingArray:
             self._check_call(kind, ctx)
-            return self.backend.embed(kind, b.payloads, ctx)
+            try:
+                rows = self.backend.embed(kind, b.payloads, ctx)
+            except ClipClientError:
+                raise
+            except Exception as exc:
+                raise self._backend_failure(kind, exc) from safe_cause(exc)
+            return job.accept(b, rows)
 
-        return drive(self._flow(batch, mark), send)
+        return drive(self._flow(batch, job.mark), send)
 
     def _request_pool(self) -> ThreadPoolExecutor:
         """The thread pool requests are sent from: one per client, shared by every thread using it.
-        Two threads more than ``max_concurrency``: the backend's limit caps what is on the wire, and
-        the spare threads build the next bodies and parse answers while every slot stays busy."""
+        Two threads more than the client's concurrency (``max_concurrency``, or what ``"auto"``
+        resolved to): the backend's limit caps what is on the wire, and the spare threads build the
+        next bodies and parse answers while every slot stays busy. When ``"auto"`` resolves a higher
+        ceiling for another endpoint, a larger pool replaces it (calls under way finish on the old
+        one, which is shut down with the client)."""
+        size = self._concurrency() + 2
         with self._pool_lock:
-            if self._request_threads is None:
-                self._request_threads = ThreadPoolExecutor(
-                    self.settings.max_concurrency + 2, thread_name_prefix="clip-request"
-                )
+            if self._request_threads is None or self._request_threads_size < size:
+                if self._request_threads is not None:
+                    self._retired_threads.append(self._request_threads)
+                self._request_threads = ThreadPoolExecutor(size, thread_name_prefix="clip-request")
+                self._request_threads_size = size
             return self._request_threads
 
 
@@ -840,7 +1050,7 @@ class AsyncClipClient(_BaseClient):
         image_endpoint: str | None = None,
         batch_size: int | None = None,
         max_request_bytes: int | None = None,
-        max_concurrency: int | None = None,
+        max_concurrency: MaxConcurrency | None = None,
         max_retries: int | None = None,
         retry_deadline: float | None = None,
         retry_backoff: float | None = None,
@@ -852,6 +1062,7 @@ class AsyncClipClient(_BaseClient):
         max_image_pixels: int | None = None,
         fast_decode: bool | None = None,
         high_bit_depth: HighBitDepth | None = None,
+        image_preparation: ImagePreparation | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
         backend: Backend | None = None,
@@ -881,6 +1092,7 @@ class AsyncClipClient(_BaseClient):
             max_image_pixels=max_image_pixels,
             fast_decode=fast_decode,
             high_bit_depth=high_bit_depth,
+            image_preparation=image_preparation,
             normalize=normalize,
             progress=progress,
         )
@@ -897,7 +1109,7 @@ class AsyncClipClient(_BaseClient):
         progress: bool | None = ...,
         on_error: Literal["raise"] = ...,
         deadline: float | None = ...,
-    ) -> FloatArray: ...
+    ) -> EmbeddingArray: ...
     @overload
     async def embed_texts(
         self,
@@ -918,7 +1130,7 @@ class AsyncClipClient(_BaseClient):
         progress: bool | None = None,
         on_error: OnError = "raise",
         deadline: float | None = None,
-    ) -> FloatArray | EmbeddingResult:
+    ) -> EmbeddingArray | EmbeddingResult:
         """Embed texts; the twin of :meth:`ClipClient.embed_texts`.
 
         Args:
@@ -953,7 +1165,7 @@ class AsyncClipClient(_BaseClient):
 
     async def embed_text(
         self, text: str, *, normalize: bool | None = None, deadline: float | None = None
-    ) -> FloatArray:
+    ) -> EmbeddingArray:
         """Embed one text; the twin of :meth:`ClipClient.embed_text`.
 
         Returns:
@@ -967,7 +1179,7 @@ class AsyncClipClient(_BaseClient):
         (768,)
         """
         with _one_input():
-            row: FloatArray = (await self.embed_texts([text], normalize=normalize, deadline=deadline))[0]
+            row: EmbeddingArray = (await self.embed_texts([text], normalize=normalize, deadline=deadline))[0]
         return row
 
     @overload
@@ -980,7 +1192,7 @@ class AsyncClipClient(_BaseClient):
         progress: bool | None = ...,
         on_error: Literal["raise"] = ...,
         deadline: float | None = ...,
-    ) -> FloatArray: ...
+    ) -> EmbeddingArray: ...
     @overload
     async def embed_images(
         self,
@@ -1001,7 +1213,7 @@ class AsyncClipClient(_BaseClient):
         progress: bool | None = None,
         on_error: OnError = "raise",
         deadline: float | None = None,
-    ) -> FloatArray | EmbeddingResult:
+    ) -> EmbeddingArray | EmbeddingResult:
         """Embed images; the twin of :meth:`ClipClient.embed_images` (the same inputs, results and
         errors). Decoding and resizing run in worker threads, off the event loop.
 
@@ -1023,7 +1235,7 @@ class AsyncClipClient(_BaseClient):
 
     async def embed_image(
         self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
-    ) -> FloatArray:
+    ) -> EmbeddingArray:
         """Embed one image; the twin of :meth:`ClipClient.embed_image`.
 
         Returns:
@@ -1037,7 +1249,8 @@ class AsyncClipClient(_BaseClient):
         (768,)
         """
         with _one_input():
-            row: FloatArray = (await self.embed_images([image], normalize=normalize, deadline=deadline))[0]
+            rows = await self.embed_images([image], normalize=normalize, deadline=deadline)
+        row: EmbeddingArray = rows[0]
         return row
 
     def iter_embed_texts(
@@ -1093,6 +1306,59 @@ class AsyncClipClient(_BaseClient):
         )  # fmt: skip
         return AsyncEmbeddingStream(self._rows(plan))
 
+    async def check_endpoint(self, *, deadline: float | None = None) -> EndpointCheck:
+        """What the two endpoints are and do, measured; the twin of :meth:`ClipClient.check_endpoint`.
+
+        Per endpoint, text and image: its state from ``GET /api/2.0/serving-endpoints/{name}``
+        (ready, configuration update, served entities with workload size and type, scale to zero,
+        route-optimized); the embedding width, from one probe; for the image endpoint, pixel parity
+        (a 640x480 probe picture sent in one request both as the whole PNG file and as this client's
+        prepared crop: cosine, largest difference and a verdict, ``"exact"``, ``"close"`` or
+        ``"different"``, with what to do about the last two); for the text endpoint, whether a text
+        over CLIP's 77 tokens is truncated or refused. Probes go through the normal embed path
+        (retries, auth, the adaptive limit, ``timeout``) and count in :attr:`stats`. Fields and
+        verdicts: docs/endpoints.md.
+
+        Cost: 4 requests when every answer is a success (2 state GETs, 2 probe POSTs); a probe pair
+        the endpoint refuses with 400 is split to tell which input it refused (2 more); retries add
+        theirs. A backend without a control plane (:meth:`local`) reports its state as "not a
+        serving endpoint" and runs 2 forward passes.
+
+        Args:
+            deadline: seconds; a bound on the probes, retries included (each state GET is bounded by
+                10 s on its own).
+
+        Returns:
+            an :class:`~clip_client.EndpointCheck` (frozen): ``.text`` and ``.image``
+            (:class:`~clip_client.EndpointReport`), ``.requests``, ``.advice``; ``str()`` of it is a
+            readable summary. A state that cannot be read (403: CAN QUERY without CAN VIEW; a failed
+            GET) is reported unknown with its reason, not raised.
+
+        Raises:
+            EndpointNotFoundError: an endpoint does not exist (404); ``.endpoint`` names it.
+            AuthenticationError: 401, the credentials are wrong.
+            PermissionDeniedError: 403 on a probe: the caller may not query the endpoint.
+            APIError: a probe of what the client itself sends (a short caption, its prepared crop)
+                failed after its retries (a refusal of the long text or of the whole file is a
+                finding, not an error); ``APITimeoutError`` once ``deadline`` passes.
+            CredentialsError: databricks-sdk could not produce credentials.
+            ValueError: ``deadline`` is not > 0.
+            RuntimeError: the client is closed.
+
+        >>> print(await client.check_endpoint())  # doctest: +SKIP
+        """
+        read_state = getattr(self.backend, "aendpoint_state", None)
+        flow, ctx = self._check_flow(deadline, control_plane=read_state is not None)
+        await asyncio.to_thread(probe_image)  # drawn once per process: off the event loop
+
+        async def step(s: Step) -> Any:
+            if isinstance(s, ReadState):
+                return await read_state(s.kind, refresh=True)  # type: ignore[misc]
+            self._check_call(s.kind, ctx)
+            return await self.backend.aembed(s.kind, s.batch.payloads, ctx)
+
+        return await adrive(flow, step)
+
     async def close(self) -> None:
         """Release connections and threads (not an ``http_client`` you passed). Idempotent."""
         self._shutdown_pools()
@@ -1108,7 +1374,7 @@ class AsyncClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    async def _collect(self, plan: _Plan) -> FloatArray | EmbeddingResult:
+    async def _collect(self, plan: _Plan) -> EmbeddingArray | EmbeddingResult:
         if plan.total == 0:
             return self._empty(plan)
         out = self._collector(plan)
@@ -1140,6 +1406,16 @@ class AsyncClipClient(_BaseClient):
         job = self._new_job(plan)
         ctx = self._context(plan)
         pending: set[asyncio.Future[list[BatchOutcome]]] = set()
+        started = False
+
+        async def submit(batch: Batch) -> None:
+            nonlocal started
+            if not started:  # the call's first request: the backend knows its endpoint first
+                started = True
+                if isinstance(self.backend, RemoteBackend):
+                    await self.backend.aprepare(plan.kind, ctx)
+                job.resize(self._window())
+            pending.add(asyncio.ensure_future(self._send(plan.kind, batch, ctx, job)))
 
         async def settle_some() -> None:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -1152,13 +1428,13 @@ class AsyncClipClient(_BaseClient):
                 if item.error is not None:
                     job.input_failed(item.index, item.error)
                 elif (batch := job.add(item.index, item.payload, item.nbytes)) is not None:
-                    pending.add(asyncio.ensure_future(self._send(plan.kind, batch, ctx, job.mark)))
+                    await submit(batch)
                 while job.must_wait(len(pending)):
                     await settle_some()
                 for row in job.ready():
                     yield row
             if (batch := job.flush()) is not None:
-                pending.add(asyncio.ensure_future(self._send(plan.kind, batch, ctx, job.mark)))
+                await submit(batch)
             while pending:
                 await settle_some()
                 for row in job.ready():
@@ -1175,12 +1451,20 @@ class AsyncClipClient(_BaseClient):
             job.close()
             await items.aclose()  # type: ignore[attr-defined]
 
-    async def _send(self, kind: InputKind, batch: Batch, ctx: CallContext, mark: bool) -> list[BatchOutcome]:
-        async def send(b: Batch) -> FloatArray:
+    async def _send(
+        self, kind: InputKind, batch: Batch, ctx: CallContext, job: EmbedJob
+    ) -> list[BatchOutcome]:
+        async def send(b: Batch) -> EmbeddingArray:
             self._check_call(kind, ctx)
-            return await self.backend.aembed(kind, b.payloads, ctx)
+            try:
+                rows = await self.backend.aembed(kind, b.payloads, ctx)
+            except ClipClientError:
+                raise
+            except Exception as exc:
+                raise self._backend_failure(kind, exc) from safe_cause(exc)
+            return job.accept(b, rows)
 
-        return await adrive(self._flow(batch, mark), send)
+        return await adrive(self._flow(batch, job.mark), send)
 
 
 AsyncClipClient.__doc__ = (AsyncClipClient.__doc__ or "") + _CLIENT_DOC.format(

@@ -63,6 +63,15 @@ class AIMDLimit:
         self._next_ticket += 1
         return Slot(self._next_ticket)
 
+    def set_ceiling(self, maximum: int) -> None:
+        """Move the ceiling to ``maximum`` (``max_concurrency="auto"`` once the endpoint said what it
+        serves), and the live limit by as much, so a limit that was at its ceiling stays there and one
+        that was lowered by overload stays that far below it."""
+        if maximum < self.minimum:
+            raise ValueError(f"need maximum >= {self.minimum}, got {maximum}")
+        self.limit = min(float(maximum), max(float(self.minimum), self.limit + maximum - self.maximum))
+        self.maximum = maximum
+
     def finish(self, slot: Slot) -> None:
         self.in_flight -= 1
         if slot.overloaded:
@@ -80,6 +89,12 @@ class ThreadLimiter:
     def __init__(self, policy: AIMDLimit) -> None:
         self.policy = policy
         self._cond = threading.Condition()
+
+    def set_ceiling(self, maximum: int) -> None:
+        """:meth:`AIMDLimit.set_ceiling`, waking the threads a higher ceiling lets in."""
+        with self._cond:
+            self.policy.set_ceiling(maximum)
+            self._cond.notify_all()
 
     @contextmanager
     def slot(self, ctx: CallContext | None = None, endpoint: str | None = None) -> Iterator[Slot]:
@@ -106,6 +121,17 @@ class AsyncLimiter:
         self.policy = policy
         self._waiters: list[asyncio.Future[None]] = []
 
+    def set_ceiling(self, maximum: int) -> None:
+        """:meth:`AIMDLimit.set_ceiling`, waking the tasks a higher ceiling lets in (call it on the
+        loop)."""
+        self.policy.set_ceiling(maximum)
+        self._wake()
+
+    def _wake(self) -> None:
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     @asynccontextmanager
     async def slot(self, ctx: CallContext | None = None, endpoint: str | None = None) -> AsyncIterator[Slot]:
         """A slot, waited for no longer than ``ctx``'s deadline (then ``APITimeoutError``)."""
@@ -126,9 +152,7 @@ class AsyncLimiter:
             yield slot
         finally:
             self.policy.finish(slot)
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+            self._wake()
 
 
 class CallCancelled(ClipClientError):

@@ -19,6 +19,9 @@ DEFAULT_MAX_REQUEST_BYTES = 15_000_000
 #: endpoint's queue, so no slot idles while the client parses an answer and sends the next request
 #: (90% of the endpoint's ceiling at 4, 97% at 5: benchmarks/throughput.py). 429s lower it at once.
 DEFAULT_MAX_CONCURRENCY = 5
+#: The highest ``max_concurrency`` there is, given or chosen by ``"auto"`` (a Large endpoint with
+#: explicit provisioned concurrency can serve hundreds at once; past this, requests only queue).
+MAX_CONCURRENCY = 256
 
 #: Retries after the first attempt, for connection errors, timeouts, 408, 429 and 5xx (a malformed
 #: 200 and a host name that does not resolve get one at most, below).
@@ -63,6 +66,8 @@ DEFAULT_PROGRESS = False
 #: 16-bit images clip at 255 as the served processor does (types.HighBitDepth).
 DEFAULT_HIGH_BIT_DEPTH: Final = "clip"
 DEFAULT_JPEG_QUALITY = 95
+#: Images are prepared on the client, exactly as the served processor would (types.ImagePreparation).
+DEFAULT_IMAGE_PREPARATION: Final = "client"
 
 #: Refuse images with more pixels than this before decoding them (decompression-bomb guard).
 #: 178,956,970 is the point at which Pillow itself refuses (twice its warning threshold).

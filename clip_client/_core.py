@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -198,8 +199,8 @@ class BatchPlanner:
         if self.max_bytes is not None and BODY_OVERHEAD + nbytes > self.max_bytes:
             raise InvalidInputError(
                 f"this input alone makes a {BODY_OVERHEAD + nbytes:,}-byte request, over "
-                f"max_request_bytes={self.max_bytes:,}; shorten it (or, for an image, use "
-                "image_format='jpeg')",
+                f"max_request_bytes={self.max_bytes:,}; shorten it (for an image: "
+                "image_preparation='client' sends a 224x224 crop, image_format='jpeg' a smaller one)",
                 index=index,
             )
         closed = None
@@ -237,6 +238,11 @@ def decode_json(content: bytes) -> Any:
 
 
 _NOT_JSON = object()
+#: What to check when a backend's answer is not rows: the one contract every backend keeps.
+_BACKEND_HINT = (
+    "A Backend's embed()/aembed() must return a float32 array of shape (len(payloads), dim) with finite "
+    "values, rows in payload order"
+)
 
 
 def parse_predictions(
@@ -360,10 +366,14 @@ def batch_flow(
     return [(batch, rows)]
 
 
-def drive(
-    flow: Generator[Batch, FloatArray, list[BatchOutcome]], send: Callable[[Batch], FloatArray]
-) -> list[BatchOutcome]:
-    """Run a :func:`batch_flow` with a blocking ``send``."""
+_Request = TypeVar("_Request")
+_Answer = TypeVar("_Answer")
+_Result = TypeVar("_Result")
+
+
+def drive(flow: Generator[_Request, _Answer, _Result], send: Callable[[_Request], _Answer]) -> _Result:
+    """Run a :func:`batch_flow` (or any flow that yields requests and is sent their answers or
+    thrown their ``ClipClientError``, such as ``_check.check_flow``) with a blocking ``send``."""
     request = next(flow)
     while True:
         try:
@@ -379,9 +389,9 @@ def drive(
 
 
 async def adrive(
-    flow: Generator[Batch, FloatArray, list[BatchOutcome]], send: Callable[[Batch], Awaitable[FloatArray]]
-) -> list[BatchOutcome]:
-    """Run a :func:`batch_flow` with an awaitable ``send``."""
+    flow: Generator[_Request, _Answer, _Result], send: Callable[[_Request], Awaitable[_Answer]]
+) -> _Result:
+    """:func:`drive` with an awaitable ``send``."""
     request = next(flow)
     while True:
         try:
@@ -433,6 +443,7 @@ class EmbedJob:
         self.dim: int | None = None
         self.dim_hint = dim_hint
         self.failures: list[EmbeddingFailure] = []
+        self._dim_lock = threading.Lock()
         self._waiting: dict[int, FloatArray | BaseException] = {}
         self._next = 0
 
@@ -487,24 +498,57 @@ class EmbedJob:
     def emitted(self) -> int:
         return self._next
 
+    def resize(self, window: int) -> None:
+        """Keep up to ``window`` batches in flight from now on (set once the backend knows how many
+        requests it runs at once: ``max_concurrency="auto"`` learns it on the first request)."""
+        self.window = window
+        self.backlog_cap = window * self.planner.max_items
+
     def must_wait(self, in_flight: int) -> bool:
         """Whether the shell should wait for a batch to finish before sending more: when ``window``
         batches are in flight, or too many finished rows wait behind a slow one. Batches are waited
         on as they finish, in any order, so one slow reply never idles the other request slots."""
         return in_flight > 0 and (in_flight >= self.window or len(self._waiting) > self.backlog_cap)
 
-    def _checked(self, batch: Batch, rows: FloatArray) -> FloatArray:
+    def accept(self, batch: Batch, rows: object) -> FloatArray:
+        """What a backend answered for ``batch``, checked before it is taken as rows: a 2-D array of
+        finite numbers, one row per input, as wide as the backend declared and as every other batch
+        of the call. Called where the batch is sent (any thread or task), inside the batch's flow,
+        so a wrong answer is marked like any other failure with ``on_error="mark"``.
+
+        Raises:
+            ResponseFormatError: the answer is not such an array.
+        """
+
+        def fail(message: str) -> ResponseFormatError:
+            return ResponseFormatError(message, endpoint=self.endpoint, hint=_BACKEND_HINT)
+
+        if not isinstance(rows, np.ndarray):
+            raise fail(f"the backend answered a {type(rows).__name__}, not a float32 array")
         if rows.ndim != 2 or rows.shape[0] != len(batch):
-            raise ResponseFormatError(
-                f"sent {len(batch)} inputs but got {rows.shape[0]} rows back", endpoint=self.endpoint
-            )
+            raise fail(f"sent {len(batch)} inputs but got an array of shape {rows.shape} back")
+        if rows.dtype.kind not in "iuf":
+            raise fail(f"the backend answered {rows.dtype} values, not numbers")
+        width = int(rows.shape[1])
+        if self.dim_hint is not None and width != self.dim_hint:
+            raise fail(f"the backend declares dim={self.dim_hint} but answered rows of {width}")
+        with self._dim_lock:
+            if self.dim is None:
+                self.dim = width
+            elif width != self.dim:
+                raise fail(f"embedding width changed between requests ({self.dim} then {width})")
+        out = rows.astype(np.float32, copy=False)
+        if not np.isfinite(out).all():
+            bad = int(np.argwhere(~np.isfinite(out))[0][0])
+            raise fail(f"row {bad} holds NaN or infinite values")
+        return out
+
+    def _checked(self, batch: Batch, rows: FloatArray) -> FloatArray:
+        """Rows :meth:`accept` let through (or a test handed in), normalised if asked; the first
+        width seen is the call's, for the NaN rows of failures."""
         if self.dim is None:
-            self.dim = int(rows.shape[1])
-        elif rows.shape[1] != self.dim:
-            raise ResponseFormatError(
-                f"embedding width changed between requests ({self.dim} then {rows.shape[1]})",
-                endpoint=self.endpoint,
-            )
+            with self._dim_lock:
+                self.dim = self.dim if self.dim is not None else int(rows.shape[1])
         return l2_normalize(rows) if self.normalize else rows
 
     def _tick(self, n: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import functools
+import inspect
 import ipaddress
 import logging
 import random
@@ -53,7 +54,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(C.LOGGER_NAME)
 
 __all__ = [
+    "DataPlaneUnavailable",
     "Workspace",
+    "data_plane_url",
     "error_from_response",
     "map_transport_error",
     "normalize_host",
@@ -147,14 +150,105 @@ class _ConfigAuth(httpx.Auth):
 
 @dataclass(frozen=True)
 class Workspace:
-    """Where requests go and how they authenticate. Its repr never shows credentials."""
+    """Where requests go and how they authenticate. Its repr never shows credentials.
+
+    ``config`` is databricks-sdk's ``Config`` when the workspace was resolved through it, and None for
+    an explicit host and token: the source of the data-plane tokens of route-optimized endpoints
+    (:meth:`data_plane_auth`), which only OAuth credentials can be exchanged for.
+    """
 
     host: str
     auth: httpx.Auth
     auth_type: str
+    config: Config | None = None
 
     def __repr__(self) -> str:
         return f"Workspace(host={self.host!r}, auth_type={self.auth_type!r})"
+
+    def data_plane_auth(self, url: str, authorization_details: str | None) -> httpx.Auth:
+        """httpx auth for a route-optimized endpoint's data-plane ``url``: a data-plane OAuth token,
+        exchanged for the workspace's own OAuth token by databricks-sdk's ``DataPlaneTokenSource``
+        (what ``WorkspaceClient.serving_endpoints_data_plane`` uses: ``POST {host}/oidc/v1/token``),
+        cached and refreshed by it, and registered with ``_secrets`` before it is sent. The exchange
+        runs on a request's first use of the auth, off the event loop in the async client; its
+        failure raises ``CredentialsError`` from that request.
+
+        May block on the network (it checks that the credentials give an OAuth token at all): the
+        async client calls it in a worker thread.
+
+        Raises:
+            DataPlaneUnavailable: the credentials cannot give a data-plane token: a personal access
+                token (explicit ``token=``, or a ``Config`` whose auth is ``pat``), any other non-OAuth
+                auth, or a databricks-sdk without ``DataPlaneTokenSource``. The message says why.
+        """
+        config = self.config
+        if config is None:
+            raise DataPlaneUnavailable(
+                "the client was given a personal access token (host= and token=), and route-optimized "
+                "endpoints take only OAuth tokens"
+            )
+        try:
+            config.oauth_token()
+        except ValueError as exc:  # the SDK: "OAuth tokens are not available for pat authentication"
+            raise DataPlaneUnavailable(
+                f"databricks-sdk's {self.auth_type} credentials give no OAuth token to exchange for a "
+                f"data-plane token ({redact(str(exc))})"
+            ) from None
+        except Exception:  # a failing refresh: each request's auth says so, as CredentialsError
+            pass
+        source = _data_plane_tokens(config)
+        details = authorization_details or ""
+
+        def headers() -> dict[str, str]:
+            token = source.token(url, details)
+            return {"Authorization": f"{token.token_type or 'Bearer'} {token.access_token}"}
+
+        return _ConfigAuth(headers)
+
+
+class DataPlaneUnavailable(ValueError):
+    """Why a route-optimized endpoint cannot be queried at its data-plane URL by this client."""
+
+
+#: databricks-sdk's data-plane token sources, one per ``Config`` (each caches its tokens by endpoint).
+_token_sources: weakref.WeakKeyDictionary[Config, Any] = weakref.WeakKeyDictionary()
+_token_sources_lock = threading.Lock()
+
+
+def _data_plane_tokens(config: Config) -> Any:
+    """The ``DataPlaneTokenSource`` of ``config``, made as ``WorkspaceClient`` makes it."""
+    try:
+        from databricks.sdk.data_plane import DataPlaneTokenSource
+    except ImportError:
+        from databricks.sdk.version import __version__ as sdk_version
+
+        raise DataPlaneUnavailable(
+            f"databricks-sdk {sdk_version} has no DataPlaneTokenSource; upgrade it (pip install -U "
+            "databricks-sdk)"
+        ) from None
+    with _token_sources_lock:
+        source = _token_sources.get(config)
+        if source is None:
+            options: dict[str, Any] = {}
+            if "disable_async" in inspect.signature(DataPlaneTokenSource).parameters:
+                options["disable_async"] = getattr(config, "disable_async_token_refresh", True)
+            source = DataPlaneTokenSource(config.host, config.oauth_token, **options)
+            _token_sources[config] = source
+        return source
+
+
+def data_plane_url(url: str) -> str:
+    """A data-plane URL as the endpoint's state gives it, checked as ``host=`` is: https, or plain
+    http only to loopback. Raises ``DataPlaneUnavailable`` for any other."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DataPlaneUnavailable(f"its data-plane URL {url!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise DataPlaneUnavailable(
+            f"its data-plane URL {url!r} is plain http to a non-loopback address, which would send the "
+            "token in clear text"
+        )
+    return url.strip()
 
 
 def resolve_workspace(
@@ -190,7 +284,9 @@ def resolve_workspace(
     if not config.host:
         raise ValueError("databricks-sdk resolved no workspace host; set DATABRICKS_HOST or pass host=")
     register(*(getattr(config, attr.name, None) for attr in config.attributes() if attr.sensitive))
-    return Workspace(normalize_host(config.host), _ConfigAuth(config.authenticate), str(config.auth_type))
+    return Workspace(
+        normalize_host(config.host), _ConfigAuth(config.authenticate), str(config.auth_type), config
+    )
 
 
 _CONFIG_TIME_BOUNDS = {
@@ -644,18 +740,45 @@ def _should_retry(state: RetryCallState) -> bool:
         return seen[kind] <= allowed
 
 
+class _StopAfterAttempts(stop_base):
+    """``stop_after_attempt(attempts)``, except that the failures ``expected`` says were expected do
+    not count: the 503s of an endpoint that is starting, a wait that ``retry_deadline`` alone bounds."""
+
+    def __init__(self, attempts: int, expected: Callable[[BaseException], bool]) -> None:
+        self.attempts = attempts
+        self.expected = expected
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = _failure(state)
+        counted = exc is None or not self.expected(exc)
+        with _limited_lock:
+            seen = _limited_seen.setdefault(state, Counter())
+            seen["counted attempts"] += counted
+            return seen["counted attempts"] >= self.attempts
+
+
 def retry_arguments(
-    *, max_retries: int, deadline: float, backoff: float, backoff_max: float
+    *,
+    max_retries: int,
+    deadline: float,
+    backoff: float,
+    backoff_max: float,
+    expected: Callable[[BaseException], bool] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``tenacity.Retrying`` and ``tenacity.AsyncRetrying`` alike, for one
     batch (a fresh ``Retrying`` per batch: the once-only kinds are counted per run).
 
-    The error that finally escapes is the last one, of its precise type, with ``attempts`` set
-    (``reraise``). :func:`call_retry_arguments` adds what one call's deadline asks for.
+    ``expected(error)`` says whether a failure was expected (an endpoint starting up answers 503
+    until it is ready): those are retried like any other but do not count against ``max_retries``,
+    so only ``deadline`` bounds the wait. The error that finally escapes is the last one, of its
+    precise type, with ``attempts`` set (``reraise``). :func:`call_retry_arguments` adds what one
+    call's deadline asks for.
     """
+    attempts = max_retries + 1
     return {
         "retry": _should_retry,
-        "stop": stop_after_attempt(max_retries + 1) | stop_before_delay(deadline),
+        "stop": (stop_after_attempt(attempts) if expected is None else _StopAfterAttempts(attempts, expected))
+        | stop_before_delay(deadline),
         "wait": _Backoff(backoff, backoff_max),
         "before_sleep": _log_retry,
         "reraise": True,

@@ -8,6 +8,10 @@ image passes through that unchanged, so doing the same conversion, resize and cr
 the result losslessly gives the server exactly the pixels it would have computed from the original
 file, in a fraction of the bytes.
 
+With ``image_preparation="server"`` the endpoint does that work instead: a file input goes as given
+(after its header shows an image Pillow can open), an in-memory image as a lossless PNG at its own
+size (:func:`png_lossless`).
+
 Every input is prepared independently: whatever goes wrong with one becomes an
 :class:`~clip_client.errors.ImageDecodeError` (or :class:`~clip_client.errors.InvalidInputError`)
 naming its index, never an untyped exception, so ``on_error="mark"`` can contain it.
@@ -37,9 +41,17 @@ from PIL import Image, UnidentifiedImageError
 
 from . import _constants as C
 from .errors import ClipClientError, ImageDecodeError, InvalidInputError
-from .types import HighBitDepth, ImageFormat
+from .types import HighBitDepth, ImageFormat, ImagePreparation
 
-__all__ = ["ImageOptions", "PreparedImage", "clip_resize_crop", "png_rgb", "prepare_image", "to_rgb"]
+__all__ = [
+    "ImageOptions",
+    "PreparedImage",
+    "clip_resize_crop",
+    "png_lossless",
+    "png_rgb",
+    "prepare_image",
+    "to_rgb",
+]
 
 _EXIF_ORIENTATION = 0x0112
 #: EXIF orientation -> the transpose that shows the image upright: Pillow's own table
@@ -82,6 +94,11 @@ class ImageOptions:
     #: every value above 255 to 255; "scale" maps 0..65535 linearly onto 0..255 instead (a useful
     #: picture of full-range 16-bit data, but not the embedding the endpoint computes from the file).
     high_bit_depth: HighBitDepth = C.DEFAULT_HIGH_BIT_DEPTH
+    #: "client": decode, resize and crop here, send ``size`` x ``size`` (the default). "server": the
+    #: endpoint prepares; a file input is sent as given, an in-memory image as a lossless PNG at its
+    #: own size (``format``, ``jpeg_quality``, ``fast_decode`` and ``size`` then play no part).
+    #: Ignored when ``want == "pixels"``: a backend that takes pixels is its own server.
+    preparation: ImagePreparation = C.DEFAULT_IMAGE_PREPARATION
 
 
 @dataclass(frozen=True)
@@ -93,7 +110,9 @@ class PreparedImage:
 
     Attributes:
         encoded: the crop as an image file (PNG unless ``image_format`` says otherwise), or the
-            caller's own file when it already was a ``image_size`` square RGB PNG/JPEG.
+            caller's own file when it already was a ``image_size`` square RGB PNG/JPEG. With
+            ``image_preparation="server"``: the input's own file bytes, as given, of any size and
+            format; or, for a PIL image or an array, a lossless PNG of it at its own size.
         pixels: the crop as a ``(image_size, image_size, 3)`` uint8 RGB array.
     """
 
@@ -123,6 +142,12 @@ class _Source:
 def prepare_image(value: object, index: int | None, opts: ImageOptions) -> PreparedImage:
     """Turn one user input into a :class:`PreparedImage` (``opts.size`` x ``opts.size`` RGB: PNG,
     BMP or JPEG bytes, or an ``(size, size, 3)`` uint8 array when ``opts.want == "pixels"``).
+
+    With ``opts.preparation == "server"`` (and ``want == "encoded"``) nothing is resized: a file
+    input's bytes come back as given, once its header shows an image Pillow can open within
+    ``max_pixels`` (its pixels are not decoded, so a file corrupt past its header fails on the
+    endpoint, as a 400); a PIL image or an array comes back as :func:`png_lossless` of it, EXIF
+    orientation applied.
 
     Raises :class:`InvalidInputError` for an input of the wrong kind (a missing file, a URL, a
     float array...) and :class:`ImageDecodeError` for data that does not decode to an image. Any
@@ -154,6 +179,12 @@ def _prepare(value: object, index: int | None, opts: ImageOptions, src: _Source)
     img = _open(value, index, src)
     path = src.path
     _check_size(img, index, path, opts)
+    if opts.preparation == "server" and opts.want == "encoded":
+        if src.raw is not None:  # a file: its header has been read, which is all the check wanted
+            return PreparedImage(encoded=src.raw)
+        with _exclusive(img) if src.shared else nullcontext():
+            _load(img, index, path)
+            return PreparedImage(encoded=png_lossless(_exif_transpose(img), opts.high_bit_depth))
     if src.raw is not None and opts.want == "encoded" and _is_ready_as_is(img, opts.size):
         # Already a 224x224 RGB PNG/JPEG with no rotation: the server decodes these very bytes to
         # the pixels we would send. Decode once anyway so a corrupt file fails here, not remotely.
@@ -298,6 +329,46 @@ def encode(img: Image.Image, fmt: ImageFormat, jpeg_quality: int) -> bytes:
     return buf.getvalue()
 
 
+#: Modes a PNG holds and Pillow reads back as the same mode, pixels and transparency (``P`` only
+#: with an RGB palette: an RGBA palette is written as a tRNS chunk, which reads back as a
+#: ``transparency`` the image did not have, and ``convert_to_rgb`` then composites where it did not).
+_PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
+#: Modes the fast writer takes (when no ``transparency`` colour key needs a tRNS chunk).
+_FAST_PNG_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+
+
+def png_lossless(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> bytes:
+    """A PNG of ``img`` at its own size from which an endpoint's processor sees what it would see
+    from ``img`` itself: what ``image_preparation="server"`` sends for a PIL image or an array.
+
+    The processor's first step is ``convert_to_rgb`` (Pillow's conversions, alpha and colour keys
+    composited onto white), so an image whose mode a PNG holds is written in that mode, pixels and
+    transparency as they are (``1``, ``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``, ``P`` with an RGB
+    palette); ``L``, ``LA``, ``RGB`` and ``RGBA`` go through the fast writer of :func:`png_rgb`.
+    Every other mode (``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``F``, ``I``, ``I;16B``, ``RGBa``,
+    ``La``, ``PA``, ``P`` with an RGBA palette...) is first converted as :func:`to_rgb` does, which is
+    ``convert_to_rgb``'s own result (and for ``La``, which the processor cannot take, the client's
+    exact composite). ``high_bit_depth="scale"`` scales 16-bit and 32-bit grey to 8 bits first, as
+    in client-side preparation. No EXIF or ICC profile is written: orient the pixels first.
+
+    Raises ``ValueError`` for a mode Pillow cannot convert.
+    """
+    if high_bit_depth == "scale" and img.mode in _WIDE_MODES:
+        img = _scaled_to_8_bits(img)
+    keyed = img.info.get("transparency") is not None
+    if img.mode in _FAST_PNG_MODES and not (keyed and img.mode in ("L", "RGB")):
+        return _png_8bit(np.asarray(img))
+    if img.mode in _PNG_MODES and (img.mode != "P" or img.palette is None or img.palette.mode == "RGB"):
+        buf = io.BytesIO()
+        try:
+            img.save(buf, "PNG", compress_level=1, icc_profile=None)
+        except (OSError, ValueError, TypeError):  # a transparency Pillow cannot write: convert instead
+            pass
+        else:
+            return buf.getvalue()
+    return _png_8bit(np.asarray(to_rgb(img, high_bit_depth)))
+
+
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_AVERAGE = 3  # PNG filter type 3: each byte minus the mean of its left and upper neighbours
 
@@ -312,25 +383,40 @@ def png_rgb(pixels: npt.NDArray[np.uint8]) -> bytes:
     strategy is tried too, since it also finds repeated shapes such as glyphs, and the smaller kept.
     On 224x224 photos this is about 2.7x faster than Pillow's fastest setting for 1-6% more bytes;
     on screenshots it is 6x smaller (``benchmarks/preprocess.py``). Any PNG decoder returns ``pixels``.
+
+    Raises ``ValueError`` for anything but ``(H, W, 3)`` uint8.
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"png_rgb takes (H, W, 3) uint8 pixels, not {pixels.shape} {pixels.dtype}")
-    height, width = pixels.shape[:2]
-    rows = np.ascontiguousarray(pixels).reshape(height, width * 3)
+    return _png_8bit(pixels)
+
+
+#: PNG colour type by channels: grey, grey + alpha, RGB, RGBA (8 bits each).
+_PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
+
+
+def _png_8bit(pixels: npt.NDArray[np.uint8]) -> bytes:
+    """:func:`png_rgb`'s writer for ``(H, W)`` grey or ``(H, W, C)`` uint8 pixels of 1 to 4 channels
+    (grey, grey + alpha, RGB, RGBA)."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, np.newaxis]
+    height, width, channels = pixels.shape
+    rows = np.ascontiguousarray(pixels).reshape(height, width * channels)
     # floor((left + up) / 2), with zeros left of the first pixel and above the first row (the spec's
     # "Average" predictor); uint16 holds the sum, and the uint8 cast of the difference is its mod 256.
     mean = np.zeros(rows.shape, dtype=np.uint16)
-    mean[:, 3:] = rows[:, :-3]
+    mean[:, channels:] = rows[:, :-channels]
     mean[1:] += rows[:-1]
     mean >>= 1
-    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
     filtered[:, 0] = _PNG_AVERAGE
     np.subtract(rows, mean, out=filtered[:, 1:], casting="unsafe")
     data = _deflate(filtered.data, zlib.Z_RLE)
     if 4 * np.count_nonzero(filtered) <= 3 * filtered.size:
         other = _deflate(filtered.data, zlib.Z_DEFAULT_STRATEGY)
         data = other if len(other) < len(data) else data
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8 bits, RGB, deflate, no interlace
+    # 8 bits, the colour type, deflate, adaptive filtering, no interlace
+    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPE[channels], 0, 0, 0)
     return b"".join(
         (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", data), _png_chunk(b"IEND", b""))
     )

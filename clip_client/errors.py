@@ -21,6 +21,7 @@ __all__ = [
     "APIStatusError",
     "APITimeoutError",
     "AuthenticationError",
+    "BackendError",
     "BadRequestError",
     "ClipClientError",
     "CredentialsError",
@@ -161,8 +162,11 @@ class ResponseFormatError(APIError):
         endpoint: str | None = None,
         request_id: str | None = None,
         attempts: int = 1,
+        hint: str | None = None,
     ) -> None:
         self.request_id = None if request_id is None else redact(request_id)
+        if hint is not None:
+            self.hint = hint
         super().__init__(message, endpoint=endpoint, attempts=attempts)
 
     def _describe(self) -> str:
@@ -170,6 +174,12 @@ class ResponseFormatError(APIError):
         if self.request_id:
             text += f" [request_id={self.request_id}]"
         return f"{text}{'' if text.endswith('.') else '.'} {self.hint}"
+
+
+class BackendError(APIError):
+    """The backend raised an exception of its own on a batch (not a ``ClipClientError``): a failure
+    inside the in-process model or a custom :class:`~clip_client.Backend`. The original is chained as
+    ``__cause__``; ``on_error="mark"`` marks the batch's rows failed like any other failure."""
 
 
 class APIConnectionError(APIError):
@@ -212,19 +222,25 @@ class APIStatusError(APIError):
 
     #: One line of advice appended to the message; subclasses override it.
     hint: str = ""
+    #: The status a subclass stands for, so ``BadRequestError("...")`` needs no ``status_code``.
+    default_status: int | None = None
 
     def __init__(
         self,
         message: str,
         *,
-        status_code: int,
+        status_code: int | None = None,
         error_code: str | None = None,
         request_id: str | None = None,
         endpoint: str | None = None,
         retry_after: float | None = None,
         attempts: int = 1,
     ) -> None:
-        self.status_code = status_code
+        if status_code is None:
+            if self.default_status is None:
+                raise TypeError(f"{type(self).__name__} needs status_code=")
+            status_code = self.default_status
+        self.status_code: int = status_code
         self.error_code = None if error_code is None else shorten(redact(error_code), _QUOTED_CODE)
         self.request_id = None if request_id is None else redact(request_id)
         self.retry_after = retry_after
@@ -246,11 +262,15 @@ class APIStatusError(APIError):
 class BadRequestError(APIStatusError):
     """400: the endpoint rejected the input, or the model raised inside ``predict``."""
 
+    default_status = 400
+
     hint = "Check that the endpoint serves this kind of input (text vs image) and read the server's message"
 
 
 class AuthenticationError(APIStatusError):
     """401: missing, expired or invalid credentials."""
+
+    default_status = 401
 
     hint = (
         "Check DATABRICKS_TOKEN / DATABRICKS_HOST, your ~/.databrickscfg profile, or the OAuth client "
@@ -261,11 +281,15 @@ class AuthenticationError(APIStatusError):
 class PermissionDeniedError(APIStatusError):
     """403: the identity may not query this endpoint."""
 
+    default_status = 403
+
     hint = "Ask a workspace admin for CAN QUERY permission on the serving endpoint"
 
 
 class EndpointNotFoundError(APIStatusError):
     """404: no serving endpoint of that name in this workspace."""
+
+    default_status = 404
 
     hint = "Check the endpoint name (text_endpoint= / image_endpoint=) and the workspace host"
 
@@ -273,17 +297,23 @@ class EndpointNotFoundError(APIStatusError):
 class PayloadTooLargeError(APIStatusError):
     """413: the request body was over the serving limit (16 MB)."""
 
+    default_status = 413
+
     hint = "Lower max_request_bytes or batch_size"
 
 
 class RateLimitError(APIStatusError):
     """429: the workspace or endpoint is over its request rate."""
 
+    default_status = 429
+
     hint = "Lower max_concurrency, or raise the endpoint's rate limit"
 
 
 class ServerError(APIStatusError):
     """5xx: the endpoint failed, is scaling from zero, or timed out."""
+
+    default_status = 500
 
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +24,11 @@ __all__ = [
     "HighBitDepth",
     "ImageFormat",
     "ImageInput",
+    "ImagePreparation",
     "InputKind",
     "InvocationRecord",
     "InvocationRequest",
+    "MaxConcurrency",
     "OnError",
     "ServingErrorBody",
     "Settings",
@@ -57,12 +60,26 @@ ImageFormat = Literal["png", "bmp", "jpeg"]
 #: embedding from the one the endpoint computes from the file, and 12-bit camera frames come out dark).
 HighBitDepth = Literal["clip", "scale"]
 
+#: Who prepares images: "client" (the default) decodes, resizes and crops here, exactly as the served
+#: ``CLIPImageProcessor`` would, and sends the 224x224 crop losslessly; "server" sends each file as
+#: given (in-memory images as lossless PNGs at their own size) and lets the endpoint prepare it: for
+#: an endpoint whose preprocessing the client cannot match, or a client short of CPU with small files.
+ImagePreparation = Literal["client", "server"]
+
+#: ``max_concurrency``: a number of requests, or "auto": the ceiling the endpoint itself can serve
+#: (its served entities' provisioned concurrency, plus one queued), read from
+#: ``GET /api/2.0/serving-endpoints/{name}`` on the client's first call to it.
+MaxConcurrency = Annotated[int, Field(ge=1, le=C.MAX_CONCURRENCY)] | Literal["auto"]
+
 #: What an input is: a text, or an image. Backends receive it with each batch.
 InputKind = Literal["text", "image"]
 
 #: What a call does when an input or a batch fails: stop with the error ("raise"), or embed
 #: everything else and report the failures ("mark", which returns an :class:`EmbeddingResult`).
 OnError = Literal["raise", "mark"]
+
+
+_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
 class Settings(BaseModel):
@@ -75,7 +92,7 @@ class Settings(BaseModel):
     ``pydantic.ValidationError`` (a ``ValueError``) naming the field.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     text_endpoint: str = Field(
         default=C.DEFAULT_TEXT_ENDPOINT, min_length=1, description="Serving endpoint for texts."
@@ -89,12 +106,11 @@ class Settings(BaseModel):
         ge=1024,
         description="Most bytes in one request body (serving refuses bodies over 16 MB).",
     )
-    max_concurrency: int = Field(
+    max_concurrency: MaxConcurrency = Field(
         default=C.DEFAULT_MAX_CONCURRENCY,
-        ge=1,
-        le=256,
         description="Most requests in flight per client, across all its threads and tasks; the live "
-        "limit adapts below it on 429/503.",
+        'limit adapts below it on 429/503. "auto": what the endpoint serves at once plus one, read '
+        "from its state on the first call (the default when unreadable).",
     )
     max_retries: int = Field(
         default=C.DEFAULT_MAX_RETRIES, ge=0, description="Retries after the first attempt, per batch."
@@ -117,7 +133,7 @@ class Settings(BaseModel):
         "(connecting: at most 10 s). Not applied to your own http_client.",
     )
     image_size: int = Field(
-        default=C.DEFAULT_IMAGE_SIZE, ge=1, description="Side of the square crop sent, pixels."
+        default=C.DEFAULT_IMAGE_SIZE, ge=1, le=2048, description="Side of the square crop sent, pixels."
     )
     image_format: ImageFormat = Field(
         default=C.DEFAULT_IMAGE_FORMAT,
@@ -142,15 +158,30 @@ class Settings(BaseModel):
         description='16- and 32-bit integer images: "clip" at 255 as the served processor does, or '
         '"scale" 0..65535 onto 0..255.',
     )
+    image_preparation: ImagePreparation = Field(
+        default=C.DEFAULT_IMAGE_PREPARATION,
+        description='Who prepares images: "client" resizes and crops exactly here and sends 224x224; '
+        '"server" sends each file as given (PIL images and arrays as lossless PNGs at their own size) '
+        "for the endpoint to prepare. No effect in local mode.",
+    )
     normalize: bool = Field(default=C.DEFAULT_NORMALIZE, description="L2-normalise every returned row.")
     progress: bool = Field(default=C.DEFAULT_PROGRESS, description="Show a tqdm progress bar per call.")
 
     @field_validator("text_endpoint", "image_endpoint")
     @classmethod
     def _endpoint_name(cls, value: str) -> str:
-        if "/" in value or value != value.strip():
-            raise ValueError(f"{value!r} is not a serving endpoint name (no slashes or surrounding spaces)")
+        # Databricks serving endpoint names: letters, digits, dashes and underscores. Anything else
+        # would change the URL the request (and the token) goes to ("a?b", "a#b", "..").
+        if not _ENDPOINT_NAME.fullmatch(value):
+            raise ValueError(
+                f"{value[:80]!r} is not a serving endpoint name (letters, digits, '-' and '_' only)"
+            )
         return value
+
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _lower_auto(cls, value: object) -> object:
+        return "auto" if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("image_format", mode="before")
     @classmethod
@@ -227,8 +258,13 @@ class EmbeddingResult:
         if not self.failures:
             return self.embeddings
         first = self.failures[0].error
-        if len(self.failures) > 1 and hasattr(first, "add_note"):
-            first.add_note(f"{len(self.failures) - 1} other input(s) failed too")
+        note = f"{len(self.failures) - 1} other input(s) failed too"
+        if (
+            len(self.failures) > 1
+            and hasattr(first, "add_note")
+            and note not in getattr(first, "__notes__", ())
+        ):
+            first.add_note(note)  # once, however often this is called
         raise first
 
 
@@ -248,3 +284,6 @@ class ClientStats:
     concurrency_limit: int
     """Requests the client allows in flight right now (adaptive, at most ``max_concurrency``)."""
     max_concurrency: int
+    """The ceiling of that limit: the ``max_concurrency`` setting, or with ``"auto"`` the number the
+    endpoint's state gave (the largest of the endpoints called so far; 5 until the first call, and
+    when the state cannot be read)."""

@@ -24,6 +24,10 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+# databricks-sdk is imported here, at collection, whichever tests are selected: a client's first call
+# reads its endpoint's state through the SDK's types, and the first import of the SDK (about a
+# second) would otherwise fall inside whichever timed call happens to come first.
+import databricks.sdk.service.serving  # noqa: F401
 import mock_workspace
 import pytest
 import respx

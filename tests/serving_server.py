@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qsl
 
 import numpy as np
 
@@ -599,5 +600,103 @@ class ServingServer:
                     request_id = f"req-{fault}"
                 headers = {"x-request-id": request_id, **(reply.headers if reply else {})}
                 return self._send(200, dumps({"predictions": rows}), headers, reply)
+
+        return Handler
+
+
+# --------------------------------------------------------------------------------------------------
+# Route-optimized endpoints: the workspace's token exchange, and the data plane
+
+
+#: Where databricks-sdk's ``DataPlaneTokenSource`` exchanges a workspace OAuth token for a data-plane
+#: token (``databricks.sdk.data_plane.OIDC_TOKEN_PATH``).
+OIDC_TOKEN_PATH = "/oidc/v1/token"
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+class ControlPlaneServer(ServingServer):
+    """A :class:`ServingServer` that is also the workspace's OIDC token endpoint: ``POST
+    /oidc/v1/token`` with the form databricks-sdk sends (``grant_type`` jwt-bearer, ``assertion``: the
+    workspace OAuth token, ``authorization_details``) answers a fresh data-plane token,
+    ``dp-token-<n>-<random>``. ``exchanges`` holds each exchange's form fields, ``issued`` the tokens
+    handed out; ``refuse_exchange`` makes it answer 400 ``invalid_grant`` instead."""
+
+    def __init__(self, **options: Any) -> None:
+        self.exchanges: list[dict[str, str]] = []
+        self.issued: list[str] = []
+        self.refuse_exchange = False
+        super().__init__(**options)
+
+    def reset(self) -> None:
+        super().reset()
+        with self.lock:
+            self.exchanges = []
+            self.issued = []
+            self.refuse_exchange = False
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+        base: Any = super()._handler()
+
+        class Handler(base):  # type: ignore[misc,valid-type]
+            def do_POST(self) -> None:
+                if self.path.split("?", 1)[0] != OIDC_TOKEN_PATH:
+                    super().do_POST()
+                    return
+
+                raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                form = dict(parse_qsl(raw.decode("utf-8")))
+                with server.lock:
+                    server.requests.append(("POST", self.path))
+                    server.exchanges.append(form)
+                    refuse = server.refuse_exchange or form.get("grant_type") != JWT_BEARER_GRANT
+                    token = f"dp-token-{len(server.exchanges)}-{random.getrandbits(64):016x}"
+                    if not refuse:
+                        server.issued.append(token)
+                if refuse:
+                    body = {"error": "invalid_grant", "error_description": "the assertion was refused"}
+                    self._send(400, json.dumps(body).encode())
+                else:
+                    answer = {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
+                    self._send(200, json.dumps(answer).encode())
+
+        return Handler
+
+
+class DataPlaneServer(ServingServer):
+    """A route-optimized endpoint's data plane: a :class:`ServingServer` at its own address whose
+    invocations live under ``/{workspace_id}/serving-endpoints/{name}/invocations`` (recorded without
+    the prefix, so ``posts(name)`` counts them), and which answers 401 to any request whose
+    ``Authorization`` is not ``Bearer`` one of the tokens ``accepted()`` returns (the control plane's
+    ``issued``)."""
+
+    def __init__(
+        self, accepted: Callable[[], list[str]], workspace_id: str = "1234567890", **options: Any
+    ) -> None:
+        self.accepted = accepted
+        self.workspace_id = workspace_id
+        self.refused = 0
+        super().__init__(**options)
+
+    def invocations_url(self, name: str) -> str:
+        """The ``data_plane_info.query_info.endpoint_url`` of endpoint ``name``."""
+        return f"{self.url}/{self.workspace_id}/serving-endpoints/{name}/invocations"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+        base: Any = super()._handler()
+
+        class Handler(base):  # type: ignore[misc,valid-type]
+            def do_POST(self) -> None:
+                prefix = f"/{server.workspace_id}/serving-endpoints/"
+                if self.path.startswith(prefix):
+                    self.path = self.path[len(server.workspace_id) + 1 :]
+                if self.headers.get("Authorization") not in {f"Bearer {t}" for t in server.accepted()}:
+                    self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                    with server.lock:
+                        server.refused += 1
+                    self._error(401, "UNAUTHENTICATED", "Invalid data-plane token.")
+                    return
+                super().do_POST()
 
         return Handler

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -23,6 +24,7 @@ import clip_client
 from clip_client import (
     AsyncClipClient,
     Backend,
+    BackendError,
     BadRequestError,
     CallContext,
     ClipClient,
@@ -30,6 +32,7 @@ from clip_client import (
     InputKind,
     PayloadTooLargeError,
     PreparedImage,
+    ResponseFormatError,
 )
 
 DIM = 6
@@ -184,3 +187,57 @@ def test_prepared_image_documents_what_a_backend_receives() -> None:
     assert prepared.encoded is None
     with pytest.raises(ValueError, match="prepared as pixels"):
         prepared.b64()
+
+
+class Misbehaving(Toy):
+    """A backend whose answers are wrong in one of the ways a hand-written backend gets them wrong."""
+
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def embed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext) -> EmbeddingArray:
+        ctx.attempted()
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer(len(payloads))  # type: ignore[no-any-return]
+
+
+MISBEHAVIOURS = {
+    "one row short": (lambda n: np.zeros((n - 1, DIM), np.float32), ResponseFormatError, "shape"),
+    "NaN rows": (lambda n: np.full((n, DIM), np.nan, np.float32), ResponseFormatError, "NaN"),
+    "wrong width": (lambda n: np.zeros((n, DIM + 1), np.float32), ResponseFormatError, "declares dim=6"),
+    "a list": (lambda n: [[0.0] * DIM] * n, ResponseFormatError, "answered a list"),
+    "None": (lambda n: None, ResponseFormatError, "answered a NoneType"),
+    "strings": (lambda n: np.full((n, DIM), "x"), ResponseFormatError, "not numbers"),
+    "its own exception": (
+        RuntimeError("CUDA out of memory"),
+        BackendError,
+        "RuntimeError: CUDA out of memory",
+    ),
+    "a KeyError": (KeyError("missing"), BackendError, "KeyError"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISBEHAVIOURS))
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_misbehaving_backend_gives_typed_errors_that_mark_contains(kind: str, case: str) -> None:
+    answer, error, fragment = MISBEHAVIOURS[case]
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=Misbehaving(answer))
+
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        result = client.embed_texts(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    with pytest.raises(error, match=re.escape(fragment)) as info:
+        await call(["a", "b", "c"])
+    assert isinstance(info.value, clip_client.ClipClientError)
+    if error is BackendError:
+        assert info.value.__cause__ is answer  # the backend's own exception, chained
+    else:
+        assert "A Backend's embed()/aembed() must return" in str(info.value)  # not the remote hint
+    result = await call(["a", "b", "c"], on_error="mark")
+    assert [f.index for f in result.failures] == [0, 1, 2]
+    assert all(isinstance(f.error, error) for f in result.failures)
+    assert np.isnan(result.embeddings).all()

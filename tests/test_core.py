@@ -463,16 +463,16 @@ def test_job_handles_non_consecutive_indices():
 
 def test_job_refuses_a_width_change():
     job, batches = planned_job(4, 2, endpoint="ep")
-    job.settle([(batches[0], np.ones((2, 3), dtype=np.float32))])
+    job.accept(batches[0], np.ones((2, 3), dtype=np.float32))
     with pytest.raises(ResponseFormatError, match=r"width changed between requests \(3 then 4\)") as info:
-        job.settle([(batches[1], np.ones((2, 4), dtype=np.float32))])
+        job.accept(batches[1], np.ones((2, 4), dtype=np.float32))
     assert info.value.endpoint == "ep"
 
 
 def test_job_refuses_a_wrong_row_count():
     job, batches = planned_job(4, 2)
-    with pytest.raises(ResponseFormatError, match="sent 2 inputs but got 1 rows"):
-        job.settle([(batches[0], np.ones((1, 3), dtype=np.float32))])
+    with pytest.raises(ResponseFormatError, match=r"sent 2 inputs but got an array of shape \(1, 3\)"):
+        job.accept(batches[0], np.ones((1, 3), dtype=np.float32))
 
 
 def test_collector_refuses_to_return_a_partial_result():

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import httpx
+import numpy as np
 import pytest
 
 import clip_client
@@ -30,6 +32,7 @@ PUBLIC_METHODS = [
     "embed_image",
     "iter_embed_texts",
     "iter_embed_images",
+    "check_endpoint",
     "close",
     "local",
 ]
@@ -51,7 +54,7 @@ def test_each_client_takes_the_http_client_it_can_use() -> None:
     assert get_type_hints(AsyncClipClient.__init__, names)["http_client"] == httpx.AsyncClient | None
     with pytest.raises(TypeError, match="AsyncClipClient"):
         ClipClient(host="https://x.cloud.databricks.com", token="t" * 12, http_client=httpx.AsyncClient())  # type: ignore[arg-type]
-    with httpx.Client() as sync_http, pytest.raises(TypeError, match="use ClipClient"):
+    with httpx.Client() as sync_http, pytest.raises(TypeError, match="ClipClient takes that one"):
         AsyncClipClient(host="https://x.cloud.databricks.com", token="t" * 12, http_client=sync_http)  # type: ignore[arg-type]
 
 
@@ -99,13 +102,49 @@ def test_mypy_rejects_a_misspelt_keyword_on_both_clients(tmp_path: Path) -> None
 
 
 def _valid(field: Any) -> str | None:
-    """A setting's valid range as docs/configuration.md writes it, from its pydantic constraints."""
-    choices = get_args(field.annotation)
+    """A setting's valid values as docs/configuration.md writes them, from its pydantic constraints:
+    ``"png", "bmp", "jpeg"``; ``≥ 1``; ``1 to 256``; for a union, each member's (``1 to 256``, then
+    the literal choices)."""
+    return _valid_of(field.annotation, field.metadata)
+
+
+def _valid_of(annotation: Any, metadata: list[Any]) -> str | None:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return ", ".join(f'"{c}"' for c in get_args(annotation))
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        return _valid_of(inner, [m for e in extra for m in getattr(e, "metadata", [e])])
+    if origin in (Union, UnionType):
+        parts = [_valid_of(arg, []) for arg in get_args(annotation)]
+        return ", or ".join(p for p in parts if p) or None
+    bound = {
+        a: getattr(m, a) for m in metadata for a in ("ge", "gt", "le") if getattr(m, a, None) is not None
+    }
+    if "ge" in bound and "le" in bound:
+        return f"{bound['ge']} to {bound['le']}"
+    if "ge" in bound:
+        return f"≥ {bound['ge']}"
+    if "gt" in bound:
+        return f"> {bound['gt']}"
+    return None
+
+
+def _valid_of(annotation: Any, metadata: list[Any]) -> str | None:
+    """As :func:`_valid`; a union (``max_concurrency``: a number or "auto") as its parts, joined
+    by ", or "."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        inner, *extra = get_args(annotation)
+        return _valid_of(inner, [*metadata, *(c for m in extra for c in getattr(m, "metadata", [m]))])
+    if origin in (Union, UnionType):
+        return ", or ".join(v for arg in get_args(annotation) if (v := _valid_of(arg, [])))
+    choices = get_args(annotation)
     if choices:
         return ", ".join(f'"{c}"' for c in choices)
     bound = {
         attr: getattr(m, attr)
-        for m in field.metadata
+        for m in metadata
         for attr in ("ge", "gt", "le")
         if getattr(m, attr, None) is not None
     }
@@ -194,3 +233,124 @@ def test_import_clip_client_loads_no_heavy_dependency() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def _docs_backend_example() -> str:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text.split("## Backends", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_backend_type_checks_and_runs(tmp_path: Path) -> None:
+    example = tmp_path / "my_backend.py"
+    example.write_text(_docs_backend_example() + "\nprint(client.embed_texts(['a', 'b']).shape)\n")
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--follow-imports=silent",
+            str(example),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout
+    ran = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=False)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "(2, 768)"
+
+
+def test_local_checks_every_option_before_loading_the_model(tmp_path: Path) -> None:
+    missing = tmp_path / "not-a-checkpoint"  # loading it would be a ModelLoadError
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*'normalise'"):
+        ClipClient.local(missing, normalise=True)
+    with pytest.raises(TypeError, match=r"in-process.*host, token"):
+        ClipClient.local(missing, host="https://x.cloud.databricks.com", token="t" * 12)
+    with pytest.raises(ValueError, match="batch_size"):
+        ClipClient.local(missing, batch_size="8")
+
+
+WORKSPACE = {"host": "https://x.cloud.databricks.com", "token": "t" * 12}
+
+
+def test_wrong_plumbing_objects_say_what_is_wanted() -> None:
+    with pytest.raises(TypeError, match=r"takes an httpx\.Client, got str$"):
+        ClipClient(**WORKSPACE, http_client="x")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"members of clip_client\.Backend; str lacks image_input"):
+        ClipClient(backend="x")  # type: ignore[arg-type]
+
+
+def test_a_backends_image_size_is_checked_at_construction() -> None:
+    class Sized:
+        image_input = "pixels"
+        max_request_bytes = None
+        batch_size = None
+        image_size = 224
+        dim = None
+
+        def endpoint(self, kind: str) -> None: ...
+        def payload(self, kind: str, item: Any) -> tuple[Any, int]: ...
+        def embed(self, kind: str, payloads: Any, ctx: Any) -> Any: ...
+        async def aembed(self, kind: str, payloads: Any, ctx: Any) -> Any: ...
+        def concurrency_limit(self) -> None: ...
+        def close(self) -> None: ...
+        async def aclose(self) -> None: ...
+
+    with pytest.raises(ValueError, match=r"image_size=64, but this backend's model takes 224x224"):
+        ClipClient(backend=Sized(), image_size=64)  # type: ignore[arg-type]
+    assert ClipClient(backend=Sized()).settings.image_size == 224  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["a?b", "a#b", "..", "a/b", " a", "", "x" * 300, "a b"])
+def test_endpoint_names_that_would_change_the_url_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match=r"not a serving endpoint name|at least 1 character"):
+        ClipClient(**WORKSPACE, text_endpoint=name)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"normalize": "no"},
+        {"progress": "yes"},
+        {"batch_size": "3"},
+        {"batch_size": True},
+        {"image_size": 5000},
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused_not_coerced(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ClipClient(**WORKSPACE, **bad)
+
+
+@pytest.mark.parametrize("deadline", ["5", 0, -1, True, float("nan")])
+def test_a_bad_deadline_is_a_value_error(deadline: Any) -> None:
+    with ClipClient(**WORKSPACE) as client, pytest.raises(ValueError, match="deadline must be"):
+        client.embed_texts(["a"], deadline=deadline)
+
+
+def test_raise_for_failures_notes_the_others_once() -> None:
+    from clip_client import EmbeddingFailure, EmbeddingResult, InvalidInputError
+
+    errors = [InvalidInputError("bad", index=i) for i in range(3)]
+    result = EmbeddingResult(
+        np.zeros((3, 2), np.float32), [EmbeddingFailure(i, e) for i, e in enumerate(errors)]
+    )
+    for _ in range(3):
+        with pytest.raises(InvalidInputError):
+            result.raise_for_failures()
+    assert getattr(errors[0], "__notes__", []) == ["2 other input(s) failed too"]
+
+
+def test_status_errors_raised_by_a_backend_need_no_status_code() -> None:
+    from clip_client import BadRequestError, PayloadTooLargeError, ServerError
+
+    assert PayloadTooLargeError("too large").status_code == 413
+    assert BadRequestError("no").status_code == 400
+    assert ServerError("down").status_code == 500
+    with pytest.raises(TypeError, match="needs status_code"):
+        clip_client.APIStatusError("what status?")

@@ -645,7 +645,9 @@ async def test_config_authenticate_runs_per_request_and_merges_all_headers(clean
     before = len(strategy.threads)
     client = make(host=None, token=None, config=config, batch_size=1)
     await client.embed_texts(["a", "b", "c"])
-    assert len(strategy.threads) - before == 3  # once per request, never cached by the client
+    state_reads = sum(path.startswith("/api/") for _, path in server.requests)  # the endpoint's state
+    assert state_reads == 1
+    assert len(strategy.threads) - before == 3 + state_reads  # once per request, never cached
     assert len(server.received) == 3
     for received in server.received:
         headers = {k.lower(): v for k, v in received.headers.items()}
@@ -662,7 +664,7 @@ async def test_async_client_authenticates_off_the_event_loop(clean_env, server):
     async with AsyncClipClient(config=config, batch_size=1) as client:
         await asyncio.gather(client.embed_texts(["a", "b"]), client.embed_texts(["c"]))
     calls = strategy.threads[before:]
-    assert len(calls) == 3
+    assert len(calls) == 3 + 1  # the three POSTs and the endpoint state's GET
     assert loop_thread not in calls
 
 
