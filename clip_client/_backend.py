@@ -54,6 +54,8 @@ _CLOCK_SLACK = 0.05
 #: Seconds the state GET may take as a whole: it is best-effort, and the answer comes from the
 #: control plane, not the model.
 STATE_TIMEOUT = 10.0
+#: The share of a call's time left that it may spend waiting for its endpoint's state.
+_STATE_SHARE_OF_DEADLINE = 0.25
 #: The shortest timeout handed to httpx: a socket timeout of 0 would mean "non-blocking", not "now".
 _MIN_TIMEOUT = 0.001
 
@@ -291,8 +293,13 @@ class RemoteBackend:
     def _state_of(self, kind: InputKind, answer: httpx.Response | httpx.HTTPError) -> EndpointState:
         name = self._endpoints[kind]
         if isinstance(answer, httpx.HTTPError):
-            error = map_transport_error(answer, name)
-            return unknown_state(name, f"the endpoint's state could not be read: {error}")
+            error = map_transport_error(
+                answer,
+                name,
+                bound=f"the state read's own bound of {STATE_TIMEOUT:g}s",
+                advice="the control plane did not answer in time; calls go on without its state",
+            )
+            return unknown_state(name, f"no answer from the control plane: {error.message}")
         if answer.status_code in (401, 404):
             raise error_from_response(answer, name)
         if answer.status_code >= 400:
@@ -320,9 +327,10 @@ class RemoteBackend:
         later calls return at once. Best-effort: a state that cannot be read changes nothing but an
         ``"auto"`` ceiling, which then stays at the default; nothing here raises.
 
-        The read runs in a thread of its own, so a caller waits no longer than its call's deadline
-        (then it returns unprepared, and the call's next check raises the deadline's error), even
-        when the GET is held where no time bound reaches (a DNS lookup, a credentials refresh).
+        The read runs in a thread of its own, so a caller with a deadline waits no more than a
+        quarter of its time left (:func:`_preparation_wait`), even when the GET is held where no
+        time bound reaches (a DNS lookup, a credentials refresh); it then goes on with the defaults
+        while the read finishes in the background, for the calls after it.
         """
         if kind in self._prepared:
             return
@@ -336,9 +344,8 @@ class RemoteBackend:
                     name=f"clip-endpoint-state-{kind}",
                     daemon=True,
                 ).start()
-        left = _time_left(ctx)
-        with contextlib.suppress(FutureTimeout):  # the call's deadline came first: its next check says so
-            future.result(timeout=left)
+        with contextlib.suppress(FutureTimeout):  # waited its share: the call goes on with the defaults
+            future.result(timeout=_preparation_wait(ctx))
 
     async def aprepare(self, kind: InputKind, ctx: CallContext | None = None) -> None:
         """:meth:`prepare`, from an event loop: the first task starts it, every task awaits the same
@@ -349,14 +356,13 @@ class RemoteBackend:
         task = self._apreparing.get(kind)
         if task is None or task.get_loop() is not loop or task.cancelled():  # none, or not of use
             task = self._apreparing[kind] = loop.create_task(self._aprepare_now(kind, ctx))
-        left = _time_left(ctx)
-        with contextlib.suppress(asyncio.TimeoutError):  # the call's deadline came first, as above
-            await asyncio.wait_for(asyncio.shield(task), left)
+        with contextlib.suppress(asyncio.TimeoutError):  # waited its share, as above
+            await asyncio.wait_for(asyncio.shield(task), _preparation_wait(ctx))
 
     def _prepare_in_thread(self, kind: InputKind, ctx: CallContext | None, done: Future[None]) -> None:
         try:
             try:
-                state = self.endpoint_state(kind, timeout=_state_timeout(ctx))
+                state = self.endpoint_state(kind, timeout=state_timeout(ctx))
             except Exception as exc:  # the GET's failure never fails a call
                 state = self._unreadable(kind, exc)
             plan = preflight(state, auto=self._auto)
@@ -371,7 +377,7 @@ class RemoteBackend:
         """Not marked done if cancelled (its loop closing): the next call prepares afresh."""
         try:
             try:
-                state = await self.aendpoint_state(kind, timeout=_state_timeout(ctx))
+                state = await self.aendpoint_state(kind, timeout=state_timeout(ctx))
             except Exception as exc:  # the GET's failure never fails a call
                 state = self._unreadable(kind, exc)
             plan = preflight(state, auto=self._auto)
@@ -382,7 +388,7 @@ class RemoteBackend:
         self._prepared.add(kind)
 
     def _unreadable(self, kind: InputKind, exc: Exception) -> EndpointState:
-        return unknown_state(self._endpoints[kind], f"the endpoint's state could not be read: {exc}")
+        return unknown_state(self._endpoints[kind], f"{type(exc).__name__}: {exc}")
 
     def _route(self, kind: InputKind, plan: Preflight) -> Route:
         """Where ``kind``'s requests go: a route-optimized endpoint's data plane when the credentials
@@ -468,6 +474,7 @@ class RemoteBackend:
                     client = self._sync_client()
                     number = attempt.retry_state.attempt_number
                     request, clock, route = self._request(client, kind, body, ctx, number)
+                    slot.expected_503 = kind in self._starting  # as it stands when this one is sent
                     try:
                         with clock.bounding_sockets():
                             response = client.send(request, auth=route.auth, stream=True)
@@ -505,6 +512,7 @@ class RemoteBackend:
                 async with self._task_slots.slot(ctx, endpoint) as slot:
                     number = attempt.retry_state.attempt_number
                     request, clock, route = self._request(client, kind, body, ctx, number)
+                    slot.expected_503 = kind in self._starting  # as it stands when this one is sent
                     try:
                         # A cancelled attempt closes its connection (httpcore shields that cleanup),
                         # so a half-read answer never goes back to the pool.
@@ -621,7 +629,9 @@ class RemoteBackend:
         """What the adaptive limit learns from an answer: 429/503 mean overload, except the 503s of an
         endpoint that may be starting, until its first answer that succeeds."""
         status = response.status_code
-        if status == 503 and kind in self._starting:
+        if status == 503 and (slot.expected_503 or kind in self._starting):
+            # A 503 to a request sent while the endpoint was starting is a start-up answer, even
+            # when it arrives after a later request already succeeded.
             self._waiting_for_start(kind, "it may have scaled to zero, and answered 503")
         elif status in (429, 503):
             slot.overloaded = True
@@ -671,13 +681,18 @@ class RemoteBackend:
         self.close()
 
 
-def _time_left(ctx: CallContext | None) -> float | None:
-    """Seconds until the call's deadline (0 once it passed), or None without one."""
+def _preparation_wait(ctx: CallContext | None) -> float | None:
+    """How long a call waits for its endpoint's state before it goes on without it: the state read's
+    own bound (:data:`STATE_TIMEOUT`) at most, and with a deadline no more than a quarter of the time
+    left, so a slow control plane never costs a call its deadline. The read goes on in the
+    background; the calls after it use what it learns."""
     left = None if ctx is None else ctx.remaining()
-    return None if left is None else max(0.0, left)
+    if left is None:
+        return None
+    return max(0.0, min(STATE_TIMEOUT, left * _STATE_SHARE_OF_DEADLINE))
 
 
-def _state_timeout(ctx: CallContext | None) -> float:
+def state_timeout(ctx: CallContext | None) -> float:
     """The state GET's time bound: :data:`STATE_TIMEOUT`, or the call's time left when less."""
     left = None if ctx is None else ctx.remaining()
     return STATE_TIMEOUT if left is None else max(_MIN_TIMEOUT, min(STATE_TIMEOUT, left))

@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 #: "exact": the two embeddings are identical; "close": cosine >= :data:`CLOSE_COSINE`; "different".
-ParityVerdict = Literal["exact", "close", "different"]
+ParityVerdict = Literal["exact", "close", "different", "insensitive"]
 #: "truncates": the endpoint embedded a text longer than CLIP's 77 tokens (HTTP 200); "refuses": it
 #: answered 400.
 TruncationVerdict = Literal["truncates", "refuses"]
@@ -74,6 +74,11 @@ LONG_TEXT = " ".join([_CAPTION] * 5)
 LONG_TEXT_WORDS = len(LONG_TEXT.split())
 
 _NOT_A_SERVING_ENDPOINT = "not a serving endpoint"
+_IGNORES_TEXT = (
+    "the text endpoint answered the same embedding for two different texts: it does not embed the "
+    "text it is sent (a stub, a model that ignores its input, or a wrong input column), so "
+    "'truncates' says nothing. Check the served model before anything else"
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -93,13 +98,18 @@ class ImageParity:
 
     Attributes:
         verdict: ``"exact"`` (identical vectors: the client's preparation is the endpoint's, bit for
-            bit), ``"close"`` (cosine >= 0.9999) or ``"different"``.
+            bit), ``"close"`` (cosine >= 0.9999), ``"different"``, or ``"insensitive"``: the endpoint
+            answered the same embedding for a different picture (the probe mirrored, sent in the
+            same request as a control), so it does not embed what it is sent and parity means
+            nothing.
         cosine: cosine similarity of the two embeddings (float64 arithmetic; 1.0 for identical ones).
         max_abs_diff: the largest absolute difference between the two embeddings, element by element,
             in the endpoint's own units (the rows as answered, not normalised); 0.0 when exact.
         probe: what was sent, e.g. ``"640x480 PNG file (422,821 bytes) and the client's 224x224 png
             crop (98,765 bytes)"``.
-        advice: what to do about a ``"close"`` or ``"different"`` verdict; None when ``"exact"``.
+        advice: what to do about the verdict; None when ``"exact"``, and when the client already
+            sends files as given (``image_preparation="server"``), since its embeddings are then the
+            endpoint's own whatever the verdict.
     """
 
     verdict: ParityVerdict
@@ -320,8 +330,11 @@ def _text_probe(
         raise long
     else:
         truncation = TextTruncation("truncates", LONG_TEXT_WORDS)
+    notes: tuple[str, ...] = ()
+    if not isinstance(long, ClipClientError) and _same(short, long):
+        notes = (_IGNORES_TEXT,)
     return EndpointReport(
-        "text", backend.endpoint("text"), state, dim=int(short.shape[0]), truncation=truncation
+        "text", backend.endpoint("text"), state, dim=int(short.shape[0]), truncation=truncation, notes=notes
     )
 
 
@@ -339,6 +352,9 @@ def _image_probe(
     # it. A backend that takes pixels has no preparation of its own: both are the client's.
     original = prepare_image(png, None, replace(opts, preparation="server"))
     crop = prepare_image(png, None, replace(opts, preparation="client"))
+    # The control: another picture (the probe mirrored), prepared as the crop is. An endpoint that
+    # answers it with the crop's embedding does not look at its input.
+    control = prepare_image(mirrored_probe_image(), None, replace(opts, preparation="client"))
     width, height = PROBE_IMAGE_SIZE
     size = settings.image_size
     if original.encoded is not None and crop.encoded is not None:
@@ -348,8 +364,8 @@ def _image_probe(
         )
     else:
         probe = f"{width}x{height} picture, prepared by the client to {size}x{size} pixels twice"
-    results = yield from _send(backend, "image", [original, crop], ctx)
-    whole, prepared = results
+    results = yield from _send(backend, "image", [original, crop, control], ctx)
+    whole, prepared, other = results
     if isinstance(prepared, ClipClientError):
         raise prepared  # the endpoint cannot embed what this client sends: every call would fail
     notes: tuple[str, ...] = ()
@@ -361,6 +377,16 @@ def _image_probe(
                 f"probe file ({_said(whole)}); keep image_preparation='client', which sends "
                 f"{size}x{size} crops"
             ),
+        )
+    elif not isinstance(other, ClipClientError) and _same(prepared, other):
+        parity = ImageParity(
+            "insensitive",
+            1.0,
+            0.0,
+            probe,
+            "the endpoint answered the same embedding for two different pictures (the probe and its "
+            "mirror image): it does not embed the image it is sent (a stub, a model that ignores its "
+            "input, or a wrong input column). Check the served model before anything else",
         )
     else:
         parity = _parity(whole, prepared, probe, settings)
@@ -434,6 +460,13 @@ def _said(error: ClipClientError) -> str:
     return error.reason if isinstance(error, InvalidInputError) else str(error)
 
 
+def _same(a: FloatArray, b: FloatArray) -> bool:
+    """Whether two embeddings are the same direction (identical, or cosine >= CLOSE_COSINE)."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    norms = float(np.linalg.norm(x) * np.linalg.norm(y))
+    return bool(np.array_equal(a, b)) or (norms > 0 and float(x @ y) / norms >= CLOSE_COSINE)
+
+
 def _parity(whole: FloatArray, prepared: FloatArray, probe: str, settings: Settings) -> ImageParity:
     a = np.asarray(whole, dtype=np.float64)
     b = np.asarray(prepared, dtype=np.float64)
@@ -444,7 +477,9 @@ def _parity(whole: FloatArray, prepared: FloatArray, probe: str, settings: Setti
     if identical:
         return ImageParity("exact", cosine, max_abs_diff, probe)
     verdict: ParityVerdict = "close" if cosine >= CLOSE_COSINE else "different"
-    return ImageParity(verdict, cosine, max_abs_diff, probe, _parity_advice(verdict, cosine, settings))
+    # Sending files as given already makes every embedding the endpoint's own: nothing to act on.
+    advice = None if settings.image_preparation == "server" else _parity_advice(verdict, cosine, settings)
+    return ImageParity(verdict, cosine, max_abs_diff, probe, advice)
 
 
 def _parity_advice(verdict: ParityVerdict, cosine: float, settings: Settings) -> str:
@@ -467,20 +502,32 @@ def _parity_advice(verdict: ParityVerdict, cosine: float, settings: Settings) ->
             "the model with CLIPImageProcessor's PIL path (docs/endpoints.md)"
         )
     if settings.image_format == "jpeg":
-        text += (
-            "; this client sends its crops as JPEG (image_format='jpeg'), which changes pixels: "
-            "check again with image_format='png' first"
-        )
-    if settings.image_preparation == "server":
-        text += (
-            "; this client already sends files as given (image_preparation='server'), so the "
-            "embeddings it gets are the endpoint's own"
+        text = (
+            "first: this client sends its crops as JPEG (image_format='jpeg'), which changes their "
+            "pixels; check again with image_format='png' before anything else. Then, if it persists: " + text
         )
     return text
 
 
 # --------------------------------------------------------------------------------------------------
 # The probe image
+
+
+@functools.cache
+def mirrored_probe_image() -> bytes:
+    """The control picture of the parity probe: :func:`probe_image` mirrored left to right."""
+    width, height = PROBE_IMAGE_SIZE
+    pixels = _decode_png_rgb(probe_image(), width, height)
+    return png_rgb(np.ascontiguousarray(pixels[:, ::-1]))
+
+
+def _decode_png_rgb(png: bytes, width: int, height: int) -> npt.NDArray[np.uint8]:
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(png)) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).reshape(height, width, 3)
 
 
 @functools.cache
@@ -585,7 +632,8 @@ def _describe_state(state: EndpointState) -> str:
         return note if note.startswith(_NOT_A_SERVING_ENDPOINT) else f"unknown ({note})"
     parts = ["ready" if state.ready else "NOT READY" if state.ready is False else "readiness unknown"]
     if state.config_update and state.config_update != "NOT_UPDATING":
-        parts.append(f"config update {state.config_update.lower().replace('_', ' ')}")
+        words = state.config_update.lower().replace("_", " ")
+        parts.append(f"config {words}" if words.startswith("update") else f"config update {words}")
     if state.route_optimized:
         parts.append("route-optimized")
     for e in state.served_entities:

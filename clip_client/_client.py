@@ -27,7 +27,7 @@ import numpy.typing as npt
 from pydantic.fields import FieldInfo
 
 from . import _constants as C
-from ._backend import Backend, RemoteBackend
+from ._backend import Backend, RemoteBackend, state_timeout
 from ._check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
 from ._concurrency import CallContext, Counters
 from ._core import (
@@ -882,7 +882,8 @@ class ClipClient(_BaseClient):
 
         def step(s: Step) -> Any:
             if isinstance(s, ReadState):
-                return read_state(s.kind, refresh=True)  # type: ignore[misc]
+                # Bounded by the check's deadline too: min(10 s, the time left).
+                return read_state(s.kind, refresh=True, timeout=state_timeout(ctx))  # type: ignore[misc]
             self._check_call(s.kind, ctx)
             return self.backend.embed(s.kind, s.batch.payloads, ctx)
 
@@ -1353,7 +1354,7 @@ class AsyncClipClient(_BaseClient):
 
         async def step(s: Step) -> Any:
             if isinstance(s, ReadState):
-                return await read_state(s.kind, refresh=True)  # type: ignore[misc]
+                return await read_state(s.kind, refresh=True, timeout=state_timeout(ctx))  # type: ignore[misc]
             self._check_call(s.kind, ctx)
             return await self.backend.aembed(s.kind, s.batch.payloads, ctx)
 

@@ -32,6 +32,8 @@ class Slot:
     ticket: int
     overloaded: bool = False
     succeeded: bool = False
+    #: Sent while its endpoint may be starting: a 503 for it is expected, not overload.
+    expected_503: bool = False
 
 
 class AIMDLimit:

@@ -232,8 +232,15 @@ class BatchPlanner:
 
 
 def decode_json(content: bytes) -> Any:
+    """JSON, with orjson when installed. What orjson refuses is read again by the standard library,
+    which takes the bare ``NaN``/``Infinity`` that Python's json (MLflow's scoring server among its
+    users) writes for non-finite floats: such an answer is then refused for its values, by name,
+    rather than as "not JSON"."""
     if _orjson is not None:
-        return _orjson.loads(content)
+        try:
+            return _orjson.loads(content)
+        except ValueError:
+            pass
     return json.loads(content)
 
 

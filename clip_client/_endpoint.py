@@ -55,8 +55,9 @@ class ServedEntity:
     @property
     def max_concurrency(self) -> int | None:
         """The most requests this entity serves at once: its explicit maximum, else its workload
-        size's upper bound (:data:`WORKLOAD_CONCURRENCY`); None for a size this client does not know."""
-        if self.max_provisioned_concurrency is not None:
+        size's upper bound (:data:`WORKLOAD_CONCURRENCY`); None for a size this client does not know
+        (or an explicit maximum of 0, which says nothing about what it serves once started)."""
+        if self.max_provisioned_concurrency:
             return self.max_provisioned_concurrency
         bounds = WORKLOAD_CONCURRENCY.get(self.workload_size or "")
         return None if bounds is None else bounds[1]
@@ -120,6 +121,8 @@ def parse_endpoint_state(body: dict[str, Any], name: str) -> EndpointState:
     read through databricks-sdk's ``ServingEndpointDetailed``."""
     from databricks.sdk.service.serving import ServingEndpointDetailed
 
+    if not isinstance(body.get("state"), dict):
+        return unknown_state(name, "the control plane's answer has no state object")
     detail = ServingEndpointDetailed.from_dict(body)
     state = detail.state
     entities = tuple(
@@ -140,7 +143,7 @@ def parse_endpoint_state(body: dict[str, Any], name: str) -> EndpointState:
     query = detail.data_plane_info.query_info if detail.data_plane_info else None
     ready = _value(state.ready) if state else None
     return EndpointState(
-        name=detail.name or name,
+        name=name,
         ready=None if ready is None else ready == "READY",
         config_update=_value(state.config_update) if state else None,
         served_entities=entities,

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httpcore
 import httpx
@@ -79,14 +79,22 @@ def normalize_host(host: str) -> str:
         host = "https://" + host
     host = host.rstrip("/")
     parts = urlsplit(host)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    problem = _url_problem(parts)
+    if problem == "not http":
         raise ValueError(f"host {host!r} is not an http(s) URL of a Databricks workspace")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ValueError(
-            f"host {host!r} uses plain http to a non-loopback address, which would send the token in "
-            "clear text; use https://"
-        )
+    if problem:
+        raise ValueError(f"host {host!r} {problem}; use https://")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def _url_problem(parts: SplitResult) -> str | None:
+    """Why a URL the token would be sent to is refused: "not http" (not an http(s) URL with a host),
+    plain http to anything but loopback (the token would cross the network in clear text), or None."""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not http"
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        return "uses plain http to a non-loopback address, which would send the token in clear text"
+    return None
 
 
 def _is_loopback(hostname: str) -> bool:
@@ -240,14 +248,11 @@ def _data_plane_tokens(config: Config) -> Any:
 def data_plane_url(url: str) -> str:
     """A data-plane URL as the endpoint's state gives it, checked as ``host=`` is: https, or plain
     http only to loopback. Raises ``DataPlaneUnavailable`` for any other."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    problem = _url_problem(urlsplit(url.strip()))
+    if problem == "not http":
         raise DataPlaneUnavailable(f"its data-plane URL {url!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise DataPlaneUnavailable(
-            f"its data-plane URL {url!r} is plain http to a non-loopback address, which would send the "
-            "token in clear text"
-        )
+    if problem:
+        raise DataPlaneUnavailable(f"its data-plane URL {url!r} {problem}")
     return url.strip()
 
 

@@ -471,6 +471,8 @@ class ServingServer:
                     return self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
                 state = server.states.get(name)
                 if isinstance(state, Reply):
+                    if state.delay:  # a control plane that is slow to answer
+                        time.sleep(state.delay)
                     body = state.body if isinstance(state.body, bytes) else json.dumps(state.body).encode()
                     return self._send(state.status, body, state.headers)
                 if state is None and name not in server.endpoints:

@@ -14,6 +14,7 @@ import base64
 import dataclasses
 import functools
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from PIL import Image
 from serving_server import Reply, ServingServer, endpoint_state, expected_vector
 
 from clip_client import (
+    APITimeoutError,
     AsyncClipClient,
     ClipClient,
     EndpointCheck,
@@ -129,10 +131,11 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def probe_records(server: ServingServer) -> list[str]:
-    """The image records of the check's one image request: the whole file, then the client's crop."""
+    """The image records of the check's one image request: the whole file, then the client's crop
+    (the third, the mirrored control picture, is left out)."""
     [request] = [r for r in server.received if r.endpoint == IMAGE]
-    assert len(request.inputs) == 2
-    return request.inputs
+    assert len(request.inputs) == 3
+    return request.inputs[:2]
 
 
 async def check(make: Make, **options: object) -> EndpointCheck:
@@ -502,3 +505,50 @@ async def test_a_backend_answering_too_few_rows_is_a_typed_error(kind: str) -> N
         with pytest.raises(ResponseFormatError, match="sent 2 inputs but got") as caught:
             await make().check_endpoint()
     assert caught.value.endpoint == "custom-text"
+
+
+# --------------------------------------------------------------------------------------------------
+# Fresh-tester findings: an endpoint that ignores its input, the check's deadline, server mode
+
+
+def constant_model(kind: str, inputs: list[str]) -> list[list[float]]:
+    """An endpoint that answers the same vector whatever it is sent."""
+    return [[1.0] * WIDTH for _ in inputs]
+
+
+async def test_an_endpoint_that_ignores_its_input_is_not_called_exact(
+    make: Make, server: ServingServer
+) -> None:
+    server.model = constant_model
+    report = await check(make)
+    parity = report.image.parity
+    assert parity is not None
+    assert parity.verdict == "insensitive"
+    assert parity.advice is not None
+    assert "does not embed the image" in parity.advice
+    assert any("does not embed the text" in note for note in report.text.notes)
+    assert report.advice  # something to act on
+
+
+async def test_the_checks_deadline_bounds_its_state_reads(make: Make, server: ServingServer) -> None:
+    """Both state reads hang (8 s each): with deadline=1.5 the check ends by its deadline, as embed
+    calls do, instead of after both reads' own 10 s bounds."""
+    server.model = pixel_model(clip_exact)
+    server.states[TEXT] = Reply(200, endpoint_state(TEXT), delay=8.0)
+    server.states[IMAGE] = Reply(200, endpoint_state(IMAGE), delay=8.0)
+    started = time.monotonic()
+    with pytest.raises(APITimeoutError):
+        await make().check_endpoint(deadline=1.5)
+    assert time.monotonic() - started < 1.5 + 1.5
+
+
+async def test_a_client_that_sends_files_as_given_gets_no_advice_on_parity(
+    make: Make, server: ServingServer
+) -> None:
+    server.model = pixel_model(squash)
+    report = await check(make, image_preparation="server")
+    parity = report.image.parity
+    assert parity is not None
+    assert parity.verdict == "different"  # still measured and reported ...
+    assert parity.advice is None  # ... but its embeddings are the endpoint's own: nothing to do
+    assert report.advice == ()

@@ -335,7 +335,7 @@ def test_parse_ignores_extra_top_level_keys(json_backend):
         (dumps({"predictions": [[1.0, None]]}), 1, "row 0 holds NaN"),
         (dumps({"predictions": [1.0, 2.0]}), 2, "2-D"),
         (dumps({"predictions": [[]]}), 1, "2-D"),
-        (b'{"predictions": [[1.0, NaN]]}', 1, ""),
+        (b'{"predictions": [[1.0, NaN]]}', 1, "row 0 holds NaN"),  # bare NaN, as Python's json writes it
         pytest.param(
             dumps({"predictions": [[0.5], [1e39]]}),
             2,

@@ -484,3 +484,56 @@ async def test_a_ready_endpoint_without_scale_to_zero_still_counts_503_as_overlo
     assert client.stats.overloads == 1
     assert client.stats.concurrency_limit == 2
     assert start_logs(caplog) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Fresh-tester findings
+
+
+@pytest.mark.server(dim=4)
+async def test_late_503s_to_requests_sent_while_starting_are_not_overload(
+    make: Make, server: ServingServer
+) -> None:
+    """Five requests go out while the endpoint is starting. One 503 comes back at once and its
+    retry succeeds; the other four 503s arrive a second later, after that success. They answered
+    requests sent while the endpoint was starting, so they are not overload either."""
+    server.states[TEXT] = endpoint_state(TEXT, ready=False)
+    late = Reply(503, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "starting"}, delay=1.0)
+    server.script = [UNAVAILABLE, late, late, late, late]
+    client = make(batch_size=1, max_concurrency=5)
+    out = await client.embed_texts([f"t{i}" for i in range(5)])
+    np.testing.assert_array_equal(out, text_rows([f"t{i}" for i in range(5)], 4))
+    assert client.stats.overloads == 0
+    assert client.stats.concurrency_limit == 5
+
+
+@pytest.mark.server(dim=4)
+async def test_a_slow_control_plane_never_costs_a_call_its_deadline(
+    make: Make, server: ServingServer
+) -> None:
+    """The state read hangs for 6 s; a first call with deadline=4 waits a quarter of its time for
+    it, then goes on with the defaults and is answered (it used to raise at its deadline, having
+    sent nothing)."""
+    server.states[TEXT] = Reply(200, endpoint_state(TEXT), delay=6.0)
+    out = await make().embed_texts(["a"], deadline=4)
+    np.testing.assert_array_equal(out, text_rows(["a"], 4))
+    assert server.posts(TEXT) == 1
+
+
+@pytest.mark.server(dim=4)
+async def test_an_explicit_maximum_of_zero_says_nothing_and_auto_keeps_the_default(
+    make: Make, server: ServingServer
+) -> None:
+    server.states[TEXT] = endpoint_state(TEXT, workload_size=None, max_concurrency=0)
+    client = make(max_concurrency="auto")
+    await client.embed_texts(["a"])
+    assert client.stats.max_concurrency == 5
+
+
+@pytest.mark.parametrize("body", [{}, {"name": 5, "state": "weird"}])
+def test_an_answer_without_a_state_object_is_an_unknown_state(body: dict[str, Any]) -> None:
+    from clip_client._endpoint import parse_endpoint_state
+
+    state = parse_endpoint_state(body, "clip-text-embedding")
+    assert state.known is False
+    assert state.name == "clip-text-embedding"
