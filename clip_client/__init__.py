@@ -44,6 +44,7 @@ from .errors import (
     ServerError,
 )
 from .local import LocalBackend
+from .search import DuplicateGroup, TopK, cosine_topk, find_duplicates
 from .types import (
     ClientStats,
     EmbeddingArray,
@@ -74,6 +75,7 @@ __all__ = [
     "ClipClient",
     "ClipClientError",
     "CredentialsError",
+    "DuplicateGroup",
     "EmbeddingArray",
     "EmbeddingFailure",
     "EmbeddingResult",
@@ -103,6 +105,9 @@ __all__ = [
     "ServerError",
     "Settings",
     "TextTruncation",
+    "TopK",
     "TruncationVerdict",
     "__version__",
+    "cosine_topk",
+    "find_duplicates",
 ]

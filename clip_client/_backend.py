@@ -287,6 +287,19 @@ class RemoteBackend:
             self._states[kind] = self._state_of(kind, response)
         return self._states[kind]
 
+    def cache_identity(self, kind: InputKind) -> str:
+        """Who computes ``kind``'s rows, for the embedding cache: the endpoint's invocations URL at the
+        workspace and, when its state has been read (no I/O here), the registered model versions its
+        served entities serve; the URL alone when they are unknown."""
+        url = f"{self.workspace.host}/serving-endpoints/{self._endpoints[kind]}/invocations"
+        state = self._states.get(kind)
+        versions = sorted(
+            f"{entity.entity_name}@{entity.entity_version}"
+            for entity in (state.served_entities if state is not None and state.known else ())
+            if entity.entity_version is not None
+        )
+        return " ".join([url, *versions])
+
     def _state_url(self, kind: InputKind) -> str:
         return f"{self.workspace.host}/api/2.0/serving-endpoints/{self._endpoints[kind]}"
 

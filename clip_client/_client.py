@@ -50,6 +50,7 @@ from ._http import resolve_workspace
 from ._images import ImageOptions, PreparedImage, prepare_image
 from ._secrets import safe_cause
 from ._streams import AsyncEmbeddingStream, EmbeddingStream, Row
+from .cache import CacheOption, CacheView, EmbeddingCache, backend_identity, namespace, open_cache
 from .errors import APIError, BackendError, ClipClientError, InvalidInputError
 from .types import (
     ClientStats,
@@ -147,6 +148,7 @@ class _BaseClient:
         backend: Backend | None,
         http_client: httpx.Client | httpx.AsyncClient | None,
         http_client_type: type[httpx.Client] | type[httpx.AsyncClient],
+        cache: CacheOption = None,
         **settings: Any,
     ) -> None:
         if http_client is not None and not isinstance(http_client, http_client_type):
@@ -182,6 +184,7 @@ class _BaseClient:
             workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
             backend = RemoteBackend(workspace, self.settings, http_client=http_client)
         self.backend: Backend = backend
+        self._cache: EmbeddingCache | None = open_cache(cache)
         self._counters = Counters()
         self._pool_lock = threading.Lock()
         self._prep_pool: ThreadPoolExecutor | None = None
@@ -238,12 +241,13 @@ class _BaseClient:
             raise TypeError(
                 f"{cls.__name__}.local() runs the model in-process and takes no {', '.join(workspace)}"
             )
-        unknown = sorted(set(client_options) - set(Settings.model_fields))
+        unknown = sorted(set(client_options) - set(Settings.model_fields) - {"cache"})
         if unknown:
             raise TypeError(
                 f"{cls.__name__}.local() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}"
             )
-        Settings().merged(**client_options)  # the values too (pydantic.ValidationError)
+        # the values too (pydantic.ValidationError)
+        Settings().merged(**{k: v for k, v in client_options.items() if k != "cache"})
         backend = LocalBackend(
             model,
             device=device,
@@ -269,7 +273,23 @@ class _BaseClient:
             splits=c.splits,
             concurrency_limit=maximum if limit is None else limit,
             max_concurrency=maximum,
+            cache_hits=c.cache_hits,
+            cache_misses=c.cache_misses,
         )
+
+    def clear_cache(self) -> None:
+        """Empty the embedding cache (``cache=``): every row of an SQLite file, whichever client or
+        process wrote it; this client's rows with ``"memory"``. Synchronous on both clients (the
+        store is local). Does nothing without a cache; never raises for a cache file that is
+        corrupt or locked (it is logged once, and the client goes on without it).
+
+        Returns:
+            None. Raises nothing of its own.
+
+        >>> client.clear_cache()  # doctest: +SKIP
+        """
+        if self._cache is not None:
+            self._cache.clear()
 
     # -- check_endpoint: one flow (clip_client._check), driven by each client's own I/O -----------------
 
@@ -340,7 +360,22 @@ class _BaseClient:
             progress=bar,
             dim_hint=self.backend.dim,
             window=self._window(),
+            cache=self._cache_view(plan),
         )
+
+    def _cache_view(self, plan: _Plan) -> CacheView | None:
+        """This call's view of the cache: keyed by the backend (a remote endpoint's served model
+        version is known once :meth:`_cache_needs_state` let the shell read its state), the kind and
+        the settings that shape what is sent."""
+        if self._cache is None:
+            return None
+        identity = backend_identity(self.backend, plan.kind)
+        return CacheView(self._cache, namespace(identity, plan.kind, plan.settings), self._counters)
+
+    def _cache_needs_state(self) -> bool:
+        """Whether the shell reads the endpoint's state before a call's first lookup: the cache's
+        key holds the served model version, so a new model version never answers from old rows."""
+        return self._cache is not None and isinstance(self.backend, RemoteBackend)
 
     def _concurrency(self) -> int:
         """The most requests this client keeps in flight: the serving endpoints' ceiling
@@ -432,7 +467,10 @@ class _BaseClient:
             return self._prep_pool
 
     def _shutdown_pools(self) -> None:
+        """Close the thread pools, and the cache's connection."""
         self._closed = True
+        if self._cache is not None:
+            self._cache.close()
         with self._pool_lock:
             if self._prep_pool is not None:
                 self._prep_pool.shutdown(wait=False, cancel_futures=True)
@@ -521,6 +559,13 @@ _CLIENT_DOC = """
         config: a ``databricks.sdk.core.Config``; not with ``host``/``token``/``profile``.
         backend: any :class:`~clip_client.Backend` instead of a workspace (not with the above).
         http_client: {http_client}
+        cache: an embedding cache, so that inputs embedded before cost no request: None (off, the
+            default), ``"memory"`` (an LRU of this client, 10,000 rows), or a path (``str`` or
+            ``os.PathLike``, ``~`` expanded) to an SQLite file that processes and threads share.
+            Keyed by the backend (endpoint URL and served model version; local model and dtype),
+            the settings that shape what is sent, and the sha256 of each item sent. A corrupt or
+            locked file is logged once and the client goes on without it (docs/configuration.md,
+            Caching).
 
     Settings (validated by :class:`~clip_client.Settings`; all optional; docs/configuration.md):
 {settings}
@@ -572,6 +617,7 @@ class ClipClient(_BaseClient):
         progress: bool | None = None,
         backend: Backend | None = None,
         http_client: httpx.Client | None = None,
+        cache: CacheOption = None,
     ) -> None:
         super().__init__(
             host=host,
@@ -581,6 +627,7 @@ class ClipClient(_BaseClient):
             backend=backend,
             http_client=http_client,
             http_client_type=httpx.Client,
+            cache=cache,
             text_endpoint=text_endpoint,
             image_endpoint=image_endpoint,
             batch_size=batch_size,
@@ -798,8 +845,8 @@ class ClipClient(_BaseClient):
 
         Raises:
             TypeError: at once, for a single ``str``. Other errors as :meth:`embed_texts`, raised
-            by the stream when it reaches them (with ``on_error="mark"``, listed in
-            ``stream.failures`` instead).
+                by the stream when it reaches them (with ``on_error="mark"``, listed in
+                ``stream.failures`` instead).
 
         >>> with client.iter_embed_texts(open("captions.txt")) as stream:  # doctest: +SKIP
         ...     for index, vector in stream:
@@ -935,8 +982,10 @@ class ClipClient(_BaseClient):
                 yield self._image_item(i, prepared)
 
     def _stream(self, plan: _Plan, items: Iterator[Prepared]) -> Iterator[Row]:
-        job = self._new_job(plan)
         ctx = self._context(plan)
+        if self._cache_needs_state():
+            self.backend.prepare(plan.kind, ctx)  # type: ignore[attr-defined]
+        job = self._new_job(plan)
         pool: ThreadPoolExecutor | None = None
         pending: dict[Future[list[BatchOutcome]], Batch] = {}  # each batch in flight, by its future
 
@@ -1068,6 +1117,7 @@ class AsyncClipClient(_BaseClient):
         progress: bool | None = None,
         backend: Backend | None = None,
         http_client: httpx.AsyncClient | None = None,
+        cache: CacheOption = None,
     ) -> None:
         super().__init__(
             host=host,
@@ -1077,6 +1127,7 @@ class AsyncClipClient(_BaseClient):
             backend=backend,
             http_client=http_client,
             http_client_type=httpx.AsyncClient,
+            cache=cache,
             text_endpoint=text_endpoint,
             image_endpoint=image_endpoint,
             batch_size=batch_size,
@@ -1404,8 +1455,10 @@ class AsyncClipClient(_BaseClient):
             ahead.close()
 
     async def _stream(self, plan: _Plan, items: AsyncIterator[Prepared]) -> AsyncIterator[Row]:
-        job = self._new_job(plan)
         ctx = self._context(plan)
+        if self._cache_needs_state():
+            await self.backend.aprepare(plan.kind, ctx)  # type: ignore[attr-defined]
+        job = self._new_job(plan)
         pending: set[asyncio.Future[list[BatchOutcome]]] = set()
         started = False
 

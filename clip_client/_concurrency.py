@@ -171,6 +171,8 @@ class Counters:
         self.retries = 0
         self.overloads = 0
         self.splits = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     def attempt(self, number: int = 1) -> None:
         """One request (an HTTP attempt, a forward pass); ``number`` > 1 marks it as a retry."""
@@ -187,6 +189,14 @@ class Counters:
         """A batch split in half (refused as too large, or isolating the input a 400 was about)."""
         with self._lock:
             self.splits += 1
+
+    def cache_lookup(self, *, hit: bool) -> None:
+        """One input looked up in the embedding cache: found (it costs no request), or not."""
+        with self._lock:
+            if hit:
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
 
 
 class CallContext:

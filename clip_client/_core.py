@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,9 @@ from .errors import (
     ResponseFormatError,
 )
 from .types import EmbeddingFailure, EmbeddingResult
+
+if TYPE_CHECKING:
+    from .cache import CacheView
 
 _orjson: Any
 try:  # optional: parses the predictions several times faster than the standard library
@@ -436,8 +439,13 @@ class EmbedJob:
         progress: Any | None = None,
         dim_hint: int | None = None,
         window: int = 8,
+        cache: CacheView | None = None,
     ) -> None:
         self.planner = planner
+        #: The embedding cache, looked up as each input is planned; its misses' digests wait in
+        #: ``_digests`` until their batch's rows come back, and are stored then (never a failure).
+        self.cache = cache
+        self._digests: dict[int, bytes | None] = {}
         self.window = window
         #: Rows finished but held behind an earlier, slower batch: up to another window's worth, so
         #: the other request slots keep working past a slow reply, and memory stays bounded by about
@@ -455,11 +463,21 @@ class EmbedJob:
         self._next = 0
 
     def add(self, index: int, payload: Any, nbytes: int = 0) -> Batch | None:
-        """Plan one input; returns the batch it closed, if any. An input too large for a request on
-        its own fails alone, like any other bad input (raised, or marked with ``mark``)."""
+        """Plan one input; returns the batch it closed, if any. An input found in the cache is done
+        at once (no batch, no request). An input too large for a request on its own fails alone,
+        like any other bad input (raised, or marked with ``mark``)."""
+        if self.cache is not None:
+            digest, row = self.cache.lookup(payload)
+            width = self.dim if self.dim is not None else self.dim_hint
+            if row is not None and row.ndim == 1 and width in (None, row.shape[0]):
+                self._waiting[index] = self._checked(row[None, :])[0]
+                self._tick(1)
+                return None
+            self._digests[index] = digest
         try:
             return self.planner.add(index, payload, nbytes)
         except InvalidInputError as exc:
+            self._digests.pop(index, None)
             self.input_failed(index, exc)
             return None
 
@@ -475,11 +493,14 @@ class EmbedJob:
 
     def settle(self, outcomes: list[BatchOutcome]) -> None:
         for batch, outcome in outcomes:
+            digests = [self._digests.pop(i, None) for i in batch.indices]
             if isinstance(outcome, BaseException):
                 for i in batch.indices:
                     self._waiting[i] = outcome
             else:
-                rows = self._checked(batch, outcome)
+                if self.cache is not None:
+                    self.cache.store_rows(digests, outcome)  # raw rows, before normalisation
+                rows = self._checked(outcome)
                 for i, row in zip(batch.indices, rows, strict=True):
                     self._waiting[i] = row
             self._tick(len(batch))
@@ -550,7 +571,7 @@ class EmbedJob:
             raise fail(f"row {bad} holds NaN or infinite values")
         return out
 
-    def _checked(self, batch: Batch, rows: FloatArray) -> FloatArray:
+    def _checked(self, rows: FloatArray) -> FloatArray:
         """Rows :meth:`accept` let through (or a test handed in), normalised if asked; the first
         width seen is the call's, for the NaN rows of failures."""
         if self.dim is None:

@@ -147,6 +147,13 @@ class LocalBackend:
             )
         return item.pixels, 0
 
+    def cache_identity(self, kind: InputKind) -> str:
+        """Who computes the rows, for the embedding cache: the model (a hub id, or a folder's
+        absolute path) and the dtype it runs in."""
+        folder = Path(self.model_name).expanduser()
+        name = str(folder.resolve()) if folder.is_dir() else self.model_name
+        return f"local {name} {self.dtype}"
+
     def endpoint(self, kind: InputKind) -> str | None:
         """None: there is no endpoint to name in errors; the model is in this process."""
         return None

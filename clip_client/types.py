@@ -287,3 +287,8 @@ class ClientStats:
     """The ceiling of that limit: the ``max_concurrency`` setting, or with ``"auto"`` the number the
     endpoint's state gave (the largest of the endpoints called so far; 5 until the first call, and
     when the state cannot be read)."""
+    cache_hits: int = 0
+    """Inputs found in the embedding cache (``cache=``): they cost no request."""
+    cache_misses: int = 0
+    """Inputs looked up in the cache and not found (sent, then stored once embedded). Both stay 0
+    without a cache."""

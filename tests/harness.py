@@ -96,8 +96,16 @@ async def close_and_drain(client: ClipClient | AsyncClipClient, within: float = 
     have on the wire: a sync call that raised leaves the batches already sent to finish in the
     background, and on a server shared between tests they would otherwise arrive during the next
     test and take the replies scripted for it."""
+    if isinstance(client, ClipClient):
+        close_and_drain_sync(client, within)
+    else:
+        await client.close()
+
+
+def close_and_drain_sync(client: ClipClient, within: float = 5.0) -> None:
+    """:func:`close_and_drain` for a ``ClipClient``, from a test that is not async."""
     threads = list(getattr(getattr(client, "_request_threads", None), "_threads", ()))
-    await Embedder(client).close()
+    client.close()
     deadline = time.monotonic() + within
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from bad_inputs import BAD_IMAGES
 from clip_reference import processed
-from harness import records
+from harness import close_and_drain_sync, records
 from image_factory import (
     KINDS,
     encode,
@@ -446,9 +446,12 @@ def test_bad_batch_after_good_batches_sends_only_the_good_ones(
 ) -> None:
     """The error names the bad input even when earlier batches were already sent."""
     good = [images["rgb_png"]] * 4
-    with ClipClient(host=server.url, token="t", batch_size=2, max_concurrency=1, max_retries=0) as c:
+    c = ClipClient(host=server.url, token="t", batch_size=2, max_concurrency=1, max_retries=0)
+    try:
         with pytest.raises(InvalidInputError) as info:
             c.embed_images([*good, tmp_path / "missing.png", images["rgb_png"]])
+    finally:
+        close_and_drain_sync(c)  # a batch still on the wire must not reach the next test
     assert info.value.index == 4
     assert all(len(r.inputs) == 2 for r in server.received)
     assert len(server.inputs()) <= 4  # the batch holding input 4 never went out

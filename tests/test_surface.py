@@ -24,7 +24,7 @@ from clip_client import AsyncClipClient, ClipClient, Settings
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = [ClipClient, AsyncClipClient]
 #: Constructor keywords that are not settings: where the client talks to, and its plumbing.
-WORKSPACE_AND_PLUMBING = {"host", "token", "profile", "config", "backend", "http_client"}
+WORKSPACE_AND_PLUMBING = {"host", "token", "profile", "config", "backend", "http_client", "cache"}
 PUBLIC_METHODS = [
     "embed_texts",
     "embed_text",
