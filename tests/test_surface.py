@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
 
 import httpx
 import numpy as np
@@ -106,28 +106,6 @@ def _valid(field: Any) -> str | None:
     ``"png", "bmp", "jpeg"``; ``≥ 1``; ``1 to 256``; for a union, each member's (``1 to 256``, then
     the literal choices)."""
     return _valid_of(field.annotation, field.metadata)
-
-
-def _valid_of(annotation: Any, metadata: list[Any]) -> str | None:
-    origin = get_origin(annotation)
-    if origin is Literal:
-        return ", ".join(f'"{c}"' for c in get_args(annotation))
-    if origin is Annotated:
-        inner, *extra = get_args(annotation)
-        return _valid_of(inner, [m for e in extra for m in getattr(e, "metadata", [e])])
-    if origin in (Union, UnionType):
-        parts = [_valid_of(arg, []) for arg in get_args(annotation)]
-        return ", or ".join(p for p in parts if p) or None
-    bound = {
-        a: getattr(m, a) for m in metadata for a in ("ge", "gt", "le") if getattr(m, a, None) is not None
-    }
-    if "ge" in bound and "le" in bound:
-        return f"{bound['ge']} to {bound['le']}"
-    if "ge" in bound:
-        return f"≥ {bound['ge']}"
-    if "gt" in bound:
-        return f"> {bound['gt']}"
-    return None
 
 
 def _valid_of(annotation: Any, metadata: list[Any]) -> str | None:
