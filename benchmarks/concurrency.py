@@ -76,35 +76,31 @@ def run_sync(endpoint: Endpoint, label: str, texts: list[str], **options: Any) -
     with ClipClient(host=endpoint.url, token=TOKEN, **options) as client:
         client.embed_texts([f"warm-up {i}" for i in range(64)])
         out, seconds, delta = timed(endpoint, label, len(texts), lambda: client.embed_texts(texts))
-        ceiling = client.stats.max_concurrency
-    check(label, out, texts)
-    return Run(
-        label,
-        ceiling,
-        len(texts),
-        seconds,
-        delta["requests"],
-        delta["busy_slot_seconds"],
-        delta["max_at_server"],
-    )
+        return finished(label, client.stats.max_concurrency, texts, out, seconds, delta)
 
 
 def run_async(endpoint: Endpoint, label: str, texts: list[str], **options: Any) -> Run:
+    """The async client on one event loop of its own, timed by the same :func:`timed`."""
     from clip_client import AsyncClipClient
 
-    async def go() -> tuple[np.ndarray, float, dict[str, Any], int]:
-        async with AsyncClipClient(host=endpoint.url, token=TOKEN, **options) as client:
-            await client.embed_texts([f"warm-up {i}" for i in range(64)])
-            before = endpoint.stats()
-            start = time.perf_counter()
-            out = await client.embed_texts(texts)
-            seconds = time.perf_counter() - start
-            after = endpoint.stats()
-            delta = {k: after[k] - before[k] for k in ("requests", "busy_slot_seconds")}
-            delta["max_at_server"] = after["max_at_server"]
-            return out, seconds, delta, client.stats.max_concurrency
+    loop = asyncio.new_event_loop()
+    try:
+        client = AsyncClipClient(host=endpoint.url, token=TOKEN, **options)
+        loop.run_until_complete(client.embed_texts([f"warm-up {i}" for i in range(64)]))
+        out, seconds, delta = timed(
+            endpoint, label, len(texts), lambda: loop.run_until_complete(client.embed_texts(texts))
+        )
+        ceiling = client.stats.max_concurrency
+        loop.run_until_complete(client.close())
+    finally:
+        loop.close()
+    return finished(label, ceiling, texts, out, seconds, delta)
 
-    out, seconds, delta, ceiling = asyncio.run(go())
+
+def finished(
+    label: str, ceiling: int, texts: list[str], out: np.ndarray, seconds: float, delta: dict[str, Any]
+) -> Run:
+    """A run's record, once its rows are checked against what the server computed."""
     check(label, out, texts)
     return Run(
         label,

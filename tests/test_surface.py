@@ -66,6 +66,17 @@ def test_a_misspelt_keyword_is_a_type_error_naming_the_public_class(cls: type) -
         cls(host="https://x.cloud.databricks.com", token="t" * 12, batchsize=3)
 
 
+def mypy_strict(path: Path) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict`` on one file, as a user's project would run it against clip_client."""
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+
+
 def test_mypy_rejects_a_misspelt_keyword_on_both_clients(tmp_path: Path) -> None:
     snippet = tmp_path / "typo.py"
     snippet.write_text(
@@ -80,21 +91,7 @@ def test_mypy_rejects_a_misspelt_keyword_on_both_clients(tmp_path: Path) -> None
             """
         )
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--follow-imports=silent",
-            str(snippet),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    done = mypy_strict(snippet)
     errors = [line for line in done.stdout.splitlines() if ": error:" in line]
     assert len(errors) == 2, done.stdout
     assert all('Unexpected keyword argument "batchsize"' in line for line in errors), done.stdout
@@ -222,21 +219,7 @@ def _docs_backend_example() -> str:
 def test_the_documented_backend_type_checks_and_runs(tmp_path: Path) -> None:
     example = tmp_path / "my_backend.py"
     example.write_text(_docs_backend_example() + "\nprint(client.embed_texts(['a', 'b']).shape)\n")
-    checked = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mypy",
-            "--strict",
-            "--no-incremental",
-            "--follow-imports=silent",
-            str(example),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
+    checked = mypy_strict(example)
     assert checked.returncode == 0, checked.stdout
     ran = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=False)
     assert ran.returncode == 0, ran.stderr
