@@ -288,7 +288,11 @@ class _Server(ThreadingHTTPServer):
 
 
 def _main() -> None:
-    parser = argparse.ArgumentParser(description="a simulated Model Serving endpoint (benchmarks)")
+    parser = argparse.ArgumentParser(
+        description="a simulated Model Serving endpoint (benchmarks); it prints the URL it listens on",
+        epilog="Clients authenticate with the test token: "
+        f"DATABRICKS_HOST=<that URL> DATABRICKS_TOKEN={TOKEN}",
+    )
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--request-ms", type=float, default=50.0)
     parser.add_argument("--item-ms", type=float, default=1.0, help="per text record")

@@ -1,19 +1,46 @@
-"""Exact search: ``clip_client.search.cosine_topk`` against the naive full product, and
-``find_duplicates`` against the full similarity matrix, side by side in one run.
+"""Search: ``clip_client.search.cosine_topk`` against the naive full product, the approximate
+``clip_client.index.ApproximateIndex`` (faiss HNSW) against ``cosine_topk``, and ``find_duplicates``
+against the full similarity matrix, side by side in one run.
 
-    python benchmarks/search.py            # 1,000,000 x 768 float32 (about 3 GB), 100 queries
+    python benchmarks/search.py            # 1,000,000 x 768 float32 (about 3 GB), 1,000 queries
+    python benchmarks/search.py --n 200000 # a smaller collection, same layout
     python benchmarks/search.py --smoke    # 20,000 x 64, seconds, no verdicts (CI)
 
-The collection is random float32 rows at random lengths, generated a block at a time (its 3 GB is
-not counted as extra memory). The naive search is what one writes by hand: normalise the whole
-matrix (``matrix / np.linalg.norm(matrix, axis=1, keepdims=True)``), ``scores = normed @ q.T``
-(an ``n x q`` array), then ``argpartition`` and a sort of the ``k`` best. Peak extra memory is
+The collection is clustered, CLIP-like, because the data decides how well an approximate index
+does: uniform random vectors in 768 dimensions have no neighbours worth the name (every pair is at a
+cosine near 0), which is the worst case for any graph or cluster index and not what CLIP gives.
+Real CLIP ViT-L/14 embeddings share a common direction (any two images have a positive cosine),
+gather into topics and, within a topic, into near-identical subjects, and spread their variance over
+a few hundred directions unevenly. The generator copies that shape: a shared mean, ``n / 10,000``
+topics, ``n / 100`` cluster centres drawn around the topics, and each row a centre plus noise
+scaled per cluster (0.5-1.0), every axis scaled by a power law (``(1 + i) ** -0.5``, so variance
+falls off with the axis like an embedding's spectrum), then set to a random length (0.5-2.0; the
+search normalises). Random pairs end up at a cosine of about 0.2 and each query's tenth neighbour at
+about 0.8. Queries are fresh draws from the same clusters (not rows of the collection), as a text or
+an image query near a topic is. Everything is seeded and generated a block at a time; the
+collection's own memory is not counted as extra memory.
+
+Exact: ``cosine_topk`` answers every query; its answers are the ground truth. The naive search,
+run on the first ``--naive-queries`` queries, is what one writes by hand: normalise the whole matrix
+(``matrix / np.linalg.norm(matrix, axis=1, keepdims=True)``), ``scores = normed @ q.T`` (an
+``n x q`` array), then ``argpartition`` and a sort of the ``k`` best. Peak extra memory is
 tracemalloc's peak during the call (numpy reports its buffers to tracemalloc), beyond what was
 allocated before it. Both answers are checked against each other.
 
-``find_duplicates`` runs on a smaller set (``--dup-n`` rows, with planted copies at cosine 0.99)
-beside the naive ``normed @ normed.T`` and ``np.nonzero`` of its upper triangle, which finds the
-pairs but not yet the groups.
+Approximate: ``ApproximateIndex.build`` with its defaults (``m = 32``, ``ef_construction = 40``),
+timed, with the process's resident memory before and after (faiss allocates outside tracemalloc's
+view, so the index's memory is the growth of ``VmRSS``). Then every query at several ``ef_search``
+values (best of three calls): throughput, speed-up per query over ``cosine_topk``, and recall@10,
+the share of the exact top-``k`` rows the index returns (``|approx & exact| / k``, averaged over
+queries).
+
+With ``--ivf``, the same queries also go to faiss's ``IndexIVFFlat`` (inner product on normalised
+rows, ``nlist = 4 sqrt(n)`` lists, k-means trained on 64 rows per list, several ``nprobe``): the
+structure ``ApproximateIndex`` was measured against before it settled on HNSW.
+
+``find_duplicates`` runs on a smaller set (``--dup-n`` random rows, with planted copies at cosine
+0.99) beside the naive ``normed @ normed.T`` and ``np.nonzero`` of its upper triangle, which finds
+the pairs but not yet the groups.
 """
 
 from __future__ import annotations
@@ -29,7 +56,8 @@ from typing import Any
 
 import numpy as np
 
-from clip_client.search import cosine_topk, find_duplicates
+from clip_client.index import DEFAULT_EF_SEARCH, ApproximateIndex
+from clip_client.search import TopK, cosine_topk, find_duplicates
 
 MB = 1024 * 1024
 
@@ -64,6 +92,52 @@ def random_matrix(n: int, d: int, seed: int, block: int = 65_536) -> np.ndarray:
         out[s:e] = rng.standard_normal((e - s, d), dtype=np.float32)
         out[s:e] *= rng.uniform(0.5, 2.0, (e - s, 1)).astype(np.float32)
     return out
+
+
+def clustered_matrix(
+    n: int, d: int, *, seed: int, rows: int | None = None, block: int = 65_536
+) -> np.ndarray:
+    """``rows`` points (default ``n``) from the clusters of an ``n``-row CLIP-like collection (the
+    module's docstring says how and why); the clusters depend on ``n`` and ``d`` only, the points
+    on ``seed``."""
+    layout = np.random.default_rng(12_345)
+    axis_scale = ((1.0 + np.arange(d)) ** -0.5).astype(np.float32)
+    axis_scale /= np.linalg.norm(axis_scale)
+    mean = 0.8 * layout.standard_normal(d, dtype=np.float32) * axis_scale
+    n_clusters = max(1, n // 100)
+    n_topics = max(1, n_clusters // 100)
+    topics = mean + layout.standard_normal((n_topics, d), dtype=np.float32) * axis_scale
+    centres = topics[layout.integers(0, n_topics, n_clusters)]
+    centres += 0.7 * layout.standard_normal((n_clusters, d), dtype=np.float32) * axis_scale
+    spread = layout.uniform(0.5, 1.0, n_clusters).astype(np.float32)
+
+    rng = np.random.default_rng(seed)
+    count = n if rows is None else rows
+    out = np.empty((count, d), dtype=np.float32)
+    for s in range(0, count, block):
+        e = min(count, s + block)
+        label = rng.integers(0, n_clusters, e - s)
+        out[s:e] = rng.standard_normal((e - s, d), dtype=np.float32)
+        out[s:e] *= spread[label, np.newaxis] * axis_scale
+        out[s:e] += centres[label]
+        out[s:e] *= rng.uniform(0.5, 2.0, (e - s, 1)).astype(np.float32)
+    return out
+
+
+def resident_bytes() -> int | None:
+    """The process's resident memory (Linux ``/proc/self/statm``), or None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def recall_at_k(found: TopK, exact: TopK) -> float:
+    hits = sum(
+        len(set(a) & set(b)) for a, b in zip(found.indices.tolist(), exact.indices.tolist(), strict=True)
+    )
+    return hits / exact.indices.size
 
 
 def naive_topk(queries: np.ndarray, matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,56 +180,167 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds; no verdicts")
     parser.add_argument("--n", type=int, default=1_000_000, help="rows in the collection")
     parser.add_argument("--d", type=int, default=768, help="embedding width (ViT-L/14: 768)")
-    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--queries", type=int, default=1000, help="queries for exact and approximate")
+    parser.add_argument("--naive-queries", type=int, default=100, help="of those, for the naive search")
+    parser.add_argument(
+        "--ef-search",
+        type=int,
+        nargs="+",
+        default=[16, 32, DEFAULT_EF_SEARCH, 128, 256],
+        help="ApproximateIndex search knob values to measure",
+    )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--chunk-rows", type=int, default=8192)
+    parser.add_argument(
+        "--ivf",
+        action="store_true",
+        help="also measure faiss IndexIVFFlat (the structure ApproximateIndex did not pick)",
+    )
     parser.add_argument("--dup-n", type=int, default=20_000, help="rows for find_duplicates")
     parser.add_argument("--dup-chunk-rows", type=int, default=2048)
     parser.add_argument("--threshold", type=float, default=0.95)
     args = parser.parse_args()
     if args.smoke:
         args.n, args.d, args.queries, args.dup_n, args.dup_chunk_rows = 20_000, 64, 16, 2_000, 256
+        args.naive_queries = 16
 
     print(
-        f"# exact search on {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}; "
-        f"tracemalloc peaks are extra memory beyond the inputs"
+        f"# search on {platform.machine()}, {os.cpu_count()} cores, numpy {np.__version__}, "
+        f"faiss {faiss_version()}; tracemalloc peaks are extra memory beyond the inputs"
     )
-    bench_topk(args)
+    matrix, queries, exact = bench_topk(args)
+    bench_approximate(args, matrix, queries, exact)
+    if args.ivf:
+        bench_ivf(args, matrix, queries, exact)
+    del matrix
     bench_duplicates(args)
 
 
-def bench_topk(args: argparse.Namespace) -> None:
+def faiss_version() -> str:
+    import faiss  # the index extra
+
+    return str(faiss.__version__)
+
+
+def bench_topk(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, Measured]:
     start = time.perf_counter()
-    matrix = random_matrix(args.n, args.d, seed=0)
-    queries = np.random.default_rng(1).standard_normal((args.queries, args.d), dtype=np.float32)
+    matrix = clustered_matrix(args.n, args.d, seed=0)
+    queries = clustered_matrix(args.n, args.d, seed=1, rows=args.queries)
     print(
-        f"# collection {args.n:,} x {args.d} float32 ({matrix.nbytes / MB:,.0f} MiB, generated in "
-        f"{time.perf_counter() - start:.1f} s); {args.queries} queries, k={args.k}, "
-        f"chunk_rows={args.chunk_rows}\n"
+        f"# clustered CLIP-like collection {args.n:,} x {args.d} float32 ({matrix.nbytes / MB:,.0f} MiB, "
+        f"generated in {time.perf_counter() - start:.1f} s); {args.queries} queries "
+        f"({args.naive_queries} for the naive search), k={args.k}, chunk_rows={args.chunk_rows}\n"
     )
 
     exact = measure(
         "cosine_topk (chunked)",
         lambda: cosine_topk(queries, matrix, args.k, chunk_rows=args.chunk_rows),
     )
-    naive = measure("naive: normalise all, matrix @ q.T", lambda: naive_topk(queries, matrix, args.k))
+    few = queries[: args.naive_queries]
+    naive = measure("naive: normalise all, matrix @ q.T", lambda: naive_topk(few, matrix, args.k))
     naive_idx, naive_scores = naive.result
-    if not np.allclose(exact.result.scores, naive_scores, atol=1e-5):
+    naive.result = None  # free its arrays before the index is built
+    first = exact.result.scores[: len(few)]
+    if not np.allclose(first, naive_scores, atol=1e-5):
         raise SystemExit("cosine_topk and the naive search disagree on the scores")
     same = np.mean(
-        [set(a) == set(b) for a, b in zip(exact.result.indices.tolist(), naive_idx.tolist(), strict=True)]
+        [
+            set(a) == set(b)
+            for a, b in zip(exact.result.indices[: len(few)].tolist(), naive_idx.tolist(), strict=True)
+        ]
     )
 
     print("| top-k method | seconds | throughput | peak extra MiB |")
     print("|---|---:|---:|---:|")
-    for m in (exact, naive):
-        print(row(m, args.queries, "queries/s"))
+    print(row(exact, args.queries, "queries/s"))
+    print(row(naive, len(few), "queries/s"))
     print()
     print("| naive / cosine_topk | ratio |")
     print("|---|---:|")
-    print(f"| time | {naive.seconds / exact.seconds:.2f}x |")
+    per_query_naive = naive.seconds / len(few)
+    per_query_exact = exact.seconds / args.queries
+    print(f"| time per query | {per_query_naive / per_query_exact:.2f}x |")
     print(f"| peak extra memory | {naive.peak_bytes / max(exact.peak_bytes, 1):.1f}x |")
     print(f"| queries with the same top-{args.k} rows | {same:.0%} |")
+    return matrix, queries, exact
+
+
+def bench_approximate(
+    args: argparse.Namespace, matrix: np.ndarray, queries: np.ndarray, exact: Measured
+) -> None:
+    before = resident_bytes()
+    start = time.perf_counter()
+    index = ApproximateIndex.build(matrix)
+    build_seconds = time.perf_counter() - start
+    after = resident_bytes()
+    grown = "n/a" if before is None or after is None else f"{(after - before) / MB:,.0f} MiB"
+    print(
+        f"\n# {index!r}: built in {build_seconds:.1f} s ({args.n / build_seconds:,.0f} rows/s), "
+        f"resident memory grew by {grown}; {args.queries} queries, k={args.k}\n"
+    )
+    exact_per_query = exact.seconds / args.queries
+    print("| search | ef_search | seconds | throughput | speed-up per query | recall@10 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(
+        f"| cosine_topk (exact) | - | {exact.seconds:.2f} | {args.queries / exact.seconds:,.1f} queries/s "
+        f"| 1.0x | 1.000 |"
+    )
+    default_recall = None
+    for ef in args.ef_search:
+        seconds = float("inf")
+        for _ in range(3):  # best of three: the first call also warms faiss's thread pool
+            start = time.perf_counter()
+            found = index.search(queries, args.k, ef_search=ef)
+            seconds = min(seconds, time.perf_counter() - start)
+        got = recall_at_k(found, exact.result)
+        if ef == DEFAULT_EF_SEARCH:
+            default_recall = got
+        label = "ApproximateIndex" + (" (default)" if ef == DEFAULT_EF_SEARCH else "")
+        print(
+            f"| {label} | {ef} | {seconds:.3f} | {args.queries / seconds:,.1f} queries/s "
+            f"| {exact_per_query / (seconds / args.queries):,.1f}x | {got:.3f} |"
+        )
+    if default_recall is not None and not args.smoke:
+        verdict = "meets" if default_recall >= 0.95 else "MISSES"
+        print(
+            f"\nrecall@{args.k} at the default ef_search={DEFAULT_EF_SEARCH}: "
+            f"{default_recall:.3f}, {verdict} 0.95"
+        )
+
+
+def bench_ivf(args: argparse.Namespace, matrix: np.ndarray, queries: np.ndarray, exact: Measured) -> None:
+    import faiss  # the index extra
+
+    n, d = matrix.shape
+    nlist = max(1, int(4 * np.sqrt(n)))
+
+    def unit(rows: np.ndarray) -> np.ndarray:
+        rows = np.array(rows, dtype=np.float32)
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+    start = time.perf_counter()
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(4).choice(n, size=min(n, 64 * nlist), replace=False)
+    ivf.train(unit(matrix[np.sort(sample)]))
+    for s in range(0, n, 65_536):
+        ivf.add(unit(matrix[s : s + 65_536]))
+    build_seconds = time.perf_counter() - start
+    print(f"\n# faiss IndexIVFFlat, nlist={nlist}: trained and filled in {build_seconds:.1f} s\n")
+    print("| search | nprobe | seconds | throughput | speed-up per query | recall@10 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    qn = unit(queries)
+    exact_per_query = exact.seconds / args.queries
+    for nprobe in (1, 4, 16, 64):
+        seconds = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            _, found = ivf.search(qn, args.k, params=faiss.SearchParametersIVF(nprobe=nprobe))
+            seconds = min(seconds, time.perf_counter() - start)
+        got = recall_at_k(TopK(indices=found, scores=np.zeros(found.shape, np.float32)), exact.result)
+        print(
+            f"| IndexIVFFlat | {nprobe} | {seconds:.3f} | {args.queries / seconds:,.1f} queries/s "
+            f"| {exact_per_query / (seconds / args.queries):,.1f}x | {got:.3f} |"
+        )
 
 
 def bench_duplicates(args: argparse.Namespace) -> None:

@@ -23,6 +23,7 @@ from ._endpoint import EndpointState, ServedEntity
 from ._images import PreparedImage
 from ._streams import AsyncEmbeddingStream, EmbeddingStream
 from ._version import __version__
+from ._zeroshot import ZeroShotResult
 from .errors import (
     APIConnectionError,
     APIError,
@@ -107,6 +108,7 @@ __all__ = [
     "TextTruncation",
     "TopK",
     "TruncationVerdict",
+    "ZeroShotResult",
     "__version__",
     "cosine_topk",
     "find_duplicates",

@@ -185,14 +185,18 @@ class RemoteBackend:
         self.workspace = workspace
         self.settings = settings
         self.max_request_bytes: int | None = settings.max_request_bytes
-        self._endpoints: dict[InputKind, str] = {
+        #: Invocations URLs given as such (text_url/image_url): a scoring server with no control plane,
+        #: named by its URL in errors and logs; None for a workspace's serving endpoints.
+        self._urls: dict[InputKind, str] | None = None
+        if settings.text_url and settings.image_url:
+            self._urls = {"text": settings.text_url.strip(), "image": settings.image_url.strip()}
+        self._endpoints: dict[InputKind, str] = self._urls or {
             "text": settings.text_endpoint,
             "image": settings.image_endpoint,
         }
         #: Where each endpoint's requests go: the workspace URL until :meth:`prepare` learns otherwise.
         self._routes: dict[InputKind, Route] = {
-            kind: Route(f"{workspace.host}/serving-endpoints/{name}/invocations", workspace.auth)
-            for kind, name in self._endpoints.items()
+            kind: Route(self._invocations_url(kind), workspace.auth) for kind in self._endpoints
         }
         self._retry = {
             kind: retry_arguments(
@@ -227,6 +231,8 @@ class RemoteBackend:
         self._ceilings: dict[InputKind, int] = {}
         self._starting: set[InputKind] = set()
         self._start_logged: set[InputKind] = set()
+        if self._urls is not None:  # nothing to prepare: a scoring server by URL has no control plane
+            self._prepared.update(self._urls)
 
     def __repr__(self) -> str:
         return (
@@ -259,6 +265,8 @@ class RemoteBackend:
             AuthenticationError: 401, the credentials are wrong.
             EndpointNotFoundError: 404, no endpoint of that name.
         """
+        if self._urls is not None:
+            return self._no_control_plane(kind)
         if refresh or kind not in self._states:
             url = self._state_url(kind)
             response: httpx.Response | httpx.HTTPError
@@ -275,6 +283,8 @@ class RemoteBackend:
         self, kind: InputKind, *, refresh: bool = False, timeout: float = STATE_TIMEOUT
     ) -> EndpointState:
         """:meth:`endpoint_state`, from an event loop."""
+        if self._urls is not None:
+            return self._no_control_plane(kind)
         if refresh or kind not in self._states:
             url = self._state_url(kind)
             response: httpx.Response | httpx.HTTPError
@@ -291,7 +301,7 @@ class RemoteBackend:
         """Who computes ``kind``'s rows, for the embedding cache: the endpoint's invocations URL at the
         workspace and, when its state has been read (no I/O here), the registered model versions its
         served entities serve; the URL alone when they are unknown."""
-        url = f"{self.workspace.host}/serving-endpoints/{self._endpoints[kind]}/invocations"
+        url = self._invocations_url(kind)
         state = self._states.get(kind)
         versions = sorted(
             f"{entity.entity_name}@{entity.entity_version}"
@@ -299,6 +309,18 @@ class RemoteBackend:
             if entity.entity_version is not None
         )
         return " ".join([url, *versions])
+
+    def _invocations_url(self, kind: InputKind) -> str:
+        """Where ``kind``'s requests go unless a route-optimized endpoint's data plane says otherwise."""
+        if self._urls is not None:
+            return self._urls[kind]
+        return f"{self.workspace.host}/serving-endpoints/{self._endpoints[kind]}/invocations"
+
+    def _no_control_plane(self, kind: InputKind) -> EndpointState:
+        return unknown_state(
+            self._endpoints[kind],
+            "a scoring server addressed by URL (text_url/image_url) has no control plane to ask",
+        )
 
     def _state_url(self, kind: InputKind) -> str:
         return f"{self.workspace.host}/api/2.0/serving-endpoints/{self._endpoints[kind]}"

@@ -14,7 +14,7 @@ import asyncio
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,10 +46,11 @@ from ._core import (
     refuse_single_image,
     refuse_single_text,
 )
-from ._http import resolve_workspace
+from ._http import resolve_workspace, scoring_server_workspace
 from ._images import ImageOptions, PreparedImage, prepare_image
-from ._secrets import safe_cause
+from ._secrets import register, safe_cause
 from ._streams import AsyncEmbeddingStream, EmbeddingStream, Row
+from ._zeroshot import DEFAULT_LOGIT_SCALE, LabelEmbeddings, ZeroShotResult, ZeroShotTask
 from .cache import CacheOption, CacheView, EmbeddingCache, backend_identity, namespace, open_cache
 from .errors import APIError, BackendError, ClipClientError, InvalidInputError
 from .types import (
@@ -163,9 +164,10 @@ class _BaseClient:
             )
         if backend is not None:
             _check_backend(backend)
-            if host or token or profile or config or http_client:
+            if host or token or profile or config or http_client or _scoring_urls(settings):
                 raise ValueError(
-                    "pass either backend= or workspace options (host/token/profile/config/http_client)"
+                    "pass either backend= or workspace options "
+                    "(host/token/profile/config/http_client/text_url/image_url)"
                 )
             # The backend's own preferences fill what the caller left unset (a local model's batch
             # size and input resolution).
@@ -173,6 +175,7 @@ class _BaseClient:
                 preferred = getattr(backend, name)
                 if settings.get(name) is None and preferred is not None:
                     settings[name] = preferred
+        register(token)  # before anything can quote it (a token passed to the wrong option too)
         self.settings: Settings = Settings().merged(**settings)
         takes = getattr(backend, "image_size", None)
         if takes is not None and self.settings.image_size != takes:
@@ -181,11 +184,22 @@ class _BaseClient:
                 f"images; leave image_size unset (or set it to {takes})"
             )
         if backend is None:
-            workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
+            if _scoring_urls(settings):  # any MLflow scoring server by URL: no workspace
+                workspace = scoring_server_workspace(
+                    self.settings.text_url,
+                    self.settings.image_url,
+                    token=token,
+                    host=host,
+                    profile=profile,
+                    config=config,
+                )
+            else:
+                workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
             backend = RemoteBackend(workspace, self.settings, http_client=http_client)
         self.backend: Backend = backend
         self._cache: EmbeddingCache | None = open_cache(cache)
         self._counters = Counters()
+        self._label_embeddings = LabelEmbeddings()  # classify: label sets already embedded
         self._pool_lock = threading.Lock()
         self._prep_pool: ThreadPoolExecutor | None = None
         self._closed = False
@@ -235,7 +249,8 @@ class _BaseClient:
 
         # Every option is checked before the model loads: a typo must not cost a 1.7 GB load first.
         workspace = sorted(
-            set(client_options) & {"host", "token", "profile", "config", "http_client", "backend"}
+            set(client_options)
+            & {"host", "token", "profile", "config", "http_client", "backend", "text_url", "image_url"}
         )
         if workspace:
             raise TypeError(
@@ -303,6 +318,38 @@ class _BaseClient:
         _check_deadline(deadline)
         ctx = CallContext(deadline, CheckCounters(self._counters))
         return check_flow(self.backend, self.settings, ctx, control_plane=control_plane), ctx
+
+    # -- classify: one plan (clip_client._zeroshot), embedded by each client's own I/O ----------------
+
+    def _zero_shot(
+        self,
+        images: object,
+        labels: object,
+        templates: object,
+        logit_scale: object,
+        on_error: OnError,
+        deadline: float | None,
+    ) -> tuple[ZeroShotTask, Sequence[object]]:
+        """Check every argument of ``classify`` before any request (the images as ``embed_images``
+        checks them), and look the label set up among those this client embedded before. The default
+        scale is the backend's own ``logit_scale`` when it has one (a local model), else CLIP's 100."""
+        if self._closed:
+            raise RuntimeError(f"this {type(self).__name__} is closed")
+        if on_error not in ("raise", "mark"):
+            raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
+        _check_deadline(deadline)
+        checked_images = check_image_list(images)
+        task = ZeroShotTask.plan(
+            labels,
+            templates,
+            logit_scale,
+            default_scale=getattr(self.backend, "logit_scale", None) or DEFAULT_LOGIT_SCALE,
+            on_error=on_error,
+            deadline=deadline,
+            memory=self._label_embeddings,
+            identity=lambda: backend_identity(self.backend, "text"),
+        )
+        return task, checked_images
 
     # -- planning: the one step every public method starts with ---------------------------------------
 
@@ -494,6 +541,11 @@ _BACKEND_MEMBERS = (
 )
 
 
+def _scoring_urls(settings: dict[str, Any]) -> bool:
+    """Whether the caller addressed a scoring server by URL (``text_url``/``image_url``)."""
+    return bool(settings.get("text_url") or settings.get("image_url"))
+
+
 def _check_deadline(deadline: object) -> None:
     """A call's ``deadline``: None, or a number of seconds > 0 (not a bool, not NaN)."""
     if deadline is None:
@@ -598,6 +650,8 @@ class ClipClient(_BaseClient):
         config: Config | None = None,
         text_endpoint: str | None = None,
         image_endpoint: str | None = None,
+        text_url: str | None = None,
+        image_url: str | None = None,
         batch_size: int | None = None,
         max_request_bytes: int | None = None,
         max_concurrency: MaxConcurrency | None = None,
@@ -630,6 +684,8 @@ class ClipClient(_BaseClient):
             cache=cache,
             text_endpoint=text_endpoint,
             image_endpoint=image_endpoint,
+            text_url=text_url,
+            image_url=image_url,
             batch_size=batch_size,
             max_request_bytes=max_request_bytes,
             max_concurrency=max_concurrency,
@@ -823,6 +879,81 @@ class ClipClient(_BaseClient):
         with _one_input():
             row: EmbeddingArray = self.embed_images([image], normalize=normalize, deadline=deadline)[0]
         return row
+
+    def classify(
+        self,
+        images: Iterable[ImageInput] | npt.NDArray[np.uint8],
+        labels: Sequence[str],
+        *,
+        templates: Sequence[str] | None = None,
+        logit_scale: float | None = None,
+        on_error: OnError = "raise",
+        batch_size: int | None = None,
+        progress: bool | None = None,
+        deadline: float | None = None,
+    ) -> ZeroShotResult:
+        """Zero-shot classification: the probability of each label for each image, CLIP's way.
+
+        Each label is written into every template; the prompts are embedded, each prompt embedding
+        L2-normalised, averaged per label and normalised again (Radford et al., 2021, "Learning
+        Transferable Visual Models From Natural Language Supervision", section 3.1.4; the CLIP
+        repository's ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``). Each image's
+        probabilities are ``softmax(logit_scale * cos(image, label))`` over the labels. The label
+        embeddings are remembered by the client (its last 32 label sets, keyed by the labels, the
+        templates and the backend), so another call with the same labels sends no text request.
+
+        Args:
+            images: anything :meth:`embed_images` takes.
+            labels: the classes, a non-empty list of distinct, non-blank ``str`` (``"cat"``,
+                ``"golden retriever"``); a label is inserted into the templates as it is.
+            templates: prompt templates, each with exactly one ``{}`` where the label goes
+                (``"a photo of a {}."``; ``{{``/``}}`` for literal braces). Default (None): the 7
+                templates the CLIP authors selected for ImageNet in that notebook
+                (``clip_client._zeroshot.DEFAULT_TEMPLATES``); ``["{}"]`` uses the bare labels.
+            logit_scale: the temperature multiplying the cosines, > 0. Default (None): the local
+                model's own ``exp(logit_scale)`` in local mode (:attr:`LocalBackend.logit_scale`),
+                else 100.0, the value of openai/clip-vit-large-patch14 (CLIP's training clips the
+                scale at 100). Larger is more confident; it never changes the ranking.
+            on_error: ``"raise"`` stops at the first image that fails, as :meth:`embed_images`;
+                ``"mark"`` classifies the others, gives failed images NaN rows and lists them in
+                ``failures``. A failure to embed the prompts raises either way.
+            batch_size: records per request for this call (default: the client's).
+            progress: show tqdm bars, prompts then images (default: the client's ``progress``).
+            deadline: seconds; a wall-clock bound on the whole call (prompts and images), retries
+                included.
+
+        Returns:
+            a :class:`~clip_client.ZeroShotResult`: ``labels`` (a tuple), ``probabilities`` float32
+            ``(len(images), len(labels))`` whose rows sum to 1, ``failures``, ``predictions`` (the
+            top label of each image) and ``top(k)``.
+
+        Raises:
+            TypeError: ``images`` is a single image, ``labels`` or ``templates`` a single ``str``
+                (pass a list), or ``logit_scale`` not a number.
+            InvalidInputError: no labels, or a label that is not a ``str``, is blank or repeats
+                another; no templates, or a template without exactly one ``{}`` or repeating another
+                (``.index`` names the label or template); raised before any request. An image that
+                cannot be used, as :meth:`embed_images` (``ImageDecodeError``...).
+            ValueError: ``logit_scale`` not finite and > 0; ``on_error`` or ``deadline`` invalid.
+            ResponseFormatError: the text and image embeddings differ in width (the two endpoints
+                serve different models).
+            APIError, CredentialsError: as :meth:`embed_texts`.
+
+        >>> result = client.classify(["cat.jpg", "dog.png"], ["cat", "dog", "car"])  # doctest: +SKIP
+        >>> result.predictions  # doctest: +SKIP
+        ['cat', 'dog']
+        """
+        task, checked = self._zero_shot(images, labels, templates, logit_scale, on_error, deadline)
+        if task.labels_embedded is None:
+            texts = self.embed_texts(
+                task.prompts, batch_size=batch_size, progress=progress, deadline=task.remaining()
+            )
+            task.accept_texts(texts)
+        plan = self._plan(
+            "image", checked, batch_size=batch_size, normalize=None, progress=progress,
+            on_error=on_error, deadline=task.remaining(), collect=True,
+        )  # fmt: skip
+        return task.result(self._collect(plan))
 
     def iter_embed_texts(
         self,
@@ -1098,6 +1229,8 @@ class AsyncClipClient(_BaseClient):
         config: Config | None = None,
         text_endpoint: str | None = None,
         image_endpoint: str | None = None,
+        text_url: str | None = None,
+        image_url: str | None = None,
         batch_size: int | None = None,
         max_request_bytes: int | None = None,
         max_concurrency: MaxConcurrency | None = None,
@@ -1130,6 +1263,8 @@ class AsyncClipClient(_BaseClient):
             cache=cache,
             text_endpoint=text_endpoint,
             image_endpoint=image_endpoint,
+            text_url=text_url,
+            image_url=image_url,
             batch_size=batch_size,
             max_request_bytes=max_request_bytes,
             max_concurrency=max_concurrency,
@@ -1304,6 +1439,44 @@ class AsyncClipClient(_BaseClient):
             rows = await self.embed_images([image], normalize=normalize, deadline=deadline)
         row: EmbeddingArray = rows[0]
         return row
+
+    async def classify(
+        self,
+        images: Iterable[ImageInput] | npt.NDArray[np.uint8],
+        labels: Sequence[str],
+        *,
+        templates: Sequence[str] | None = None,
+        logit_scale: float | None = None,
+        on_error: OnError = "raise",
+        batch_size: int | None = None,
+        progress: bool | None = None,
+        deadline: float | None = None,
+    ) -> ZeroShotResult:
+        """Zero-shot classification; the twin of :meth:`ClipClient.classify` (the same arguments,
+        defaults, result and errors, and the same memory of label embeddings).
+
+        Returns:
+            a :class:`~clip_client.ZeroShotResult`, ``probabilities`` float32
+            ``(len(images), len(labels))``.
+
+        Raises:
+            TypeError, ValueError, InvalidInputError, APIError: as :meth:`ClipClient.classify`
+                (``ResponseFormatError`` and ``CredentialsError`` too), in the same cases.
+
+        >>> (await client.classify(["cat.jpg"], ["cat", "dog"])).predictions  # doctest: +SKIP
+        ['cat']
+        """
+        task, checked = self._zero_shot(images, labels, templates, logit_scale, on_error, deadline)
+        if task.labels_embedded is None:
+            texts = await self.embed_texts(
+                task.prompts, batch_size=batch_size, progress=progress, deadline=task.remaining()
+            )
+            task.accept_texts(texts)
+        plan = self._plan(
+            "image", checked, batch_size=batch_size, normalize=None, progress=progress,
+            on_error=on_error, deadline=task.remaining(), collect=True,
+        )  # fmt: skip
+        return task.result(await self._collect(plan))
 
     def iter_embed_texts(
         self,

@@ -256,6 +256,63 @@ def data_plane_url(url: str) -> str:
     return url.strip()
 
 
+class _NoAuth(httpx.Auth):
+    """No credentials: an MLflow scoring server addressed by URL, given no token."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        yield request
+
+    def __repr__(self) -> str:
+        return "_NoAuth()"
+
+
+def scoring_server_workspace(
+    text_url: str | None,
+    image_url: str | None,
+    *,
+    token: str | None = None,
+    host: str | None = None,
+    profile: str | None = None,
+    config: Config | None = None,
+) -> Workspace:
+    """Where requests go for ``text_url``/``image_url``: any MLflow scoring server (``mlflow models
+    serve``, a container built by ``mlflow models build-docker``...) by its invocations URLs, with no
+    workspace and no control plane. No ``Authorization`` header unless ``token`` is given; a token is
+    sent only over https, or plain http to loopback.
+
+    Raises:
+        ValueError: only one of the two URLs, a workspace option (``host``/``profile``/``config``)
+            with them, or a URL that is not http(s) (or plain http to another host with a token).
+    """
+    given = {"text_url": text_url, "image_url": image_url}
+    missing = [name for name, url in given.items() if not url]
+    if missing:
+        present = next(name for name in given if name not in missing)
+        raise ValueError(
+            f"{present}= was given without {missing[0]}=: pass both URLs of the scoring servers "
+            "(they may be one server, e.g. text_url=image_url='http://127.0.0.1:5000/invocations' "
+            "for a model that embeds both), or neither to use a Databricks workspace"
+        )
+    clashing = [name for name, value in (("host", host), ("profile", profile), ("config", config)) if value]
+    if clashing:
+        raise ValueError(
+            f"pass either text_url=/image_url= (a scoring server by URL) or a workspace "
+            f"({'/'.join(clashing)}=), not both"
+        )
+    for name, url in given.items():
+        parts = urlsplit(str(url).strip())
+        problem = _url_problem(parts)
+        if problem == "not http":
+            raise ValueError(
+                f"{name}={url!r} is not an http(s) URL; e.g. 'http://127.0.0.1:5000/invocations'"
+            )
+        if problem and token:
+            raise ValueError(f"{name}={url!r} {problem}; use https:// or no token")
+    auth: httpx.Auth = _StaticTokenAuth(token) if token else _NoAuth()
+    origin = urlsplit(str(text_url).strip())
+    return Workspace(f"{origin.scheme}://{origin.netloc}", auth, "pat" if token else "none")
+
+
 def resolve_workspace(
     *,
     host: str | None = None,

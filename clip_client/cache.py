@@ -91,12 +91,22 @@ CacheOption = Union[str, "os.PathLike[str]", EmbeddingCache, None]
 
 def open_cache(option: CacheOption) -> EmbeddingCache | None:
     """The store ``cache=`` asks for. ``"memory"`` is the in-process LRU; any other string or
-    path-like is an SQLite file (``~`` expanded; opened on first use, so a bad path fails no call)."""
+    path-like is an SQLite file (``~`` expanded; opened on first use, so a bad path fails no call).
+
+    Raises:
+        TypeError: ``option`` is none of those.
+        ValueError: an empty or blank path.
+    """
     if option is None:
         return None
     if isinstance(option, str) and option == "memory":
         return MemoryCache()
     if isinstance(option, (str, os.PathLike)):
+        if not os.fspath(option).strip():
+            raise ValueError(
+                "cache= is an empty path: pass a file such as 'embeddings.sqlite', 'memory' for an "
+                "in-process cache, or None for none"
+            )
         return SQLiteCache(option)
     if isinstance(option, EmbeddingCache):
         return option

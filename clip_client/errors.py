@@ -62,20 +62,31 @@ class InvalidInputError(ClipClientError, ValueError):
             message quotes at most :attr:`PATH_SHOWN` characters of it: a longer string (typically
             a whole base64 image passed where a path was expected) is shown as its start, an
             ellipsis, its end and its length.
+        argument: the argument ``index`` counts in when it is not the inputs to embed (``"labels"``
+            or ``"templates"`` of ``classify``), whose message then names ``labels[i]`` itself;
+            None for the inputs (the message starts ``input i:``).
     """
 
     #: Paths up to this long appear in the message in full.
     PATH_SHOWN = 120
 
-    def __init__(self, message: str, *, index: int | None = None, path: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None = None,
+        path: str | None = None,
+        argument: str | None = None,
+    ) -> None:
         self.index = index
         self.path = path
+        self.argument = argument
         self.reason = message
         super().__init__(self._format())
 
     def _format(self) -> str:
         where = []
-        if self.index is not None:
+        if self.index is not None and self.argument is None:
             where.append(f"input {self.index}")
         if self.path is not None:
             where.append(f"path {self._excerpt(self.path)}")

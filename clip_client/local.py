@@ -133,6 +133,13 @@ class LocalBackend:
     def __repr__(self) -> str:
         return f"LocalBackend(model={self.model_name!r}, device='{self.device}', dtype={self.dtype})"
 
+    @property
+    def logit_scale(self) -> float:
+        """CLIP's learned temperature, ``exp(logit_scale)`` of the loaded checkpoint (100.0 for
+        openai/clip-vit-large-patch14): what ``classify`` multiplies cosines by before the softmax,
+        as ``CLIPModel.forward`` does for ``logits_per_image``. Read-only."""
+        return float(self._model.logit_scale.detach().float().exp().item())
+
     # -- Backend protocol ----------------------------------------------------------------------------
 
     def payload(self, kind: InputKind, item: str | PreparedImage) -> tuple[Any, int]:

@@ -99,21 +99,9 @@ def cosine_topk(
     """
     mat = _as_matrix(matrix)
     n, d = mat.shape
-    q_arr = _as_float(queries, "queries")
-    if q_arr.ndim == 1:
-        q_arr = q_arr[np.newaxis, :]
-    if q_arr.ndim != 2:
-        raise ValueError(f"queries must be 1-D (d,) or 2-D (q, d); got shape {q_arr.shape}")
-    if q_arr.shape[0] == 0:
-        raise ValueError("queries is empty: pass at least one query")
-    if q_arr.shape[1] != d:
-        raise ValueError(
-            f"queries has width {q_arr.shape[1]} but matrix rows have width {d}: "
-            "embed both with the same model"
-        )
+    qn = _normalised_queries(queries, d, "matrix rows")
     k = _positive_int(k, "k")
     chunk_rows = _positive_int(chunk_rows, "chunk_rows")
-    qn = _normalised_queries(q_arr)
     q = qn.shape[0]
     k = min(k, n)
 
@@ -236,18 +224,40 @@ def _row_norms(block: NDArray[np.float32]) -> NDArray[np.float32]:
     return np.sqrt(sq).astype(np.float32)
 
 
-def _normalised_queries(queries: NDArray[Any]) -> NDArray[np.float32]:
-    qf = queries.astype(np.float32, copy=True)
-    norms = _row_norms(qf)
+def _normalised_queries(queries: ArrayLike, d: int, against: str) -> NDArray[np.float32]:
+    """Queries as a C-contiguous float32 ``(q, d)`` copy, each row L2-normalised; ``ValueError`` for
+    a shape that does not fit rows of width ``d`` (``against`` names them) or a row that cannot be
+    normalised."""
+    q_arr = _as_float(queries, "queries")
+    if q_arr.ndim == 1:
+        q_arr = q_arr[np.newaxis, :]
+    if q_arr.ndim != 2:
+        raise ValueError(f"queries must be 1-D (d,) or 2-D (q, d); got shape {q_arr.shape}")
+    if q_arr.shape[0] == 0:
+        raise ValueError("queries is empty: pass at least one query")
+    if q_arr.shape[1] != d:
+        raise ValueError(
+            f"queries has width {q_arr.shape[1]} but {against} have width {d}: embed both with the same model"
+        )
+    return _normalised_rows(q_arr, "queries")
+
+
+def _normalised_rows(rows: NDArray[Any], name: str, first: int = 0) -> NDArray[np.float32]:
+    """``rows`` as a C-contiguous float32 copy, each row L2-normalised. A row with a NaN, an
+    infinity or all zeros has no direction: ``ValueError`` naming it as ``name[first + i]``."""
+    out = np.array(rows, dtype=np.float32, order="C", copy=True)
+    norms = _row_norms(out)
     bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         what = "is all zeros" if norms[i] == 0 else "holds a NaN or an infinity"
         raise ValueError(
-            f"queries[{i}] {what}: its cosine similarity is undefined ({int(bad.sum())} such queries)"
+            f"{name}[{first + i}] {what}: its cosine similarity is undefined "
+            f"({int(bad.sum())} such rows in {name}[{first}:{first + len(out)}]); "
+            "drop or re-embed it"
         )
-    qf /= norms[:, np.newaxis]
-    return qf
+    out /= norms[:, np.newaxis]
+    return out
 
 
 def _float32_block(mat: NDArray[Any], start: int, stop: int) -> NDArray[np.float32]:

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Annotated, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import _constants as C
+from ._secrets import mentions_a_secret, redact
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -99,6 +100,16 @@ class Settings(BaseModel):
     )
     image_endpoint: str = Field(
         default=C.DEFAULT_IMAGE_ENDPOINT, min_length=1, description="Serving endpoint for images."
+    )
+    text_url: str | None = Field(
+        default=None,
+        description="Invocations URL of any MLflow scoring server for texts, instead of a workspace "
+        "(with image_url; no auth header unless token is given).",
+    )
+    image_url: str | None = Field(
+        default=None,
+        description="Invocations URL of any MLflow scoring server for images, instead of a workspace "
+        "(with text_url).",
     )
     batch_size: int = Field(default=C.DEFAULT_BATCH_SIZE, ge=1, description="Most records in one request.")
     max_request_bytes: int = Field(
@@ -192,11 +203,22 @@ class Settings(BaseModel):
         return value
 
     def merged(self, **overrides: object) -> Settings:
-        """A copy with the non-None overrides applied and validated."""
+        """A copy with the non-None overrides applied and validated.
+
+        Raises:
+            pydantic.ValidationError: a value out of range or of the wrong type, shown in the
+                message; ValueError instead, with the value masked, when the value is a registered
+                credential (a token passed to the wrong option).
+        """
         changes = {k: v for k, v in overrides.items() if v is not None}
         if not changes:
             return self
-        return type(self).model_validate({**self.model_dump(), **changes})
+        try:
+            return type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            if mentions_a_secret(exc):  # pydantic quotes the input value: never a credential
+                raise ValueError(redact(str(exc))) from None
+            raise
 
 
 class InvocationRecord(BaseModel):

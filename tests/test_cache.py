@@ -391,3 +391,10 @@ def test_local_mode_is_keyed_by_model_and_dtype(tiny: Path, tmp_path: Path) -> N
 def test_a_cache_option_of_another_type_is_refused(server: ServingServer) -> None:
     with pytest.raises(TypeError, match="cache="):
         ClipClient(**server.client_kwargs(cache=42))
+
+
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_cache_path_is_refused(server: ServingServer, empty: object) -> None:
+    """``cache=''`` names no file: refused, not opened as the current folder and then disabled."""
+    with pytest.raises(ValueError, match="empty path"):
+        ClipClient(**server.client_kwargs(cache=empty))

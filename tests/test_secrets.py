@@ -31,6 +31,7 @@ from serving_server import TOKEN, Reply, ServingServer
 from clip_client import (
     APIConnectionError,
     APIError,
+    AsyncClipClient,
     AuthenticationError,
     ClipClient,
     ClipClientError,
@@ -418,3 +419,16 @@ def test_errors_built_by_hand_are_redacted_too() -> None:
     register("hand-made-credential-987")
     error: ClipClientError = APIError("server said hand-made-credential-987", endpoint="e")
     assert "hand-made" not in rendered(error)
+
+
+@pytest.mark.parametrize("cls", [ClipClient, AsyncClipClient])
+def test_a_token_passed_to_the_wrong_option_is_masked_in_the_validation_error(
+    cls: type[ClipClient] | type[AsyncClipClient], server: ServingServer
+) -> None:
+    """pydantic quotes a bad value in its message; a token given as, say, ``timeout=`` too (a
+    pasted-in-the-wrong-place mistake) is masked there, and the error is still a ValueError."""
+    secret = "dapi-misplaced-0123456789abcdef"
+    with pytest.raises(ValueError, match=r"timeout") as caught:
+        cls(host=server.url, token=secret, timeout=secret)  # type: ignore[arg-type]
+    assert_secret_absent(secret, caught.value)
+    assert "input_value='***'" in str(caught.value)

@@ -32,6 +32,7 @@ PUBLIC_METHODS = [
     "embed_image",
     "iter_embed_texts",
     "iter_embed_images",
+    "classify",
     "check_endpoint",
     "close",
     "local",

@@ -1,0 +1,907 @@
+"""The ``clip-client`` command, end to end: real subprocesses on real image files.
+
+Each command runs as ``python -m clip_client ...`` (the console script is checked once) against the
+loopback serving server (``server``; the subprocess finds it through DATABRICKS_HOST and
+DATABRICKS_TOKEN, as a user's shell would) or in local mode on the tiny checkpoint. What a command
+wrote is read back and compared, row for row, with what ``ClipClient`` returns for the same inputs.
+Every run's output is checked for the token. ``clip_client._outputs`` (the file formats and the
+resume store) is also tested in-process, below.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from bad_inputs import BAD_IMAGES
+from harness import IMAGE, TEXT, close_and_drain_sync, text_rows
+from image_factory import picture, write_images
+from PIL import Image
+from serving_server import TOKEN, Reply, ServingServer
+from tiny_clip import write_tiny_clip
+
+import clip_client
+from clip_client import ClipClient, cosine_topk, find_duplicates
+from clip_client._cli import app, cli_advice, gather_images
+from clip_client._outputs import (
+    OutputError,
+    OutputMeta,
+    ResumableOutput,
+    Rows,
+    meta_path,
+    read_rows,
+    write_rows,
+)
+
+VENV_SCRIPT = Path(sys.executable).with_name("clip-client")
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the command
+
+
+class Run:
+    """A finished ``clip-client`` subprocess."""
+
+    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
+        self.rc = done.returncode
+        self.out = done.stdout
+        self.err = done.stderr
+        # No run, whatever it did, shows the token anywhere.
+        assert TOKEN not in self.out + self.err
+        assert TOKEN.split("-")[-1] not in self.out + self.err
+
+    def __repr__(self) -> str:
+        return f"Run(rc={self.rc}, out={self.out[-2000:]!r}, err={self.err[-2000:]!r})"
+
+
+@pytest.fixture
+def env(server: ServingServer, tmp_path: Path) -> dict[str, str]:
+    """The environment of a user whose workspace is ``server``: host and token in DATABRICKS_*,
+    no config file, and a cache folder of this test's own."""
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_", "XDG_CACHE_HOME"))
+    }
+    return {
+        **clean,
+        "DATABRICKS_HOST": server.url,
+        "DATABRICKS_TOKEN": TOKEN,
+        "DATABRICKS_CONFIG_FILE": str(tmp_path / "no-databrickscfg"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
+    }
+
+
+@pytest.fixture
+def cli(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``cli(*args, timeout=...)``: run ``python -m clip_client args`` in ``tmp_path``."""
+
+    def run(*args: object, timeout: float = 120, extra_env: dict[str, str] | None = None) -> Run:
+        done = subprocess.run(
+            [sys.executable, "-m", "clip_client", *map(str, args)],
+            cwd=tmp_path,
+            env={**env, **(extra_env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return Run(done)
+
+    return run
+
+
+@pytest.fixture
+def reference(server: ServingServer):  # type: ignore[no-untyped-def]
+    """A ``ClipClient`` of ``server`` (no cache): the arrays the command's output must equal."""
+    client = ClipClient(**server.client_kwargs())
+    yield client
+    close_and_drain_sync(client)
+
+
+def write_pictures(folder: Path, n: int, *, start: int = 0) -> list[Path]:
+    """``n`` distinct small pictures, PNG and JPEG alternately, written with Pillow."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(start, start + n):
+        path = folder / f"img_{i:03d}.{'png' if i % 2 else 'jpg'}"
+        Image.fromarray(picture(64 + i, 48 + 2 * i, seed=i)).save(path)
+        paths.append(path)
+    return paths
+
+
+def rel(paths: list[Path], root: Path) -> list[str]:
+    return [os.path.relpath(p, root) for p in paths]
+
+
+def jsonl(text: str) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------------------
+# help
+
+
+def test_help_names_every_command_and_the_exit_statuses(cli) -> None:  # type: ignore[no-untyped-def]
+    run = cli("--help", extra_env={"COLUMNS": "200"})
+    assert run.rc == 0, run
+    for command in ("texts", "images", "search", "dedupe", "classify", "status"):
+        assert command in run.out
+    assert "Exit status" in run.out
+    assert "3 finished, but some inputs failed" in run.out
+    assert "never from a flag" in run.out
+
+
+@pytest.mark.parametrize("command", ["texts", "images", "search", "dedupe", "classify", "status"])
+def test_each_command_has_help_with_an_example(command: str) -> None:
+    from typer.testing import CliRunner
+
+    from clip_client._cli import app
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    if command != "status":
+        assert "Example: clip-client " + command in result.output
+    if command != "dedupe":
+        assert "--local" in result.output
+        assert "--profile" in result.output
+    assert "--token" not in result.output
+
+
+def test_console_script_is_installed(env: dict[str, str]) -> None:
+    assert VENV_SCRIPT.exists(), "pip install -e . installs the clip-client script"
+    done = subprocess.run(
+        [str(VENV_SCRIPT), "--help"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0
+    assert "images" in done.stdout
+
+
+# --------------------------------------------------------------------------------------------------
+# images: every format, the cache
+
+
+def test_images_every_format_equals_the_clients_arrays_and_the_cache_spares_every_request(
+    cli, server: ServingServer, reference: ClipClient, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    kinds = write_images(
+        tmp_path / "photos", ["rgb_jpeg", "rgba_png", "palette_gif", "cmyk_jpeg", "webp", "bmp"]
+    )
+    write_pictures(tmp_path / "photos" / "sub", 2)
+    (tmp_path / "photos" / "notes.txt").write_text("not an image, and not picked up")
+    paths = sorted(rel(list(kinds.values()), tmp_path))  # a folder: sorted, top level only
+
+    first = cli("images", "photos", "--out", "out.parquet")
+    assert first.rc == 0, first
+    assert server.posts(IMAGE) > 0
+    assert "it/s" not in first.err
+    assert "image/s" not in first.err
+
+    table = pq.read_table(tmp_path / "out.parquet")
+    assert table.column_names == ["path", "size", "mtime_ns", "embedding"]
+    stat = (tmp_path / paths[0]).stat()
+    assert table.slice(0, 1).drop(["embedding"]).to_pylist() == [
+        {"path": paths[0], "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    ]
+    column_type = table.schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(column_type)
+    assert column_type.list_size == 768
+    assert column_type.value_type == pa.float32()
+    meta = json.loads(table.schema.metadata[b"clip_client"])
+    assert meta["kind"] == "image"
+    assert meta["dim"] == 768
+    assert meta["normalize"] is False
+    assert meta["model"] == f"{server.url}/serving-endpoints/{IMAGE}"
+    assert meta["preparation"]["image_size"] == 224
+    assert meta["clip_client"]
+    assert table.column("path").to_pylist() == paths
+
+    server.reset()
+    expected = reference.embed_images([tmp_path / p for p in paths])
+    got = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float32)
+    np.testing.assert_array_equal(got, expected)
+
+    # Every other format, from the on-disk cache: not one request.
+    server.reset()
+    for name in ("out.npy", "out.jsonl", None):
+        run = cli("images", "photos", *(["--out", name] if name else []))
+        assert run.rc == 0, run
+        if name is None:
+            rows = jsonl(run.out)
+            assert [r["path"] for r in rows] == paths
+            np.testing.assert_array_equal(np.asarray([r["embedding"] for r in rows], np.float32), expected)
+        else:
+            back = read_rows(tmp_path / name)
+            assert back.keys == paths
+            assert back.embeddings.dtype == np.float32
+            np.testing.assert_array_equal(back.embeddings, expected)
+            assert back.meta is not None
+            assert back.meta.kind == "image"
+    assert server.posts() == 0
+    npy_side = json.loads(meta_path(tmp_path / "out.npy").read_text())
+    assert npy_side["path"] == paths
+    assert npy_side["rows"] == len(paths)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+
+    # --recursive, --glob, --no-cache (which sends again) and --normalize.
+    run = cli(
+        "images", "photos", "-r", "--glob", "*.png", "--no-cache", "--normalize", "--out", "png.parquet"
+    )
+    assert run.rc == 0, run
+    pngs = sorted(p for p in rel(list((tmp_path / "photos").rglob("*.png")), tmp_path))
+    back = read_rows(tmp_path / "png.parquet")
+    assert sorted(back.keys) == pngs
+    assert len(back.keys) == len(pngs)
+    assert server.posts(IMAGE) > 0
+    server.reset()
+    want = reference.embed_images([tmp_path / p for p in back.keys], normalize=True)
+    np.testing.assert_array_equal(back.embeddings, want)
+
+
+def test_given_files_keep_their_order_and_a_path_given_twice_is_embedded_once(
+    cli, reference: ClipClient, tmp_path: Path, server: ServingServer
+) -> None:  # type: ignore[no-untyped-def]
+    b, a, c = write_pictures(tmp_path / "p", 3)
+    run = cli("images", c, a, c, b, "--out", "o.jsonl")
+    assert run.rc == 0, run
+    assert "given more than once" in run.err
+    back = read_rows(tmp_path / "o.jsonl")
+    assert back.keys == [str(c), str(a), str(b)]
+    server.reset()
+    np.testing.assert_array_equal(back.embeddings, reference.embed_images([c, a, b]))
+
+
+# --------------------------------------------------------------------------------------------------
+# images: resumption after a real kill
+
+
+def test_a_killed_run_resumes_with_only_the_missing_images(
+    env: dict[str, str], cli, server: ServingServer, reference: ClipClient, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = write_pictures(tmp_path / "photos", 14)
+    names = rel(paths, tmp_path)
+    out = tmp_path / "emb.parquet"
+    parts = tmp_path / "emb.parquet.parts"
+    args = ["images", "photos", "--out", out.name, "--batch-size", "2", "--part-rows", "2",
+            "--max-concurrency", "1", "--no-cache"]  # fmt: skip
+
+    server.latency = 0.25  # so that parts exist while images are still missing
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clip_client", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(parts.glob("part-*.parquet"))) < 2:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no parts were written"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert TOKEN not in err
+    assert not out.exists()  # never half a file
+
+    done_before = [p for part in sorted(parts.glob("part-*.parquet")) for p in read_rows(part).keys]
+    assert 4 <= len(done_before) < len(names)
+    assert len(set(done_before)) == len(done_before)
+
+    server.reset()  # no latency; requests the killed run still had in flight are not counted
+    run = cli(*args)
+    assert run.rc == 0, run
+    assert f"{len(done_before)} of {len(names)} image(s) already done" in run.err
+    sent = server.inputs(IMAGE)
+    assert len(sent) == len(names) - len(done_before)
+
+    # The rerun sent exactly the missing images: their payloads, as the client sends them.
+    missing = [tmp_path / n for n in names if n not in done_before]
+    server.reset()
+    reference.embed_images(missing)
+    assert sorted(sent) == sorted(server.inputs(IMAGE))
+
+    back = read_rows(out)
+    assert back.keys == names  # sorted, each once
+    assert not parts.exists()
+    server.reset()
+    np.testing.assert_array_equal(back.embeddings, reference.embed_images(paths))
+
+
+def test_a_rerun_with_other_settings_is_refused_until_overwrite(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_pictures(tmp_path / "photos", 3)
+    assert cli("images", "photos", "--out", "e.npy").rc == 0
+    before = (tmp_path / "e.npy").read_bytes()
+
+    run = cli("images", "photos", "--out", "e.npy", "--normalize")
+    assert run.rc == 1, run
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1
+    assert "normalize False (this run: True)" in lines[0]
+    assert "--overwrite" in lines[0]
+    assert (tmp_path / "e.npy").read_bytes() == before
+
+    run = cli("images", "photos", "--out", "e.npy", "--normalize", "--overwrite")
+    assert run.rc == 0, run
+    back = read_rows(tmp_path / "e.npy")
+    np.testing.assert_allclose(np.linalg.norm(back.embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# images: unreadable images
+
+
+def test_unreadable_images_are_listed_with_paths_and_exit_3_or_stop_the_run_with_strict(
+    cli, server: ServingServer, reference: ClipClient, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    good = write_pictures(tmp_path / "photos", 4)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    bad = {}
+    for name in ("empty file", "truncated JPEG", "text file named .png"):
+        made = BAD_IMAGES[name].make(scratch)  # (the truncated JPEG's maker writes the whole one too)
+        bad[name] = made.rename(tmp_path / "photos" / made.name)
+    names = sorted(rel(good + list(bad.values()), tmp_path))
+
+    run = cli("images", "photos", "--out", "o.parquet")
+    assert run.rc == 3, run
+    assert f"{len(bad)} of {len(names)} image(s) could not be embedded" in run.err
+    for name, path in bad.items():
+        line = next(x for x in run.err.splitlines() if os.path.relpath(path, tmp_path) in x)
+        assert BAD_IMAGES[name].says in line
+    back = read_rows(tmp_path / "o.parquet")
+    assert back.keys == [n for n in names if tmp_path / n in good]
+    server.reset()
+    np.testing.assert_array_equal(back.embeddings, reference.embed_images([tmp_path / k for k in back.keys]))
+
+    server.reset()
+    run = cli("images", "photos", "--strict", "--out", "s.parquet")
+    assert run.rc == 1, run
+    first_bad = next(n for n in names if tmp_path / n not in good)
+    assert run.err.count("error:") == 1
+    assert first_bad in run.err
+    assert not (tmp_path / "s.parquet").exists()
+
+    # A rerun of the first command retries the failed ones only (the good ones are in its output).
+    server.reset()
+    run = cli("images", "photos", "--out", "o.parquet", "--no-cache")
+    assert run.rc == 3, run
+    assert server.posts(IMAGE) == 0, run
+
+
+# --------------------------------------------------------------------------------------------------
+# texts
+
+
+def test_texts_from_arguments_txt_and_csv(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    run = cli("texts", "a red car", "a dog")
+    assert run.rc == 0, run
+    rows = jsonl(run.out)
+    assert [(r["id"], r["text"]) for r in rows] == [(0, "a red car"), (1, "a dog")]
+    np.testing.assert_array_equal(
+        np.asarray([r["embedding"] for r in rows], np.float32), text_rows(["a red car", "a dog"])
+    )
+
+    (tmp_path / "captions.txt").write_text("first\n\nsecond ünïcode\nthird\n", encoding="utf-8")
+    run = cli("texts", "--from", "captions.txt", "--out", "t.parquet", "--normalize")
+    assert run.rc == 0, run
+    assert "1 blank line(s) skipped" in run.err
+    back = read_rows(tmp_path / "t.parquet")
+    assert back.keys == [0, 2, 3]
+    assert back.texts == ["first", "second ünïcode", "third"]
+    want = text_rows(back.texts)
+    np.testing.assert_allclose(back.embeddings, want / np.linalg.norm(want, axis=1, keepdims=True), rtol=1e-6)
+    assert pq.read_table(tmp_path / "t.parquet").column_names == ["id", "text", "embedding"]
+
+    (tmp_path / "c.csv").write_text('id,caption\n7,"a cat, sleeping"\n8,a boat\n', encoding="utf-8")
+    run = cli("texts", "--from", "c.csv", "--column", "caption", "--out", "c.npy")
+    assert run.rc == 0, run
+    back = read_rows(tmp_path / "c.npy")
+    assert back.texts == ["a cat, sleeping", "a boat"]
+    assert back.keys == [0, 1]
+    np.testing.assert_array_equal(back.embeddings, text_rows(back.texts))
+
+
+# --------------------------------------------------------------------------------------------------
+# search, dedupe, classify, status
+
+
+def test_search_and_dedupe_read_the_index(cli, tmp_path: Path, server: ServingServer) -> None:  # type: ignore[no-untyped-def]
+    paths = write_pictures(tmp_path / "photos", 5)
+    copy = tmp_path / "photos" / "img_000_copy.jpg"
+    copy.write_bytes(paths[0].read_bytes())  # the same file twice: identical embeddings
+    assert cli("images", "photos", "--out", "idx.parquet").rc == 0
+    index = read_rows(tmp_path / "idx.parquet")
+
+    run = cli("search", "idx.parquet", "a red car", "-k", "3", "--json")
+    assert run.rc == 0, run
+    hits = jsonl(run.out)
+    want = cosine_topk(text_rows(["a red car"])[0], index.embeddings, 3)
+    assert [h["path"] for h in hits] == [index.keys[i] for i in want.indices[0]]
+    np.testing.assert_allclose([h["score"] for h in hits], want.scores[0], atol=1e-6)
+
+    run = cli("search", "idx.parquet", "--image", paths[3], "-k", "2")
+    assert run.rc == 0, run
+    lines = run.out.splitlines()
+    assert lines[0].split() == ["rank", "score", "path"]
+    assert lines[1].split() == ["1", "1.0000", os.path.relpath(paths[3], tmp_path)]
+
+    run = cli("dedupe", "idx.parquet", "--json")
+    assert run.rc == 0, run
+    groups = jsonl(run.out)
+    expected = find_duplicates(index.embeddings, 0.95)
+    assert len(groups) == len(expected) == 1
+    members = [m["path"] for m in groups[0]["members"]]
+    assert sorted(members) == sorted(rel([paths[0], copy], tmp_path))
+    assert [m["similarity"] for m in groups[0]["members"]] == pytest.approx([1.0, 1.0], abs=1e-6)
+
+    run = cli("dedupe", "idx.parquet", "--threshold", "0.999")
+    assert run.rc == 0, run
+    assert "group 1 (2 members)" in run.out, run
+    assert "1.0000" in run.out, run
+
+
+def test_classify_prints_the_clients_probabilities_and_lists_failures(
+    cli, server: ServingServer, reference: ClipClient, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = write_pictures(tmp_path / "photos", 3)
+    missing = tmp_path / "photos" / "gone.jpg"
+    (tmp_path / "labels.txt").write_text("cat\ndog\n\ncar\n")
+
+    run = cli("classify", *paths, missing, "--labels-file", "labels.txt", "--top", "2", "--json")
+    assert run.rc == 3, run
+    got = jsonl(run.out)
+    server.reset()
+    result = reference.classify(paths, ["cat", "dog", "car"])
+    tops = result.top(2)
+    assert [g["path"] for g in got] == [str(p) for p in paths]
+    for row, want in zip(got, tops, strict=True):
+        assert [x["label"] for x in row["labels"]] == [lab for lab, _ in want]
+        assert [x["probability"] for x in row["labels"]] == pytest.approx([p for _, p in want], abs=1e-6)
+    assert f"{missing}: " in run.err
+    assert "no such file" in run.err
+
+    run = cli("classify", *paths, "--labels", "cat,dog,car")
+    assert run.rc == 0, run
+    for path, prediction in zip(paths, result.predictions, strict=True):
+        assert any(line.split()[:2] == [str(path), prediction] for line in run.out.splitlines())
+
+
+def test_status_prints_the_check_endpoint_report(cli, server: ServingServer) -> None:  # type: ignore[no-untyped-def]
+    run = cli("status")
+    assert run.rc == 0, run
+    assert f"text endpoint {TEXT}" in run.out
+    assert f"image endpoint {IMAGE}" in run.out
+    assert "parity" in run.out
+    assert "long texts" in run.out
+
+
+# --------------------------------------------------------------------------------------------------
+# errors
+
+
+def test_a_failure_is_one_line_and_verbose_shows_the_details(
+    cli, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    run = cli("texts", "hello", "--text-endpoint", "no-such-endpoint")
+    assert run.rc == 1, run
+    assert run.err.count("\n") == 1
+    assert run.err.startswith("clip-client: error: ")
+    assert "no-such-endpoint" in run.err
+    assert "--verbose" in run.err
+    assert run.out == ""
+
+    # A server that echoes the token back: the message, the traceback and the log never show it.
+    body = {"error_code": "UNAUTHENTICATED", "message": f"Invalid token: Bearer {TOKEN}"}
+    server.script = [Reply(401, body)]
+    run = cli("texts", "hello", "--verbose", "--no-cache")
+    assert run.rc == 1, run
+    assert "Traceback (most recent call last)" in run.err
+    assert "AuthenticationError" in run.err
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "says"),
+    [
+        (["images", "x.jpg", "--out", "x.csv"], 1, "unknown output format '.csv'"),
+        (["search", "missing.parquet", "q"], 1, "missing.parquet: no such file"),
+        (["search", "missing.parquet"], 2, "give a query text or --image FILE"),
+        (["texts", "a", "--model", "m"], 2, "add --local"),
+        (["texts", "a", "--cache", "c.sqlite", "--no-cache"], 2, "either --cache or --no-cache"),
+        (["texts", "a", "--max-concurrency", "lots"], 2, "neither a number nor"),
+        (["texts", "--from", "c.csv"], 2, "name the one to embed with --column"),
+        (["texts"], 2, "give texts to embed"),
+        (["images"], 2, "Missing argument"),
+        (["classify", "x.jpg", "--labels", "cat,cat"], 2, "repeats"),
+        (["classify", "x.jpg", "--labels", "cat,,dog"], 2, "label 2 of 3 in 'cat,,dog' is empty"),
+        (["classify", "x.jpg", "--labels", "cat,dog,"], 2, "label 3 of 3"),
+        (["classify", "x.jpg", "--labels", "cat", "--template", "no brace"], 2, "--template"),
+        (["texts", "a", "--max-concurrency", "0"], 2, "Invalid value for --max-concurrency"),
+        (["texts", "a", "--max-concurrency", "-5"], 2, "Invalid value for --max-concurrency"),
+        (["texts", "a", "--max-concurrency", "100000"], 2, "Invalid value for --max-concurrency"),
+        (["images", "x.jpg", "--image-preparation", "bogus"], 2, "Invalid value for --image-preparation"),
+        (["images", "x.jpg", "--max-image-pixels", "0"], 2, "Invalid value for --max-image-pixels"),
+        (["search", "mk.py", "q"], 1, "INDEX mk.py: unknown output format '.py'"),
+        (["images", "x.jpg", "dir.jpg"], 1, "no images found in dir.jpg"),
+        (["images", "dir.jpg"], 1, "no images found in dir.jpg"),
+        (["classify", "x.jpg"], 2, "--labels-file"),
+        (["texts", "a", "--token", "t"], 2, "No such option"),
+    ],
+)
+def test_mistakes_exit_with_a_clear_message_before_any_request(
+    args: list[str], status: int, says: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from clip_client._cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "mk.py").write_text("print()\n")
+    (tmp_path / "dir.jpg").mkdir()  # an empty folder with an image's name
+    # A workspace that answers nothing: these must fail before any request is sent.
+    monkeypatch.setenv("DATABRICKS_HOST", "http://127.0.0.1:9")
+    monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    loggers = [logging.getLogger(name) for name in ("clip_client", "databricks.sdk")]
+    before = [(logger.level, list(logger.handlers)) for logger in loggers]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == status, result.output
+    assert says in " ".join(result.output.split())
+    assert TOKEN not in result.output
+    # run in-process, a command leaves the process's logging as it found it
+    assert [(logger.level, list(logger.handlers)) for logger in loggers] == before
+
+
+# --------------------------------------------------------------------------------------------------
+# local mode
+
+
+def test_local_mode_on_the_tiny_checkpoint(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = write_tiny_clip(tmp_path / "tiny")
+    paths = write_pictures(tmp_path / "photos", 3)
+    run = cli("images", "photos", "--out", "l.jsonl", "--local", "--model", model, "--device", "cpu")
+    assert run.rc == 0, run
+    back = read_rows(tmp_path / "l.jsonl")
+    assert back.meta is not None
+    assert back.meta.model.startswith("local ")
+    with ClipClient.local(model, device="cpu") as client:
+        want = client.embed_images(paths)
+    assert back.keys == rel(paths, tmp_path)
+    np.testing.assert_allclose(back.embeddings, want, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# clip_client._outputs, in-process
+
+
+def _meta(**changes: object) -> OutputMeta:
+    base = {"kind": "image", "model": "http://h/serving-endpoints/e", "normalize": False,
+            "preparation": {"image_size": 224}}  # fmt: skip
+    return OutputMeta(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def _rows(keys: list[str], seed: int = 0, meta: OutputMeta | None = None) -> Rows:
+    rng = np.random.default_rng(seed)
+    return Rows(keys, rng.standard_normal((len(keys), 8)).astype(np.float32), None, meta or _meta())
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".jsonl"])
+def test_every_format_round_trips_exactly(tmp_path: Path, suffix: str) -> None:
+    rows = _rows(["a.jpg", "dir/b ü.png", "c,d.jpg"])
+    write_rows(tmp_path / f"x{suffix}", rows)
+    back = read_rows(tmp_path / f"x{suffix}")
+    assert back.keys == rows.keys
+    np.testing.assert_array_equal(back.embeddings, rows.embeddings)
+    assert back.meta == _meta(dim=8)
+    texts = Rows([0, 5], rows.embeddings[:2], ["x", "y, z"], _meta(kind="text", preparation={}))
+    write_rows(tmp_path / f"t{suffix}", texts)
+    back = read_rows(tmp_path / f"t{suffix}")
+    assert back.keys == [0, 5]
+    assert back.texts == ["x", "y, z"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_a_data_file_and_a_sidecar_that_do_not_match_are_refused(tmp_path: Path) -> None:
+    write_rows(tmp_path / "x.npy", _rows(["a", "b"]))
+    np.save(tmp_path / "x.npy", np.zeros((3, 8), np.float32))
+    with pytest.raises(OutputError, match="do not belong together"):
+        read_rows(tmp_path / "x.npy")
+    meta_path(tmp_path / "x.npy").unlink()
+    with pytest.raises(OutputError, match=r"x\.npy\.meta\.json is missing"):
+        read_rows(tmp_path / "x.npy")
+    write_rows(tmp_path / "x.jsonl", _rows(["a", "b"]))
+    side = json.loads(meta_path(tmp_path / "x.jsonl").read_text())
+    meta_path(tmp_path / "x.jsonl").write_text(json.dumps({**side, "rows": 3}))
+    with pytest.raises(OutputError, match=r"x\.jsonl: 2 rows, but x\.jsonl\.meta\.json lists 3"):
+        read_rows(tmp_path / "x.jsonl")
+
+
+def test_resumable_output_keeps_parts_checks_settings_and_finishes_in_order(tmp_path: Path) -> None:
+    out = tmp_path / "o.parquet"
+    store = ResumableOutput(out, _meta(), part_rows=2)
+    assert store.open() == {}
+    rows = _rows(["c", "a", "b"])
+    for key, row in zip(rows.keys, rows.embeddings, strict=True):
+        store.add(key, row)
+    assert len(list(store.parts.glob("part-*.parquet"))) == 1  # two rows; the third is buffered
+
+    again = ResumableOutput(out, _meta(), part_rows=2)  # as after a kill: the buffered row is lost
+    assert set(again.open()) == {"c", "a"}
+    with pytest.raises(OutputError, match=r"image_size 224 \(this run: 336\)"):
+        ResumableOutput(out, _meta(preparation={"image_size": 336})).open()
+    again.add("b", rows.embeddings[2])
+    written = again.finish(["a", "b", "c", "never-embedded"])
+    assert written.keys == ["a", "b", "c"]
+    assert not again.parts.exists()
+    np.testing.assert_array_equal(read_rows(out).embeddings, rows.embeddings[[1, 2, 0]])
+
+    # A finished output is resumed from too: its rows become the first part.
+    third = ResumableOutput(out, _meta())
+    assert set(third.open()) == {"a", "b", "c"}
+    assert third.parts.is_dir()
+    assert ResumableOutput(tmp_path / "p.parquet", _meta(normalize=True)).open() == {}
+    with pytest.raises(OutputError, match=r"normalize False \(this run: True\)"):
+        ResumableOutput(out, _meta(normalize=True)).open()
+
+
+def test_ctrl_c_keeps_the_finished_rows_and_a_terminal_shows_a_progress_bar(
+    env: dict[str, str], cli, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    write_pictures(tmp_path / "photos", 12)
+    args = ["images", "photos", "--out", "e.npy", "--batch-size", "2", "--part-rows", "100",
+            "--max-concurrency", "1", "--no-cache"]  # fmt: skip
+    server.latency = 0.25
+    controller, terminal = pty.openpty()  # stderr is a terminal: the progress bar is on
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 120 columns
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clip_client", *args],
+        cwd=tmp_path, env={**env, "COLUMNS": "120"}, stdout=subprocess.PIPE, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 60
+        while len(server.inputs(IMAGE)) < 6:  # three batches answered, none written yet (100 per part)
+            assert proc.poll() is None
+            assert time.monotonic() < deadline, seen
+            if select.select([controller], [], [], 0.05)[0]:
+                seen += os.read(controller, 4096)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        while select.select([controller], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the other end closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    text = seen.decode("utf-8", "replace")
+    assert proc.returncode == 130, text
+    assert "image/s" in text  # the bar: items per second, and the ETA after "<"
+    assert "interrupted" in text
+    assert "rerun to resume" in text
+    assert TOKEN not in text
+    kept = [k for part in (tmp_path / "e.npy.parts").glob("part-*.parquet") for k in read_rows(part).keys]
+    assert len(kept) >= 2  # rows buffered for a part of 100 were written on the way out
+    assert not (tmp_path / "e.npy").exists()
+
+    server.reset()
+    run = cli(*args)
+    assert run.rc == 0, run
+    assert len(server.inputs(IMAGE)) == 12 - len(kept)
+    assert len(read_rows(tmp_path / "e.npy")) == 12
+
+
+# --------------------------------------------------------------------------------------------------
+# In-process runs (typer's CliRunner) against the loopback server: what a tester found
+
+
+@pytest.fixture
+def invoke(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``invoke(*args)``: run the command in this process, in ``tmp_path``, with ``env``'s workspace."""
+    from typer.testing import CliRunner
+
+    monkeypatch.chdir(tmp_path)
+    for name in [k for k in os.environ if k.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("DATABRICKS_") or name == "XDG_CACHE_HOME":
+            monkeypatch.setenv(name, value)
+
+    def run(*args: object):  # type: ignore[no-untyped-def]
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+        assert TOKEN not in result.output
+        return result
+
+    return run
+
+
+def test_search_refuses_an_index_computed_by_another_model(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = write_pictures(tmp_path / "photos", 3)
+    assert invoke("images", "photos", "--out", "idx.parquet").exit_code == 0
+    server.reset()
+    for query in (["a red car"], ["--image", paths[0]]):
+        result = invoke("search", "idx.parquet", *query, "--image-endpoint", "another-image-endpoint")
+        assert result.exit_code == 1, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert f"computed by '{server.url}/serving-endpoints/{IMAGE}'" in lines[0]
+        assert "another-image-endpoint" in lines[0]
+        assert "--image-endpoint" in lines[0]
+    assert server.posts() == 0  # refused before the query is sent
+
+    # A file of another writer (no settings) of another width: its width and what to do.
+    write_rows(tmp_path / "foreign.parquet", _rows(["a", "b"]))
+    pq.write_table(
+        pq.read_table(tmp_path / "foreign.parquet").replace_schema_metadata({}), tmp_path / "f.parquet"
+    )
+    result = invoke("search", "f.parquet", "a red car")
+    assert result.exit_code == 1, result.output
+    assert "f.parquet holds 8-d rows (model: unknown), but the query is 768-d" in result.stderr
+
+
+def test_resume_embeds_changed_files_again_and_matches_paths_by_absolute_path(
+    invoke, server: ServingServer, reference: ClipClient, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = write_pictures(tmp_path / "photos", 3)
+    first = invoke("images", "photos", "--out", "o.parquet")
+    assert first.exit_code == 0, first.output
+    assert "(3 embedded, 0 of them from the cache)" in first.stderr
+
+    # An edited image: same name, other pixels. It is embedded again, the others are not.
+    Image.fromarray(picture(90, 70, seed=99)).save(paths[1])
+    server.reset()
+    run = invoke("images", "photos/", "--out", "o.parquet", "--no-cache")
+    assert run.exit_code == 0, run.output
+    assert "resuming: 2 of 3 image(s) already done; 1 changed since (size or mtime) and embedded again" in (
+        run.stderr
+    )
+    assert len(server.inputs(IMAGE)) == 1
+    back = read_rows(tmp_path / "o.parquet")
+    assert back.keys == rel(paths, tmp_path)
+    assert back.stamps == [(p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
+    server.reset()
+    np.testing.assert_array_equal(back.embeddings, reference.embed_images(paths))
+
+    # The same folder by its absolute path: nothing to do; the rows take the paths as now given.
+    server.reset()
+    run = invoke("images", tmp_path / "photos", "--out", "o.parquet")
+    assert run.exit_code == 0, run.output
+    assert "3 of 3 image(s) already done" in run.stderr
+    assert "left out" not in run.stderr
+    assert server.posts() == 0
+    assert read_rows(tmp_path / "o.parquet").keys == [str(p) for p in paths]
+
+    # The cache's part is said: the edited image was embedded without the cache, the others with it.
+    run = invoke("images", "photos", "--out", "o.parquet", "--overwrite")
+    assert "(3 embedded, 2 of them from the cache)" in run.stderr, run.output
+
+
+def test_dedupe_of_no_rows_finds_no_duplicates_and_the_help_reads_as_paragraphs(
+    invoke, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    write_rows(tmp_path / "none.npy", Rows([], np.zeros((0, 8), np.float32), None, _meta()))
+    result = invoke("dedupe", "none.npy")
+    assert result.exit_code == 0, result.output
+    assert "no near-duplicates" in result.stdout
+
+    result = invoke("images", "--help")
+    assert "rerun the same command after an interruption" in result.stdout  # one paragraph, not cut
+    assert "--image-preparation" in result.stdout
+    assert "--max-image-pixels" in result.stdout
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"clip-client {clip_client.__version__}"
+
+
+def test_cli_errors_name_the_cli_options_not_python_keywords(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    for name in [k for k in os.environ if k.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["texts", "a", "--no-cache"], env={"COLUMNS": "200"})
+    assert result.exit_code == 1, result.output
+    message = result.stderr
+    assert "could not resolve a Databricks workspace" in message
+    for says in ("DATABRICKS_HOST", "--host", "--profile", "--local"):
+        assert says in message
+    assert "host=" not in message
+    assert "ClipClient.local" not in message
+
+    advice = "Use image_preparation='server' so every image ...; raise max_image_pixels if it is genuine"
+    assert cli_advice(advice) == (
+        "Use --image-preparation server so every image ...; raise --max-image-pixels if it is genuine"
+    )
+    from clip_client._cli import _labels
+
+    assert _labels("cat", None) == ["cat"]  # what ClipClient.classify accepts
+
+
+def test_folders_are_normalised_and_dangling_symlinks_are_listed_not_dropped(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (good,) = write_pictures(photos, 1)
+    (photos / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    for arg in (photos, Path(f"{photos}/"), Path(f"{photos}/./")):
+        assert gather_images([arg], recursive=False, globs=()) == [str(photos / "gone.jpg"), str(good)]
+        assert gather_images([arg], recursive=True, globs=()) == [str(photos / "gone.jpg"), str(good)]
+
+
+def test_a_closed_stdout_ends_the_command_quietly(env: dict[str, str], tmp_path: Path) -> None:
+    n = 6000  # many lines: more than a pipe holds, so the writer meets the closed end
+    keys = [f"some/rather/long/folder/name/image_{i:06d}.jpg" for i in range(n)]
+    write_rows(tmp_path / "same.npy", Rows(keys, np.ones((n, 8), np.float32), None, _meta()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clip_client", "dedupe", "same.npy"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"1 group(s)")
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141
+    assert err == b""
+
+
+def test_output_files_honour_the_umask(tmp_path: Path) -> None:
+    saved = os.umask(0o022)
+    try:
+        for mask, mode in ((0o022, 0o644), (0o077, 0o600), (0o002, 0o664)):
+            os.umask(mask)
+            for suffix in (".parquet", ".npy", ".jsonl"):
+                out = tmp_path / f"{mask:o}{suffix}"
+                write_rows(out, _rows(["a"]))
+                assert out.stat().st_mode & 0o777 == mode, (out, oct(out.stat().st_mode))
+                if suffix != ".parquet":
+                    assert meta_path(out).stat().st_mode & 0o777 == mode
+    finally:
+        os.umask(saved)
+
+
+def test_a_damaged_part_or_manifest_names_the_file_and_the_way_out(tmp_path: Path) -> None:
+    out = tmp_path / "o.parquet"
+    store = ResumableOutput(out, _meta(), part_rows=1)
+    store.open()
+    store.add("a", _rows(["a"]).embeddings[0])
+    part = next(store.parts.glob("part-*.parquet"))
+    part.write_bytes(b"not parquet")
+    with pytest.raises(OutputError) as caught:
+        ResumableOutput(out, _meta()).open()
+    assert f"{part} is damaged: delete it (or the whole {store.parts} folder" in str(caught.value)
+    assert "--overwrite" in str(caught.value)
+    (store.parts / "manifest.json").write_text("{not json")
+    with pytest.raises(OutputError, match=r"manifest\.json.*is damaged: delete it"):
+        ResumableOutput(out, _meta()).open()
+    assert ResumableOutput(out, _meta()).open(overwrite=True) == {}

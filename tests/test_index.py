@@ -1,0 +1,325 @@
+"""clip_client.index.ApproximateIndex (faiss HNSW) against the exact clip_client.search.cosine_topk:
+recall on clustered data, the TopK contract, ids, add(), save/load and every bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+faiss = pytest.importorskip("faiss")
+
+import clip_client  # noqa: E402
+from clip_client.index import DEFAULT_EF_SEARCH, ApproximateIndex  # noqa: E402
+from clip_client.search import TopK, cosine_topk  # noqa: E402
+
+
+def clustered(n: int, d: int, *, clusters: int, seed: int, spread: float = 0.7) -> np.ndarray:
+    """Rows around a shared mean direction and ``clusters`` centres, at random lengths: the shape of
+    CLIP embeddings (a common offset, topics), not uniform noise. Centres depend on ``clusters``
+    and ``d`` only, so two calls with other seeds draw more points from the same clusters."""
+    centres_rng = np.random.default_rng(1234)
+    mean = centres_rng.standard_normal(d)
+    centres = mean + centres_rng.standard_normal((clusters, d))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, clusters, n)
+    rows = centres[labels] + spread * rng.standard_normal((n, d))
+    return (rows * rng.uniform(0.5, 3.0, (n, 1))).astype(np.float32)
+
+
+def recall(found: TopK, exact: TopK) -> float:
+    hits = [len(set(a) & set(b)) for a, b in zip(found.indices.tolist(), exact.indices.tolist(), strict=True)]
+    return float(np.sum(hits) / exact.indices.size)
+
+
+def true_cosines(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
+    r = np.asarray(rows, dtype=np.float64)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    r /= np.linalg.norm(r, axis=-1, keepdims=True)
+    return np.einsum("qd,qkd->qk", q, r)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return clustered(6000, 64, clusters=60, seed=1), clustered(100, 64, clusters=60, seed=2)
+
+
+@pytest.fixture(scope="module")
+def built(data: tuple[np.ndarray, np.ndarray]) -> ApproximateIndex:
+    return ApproximateIndex.build(data[0])
+
+
+def test_recall_at_10_against_exact_search_and_the_topk_contract(
+    data: tuple[np.ndarray, np.ndarray], built: ApproximateIndex
+) -> None:
+    matrix, queries = data
+    exact = cosine_topk(queries, matrix, 10)
+    found = built.search(queries, 10)
+    assert isinstance(found, TopK)
+    assert found.indices.dtype == np.int64
+    assert found.scores.dtype == np.float32
+    assert found.indices.shape == found.scores.shape == exact.indices.shape == (100, 10)
+    assert recall(found, exact) >= 0.95
+    # The scores are the true cosines of the rows returned, best first, no row twice.
+    np.testing.assert_allclose(found.scores, true_cosines(queries, matrix[found.indices]), atol=2e-6)
+    assert np.all(np.diff(found.scores, axis=1) <= 0)
+    assert all(len(set(r)) == 10 for r in found.indices.tolist())
+    # A generous ef_search finds the exact answer on this small collection.
+    assert recall(built.search(queries, 10, ef_search=2000), exact) == 1.0
+    assert built.ef_search == DEFAULT_EF_SEARCH  # the per-call knob does not stick
+
+
+def test_a_row_used_as_the_query_finds_itself_first(
+    data: tuple[np.ndarray, np.ndarray], built: ApproximateIndex
+) -> None:
+    matrix, _ = data
+    for row in (0, 17, 4321, 5999):
+        one = built.search(matrix[row] * 7.0, 3)  # 1-D query, any length
+        assert one.indices.shape == (1, 3)
+        assert one.indices[0, 0] == row
+        assert one.scores[0, 0] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_k_beyond_the_collection_returns_every_row_like_cosine_topk() -> None:
+    matrix = clustered(40, 16, clusters=4, seed=3)
+    queries = clustered(5, 16, clusters=4, seed=4)
+    index = ApproximateIndex.build(matrix, ef_search=1)
+    for k in (40, 41, 1000):
+        found = index.search(queries, k)
+        exact = cosine_topk(queries, matrix, k)
+        assert found.indices.shape == exact.indices.shape == (5, 40)
+        for r in range(5):
+            assert sorted(found.indices[r].tolist()) == list(range(40))  # nothing missing
+        np.testing.assert_allclose(found.scores, exact.scores, atol=2e-6)
+
+
+def test_a_graph_search_that_comes_back_short_is_completed_exactly() -> None:
+    # 300 rows that are copies of 5 vectors: HNSW's graph falls apart into islands of copies, and
+    # faiss returns only a handful of rows (the rest -1) even with ef_search = k = n.
+    rng = np.random.default_rng(10)
+    matrix = rng.standard_normal((5, 8)).astype(np.float32)[rng.integers(0, 5, 300)]
+    queries = rng.standard_normal((20, 8)).astype(np.float32)
+    index = ApproximateIndex.build(matrix, ids=np.arange(300) + 1000, m=2, ef_construction=1)
+    raw = index._index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 250)[1]
+    assert (raw == -1).any(axis=1).all(), "faiss found every row: this test no longer tests the fallback"
+    for k in (250, 300):
+        found = index.search(queries, k)
+        exact = cosine_topk(queries, matrix, k)
+        assert found.indices.shape == (20, k)
+        assert not (found.indices == -1).any()
+        np.testing.assert_allclose(found.scores, exact.scores, atol=2e-6)
+        for r in range(20):
+            assert len(set(found.indices[r].tolist())) == k  # no row twice
+            if k == 300:
+                assert sorted(found.indices[r].tolist()) == list(range(1000, 1300))
+        # Equal scores (copies) come back by lower id.
+        ties = found.scores[:, 1:] == found.scores[:, :-1]
+        assert np.all(found.indices[:, 1:][ties] > found.indices[:, :-1][ties])
+
+
+def test_other_float_dtypes_and_memmaps_are_accepted(tmp_path: Path) -> None:
+    matrix = clustered(500, 24, clusters=5, seed=5).astype(np.float64)
+    on_disk = np.lib.format.open_memmap(tmp_path / "rows.npy", mode="w+", dtype=np.float16, shape=(500, 24))
+    on_disk[:] = matrix
+    for source in (matrix, on_disk):
+        index = ApproximateIndex.build(source, chunk_rows=64)
+        exact = cosine_topk(matrix[:20].astype(np.float32), np.asarray(source, dtype=np.float32), 5)
+        found = index.search(matrix[:20].astype(np.float16), 5, ef_search=500)
+        assert recall(found, exact) == 1.0
+
+
+def test_ids_map_rows_to_the_callers_ids(data: tuple[np.ndarray, np.ndarray]) -> None:
+    matrix, queries = data
+    rng = np.random.default_rng(6)
+    ids = rng.choice(np.arange(10**12, 10**12 + 10**6), size=len(matrix), replace=False)
+    index = ApproximateIndex.build(matrix, ids=ids)
+    np.testing.assert_array_equal(index.ids, ids)
+    found = index.search(queries, 10)
+    row_of = {int(v): i for i, v in enumerate(ids.tolist())}
+    rows = np.vectorize(row_of.__getitem__)(found.indices)
+    exact = cosine_topk(queries, matrix, 10)
+    assert recall(TopK(indices=rows, scores=found.scores), exact) >= 0.95
+    np.testing.assert_allclose(found.scores, true_cosines(queries, matrix[rows]), atol=2e-6)
+    assert index.search(matrix[123], 1).indices[0, 0] == ids[123]
+
+
+def test_add_appends_with_row_numbers_continuing(data: tuple[np.ndarray, np.ndarray]) -> None:
+    matrix, queries = data
+    index = ApproximateIndex.build(matrix[:2500])
+    index.add(matrix[2500:4000])
+    index.add(matrix[4000:], chunk_rows=333)
+    assert len(index) == len(matrix)
+    np.testing.assert_array_equal(index.ids, np.arange(len(matrix)))
+    assert recall(index.search(queries, 10), cosine_topk(queries, matrix, 10)) >= 0.95
+    assert index.search(matrix[5000], 1).indices[0, 0] == 5000
+    # Explicit ids after the default ones, then the default cannot continue into them.
+    extra = clustered(3, 64, clusters=60, seed=7)
+    index.add(extra[:2], ids=[6002, 6003])
+    assert index.search(extra[1], 1).indices[0, 0] == 6003
+    with pytest.raises(ValueError, match=r"default id 6002 .* pass ids="):
+        index.add(extra)
+    assert len(index) == 6002
+
+
+def test_empty_index_then_add(data: tuple[np.ndarray, np.ndarray]) -> None:
+    matrix, queries = data
+    index = ApproximateIndex(64, m=16, ef_construction=80, ef_search=32)
+    assert (len(index), index.dim, index.m) == (0, 64, 16)
+    assert repr(index) == "ApproximateIndex(dim=64, rows=0, m=16, ef_construction=80, ef_search=32)"
+    with pytest.raises(ValueError, match="the index is empty"):
+        index.search(queries, 10)
+    index.add(matrix)
+    index.ef_search = 128
+    assert index.ef_search == 128
+    assert recall(index.search(queries, 10), cosine_topk(queries, matrix, 10)) >= 0.95
+
+
+def test_save_and_load_give_identical_results(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    matrix, queries = data
+    ids = np.arange(len(matrix), dtype=np.int64) * 3 + 5
+    index = ApproximateIndex.build(matrix, ids=ids, ef_search=48)
+    before = index.search(queries, 10)
+    path = tmp_path / "images.faiss"
+    path.write_bytes(b"an older file, replaced whole")
+    index.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.faiss"]  # no temporary left
+    loaded = ApproximateIndex.load(str(path))
+    assert (len(loaded), loaded.dim, loaded.m, loaded.ef_search) == (len(index), 64, 32, 48)
+    np.testing.assert_array_equal(loaded.ids, ids)
+    after = loaded.search(queries, 10)
+    np.testing.assert_array_equal(after.indices, before.indices)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    # The loaded index keeps growing with ids of its own.
+    loaded.add(matrix[:2] * 2, ids=[1, 2])
+    assert loaded.search(matrix[0], 2).indices[0].tolist() in ([1, 5], [5, 1])
+
+
+def test_save_and_load_errors_name_the_path(tmp_path: Path) -> None:
+    index = ApproximateIndex.build(clustered(20, 8, clusters=2, seed=8))
+    with pytest.raises(FileNotFoundError, match="missing"):
+        index.save(tmp_path / "missing" / "x.faiss")
+    with pytest.raises(IsADirectoryError, match="folder"):
+        index.save(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"nope\.faiss"):
+        ApproximateIndex.load(tmp_path / "nope.faiss")
+    junk = tmp_path / "junk.faiss"
+    junk.write_bytes(b"not an index at all")
+    with pytest.raises(ValueError, match=r"junk\.faiss is not a faiss index file"):
+        ApproximateIndex.load(junk)
+    other = tmp_path / "flat.faiss"
+    faiss.write_index(faiss.IndexFlatIP(8), str(other))
+    with pytest.raises(ValueError, match=r"IndexFlat.*rebuild it"):
+        ApproximateIndex.load(other)
+    l2 = faiss.IndexIDMap(faiss.IndexHNSWFlat(8, 16))  # the L2 metric, not cosine
+    faiss.write_index(l2, str(other))
+    with pytest.raises(ValueError, match="inner-product"):
+        ApproximateIndex.load(other)
+
+
+GOOD = clustered(30, 6, clusters=3, seed=9)
+
+
+def _with(row: int, value: float) -> np.ndarray:
+    bad = GOOD.copy()
+    bad[row, 2] = value
+    return bad
+
+
+def _zero(row: int) -> np.ndarray:
+    bad = GOOD.copy()
+    bad[row] = 0.0
+    return bad
+
+
+@pytest.mark.parametrize(
+    ("matrix", "kwargs", "error", "words"),
+    [
+        (GOOD.astype(np.int64), {}, TypeError, "matrix must be a float array"),
+        (GOOD[0], {}, ValueError, "matrix must be 2-D"),
+        (GOOD[np.newaxis], {}, ValueError, "matrix must be 2-D"),
+        (GOOD[:0], {}, ValueError, "matrix is empty"),
+        (GOOD[:, :0], {}, ValueError, "matrix is empty"),
+        (_with(13, np.nan), {"chunk_rows": 4}, ValueError, "matrix[13] holds a NaN or an infinity"),
+        (_with(29, np.inf), {}, ValueError, "matrix[29] holds a NaN or an infinity"),
+        (_with(0, -np.inf), {}, ValueError, "matrix[0] holds"),
+        (_zero(7), {"chunk_rows": 5}, ValueError, "matrix[7] is all zeros"),
+        (GOOD, {"ids": np.arange(29)}, ValueError, "ids must have shape (30,)"),
+        (GOOD, {"ids": np.zeros((30, 1), dtype=np.int64)}, ValueError, "ids must have shape"),
+        (GOOD, {"ids": np.arange(30.0)}, TypeError, "ids must be an integer array"),
+        (GOOD, {"ids": np.ones(30, dtype=bool)}, TypeError, "ids must be an integer array"),
+        (GOOD, {"ids": [*range(29), 4]}, ValueError, "ids[29] = 4 repeats ids[4]"),
+        (GOOD, {"ids": [*range(10), -1, *range(11, 30)]}, ValueError, "ids[10] is -1"),
+        (GOOD, {"ids": np.full(30, 2**63, dtype=np.uint64)}, ValueError, "does not fit in int64"),
+        (GOOD, {"chunk_rows": 0}, ValueError, "chunk_rows must be >= 1"),
+        (GOOD, {"ef_search": 0}, ValueError, "ef_search must be >= 1"),
+        (GOOD, {"ef_construction": 1.5}, TypeError, "ef_construction must be an int"),
+        (GOOD, {"m": 1}, ValueError, "m must be >= 2"),
+    ],
+)
+def test_build_errors_name_the_input(
+    matrix: np.ndarray, kwargs: dict[str, object], error: type, words: str
+) -> None:
+    with pytest.raises(error) as info:
+        ApproximateIndex.build(matrix, **kwargs)  # type: ignore[arg-type]
+    assert words in str(info.value)
+
+
+def test_a_bad_add_adds_nothing() -> None:
+    index = ApproximateIndex.build(GOOD, ids=np.arange(100, 130))
+    for matrix, kwargs, words in [
+        (_with(25, np.nan)[:, :5], {}, "width 5 but the index holds width 6"),
+        (_with(25, np.nan), {"chunk_rows": 8}, "matrix[25] holds a NaN"),
+        (GOOD[:3], {"ids": [7, 8, 115]}, "ids[2] = 115 is already in the index"),
+        (GOOD[:3], {"ids": [7, 8, 7]}, "ids[2] = 7 repeats ids[0]"),
+    ]:
+        with pytest.raises(ValueError) as info:
+            index.add(matrix, **kwargs)  # type: ignore[arg-type]
+        assert words in str(info.value)
+        assert len(index) == 30
+    np.testing.assert_array_equal(index.ids, np.arange(100, 130))
+
+
+@pytest.mark.parametrize(
+    ("queries", "kwargs", "error", "words"),
+    [
+        (np.ones(6, dtype=np.int32), {}, TypeError, "queries must be a float array"),
+        (np.ones((1, 1, 6)), {}, ValueError, "queries must be 1-D"),
+        (np.ones((0, 6)), {}, ValueError, "queries is empty"),
+        (np.ones(5), {}, ValueError, "queries has width 5 but the index's rows have width 6"),
+        (np.array([[1.0] * 6, [0.0] * 6]), {}, ValueError, "queries[1] is all zeros"),
+        (np.array([1.0, np.nan, 0, 0, 0, 0]), {}, ValueError, "queries[0] holds a NaN"),
+        (np.ones(6), {"k": 0}, ValueError, "k must be >= 1"),
+        (np.ones(6), {"k": True}, TypeError, "k must be an int"),
+        (np.ones(6), {"ef_search": 0}, ValueError, "ef_search must be >= 1"),
+        (np.ones(6), {"ef_search": "64"}, TypeError, "ef_search must be an int"),
+    ],
+)
+def test_search_errors_name_the_input(
+    queries: np.ndarray, kwargs: dict[str, object], error: type, words: str
+) -> None:
+    index = ApproximateIndex.build(GOOD)
+    with pytest.raises(error) as info:
+        index.search(queries, **kwargs)  # type: ignore[arg-type]
+    assert words in str(info.value)
+
+
+def test_missing_faiss_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "faiss", None)  # what an absent package looks like to import
+    with pytest.raises(ImportError, match=r'pip install "clip-serving-client\[index\]"'):
+        ApproximateIndex(8)
+
+
+def test_faiss_is_imported_lazily_and_the_index_is_not_re_exported() -> None:
+    code = (
+        "import sys, clip_client, clip_client.index\n"
+        "assert 'faiss' not in sys.modules, 'faiss imported eagerly'\n"
+        "clip_client.index.ApproximateIndex(4)\n"
+        "assert 'faiss' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert "ApproximateIndex" not in clip_client.__all__
+    assert not hasattr(clip_client, "ApproximateIndex")
