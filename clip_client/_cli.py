@@ -82,6 +82,11 @@ app = typer.Typer(
 )
 
 
+def _flag(*names: str, **options: Any) -> Any:
+    """``typer.Option`` for an on/off flag: its help shows no ``<bool>`` value placeholder."""
+    return typer.Option(*names, metavar="", **options)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"clip-client {__version__}")
@@ -92,7 +97,7 @@ def _version(value: bool) -> None:
 def _main(
     version: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--version", callback=_version, is_eager=True, help="Print the version of clip_client and exit."
         ),
     ] = False,
@@ -109,7 +114,7 @@ _TUNING = "Tuning"
 
 LocalOpt = Annotated[
     bool,
-    typer.Option(
+    _flag(
         "--local",
         help="Run CLIP in this process (needs the 'local' extra: torch, transformers) instead of "
         "calling the serving endpoints.",
@@ -214,18 +219,14 @@ MaxImagePixelsOpt = Annotated[
         show_default=False,
     ),
 ]
-NoCacheOpt = Annotated[
-    bool, typer.Option("--no-cache", help="Use no embedding cache.", rich_help_panel=_TUNING)
-]
+NoCacheOpt = Annotated[bool, _flag("--no-cache", help="Use no embedding cache.", rich_help_panel=_TUNING)]
 VerboseOpt = Annotated[
     bool,
-    typer.Option("--verbose", "-v", help="On an error, show the traceback; log what the client does."),
+    _flag("--verbose", "-v", help="On an error, show the traceback; log what the client does."),
 ]
 NormalizeOpt = Annotated[
     bool,
-    typer.Option(
-        "--normalize/--no-normalize", help="L2-normalise every embedding (stored in the file's settings)."
-    ),
+    _flag("--normalize/--no-normalize", help="L2-normalise every embedding (stored in the file's settings)."),
 ]
 OutOpt = Annotated[
     Path | None,
@@ -238,7 +239,7 @@ OutOpt = Annotated[
         dir_okay=False,
     ),
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON Lines instead of a table.")]
+JsonOpt = Annotated[bool, _flag("--json", help="JSON Lines instead of a table.")]
 
 
 @dataclass(frozen=True)
@@ -281,6 +282,8 @@ class Common:
             "max_image_pixels": self.max_image_pixels,
         }
         options = {k: v for k, v in options.items() if v is not None}
+        if self.max_image_pixels is not None:
+            _raise_pillow_limit(self.max_image_pixels)
         if self.local:
             if self.profile or self.host:
                 raise typer.BadParameter("--local runs the model in this process; drop --profile/--host")
@@ -305,6 +308,10 @@ class Common:
                 param_hint=f"--{field.replace('_', '-')}" if field else None,
             ) from None
         except ValueError as exc:
+            if str(exc).startswith("device="):
+                # A device torch does not know, or one this machine lacks: the option's mistake.
+                reason = cli_advice(str(exc)).removeprefix("--device ")
+                raise typer.BadParameter(reason, param_hint="--device") from None
             if not str(exc).startswith("could not resolve a Databricks workspace"):
                 raise
             reason = str(exc.__cause__ or exc).rstrip(".")
@@ -313,6 +320,16 @@ class Common:
                 "DATABRICKS_TOKEN, pass --host (with a token in DATABRICKS_TOKEN) or --profile NAME, "
                 "or add --local to run the model in this process"
             ) from exc
+
+
+def _raise_pillow_limit(pixels: int) -> None:
+    """Raise Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, for this
+    process) to ``pixels``, so that ``--max-image-pixels`` alone decides; never lower it (Pillow
+    refuses at twice its limit, warns above it; the client refuses above ``--max-image-pixels``)."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = pixels
 
 
 def _concurrency(value: str | None) -> int | str | None:
@@ -350,8 +367,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CLI_SPELLING = (
     ("image_preparation='server'", "--image-preparation server"),
     ('image_preparation="server"', "--image-preparation server"),
+    # --max-image-pixels raises Pillow's limit too (see _raise_pillow_limit).
+    ("raise max_image_pixels and PIL.Image.MAX_IMAGE_PIXELS", "raise --max-image-pixels"),
     ("raise max_image_pixels", "raise --max-image-pixels"),
     ("max_image_pixels=", "--max-image-pixels "),
+    ("device='cpu'", "--device cpu"),
+    ('device="cpu"', "--device cpu"),
+    ("device=", "--device "),
+    ("text_endpoint= / image_endpoint=", "--text-endpoint / --image-endpoint"),
+    ("text_endpoint=", "--text-endpoint "),
+    ("image_endpoint=", "--image-endpoint "),
 )
 
 
@@ -637,7 +662,7 @@ def _report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
 def images(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
     out: OutOpt = None,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    recursive: Annotated[bool, _flag("--recursive", "-r", help="Descend into subfolders.")] = False,
     glob: Annotated[
         list[str] | None,
         typer.Option(
@@ -647,11 +672,11 @@ def images(
         ),
     ] = None,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Stop at the first image that cannot be embedded.")
+        bool, _flag("--strict", help="Stop at the first image that cannot be embedded.")
     ] = False,
     overwrite: Annotated[
         bool,
-        typer.Option("--overwrite", help="Start again: ignore what an earlier run left in --out."),
+        _flag("--overwrite", help="Start again: ignore what an earlier run left in --out."),
     ] = False,
     part_rows: Annotated[
         int,
@@ -732,7 +757,12 @@ def images(
     for path in stale:  # a changed file that now fails keeps no stale row
         del store.done[path]
     left = len(set(store.done) - set(inputs))
-    rows = store.finish(inputs)
+    try:
+        rows = store.finish(inputs)
+    except BaseException:
+        if failed:  # the failures are said whatever stops the output
+            _report_failures(failed, len(inputs))
+        raise
     if left:
         _err(f"clip-client: {left} row(s) of the earlier output are not among this run's inputs: left out")
     _err(
@@ -860,7 +890,7 @@ def search(
     )  # fmt: skip
     if (query is None) == (image is None):
         raise typer.BadParameter("give a query text or --image FILE (one of them)", param_hint="QUERY")
-    rows = read_rows(index, role="INDEX")
+    rows = read_rows(index, role="INDEX", foreign=True)
     if not len(rows):
         raise OutputError(f"{index} has no rows to search")
     with common.client() as client:
@@ -921,7 +951,7 @@ def dedupe(
     """
     from .search import find_duplicates
 
-    rows = read_rows(index, role="INDEX")
+    rows = read_rows(index, role="INDEX", foreign=True)
     groups = find_duplicates(rows.embeddings, threshold) if len(rows) else []
     key = rows.key_name
     if json_lines:
@@ -976,6 +1006,8 @@ def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
         hint = "--labels"
         out = [x.strip() for x in (labels or "").split(",")]
         empty = [n for n, x in enumerate(out, 1) if not x]
+        if len(out) == 1 and empty:
+            raise typer.BadParameter('no label given: --labels "cat,dog,car"', param_hint=hint)
         if empty:
             raise typer.BadParameter(
                 f"label {empty[0]} of {len(out)} in {labels!r} is empty: remove the extra comma",
@@ -1014,13 +1046,13 @@ def classify(
         ),
     ] = None,
     top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per image, most likely first.")] = 1,
-    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders.")] = False,
+    recursive: Annotated[bool, _flag("--recursive", "-r", help="Descend into subfolders.")] = False,
     glob: Annotated[
         list[str] | None,
         typer.Option("--glob", help="File name pattern for folders (repeatable).", show_default=False),
     ] = None,
     strict: Annotated[
-        bool, typer.Option("--strict", help="Stop at the first image that cannot be embedded.")
+        bool, _flag("--strict", help="Stop at the first image that cannot be embedded.")
     ] = False,
     json_lines: JsonOpt = False,
     local: LocalOpt = False,
@@ -1130,7 +1162,7 @@ def deploy(
         typer.Option("--model", help="The CLIP checkpoint to serve: a Hugging Face hub id or a folder."),
     ] = C.DEFAULT_LOCAL_MODEL,
     gpu: Annotated[
-        bool, typer.Option("--gpu", help="Serve on GPU_SMALL (default: CPU).", rich_help_panel=_DEPLOY)
+        bool, _flag("--gpu", help="Serve on GPU_SMALL (default: CPU).", rich_help_panel=_DEPLOY)
     ] = False,
     workload_size: Annotated[
         str,
@@ -1142,7 +1174,7 @@ def deploy(
     ] = "Small",
     scale_to_zero: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--scale-to-zero/--no-scale-to-zero",
             help="Let an idle endpoint scale to zero (the first request after waits for it).",
             rich_help_panel=_DEPLOY,
@@ -1150,7 +1182,7 @@ def deploy(
     ] = True,
     route_optimized: Annotated[
         bool,
-        typer.Option("--route-optimized", help="Create route-optimized endpoints.", rich_help_panel=_DEPLOY),
+        _flag("--route-optimized", help="Create route-optimized endpoints.", rich_help_panel=_DEPLOY),
     ] = False,
     timeout: Annotated[
         float,
@@ -1172,7 +1204,7 @@ def deploy(
     ] = 15.0,
     check: Annotated[
         bool,
-        typer.Option(
+        _flag(
             "--check/--no-check",
             help="Finish with check_endpoint() on the deployed endpoints.",
             rich_help_panel=_DEPLOY,

@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from . import _constants as C
 from ._version import __version__
 from .errors import ClipClientError
 
@@ -127,7 +128,10 @@ class OutputMeta:
         preparation = (
             {name: getattr(client.settings, name) for name in IMAGE_SETTINGS} if kind == "image" else {}
         )
-        return cls(kind=kind, model=model, normalize=normalize, preparation=preparation)
+        # The width when the backend knows it before any answer (a local model does; an endpoint
+        # only tells with its answers): the shape of an output with no rows.
+        dim = backend.dim
+        return cls(kind=kind, model=model, normalize=normalize, preparation=preparation, dim=dim)
 
     def with_dim(self, dim: int) -> OutputMeta:
         return OutputMeta(self.kind, self.model, self.normalize, dict(self.preparation), dim)
@@ -348,14 +352,22 @@ def write_rows(path: Path, rows: Rows) -> None:
 # Reading
 
 
-def read_rows(path: Path, *, role: str = "--out") -> Rows:
+def read_rows(path: Path, *, role: str = "--out", foreign: bool = False) -> Rows:
     """Read an output of the ``clip-client`` command (any of the three formats).
 
-    ``role`` names the file in the message of a wrong extension (``--out``, or ``INDEX``).
+    Args:
+        path: the file.
+        role: how messages name the file: ``--out`` (an output to resume or overwrite: their
+            advice is ``--overwrite``), or ``INDEX`` (a file read only).
+        foreign: also accept a ``.npy`` or ``.jsonl`` file of another writer, without the
+            ``.meta.json`` settings file: a ``.npy`` 2-D float array (cast to float32; the keys are
+            the row numbers, from 0), or ``.jsonl`` objects with an ``"embedding"`` list and
+            optionally ``"path"`` or ``"id"`` (else the line's row number) and ``"text"``.
 
     Returns:
-        its :class:`Rows`; ``meta`` is None for a file without clip_client settings (a Parquet file
-        of another writer with a ``path`` or ``id`` column and an ``embedding`` column).
+        its :class:`Rows`; ``meta.model`` is ``"unknown"`` for a file without clip_client settings
+        (a Parquet file of another writer with a ``path`` or ``id`` column and an ``embedding``
+        column, or, with ``foreign``, a ``.npy`` or ``.jsonl`` file without its settings file).
 
     Raises:
         OutputError: the file is missing, unreadable, or not in the shape this command writes.
@@ -366,7 +378,9 @@ def read_rows(path: Path, *, role: str = "--out") -> Rows:
     try:
         if fmt == ".parquet":
             return _read_parquet(path)
-        return _read_with_sidecar(path, fmt)
+        if foreign and not meta_path(path).exists():
+            return _read_foreign(path, fmt)
+        return _read_with_sidecar(path, fmt, role)
     except OutputError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -413,12 +427,53 @@ def _stamps(sizes: Sequence[Any], mtimes: Sequence[Any]) -> list[Stamp | None]:
     return [None if s is None or m is None else (int(s), int(m)) for s, m in zip(sizes, mtimes, strict=True)]
 
 
-def _read_with_sidecar(path: Path, fmt: Format) -> Rows:
+def _read_foreign(path: Path, fmt: Format) -> Rows:
+    """A ``.npy`` or ``.jsonl`` file of another writer (no settings file): see :func:`read_rows`."""
+    texts: list[str] | None = None
+    kind = "text"
+    if fmt == ".npy":
+        matrix = np.load(path, allow_pickle=False)
+        if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+            raise OutputError(
+                f"{path}: expected a 2-D float array (rows, dim), found {matrix.dtype} {matrix.shape}"
+            )
+        embeddings = matrix.astype(np.float32, copy=False)
+        keys: list[Any] = list(range(len(embeddings)))
+    else:
+        keys, vectors, text_list = [], [], []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if not isinstance(obj, dict) or "embedding" not in obj:
+                    raise OutputError(f'{path}: line {number} is not an object with an "embedding" list')
+                if "path" in obj:
+                    kind = "image"
+                keys.append(obj.get("path", obj.get("id", len(keys))))
+                vectors.append(obj["embedding"])
+                text_list.append(obj.get("text"))
+        if any(t is not None for t in text_list):
+            texts = ["" if t is None else str(t) for t in text_list]
+        try:
+            embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+        except ValueError:
+            raise OutputError(f"{path}: its embeddings are not all of one width") from None
+    meta = OutputMeta(kind=kind, model="unknown", normalize=False, dim=embeddings.shape[1])
+    return Rows(keys, embeddings, texts, meta)
+
+
+def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
     side = meta_path(path)
+    again = (
+        "start again with --overwrite"
+        if role == "--out"
+        else "write it again with `clip-client images` or `clip-client texts`"
+    )
     if not side.is_file():
         raise OutputError(
             f"{path}: its settings file {side.name} is missing (it is written beside every .npy and "
-            ".jsonl output); restore it, or start again with --overwrite"
+            f".jsonl output); restore it, or {again}"
         )
     sidecar = json.loads(side.read_text(encoding="utf-8"))
     meta = OutputMeta.from_json(json.dumps(sidecar["clip_client"]), side)
@@ -461,7 +516,7 @@ def _read_with_sidecar(path: Path, fmt: Format) -> Rows:
         raise OutputError(
             f"{path}: {len(embeddings)} rows, but {side.name} lists "
             f"{listed if listed != len(embeddings) else len(keys)}: "
-            "the two files do not belong together; start again with --overwrite"
+            f"the two files do not belong together; {again}"
         )
     return Rows(keys, embeddings, texts, meta, stamps)
 
@@ -581,7 +636,9 @@ class ResumableOutput:
         """
         self.flush()
         keys = [p for p in order if p in self.done]
-        dim = self.meta.dim or next((r.shape[0] for r in self.done.values()), 0)
+        # No row at all (every image failed): the width the backend knows, else CLIP ViT-L/14's
+        # 768 (what the client's own empty results have), so that the file still reads as (0, dim).
+        dim = self.meta.dim or next((r.shape[0] for r in self.done.values()), 0) or C.DEFAULT_EMBEDDING_DIM
         matrix = (
             np.stack([self.done[p] for p in keys]).astype(np.float32, copy=False)
             if keys
@@ -622,6 +679,11 @@ class ResumableOutput:
         os.replace(staging, self.parts)
 
     def _unreadable(self, exc: Exception, what: Path) -> OutputError:
+        if what == self.parts:  # the manifest: the folder as a whole
+            return OutputError(
+                f"{exc}; {what} is damaged: delete that folder (everything is embedded again) and "
+                "rerun, or pass --overwrite to start again"
+            )
         return OutputError(
             f"{exc}; {what} is damaged: delete it (or the whole {self.parts} folder, to embed "
             "everything again) and rerun, or pass --overwrite to start again"
@@ -631,8 +693,9 @@ class ResumableOutput:
         manifest = self.parts / _MANIFEST
         if not manifest.is_file():
             raise OutputError(
-                f"{self.parts} has no {_MANIFEST}: it was not left by clip-client; remove it or pass "
-                "--overwrite"
+                f"{self.parts} has no {_MANIFEST} (the settings its rows were computed with), so its "
+                "rows cannot be checked against this run: restore the file, or delete the folder "
+                "(everything is embedded again) or pass --overwrite to start again"
             )
         try:
             found = OutputMeta.from_json(manifest.read_text(encoding="utf-8"), manifest)

@@ -167,6 +167,12 @@ def _spec(
         )
     if not isinstance(error_column, bool):
         raise TypeError(f"error_column must be True or False, got {error_column!r}")
+    if error_column and on_error == "raise":
+        raise ValueError(
+            'an error column holds the reasons of rows nulled with on_error="null"; with '
+            'on_error="raise" a bad row fails the task, so the column would stay empty: pass '
+            'on_error="null" (or leave on_error unset with embed_table), or drop the error column'
+        )
     if not isinstance(local, bool):
         raise TypeError(f"local must be True or False, got {local!r}")
     device = _check_device(device)
@@ -249,6 +255,7 @@ def text_embedding_udf(
             retries, a dead connection) still fails the task, which Spark then retries.
         error_column: return ``struct<embedding: array<float>, error: string>`` instead of the bare
             array: ``error`` is null for a good row, else the reason (``"ImageDecodeError: ..."``).
+            Needs ``on_error="null"`` (a ValueError otherwise: with ``"raise"`` it would stay empty).
         local: run the model in each worker process (:meth:`ClipClient.local`) instead of the
             endpoints; no workspace is needed.
         model: with ``local=True``: a Hugging Face hub id or a folder readable on every executor
@@ -274,7 +281,8 @@ def text_embedding_udf(
             without it; ``local`` not a bool, ``device`` not a string.
         ValueError: a bad ``on_error`` or setting value (``pydantic.ValidationError`` names the field),
             or a ``device`` that is no torch device type (``"cuda"``, ``"cuda:1"``, ``"cpu"``,
-            ``"mps"``...; checked on the driver without importing torch).
+            ``"mps"``...; checked on the driver without importing torch); ``error_column`` with
+            ``on_error="raise"``.
         ImportError: pyspark or pandas is missing (``pip install "clip-serving-client[spark]"``).
 
     In the job (raised in the task, shown by Spark as a ``PythonException``): ``InvalidInputError``

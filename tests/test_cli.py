@@ -817,6 +817,10 @@ def test_dedupe_of_no_rows_finds_no_duplicates_and_the_help_reads_as_paragraphs(
     assert "rerun the same command after an interruption" in result.stdout  # one paragraph, not cut
     assert "--image-preparation" in result.stdout
     assert "--max-image-pixels" in result.stdout
+    rows = [line.strip("│ ") for line in result.stdout.splitlines()]
+    flags = [line for line in rows if line.startswith(("--recursive", "--local "))]
+    assert len(flags) == 2, flags
+    assert not any("<bool>" in line for line in flags)  # a flag takes no value
     result = invoke("--version")
     assert result.exit_code == 0
     assert result.stdout.strip() == f"clip-client {clip_client.__version__}"
@@ -902,6 +906,141 @@ def test_a_damaged_part_or_manifest_names_the_file_and_the_way_out(tmp_path: Pat
     assert f"{part} is damaged: delete it (or the whole {store.parts} folder" in str(caught.value)
     assert "--overwrite" in str(caught.value)
     (store.parts / "manifest.json").write_text("{not json")
-    with pytest.raises(OutputError, match=r"manifest\.json.*is damaged: delete it"):
+    with pytest.raises(OutputError, match=r"manifest\.json.*is damaged: delete that folder"):
         ResumableOutput(out, _meta()).open()
     assert ResumableOutput(out, _meta()).open(overwrite=True) == {}
+
+
+# --------------------------------------------------------------------------------------------------
+# What a second tester found
+
+
+def test_a_run_where_no_image_is_readable_writes_an_empty_file_of_the_models_width(
+    invoke, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for suffix in (".parquet", ".npy", ".jsonl"):
+        result = invoke("images", "empty.jpg", "--out", f"e{suffix}")
+        assert result.exit_code == 3, result.output
+        assert "1 of 1 image(s) could not be embedded" in result.stderr
+        assert "empty.jpg: " in result.stderr
+        back = read_rows(tmp_path / f"e{suffix}")
+        # An endpoint tells its width only with an answer: CLIP ViT-L/14's, as the client's own.
+        assert back.embeddings.shape == (0, 768)
+        assert back.meta is not None
+        assert back.meta.dim == 768
+    assert np.load(tmp_path / "e.npy").shape == (0, 768)
+
+    # A local model knows its width before any answer.
+    write_tiny_clip(tmp_path / "tiny")
+    result = invoke("images", "empty.jpg", "--local", "--model", "tiny", "--device", "cpu", "--out", "l.npy")
+    assert result.exit_code == 3, result.output
+    width = ClipClient.local(str(tmp_path / "tiny"), device="cpu").backend.dim
+    assert width is not None
+    assert width != 768
+    assert np.load(tmp_path / "l.npy").shape == (0, width)
+
+    # A bad --device is a usage error, in the command's words.
+    result = invoke("images", "empty.jpg", "--local", "--model", "tiny", "--device", "gpu7")
+    assert result.exit_code == 2, result.output
+    assert "--device" in result.output
+    assert "device=" not in result.output
+
+
+def test_finish_without_rows_keeps_the_width_of_the_settings(tmp_path: Path) -> None:
+    for dim, width in ((24, 24), (None, 768)):
+        meta = OutputMeta(kind="image", model="m", normalize=False, dim=dim)
+        store = ResumableOutput(tmp_path / f"{dim}.parquet", meta)
+        store.open()
+        assert store.finish(["gone.jpg"]).embeddings.shape == (0, width)
+        assert read_rows(tmp_path / f"{dim}.parquet").embeddings.shape == (0, width)
+
+
+def test_search_and_dedupe_read_a_plain_npy_or_jsonl_without_settings(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    matrix = np.random.default_rng(0).standard_normal((3, 8))
+    matrix[2] = matrix[0]
+    np.save(tmp_path / "raw.npy", matrix)  # float64, no sidecar
+    result = invoke("dedupe", "raw.npy", "--json")
+    assert result.exit_code == 0, result.output
+    (group,) = jsonl(result.stdout)
+    assert [m["id"] for m in group["members"]] == [0, 2]  # row numbers
+    result = invoke("search", "raw.npy", "a red car")
+    assert result.exit_code == 1, result.output
+    assert "raw.npy holds 8-d rows (model: unknown), but the query is 768-d" in result.stderr
+    assert "--overwrite" not in result.output
+
+    lines = [{"path": f"p{i}.jpg", "embedding": row.tolist()} for i, row in enumerate(matrix)]
+    (tmp_path / "plain.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = invoke("dedupe", "plain.jsonl", "--json")
+    assert result.exit_code == 0, result.output
+    (group,) = jsonl(result.stdout)
+    assert [m["path"] for m in group["members"]] == ["p0.jpg", "p2.jpg"]
+    back = read_rows(tmp_path / "plain.jsonl", role="INDEX", foreign=True)
+    np.testing.assert_array_equal(back.embeddings, matrix.astype(np.float32))
+
+    np.save(tmp_path / "raw1d.npy", np.ones(8, np.float32))
+    result = invoke("dedupe", "raw1d.npy")
+    assert result.exit_code == 1
+    assert "expected a 2-D float array" in result.stderr
+
+    # A clip-client file whose two halves do not match: read-only advice, no --overwrite.
+    write_rows(tmp_path / "c.npy", _rows(["a", "b"]))
+    side = json.loads(meta_path(tmp_path / "c.npy").read_text())
+    meta_path(tmp_path / "c.npy").write_text(json.dumps({**side, "rows": 5}))
+    result = invoke("dedupe", "c.npy")
+    assert result.exit_code == 1
+    assert "do not belong together" in result.stderr
+    assert "--overwrite" not in result.stderr
+    # ... while an output to resume still needs its settings file.
+    meta_path(tmp_path / "c.npy").unlink()
+    with pytest.raises(OutputError, match=r"is missing.*--overwrite"):
+        read_rows(tmp_path / "c.npy")
+
+
+def test_advice_and_pillows_limit_follow_max_image_pixels(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2000 pixels
+    Image.fromarray(picture(64, 48, seed=1)).save(tmp_path / "p.png")  # 3072 pixels
+    result = invoke("images", "p.png", "--out", "a.npy")
+    assert result.exit_code == 3, result.output
+    assert "raise --max-image-pixels" in result.stderr
+    assert "PIL.Image" not in result.stderr
+    result = invoke("images", "p.png", "--out", "b.npy", "--max-image-pixels", 100_000)
+    assert result.exit_code == 0, result.output
+    assert Image.MAX_IMAGE_PIXELS == 100_000
+    assert invoke("images", "p.png", "--out", "c.npy", "--max-image-pixels", 5000).exit_code == 0
+    assert Image.MAX_IMAGE_PIXELS == 100_000  # never lowered
+
+    hint = "Check the endpoint name (text_endpoint= / image_endpoint=) and the workspace host"
+    assert "(--text-endpoint / --image-endpoint)" in cli_advice(hint)
+    assert cli_advice("no CUDA GPU; use device='cpu', or") == "no CUDA GPU; use --device cpu, or"
+
+
+def test_labels_and_parts_messages_say_what_happened(tmp_path: Path) -> None:
+    import typer
+
+    from clip_client._cli import _labels
+
+    with pytest.raises(typer.BadParameter) as caught:
+        _labels("", None)
+    assert "no label given" in str(caught.value)
+    assert "comma" not in str(caught.value)
+    with pytest.raises(typer.BadParameter, match=r"label 2 of 3 .* remove the extra comma"):
+        _labels("a,,b", None)
+
+    out = tmp_path / "o.parquet"
+    store = ResumableOutput(out, _meta(), part_rows=1)
+    store.open()
+    store.add("a", _rows(["a"]).embeddings[0])
+    (store.parts / "manifest.json").write_text("{not json")
+    with pytest.raises(OutputError) as caught:
+        ResumableOutput(out, _meta()).open()
+    assert str(caught.value).count(str(store.parts)) == 2  # the manifest's path, then the folder
+    assert "whole" not in str(caught.value)
+    (store.parts / "manifest.json").unlink()
+    with pytest.raises(OutputError) as caught:
+        ResumableOutput(out, _meta()).open()
+    assert "has no manifest.json" in str(caught.value)
+    assert "not left by clip-client" not in str(caught.value)
+    assert "--overwrite" in str(caught.value)

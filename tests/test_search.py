@@ -385,3 +385,18 @@ def test_search_names_are_public() -> None:
     for name in ("cosine_topk", "find_duplicates", "TopK", "DuplicateGroup"):
         assert name in clip_client.__all__
         assert getattr(clip_client, name) is getattr(clip_client.search, name)
+
+
+@pytest.mark.parametrize("d", [16, 768])
+def test_exact_copies_group_at_threshold_one_and_similarities_stay_in_range(d: int) -> None:
+    """A copy's float32 cosine can compute as 0.99999994: at ``threshold=1.0`` every exact copy
+    still groups with its original, and no reported similarity exceeds 1."""
+    rng = np.random.default_rng(7)
+    base = rng.standard_normal((50, d)).astype(np.float32)
+    groups = find_duplicates(np.vstack([base, base]), threshold=1.0)
+    assert sorted(g.indices.tolist() for g in groups) == [[i, i + 50] for i in range(50)]
+    for group in groups:
+        assert np.all(group.similarities <= 1.0)
+        assert np.all(group.similarities >= 1.0 - 1e-5)
+    # and distinct random rows still never meet a high threshold
+    assert find_duplicates(base, threshold=0.99) == []

@@ -588,6 +588,11 @@ def test_bad_arguments_are_named_before_any_job(spark: SparkSession) -> None:
         cs.embed_table(df, "text", "image", image_column="binary")
     with pytest.raises(ValueError, match="image_column must be one of"):
         cs.embed_table(df, "text", "image", image_column="url")  # type: ignore[arg-type]
+    # an error column needs tolerant mode: with "raise" it would stay empty
+    with pytest.raises(ValueError, match="an error column holds the reasons of rows nulled"):
+        cs.embed_table(df, "text", "text", on_error="raise", error_column="why")
+    with pytest.raises(ValueError, match="an error column holds the reasons of rows nulled"):
+        cs.image_embedding_udf(on_error="raise", error_column=True)
     # UDF options
     with pytest.raises(ValueError, match="device='banana' is not a torch device"):
         cs.text_embedding_udf(local=True, device="banana")
