@@ -196,7 +196,7 @@ class RemoteBackend:
         }
         #: Where each endpoint's requests go: the workspace URL until :meth:`prepare` learns otherwise.
         self._routes: dict[InputKind, Route] = {
-            kind: Route(self._invocations_url(kind), workspace.auth) for kind in self._endpoints
+            kind: Route(self.invocations_url(kind), workspace.auth) for kind in self._endpoints
         }
         self._retry = {
             kind: retry_arguments(
@@ -301,7 +301,7 @@ class RemoteBackend:
         """Who computes ``kind``'s rows, for the embedding cache: the endpoint's invocations URL at the
         workspace and, when its state has been read (no I/O here), the registered model versions its
         served entities serve; the URL alone when they are unknown."""
-        url = self._invocations_url(kind)
+        url = self.invocations_url(kind)
         state = self._states.get(kind)
         versions = sorted(
             f"{entity.entity_name}@{entity.entity_version}"
@@ -310,7 +310,7 @@ class RemoteBackend:
         )
         return " ".join([url, *versions])
 
-    def _invocations_url(self, kind: InputKind) -> str:
+    def invocations_url(self, kind: InputKind) -> str:
         """Where ``kind``'s requests go unless a route-optimized endpoint's data plane says otherwise."""
         if self._urls is not None:
             return self._urls[kind]

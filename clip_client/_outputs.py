@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
-    "IMAGE_SETTINGS",
     "OutputError",
     "OutputMeta",
     "ResumableOutput",
@@ -61,16 +60,6 @@ Format = Literal[".npy", ".parquet", ".jsonl"]
 FORMATS: tuple[Format, ...] = (".npy", ".parquet", ".jsonl")
 #: The key of the settings in a Parquet file's schema metadata.
 METADATA_KEY = b"clip_client"
-#: The client settings that change an image's embedding (what is sent for it): a resumed run must
-#: use the same ones.
-IMAGE_SETTINGS = (
-    "image_size",
-    "image_format",
-    "jpeg_quality",
-    "high_bit_depth",
-    "image_preparation",
-    "fast_decode",
-)
 #: Rows a resumable run gathers before it writes them as one part file.
 DEFAULT_PART_ROWS = 1000
 _MANIFEST = "manifest.json"
@@ -101,7 +90,8 @@ class OutputMeta:
         kind: ``"image"`` or ``"text"``.
         model: who computed the rows: a serving endpoint's URL, or ``local <model> <dtype>``.
         normalize: whether the rows are L2-normalised.
-        preparation: for images, the settings in :data:`IMAGE_SETTINGS`; empty for texts.
+        preparation: for images, the settings that change what is sent
+            (:func:`clip_client.cache.preparation_settings`); empty for texts.
         dim: the embedding width (None until the first row is known).
         clip_client: the version of clip_client that wrote the file.
     """
@@ -117,17 +107,15 @@ class OutputMeta:
     def of(cls, client: ClipClient, kind: InputKind, *, normalize: bool) -> OutputMeta:
         """The settings of ``client``'s rows of ``kind`` (no I/O)."""
         from ._backend import RemoteBackend
-        from .cache import backend_identity
+        from .cache import backend_identity, preparation_settings
 
         backend = client.backend
         if isinstance(backend, RemoteBackend):
             # The endpoint's URL alone: the registered model versions are only known after a call.
-            model = f"{backend.workspace.host.rstrip('/')}/serving-endpoints/{backend.endpoint(kind)}"
+            model = backend.invocations_url(kind)
         else:
             model = backend_identity(backend, kind)
-        preparation = (
-            {name: getattr(client.settings, name) for name in IMAGE_SETTINGS} if kind == "image" else {}
-        )
+        preparation = preparation_settings(client.settings, kind)
         # The width when the backend knows it before any answer (a local model does; an endpoint
         # only tells with its answers): the shape of an output with no rows.
         dim = backend.dim

@@ -25,7 +25,7 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
@@ -286,11 +286,15 @@ def backend_identity(backend: object, kind: InputKind) -> str:
     return f"{type(backend).__module__}.{type(backend).__qualname__}:{name}"
 
 
+def preparation_settings(settings: Settings, kind: InputKind) -> dict[str, Any]:
+    """The settings that change what is sent for an input of ``kind`` (and so its embedding): the
+    image ones for an image, none for a text. Shared by the cache key and the CLI's output files."""
+    return {name: getattr(settings, name) for name in _IMAGE_SETTINGS} if kind == "image" else {}
+
+
 def namespace(identity: str, kind: InputKind, settings: Settings) -> str:
     """One string for the backend, the kind and the settings that change what is sent."""
-    shaping: Mapping[str, Any] = (
-        {name: getattr(settings, name) for name in _IMAGE_SETTINGS} if kind == "image" else {}
-    )
+    shaping = preparation_settings(settings, kind)
     return json.dumps({"backend": identity, "kind": kind, "settings": shaping}, sort_keys=True)
 
 

@@ -468,6 +468,26 @@ def _check_kind(kind: object) -> InputKind:
     return kind
 
 
+@contextlib.contextmanager
+def _pyfunc_arguments(
+    kind: object, model: str | os.PathLike[str], device: object, dtype: object
+) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """What :func:`save_model` and :func:`log_model` both do first: check every argument (before
+    anything is written or logged), then give MLflow and ``mlflow.pyfunc``'s keyword arguments for
+    the model, its code copied into a folder that lives for the block, MLflow kept quiet."""
+    import tempfile
+
+    mlflow = require_mlflow()
+    checked_kind = _check_kind(kind)
+    checked_device, checked_dtype = check_serving_options(device, dtype)
+    folder = resolve_checkpoint(model)
+    with tempfile.TemporaryDirectory(prefix="clip-client-code-") as code, _quiet_mlflow():
+        yield (
+            mlflow,
+            _model_arguments(checked_kind, folder, Path(code), device=checked_device, dtype=checked_dtype),
+        )
+
+
 def save_model(
     kind: InputKind,
     model: str | os.PathLike[str],
@@ -497,14 +517,7 @@ def save_model(
         mlflow.exceptions.MlflowException: ``path`` exists and is not empty.
         ImportError: the ``mlflow`` extra is not installed.
     """
-    import tempfile
-
-    mlflow = require_mlflow()
-    kind = _check_kind(kind)
-    device, dtype = check_serving_options(device, dtype)
-    folder = resolve_checkpoint(model)
-    with tempfile.TemporaryDirectory(prefix="clip-client-code-") as code, _quiet_mlflow():
-        arguments = _model_arguments(kind, folder, Path(code), device=device, dtype=dtype)
+    with _pyfunc_arguments(kind, model, device, dtype) as (mlflow, arguments):
         mlflow.pyfunc.save_model(os.fspath(path), **arguments)
     return Path(path)
 
@@ -537,16 +550,9 @@ def log_model(
         ValueError, ModelLoadError, ImportError: as :func:`save_model`.
         mlflow.exceptions.MlflowException: the tracking server or registry refused the model.
     """
-    import tempfile
-
-    mlflow = require_mlflow()
-    kind = _check_kind(kind)
-    device, dtype = check_serving_options(device, dtype)
-    folder = resolve_checkpoint(model)
-    with tempfile.TemporaryDirectory(prefix="clip-client-code-") as code, _quiet_mlflow():
-        arguments = _model_arguments(kind, folder, Path(code), device=device, dtype=dtype)
+    with _pyfunc_arguments(kind, model, device, dtype) as (mlflow, arguments):
         return mlflow.pyfunc.log_model(
-            name=name or f"clip_{kind}_embedding",
+            name=name or f"clip_{_check_kind(kind)}_embedding",
             registered_model_name=registered_model_name,
             **arguments,
         )

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 import numpy as np
+from _shared import add_local_argument, open_client
 
 from clip_client import AsyncClipClient, ClipClientError, ModelLoadError
 
-MODEL = "openai/clip-vit-large-patch14"
 QUERIES = ["a sunset over the sea", "a city street at night", "a bowl of fruit"]
 
 
@@ -33,31 +32,9 @@ def make_images() -> list[np.ndarray]:
     return [rng.integers(0, 256, size=(240 + 16 * i, 320, 3), dtype=np.uint8) for i in range(4)]
 
 
-def open_client(local: str | None) -> AsyncClipClient:
-    """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
-    if local is None:
-        endpoints = {
-            key: value
-            for key, value in {
-                "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
-                "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
-            }.items()
-            if value
-        }
-        try:
-            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
-            return AsyncClipClient(normalize=True, **endpoints)
-        except ValueError as exc:  # no workspace: say why only if one seemed meant
-            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
-            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
-            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
-    # Loading blocks for a few seconds; forward passes later run in a worker thread.
-    return AsyncClipClient.local(local or MODEL, normalize=True)
-
-
 async def main(local: str | None) -> int:
     try:
-        async with open_client(local) as client:
+        async with open_client(AsyncClipClient, local, normalize=True) as client:
             # Both calls share the client's concurrency cap (and, remotely, its connection pool).
             text_vecs, image_vecs = await asyncio.gather(
                 client.embed_texts(QUERIES),
@@ -80,12 +57,5 @@ async def main(local: str | None) -> int:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--local",
-        nargs="?",
-        const=MODEL,
-        default=None,
-        metavar="MODEL_OR_FOLDER",
-        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
-    )
+    add_local_argument(parser)
     raise SystemExit(asyncio.run(main(parser.parse_args().local)))

@@ -19,24 +19,16 @@ drawn into a temporary folder, one of them planted twice more: as an exact copy,
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from _shared import IMAGE_SUFFIXES, add_local_argument, list_images, open_client
 from PIL import Image
 
 from clip_client import ClipClient, ClipClientError, ModelLoadError, find_duplicates
-
-MODEL = "openai/clip-vit-large-patch14"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The folder's image files (by suffix), sorted by name; not recursive."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def write_demo_images(folder: Path) -> None:
@@ -54,25 +46,12 @@ def write_demo_images(folder: Path) -> None:
         img.resize((224, 224), Image.Resampling.BICUBIC).save(folder / "photo-0-small.png")
 
 
-def open_client(local: str | None) -> ClipClient:
-    """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
-    if local is None:
-        try:
-            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
-            return ClipClient()
-        except ValueError as exc:  # no workspace: say why only if one seemed meant
-            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
-            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
-            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
-    return ClipClient.local(local or MODEL)
-
-
 def dedupe(local: str | None, folder: Path, threshold: float) -> int:
     paths = list_images(folder)
     if not paths:
         print(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}", file=sys.stderr)
         return 1
-    with open_client(local) as client:
+    with open_client(ClipClient, local) as client:
         print(client)
         # "mark": a file that does not decode is reported instead of stopping the run; its NaN row
         # never joins a group.
@@ -91,14 +70,7 @@ def dedupe(local: str | None, folder: Path, threshold: float) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--local",
-        nargs="?",
-        const=MODEL,
-        default=None,
-        metavar="MODEL_OR_FOLDER",
-        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
-    )
+    add_local_argument(parser)
     parser.add_argument(
         "--images", type=Path, metavar="DIR", help="the folder to scan (default: demo images)"
     )

@@ -21,23 +21,16 @@ inside the temporary folder for the demo images).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
 
+from _shared import IMAGE_SUFFIXES, add_local_argument, list_images, open_client
 from PIL import Image, ImageDraw
 
 from clip_client import ClipClient, ClipClientError, EmbeddingArray, ModelLoadError, cosine_topk
 
-MODEL = "openai/clip-vit-large-patch14"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 DEMO_QUERIES = ["a red circle", "a blue square", "a green triangle"]
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The folder's image files (by suffix), sorted by name; not recursive."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def write_demo_images(folder: Path) -> None:
@@ -58,25 +51,12 @@ def write_demo_images(folder: Path) -> None:
         img.save(folder / name)
 
 
-def open_client(local: str | None, cache: Path) -> ClipClient:
-    """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
-    if local is None:
-        try:
-            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
-            return ClipClient(cache=cache)
-        except ValueError as exc:  # no workspace: say why only if one seemed meant
-            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
-            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
-            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
-    return ClipClient.local(local or MODEL, cache=cache)
-
-
 def search(args: argparse.Namespace, folder: Path, cache: Path) -> int:
     paths = list_images(folder)
     if not paths:
         print(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}", file=sys.stderr)
         return 1
-    with open_client(args.local, cache) as client:
+    with open_client(ClipClient, args.local, cache=cache) as client:
         print(client)
         # "mark": a file that does not decode is reported below instead of stopping the run.
         embedded = client.embed_images(paths, on_error="mark")
@@ -108,14 +88,7 @@ def search(args: argparse.Namespace, folder: Path, cache: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--local",
-        nargs="?",
-        const=MODEL,
-        default=None,
-        metavar="MODEL_OR_FOLDER",
-        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
-    )
+    add_local_argument(parser)
     parser.add_argument(
         "--images", type=Path, metavar="DIR", help="the folder to search (default: demo images)"
     )

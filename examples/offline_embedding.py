@@ -24,7 +24,6 @@ goes there too::
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -32,16 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _shared import IMAGE_SUFFIXES, add_local_argument, list_images, open_client
 
-from clip_client import ClipClient, ClipClientError, ModelLoadError
-
-MODEL = "openai/clip-vit-large-patch14"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-
-
-def list_images(folder: Path) -> list[Path]:
-    """The folder's image files (by suffix), sorted by name; not recursive."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+from clip_client import ClipClient, ClipClientError, LocalBackend, ModelLoadError
 
 
 def write_demo_images(folder: Path, n: int = 6) -> None:
@@ -57,28 +49,18 @@ def write_demo_images(folder: Path, n: int = 6) -> None:
         Image.fromarray(pixels).save(folder / f"demo-{i}.png")
 
 
-def open_client(args: argparse.Namespace) -> ClipClient:
+def open_client_for(args: argparse.Namespace) -> ClipClient:
     """Local mode with the device, dtype and batch size asked for; the workspace's endpoints when one
     resolves and --local is not given."""
     options: dict[str, Any] = {"normalize": args.normalize}
     if args.batch_size is not None:
         options["batch_size"] = args.batch_size
-    if args.local is None:
-        try:
-            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
-            client = ClipClient(**options)
-        except ValueError as exc:  # no workspace: say why only if one seemed meant
-            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
-            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
-            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
-        else:
-            if args.device or args.dtype:
-                print(
-                    "--device/--dtype apply to local mode only; the endpoint's own are used", file=sys.stderr
-                )
-            return client
-    # device=None picks CUDA when available, else CPU; dtype=None picks float16 on CUDA, float32 on CPU.
-    return ClipClient.local(args.local or MODEL, device=args.device, dtype=args.dtype, **options)
+    client = open_client(
+        ClipClient, args.local, local_options={"device": args.device, "dtype": args.dtype}, **options
+    )
+    if (args.device or args.dtype) and not isinstance(client.backend, LocalBackend):
+        print("--device/--dtype apply to local mode only; the endpoint's own are used", file=sys.stderr)
+    return client
 
 
 def embed_folder(args: argparse.Namespace, folder: Path, out: Path) -> int:
@@ -89,7 +71,7 @@ def embed_folder(args: argparse.Namespace, folder: Path, out: Path) -> int:
     listing = out.with_suffix(".txt")
     matrix: np.memmap[Any, np.dtype[np.float32]] | None = None
     started = time.perf_counter()
-    with open_client(args) as client:
+    with open_client_for(args) as client:
         print(client)
         # Rows arrive in input order, a few batches at a time; "mark" keeps going past a bad file.
         with client.iter_embed_images(paths, on_error="mark", progress=args.progress) as stream:
@@ -115,14 +97,7 @@ def embed_folder(args: argparse.Namespace, folder: Path, out: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--local",
-        nargs="?",
-        const=MODEL,
-        default=None,
-        metavar="MODEL_OR_FOLDER",
-        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
-    )
+    add_local_argument(parser)
     parser.add_argument(
         "--images", type=Path, metavar="DIR", help="the folder to embed (default: demo images)"
     )

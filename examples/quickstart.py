@@ -22,15 +22,14 @@ or ``DATABRICKS_CONFIG_PROFILE=<profile>`` for a ``~/.databrickscfg`` profile, o
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
+from _shared import add_local_argument, open_client
 from PIL import Image, ImageDraw
 
 from clip_client import ClipClient, ClipClientError, ModelLoadError
 
-MODEL = "openai/clip-vit-large-patch14"
 LABELS = ["a red circle", "a blue square", "a photo of a dog"]
 
 
@@ -43,40 +42,12 @@ def make_images() -> list[object]:
     return [circle, square]
 
 
-def open_client(local: str | None) -> ClipClient:
-    """The workspace's endpoints when one resolves (and --local is not given), else local mode."""
-    if local is None:
-        endpoints = {
-            key: value
-            for key, value in {
-                "text_endpoint": os.environ.get("CLIP_TEXT_ENDPOINT"),
-                "image_endpoint": os.environ.get("CLIP_IMAGE_ENDPOINT"),
-            }.items()
-            if value
-        }
-        try:
-            # No host/token arguments: the workspace comes from the databricks-sdk config chain.
-            return ClipClient(normalize=True, **endpoints)
-        except ValueError as exc:  # no workspace: say why only if one seemed meant
-            meant = any(os.environ.get(v) for v in ("DATABRICKS_HOST", "DATABRICKS_CONFIG_PROFILE"))
-            why = str(exc) if meant else "set DATABRICKS_HOST + DATABRICKS_TOKEN, or a profile, for one"
-            print(f"no Databricks workspace ({why}); running {MODEL} in this process", file=sys.stderr)
-    return ClipClient.local(local or MODEL, normalize=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--local",
-        nargs="?",
-        const=MODEL,
-        default=None,
-        metavar="MODEL_OR_FOLDER",
-        help=f"run the model in-process: a hub id (default {MODEL}) or a checkpoint folder",
-    )
+    add_local_argument(parser)
     args = parser.parse_args()
     try:
-        with open_client(args.local) as client:
+        with open_client(ClipClient, args.local, normalize=True) as client:
             print(client)
             text_vecs = client.embed_texts(LABELS)
             image_vecs = client.embed_images(make_images())

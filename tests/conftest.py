@@ -144,3 +144,20 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyP
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-such-databrickscfg"))
     return monkeypatch
+
+
+@pytest.fixture
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The test runs in ``tmp_path`` as its working folder: for libraries that write beside it
+    (MLflow's ``./mlruns`` and ``./mlflow.db``), so nothing lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP checkpoint (``tiny_clip.write_tiny_clip``), written once for the session:
+    tests only read it."""
+    from tiny_clip import write_tiny_clip
+
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")

@@ -203,7 +203,7 @@ def test_images_every_format_equals_the_clients_arrays_and_the_cache_spares_ever
     assert meta["kind"] == "image"
     assert meta["dim"] == 768
     assert meta["normalize"] is False
-    assert meta["model"] == f"{server.url}/serving-endpoints/{IMAGE}"
+    assert meta["model"] == f"{server.url}/serving-endpoints/{IMAGE}/invocations"
     assert meta["preparation"]["image_size"] == 224
     assert meta["clip_client"]
     assert table.column("path").to_pylist() == paths
@@ -753,7 +753,7 @@ def test_search_refuses_an_index_computed_by_another_model(
         assert result.exit_code == 1, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, lines
-        assert f"computed by '{server.url}/serving-endpoints/{IMAGE}'" in lines[0]
+        assert f"computed by '{server.url}/serving-endpoints/{IMAGE}/invocations'" in lines[0]
         assert "another-image-endpoint" in lines[0]
         assert "--image-endpoint" in lines[0]
     assert server.posts() == 0  # refused before the query is sent

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from serving_server import TOKEN, ServingServer, endpoint_state
-from tiny_clip import write_tiny_clip
 
 pytest.importorskip("mlflow")
 
@@ -106,17 +105,15 @@ class FakeWorkspace(ServingServer):
         return Handler
 
 
-@pytest.fixture(autouse=True)
-def _mlflow_writes_under_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """MLflow puts a SQLite store's artifacts in ``./mlruns`` and its default store in
-    ``./mlflow.db``, relative to the working folder: run each test in its own, so nothing lands in
-    the checkout."""
-    monkeypatch.chdir(tmp_path)
+# MLflow puts a SQLite store's artifacts in ./mlruns and its default store in ./mlflow.db, relative
+# to the working folder: each test runs in its own (conftest's ``in_tmp_path``).
+pytestmark = pytest.mark.usefixtures("in_tmp_path")
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_clip(tmp_path_factory.mktemp("tiny") / "clip")
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The session's tiny CLIP checkpoint (conftest), under this module's name for it."""
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
