@@ -14,7 +14,7 @@ loopback) is charged to any client.
 With ``decode_images`` the server also does what a real endpoint's preprocessing does with every
 image record, inside the request's slot and on top of its latency budget: decode the file, apply
 its EXIF orientation, convert to RGB and resize and crop it exactly as ``CLIPImageProcessor`` does
-(``clip_client._images``, the PIL-exact path). A 12 MP JPEG then costs the server what it would
+(``clip_client._core.images``, the PIL-exact path). A 12 MP JPEG then costs the server what it would
 cost an endpoint, and a 224x224 PNG next to nothing; the row is derived from the 224x224 pixels, so
 a file and the client's crop of it get the same row. Its CPU time is counted (``prep_cpu_seconds``).
 
@@ -51,7 +51,7 @@ for _p in (ROOT, ROOT / "tests"):
 
 from serving_server import TOKEN, endpoint_state, expected_vector  # noqa: E402
 
-from clip_client._images import clip_resize_crop, to_rgb  # noqa: E402
+from clip_client._core.images import clip_resize_crop, to_rgb  # noqa: E402
 
 __all__ = ["TOKEN", "Endpoint", "ceiling", "expected_vector", "machine", "photo", "serve"]
 

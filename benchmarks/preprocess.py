@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _serve import ROOT, machine, photo
 
-from clip_client._core import encode_record, record_size
-from clip_client._images import ImageOptions, clip_resize_crop, encode, prepare_image, to_rgb
+from clip_client._core.images import ImageOptions, clip_resize_crop, encode, prepare_image, to_rgb
+from clip_client._core.wire import encode_record, record_size
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]

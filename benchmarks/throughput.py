@@ -197,7 +197,7 @@ def preparation_alone(paths: Sequence[Path], fast_decode: bool = False) -> float
     """Images/s of the client's own preparation (decode, exact resize+crop, PNG, base64) on its pool
     of one thread per core, without any request: the most this machine can feed the endpoint."""
     from clip_client._client import _PREP_WORKERS
-    from clip_client._images import ImageOptions, prepare_image
+    from clip_client._core.images import ImageOptions, prepare_image
 
     opts = ImageOptions(fast_decode=fast_decode)
 
@@ -229,7 +229,7 @@ def image_rows_original(paths: Sequence[Path]) -> Callable[[int], np.ndarray]:
 
 
 def image_rows_prepared(paths: Sequence[Path], image_format: str = "png") -> Callable[[int], np.ndarray]:
-    from clip_client._images import ImageOptions, prepare_image
+    from clip_client._core.images import ImageOptions, prepare_image
 
     opts = ImageOptions(format=image_format)  # type: ignore[arg-type]
 
@@ -500,7 +500,7 @@ def pinned(cores: set[int] | None) -> Iterator[None]:
 
 def server_rows(paths: Sequence[Path], sample: Sequence[int]) -> Callable[[int], np.ndarray]:
     """The rows a ``decode_images`` server answers: from the 224x224 pixels, the client's own crop."""
-    from clip_client._images import ImageOptions, prepare_image
+    from clip_client._core.images import ImageOptions, prepare_image
 
     opts = ImageOptions(want="pixels")
     table = {}

@@ -9,7 +9,9 @@ or in-process.
 from __future__ import annotations
 
 from ._backend import Backend
-from ._check import (
+from ._client import AsyncClipClient, ClipClient
+from ._core.concurrency import CallContext
+from ._core.endpoint_check import (
     EndpointCheck,
     EndpointReport,
     ImageParity,
@@ -17,13 +19,11 @@ from ._check import (
     TextTruncation,
     TruncationVerdict,
 )
-from ._client import AsyncClipClient, ClipClient
-from ._concurrency import CallContext
-from ._endpoint import EndpointState, ServedEntity
-from ._images import PreparedImage
-from ._streams import AsyncEmbeddingStream, EmbeddingStream
+from ._core.images import PreparedImage
+from ._core.streams import AsyncEmbeddingStream, EmbeddingStream
+from ._core.zeroshot import ZeroShotResult
+from ._remote.endpoint_state import EndpointState, ServedEntity
 from ._version import __version__
-from ._zeroshot import ZeroShotResult
 from .errors import (
     APIConnectionError,
     APIError,

@@ -1,7 +1,7 @@
 """``ClipClient`` and ``AsyncClipClient``: thin shells around the shared core.
 
 Everything that decides something (input checks, batch plans, splitting refused batches, ordering,
-retries, response checks) lives in ``_core``, ``_images``, ``_http`` and the backend. Each public
+retries, response checks) lives in ``_core`` and ``_remote``. Each public
 method is one call into the shared :meth:`_BaseClient._plan`, then the shell runs the plan: the sync
 client on a thread pool shared by all threads using it, the async client on the event loop. Every
 call is a stream underneath: ``embed_*`` collects it into one array, ``iter_embed_*`` hands it over
@@ -27,30 +27,24 @@ import numpy.typing as npt
 from pydantic.fields import FieldInfo
 
 from . import _constants as C
-from ._backend import Backend, RemoteBackend, state_timeout
-from ._check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
-from ._concurrency import CallContext, Counters
-from ._core import (
-    Batch,
-    BatchOutcome,
-    BatchPlanner,
-    Collector,
-    EmbedJob,
-    adrive,
-    batch_flow,
+from ._backend import Backend
+from ._core.batching import Batch, BatchOutcome, BatchPlanner, Collector, EmbedJob, adrive, batch_flow, drive
+from ._core.concurrency import CallContext, Counters
+from ._core.endpoint_check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
+from ._core.images import ImageOptions, PreparedImage, prepare_image
+from ._core.inputs import (
     check_image_list,
     check_text,
     check_text_list,
-    drive,
-    empty_result,
     refuse_single_image,
     refuse_single_text,
 )
-from ._http import resolve_workspace, scoring_server_workspace
-from ._images import ImageOptions, PreparedImage, prepare_image
-from ._secrets import register, safe_cause
-from ._streams import AsyncEmbeddingStream, EmbeddingStream, Row
-from ._zeroshot import DEFAULT_LOGIT_SCALE, LabelEmbeddings, ZeroShotResult, ZeroShotTask
+from ._core.secrets import register, safe_cause
+from ._core.streams import AsyncEmbeddingStream, EmbeddingStream, Row
+from ._core.wire import empty_result
+from ._core.zeroshot import DEFAULT_LOGIT_SCALE, LabelEmbeddings, ZeroShotResult, ZeroShotTask
+from ._remote.backend import RemoteBackend, state_timeout
+from ._remote.workspace import resolve_workspace, scoring_server_workspace
 from .cache import CacheOption, CacheView, EmbeddingCache, backend_identity, namespace, open_cache
 from .errors import APIError, BackendError, ClipClientError, InvalidInputError
 from .types import (
@@ -306,7 +300,7 @@ class _BaseClient:
         if self._cache is not None:
             self._cache.clear()
 
-    # -- check_endpoint: one flow (clip_client._check), driven by each client's own I/O -----------------
+    # -- check_endpoint: one flow (_core.endpoint_check), driven by each client's own I/O ---------------
 
     def _check_flow(
         self, deadline: float | None, *, control_plane: bool
@@ -319,7 +313,7 @@ class _BaseClient:
         ctx = CallContext(deadline, CheckCounters(self._counters))
         return check_flow(self.backend, self.settings, ctx, control_plane=control_plane), ctx
 
-    # -- classify: one plan (clip_client._zeroshot), embedded by each client's own I/O ----------------
+    # -- classify: one plan (clip_client._core.zeroshot), embedded by each client's own I/O ----------------
 
     def _zero_shot(
         self,
@@ -909,7 +903,7 @@ class ClipClient(_BaseClient):
             templates: prompt templates, each with exactly one ``{}`` where the label goes
                 (``"a photo of a {}."``; ``{{``/``}}`` for literal braces). Default (None): the 7
                 templates the CLIP authors selected for ImageNet in that notebook
-                (``clip_client._zeroshot.DEFAULT_TEMPLATES``); ``["{}"]`` uses the bare labels.
+                (``clip_client._core.zeroshot.DEFAULT_TEMPLATES``); ``["{}"]`` uses the bare labels.
             logit_scale: the temperature multiplying the cosines, > 0. Default (None): the local
                 model's own ``exp(logit_scale)`` in local mode (:attr:`LocalBackend.logit_scale`),
                 else 100.0, the value of openai/clip-vit-large-patch14 (CLIP's training clips the

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Union, runtime_checkable
 
 import numpy as np
-import numpy.typing as npt
 
 from ._constants import LOGGER_NAME
+from .types import EmbeddingArray
 
 if TYPE_CHECKING:
-    from ._concurrency import Counters
+    from ._core.concurrency import Counters
     from .types import InputKind, Settings
 
 __all__ = [
@@ -51,7 +51,6 @@ __all__ = [
 
 logger = logging.getLogger(LOGGER_NAME)
 
-FloatArray = npt.NDArray[np.float32]
 
 #: Entries a ``cache="memory"`` holds before the least recently used is dropped: 10,000 rows of 768
 #: float32 are about 31 MB.
@@ -76,9 +75,9 @@ class EmbeddingCache(Protocol):
     """What a cache store does. ``namespace`` names the backend, kind and settings; ``digest`` is the
     sha256 of one payload. Implementations are thread-safe and never raise from these methods."""
 
-    def get(self, namespace: str, digest: bytes) -> FloatArray | None: ...
+    def get(self, namespace: str, digest: bytes) -> EmbeddingArray | None: ...
 
-    def put_many(self, namespace: str, rows: Iterable[tuple[bytes, FloatArray]]) -> None: ...
+    def put_many(self, namespace: str, rows: Iterable[tuple[bytes, EmbeddingArray]]) -> None: ...
 
     def clear(self) -> None: ...
 
@@ -123,22 +122,22 @@ class MemoryCache:
         if max_entries < 1:
             raise ValueError(f"max_entries must be >= 1, got {max_entries}")
         self.max_entries = max_entries
-        self._rows: OrderedDict[tuple[str, bytes], FloatArray] = OrderedDict()
+        self._rows: OrderedDict[tuple[str, bytes], EmbeddingArray] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._rows)
 
-    def get(self, namespace: str, digest: bytes) -> FloatArray | None:
+    def get(self, namespace: str, digest: bytes) -> EmbeddingArray | None:
         with self._lock:
             row = self._rows.get((namespace, digest))
             if row is None:
                 return None
             self._rows.move_to_end((namespace, digest))
-        copy: FloatArray = row.copy()  # the caller's to change
+        copy: EmbeddingArray = row.copy()  # the caller's to change
         return copy
 
-    def put_many(self, namespace: str, rows: Iterable[tuple[bytes, FloatArray]]) -> None:
+    def put_many(self, namespace: str, rows: Iterable[tuple[bytes, EmbeddingArray]]) -> None:
         with self._lock:
             for digest, row in rows:
                 self._rows[(namespace, digest)] = np.array(row, dtype=np.float32)
@@ -176,7 +175,7 @@ class SQLiteCache:
     def __repr__(self) -> str:
         return f"SQLiteCache({str(self.path)!r})"
 
-    def get(self, namespace: str, digest: bytes) -> FloatArray | None:
+    def get(self, namespace: str, digest: bytes) -> EmbeddingArray | None:
         found = self._run(
             lambda db: db.execute(
                 "SELECT row FROM embeddings WHERE namespace = ? AND digest = ?", (namespace, digest)
@@ -189,7 +188,7 @@ class SQLiteCache:
             return None  # not a row this module wrote: a miss, and the new answer replaces it
         return np.frombuffer(blob, dtype="<f4").astype(np.float32)  # a fresh, writable copy
 
-    def put_many(self, namespace: str, rows: Iterable[tuple[bytes, FloatArray]]) -> None:
+    def put_many(self, namespace: str, rows: Iterable[tuple[bytes, EmbeddingArray]]) -> None:
         values = [
             (namespace, digest, np.ascontiguousarray(row, dtype="<f4").tobytes()) for digest, row in rows
         ]
@@ -307,14 +306,14 @@ class CacheView:
         self.namespace = namespace
         self.counters = counters
 
-    def lookup(self, payload: object) -> tuple[bytes | None, FloatArray | None]:
+    def lookup(self, payload: object) -> tuple[bytes | None, EmbeddingArray | None]:
         """The payload's digest and its cached row (None on a miss, or when it cannot be cached)."""
         digest = payload_digest(payload)
         row = None if digest is None else self.store.get(self.namespace, digest)
         self.counters.cache_lookup(hit=row is not None)
         return digest, row
 
-    def store_rows(self, digests: Sequence[bytes | None], rows: FloatArray) -> None:
+    def store_rows(self, digests: Sequence[bytes | None], rows: EmbeddingArray) -> None:
         """Rows a batch answered (raw, before normalisation), under their payloads' digests."""
         items = [(d, rows[i]) for i, d in enumerate(digests) if d is not None]
         if items:

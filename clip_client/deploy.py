@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.service.serving import ServingEndpointDetailed
 
-    from ._check import EndpointCheck
+    from ._core.endpoint_check import EndpointCheck
 
 __all__ = [
     "Deployment",
@@ -433,7 +433,7 @@ def _refused(
     host: str, endpoint: str, action: str, status: int | None, code: str | None, message: str
 ) -> DeploymentError:
     """The workspace's refusal of a serving-endpoints request, as a one-line DeploymentError."""
-    from ._secrets import redact
+    from ._core.secrets import redact
 
     advice = _ADVICE.get(status or 0, "see docs/deploy.md; run create_endpoints() again once it is fixed")
     what = " ".join(x for x in (f"HTTP {status}" if status else "", code or "") if x) or "an error"
@@ -480,13 +480,14 @@ def _connect(
     endpoint: str,
     timeout: float,
 ) -> _Connection:
-    """The workspace resolved as ``ClipClient()`` resolves it (``clip_client._http.resolve_workspace``:
+    """The workspace resolved as ``ClipClient()`` resolves it (``_remote.workspace.resolve_workspace``:
     databricks-sdk's network bounded, its failures typed and naming the host), then one GET of
     ``endpoint``'s state within ``min(timeout, CONNECT_TIMEOUT)`` seconds: an unreachable host, a
     refused credential or a URL that is no workspace fails here, in seconds, before anything else."""
     import httpx
 
-    from ._http import _config_class, _ConfigAuth, map_transport_error, normalize_host, resolve_workspace
+    from ._remote.status import map_transport_error
+    from ._remote.workspace import _config_class, _ConfigAuth, normalize_host, resolve_workspace
     from .errors import APIConnectionError
 
     if workspace is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._secrets import redact, shorten
+from ._core.secrets import redact, shorten
 
 #: Server text quoted in an error (a message, an ``error_code``) is cut to this many characters: a
 #: 2 MB JSON message must not become a 2 MB exception and log line on every retry.

@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 
-from ._concurrency import CallContext
 from ._constants import DEFAULT_LOCAL_MODEL, LOGGER_NAME
-from ._core import FloatArray
-from ._images import PreparedImage
+from ._core.concurrency import CallContext
+from ._core.images import PreparedImage
 from .errors import ModelLoadError
-from .types import InputKind
+from .types import EmbeddingArray, InputKind
 
 if TYPE_CHECKING:
     import torch
@@ -169,7 +168,9 @@ class LocalBackend:
         """None: the forward passes are serialised on the device; nothing adapts."""
         return None
 
-    def embed(self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None) -> FloatArray:
+    def embed(
+        self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None
+    ) -> EmbeddingArray:
         """One batch through the text or image tower: float32 ``(len(payloads), dim)``. Batches
         larger than :attr:`batch_size` run as several forward passes; each checks ``ctx`` first (a
         cancelled call or a passed deadline stops between passes) and counts as one request."""
@@ -183,7 +184,7 @@ class LocalBackend:
 
     async def aembed(
         self, kind: InputKind, payloads: Sequence[Any], ctx: CallContext | None = None
-    ) -> FloatArray:
+    ) -> EmbeddingArray:
         return await asyncio.to_thread(self.embed, kind, payloads, ctx)
 
     def close(self) -> None:
@@ -194,7 +195,7 @@ class LocalBackend:
 
     # -- the model -----------------------------------------------------------------------------------
 
-    def _embed_chunk(self, kind: InputKind, chunk: Sequence[Any]) -> FloatArray:
+    def _embed_chunk(self, kind: InputKind, chunk: Sequence[Any]) -> EmbeddingArray:
         torch = self._torch
         n = len(chunk)
         pad = self.batch_size - n if self.compile else 0
@@ -207,7 +208,7 @@ class LocalBackend:
                 pixels = self._to_device(np.stack(list(chunk) + [chunk[-1]] * pad))
                 with self._device_lock:
                     out = self._image_tower(pixels)
-            result: FloatArray = out[:n].float().cpu().numpy()
+            result: EmbeddingArray = out[:n].float().cpu().numpy()
         return result
 
     def _tokenize(self, texts: list[str]) -> dict[str, Any]:

@@ -30,10 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._core import FloatArray
-from ._images import ImageOptions, prepare_image
+from ._core.images import ImageOptions, prepare_image
 from .errors import ClipClientError, InvalidInputError
-from .types import InputKind
+from .types import EmbeddingArray, InputKind
 
 #: The install hint of every ImportError about the extra.
 INSTALL_HINT = 'pip install "clip-serving-client[mlflow]"'
@@ -95,7 +94,7 @@ class EmbeddingPredictor:
 
     Texts are truncated to CLIP's 77 tokens by the tokenizer (never an error); an empty text embeds
     as the model embeds it (start and end tokens only). Images are decoded and prepared exactly as
-    the client prepares them (:func:`clip_client._images.prepare_image`), so a 224x224 crop the
+    the client prepares them (:func:`clip_client._core.images.prepare_image`), so a 224x224 crop the
     client sent and the whole file it was cut from give the same row.
     """
 
@@ -111,7 +110,7 @@ class EmbeddingPredictor:
             options["max_pixels"] = max_image_pixels
         self._image_options = ImageOptions(**options)
 
-    def predict(self, model_input: Any) -> FloatArray:
+    def predict(self, model_input: Any) -> EmbeddingArray:
         """Embed one batch.
 
         Args:
@@ -268,7 +267,7 @@ class ClipEmbeddingModel(PythonModel):
         context: PythonModelContext,
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
-    ) -> FloatArray:
+    ) -> EmbeddingArray:
         """Embed one batch: see :meth:`EmbeddingPredictor.predict` for every input shape taken (the
         annotation says DataFrame, what serving passes, and keeps MLflow from converting inputs).
 

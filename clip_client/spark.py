@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _constants as C
 from ._client import ClipClient
-from ._images import _from_plain_base64, _InvalidBase64
-from ._secrets import MASK, RedactingFilter, redact, register
+from ._core.images import _from_plain_base64, _InvalidBase64
+from ._core.secrets import MASK, RedactingFilter, redact, register
 from .errors import APIError, BadRequestError, InvalidInputError, PayloadTooLargeError
 from .types import InputKind, Settings
 

@@ -12,7 +12,7 @@ import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import _constants as C
-from ._secrets import mentions_a_secret, redact
+from ._core.secrets import mentions_a_secret, redact
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -35,7 +35,13 @@ from clip_client import (
     ResponseFormatError,
     TextTruncation,
 )
-from clip_client._check import CLOSE_COSINE, LONG_TEXT, PROBE_IMAGE_SIZE, SHORT_TEXT, probe_image
+from clip_client._core.endpoint_check import (
+    CLOSE_COSINE,
+    LONG_TEXT,
+    PROBE_IMAGE_SIZE,
+    SHORT_TEXT,
+    probe_image,
+)
 
 #: Width of the fake model's embeddings.
 WIDTH = 32

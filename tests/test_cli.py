@@ -4,7 +4,7 @@ Each command runs as ``python -m clip_client ...`` (the console script is checke
 loopback serving server (``server``; the subprocess finds it through DATABRICKS_HOST and
 DATABRICKS_TOKEN, as a user's shell would) or in local mode on the tiny checkpoint. What a command
 wrote is read back and compared, row for row, with what ``ClipClient`` returns for the same inputs.
-Every run's output is checked for the token. ``clip_client._outputs`` (the file formats and the
+Every run's output is checked for the token. ``clip_client._cli.outputs`` (the file formats and the
 resume store) is also tested in-process, below.
 """
 
@@ -33,7 +33,7 @@ from tiny_clip import write_tiny_clip
 import clip_client
 from clip_client import ClipClient, cosine_topk, find_duplicates
 from clip_client._cli import app, cli_advice, gather_images
-from clip_client._outputs import (
+from clip_client._cli.outputs import (
     OutputError,
     OutputMeta,
     ResumableOutput,
@@ -585,7 +585,7 @@ def test_local_mode_on_the_tiny_checkpoint(cli, tmp_path: Path) -> None:  # type
 
 
 # --------------------------------------------------------------------------------------------------
-# clip_client._outputs, in-process
+# clip_client._cli.outputs, in-process
 
 
 def _meta(**changes: object) -> OutputMeta:

@@ -15,26 +15,12 @@ from bad_inputs import BAD_TEXTS
 from PIL import Image
 from pydantic import ValidationError
 
-from clip_client import _core
-from clip_client._concurrency import CallCancelled, CallContext
+from clip_client._core import wire as _wire
 from clip_client._constants import DEFAULT_EMBEDDING_DIM
-from clip_client._core import (
-    BODY_OVERHEAD,
-    Batch,
-    BatchPlanner,
-    Collector,
-    EmbedJob,
-    adrive,
-    batch_flow,
-    check_image_list,
-    check_text,
-    check_text_list,
-    drive,
-    encode_body,
-    encode_record,
-    parse_predictions,
-    record_size,
-)
+from clip_client._core.batching import Batch, BatchPlanner, Collector, EmbedJob, adrive, batch_flow, drive
+from clip_client._core.concurrency import CallCancelled, CallContext
+from clip_client._core.inputs import check_image_list, check_text, check_text_list
+from clip_client._core.wire import BODY_OVERHEAD, encode_body, encode_record, parse_predictions, record_size
 from clip_client.errors import (
     APITimeoutError,
     BadRequestError,
@@ -289,8 +275,8 @@ def test_planner_property_random_inputs():
 def json_backend(request, monkeypatch):
     """parse_predictions must behave the same with and without the optional orjson."""
     if request.param == "stdlib":
-        monkeypatch.setattr(_core, "_orjson", None)
-    elif _core._orjson is None:
+        monkeypatch.setattr(_wire, "_orjson", None)
+    elif _wire._orjson is None:
         pytest.skip("orjson not installed")
     return request.param
 
@@ -394,7 +380,7 @@ def test_parse_refuses_malformed_answers(json_backend, body, rows, fragment):
 
 
 def test_parse_nan_names_the_row_with_stdlib_json(monkeypatch):
-    monkeypatch.setattr(_core, "_orjson", None)
+    monkeypatch.setattr(_wire, "_orjson", None)
     with pytest.raises(ResponseFormatError, match="row 1 holds NaN"):
         parse_predictions(b'{"predictions": [[1.0], [NaN]]}', 2)
     with pytest.raises(ResponseFormatError, match="row 0 holds NaN or infinite"):

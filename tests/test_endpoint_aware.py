@@ -41,7 +41,7 @@ from serving_server import (
 )
 
 from clip_client import AsyncClipClient, ClipClient, Settings
-from clip_client._concurrency import AIMDLimit
+from clip_client._core.concurrency import AIMDLimit
 from clip_client.errors import APITimeoutError, BadRequestError, CredentialsError, ServerError
 
 #: The workspace OAuth token the test credentials hand out (what the SDK exchanges for a data-plane one).
@@ -532,7 +532,7 @@ async def test_an_explicit_maximum_of_zero_says_nothing_and_auto_keeps_the_defau
 
 @pytest.mark.parametrize("body", [{}, {"name": 5, "state": "weird"}])
 def test_an_answer_without_a_state_object_is_an_unknown_state(body: dict[str, Any]) -> None:
-    from clip_client._endpoint import parse_endpoint_state
+    from clip_client._remote.endpoint_state import parse_endpoint_state
 
     state = parse_endpoint_state(body, "clip-text-embedding")
     assert state.known is False

@@ -29,7 +29,7 @@ from clip_client import (
     PermissionDeniedError,
     ResponseFormatError,
 )
-from clip_client._images import ImageOptions, prepare_image
+from clip_client._core.images import ImageOptions, prepare_image
 from clip_client.types import EmbeddingResult
 
 #: Retries cost next to nothing, and a reply later than ``timeout`` is a timeout.

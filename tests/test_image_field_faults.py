@@ -32,7 +32,7 @@ from PIL import Image, ImageOps
 from serving_server import ServingServer, expected_vector, image_pixels
 
 from clip_client import AsyncClipClient, ClipClient, ImageDecodeError, InvalidInputError
-from clip_client._images import ImageOptions, prepare_image
+from clip_client._core.images import ImageOptions, prepare_image
 
 PIXELS = ImageOptions(want="pixels")
 
@@ -285,7 +285,7 @@ async def test_one_lazy_image_shared_by_async_calls(
 
 def test_distinct_images_still_prepare_in_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     """The per-object lock is per object: two threads preparing two images overlap."""
-    import clip_client._images as images_mod
+    import clip_client._core.images as images_mod
 
     inside = threading.Barrier(2, timeout=10)
     real = images_mod.to_rgb

@@ -32,7 +32,7 @@ from PIL import Image
 from serving_server import ServingServer, expected_vector
 
 from clip_client import ClipClient, ImageDecodeError, InvalidInputError
-from clip_client._images import ImageOptions, prepare_image
+from clip_client._core.images import ImageOptions, prepare_image
 from clip_client.errors import ClipClientError
 
 #: A small bomb guard, so that a mutated header cannot make one example decode a 100 MP image.

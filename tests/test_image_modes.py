@@ -27,7 +27,7 @@ from PIL import Image
 from serving_server import ServingServer, expected_vector, image_pixels
 
 from clip_client import ClipClient
-from clip_client._images import ImageOptions, prepare_image
+from clip_client._core.images import ImageOptions, prepare_image
 
 
 def premultiplied_on_white(img: Image.Image) -> Image.Image:

@@ -45,7 +45,7 @@ from clip_client import (
     PreparedImage,
     Settings,
 )
-from clip_client._images import ImageOptions, png_lossless, prepare_image
+from clip_client._core.images import ImageOptions, png_lossless, prepare_image
 
 SERVER = {"image_preparation": "server"}
 

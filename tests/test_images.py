@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import clip_client._core.images as images_mod
 import numpy as np
 import pytest
 from bad_inputs import BAD_IMAGES
@@ -35,9 +36,9 @@ from image_factory import (
 from PIL import Image, ImageOps
 from serving_server import ServingServer, expected_vector, image_pixels
 
-import clip_client._images as images_mod
 from clip_client import AsyncClipClient, ClipClient, ImageDecodeError, InvalidInputError
-from clip_client._images import ImageOptions, clip_resize_crop, png_rgb, prepare_image, to_rgb
+from clip_client._core.images import ImageOptions, clip_resize_crop, prepare_image, to_rgb
+from clip_client._core.png import png_rgb
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -491,7 +492,7 @@ async def test_async_embed_images_refuses_a_single_image(
 
 
 # --------------------------------------------------------------------------------------------------
-# Unit tests of clip_client._images
+# Unit tests of clip_client._core.images
 
 
 def _sizes() -> list[tuple[int, int]]:
@@ -715,7 +716,7 @@ def test_prepare_image_leaves_the_callers_pil_image_open_and_unchanged() -> None
 def test_fast_decode_is_close_to_exact_on_large_jpegs_and_identical_on_small_ones(
     images: dict[str, Path], server: ServingServer
 ) -> None:
-    from clip_client._images import ImageOptions, prepare_image
+    from clip_client._core.images import ImageOptions, prepare_image
 
     exact, fast = ImageOptions(want="pixels"), ImageOptions(want="pixels", fast_decode=True)
     large = images["large_jpeg"]  # 4000x3000: decoded at 1/4 scale

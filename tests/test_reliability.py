@@ -40,7 +40,7 @@ from clip_client import (
     InvalidInputError,
 )
 from clip_client._client import _PREP_WORKERS, AsyncEmbeddingStream, EmbeddingStream
-from clip_client._concurrency import AIMDLimit
+from clip_client._core.concurrency import AIMDLimit
 from clip_client.types import ClientStats, EmbeddingResult
 
 #: A narrow embedding for the big streaming runs: the server's JSON stays small and fast.

@@ -38,7 +38,7 @@ from clip_client import (
     CredentialsError,
     ResponseFormatError,
 )
-from clip_client._secrets import excerpt, redact, register
+from clip_client._core.secrets import excerpt, redact, register
 
 #: The statuses a serving endpoint or its gateway answers with; the retryable ones are retried.
 STATUSES = [400, 401, 403, 404, 408, 413, 429, 500, 502, 503, 504]

@@ -198,7 +198,7 @@ def test_everything_exported_is_importable_and_documented() -> None:
         assert held in clip_client.__all__
     for alias in ("OnError", "ImageFormat", "InputKind", "HighBitDepth"):
         assert alias in clip_client.__all__
-    assert clip_client.EmbeddingStream.__module__ == "clip_client._streams"
+    assert clip_client.EmbeddingStream.__module__ == "clip_client._core.streams"
 
 
 def test_import_clip_client_loads_no_heavy_dependency() -> None:

@@ -31,7 +31,7 @@ from clip_client import (
     ResponseFormatError,
 )
 from clip_client import _constants as C
-from clip_client._http import _config_class, resolve_workspace
+from clip_client._remote.workspace import _config_class, resolve_workspace
 
 #: A server whose answers are small (2 floats a row): a trickled answer takes about 40 s in full, so
 #: a call that was not cut short fails the test rather than hang it.

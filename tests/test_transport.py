@@ -58,13 +58,9 @@ from clip_client import (
     ServerError,
 )
 from clip_client._constants import RETRY_AFTER_MAX
-from clip_client._http import (
-    error_from_response,
-    normalize_host,
-    parse_retry_after,
-    resolve_workspace,
-    retry_arguments,
-)
+from clip_client._remote.retry import retry_arguments
+from clip_client._remote.status import error_from_response, parse_retry_after
+from clip_client._remote.workspace import normalize_host, resolve_workspace
 
 
 def png_bytes(size: int = 224, seed: int = 0) -> bytes:

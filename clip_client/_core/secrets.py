@@ -22,7 +22,7 @@ import re
 import threading
 from collections.abc import Iterable
 
-from ._constants import LOGGER_NAME
+from .._constants import LOGGER_NAME
 
 __all__ = [
     "MASK",

@@ -1,7 +1,7 @@
 """The ``clip-client`` command: a thin shell over :class:`~clip_client.ClipClient`.
 
 Parsing and printing live here; the files it writes and reads, and how an ``images`` run resumes,
-live in :mod:`clip_client._outputs`. One function per command on one typer app, so more verbs can be
+live in :mod:`clip_client._cli.outputs`. One function per command on one typer app, so more verbs can be
 added the same way. Documented in docs/cli.md.
 """
 
@@ -22,8 +22,11 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
-from . import _constants as C
-from ._outputs import (
+from .. import _constants as C
+from .._core.secrets import RedactingFilter, redact
+from .._version import __version__
+from ..errors import ClipClientError, InvalidInputError
+from .outputs import (
     DEFAULT_PART_ROWS,
     OutputError,
     OutputMeta,
@@ -36,13 +39,10 @@ from ._outputs import (
     write_jsonl,
     write_rows,
 )
-from ._secrets import RedactingFilter, redact
-from ._version import __version__
-from .errors import ClipClientError, InvalidInputError
 
 if TYPE_CHECKING:
-    from ._client import ClipClient
-    from .types import EmbeddingFailure
+    from .._client import ClipClient
+    from ..types import EmbeddingFailure
 
 __all__ = ["EXIT_FAILED_INPUTS", "EXIT_INTERRUPTED", "app", "main"]
 
@@ -271,7 +271,7 @@ class Common:
         """The client these options describe (remote unless ``--local``)."""
         from pydantic import ValidationError
 
-        from ._client import ClipClient
+        from .._client import ClipClient
 
         options: dict[str, Any] = {
             "batch_size": self.batch_size,
@@ -882,7 +882,7 @@ def search(
 
     Example: clip-client search photos.parquet "a red car" -k 5
     """
-    from .search import cosine_topk
+    from ..search import cosine_topk
 
     common = Common(
         local, model, device, profile, host, text_endpoint, image_endpoint,
@@ -949,7 +949,7 @@ def dedupe(
 
     Example: clip-client dedupe photos.parquet --threshold 0.97
     """
-    from .search import find_duplicates
+    from ..search import find_duplicates
 
     rows = read_rows(index, role="INDEX", foreign=True)
     groups = find_duplicates(rows.embeddings, threshold) if len(rows) else []
@@ -987,7 +987,7 @@ def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
         typer.BadParameter: neither or both given; an empty label (its position, from 1), or one
             given twice.
     """
-    from ._zeroshot import check_labels
+    from .._core.zeroshot import check_labels
 
     if (labels is None) == (labels_file is None):
         raise typer.BadParameter(
@@ -1074,7 +1074,7 @@ def classify(
 
     Example: clip-client classify photos/ --labels "cat,dog,car" --top 2
     """
-    from ._zeroshot import check_templates
+    from .._core.zeroshot import check_templates
 
     common = Common(
         local, model, device, profile, host, text_endpoint, image_endpoint,
@@ -1248,7 +1248,7 @@ def deploy(
 
     Example: clip-client deploy --catalog main --schema ml --gpu
     """
-    from .deploy import deploy as deploy_models
+    from ..deploy import deploy as deploy_models
 
     workspace = None
     if host is not None:
@@ -1321,7 +1321,7 @@ def export_model(
 
     Example: clip-client export-model --kind image --model /models/clip --out clip-image-model
     """
-    from .deploy import export_model as export
+    from ..deploy import export_model as export
 
     if kind not in ("text", "image"):
         raise typer.BadParameter(f'{kind!r}: use "text" or "image"', param_hint="--kind")

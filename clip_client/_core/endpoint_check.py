@@ -25,13 +25,14 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from ._backend import Backend
-from ._concurrency import CallContext, Counters
-from ._core import Batch, BatchOutcome, BatchPlanner, FloatArray, batch_flow
-from ._endpoint import EndpointState, unknown_state
-from ._images import ImageOptions, PreparedImage, png_rgb, prepare_image
-from .errors import APIError, BadRequestError, ClipClientError, InvalidInputError, ResponseFormatError
-from .types import InputKind, Settings
+from .._backend import Backend
+from .._remote.endpoint_state import EndpointState, unknown_state
+from ..errors import APIError, BadRequestError, ClipClientError, InvalidInputError, ResponseFormatError
+from ..types import EmbeddingArray, InputKind, Settings
+from .batching import Batch, BatchOutcome, BatchPlanner, batch_flow
+from .concurrency import CallContext, Counters
+from .images import ImageOptions, PreparedImage, prepare_image
+from .png import png_rgb
 
 __all__ = [
     "CLOSE_COSINE",
@@ -397,14 +398,14 @@ def _image_probe(
 
 def _send(
     backend: Backend, kind: InputKind, items: list[str] | list[PreparedImage], ctx: CallContext
-) -> Generator[Step, Any, list[FloatArray | ClipClientError]]:
+) -> Generator[Step, Any, list[EmbeddingArray | ClipClientError]]:
     """Send the probe's inputs, in one request when ``max_request_bytes`` allows, through
     :func:`~clip_client._core.batch_flow` (``mark``): a 400 for the pair is split to find the
     input it was about. Returns one row, or one error (without an index: the probe's positions mean
     nothing to the caller), per input."""
     payloads = [backend.payload(kind, item) for item in items]
     planner = BatchPlanner(len(payloads), backend.max_request_bytes)
-    results: list[FloatArray | ClipClientError | None] = [None] * len(payloads)
+    results: list[EmbeddingArray | ClipClientError | None] = [None] * len(payloads)
     batches: list[Batch] = []
     for i, (payload, nbytes) in enumerate(payloads):
         try:
@@ -431,7 +432,7 @@ def _send(
 
 
 def _probe(
-    kind: InputKind, endpoint: str | None, flow: Generator[Batch, FloatArray, list[BatchOutcome]]
+    kind: InputKind, endpoint: str | None, flow: Generator[Batch, EmbeddingArray, list[BatchOutcome]]
 ) -> Generator[Step, Any, list[BatchOutcome]]:
     """A :func:`batch_flow`'s requests as :class:`Probe` steps of ``kind``; an answer that is not one
     row per input (a custom backend's) is thrown into the flow as a ``ResponseFormatError``."""
@@ -460,14 +461,14 @@ def _said(error: ClipClientError) -> str:
     return error.reason if isinstance(error, InvalidInputError) else str(error)
 
 
-def _same(a: FloatArray, b: FloatArray) -> bool:
+def _same(a: EmbeddingArray, b: EmbeddingArray) -> bool:
     """Whether two embeddings are the same direction (identical, or cosine >= CLOSE_COSINE)."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     norms = float(np.linalg.norm(x) * np.linalg.norm(y))
     return bool(np.array_equal(a, b)) or (norms > 0 and float(x @ y) / norms >= CLOSE_COSINE)
 
 
-def _parity(whole: FloatArray, prepared: FloatArray, probe: str, settings: Settings) -> ImageParity:
+def _parity(whole: EmbeddingArray, prepared: EmbeddingArray, probe: str, settings: Settings) -> ImageParity:
     a = np.asarray(whole, dtype=np.float64)
     b = np.asarray(prepared, dtype=np.float64)
     identical = bool(np.array_equal(whole, prepared))

@@ -26,10 +26,8 @@ import io
 import math
 import os
 import stat
-import struct
 import threading
 import warnings
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -39,9 +37,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, UnidentifiedImageError
 
-from . import _constants as C
-from .errors import ClipClientError, ImageDecodeError, InvalidInputError
-from .types import HighBitDepth, ImageFormat, ImagePreparation
+from .. import _constants as C
+from ..errors import ClipClientError, ImageDecodeError, InvalidInputError
+from ..types import HighBitDepth, ImageFormat, ImagePreparation
+from .png import png_8bit, png_rgb
 
 __all__ = [
     "ImageOptions",
@@ -357,7 +356,7 @@ def png_lossless(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> byt
         img = _scaled_to_8_bits(img)
     keyed = img.info.get("transparency") is not None
     if img.mode in _FAST_PNG_MODES and not (keyed and img.mode in ("L", "RGB")):
-        return _png_8bit(np.asarray(img))
+        return png_8bit(np.asarray(img))
     if img.mode in _PNG_MODES and (img.mode != "P" or img.palette is None or img.palette.mode == "RGB"):
         buf = io.BytesIO()
         try:
@@ -366,69 +365,7 @@ def png_lossless(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> byt
             pass
         else:
             return buf.getvalue()
-    return _png_8bit(np.asarray(to_rgb(img, high_bit_depth)))
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_AVERAGE = 3  # PNG filter type 3: each byte minus the mean of its left and upper neighbours
-
-
-def png_rgb(pixels: npt.NDArray[np.uint8]) -> bytes:
-    """A standard PNG (8-bit RGB, no interlace) of an ``(H, W, 3)`` uint8 array: lossless.
-
-    Pillow's PNG encoder tries all five filters on every row and keeps the best, which costs as much
-    as the deflate itself. Here every row uses the Average filter, computed for the whole image in a
-    few numpy operations, and zlib codes it with its run-length strategy; when a quarter or more of
-    the filtered bytes are zero (flat regions: graphics, screenshots, backgrounds) zlib's default
-    strategy is tried too, since it also finds repeated shapes such as glyphs, and the smaller kept.
-    On 224x224 photos this is about 2.7x faster than Pillow's fastest setting for 1-6% more bytes;
-    on screenshots it is 6x smaller (``benchmarks/preprocess.py``). Any PNG decoder returns ``pixels``.
-
-    Raises ``ValueError`` for anything but ``(H, W, 3)`` uint8.
-    """
-    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
-        raise ValueError(f"png_rgb takes (H, W, 3) uint8 pixels, not {pixels.shape} {pixels.dtype}")
-    return _png_8bit(pixels)
-
-
-#: PNG colour type by channels: grey, grey + alpha, RGB, RGBA (8 bits each).
-_PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
-
-
-def _png_8bit(pixels: npt.NDArray[np.uint8]) -> bytes:
-    """:func:`png_rgb`'s writer for ``(H, W)`` grey or ``(H, W, C)`` uint8 pixels of 1 to 4 channels
-    (grey, grey + alpha, RGB, RGBA)."""
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, np.newaxis]
-    height, width, channels = pixels.shape
-    rows = np.ascontiguousarray(pixels).reshape(height, width * channels)
-    # floor((left + up) / 2), with zeros left of the first pixel and above the first row (the spec's
-    # "Average" predictor); uint16 holds the sum, and the uint8 cast of the difference is its mod 256.
-    mean = np.zeros(rows.shape, dtype=np.uint16)
-    mean[:, channels:] = rows[:, :-channels]
-    mean[1:] += rows[:-1]
-    mean >>= 1
-    filtered = np.empty((height, width * channels + 1), dtype=np.uint8)
-    filtered[:, 0] = _PNG_AVERAGE
-    np.subtract(rows, mean, out=filtered[:, 1:], casting="unsafe")
-    data = _deflate(filtered.data, zlib.Z_RLE)
-    if 4 * np.count_nonzero(filtered) <= 3 * filtered.size:
-        other = _deflate(filtered.data, zlib.Z_DEFAULT_STRATEGY)
-        data = other if len(other) < len(data) else data
-    # 8 bits, the colour type, deflate, adaptive filtering, no interlace
-    header = struct.pack(">IIBBBBB", width, height, 8, _PNG_COLOUR_TYPE[channels], 0, 0, 0)
-    return b"".join(
-        (_PNG_SIGNATURE, _png_chunk(b"IHDR", header), _png_chunk(b"IDAT", data), _png_chunk(b"IEND", b""))
-    )
-
-
-def _deflate(data: memoryview, strategy: int) -> bytes:
-    deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 9, strategy)
-    return deflate.compress(data) + deflate.flush()
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+    return png_8bit(np.asarray(to_rgb(img, high_bit_depth)))
 
 
 # --------------------------------------------------------------------------------------------------

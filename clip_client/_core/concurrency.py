@@ -19,8 +19,8 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-from . import _constants as C
-from .errors import APIError, APITimeoutError, ClipClientError
+from .. import _constants as C
+from ..errors import APIError, APITimeoutError, ClipClientError
 
 __all__ = ["AIMDLimit", "AsyncLimiter", "CallCancelled", "CallContext", "Counters", "Slot", "ThreadLimiter"]
 

@@ -1,6 +1,6 @@
 """What a client does about what an endpoint says of itself, decided once per client and endpoint,
 before the first request to it, free of I/O. The backend reads the state
-(``GET /api/2.0/serving-endpoints/{name}``, :class:`~clip_client._endpoint.EndpointState`), asks
+(``GET /api/2.0/serving-endpoints/{name}``, :class:`~clip_client._remote.endpoint_state.EndpointState`), asks
 :func:`preflight` and acts on the answer, from either shell:
 
 - **``max_concurrency="auto"``**: the ceiling of the adaptive limit is what the endpoint serves at
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import _constants as C
-from ._endpoint import EndpointState
+from .. import _constants as C
+from .endpoint_state import EndpointState
 
 __all__ = ["Preflight", "preflight"]
 

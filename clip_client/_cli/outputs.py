@@ -32,15 +32,15 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
-from . import _constants as C
-from ._version import __version__
-from .errors import ClipClientError
+from .. import _constants as C
+from .._version import __version__
+from ..errors import ClipClientError
+from ..types import EmbeddingArray
 
 if TYPE_CHECKING:
-    from ._client import ClipClient
-    from .types import InputKind
+    from .._client import ClipClient
+    from ..types import InputKind
 
 __all__ = [
     "FORMATS",
@@ -64,7 +64,6 @@ METADATA_KEY = b"clip_client"
 DEFAULT_PART_ROWS = 1000
 _MANIFEST = "manifest.json"
 
-FloatMatrix = npt.NDArray[np.float32]
 #: An image file's (size in bytes, st_mtime_ns) when it was embedded.
 Stamp = tuple[int, int]
 
@@ -106,8 +105,8 @@ class OutputMeta:
     @classmethod
     def of(cls, client: ClipClient, kind: InputKind, *, normalize: bool) -> OutputMeta:
         """The settings of ``client``'s rows of ``kind`` (no I/O)."""
-        from ._backend import RemoteBackend
-        from .cache import backend_identity, preparation_settings
+        from .._remote.backend import RemoteBackend
+        from ..cache import backend_identity, preparation_settings
 
         backend = client.backend
         if isinstance(backend, RemoteBackend):
@@ -169,7 +168,7 @@ class Rows:
     """
 
     keys: list[Any]
-    embeddings: FloatMatrix
+    embeddings: EmbeddingArray
     texts: list[str] | None = None
     meta: OutputMeta | None = None
     stamps: list[Stamp | None] | None = None
@@ -241,7 +240,7 @@ def _umask() -> int:
 
 
 def jsonl_line(
-    key_name: str, key: Any, text: str | None, row: FloatMatrix, stamp: Stamp | None = None
+    key_name: str, key: Any, text: str | None, row: EmbeddingArray, stamp: Stamp | None = None
 ) -> str:
     """One ``.jsonl`` line (with its newline). Floats are written so that they read back as the
     same float32 values; an image row's ``stamp`` as ``size`` and ``mtime_ns``."""
@@ -534,13 +533,13 @@ class ResumableOutput:
         self.meta = meta
         self.part_rows = part_rows
         self.parts = out.with_name(out.name + ".parts")
-        self.done: dict[str, FloatMatrix] = {}
+        self.done: dict[str, EmbeddingArray] = {}
         self.stamps: dict[str, Stamp | None] = {}
         self.resumed = 0
-        self._buffer: list[tuple[str, FloatMatrix, Stamp | None]] = []
+        self._buffer: list[tuple[str, EmbeddingArray, Stamp | None]] = []
         self._next_part = 0
 
-    def open(self, *, overwrite: bool = False) -> dict[str, FloatMatrix]:
+    def open(self, *, overwrite: bool = False) -> dict[str, EmbeddingArray]:
         """The rows already done, by path (as the run that embedded them spelled it).
 
         Raises:
@@ -596,7 +595,7 @@ class ResumableOutput:
                 changed += 1
         return todo, changed
 
-    def add(self, path: str, row: FloatMatrix, stamp: Stamp | None = None) -> None:
+    def add(self, path: str, row: EmbeddingArray, stamp: Stamp | None = None) -> None:
         """One finished row (and its file's stamp); a part file is written once ``part_rows`` are
         buffered. A row for a path already done replaces it."""
         self._buffer.append((path, row, stamp))
@@ -701,7 +700,7 @@ class ResumableOutput:
             numbers.append(number)
         self._next_part = max(numbers, default=-1) + 1
 
-    def _write_part(self, items: Sequence[tuple[str, FloatMatrix, Stamp | None]]) -> None:
+    def _write_part(self, items: Sequence[tuple[str, EmbeddingArray, Stamp | None]]) -> None:
         keys = [k for k, _, _ in items]
         matrix = np.stack([r for _, r, _ in items]).astype(np.float32, copy=False)
         rows = Rows(keys, matrix, None, self.meta, [s for _, _, s in items])

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ClipClientError
-from .types import EmbeddingFailure
+from ..errors import ClipClientError
+from ..types import EmbeddingFailure
 
 __all__ = ["AsyncEmbeddingStream", "EmbeddingStream", "Row"]
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from .errors import InvalidInputError, ResponseFormatError
-from .types import EmbeddingArray, EmbeddingFailure, EmbeddingResult
+from ..errors import InvalidInputError, ResponseFormatError
+from ..types import EmbeddingArray, EmbeddingFailure, EmbeddingResult
 
 __all__ = [
     "DEFAULT_LOGIT_SCALE",

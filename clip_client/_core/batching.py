@@ -1,26 +1,23 @@
-"""The sans-I/O heart shared by the sync and async clients.
+"""Batches and ordering: plan batches by count and bytes, split what an endpoint refuses as too large,
+isolate a bad input, and reassemble rows in input order.
 
-Input checks, batch planning by count and bytes, wire encoding, response validation and
-order-preserving reassembly all live here, once. Nothing in this module opens a socket, starts a
-thread or sleeps: the client shells feed it items and responses and do the waiting themselves.
+The sans-I/O heart shared by the sync and async clients. Nothing here opens a socket, starts a
+thread or sleeps: the client shells feed it items and responses (``drive`` / ``adrive``) and do
+the waiting themselves.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import threading
-from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 
-from ._constants import DEFAULT_EMBEDDING_DIM
-from ._secrets import excerpt
-from .errors import (
+from .._constants import DEFAULT_EMBEDDING_DIM
+from ..errors import (
     AuthenticationError,
     BadRequestError,
     ClipClientError,
@@ -31,10 +28,11 @@ from .errors import (
     PermissionDeniedError,
     ResponseFormatError,
 )
-from .types import EmbeddingFailure, EmbeddingResult
+from ..types import EmbeddingArray, EmbeddingFailure, EmbeddingResult
+from .wire import BACKEND_HINT, BODY_OVERHEAD, empty_result, l2_normalize
 
 if TYPE_CHECKING:
-    from .cache import CacheView
+    from ..cache import CacheView
 
 _orjson: Any
 try:  # optional: parses the predictions several times faster than the standard library
@@ -42,127 +40,7 @@ try:  # optional: parses the predictions several times faster than the standard 
 except ImportError:  # pragma: no cover - exercised in environments without the extra
     _orjson = None
 
-FloatArray = npt.NDArray[np.float32]
-
-__all__ = [
-    "Batch",
-    "BatchOutcome",
-    "BatchPlanner",
-    "Collector",
-    "EmbedJob",
-    "adrive",
-    "batch_flow",
-    "check_image_list",
-    "check_text",
-    "check_text_list",
-    "decode_json",
-    "drive",
-    "empty_result",
-    "encode_body",
-    "encode_record",
-    "l2_normalize",
-    "parse_predictions",
-    "record_size",
-    "refuse_single_image",
-    "refuse_single_text",
-]
-
-
-# --------------------------------------------------------------------------------------------------
-# Input checks
-
-
-def check_text(text: object, index: int | None) -> str:
-    """A text the model can take, or an :class:`InvalidInputError` naming ``index``."""
-    if isinstance(text, (bytes, bytearray, memoryview)):
-        raise InvalidInputError("texts must be str, got bytes; decode them first", index=index)
-    if not isinstance(text, str):
-        raise InvalidInputError(f"texts must be str, got {type(text).__name__}", index=index)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInputError(
-            f"text is not valid Unicode (lone surrogate at character {exc.start}); it was probably "
-            "decoded from bytes with errors='surrogateescape'",
-            index=index,
-        ) from None
-    return text
-
-
-def refuse_single_text(texts: object) -> Iterable[object]:
-    """The texts as an iterable, refusing a bare string (which would iterate character by character)."""
-    if isinstance(texts, str):
-        raise TypeError("embed_texts() takes a list of strings; for one string use embed_text(text)")
-    if isinstance(texts, (bytes, bytearray, memoryview)) or not isinstance(texts, Iterable):
-        raise TypeError(f"embed_texts() takes a list of strings, got {type(texts).__name__}")
-    return texts
-
-
-def check_text_list(texts: object) -> list[str]:
-    """Every text checked up front: text checks are cheap, so a bad one costs no request at all."""
-    return [check_text(t, i) for i, t in enumerate(refuse_single_text(texts))]
-
-
-def refuse_single_image(images: object) -> Iterable[object]:
-    """The images as an iterable, refusing a single image passed where a list belongs (a path
-    string or bytes would otherwise be iterated character by character)."""
-    from PIL import Image
-
-    single = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
-    if isinstance(images, single) or (isinstance(images, np.ndarray) and images.ndim < 4):
-        raise TypeError(
-            f"embed_images() takes a list of images, got a single {type(images).__name__}; "
-            "for one image use embed_image(image)"
-        )
-    if not isinstance(images, Iterable):
-        raise TypeError(f"embed_images() takes a list of images, got {type(images).__name__}")
-    return images
-
-
-def check_image_list(images: object) -> Sequence[object]:
-    """The images as a sequence (a generator is read into a list; a 4-D array is a stack)."""
-    items = refuse_single_image(images)
-    if isinstance(items, np.ndarray):  # a stack of images, N x H x W x C
-        return list(items)
-    return items if isinstance(items, Sequence) else list(items)
-
-
-# --------------------------------------------------------------------------------------------------
-# Wire encoding
-
-_BODY_HEAD = b'{"dataframe_records":['
-_BODY_TAIL = b"]}"
-_RECORD_OPEN = b'{"input":"'
-_RECORD_CLOSE = b'"}'
-_RECORD_SEP = _RECORD_CLOSE + b"," + _RECORD_OPEN
-#: Bytes of an empty body; each record adds ``record_size`` plus one separating comma.
-BODY_OVERHEAD = len(_BODY_HEAD) + len(_BODY_TAIL)
-RECORD_OVERHEAD = len(_RECORD_OPEN) + len(_RECORD_CLOSE)
-
-
-def encode_record(value: str | bytes) -> bytes:
-    """The JSON string content of one record's ``input``: base64 ``bytes`` as they are (they need no
-    escaping), a text JSON-escaped to ASCII, so its length is its exact size on the wire."""
-    if isinstance(value, bytes):
-        return value
-    return json.dumps(value)[1:-1].encode("ascii")
-
-
-def record_size(payload: bytes) -> int:
-    """Bytes one record adds to a body (``{"input":"..."}``), separator not included."""
-    return len(payload) + RECORD_OVERHEAD
-
-
-def encode_body(payloads: Sequence[bytes]) -> bytes:
-    """The request body in one join: every image's base64 is copied exactly once, into the body."""
-    if not payloads:
-        return _BODY_HEAD + _BODY_TAIL
-    parts = [_BODY_HEAD + _RECORD_OPEN]
-    for payload in payloads:
-        parts.append(payload)
-        parts.append(_RECORD_SEP)
-    parts[-1] = _RECORD_CLOSE + _BODY_TAIL
-    return b"".join(parts)
+__all__ = ["Batch", "BatchOutcome", "BatchPlanner", "Collector", "EmbedJob", "adrive", "batch_flow", "drive"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,110 +109,12 @@ class BatchPlanner:
 
 
 # --------------------------------------------------------------------------------------------------
-# Responses
-
-
-def decode_json(content: bytes) -> Any:
-    """JSON, with orjson when installed. What orjson refuses is read again by the standard library,
-    which takes the bare ``NaN``/``Infinity`` that Python's json (MLflow's scoring server among its
-    users) writes for non-finite floats: such an answer is then refused for its values, by name,
-    rather than as "not JSON"."""
-    if _orjson is not None:
-        try:
-            return _orjson.loads(content)
-        except ValueError:
-            pass
-    return json.loads(content)
-
-
-_NOT_JSON = object()
-#: What to check when a backend's answer is not rows: the one contract every backend keeps.
-_BACKEND_HINT = (
-    "A Backend's embed()/aembed() must return a float32 array of shape (len(payloads), dim) with finite "
-    "values, rows in payload order"
-)
-
-
-def parse_predictions(
-    content: bytes, expected_rows: int, *, endpoint: str | None = None, request_id: str | None = None
-) -> FloatArray:
-    """Validate a 200 answer and return its rows as float32.
-
-    Accepts rows shaped ``[floats]`` or ``{"<one key>": [floats]}``; insists on one row per record,
-    equal row lengths and finite values, so a wrong answer is an error, never a wrong array.
-    """
-
-    def fail(msg: str) -> ResponseFormatError:
-        return ResponseFormatError(msg, endpoint=endpoint, request_id=request_id)
-
-    try:
-        doc = decode_json(content)
-    except ValueError:
-        doc = _NOT_JSON  # raised below, outside the handler: the parser's error holds the whole body
-    if doc is _NOT_JSON:
-        raise fail(f"the answer is not JSON (starts with {excerpt(content, 120)!r})")
-    rows: Any
-    if isinstance(doc, dict) and "predictions" in doc:
-        rows = doc["predictions"]
-    elif isinstance(doc, dict):
-        raise fail(f"the answer has no 'predictions' key (keys: {sorted(doc)[:5]})")
-    else:
-        raise fail(f"the answer is a JSON {type(doc).__name__}, expected an object with 'predictions'")
-    if isinstance(rows, dict) and len(rows) == 1:  # {"predictions": {"embedding": [[...], ...]}}
-        rows = next(iter(rows.values()))
-    if not isinstance(rows, list):
-        raise fail(f"'predictions' is a {type(rows).__name__}, expected a list of rows")
-    if len(rows) != expected_rows:
-        raise fail(f"sent {expected_rows} records but got {len(rows)} rows back")
-    if rows and isinstance(rows[0], dict):
-        rows = [_unwrap_row(r, i, fail) for i, r in enumerate(rows)]
-    # The element type is inferred first, then checked: asking for float32 outright would take
-    # numbers written as strings ("0.1") and booleans for numbers without a word. A JSON null makes
-    # the inferred type "object"; converted, it is NaN, refused below with the row that holds it.
-    try:
-        arr = np.asarray(rows)
-        if arr.dtype.kind == "O":
-            arr = np.asarray(rows, dtype=np.float32)
-    except (ValueError, TypeError):
-        lengths = sorted({len(r) if isinstance(r, list) else -1 for r in rows})
-        raise fail(f"rows are not equal-length lists of numbers (row lengths seen: {lengths[:5]})") from None
-    if arr.size and arr.dtype.kind not in "iuf":
-        kind = {"U": "strings", "S": "strings", "b": "booleans"}.get(arr.dtype.kind, str(arr.dtype))
-        raise fail(f"rows are not equal-length lists of numbers (they hold {kind})")
-    arr = arr.astype(np.float32, copy=False)
-    if expected_rows and (arr.ndim != 2 or arr.shape[1] == 0):
-        raise fail(f"expected a 2-D array of embeddings, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        bad = int(np.argwhere(~np.isfinite(arr))[0][0])
-        raise fail(f"row {bad} holds NaN or infinite values")
-    return arr
-
-
-def _unwrap_row(row: Any, i: int, fail: Any) -> Any:
-    if not isinstance(row, dict) or len(row) != 1:
-        raise fail(f"row {i} is not a list of floats nor an object with a single key")
-    return next(iter(row.values()))
-
-
-def l2_normalize(arr: FloatArray) -> FloatArray:
-    # Norms in float64: float32 squares of tiny values would underflow to a zero norm.
-    norms = np.linalg.norm(arr.astype(np.float64), axis=1, keepdims=True)
-    np.maximum(norms, np.finfo(np.float64).tiny, out=norms)
-    out: FloatArray = (arr / norms).astype(np.float32, copy=False)
-    return out
-
-
-def empty_result(dim: int | None = None) -> FloatArray:
-    return np.zeros((0, dim or DEFAULT_EMBEDDING_DIM), dtype=np.float32)
-
-
-# --------------------------------------------------------------------------------------------------
 # One batch's fate: send, split when refused as too large, isolate a bad input
 
 
 #: What sending one batch ends in, per (sub-)batch: its rows, or (with on_error="mark") the error that
 #: sank it. A batch split in half ends in one outcome per part.
-BatchOutcome = tuple[Batch, "FloatArray | ClipClientError"]
+BatchOutcome = tuple[Batch, "EmbeddingArray | ClipClientError"]
 
 
 #: Errors that concern the input sent, not the endpoint: a body too large for the endpoint, and a 400
@@ -348,7 +128,7 @@ _FATAL_TO_THE_CALL = (AuthenticationError, PermissionDeniedError, EndpointNotFou
 
 def batch_flow(
     batch: Batch, *, mark: bool, on_split: Callable[[], None]
-) -> Generator[Batch, FloatArray, list[BatchOutcome]]:
+) -> Generator[Batch, EmbeddingArray, list[BatchOutcome]]:
     """The decisions about one batch, as a generator the shells drive (like httpx's auth flows).
 
     It yields each (sub-)batch to send and is sent the rows, or thrown the error. A batch the
@@ -459,7 +239,7 @@ class EmbedJob:
         self.dim_hint = dim_hint
         self.failures: list[EmbeddingFailure] = []
         self._dim_lock = threading.Lock()
-        self._waiting: dict[int, FloatArray | BaseException] = {}
+        self._waiting: dict[int, EmbeddingArray | BaseException] = {}
         self._next = 0
 
     def add(self, index: int, payload: Any, nbytes: int = 0) -> Batch | None:
@@ -505,7 +285,7 @@ class EmbedJob:
                     self._waiting[i] = row
             self._tick(len(batch))
 
-    def ready(self, final: bool = False) -> Iterator[tuple[int, FloatArray, ClipClientError | None]]:
+    def ready(self, final: bool = False) -> Iterator[tuple[int, EmbeddingArray, ClipClientError | None]]:
         """``(index, row, error)`` for each input whose turn has come. A failed input's NaN row needs
         the embedding width, so it waits for the first success (or for ``final``)."""
         while self._next in self._waiting:
@@ -538,7 +318,7 @@ class EmbedJob:
         on as they finish, in any order, so one slow reply never idles the other request slots."""
         return in_flight > 0 and (in_flight >= self.window or len(self._waiting) > self.backlog_cap)
 
-    def accept(self, batch: Batch, rows: object) -> FloatArray:
+    def accept(self, batch: Batch, rows: object) -> EmbeddingArray:
         """What a backend answered for ``batch``, checked before it is taken as rows: a 2-D array of
         finite numbers, one row per input, as wide as the backend declared and as every other batch
         of the call. Called where the batch is sent (any thread or task), inside the batch's flow,
@@ -549,7 +329,7 @@ class EmbedJob:
         """
 
         def fail(message: str) -> ResponseFormatError:
-            return ResponseFormatError(message, endpoint=self.endpoint, hint=_BACKEND_HINT)
+            return ResponseFormatError(message, endpoint=self.endpoint, hint=BACKEND_HINT)
 
         if not isinstance(rows, np.ndarray):
             raise fail(f"the backend answered a {type(rows).__name__}, not a float32 array")
@@ -571,7 +351,7 @@ class EmbedJob:
             raise fail(f"row {bad} holds NaN or infinite values")
         return out
 
-    def _checked(self, rows: FloatArray) -> FloatArray:
+    def _checked(self, rows: EmbeddingArray) -> EmbeddingArray:
         """Rows :meth:`accept` let through (or a test handed in), normalised if asked; the first
         width seen is the call's, for the NaN rows of failures."""
         if self.dim is None:
@@ -596,10 +376,10 @@ class Collector:
         self.total = total
         self.mark = mark
         self.failures: list[EmbeddingFailure] = []
-        self._out: FloatArray | None = None
+        self._out: EmbeddingArray | None = None
         self._filled = 0
 
-    def put(self, index: int, row: FloatArray, error: ClipClientError | None = None) -> None:
+    def put(self, index: int, row: EmbeddingArray, error: ClipClientError | None = None) -> None:
         if self._out is None:
             self._out = np.empty((self.total, row.shape[0]), dtype=np.float32)
         self._out[index] = row
@@ -607,7 +387,7 @@ class Collector:
         if error is not None:
             self.failures.append(EmbeddingFailure(index, error))
 
-    def result(self, dim: int | None = None) -> FloatArray | EmbeddingResult:
+    def result(self, dim: int | None = None) -> EmbeddingArray | EmbeddingResult:
         if self._filled != self.total:  # a bug, never a user error: refuse to return a partial array
             raise RuntimeError(f"internal error: {self._filled} of {self.total} rows filled")
         array = self._out if self._out is not None else empty_result(dim)

@@ -1,0 +1,83 @@
+"""Input checks: what a caller passed is a list of texts or of images, named by index when not."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import (
+    InvalidInputError,
+)
+
+if TYPE_CHECKING:
+    pass
+
+_orjson: Any
+try:  # optional: parses the predictions several times faster than the standard library
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised in environments without the extra
+    _orjson = None
+
+__all__ = ["check_image_list", "check_text", "check_text_list", "refuse_single_image", "refuse_single_text"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def check_text(text: object, index: int | None) -> str:
+    """A text the model can take, or an :class:`InvalidInputError` naming ``index``."""
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        raise InvalidInputError("texts must be str, got bytes; decode them first", index=index)
+    if not isinstance(text, str):
+        raise InvalidInputError(f"texts must be str, got {type(text).__name__}", index=index)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"text is not valid Unicode (lone surrogate at character {exc.start}); it was probably "
+            "decoded from bytes with errors='surrogateescape'",
+            index=index,
+        ) from None
+    return text
+
+
+def refuse_single_text(texts: object) -> Iterable[object]:
+    """The texts as an iterable, refusing a bare string (which would iterate character by character)."""
+    if isinstance(texts, str):
+        raise TypeError("embed_texts() takes a list of strings; for one string use embed_text(text)")
+    if isinstance(texts, (bytes, bytearray, memoryview)) or not isinstance(texts, Iterable):
+        raise TypeError(f"embed_texts() takes a list of strings, got {type(texts).__name__}")
+    return texts
+
+
+def check_text_list(texts: object) -> list[str]:
+    """Every text checked up front: text checks are cheap, so a bad one costs no request at all."""
+    return [check_text(t, i) for i, t in enumerate(refuse_single_text(texts))]
+
+
+def refuse_single_image(images: object) -> Iterable[object]:
+    """The images as an iterable, refusing a single image passed where a list belongs (a path
+    string or bytes would otherwise be iterated character by character)."""
+    from PIL import Image
+
+    single = (str, bytes, bytearray, memoryview, os.PathLike, Image.Image)
+    if isinstance(images, single) or (isinstance(images, np.ndarray) and images.ndim < 4):
+        raise TypeError(
+            f"embed_images() takes a list of images, got a single {type(images).__name__}; "
+            "for one image use embed_image(image)"
+        )
+    if not isinstance(images, Iterable):
+        raise TypeError(f"embed_images() takes a list of images, got {type(images).__name__}")
+    return images
+
+
+def check_image_list(images: object) -> Sequence[object]:
+    """The images as a sequence (a generator is read into a list; a 4-D array is a stack)."""
+    items = refuse_single_image(images)
+    if isinstance(items, np.ndarray):  # a stack of images, N x H x W x C
+        return list(items)
+    return items if isinstance(items, Sequence) else list(items)
