@@ -32,7 +32,9 @@ from tiny_clip import write_tiny_clip
 
 import clip_client
 from clip_client import ClipClient, cosine_topk, find_duplicates
-from clip_client._cli import app, cli_advice, gather_images
+from clip_client._cli import app
+from clip_client._cli.embed import gather_images
+from clip_client._cli.errors import cli_advice
 from clip_client._cli.outputs import (
     OutputError,
     OutputMeta,
@@ -848,7 +850,7 @@ def test_cli_errors_name_the_cli_options_not_python_keywords(
     assert cli_advice(advice) == (
         "Use --image-preparation server so every image ...; raise --max-image-pixels if it is genuine"
     )
-    from clip_client._cli import _labels
+    from clip_client._cli.search import _labels
 
     assert _labels("cat", None) == ["cat"]  # what ClipClient.classify accepts
 
@@ -1020,7 +1022,7 @@ def test_advice_and_pillows_limit_follow_max_image_pixels(
 def test_labels_and_parts_messages_say_what_happened(tmp_path: Path) -> None:
     import typer
 
-    from clip_client._cli import _labels
+    from clip_client._cli.search import _labels
 
     with pytest.raises(typer.BadParameter) as caught:
         _labels("", None)

@@ -15,8 +15,8 @@ from bad_inputs import BAD_TEXTS
 from PIL import Image
 from pydantic import ValidationError
 
-from clip_client._core import wire as _wire
 from clip_client._constants import DEFAULT_EMBEDDING_DIM
+from clip_client._core import wire as _wire
 from clip_client._core.batching import Batch, BatchPlanner, Collector, EmbedJob, adrive, batch_flow, drive
 from clip_client._core.concurrency import CallCancelled, CallContext
 from clip_client._core.inputs import check_image_list, check_text, check_text_list

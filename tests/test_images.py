@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import clip_client._core.images as images_mod
 import numpy as np
 import pytest
 from bad_inputs import BAD_IMAGES
@@ -36,6 +35,7 @@ from image_factory import (
 from PIL import Image, ImageOps
 from serving_server import ServingServer, expected_vector, image_pixels
 
+import clip_client._core.images as images_mod
 from clip_client import AsyncClipClient, ClipClient, ImageDecodeError, InvalidInputError
 from clip_client._core.images import ImageOptions, clip_resize_crop, prepare_image, to_rgb
 from clip_client._core.png import png_rgb

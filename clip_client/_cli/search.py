@@ -1,0 +1,373 @@
+"""The `search`, `dedupe` and `classify` commands: read an embeddings file, answer from it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from .. import _constants as C
+from ..errors import InvalidInputError
+from .app import EXIT_FAILED_INPUTS, EXIT_OK, app, flag
+from .embed import failure_reason, gather_images, report_failures
+from .errors import handled, say_error
+from .options import (
+    BatchSizeOpt,
+    CacheOpt,
+    Common,
+    ConcurrencyOpt,
+    DeviceOpt,
+    HostOpt,
+    ImageEndpointOpt,
+    ImagePreparationOpt,
+    JsonOpt,
+    LocalOpt,
+    MaxImagePixelsOpt,
+    ModelOpt,
+    NoCacheOpt,
+    ProfileOpt,
+    TextEndpointOpt,
+    VerboseOpt,
+    show_progress,
+)
+from .outputs import (
+    OutputError,
+    OutputMeta,
+    Rows,
+    read_rows,
+)
+
+if TYPE_CHECKING:
+    from .._client import ClipClient
+
+
+# --------------------------------------------------------------------------------------------------
+# search, dedupe
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> None:
+    """A plain table on stdout: columns padded to their widest cell, the last never cut."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = [
+            c.rjust(widths[i]) if i in right else (c if i == len(cells) - 1 else c.ljust(widths[i]))
+            for i, c in enumerate(cells)
+        ]
+        return "  ".join(out).rstrip()
+
+    typer.echo(line(header))
+    for r in rows:
+        typer.echo(line(r))
+
+
+def _label(rows: Rows, i: int) -> str:
+    if rows.texts is not None:
+        return " ".join(str(rows.texts[i]).split())
+    return str(rows.keys[i])
+
+
+def _clamp(similarity: float) -> float:
+    """A cosine similarity as printed: float32 rounding can take it just past 1 (or -1)."""
+    return min(1.0, max(-1.0, similarity))
+
+
+def _same_model(index: Path, rows: Rows, client: ClipClient) -> None:
+    """Refuse a query the index's model did not compute: scores across two models mean nothing.
+
+    Raises:
+        OutputError: the index's settings name another model (or endpoint) than ``client`` would use
+            for rows of the index's kind. A file without clip-client settings is not checked.
+    """
+    found = rows.meta
+    if found is None or found.model == "unknown":
+        return
+    mine = OutputMeta.of(client, "image" if found.kind == "image" else "text", normalize=False).model
+    if mine != found.model:
+        how = (
+            "--local --model MODEL (and --device) as when it was written"
+            if found.model.startswith("local ")
+            else "the --host/--profile and --text-endpoint/--image-endpoint it was written with"
+        )
+        raise OutputError(
+            f"{index} was computed by {found.model!r}, but this query would be embedded by {mine!r}: "
+            f"scores across two models mean nothing; query with {how}"
+        )
+
+
+@app.command()
+@handled
+def search(
+    index: Annotated[
+        Path, typer.Argument(help="An output of `images` or `texts` (.parquet, .npy or .jsonl).")
+    ],
+    query: Annotated[str | None, typer.Argument(help="The query text.", show_default=False)] = None,
+    image: Annotated[
+        Path | None,
+        typer.Option("--image", help="Query with this image instead of a text.", show_default=False),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 10,
+    json_lines: JsonOpt = False,
+    local: LocalOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    profile: ProfileOpt = None,
+    host: HostOpt = None,
+    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
+    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
+    batch_size: BatchSizeOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    image_preparation: ImagePreparationOpt = None,
+    max_image_pixels: MaxImagePixelsOpt = None,
+    verbose: VerboseOpt = False,
+) -> int:
+    """The rows of INDEX nearest to a text (or --image) by cosine similarity, best first.
+
+    Exact search over every row. The query is embedded with the model these options choose, which
+    must be the one that computed INDEX (its settings name it: an endpoint URL, or local MODEL
+    DTYPE); another is refused.
+
+    Example: clip-client search photos.parquet "a red car" -k 5
+    """
+    from ..search import cosine_topk
+
+    common = Common(
+        local, model, device, profile, host, text_endpoint, image_endpoint,
+        batch_size, max_concurrency, cache, no_cache, image_preparation, max_image_pixels,
+    )  # fmt: skip
+    if (query is None) == (image is None):
+        raise typer.BadParameter("give a query text or --image FILE (one of them)", param_hint="QUERY")
+    rows = read_rows(index, role="INDEX", foreign=True)
+    if not len(rows):
+        raise OutputError(f"{index} has no rows to search")
+    with common.client() as client:
+        _same_model(index, rows, client)
+        vector = client.embed_image(str(image)) if image is not None else client.embed_text(query or "")
+    width = rows.embeddings.shape[1]
+    if vector.shape[-1] != width:
+        made_by = rows.meta.model if rows.meta is not None else "unknown"
+        raise OutputError(
+            f"{index} holds {width}-d rows (model: {made_by}), but the query is {vector.shape[-1]}-d: "
+            "embed it with the model that computed the index"
+        )
+    top = cosine_topk(vector, rows.embeddings, k)
+    hits = list(zip(top.indices[0].tolist(), top.scores[0].tolist(), strict=True))
+    key = rows.key_name
+    if json_lines:
+        for rank, (i, score) in enumerate(hits, 1):
+            obj: dict[str, Any] = {"rank": rank, "score": round(_clamp(score), 6), key: rows.keys[i]}
+            if rows.texts is not None:
+                obj["text"] = rows.texts[i]
+            typer.echo(json.dumps(obj, ensure_ascii=False))
+        return EXIT_OK
+    header = ["rank", "score", key] + (["text"] if rows.texts is not None else [])
+    table = [
+        [str(rank), f"{_clamp(score):.4f}", str(rows.keys[i])]
+        + ([_label(rows, i)] if rows.texts is not None else [])
+        for rank, (i, score) in enumerate(hits, 1)
+    ]
+    _print_table(header, table, right=(0, 1))
+    return EXIT_OK
+
+
+@app.command()
+@handled
+def dedupe(
+    index: Annotated[
+        Path, typer.Argument(help="An output of `images` or `texts` (.parquet, .npy or .jsonl).")
+    ],
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold",
+            "-t",
+            min=-1.0,
+            max=1.0,
+            help="Cosine similarity at and above which two rows match.",
+        ),
+    ] = 0.95,
+    json_lines: JsonOpt = False,
+    verbose: VerboseOpt = False,
+) -> int:
+    """Groups of near-duplicates in INDEX: rows joined by cosine >= --threshold (through chains).
+
+    Each group lists its members, the first (in file order) with 1.0 and the others with their
+    similarity to it. Needs no model: it reads the embeddings only.
+
+    Example: clip-client dedupe photos.parquet --threshold 0.97
+    """
+    from ..search import find_duplicates
+
+    rows = read_rows(index, role="INDEX", foreign=True)
+    groups = find_duplicates(rows.embeddings, threshold) if len(rows) else []
+    key = rows.key_name
+    if json_lines:
+        for g, group in enumerate(groups, 1):
+            members = [
+                {key: rows.keys[i], "similarity": round(_clamp(s), 6)}
+                for i, s in zip(group.indices.tolist(), group.similarities.tolist(), strict=True)
+            ]
+            typer.echo(json.dumps({"group": g, "members": members}, ensure_ascii=False))
+        return EXIT_OK
+    if not groups:
+        typer.echo(f"no near-duplicates at threshold {threshold} among {len(rows)} rows")
+        return EXIT_OK
+    in_groups = sum(len(g.indices) for g in groups)
+    typer.echo(f"{len(groups)} group(s), {in_groups} of {len(rows)} rows, threshold {threshold}")
+    for g, group in enumerate(groups, 1):
+        typer.echo(f"\ngroup {g} ({len(group.indices)} members)")
+        for i, s in zip(group.indices.tolist(), group.similarities.tolist(), strict=True):
+            typer.echo(f"  {_clamp(s):.4f}  {_label(rows, i)}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# classify, status
+
+
+def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
+    """The labels of ``--labels`` (comma-separated) or ``--labels-file`` (one per line; blank lines
+    skipped, and said), checked by the rules of :meth:`ClipClient.classify`: at least one, none
+    empty, each once.
+
+    Raises:
+        typer.BadParameter: neither or both given; an empty label (its position, from 1), or one
+            given twice.
+    """
+    from .._core.zeroshot import check_labels
+
+    if (labels is None) == (labels_file is None):
+        raise typer.BadParameter(
+            'give --labels "cat,dog,car" or --labels-file FILE (one of them)', param_hint="--labels"
+        )
+    if labels_file is not None:
+        hint = "--labels-file"
+        try:
+            raw = labels_file.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise OutputError(f"--labels-file {labels_file}: {exc.strerror or exc}") from None
+        out = [x.strip() for x in raw if x.strip()]
+        if len(out) < len(raw):
+            say_error(f"clip-client: {len(raw) - len(out)} blank line(s) of {labels_file} skipped")
+    else:
+        hint = "--labels"
+        out = [x.strip() for x in (labels or "").split(",")]
+        empty = [n for n, x in enumerate(out, 1) if not x]
+        if len(out) == 1 and empty:
+            raise typer.BadParameter('no label given: --labels "cat,dog,car"', param_hint=hint)
+        if empty:
+            raise typer.BadParameter(
+                f"label {empty[0]} of {len(out)} in {labels!r} is empty: remove the extra comma",
+                param_hint=hint,
+            )
+    try:
+        check_labels(out)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(_input_problem(exc), param_hint=hint) from None
+    return out
+
+
+def _input_problem(exc: InvalidInputError) -> str:
+    """The reason of a label or template refused by the client's checks, in one line."""
+    return " ".join((exc.reason or str(exc)).split())
+
+
+@app.command()
+@handled
+def classify(
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
+    labels: Annotated[
+        str | None,
+        typer.Option("--labels", help='Comma-separated labels: "cat,dog,car".', show_default=False),
+    ] = None,
+    labels_file: Annotated[
+        Path | None, typer.Option("--labels-file", help="A file of labels, one per line.", show_default=False)
+    ] = None,
+    template: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--template",
+            help='Prompt template with {} for the label, e.g. "a photo of a {}." (repeatable; '
+            "averaged) (default: the client's).",
+            show_default=False,
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Labels shown per image, most likely first.")] = 1,
+    recursive: Annotated[bool, flag("--recursive", "-r", help="Descend into subfolders.")] = False,
+    glob: Annotated[
+        list[str] | None,
+        typer.Option("--glob", help="File name pattern for folders (repeatable).", show_default=False),
+    ] = None,
+    strict: Annotated[
+        bool, flag("--strict", help="Stop at the first image that cannot be embedded.")
+    ] = False,
+    json_lines: JsonOpt = False,
+    local: LocalOpt = False,
+    model: ModelOpt = None,
+    device: DeviceOpt = None,
+    profile: ProfileOpt = None,
+    host: HostOpt = None,
+    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
+    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
+    batch_size: BatchSizeOpt = None,
+    max_concurrency: ConcurrencyOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    image_preparation: ImagePreparationOpt = None,
+    max_image_pixels: MaxImagePixelsOpt = None,
+    verbose: VerboseOpt = False,
+) -> int:
+    """Zero-shot labels for images, with probabilities (softmax over the labels).
+
+    Example: clip-client classify photos/ --labels "cat,dog,car" --top 2
+    """
+    from .._core.zeroshot import check_templates
+
+    common = Common(
+        local, model, device, profile, host, text_endpoint, image_endpoint,
+        batch_size, max_concurrency, cache, no_cache, image_preparation, max_image_pixels,
+    )  # fmt: skip
+    names = _labels(labels, labels_file)
+    try:
+        check_templates(template or None)
+    except InvalidInputError as exc:
+        raise typer.BadParameter(_input_problem(exc), param_hint="--template") from None
+    inputs = gather_images(paths, recursive=recursive, globs=glob or ())
+    if not inputs:
+        raise OutputError(f"no images found in {', '.join(map(str, paths))}")
+    with common.client() as client:
+        result = client.classify(
+            inputs, names, templates=template or None, on_error="raise" if strict else "mark",
+            progress=show_progress(),
+        )  # fmt: skip
+    failed = {f.index: failure_reason(f) for f in result.failures}
+    tops = result.top(min(top, len(names)))
+    if json_lines:
+        for i, path in enumerate(inputs):
+            if i in failed:
+                continue
+            typer.echo(
+                json.dumps(
+                    {
+                        "path": path,
+                        "labels": [{"label": lab, "probability": round(p, 6)} for lab, p in tops[i]],
+                    },
+                    ensure_ascii=False,
+                )
+            )
+    else:
+        table = [
+            [path, ", ".join(f"{lab} {p:.3f}" for lab, p in tops[i])]
+            for i, path in enumerate(inputs)
+            if i not in failed
+        ]
+        _print_table(["path", "label probability" if top == 1 else f"top {top} labels"], table)
+    if failed:
+        report_failures([(inputs[i], r) for i, r in sorted(failed.items())], len(inputs))
+        return EXIT_FAILED_INPUTS
+    return EXIT_OK
