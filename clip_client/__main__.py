@@ -1,4 +1,4 @@
-"""``python -m clip_client``: the ``clip-client`` command (docs/cli.md)."""
+"""`python -m clip_client`: the `clip-client` command (docs/cli.md)."""
 
 from ._cli import main
 

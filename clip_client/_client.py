@@ -1,10 +1,10 @@
-"""``ClipClient`` and ``AsyncClipClient``: thin shells around the shared core.
+"""`ClipClient` and `AsyncClipClient`: thin shells around the shared core.
 
 Everything that decides something (input checks, batch plans, splitting refused batches, ordering,
-retries, response checks) lives in ``_core`` and ``_remote``. Each public
-method is one call into the shared :meth:`_BaseClient._plan`, then the shell runs the plan: the sync
+retries, response checks) lives in `_core` and `_remote`. Each public
+method is one call into the shared `_BaseClient._plan`, then the shell runs the plan: the sync
 client on a thread pool shared by all threads using it, the async client on the event loop. Every
-call is a stream underneath: ``embed_*`` collects it into one array, ``iter_embed_*`` hands it over
+call is a stream underneath: `embed_*` collects it into one array, `iter_embed_*` hands it over
 row by row with memory bounded by a few batches.
 """
 
@@ -14,7 +14,7 @@ import asyncio
 import os
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Sequence, Sized
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +27,7 @@ import numpy.typing as npt
 from pydantic.fields import FieldInfo
 
 from . import _constants as C
-from ._backend import Backend
+from ._backend import Backend, ControlPlane, LogitScale
 from ._core.batching import Batch, BatchOutcome, BatchPlanner, Collector, EmbedJob, adrive, batch_flow, drive
 from ._core.concurrency import CallContext, Counters
 from ._core.endpoint_check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
@@ -39,11 +39,12 @@ from ._core.inputs import (
     refuse_single_image,
     refuse_single_text,
 )
-from ._core.secrets import register, safe_cause
+from ._core.secrets import redact_library_logs, register, safe_cause
 from ._core.streams import AsyncEmbeddingStream, EmbeddingStream, Row
-from ._core.wire import empty_result
+from ._core.wire import BACKEND_HINT, empty_result
 from ._core.zeroshot import DEFAULT_LOGIT_SCALE, LabelEmbeddings, ZeroShotResult, ZeroShotTask
-from ._remote.backend import RemoteBackend, state_timeout
+from ._remote.backend import RemoteBackend
+from ._remote.control_plane import state_timeout
 from ._remote.workspace import resolve_workspace, scoring_server_workspace
 from .cache import CacheOption, CacheView, EmbeddingCache, backend_identity, namespace, open_cache
 from .errors import APIError, BackendError, ClipClientError, InvalidInputError
@@ -82,11 +83,11 @@ class Prepared:
 
 
 @dataclass(frozen=True)
-class _Plan:
+class _CallPlan:
     """One embed call, checked and planned before any I/O: what both shells run."""
 
     kind: InputKind
-    #: The inputs: a checked list (``embed_*``) or the caller's iterable, read lazily (``iter_embed_*``).
+    # The inputs: a checked list (`embed_*`) or the caller's iterable, read lazily (`iter_embed_*`).
     inputs: Iterable[object]
     total: int | None
     settings: Settings
@@ -95,8 +96,8 @@ class _Plan:
 
 
 def _settings_doc() -> str:
-    """The Settings part of the clients' docstrings, from :class:`Settings` itself (its defaults,
-    ranges and descriptions): one source for the docstrings, the signature and the validation."""
+    """The Settings part of the clients' docstrings, from [`Settings`][clip_client.Settings] itself (its
+    defaults, ranges and descriptions): one source for the docstrings, the signature and the validation."""
     lines = []
     for name, field in Settings.model_fields.items():
         valid = _valid_values(field.annotation, field.metadata)
@@ -105,14 +106,14 @@ def _settings_doc() -> str:
             if isinstance(field.default, int) and field.default > 9999
             else repr(field.default)
         )
-        head = f"{name}: default ``{default}``" + (f"; {valid}" if valid else "")
+        head = f"{name}: default `{default}`" + (f"; {valid}" if valid else "")
         lines.append(f"        {head}. {field.description}")
     return "\n".join(lines)
 
 
 def _valid_values(annotation: Any, constraints: Iterable[Any]) -> str:
-    """A setting's valid values as its type and constraints say: ``'png' or 'bmp'``, ``>= 1, <= 256``,
-    ``>= 1, <= 256 or 'auto'`` (a union of both)."""
+    """A setting's valid values as its type and constraints say: `'png' or 'bmp'`, `>= 1, <= 256`,
+    `>= 1, <= 256 or 'auto'` (a union of both)."""
     origin = get_origin(annotation)
     if origin is Literal:
         return " or ".join(repr(c) for c in get_args(annotation))
@@ -165,13 +166,13 @@ class _BaseClient:
                 )
             # The backend's own preferences fill what the caller left unset (a local model's batch
             # size and input resolution).
-            for name in ("batch_size", "image_size"):
-                preferred = getattr(backend, name)
+            for name, preferred in (("batch_size", backend.batch_size), ("image_size", backend.image_size)):
                 if settings.get(name) is None and preferred is not None:
                     settings[name] = preferred
         register(token)  # before anything can quote it (a token passed to the wrong option too)
+        redact_library_logs()  # httpx/httpcore DEBUG lines quote response headers; once per process
         self.settings: Settings = Settings().merged(**settings)
-        takes = getattr(backend, "image_size", None)
+        takes = None if backend is None else backend.image_size
         if takes is not None and self.settings.image_size != takes:
             raise ValueError(
                 f"image_size={self.settings.image_size}, but this backend's model takes {takes}x{takes} "
@@ -191,6 +192,8 @@ class _BaseClient:
                 workspace = resolve_workspace(host=host, token=token, profile=profile, config=config)
             backend = RemoteBackend(workspace, self.settings, http_client=http_client)
         self.backend: Backend = backend
+        # The backend's control plane, when it has one (asked once: the backend never changes).
+        self._control_plane: ControlPlane | None = backend if isinstance(backend, ControlPlane) else None
         self._cache: EmbeddingCache | None = open_cache(cache)
         self._counters = Counters()
         self._label_embeddings = LabelEmbeddings()  # classify: label sets already embedded
@@ -211,33 +214,35 @@ class _BaseClient:
         compile: bool = False,
         **client_options: Any,
     ) -> Self:
-        """A client whose backend is the CLIP model in this process (:class:`~clip_client.LocalBackend`):
-        no workspace, the same code as the remote client above the backend, the same embeddings.
+        """A client whose backend is the CLIP model in this process
+        ([`LocalBackend`][clip_client.LocalBackend]): no workspace, the same code as the remote client above
+        the backend, the same embeddings.
 
         Args:
             model: a Hugging Face hub id (from the local cache, downloaded on first use) or a folder
-                holding ``config.json``, the weights and the tokenizer files.
-            device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; None picks CUDA when available, else CPU.
-            dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or a ``torch.dtype``; None picks
+                holding `config.json`, the weights and the tokenizer files.
+            device: `"cuda"`, `"cuda:1"`, `"cpu"`...; None picks CUDA when available, else CPU.
+            dtype: `"float16"`, `"bfloat16"`, `"float32"` or a `torch.dtype`; None picks
                 float16 on CUDA and float32 on CPU.
-            compile: run both towers through ``torch.compile`` (every batch padded to one shape).
-            **client_options: the client's keywords (``batch_size``, ``normalize``, ``progress``...).
-                ``max_concurrency`` defaults to 2: one batch on the device while the next is
+            compile: run both towers through `torch.compile` (every batch padded to one shape).
+            **client_options: the client's keywords (`batch_size`, `normalize`, `progress`...).
+                `max_concurrency` defaults to 2: one batch on the device while the next is
                 tokenised or stacked and copied.
 
         Returns:
-            a client of this class, whose backend is a :class:`~clip_client.LocalBackend`.
+            a client of this class, whose backend is a [`LocalBackend`][clip_client.LocalBackend].
 
         Raises:
             ModelLoadError: the checkpoint is missing, not cached while offline, or does not load.
-            ImportError: the ``local`` extra (torch, transformers) is not installed.
-            TypeError: an unknown keyword in ``client_options``, or a workspace keyword (``host``,
-                ``token``...): local mode needs none. Checked, with the values, before the model
+            ImportError: the `local` extra (torch, transformers) is not installed.
+            TypeError: an unknown keyword in `client_options`, or a workspace keyword (`host`,
+                `token`...): local mode needs none. Checked, with the values, before the model
                 loads.
 
-        >>> with ClipClient.local("openai/clip-vit-large-patch14", device="cpu") as client:  # doctest: +SKIP
-        ...     client.embed_text("a photo of a cat").shape
-        (768,)
+        ```python
+        with ClipClient.local("openai/clip-vit-large-patch14", device="cpu") as client:
+            client.embed_text("a photo of a cat").shape  # (768,)
+        ```
         """
         from .local import LocalBackend
 
@@ -284,18 +289,21 @@ class _BaseClient:
             max_concurrency=maximum,
             cache_hits=c.cache_hits,
             cache_misses=c.cache_misses,
+            cache_rejected=c.cache_rejected,
         )
 
     def clear_cache(self) -> None:
-        """Empty the embedding cache (``cache=``): every row of an SQLite file, whichever client or
-        process wrote it; this client's rows with ``"memory"``. Synchronous on both clients (the
+        """Empty the embedding cache (`cache=`): every row of an SQLite file, whichever client or
+        process wrote it; this client's rows with `"memory"`. Synchronous on both clients (the
         store is local). Does nothing without a cache; never raises for a cache file that is
         corrupt or locked (it is logged once, and the client goes on without it).
 
         Returns:
             None. Raises nothing of its own.
 
-        >>> client.clear_cache()  # doctest: +SKIP
+        ```python
+        client.clear_cache()
+        ```
         """
         if self._cache is not None:
             self._cache.clear()
@@ -306,7 +314,7 @@ class _BaseClient:
         self, deadline: float | None, *, control_plane: bool
     ) -> tuple[Generator[Step, Any, EndpointCheck], CallContext]:
         """The check's flow and the context its probes share (its deadline; its requests counted
-        apart, and in ``client.stats``)."""
+        apart, and in `client.stats`)."""
         if self._closed:
             raise RuntimeError(f"this {type(self).__name__} is closed")
         _check_deadline(deadline)
@@ -324,9 +332,9 @@ class _BaseClient:
         on_error: OnError,
         deadline: float | None,
     ) -> tuple[ZeroShotTask, Sequence[object]]:
-        """Check every argument of ``classify`` before any request (the images as ``embed_images``
+        """Check every argument of `classify` before any request (the images as `embed_images`
         checks them), and look the label set up among those this client embedded before. The default
-        scale is the backend's own ``logit_scale`` when it has one (a local model), else CLIP's 100."""
+        scale is the backend's own `logit_scale` when it has one (a local model), else CLIP's 100."""
         if self._closed:
             raise RuntimeError(f"this {type(self).__name__} is closed")
         if on_error not in ("raise", "mark"):
@@ -337,11 +345,11 @@ class _BaseClient:
             labels,
             templates,
             logit_scale,
-            default_scale=getattr(self.backend, "logit_scale", None) or DEFAULT_LOGIT_SCALE,
+            default_scale=_own_logit_scale(self.backend),
             on_error=on_error,
             deadline=deadline,
             memory=self._label_embeddings,
-            identity=lambda: backend_identity(self.backend, "text"),
+            identity=lambda: backend_identity(self.backend, "text")[0],
         )
         return task, checked_images
 
@@ -358,12 +366,12 @@ class _BaseClient:
         on_error: OnError,
         deadline: float | None,
         collect: bool,
-    ) -> _Plan:
+    ) -> _CallPlan:
         """Check one call's arguments before anything starts (streams included) and plan it.
 
-        ``collect`` (``embed_*``): the inputs are read into a list; with ``on_error="raise"`` every
+        `collect` (`embed_*`): the inputs are read into a list; with `on_error="raise"` every
         text is checked before the first request (cheap, and a bad one then costs nothing). Otherwise
-        (``iter_embed_*``) they are read lazily, a bounded number ahead."""
+        (`iter_embed_*`) they are read lazily, a bounded number ahead."""
         if self._closed:
             raise RuntimeError(f"this {type(self).__name__} is closed")
         if on_error not in ("raise", "mark"):
@@ -381,13 +389,13 @@ class _BaseClient:
         else:
             source = check_image_list(inputs) if collect else refuse_single_image(inputs)
         total = len(source) if isinstance(source, list) else _length(source)
-        return _Plan(kind, source, total, settings, on_error, deadline)
+        return _CallPlan(kind, source, total, settings, on_error, deadline)
 
-    def _collector(self, plan: _Plan) -> Collector:
+    def _collector(self, plan: _CallPlan) -> Collector:
         assert plan.total is not None
         return Collector(plan.total, mark=plan.on_error == "mark")
 
-    def _new_job(self, plan: _Plan) -> EmbedJob:
+    def _new_job(self, plan: _CallPlan) -> EmbedJob:
         bar = None
         if plan.settings.progress:
             from tqdm.auto import tqdm
@@ -402,28 +410,37 @@ class _BaseClient:
             dim_hint=self.backend.dim,
             window=self._window(),
             cache=self._cache_view(plan),
+            # A serving endpoint's user wrote no Backend: advise about the endpoint, not the contract.
+            answer_hint=None if self._control_plane is not None else BACKEND_HINT,
         )
 
-    def _cache_view(self, plan: _Plan) -> CacheView | None:
+    def _cache_view(self, plan: _CallPlan) -> CacheView | None:
         """This call's view of the cache: keyed by the backend (a remote endpoint's served model
-        version is known once :meth:`_cache_needs_state` let the shell read its state), the kind and
+        version is known once `_prepare_before_lookup` let the shell read its state), the kind and
         the settings that shape what is sent."""
         if self._cache is None:
             return None
-        identity = backend_identity(self.backend, plan.kind)
-        return CacheView(self._cache, namespace(identity, plan.kind, plan.settings), self._counters)
+        identity, confirmed = backend_identity(self.backend, plan.kind)
+        return CacheView(
+            self._cache,
+            namespace(identity, plan.kind, plan.settings),
+            self._counters,
+            # A namespace of the caller's own names the model: nothing left to confirm.
+            confirmed=confirmed or plan.settings.cache_namespace is not None,
+        )
 
-    def _cache_needs_state(self) -> bool:
-        """Whether the shell reads the endpoint's state before a call's first lookup: the cache's
-        key holds the served model version, so a new model version never answers from old rows."""
-        return self._cache is not None and isinstance(self.backend, RemoteBackend)
+    def _prepare_before_lookup(self) -> ControlPlane | None:
+        """The control plane the shell prepares before a call's first cache lookup, if any: the
+        cache's key holds the served model version (read with the endpoint's state), so a new model
+        version never answers from old rows."""
+        return self._control_plane if self._cache is not None else None
 
     def _concurrency(self) -> int:
         """The most requests this client keeps in flight: the serving endpoints' ceiling
-        (``max_concurrency``, or what ``"auto"`` resolved to once the endpoint was prepared), else
-        the setting (the default for ``"auto"``: other backends have no state to read)."""
-        if isinstance(self.backend, RemoteBackend):
-            return self.backend.concurrency_ceiling()
+        (`max_concurrency`, or what `"auto"` resolved to once the endpoint was prepared), else
+        the setting (the default for `"auto"`: other backends have no state to read)."""
+        if self._control_plane is not None:
+            return self._control_plane.concurrency_ceiling()
         value = self.settings.max_concurrency
         return value if isinstance(value, int) else C.DEFAULT_MAX_CONCURRENCY
 
@@ -431,12 +448,12 @@ class _BaseClient:
         """Batches one call keeps in flight: enough to keep every slot busy, memory bounded."""
         return 2 * self._concurrency()
 
-    def _context(self, plan: _Plan) -> CallContext:
+    def _context(self, plan: _CallPlan) -> CallContext:
         return CallContext(plan.deadline, self._counters)
 
     def _check_call(self, kind: InputKind, ctx: CallContext) -> None:
         """Before each (sub-)batch goes out: stop if the call was cancelled or its deadline passed.
-        Raised inside the batch's flow, so with ``on_error="mark"`` a batch the deadline caught
+        Raised inside the batch's flow, so with `on_error="mark"` a batch the deadline caught
         before it was sent is marked failed like any other, rather than sinking the whole call."""
         ctx.check(self.backend.endpoint(kind))
 
@@ -463,7 +480,7 @@ class _BaseClient:
             preparation=s.image_preparation,  # ignored by a backend that wants pixels (local mode)
         )
 
-    def _text_items(self, texts: Iterable[object]) -> Iterator[Prepared]:
+    def _text_items(self, texts: Iterable[object]) -> Generator[Prepared, None, None]:
         for i, text in enumerate(texts):
             try:
                 payload, nbytes = self.backend.payload("text", check_text(text, i))
@@ -496,8 +513,8 @@ class _BaseClient:
         payload, nbytes = self.backend.payload("image", prepared)
         return Prepared(index, payload, nbytes)
 
-    def _empty(self, plan: _Plan) -> EmbeddingArray | EmbeddingResult:
-        """``(0, dim)``: the backend's width when it knows it (a local model), else the default."""
+    def _empty(self, plan: _CallPlan) -> EmbeddingArray | EmbeddingResult:
+        """`(0, dim)`: the backend's width when it knows it (a local model), else the default."""
         empty = empty_result(self.backend.dim)
         return EmbeddingResult(empty) if plan.on_error == "mark" else empty
 
@@ -518,30 +535,13 @@ class _BaseClient:
                 self._prep_pool = None
 
 
-_NOT_FOR_LOCAL = frozenset({"host", "token", "profile", "config", "http_client", "backend"})
-_BACKEND_MEMBERS = (
-    "image_input",
-    "max_request_bytes",
-    "batch_size",
-    "image_size",
-    "dim",
-    "endpoint",
-    "payload",
-    "embed",
-    "aembed",
-    "concurrency_limit",
-    "close",
-    "aclose",
-)
-
-
 def _scoring_urls(settings: dict[str, Any]) -> bool:
-    """Whether the caller addressed a scoring server by URL (``text_url``/``image_url``)."""
+    """Whether the caller addressed a scoring server by URL (`text_url`/`image_url`)."""
     return bool(settings.get("text_url") or settings.get("image_url"))
 
 
 def _check_deadline(deadline: object) -> None:
-    """A call's ``deadline``: None, or a number of seconds > 0 (not a bool, not NaN)."""
+    """A call's `deadline`: None, or a number of seconds > 0 (not a bool, not NaN)."""
     if deadline is None:
         return
     if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0:
@@ -549,7 +549,7 @@ def _check_deadline(deadline: object) -> None:
 
 
 def _check_backend(backend: object) -> None:
-    """A ``TypeError`` naming what is missing, for an object that is not a :class:`Backend`."""
+    """A `TypeError` naming what is missing, for an object that is not a [`Backend`][clip_client.Backend]."""
     if isinstance(backend, Backend):
         return
     members = [
@@ -578,7 +578,7 @@ def _check_backend(backend: object) -> None:
 
 @contextmanager
 def _one_input() -> Iterator[None]:
-    """For ``embed_text`` / ``embed_image``: the error of the one input, without an index (there is
+    """For `embed_text` / `embed_image`: the error of the one input, without an index (there is
     no list to index), chained to the same cause. Both methods, both clients, go through this."""
     try:
         yield
@@ -590,49 +590,59 @@ def _one_input() -> Iterator[None]:
 
 
 def _length(items: Iterable[object]) -> int | None:
-    return len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+    return len(items) if isinstance(items, Sized) else None
+
+
+def _own_logit_scale(backend: Backend) -> float:
+    """The backend's own temperature for `classify` (a local model's) when it has one (checked like
+    any other: 0 is refused, not replaced), else CLIP's 100."""
+    return backend.logit_scale if isinstance(backend, LogitScale) else DEFAULT_LOGIT_SCALE
 
 
 _CLIENT_DOC = """
 
     Args:
-        host: the workspace URL (``https://`` added when missing; plain ``http://`` only to loopback).
-            With ``token``, used as given and no databricks-sdk ``Config`` is built.
-        token: a personal access token, sent as ``Authorization: Bearer``. Never shown in a repr, an
-            error or a log. Without ``host``/``token``, databricks-sdk's chain resolves both
-            (``DATABRICKS_HOST``/``DATABRICKS_TOKEN``, ``~/.databrickscfg``, OAuth M2M, Azure, GCP).
-        profile: a ``~/.databrickscfg`` profile name.
-        config: a ``databricks.sdk.core.Config``; not with ``host``/``token``/``profile``.
-        backend: any :class:`~clip_client.Backend` instead of a workspace (not with the above).
+        host: the workspace URL (`https://` added when missing; plain `http://` only to loopback).
+            With `token`, used as given and no databricks-sdk `Config` is built.
+        token: a personal access token, sent as `Authorization: Bearer`. Never shown in a repr, an
+            error or a log. Without `host`/`token`, databricks-sdk's chain resolves both
+            (`DATABRICKS_HOST`/`DATABRICKS_TOKEN`, `~/.databrickscfg`, OAuth M2M, Azure, GCP).
+        profile: a `~/.databrickscfg` profile name.
+        config: a `databricks.sdk.core.Config`; not with `host`/`token`/`profile`.
+        backend: any [`Backend`][clip_client.Backend] instead of a workspace (not with the above).
         http_client: {http_client}
         cache: an embedding cache, so that inputs embedded before cost no request: None (off, the
-            default), ``"memory"`` (an LRU of this client, 10,000 rows), or a path (``str`` or
-            ``os.PathLike``, ``~`` expanded) to an SQLite file that processes and threads share.
+            default), `"memory"` (an LRU of this client, 10,000 rows), or a path (`str` or
+            `os.PathLike`, `~` expanded) to an SQLite file that processes and threads share.
             Keyed by the backend (endpoint URL and served model version; local model and dtype),
             the settings that shape what is sent, and the sha256 of each item sent. A corrupt or
             locked file is logged once and the client goes on without it (docs/configuration.md,
             Caching).
 
-    Settings (validated by :class:`~clip_client.Settings`; all optional; docs/configuration.md):
+    The settings are keywords too, all optional, validated by [`Settings`][clip_client.Settings]
+    (docs/configuration.md).
+
+    Other Parameters:
 {settings}
 
     Raises:
         ValueError: no workspace resolves, the host is not a usable URL, or a setting is out of
-            range (``pydantic.ValidationError``, a ``ValueError`` naming the field).
-        TypeError: an unknown keyword, or an ``http_client`` of the other kind.
+            range (`pydantic.ValidationError`, a `ValueError` naming the field).
+        TypeError: an unknown keyword, or an `http_client` of the other kind.
     """
 
 
 class ClipClient(_BaseClient):
     """Embeds texts and images with CLIP ViT-L/14 on Databricks Model Serving (or in-process, with
-    :meth:`local`). Every result is float32, one row per input, in input order.
+    [`local`][clip_client.ClipClient.local]). Every result is float32, one row per input, in input order.
 
-    One client is safe to share across threads; ``max_concurrency`` bounds the requests in flight
-    across all of them. Use it as a context manager, or call :meth:`close`.
+    One client is safe to share across threads; `max_concurrency` bounds the requests in flight
+    across all of them. Use it as a context manager, or call [`close`][clip_client.ClipClient.close].
 
-    >>> with ClipClient() as client:  # the workspace from databricks-sdk's config chain  # doctest: +SKIP
-    ...     client.embed_texts(["a red car", "a dog"]).shape
-    (2, 768)
+    ```python
+    with ClipClient() as client:  # the workspace from databricks-sdk's config chain
+        client.embed_texts(["a red car", "a dog"]).shape  # (2, 768)
+    ```
     """
 
     def __init__(
@@ -663,6 +673,7 @@ class ClipClient(_BaseClient):
         image_preparation: ImagePreparation | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
+        cache_namespace: str | None = None,
         backend: Backend | None = None,
         http_client: httpx.Client | None = None,
         cache: CacheOption = None,
@@ -697,6 +708,7 @@ class ClipClient(_BaseClient):
             image_preparation=image_preparation,
             normalize=normalize,
             progress=progress,
+            cache_namespace=cache_namespace,
         )
         self._request_threads: ThreadPoolExecutor | None = None
         self._request_threads_size = 0
@@ -739,29 +751,31 @@ class ClipClient(_BaseClient):
         """Embed texts.
 
         Args:
-            texts: a list (or any iterable) of ``str``; ``""`` and whitespace embed as the model
+            texts: a list (or any iterable) of `str`; `""` and whitespace embed as the model
                 embeds them; texts over CLIP's 77 tokens are truncated by the model, never refused.
             batch_size: records per request for this call (default: the client's).
-            normalize: L2-normalise the rows (default: the client's ``normalize``).
-            progress: show a tqdm bar for this call (default: the client's ``progress``).
-            on_error: ``"raise"`` stops at the first failure; ``"mark"`` embeds everything else and
-                returns an :class:`~clip_client.EmbeddingResult` whose failed rows are NaN.
+            normalize: L2-normalise the rows (default: the client's `normalize`).
+            progress: show a tqdm bar for this call (default: the client's `progress`).
+            on_error: `"raise"` stops at the first failure; `"mark"` embeds everything else and
+                returns an [`EmbeddingResult`][clip_client.EmbeddingResult] whose failed rows are NaN.
             deadline: seconds; a wall-clock bound on the whole call, retries included.
 
         Returns:
-            float32 array of shape ``(len(texts), dim)`` (``dim`` 768 for ViT-L/14), rows in input
-            order; ``(0, dim)`` for no texts. With ``on_error="mark"``, an ``EmbeddingResult``.
+            float32 array of shape `(len(texts), dim)` (`dim` 768 for ViT-L/14), rows in input
+            order; `(0, dim)` for no texts. With `on_error="mark"`, an `EmbeddingResult`.
 
         Raises:
-            TypeError: ``texts`` is a single ``str`` (use :meth:`embed_text`) or not iterable.
-            InvalidInputError: a text is not a ``str`` or holds a lone surrogate (``.index``
+            TypeError: `texts` is a single `str` (use [`embed_text`][clip_client.ClipClient.embed_text]) or
+                not iterable.
+            InvalidInputError: a text is not a `str` or holds a lone surrogate (`.index`
                 names it); raised before any request.
-            APIError: a request failed after its retries (see docs/errors.md); with ``deadline``,
-                ``APITimeoutError`` once it passes.
+            APIError: a request failed after its retries (see docs/errors.md); with `deadline`,
+                `APITimeoutError` once it passes.
             CredentialsError: databricks-sdk could not produce credentials.
 
-        >>> client.embed_texts(["a red car", "a dog"], normalize=True).shape  # doctest: +SKIP
-        (2, 768)
+        ```python
+        client.embed_texts(["a red car", "a dog"], normalize=True).shape  # (2, 768)
+        ```
         """
         plan = self._plan(
             "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -775,19 +789,20 @@ class ClipClient(_BaseClient):
         """Embed one text.
 
         Args:
-            text: a ``str`` (``""`` included).
-            normalize: L2-normalise the row (default: the client's ``normalize``).
+            text: a `str` (`""` included).
+            normalize: L2-normalise the row (default: the client's `normalize`).
             deadline: seconds; a wall-clock bound on the call.
 
         Returns:
-            float32 array of shape ``(dim,)``.
+            float32 array of shape `(dim,)`.
 
         Raises:
-            InvalidInputError: ``text`` is not a ``str`` (no ``.index``: there is no list).
-            APIError, CredentialsError: as :meth:`embed_texts`.
+            InvalidInputError: `text` is not a `str` (no `.index`: there is no list).
+            APIError, CredentialsError: as [`embed_texts`][clip_client.ClipClient.embed_texts].
 
-        >>> client.embed_text("a photo of a cat").shape  # doctest: +SKIP
-        (768,)
+        ```python
+        client.embed_text("a photo of a cat").shape  # (768,)
+        ```
         """
         with _one_input():
             row: EmbeddingArray = self.embed_texts([text], normalize=normalize, deadline=deadline)[0]
@@ -826,28 +841,31 @@ class ClipClient(_BaseClient):
         deadline: float | None = None,
     ) -> EmbeddingArray | EmbeddingResult:
         """Embed images, each decoded, oriented, converted to RGB, resized and centre-cropped to
-        224x224 exactly as the served ``CLIPImageProcessor`` would (docs/images.md).
+        224x224 exactly as the served `CLIPImageProcessor` would (docs/images.md).
 
         Args:
-            images: a list (or any iterable) of paths (``str``/``os.PathLike``, ``~`` expanded),
-                ``data:image/...;base64,`` URIs, plain base64 strings of image files, encoded file
+            images: a list (or any iterable) of paths (`str`/`os.PathLike`, `~` expanded),
+                `data:image/...;base64,` URIs, plain base64 strings of image files, encoded file
                 bytes, PIL images, or uint8 arrays (HxW, HxWx1, HxWx3 RGB, HxWx4 RGBA); or one uint8
-                array of shape ``(N, H, W, C)``.
-            batch_size, normalize, progress, on_error, deadline: as :meth:`embed_texts`.
+                array of shape `(N, H, W, C)`.
+            batch_size, normalize, progress, on_error, deadline: as
+                [`embed_texts`][clip_client.ClipClient.embed_texts].
 
         Returns:
-            float32 array of shape ``(len(images), dim)``, rows in input order; ``(0, dim)`` for no
-            images. With ``on_error="mark"``, an :class:`~clip_client.EmbeddingResult`.
+            float32 array of shape `(len(images), dim)`, rows in input order; `(0, dim)` for no
+            images. With `on_error="mark"`, an [`EmbeddingResult`][clip_client.EmbeddingResult].
 
         Raises:
-            TypeError: ``images`` is a single image (use :meth:`embed_image`) or not iterable.
+            TypeError: `images` is a single image (use [`embed_image`][clip_client.ClipClient.embed_image]) or
+                not iterable.
             InvalidInputError: an input of the wrong kind (a missing file, a URL, a float array...),
-                with its ``.index`` and ``.path``; ``ImageDecodeError`` for one that does not decode.
+                with its `.index` and `.path`; `ImageDecodeError` for one that does not decode.
                 Raised when the batch holding it is prepared: earlier batches may have been sent.
-            APIError, CredentialsError: as :meth:`embed_texts`.
+            APIError, CredentialsError: as [`embed_texts`][clip_client.ClipClient.embed_texts].
 
-        >>> client.embed_images(["cat.jpg", Image.open("dog.png")]).shape  # doctest: +SKIP
-        (2, 768)
+        ```python
+        client.embed_images(["cat.jpg", Image.open("dog.png")]).shape  # (2, 768)
+        ```
         """
         plan = self._plan(
             "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -858,17 +876,18 @@ class ClipClient(_BaseClient):
     def embed_image(
         self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
     ) -> EmbeddingArray:
-        """Embed one image (any input :meth:`embed_images` takes).
+        """Embed one image (any input [`embed_images`][clip_client.ClipClient.embed_images] takes).
 
         Returns:
-            float32 array of shape ``(dim,)``.
+            float32 array of shape `(dim,)`.
 
         Raises:
-            InvalidInputError, ImageDecodeError: the image cannot be used (no ``.index``).
-            APIError, CredentialsError: as :meth:`embed_texts`.
+            InvalidInputError, ImageDecodeError: the image cannot be used (no `.index`).
+            APIError, CredentialsError: as [`embed_texts`][clip_client.ClipClient.embed_texts].
 
-        >>> client.embed_image("cat.jpg").shape  # doctest: +SKIP
-        (768,)
+        ```python
+        client.embed_image("cat.jpg").shape  # (768,)
+        ```
         """
         with _one_input():
             row: EmbeddingArray = self.embed_images([image], normalize=normalize, deadline=deadline)[0]
@@ -891,51 +910,55 @@ class ClipClient(_BaseClient):
         Each label is written into every template; the prompts are embedded, each prompt embedding
         L2-normalised, averaged per label and normalised again (Radford et al., 2021, "Learning
         Transferable Visual Models From Natural Language Supervision", section 3.1.4; the CLIP
-        repository's ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``). Each image's
-        probabilities are ``softmax(logit_scale * cos(image, label))`` over the labels. The label
+        repository's `notebooks/Prompt_Engineering_for_ImageNet.ipynb`). Each image's
+        probabilities are `softmax(logit_scale * cos(image, label))` over the labels. The label
         embeddings are remembered by the client (its last 32 label sets, keyed by the labels, the
         templates and the backend), so another call with the same labels sends no text request.
 
         Args:
-            images: anything :meth:`embed_images` takes.
-            labels: the classes, a non-empty list of distinct, non-blank ``str`` (``"cat"``,
-                ``"golden retriever"``); a label is inserted into the templates as it is.
-            templates: prompt templates, each with exactly one ``{}`` where the label goes
-                (``"a photo of a {}."``; ``{{``/``}}`` for literal braces). Default (None): the 7
+            images: anything [`embed_images`][clip_client.ClipClient.embed_images] takes.
+            labels: the classes, a non-empty list of distinct, non-blank `str` (`"cat"`,
+                `"golden retriever"`); a label is inserted into the templates as it is.
+            templates: prompt templates, each with exactly one `{}` where the label goes
+                (`"a photo of a {}."`; `{{`/`}}` for literal braces). Default (None): the 7
                 templates the CLIP authors selected for ImageNet in that notebook
-                (``clip_client._core.zeroshot.DEFAULT_TEMPLATES``); ``["{}"]`` uses the bare labels.
+                (`clip_client._core.zeroshot.DEFAULT_TEMPLATES`); `["{}"]` uses the bare labels.
             logit_scale: the temperature multiplying the cosines, > 0. Default (None): the local
-                model's own ``exp(logit_scale)`` in local mode (:attr:`LocalBackend.logit_scale`),
-                else 100.0, the value of openai/clip-vit-large-patch14 (CLIP's training clips the
-                scale at 100). Larger is more confident; it never changes the ranking.
-            on_error: ``"raise"`` stops at the first image that fails, as :meth:`embed_images`;
-                ``"mark"`` classifies the others, gives failed images NaN rows and lists them in
-                ``failures``. A failure to embed the prompts raises either way.
+                model's own `exp(logit_scale)` in local mode
+                ([`LocalBackend.logit_scale`][clip_client.LocalBackend.logit_scale]), else 100.0, the value of
+                openai/clip-vit-large-patch14 (CLIP's training clips the scale at 100). Larger is more
+                confident; it never changes the ranking.
+            on_error: `"raise"` stops at the first image that fails, as
+                [`embed_images`][clip_client.ClipClient.embed_images]; `"mark"` classifies the others, gives
+                failed images NaN rows and lists them in `failures`. A failure to embed the prompts raises
+                either way.
             batch_size: records per request for this call (default: the client's).
-            progress: show tqdm bars, prompts then images (default: the client's ``progress``).
+            progress: show tqdm bars, prompts then images (default: the client's `progress`).
             deadline: seconds; a wall-clock bound on the whole call (prompts and images), retries
                 included.
 
         Returns:
-            a :class:`~clip_client.ZeroShotResult`: ``labels`` (a tuple), ``probabilities`` float32
-            ``(len(images), len(labels))`` whose rows sum to 1, ``failures``, ``predictions`` (the
-            top label of each image) and ``top(k)``.
+            a [`ZeroShotResult`][clip_client.ZeroShotResult]: `labels` (a tuple), `probabilities` float32
+            `(len(images), len(labels))` whose rows sum to 1, `failures`, `predictions` (the
+            top label of each image) and `top(k)`.
 
         Raises:
-            TypeError: ``images`` is a single image, ``labels`` or ``templates`` a single ``str``
-                (pass a list), or ``logit_scale`` not a number.
-            InvalidInputError: no labels, or a label that is not a ``str``, is blank or repeats
-                another; no templates, or a template without exactly one ``{}`` or repeating another
-                (``.index`` names the label or template); raised before any request. An image that
-                cannot be used, as :meth:`embed_images` (``ImageDecodeError``...).
-            ValueError: ``logit_scale`` not finite and > 0; ``on_error`` or ``deadline`` invalid.
+            TypeError: `images` is a single image, `labels` or `templates` a single `str`
+                (pass a list), or `logit_scale` not a number.
+            InvalidInputError: no labels, or a label that is not a `str`, is blank or repeats
+                another; no templates, or a template without exactly one `{}` or repeating another
+                (`.index` names the label or template); raised before any request. An image that
+                cannot be used, as [`embed_images`][clip_client.ClipClient.embed_images]
+                (`ImageDecodeError`...).
+            ValueError: `logit_scale` not finite and > 0; `on_error` or `deadline` invalid.
             ResponseFormatError: the text and image embeddings differ in width (the two endpoints
                 serve different models).
-            APIError, CredentialsError: as :meth:`embed_texts`.
+            APIError, CredentialsError: as [`embed_texts`][clip_client.ClipClient.embed_texts].
 
-        >>> result = client.classify(["cat.jpg", "dog.png"], ["cat", "dog", "car"])  # doctest: +SKIP
-        >>> result.predictions  # doctest: +SKIP
-        ['cat', 'dog']
+        ```python
+        result = client.classify(["cat.jpg", "dog.png"], ["cat", "dog", "car"])
+        result.predictions  # ['cat', 'dog']
+        ```
         """
         task, checked = self._zero_shot(images, labels, templates, logit_scale, on_error, deadline)
         if task.labels_embedded is None:
@@ -961,21 +984,24 @@ class ClipClient(_BaseClient):
     ) -> EmbeddingStream:
         """Embed an iterable of any length (a generator, a file read line by line).
 
-        Args: as :meth:`embed_texts`; ``texts`` is read lazily, a bounded number ahead.
+        Args: as [`embed_texts`][clip_client.ClipClient.embed_texts]; `texts` is read lazily, a bounded number
+        ahead.
 
         Returns:
-            an :class:`~clip_client.EmbeddingStream` of ``(index, vector)``, ``vector`` float32
-            ``(dim,)``, in input order, with memory bounded by a few batches. Closing it (or leaving
-            its ``with`` block) cancels the work in flight.
+            an [`EmbeddingStream`][clip_client.EmbeddingStream] of `(index, vector)`, `vector` float32
+            `(dim,)`, in input order, with memory bounded by a few batches. Closing it (or leaving
+            its `with` block) cancels the work in flight.
 
         Raises:
-            TypeError: at once, for a single ``str``. Other errors as :meth:`embed_texts`, raised
-                by the stream when it reaches them (with ``on_error="mark"``, listed in
-                ``stream.failures`` instead).
+            TypeError: at once, for a single `str`. Other errors as
+                [`embed_texts`][clip_client.ClipClient.embed_texts], raised by the stream when it reaches them
+                (with `on_error="mark"`, listed in `stream.failures` instead).
 
-        >>> with client.iter_embed_texts(open("captions.txt")) as stream:  # doctest: +SKIP
-        ...     for index, vector in stream:
-        ...         sink.write(index, vector)
+        ```python
+        with client.iter_embed_texts(open("captions.txt")) as stream:
+            for index, vector in stream:
+                sink.write(index, vector)
+        ```
         """
         plan = self._plan(
             "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -996,11 +1022,14 @@ class ClipClient(_BaseClient):
         """Embed an iterable of images of any length; images are read and prepared a bounded number
         ahead, so memory does not grow with the input.
 
-        Args, Returns, Raises: as :meth:`iter_embed_texts`, for the inputs :meth:`embed_images` takes.
+        Args, Returns, Raises: as [`iter_embed_texts`][clip_client.ClipClient.iter_embed_texts], for the
+        inputs [`embed_images`][clip_client.ClipClient.embed_images] takes.
 
-        >>> photos = Path("photos").glob("*.jpg")
-        >>> with client.iter_embed_images(photos, on_error="mark") as stream:  # doctest: +SKIP
-        ...     rows = dict(stream)
+        ```python
+        photos = Path("photos").glob("*.jpg")
+        with client.iter_embed_images(photos, on_error="mark") as stream:
+            rows = dict(stream)
+        ```
         """
         plan = self._plan(
             "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -1011,58 +1040,61 @@ class ClipClient(_BaseClient):
     def check_endpoint(self, *, deadline: float | None = None) -> EndpointCheck:
         """What the two endpoints are and do, measured rather than assumed.
 
-        Per endpoint, text and image: its state from ``GET /api/2.0/serving-endpoints/{name}``
+        Per endpoint, text and image: its state from `GET /api/2.0/serving-endpoints/{name}`
         (ready, configuration update, served entities with workload size and type, scale to zero,
         route-optimized); the embedding width, from one probe; for the image endpoint, pixel parity
         (a 640x480 probe picture sent in one request both as the whole PNG file and as this client's
-        prepared crop: cosine, largest difference and a verdict, ``"exact"``, ``"close"`` or
-        ``"different"``, with what to do about the last two); for the text endpoint, whether a text
+        prepared crop: cosine, largest difference and a verdict, `"exact"`, `"close"` or
+        `"different"`, with what to do about the last two); for the text endpoint, whether a text
         over CLIP's 77 tokens is truncated or refused. Probes go through the normal embed path
-        (retries, auth, the adaptive limit, ``timeout``) and count in :attr:`stats`. Fields and
-        verdicts: docs/endpoints.md.
+        (retries, auth, the adaptive limit, `timeout`) and count in [`stats`][clip_client.ClipClient.stats].
+        Fields and verdicts: docs/endpoints.md.
 
         Cost: 4 requests when every answer is a success (2 state GETs, 2 probe POSTs); a probe pair
         the endpoint refuses with 400 is split to tell which input it refused (2 more); retries add
-        theirs. A backend without a control plane (:meth:`local`) reports its state as "not a
-        serving endpoint" and runs 2 forward passes.
+        theirs. A backend without a control plane ([`local`][clip_client.ClipClient.local]) reports its state
+        as "not a serving endpoint" and runs 2 forward passes.
 
         Args:
             deadline: seconds; a bound on the probes, retries included (each state GET is bounded by
                 10 s on its own).
 
         Returns:
-            an :class:`~clip_client.EndpointCheck` (frozen): ``.text`` and ``.image``
-            (:class:`~clip_client.EndpointReport`), ``.requests``, ``.advice``; ``str()`` of it is a
+            an [`EndpointCheck`][clip_client.EndpointCheck] (frozen): `.text` and `.image`
+            ([`EndpointReport`][clip_client.EndpointReport]), `.requests`, `.advice`; `str()` of it is a
             readable summary. A state that cannot be read (403: CAN QUERY without CAN VIEW; a failed
             GET) is reported unknown with its reason, not raised.
 
         Raises:
-            EndpointNotFoundError: an endpoint does not exist (404); ``.endpoint`` names it.
+            EndpointNotFoundError: an endpoint does not exist (404); `.endpoint` names it.
             AuthenticationError: 401, the credentials are wrong.
             PermissionDeniedError: 403 on a probe: the caller may not query the endpoint.
             APIError: a probe of what the client itself sends (a short caption, its prepared crop)
                 failed after its retries (a refusal of the long text or of the whole file is a
-                finding, not an error); ``APITimeoutError`` once ``deadline`` passes.
+                finding, not an error); `APITimeoutError` once `deadline` passes.
             CredentialsError: databricks-sdk could not produce credentials.
-            ValueError: ``deadline`` is not > 0.
+            ValueError: `deadline` is not > 0.
             RuntimeError: the client is closed.
 
-        >>> print(client.check_endpoint())  # doctest: +SKIP
+        ```python
+        print(client.check_endpoint())
+        ```
         """
-        read_state = getattr(self.backend, "endpoint_state", None)
-        flow, ctx = self._check_flow(deadline, control_plane=read_state is not None)
+        control = self._control_plane
+        flow, ctx = self._check_flow(deadline, control_plane=control is not None)
 
         def step(s: Step) -> Any:
             if isinstance(s, ReadState):
+                assert control is not None  # the flow reads states only from a control plane
                 # Bounded by the check's deadline too: min(10 s, the time left).
-                return read_state(s.kind, refresh=True, timeout=state_timeout(ctx))  # type: ignore[misc]
+                return control.endpoint_state(s.kind, refresh=True, timeout=state_timeout(ctx))
             self._check_call(s.kind, ctx)
             return self.backend.embed(s.kind, s.batch.payloads, ctx)
 
         return drive(flow, step)
 
     def close(self) -> None:
-        """Release connections and threads (not an ``http_client`` you passed). Idempotent."""
+        """Release connections and threads (not an `http_client` you passed). Idempotent."""
         self._shutdown_pools()
         with self._pool_lock:
             for pool in [*self._retired_threads, self._request_threads]:
@@ -1082,7 +1114,7 @@ class ClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    def _collect(self, plan: _Plan) -> EmbeddingArray | EmbeddingResult:
+    def _collect(self, plan: _CallPlan) -> EmbeddingArray | EmbeddingResult:
         if plan.total == 0:
             return self._empty(plan)
         out = self._collector(plan)
@@ -1090,14 +1122,14 @@ class ClipClient(_BaseClient):
             out.put(*row)
         return out.result(self.backend.dim)
 
-    def _rows(self, plan: _Plan) -> Iterator[Row]:
+    def _rows(self, plan: _CallPlan) -> Iterator[Row]:
         if plan.kind == "text":
             items = self._text_items(plan.inputs)
         else:
             items = self._image_items(plan.inputs, plan.settings)
         return self._stream(plan, items)
 
-    def _image_items(self, images: Iterable[object], settings: Settings) -> Iterator[Prepared]:
+    def _image_items(self, images: Iterable[object], settings: Settings) -> Generator[Prepared, None, None]:
         for i, fut in self._images_ahead(images, settings):
             try:
                 prepared = fut.result()
@@ -1106,10 +1138,11 @@ class ClipClient(_BaseClient):
             else:
                 yield self._image_item(i, prepared)
 
-    def _stream(self, plan: _Plan, items: Iterator[Prepared]) -> Iterator[Row]:
+    def _stream(self, plan: _CallPlan, items: Generator[Prepared, None, None]) -> Iterator[Row]:
         ctx = self._context(plan)
-        if self._cache_needs_state():
-            self.backend.prepare(plan.kind, ctx)  # type: ignore[attr-defined]
+        control = self._control_plane
+        if (first := self._prepare_before_lookup()) is not None:
+            first.prepare(plan.kind, ctx)
         job = self._new_job(plan)
         pool: ThreadPoolExecutor | None = None
         pending: dict[Future[list[BatchOutcome]], Batch] = {}  # each batch in flight, by its future
@@ -1117,8 +1150,8 @@ class ClipClient(_BaseClient):
         def submit(batch: Batch) -> None:
             nonlocal pool
             if pool is None:  # the call's first request: the backend knows its endpoint first
-                if isinstance(self.backend, RemoteBackend):
-                    self.backend.prepare(plan.kind, ctx)
+                if control is not None:
+                    control.prepare(plan.kind, ctx)
                 job.resize(self._window())
                 pool = self._request_pool()
             pending[pool.submit(self._send, plan.kind, batch, ctx, job)] = batch
@@ -1159,7 +1192,7 @@ class ClipClient(_BaseClient):
             raise
         finally:
             job.close()
-            items.close()  # type: ignore[attr-defined]
+            items.close()
 
     def _send(self, kind: InputKind, batch: Batch, ctx: CallContext, job: EmbedJob) -> list[BatchOutcome]:
         def send(b: Batch) -> EmbeddingArray:
@@ -1176,9 +1209,9 @@ class ClipClient(_BaseClient):
 
     def _request_pool(self) -> ThreadPoolExecutor:
         """The thread pool requests are sent from: one per client, shared by every thread using it.
-        Two threads more than the client's concurrency (``max_concurrency``, or what ``"auto"``
+        Two threads more than the client's concurrency (`max_concurrency`, or what `"auto"`
         resolved to): the backend's limit caps what is on the wire, and the spare threads build the
-        next bodies and parse answers while every slot stays busy. When ``"auto"`` resolves a higher
+        next bodies and parse answers while every slot stays busy. When `"auto"` resolves a higher
         ceiling for another endpoint, a larger pool replaces it (calls under way finish on the old
         one, which is shut down with the client)."""
         size = self._concurrency() + 2
@@ -1192,26 +1225,28 @@ class ClipClient(_BaseClient):
 
 
 ClipClient.__doc__ = (ClipClient.__doc__ or "") + _CLIENT_DOC.format(
-    http_client="your own ``httpx.Client`` to send through (its timeouts and limits apply, "
-    "shortened only by a nearer ``deadline``; left open on ``close``). Default: one the client "
-    "creates, with ``timeout`` bounding each attempt as a whole.",
+    http_client="your own `httpx.Client` to send through (its timeouts and limits apply, "
+    "shortened only by a nearer `deadline`; left open on `close`). Default: one the client "
+    "creates, with `timeout` bounding each attempt as a whole.",
     settings=_settings_doc(),
 )
 
 
 class AsyncClipClient(_BaseClient):
-    """The asyncio twin of :class:`ClipClient`: the same keywords (``http_client`` is an
-    ``httpx.AsyncClient``), the same results, awaitable.
+    """The asyncio twin of [`ClipClient`][clip_client.ClipClient]: the same keywords (`http_client` is an
+    `httpx.AsyncClient`), the same results, awaitable.
 
-    ``max_concurrency`` bounds the requests in flight across all tasks using the client. Image
+    `max_concurrency` bounds the requests in flight across all tasks using the client. Image
     decoding runs in worker threads, and OAuth token refreshes off the event loop, so the loop stays
-    responsive. A client may be used from several event loops in turn (each ``asyncio.run`` gets a
+    responsive. A client may be used from several event loops in turn (each `asyncio.run` gets a
     fresh connection pool).
 
-    >>> async with AsyncClipClient() as client:  # doctest: +SKIP
-    ...     texts, images = await asyncio.gather(
-    ...         client.embed_texts(["a red car"]), client.embed_images(["car.jpg"])
-    ...     )
+    ```python
+    async with AsyncClipClient() as client:
+        texts, images = await asyncio.gather(
+            client.embed_texts(["a red car"]), client.embed_images(["car.jpg"])
+        )
+    ```
     """
 
     def __init__(
@@ -1242,6 +1277,7 @@ class AsyncClipClient(_BaseClient):
         image_preparation: ImagePreparation | None = None,
         normalize: bool | None = None,
         progress: bool | None = None,
+        cache_namespace: str | None = None,
         backend: Backend | None = None,
         http_client: httpx.AsyncClient | None = None,
         cache: CacheOption = None,
@@ -1276,6 +1312,7 @@ class AsyncClipClient(_BaseClient):
             image_preparation=image_preparation,
             normalize=normalize,
             progress=progress,
+            cache_namespace=cache_namespace,
         )
 
     # -- public API ----------------------------------------------------------------------------------
@@ -1312,31 +1349,15 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> EmbeddingArray | EmbeddingResult:
-        """Embed texts; the twin of :meth:`ClipClient.embed_texts`.
+        """The async twin of [`ClipClient.embed_texts`][clip_client.ClipClient.embed_texts].
 
-        Args:
-            texts: a list (or any iterable) of ``str``; ``""`` and whitespace embed as the model
-                embeds them; texts over CLIP's 77 tokens are truncated by the model, never refused.
-            batch_size: records per request for this call (default: the client's).
-            normalize: L2-normalise the rows (default: the client's ``normalize``).
-            progress: show a tqdm bar for this call (default: the client's ``progress``).
-            on_error: ``"raise"`` stops at the first failure; ``"mark"`` embeds everything else and
-                returns an :class:`~clip_client.EmbeddingResult` whose failed rows are NaN.
-            deadline: seconds; a wall-clock bound on the whole call, retries included.
+        The same arguments, checks, results and errors, awaited.
 
-        Returns:
-            float32 array of shape ``(len(texts), dim)`` (``dim`` 768 for ViT-L/14), rows in input
-            order; ``(0, dim)`` for no texts. With ``on_error="mark"``, an ``EmbeddingResult``.
+        Args, Returns, Raises: as [`ClipClient.embed_texts`][clip_client.ClipClient.embed_texts].
 
-        Raises:
-            TypeError: ``texts`` is a single ``str`` (use :meth:`embed_text`) or not iterable.
-            InvalidInputError: a text is not a ``str`` or holds a lone surrogate (``.index``
-                names it); raised before any request.
-            APIError: a request failed after its retries (see docs/errors.md); with ``deadline``,
-                ``APITimeoutError`` once it passes.
-            CredentialsError: databricks-sdk could not produce credentials.
-
-        >>> await client.embed_texts(["a red car", "a dog"], normalize=True)  # doctest: +SKIP
+        ```python
+        vectors = await client.embed_texts(["a red car", "a dog"], normalize=True)
+        ```
         """
         plan = self._plan(
             "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -1347,17 +1368,13 @@ class AsyncClipClient(_BaseClient):
     async def embed_text(
         self, text: str, *, normalize: bool | None = None, deadline: float | None = None
     ) -> EmbeddingArray:
-        """Embed one text; the twin of :meth:`ClipClient.embed_text`.
+        """The async twin of [`ClipClient.embed_text`][clip_client.ClipClient.embed_text].
 
-        Returns:
-            float32 array of shape ``(dim,)``.
+        Args, Returns, Raises: as [`ClipClient.embed_text`][clip_client.ClipClient.embed_text].
 
-        Raises:
-            InvalidInputError: ``text`` is not a ``str`` (no ``.index``: there is no list).
-            APIError, CredentialsError: as :meth:`embed_texts`.
-
-        >>> (await client.embed_text("a photo of a cat")).shape  # doctest: +SKIP
-        (768,)
+        ```python
+        (await client.embed_text("a photo of a cat")).shape  # (768,)
+        ```
         """
         with _one_input():
             row: EmbeddingArray = (await self.embed_texts([text], normalize=normalize, deadline=deadline))[0]
@@ -1395,18 +1412,15 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> EmbeddingArray | EmbeddingResult:
-        """Embed images; the twin of :meth:`ClipClient.embed_images` (the same inputs, results and
-        errors). Decoding and resizing run in worker threads, off the event loop.
+        """The async twin of [`ClipClient.embed_images`][clip_client.ClipClient.embed_images].
 
-        Returns:
-            float32 array of shape ``(len(images), dim)``, rows in input order; with
-            ``on_error="mark"``, an :class:`~clip_client.EmbeddingResult`.
+        Decoding and resizing run in worker threads, off the event loop.
 
-        Raises:
-            TypeError, InvalidInputError, ImageDecodeError, APIError, CredentialsError: as
-            :meth:`ClipClient.embed_images`.
+        Args, Returns, Raises: as [`ClipClient.embed_images`][clip_client.ClipClient.embed_images].
 
-        >>> await client.embed_images(["cat.jpg", Image.open("dog.png")])  # doctest: +SKIP
+        ```python
+        vectors = await client.embed_images(["cat.jpg", Image.open("dog.png")])
+        ```
         """
         plan = self._plan(
             "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -1417,17 +1431,15 @@ class AsyncClipClient(_BaseClient):
     async def embed_image(
         self, image: ImageInput, *, normalize: bool | None = None, deadline: float | None = None
     ) -> EmbeddingArray:
-        """Embed one image; the twin of :meth:`ClipClient.embed_image`.
+        """The async twin of [`ClipClient.embed_image`][clip_client.ClipClient.embed_image].
 
-        Returns:
-            float32 array of shape ``(dim,)``.
+        Decoding and resizing run in a worker thread, off the event loop.
 
-        Raises:
-            InvalidInputError, ImageDecodeError: the image cannot be used (no ``.index``).
-            APIError, CredentialsError: as :meth:`embed_texts`.
+        Args, Returns, Raises: as [`ClipClient.embed_image`][clip_client.ClipClient.embed_image].
 
-        >>> (await client.embed_image("cat.jpg")).shape  # doctest: +SKIP
-        (768,)
+        ```python
+        (await client.embed_image("cat.jpg")).shape  # (768,)
+        ```
         """
         with _one_input():
             rows = await self.embed_images([image], normalize=normalize, deadline=deadline)
@@ -1446,19 +1458,15 @@ class AsyncClipClient(_BaseClient):
         progress: bool | None = None,
         deadline: float | None = None,
     ) -> ZeroShotResult:
-        """Zero-shot classification; the twin of :meth:`ClipClient.classify` (the same arguments,
-        defaults, result and errors, and the same memory of label embeddings).
+        """The async twin of [`ClipClient.classify`][clip_client.ClipClient.classify].
 
-        Returns:
-            a :class:`~clip_client.ZeroShotResult`, ``probabilities`` float32
-            ``(len(images), len(labels))``.
+        It shares the client's memory of label embeddings with every other call.
 
-        Raises:
-            TypeError, ValueError, InvalidInputError, APIError: as :meth:`ClipClient.classify`
-                (``ResponseFormatError`` and ``CredentialsError`` too), in the same cases.
+        Args, Returns, Raises: as [`ClipClient.classify`][clip_client.ClipClient.classify].
 
-        >>> (await client.classify(["cat.jpg"], ["cat", "dog"])).predictions  # doctest: +SKIP
-        ['cat']
+        ```python
+        (await client.classify(["cat.jpg"], ["cat", "dog"])).predictions  # ['cat']
+        ```
         """
         task, checked = self._zero_shot(images, labels, templates, logit_scale, on_error, deadline)
         if task.labels_embedded is None:
@@ -1482,18 +1490,19 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> AsyncEmbeddingStream:
-        """Embed an iterable of any length; the twin of :meth:`ClipClient.iter_embed_texts`.
+        """The async twin of [`ClipClient.iter_embed_texts`][clip_client.ClipClient.iter_embed_texts].
+
+        Args, Raises: as [`ClipClient.iter_embed_texts`][clip_client.ClipClient.iter_embed_texts].
 
         Returns:
-            an :class:`~clip_client.AsyncEmbeddingStream` of ``(index, vector)`` in input order,
-            used with ``async with`` / ``async for``; memory bounded by a few batches.
+            an [`AsyncEmbeddingStream`][clip_client.AsyncEmbeddingStream] of `(index, vector)` in
+            input order, used with `async with` / `async for`; memory bounded by a few batches.
 
-        Raises:
-            TypeError: at once, for a single ``str``; other errors as the stream reaches them.
-
-        >>> async with client.iter_embed_texts(lines) as stream:  # doctest: +SKIP
-        ...     async for index, vector in stream:
-        ...         sink.write(index, vector)
+        ```python
+        async with client.iter_embed_texts(lines) as stream:
+            async for index, vector in stream:
+                sink.write(index, vector)
+        ```
         """
         plan = self._plan(
             "text", texts, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -1511,13 +1520,18 @@ class AsyncClipClient(_BaseClient):
         on_error: OnError = "raise",
         deadline: float | None = None,
     ) -> AsyncEmbeddingStream:
-        """Embed an iterable of images of any length; the twin of
-        :meth:`ClipClient.iter_embed_images`.
+        """The async twin of [`ClipClient.iter_embed_images`][clip_client.ClipClient.iter_embed_images].
 
-        Returns, Raises: as :meth:`iter_embed_texts`.
+        Args, Raises: as [`ClipClient.iter_embed_images`][clip_client.ClipClient.iter_embed_images].
 
-        >>> async with client.iter_embed_images(paths, on_error="mark") as stream:  # doctest: +SKIP
-        ...     rows = {index: vector async for index, vector in stream}
+        Returns:
+            an [`AsyncEmbeddingStream`][clip_client.AsyncEmbeddingStream], as
+            [`iter_embed_texts`][clip_client.AsyncClipClient.iter_embed_texts].
+
+        ```python
+        async with client.iter_embed_images(paths, on_error="mark") as stream:
+            rows = {index: vector async for index, vector in stream}
+        ```
         """
         plan = self._plan(
             "image", images, batch_size=batch_size, normalize=normalize, progress=progress,
@@ -1526,60 +1540,34 @@ class AsyncClipClient(_BaseClient):
         return AsyncEmbeddingStream(self._rows(plan))
 
     async def check_endpoint(self, *, deadline: float | None = None) -> EndpointCheck:
-        """What the two endpoints are and do, measured; the twin of :meth:`ClipClient.check_endpoint`.
+        """The async twin of [`ClipClient.check_endpoint`][clip_client.ClipClient.check_endpoint].
 
-        Per endpoint, text and image: its state from ``GET /api/2.0/serving-endpoints/{name}``
-        (ready, configuration update, served entities with workload size and type, scale to zero,
-        route-optimized); the embedding width, from one probe; for the image endpoint, pixel parity
-        (a 640x480 probe picture sent in one request both as the whole PNG file and as this client's
-        prepared crop: cosine, largest difference and a verdict, ``"exact"``, ``"close"`` or
-        ``"different"``, with what to do about the last two); for the text endpoint, whether a text
-        over CLIP's 77 tokens is truncated or refused. Probes go through the normal embed path
-        (retries, auth, the adaptive limit, ``timeout``) and count in :attr:`stats`. Fields and
-        verdicts: docs/endpoints.md.
+        The same probes, state reads, cost and report.
 
-        Cost: 4 requests when every answer is a success (2 state GETs, 2 probe POSTs); a probe pair
-        the endpoint refuses with 400 is split to tell which input it refused (2 more); retries add
-        theirs. A backend without a control plane (:meth:`local`) reports its state as "not a
-        serving endpoint" and runs 2 forward passes.
+        Args, Returns, Raises: as [`ClipClient.check_endpoint`][clip_client.ClipClient.check_endpoint].
 
-        Args:
-            deadline: seconds; a bound on the probes, retries included (each state GET is bounded by
-                10 s on its own).
-
-        Returns:
-            an :class:`~clip_client.EndpointCheck` (frozen): ``.text`` and ``.image``
-            (:class:`~clip_client.EndpointReport`), ``.requests``, ``.advice``; ``str()`` of it is a
-            readable summary. A state that cannot be read (403: CAN QUERY without CAN VIEW; a failed
-            GET) is reported unknown with its reason, not raised.
-
-        Raises:
-            EndpointNotFoundError: an endpoint does not exist (404); ``.endpoint`` names it.
-            AuthenticationError: 401, the credentials are wrong.
-            PermissionDeniedError: 403 on a probe: the caller may not query the endpoint.
-            APIError: a probe of what the client itself sends (a short caption, its prepared crop)
-                failed after its retries (a refusal of the long text or of the whole file is a
-                finding, not an error); ``APITimeoutError`` once ``deadline`` passes.
-            CredentialsError: databricks-sdk could not produce credentials.
-            ValueError: ``deadline`` is not > 0.
-            RuntimeError: the client is closed.
-
-        >>> print(await client.check_endpoint())  # doctest: +SKIP
+        ```python
+        print(await client.check_endpoint())
+        ```
         """
-        read_state = getattr(self.backend, "aendpoint_state", None)
-        flow, ctx = self._check_flow(deadline, control_plane=read_state is not None)
+        control = self._control_plane
+        flow, ctx = self._check_flow(deadline, control_plane=control is not None)
         await asyncio.to_thread(probe_image)  # drawn once per process: off the event loop
 
         async def step(s: Step) -> Any:
             if isinstance(s, ReadState):
-                return await read_state(s.kind, refresh=True, timeout=state_timeout(ctx))  # type: ignore[misc]
+                assert control is not None  # the flow reads states only from a control plane
+                return await control.aendpoint_state(s.kind, refresh=True, timeout=state_timeout(ctx))
             self._check_call(s.kind, ctx)
             return await self.backend.aembed(s.kind, s.batch.payloads, ctx)
 
         return await adrive(flow, step)
 
     async def close(self) -> None:
-        """Release connections and threads (not an ``http_client`` you passed). Idempotent."""
+        """The async twin of [`ClipClient.close`][clip_client.ClipClient.close].
+
+        Releases connections and threads (not an `http_client` you passed). Idempotent.
+        """
         self._shutdown_pools()
         await self.backend.aclose()
 
@@ -1593,7 +1581,7 @@ class AsyncClipClient(_BaseClient):
 
     # -- scheduling ----------------------------------------------------------------------------------
 
-    async def _collect(self, plan: _Plan) -> EmbeddingArray | EmbeddingResult:
+    async def _collect(self, plan: _CallPlan) -> EmbeddingArray | EmbeddingResult:
         if plan.total == 0:
             return self._empty(plan)
         out = self._collector(plan)
@@ -1601,14 +1589,16 @@ class AsyncClipClient(_BaseClient):
             out.put(*row)
         return out.result(self.backend.dim)
 
-    def _rows(self, plan: _Plan) -> AsyncIterator[Row]:
+    def _rows(self, plan: _CallPlan) -> AsyncIterator[Row]:
         if plan.kind == "text":
             items = _aiter(self._text_items(plan.inputs))
         else:
             items = self._image_items(plan.inputs, plan.settings)
         return self._stream(plan, items)
 
-    async def _image_items(self, images: Iterable[object], settings: Settings) -> AsyncIterator[Prepared]:
+    async def _image_items(
+        self, images: Iterable[object], settings: Settings
+    ) -> AsyncGenerator[Prepared, None]:
         ahead = self._images_ahead(images, settings)
         try:
             for i, fut in ahead:
@@ -1621,10 +1611,11 @@ class AsyncClipClient(_BaseClient):
         finally:
             ahead.close()
 
-    async def _stream(self, plan: _Plan, items: AsyncIterator[Prepared]) -> AsyncIterator[Row]:
+    async def _stream(self, plan: _CallPlan, items: AsyncGenerator[Prepared, None]) -> AsyncIterator[Row]:
         ctx = self._context(plan)
-        if self._cache_needs_state():
-            await self.backend.aprepare(plan.kind, ctx)  # type: ignore[attr-defined]
+        control = self._control_plane
+        if (first := self._prepare_before_lookup()) is not None:
+            await first.aprepare(plan.kind, ctx)
         job = self._new_job(plan)
         pending: set[asyncio.Future[list[BatchOutcome]]] = set()
         started = False
@@ -1633,8 +1624,8 @@ class AsyncClipClient(_BaseClient):
             nonlocal started
             if not started:  # the call's first request: the backend knows its endpoint first
                 started = True
-                if isinstance(self.backend, RemoteBackend):
-                    await self.backend.aprepare(plan.kind, ctx)
+                if control is not None:
+                    await control.aprepare(plan.kind, ctx)
                 job.resize(self._window())
             pending.add(asyncio.ensure_future(self._send(plan.kind, batch, ctx, job)))
 
@@ -1670,7 +1661,7 @@ class AsyncClipClient(_BaseClient):
             raise
         finally:
             job.close()
-            await items.aclose()  # type: ignore[attr-defined]
+            await items.aclose()
 
     async def _send(
         self, kind: InputKind, batch: Batch, ctx: CallContext, job: EmbedJob
@@ -1689,13 +1680,13 @@ class AsyncClipClient(_BaseClient):
 
 
 AsyncClipClient.__doc__ = (AsyncClipClient.__doc__ or "") + _CLIENT_DOC.format(
-    http_client="your own ``httpx.AsyncClient`` to send through (its timeouts and limits apply, "
-    "shortened only by a nearer ``deadline``; left open on ``close``). Default: one the client "
-    "creates, with ``timeout`` bounding each attempt as a whole.",
+    http_client="your own `httpx.AsyncClient` to send through (its timeouts and limits apply, "
+    "shortened only by a nearer `deadline`; left open on `close`). Default: one the client "
+    "creates, with `timeout` bounding each attempt as a whole.",
     settings=_settings_doc(),
 )
 
 
-async def _aiter(items: Iterator[Prepared]) -> AsyncIterator[Prepared]:
+async def _aiter(items: Iterator[Prepared]) -> AsyncGenerator[Prepared, None]:
     for item in items:
         yield item

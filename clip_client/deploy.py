@@ -1,15 +1,18 @@
 """Stand the two serving endpoints up from this package: log, register, deploy, check.
 
-1. :func:`log_models` logs the text and image pyfunc models (:mod:`clip_client.serving`), with the
+1. [`log_models`][clip_client.deploy.log_models] logs the text and image pyfunc models
+(`clip_client.serving`), with the
    CLIP weights as artifacts, and registers them (Unity Catalog by default:
-   ``{catalog}.{schema}.clip_text_embedding`` and ``{catalog}.{schema}.clip_image_embedding``).
-2. :func:`create_endpoints` creates or updates ``clip-text-embedding`` and ``clip-image-embedding``
+   `{catalog}.{schema}.clip_text_embedding` and `{catalog}.{schema}.clip_image_embedding`).
+2. [`create_endpoints`][clip_client.deploy.create_endpoints] creates or updates `clip-text-embedding` and
+`clip-image-embedding`
    with databricks-sdk, waits until they are ready, reporting progress, and ends with
-   ``ClipClient.check_endpoint()`` against them.
-3. :func:`deploy` does both (``clip-client deploy``); :func:`export_model` writes one model as a
-   folder for ``mlflow models serve`` (``clip-client export-model``).
+   `ClipClient.check_endpoint()` against them.
+3. [`deploy`][clip_client.deploy.deploy] does both (`clip-client deploy`);
+[`export_model`][clip_client.deploy.export_model] writes one model as a
+   folder for `mlflow models serve` (`clip-client export-model`).
 
-Needs the ``mlflow`` extra: ``pip install "clip-serving-client[mlflow]"``. The guide, from an empty
+Needs the `mlflow` extra: `pip install "clip-serving-client[mlflow]"`. The guide, from an empty
 workspace to a check that says *exact*, with the Unity Catalog privileges: docs/deploy.md.
 """
 
@@ -18,13 +21,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._constants import DEFAULT_IMAGE_ENDPOINT, DEFAULT_LOCAL_MODEL, DEFAULT_TEXT_ENDPOINT, LOGGER_NAME
+from ._constants import (
+    DEFAULT_IMAGE_ENDPOINT,
+    DEFAULT_LOCAL_MODEL,
+    DEFAULT_TEXT_ENDPOINT,
+    ENDPOINT_NAME_PATTERN,
+    LOGGER_NAME,
+)
 from .errors import ClipClientError
 from .types import InputKind
 
@@ -49,16 +59,19 @@ __all__ = [
 logger = logging.getLogger(LOGGER_NAME)
 
 KINDS: tuple[InputKind, InputKind] = ("text", "image")
-#: The workload sizes of a served entity (databricks-sdk's ``ServedEntityInput.workload_size``): 4, 8-16
-#: and 16-64 requests served at once.
 WORKLOAD_SIZES = ("Small", "Medium", "Large")
-#: ``deploy(gpu=True)``'s workload type: the smallest GPU (databricks-sdk ``ServingModelWorkloadType``).
+"""The workload sizes of a served entity (databricks-sdk's `ServedEntityInput.workload_size`): 4, 8-16
+and 16-64 requests served at once.
+"""
 GPU_WORKLOAD = "GPU_SMALL"
-#: Seconds between two reads of a deploying endpoint's state.
+"""`deploy(gpu=True)`'s workload type: the smallest GPU (databricks-sdk `ServingModelWorkloadType`)."""
 POLL_INTERVAL = 15.0
-#: Seconds :func:`create_endpoints` waits for both endpoints to be ready (a first CPU deployment of a
-#: 1.7 GB model image build takes 10-20 minutes; GPU ones longer).
+"""Seconds between two reads of a deploying endpoint's state."""
 DEPLOY_TIMEOUT = 3600.0
+"""Seconds [`create_endpoints`][clip_client.deploy.create_endpoints] waits for both endpoints to be ready (a
+first CPU deployment of a
+1.7 GB model image build takes 10-20 minutes; GPU ones longer).
+"""
 
 
 class DeploymentError(ClipClientError):
@@ -67,7 +80,7 @@ class DeploymentError(ClipClientError):
     Attributes:
         endpoint: the serving endpoint's name.
         state_message: the served entity's own account of the failure
-            (``deployment_state_message``), or None when it gave none.
+            (`deployment_state_message`), or None when it gave none.
         status_code: the HTTP status of the workspace's refusal (403...), or None for a failed or
             slow deployment.
     """
@@ -91,9 +104,9 @@ class RegisteredModel:
     """One registered model version.
 
     Attributes:
-        kind: ``"text"`` or ``"image"``.
-        name: the registered name (``catalog.schema.clip_text_embedding`` in Unity Catalog).
-        version: the version, as the registry gives it (``"1"``).
+        kind: `"text"` or `"image"`.
+        name: the registered name (`catalog.schema.clip_text_embedding` in Unity Catalog).
+        version: the version, as the registry gives it (`"1"`).
     """
 
     kind: InputKind
@@ -102,13 +115,13 @@ class RegisteredModel:
 
     @property
     def uri(self) -> str:
-        """``models:/{name}/{version}``, what ``mlflow.pyfunc.load_model`` takes."""
+        """`models:/{name}/{version}`, what `mlflow.pyfunc.load_model` takes."""
         return f"models:/{self.name}/{self.version}"
 
 
 @dataclass(frozen=True)
 class LoggedModels:
-    """What :func:`log_models` registered: the text and the image model."""
+    """What [`log_models`][clip_client.deploy.log_models] registered: the text and the image model."""
 
     text: RegisteredModel
     image: RegisteredModel
@@ -119,13 +132,13 @@ class LoggedModels:
 
 @dataclass(frozen=True)
 class Deployment:
-    """What :func:`create_endpoints` left behind.
+    """What [`create_endpoints`][clip_client.deploy.create_endpoints] left behind.
 
     Attributes:
-        endpoints: ``{"text": name, "image": name}``.
+        endpoints: `{"text": name, "image": name}`.
         created: the names of the endpoints it created (the others it updated).
-        check: the ``check_endpoint()`` report of the deployed endpoints (``str()`` reads well), or
-            None when ``check=False``.
+        check: the `check_endpoint()` report of the deployed endpoints (`str()` reads well), or
+            None when `check=False`.
     """
 
     endpoints: dict[str, str]
@@ -138,11 +151,11 @@ class Deployment:
 
 
 def registered_names(catalog: str | None, schema: str | None) -> dict[InputKind, str]:
-    """The registered names of both models: ``{catalog}.{schema}.clip_{kind}_embedding``, or
-    ``clip_{kind}_embedding`` when neither is given (a workspace or other registry).
+    """The registered names of both models: `{catalog}.{schema}.clip_{kind}_embedding`, or
+    `clip_{kind}_embedding` when neither is given (a workspace or other registry).
 
     Raises:
-        ValueError: only one of ``catalog`` and ``schema``, or one with a dot or space in it.
+        ValueError: only one of `catalog` and `schema`, or one with a dot or space in it.
     """
     if (catalog is None) != (schema is None):
         raise ValueError(
@@ -198,37 +211,38 @@ def log_models(
 ) -> LoggedModels:
     """Log both pyfunc models in one MLflow run (a child run each) and register them.
 
-    The checkpoint's files are logged as each model's ``clip`` artifact (about 1.7 GB for ViT-L/14,
+    The checkpoint's files are logged as each model's `clip` artifact (about 1.7 GB for ViT-L/14,
     twice), so the endpoints serve without the Hugging Face hub. Each model carries the signature
-    (string in, float32 ``(-1, dim)`` out), its pip requirements, and clip_client itself as code.
+    (string in, float32 `(-1, dim)` out), its pip requirements, and clip_client itself as code.
 
     Args:
-        model: a hub id (default ``openai/clip-vit-large-patch14``, fetched into the Hugging Face
+        model: a hub id (default `openai/clip-vit-large-patch14`, fetched into the Hugging Face
             cache once) or a checkpoint folder.
         catalog, schema: the Unity Catalog schema to register in: the models become
-            ``{catalog}.{schema}.clip_text_embedding`` and ``{catalog}.{schema}.clip_image_embedding``.
-            Without them, ``clip_text_embedding`` and ``clip_image_embedding``.
-        registry_uri: the model registry; default ``"databricks-uc"`` with a catalog, else MLflow's
-            current one. Any MLflow registry URI works (``"databricks"`` for the workspace registry,
-            ``"sqlite:///mlflow.db"``...).
-        tracking_uri: where the run is logged; default MLflow's current one (``"databricks"`` in a
+            `{catalog}.{schema}.clip_text_embedding` and `{catalog}.{schema}.clip_image_embedding`.
+            Without them, `clip_text_embedding` and `clip_image_embedding`.
+        registry_uri: the model registry; default `"databricks-uc"` with a catalog, else MLflow's
+            current one. Any MLflow registry URI works (`"databricks"` for the workspace registry,
+            `"sqlite:///mlflow.db"`...).
+        tracking_uri: where the run is logged; default MLflow's current one (`"databricks"` in a
             Databricks notebook). Both URIs are set for the call only.
-        experiment: the MLflow experiment (a workspace path such as ``/Users/me/clip`` outside a
+        experiment: the MLflow experiment (a workspace path such as `/Users/me/clip` outside a
             notebook); default MLflow's current one.
         device, dtype: the serving device and dtype written into each model's config; None: CUDA
             in float16 when the serving machine has a GPU, else CPU in float32.
 
     Returns:
-        :class:`LoggedModels`: ``.text`` and ``.image``, each with ``.name``, ``.version``, ``.uri``.
+        [`LoggedModels`][clip_client.deploy.LoggedModels]: `.text` and `.image`, each with `.name`,
+            `.version`, `.uri`.
 
     Raises:
-        ValueError: only one of ``catalog``/``schema``, a malformed name, or a bad ``device``
-            (not ``"cpu"``, ``"cuda"``, ``"cuda:N"``) or ``dtype`` (not float32, float16, bfloat16);
+        ValueError: only one of `catalog`/`schema`, a malformed name, or a bad `device`
+            (not `"cpu"`, `"cuda"`, `"cuda:N"`) or `dtype` (not float32, float16, bfloat16);
             all checked before anything is logged.
-        ModelLoadError: ``model`` is not a CLIP checkpoint, or cannot be fetched.
+        ModelLoadError: `model` is not a CLIP checkpoint, or cannot be fetched.
         mlflow.exceptions.MlflowException: the tracking server or registry refused; in Unity
             Catalog typically a missing privilege (USE CATALOG, USE SCHEMA, CREATE MODEL: docs/deploy.md).
-        ImportError: the ``mlflow`` extra is not installed.
+        ImportError: the `mlflow` extra is not installed.
     """
     from .serving import check_serving_options, log_model, require_mlflow, resolve_checkpoint
 
@@ -264,25 +278,25 @@ def export_model(
     device: str | None = None,
     dtype: str | None = None,
 ) -> Path:
-    """Write one pyfunc model as an MLflow model folder (``clip-client export-model``), which
-    ``mlflow models serve -m OUT --env-manager local`` serves and ``ClipClient(text_url=...,
-    image_url=...)`` then queries at ``http://127.0.0.1:PORT/invocations``.
+    """Write one pyfunc model as an MLflow model folder (`clip-client export-model`), which
+    `mlflow models serve -m OUT --env-manager local` serves and `ClipClient(text_url=...,
+    image_url=...)` then queries at `http://127.0.0.1:PORT/invocations`.
 
     Args:
-        kind: ``"text"`` or ``"image"``.
+        kind: `"text"` or `"image"`.
         model: a checkpoint folder or a hub id; its files are copied in (serving needs no hub).
         out: the folder to write; it must not exist, or be empty.
-        device, dtype: as :func:`log_models`.
+        device, dtype: as [`log_models`][clip_client.deploy.log_models].
 
     Returns:
-        ``out``, as a ``Path``.
+        `out`, as a `Path`.
 
     Raises:
-        ValueError: ``kind`` is neither ``"text"`` nor ``"image"``, or a bad ``device``/``dtype``
-            (as :func:`log_models`), before anything is written.
-        ModelLoadError: ``model`` is not a CLIP checkpoint, or cannot be fetched.
-        mlflow.exceptions.MlflowException: ``out`` exists and is not empty.
-        ImportError: the ``mlflow`` extra is not installed.
+        ValueError: `kind` is neither `"text"` nor `"image"`, or a bad `device`/`dtype`
+            (as [`log_models`][clip_client.deploy.log_models]), before anything is written.
+        ModelLoadError: `model` is not a CLIP checkpoint, or cannot be fetched.
+        mlflow.exceptions.MlflowException: `out` exists and is not empty.
+        ImportError: the `mlflow` extra is not installed.
     """
     from .serving import save_model
 
@@ -314,8 +328,8 @@ _MODELS_SHAPE = "pass log_models()'s result, or {'text': (name, version), 'image
 
 
 def _models_of(models: LoggedModels | Mapping[str, Any]) -> dict[InputKind, tuple[str, str]]:
-    """``{kind: (registered name, version)}`` from :class:`LoggedModels` or a mapping of
-    ``RegisteredModel`` or ``(name, version)`` pairs, each checked."""
+    """`{kind: (registered name, version)}` from [`LoggedModels`][clip_client.deploy.LoggedModels] or a
+    mapping of `RegisteredModel` or `(name, version)` pairs, each checked."""
     if isinstance(models, LoggedModels):
         given: Mapping[str, Any] = {"text": models.text, "image": models.image}
     elif isinstance(models, Mapping):
@@ -356,16 +370,14 @@ def _models_of(models: LoggedModels | Mapping[str, Any]) -> dict[InputKind, tupl
 
 def _endpoint_names(text_endpoint: object, image_endpoint: object) -> dict[InputKind, str]:
     """Both endpoint names, checked by the client's own rule (letters, digits, '-' and '_')."""
-    from .types import _ENDPOINT_NAME
-
     names: dict[InputKind, str] = {}
-    for kind, value in (("text", text_endpoint), ("image", image_endpoint)):
-        if not isinstance(value, str) or not _ENDPOINT_NAME.fullmatch(value):
+    for kind, value in zip(KINDS, (text_endpoint, image_endpoint), strict=True):
+        if not isinstance(value, str) or not re.fullmatch(ENDPOINT_NAME_PATTERN, value):
             raise ValueError(
                 f"{kind}_endpoint={value!r} is not a serving endpoint name (letters, digits, '-' and "
                 "'_' only, at most 256)"
             )
-        names[kind] = value  # type: ignore[index]
+        names[kind] = value
     if names["text"] == names["image"]:
         raise ValueError(
             f"text_endpoint and image_endpoint are both {names['text']!r}: each model needs its own endpoint"
@@ -374,8 +386,8 @@ def _endpoint_names(text_endpoint: object, image_endpoint: object) -> dict[Input
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """Every endpoint option of :func:`create_endpoints`, checked."""
+class _DeployPlan:
+    """Every endpoint option of [`create_endpoints`][clip_client.deploy.create_endpoints], checked."""
 
     names: dict[InputKind, str]
     workload_type: str
@@ -396,7 +408,7 @@ def _plan(
     route_optimized: bool = False,
     timeout: float = DEPLOY_TIMEOUT,
     poll_interval: float = POLL_INTERVAL,
-) -> _Plan:
+) -> _DeployPlan:
     for name, flag in (("scale_to_zero", scale_to_zero), ("route_optimized", route_optimized)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False, got {flag!r}")
@@ -405,7 +417,7 @@ def _plan(
             raise TypeError(f"{name} must be a number of seconds, got {number!r}")
     if not timeout > 0 or not poll_interval >= 0:
         raise ValueError(f"timeout must be > 0 and poll_interval >= 0, got {timeout!r} and {poll_interval!r}")
-    return _Plan(
+    return _DeployPlan(
         names=_endpoint_names(text_endpoint, image_endpoint),
         workload_type=_workload_type(workload_type),
         workload_size=_workload_size(workload_size),
@@ -416,9 +428,10 @@ def _plan(
     )
 
 
-#: Seconds the first request to the workspace may take (:func:`_connect`), at most: it only shows
-#: that the host answers and takes the credentials.
 CONNECT_TIMEOUT = 30.0
+"""Seconds the first request to the workspace may take (`_connect`), at most: it only shows
+that the host answers and takes the credentials.
+"""
 
 _ADVICE = {
     401: "the credentials were refused: check the token (DATABRICKS_TOKEN or token=) or the profile",
@@ -447,7 +460,7 @@ def _refused(
 
 
 def _sdk_refused(exc: Exception, host: str, endpoint: str, action: str) -> DeploymentError:
-    """A databricks-sdk ``DatabricksError`` (or a failure to reach the host) as a DeploymentError."""
+    """A databricks-sdk `DatabricksError` (or a failure to reach the host) as a DeploymentError."""
     from databricks.sdk import errors
 
     statuses: list[tuple[type[Exception], int]] = [
@@ -480,14 +493,14 @@ def _connect(
     endpoint: str,
     timeout: float,
 ) -> _Connection:
-    """The workspace resolved as ``ClipClient()`` resolves it (``_remote.workspace.resolve_workspace``:
+    """The workspace resolved as `ClipClient()` resolves it (`_remote.workspace.resolve_workspace`:
     databricks-sdk's network bounded, its failures typed and naming the host), then one GET of
-    ``endpoint``'s state within ``min(timeout, CONNECT_TIMEOUT)`` seconds: an unreachable host, a
+    `endpoint`'s state within `min(timeout, CONNECT_TIMEOUT)` seconds: an unreachable host, a
     refused credential or a URL that is no workspace fails here, in seconds, before anything else."""
     import httpx
 
     from ._remote.status import map_transport_error
-    from ._remote.workspace import _config_class, _ConfigAuth, normalize_host, resolve_workspace
+    from ._remote.workspace import resolve_workspace, sdk_config
     from .errors import APIConnectionError
 
     if workspace is not None:
@@ -495,8 +508,9 @@ def _connect(
             raise ValueError("pass either workspace= or host=/token=/profile=, not both")
         if not workspace.config.host:
             raise ValueError("the WorkspaceClient has no host")
-        resolved_host = normalize_host(workspace.config.host)
-        auth: httpx.Auth = _ConfigAuth(workspace.config.authenticate)
+        # The clients' own workspace and auth (host checks, fresh headers per request, secrets
+        # registered for redaction): one HTTP path, not a third.
+        resolved = resolve_workspace(config=workspace.config)
         client = workspace
     else:
         if host and profile:
@@ -504,8 +518,8 @@ def _connect(
                 f"pass either host= or profile= (profile {profile!r} names its own host), not both"
             )
         resolved = resolve_workspace(host=host, token=token, profile=profile)
-        resolved_host, auth = resolved.host, resolved.auth
         client = None
+    resolved_host, auth = resolved.host, resolved.auth
     bound = min(timeout, CONNECT_TIMEOUT)
     try:
         answer = httpx.get(f"{resolved_host}/api/2.0/serving-endpoints/{endpoint}", auth=auth, timeout=bound)
@@ -530,7 +544,7 @@ def _connect(
     if client is None:  # built once the host answered: its own probe of the host is then quick
         from databricks.sdk import WorkspaceClient
 
-        client = WorkspaceClient(config=resolved.config or _config_class()(host=resolved_host, token=token))
+        client = WorkspaceClient(config=resolved.config or sdk_config(host=resolved_host, token=token))
     return _Connection(client, resolved_host)
 
 
@@ -555,24 +569,25 @@ def create_endpoints(
     """Create (or update) both serving endpoints, wait until they are ready, then check them.
 
     Every argument is checked first; then the workspace is resolved and asked once for the text
-    endpoint's state, within ``min(timeout, 30)`` seconds, so a host that is unreachable or no
+    endpoint's state, within `min(timeout, 30)` seconds, so a host that is unreachable or no
     workspace, or a refused credential, fails in seconds. An endpoint that does not exist is
-    created (``POST /api/2.0/serving-endpoints``); one that does gets the new served entity
-    (``PUT /api/2.0/serving-endpoints/{name}/config``), with databricks-sdk. Both deploy at once;
-    their state is read every ``poll_interval`` seconds, and every change (configuration update,
+    created (`POST /api/2.0/serving-endpoints`); one that does gets the new served entity
+    (`PUT /api/2.0/serving-endpoints/{name}/config`), with databricks-sdk. Both deploy at once;
+    their state is read every `poll_interval` seconds, and every change (configuration update,
     served entity's deployment state and message) is reported.
 
     Args:
-        models: :func:`log_models`' result, or ``{"text": (name, version), "image": (name, version)}``
-            (a version is a positive integer, or its digits).
-        workspace: a ``databricks.sdk.WorkspaceClient``; or ``host``/``token``, or ``profile``, or
-            none of them for databricks-sdk's own chain (env vars, ``~/.databrickscfg``, OAuth).
-        text_endpoint, image_endpoint: the endpoints' names (default ``clip-text-embedding`` and
-            ``clip-image-embedding``, the client's defaults): letters, digits, ``-`` and ``_``,
+        models: [`log_models`][clip_client.deploy.log_models]' result, or
+            `{"text": (name, version), "image": (name, version)}` (a version is a positive integer, or its
+            digits).
+        workspace: a `databricks.sdk.WorkspaceClient`; or `host`/`token`, or `profile`, or
+            none of them for databricks-sdk's own chain (env vars, `~/.databrickscfg`, OAuth).
+        text_endpoint, image_endpoint: the endpoints' names (default `clip-text-embedding` and
+            `clip-image-embedding`, the client's defaults): letters, digits, `-` and `_`,
             not the same.
-        workload_type: ``"CPU"`` (default), ``"GPU_SMALL"``, ``"GPU_MEDIUM"``, ``"GPU_LARGE"``...
-            (databricks-sdk's ``ServingModelWorkloadType``).
-        workload_size: ``"Small"`` (default; 4 requests at once), ``"Medium"`` (8-16) or ``"Large"``
+        workload_type: `"CPU"` (default), `"GPU_SMALL"`, `"GPU_MEDIUM"`, `"GPU_LARGE"`...
+            (databricks-sdk's `ServingModelWorkloadType`).
+        workload_size: `"Small"` (default; 4 requests at once), `"Medium"` (8-16) or `"Large"`
             (16-64).
         scale_to_zero: let an idle endpoint scale to zero (default True: it costs nothing idle; the
             first request after then waits minutes, which the client rides out with retries).
@@ -580,26 +595,27 @@ def create_endpoints(
             at their own URL). Only at creation: an existing endpoint keeps what it has.
         timeout: seconds to wait for both endpoints to be ready (default 3600).
         poll_interval: seconds between state reads (default 15).
-        progress: called with each progress line; default: logged at INFO on the ``clip_client``
+        progress: called with each progress line; default: logged at INFO on the `clip_client`
             logger.
-        check: finish with ``ClipClient(...).check_endpoint()`` against both endpoints.
+        check: finish with `ClipClient(...).check_endpoint()` against both endpoints.
 
     Returns:
-        :class:`Deployment`: ``.endpoints``, ``.created``, ``.check`` (read its ``.image.parity``
-        verdict: ``"exact"`` for these models).
+        [`Deployment`][clip_client.deploy.Deployment]: `.endpoints`, `.created`, `.check` (read its
+            `.image.parity`
+        verdict: `"exact"` for these models).
 
     Raises:
-        ValueError: a bad ``workload_type``/``workload_size``/endpoint name/``timeout``, the same
-            name for both endpoints, ``models`` without both kinds or with another, a bad registered
-            name or version, ``host=`` with ``profile=`` (or ``workspace=`` with either), or no
+        ValueError: a bad `workload_type`/`workload_size`/endpoint name/`timeout`, the same
+            name for both endpoints, `models` without both kinds or with another, a bad registered
+            name or version, `host=` with `profile=` (or `workspace=` with either), or no
             workspace to resolve.
-        TypeError: ``models`` (or one entry) of the wrong shape, a flag that is not a bool.
+        TypeError: `models` (or one entry) of the wrong shape, a flag that is not a bool.
         APIConnectionError: the workspace host could not be reached (the message names it).
         CredentialsError: databricks-sdk could not produce credentials.
-        DeploymentError: the workspace refused a request (``.status_code``; the message names the
+        DeploymentError: the workspace refused a request (`.status_code`; the message names the
             host, the endpoint and what to do: 403 needs the permissions in docs/deploy.md), a
             deployment failed (the message quotes the served entity's state message), or an endpoint
-            was not ready within ``timeout``.
+            was not ready within `timeout`.
     """
     entities = _models_of(models)
     plan = _plan(
@@ -618,7 +634,7 @@ def create_endpoints(
 
 def _create(
     entities: dict[InputKind, tuple[str, str]],
-    plan: _Plan,
+    plan: _DeployPlan,
     connection: _Connection,
     progress: Callable[[str], None] | None,
     check: bool,
@@ -735,7 +751,7 @@ def _wait_until_ready(
                 last[name] = line
             failed = [(e, s, m) for e, s, m in entities if s in _FAILED]
             if update in ("UPDATE_FAILED", "UPDATE_CANCELED") or (update == "NOT_UPDATING" and failed):
-                raise _failure(name, update, failed or entities)
+                raise _deployment_failed(name, update, failed or entities)
             if update == "NOT_UPDATING" and ready == "READY":
                 say(f"{name}: ready after {time.monotonic() - started:.0f}s")
                 waiting.remove(name)
@@ -753,7 +769,7 @@ def _wait_until_ready(
         time.sleep(min(poll_interval, max(0.0, timeout - elapsed)))
 
 
-def _failure(name: str, update: str, entities: list[tuple[str, str, str]]) -> DeploymentError:
+def _deployment_failed(name: str, update: str, entities: list[tuple[str, str, str]]) -> DeploymentError:
     messages = [m for _, _, m in entities if m]
     quoted = (
         "; ".join(f"{e} {s}: {m}" if m else f"{e} {s}" for e, s, m in entities) or "no served entity state"
@@ -801,31 +817,35 @@ def deploy(
     progress: Callable[[str], None] | None = None,
     **endpoint_options: Any,
 ) -> Deployment:
-    """``clip-client deploy --catalog C --schema S [--gpu]``: :func:`log_models`, then
-    :func:`create_endpoints` with the versions it registered.
+    """`clip-client deploy --catalog C --schema S [--gpu]`: [`log_models`][clip_client.deploy.log_models],
+    then [`create_endpoints`][clip_client.deploy.create_endpoints] with the versions it registered.
 
     Args:
         catalog, schema: where the models are registered in Unity Catalog.
-        model: a hub id (default ``openai/clip-vit-large-patch14``) or a checkpoint folder.
-        gpu: serve on ``GPU_SMALL`` (default: CPU).
+        model: a hub id (default `openai/clip-vit-large-patch14`) or a checkpoint folder.
+        gpu: serve on `GPU_SMALL` (default: CPU).
         workspace, profile: the workspace (default: databricks-sdk's chain).
-        registry_uri, tracking_uri, experiment: as :func:`log_models` (default: Unity Catalog, and
-            the workspace's tracking server when a profile or workspace is given).
+        registry_uri, tracking_uri, experiment: as [`log_models`][clip_client.deploy.log_models] (default:
+            Unity Catalog, and the workspace's tracking server when a profile or workspace is given).
         progress: called with each progress line (default: logged at INFO).
-        **endpoint_options: :func:`create_endpoints`' keywords (``workload_size``,
-            ``scale_to_zero``, ``route_optimized``, ``timeout``...).
+        **endpoint_options: [`create_endpoints`][clip_client.deploy.create_endpoints]' keywords
+            (`workload_size`, `scale_to_zero`, `route_optimized`, `timeout`...).
 
     Returns:
-        :class:`Deployment`, as :func:`create_endpoints`.
+        [`Deployment`][clip_client.deploy.Deployment], as
+            [`create_endpoints`][clip_client.deploy.create_endpoints].
 
     Every endpoint option is checked, and the workspace resolved and reached (as
-    :func:`create_endpoints` does), before anything is logged: a bad option, an unreachable host or
-    a refused credential costs seconds, not an upload.
+    [`create_endpoints`][clip_client.deploy.create_endpoints] does), before anything is logged: a bad option,
+    an unreachable host or a refused credential costs seconds, not an upload.
 
     Raises:
-        TypeError: an unknown endpoint option, or ``host=``/``token=`` (use ``workspace=`` or
-            ``profile=``).
-        Everything :func:`log_models` and :func:`create_endpoints` raise.
+        TypeError: an unknown endpoint option, or `host=`/`token=` (use `workspace=` or
+            `profile=`).
+        ValueError, ModelLoadError, ImportError, MlflowException: as
+            [`log_models`][clip_client.deploy.log_models].
+        APIConnectionError, CredentialsError, DeploymentError: as
+            [`create_endpoints`][clip_client.deploy.create_endpoints].
     """
     say = progress or (lambda line: logger.info("%s", line))
     check = endpoint_options.pop("check", True)

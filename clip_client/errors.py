@@ -6,12 +6,14 @@ where it can, what to do about it. Messages never contain credentials.
 
 from __future__ import annotations
 
-from typing import Any
+import ast
+import re
+from typing import Any, Protocol
 
 from ._core.secrets import redact, shorten
 
-#: Server text quoted in an error (a message, an ``error_code``) is cut to this many characters: a
-#: 2 MB JSON message must not become a 2 MB exception and log line on every retry.
+# Server text quoted in an error (a message, an `error_code`) is cut to this many characters: a
+# 2 MB JSON message must not become a 2 MB exception and log line on every retry.
 _QUOTED_MESSAGE = 2000
 _QUOTED_CODE = 100
 
@@ -24,20 +26,140 @@ __all__ = [
     "BackendError",
     "BadRequestError",
     "ClipClientError",
+    "ConfigurationError",
     "CredentialsError",
     "EndpointNotFoundError",
     "ImageDecodeError",
     "InvalidInputError",
+    "ModelLoadError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
     "ResponseFormatError",
     "ServerError",
+    "Spelling",
+    "python_spelling",
 ]
+
+SettingValue = str | int
+"""A value of a setting that advice can suggest."""
+
+
+class Spelling(Protocol):
+    """How a layer names a client setting in advice. The library's own is `python_spelling`; the
+    `clip-client` command names its options instead (`--max-image-pixels`, `--device cpu`)."""
+
+    def __call__(self, setting: str, value: SettingValue | None = None, *, keyword: bool = False) -> str:
+        """`setting` alone (`value` None), as the keyword one passes (`keyword`), or set to
+        `value`."""
+        ...
+
+
+_POSITIONAL = {"model": "ClipClient.local"}
+"""Settings a Python caller passes positionally, with the call that takes them."""
+
+
+def python_spelling(setting: str, value: SettingValue | None = None, *, keyword: bool = False) -> str:
+    """A setting as a Python caller names it: `max_image_pixels`, the keyword `text_endpoint=`,
+    or with a value, `device='cpu'` (the model: `ClipClient.local('path/to/folder')`)."""
+    if value is not None:
+        call = _POSITIONAL.get(setting)
+        return f"{call}({value!r})" if call else f"{setting}={value!r}"
+    return f"{setting}=" if keyword else setting
+
+
+_PLACEHOLDER = re.compile(r"\{([a-z][a-z_]*)(=[^{}]*)?\}")
+"""In an advice template, `{name}` names a setting, `{name=}` the keyword that passes it, and
+`{name=literal}` the setting with a value (`{device='cpu'}`); `{suggestion}` is the error's
+own setting with its suggested value.
+"""
+
+
+def spell_advice(
+    template: str,
+    spelling: Spelling = python_spelling,
+    *,
+    setting: str | None = None,
+    suggestion: SettingValue | None = None,
+) -> str:
+    """`template` with every setting it names spelled by `spelling`; a suggestion the template
+    does not place itself follows as `(e.g. ...)`. Templates are the library's own text, never
+    input or server text."""
+
+    def one(match: re.Match[str]) -> str:
+        name, assigned = match.groups()
+        if name == "suggestion" and assigned is None:
+            if setting is None or suggestion is None:
+                raise ValueError("{suggestion} in an advice without a setting and a suggestion")
+            return spelling(setting, suggestion)
+        if assigned is None:
+            return spelling(name)
+        if assigned == "=":
+            return spelling(name, keyword=True)
+        value: SettingValue = ast.literal_eval(assigned[1:])
+        return spelling(name, value)
+
+    text = _PLACEHOLDER.sub(one, template)
+    if setting is not None and suggestion is not None and "{suggestion}" not in template:
+        text += f" (e.g. {spelling(setting, suggestion)})"
+    return text
+
+
+def with_advice(text: str, advice: str | None) -> str:
+    """`text`, then `advice` as its own clause (after `;`, or after a full stop that ends it)."""
+    if not advice:
+        return text
+    return f"{text} {advice}" if text.endswith(".") else f"{text}; {advice}"
 
 
 class ClipClientError(Exception):
-    """Root of every error raised by clip_client."""
+    """Root of every error raised by clip_client.
+
+    Where one setting of the client would fix the error, the error names it, so that a layer which
+    spells settings its own way (the `clip-client` command's options, a web form) can give the same
+    advice in its own words. The message itself names the setting as a Python keyword argument.
+
+    Attributes:
+        setting: the client setting to change (a keyword argument of
+            [ClipClient][clip_client.ClipClient] or `ClipClient.local`, or a field of
+            [Settings][clip_client.Settings]): `"max_image_pixels"`, `"device"`,
+            `"image_preparation"`, `"text_endpoint"`, `"host"`, `"model"`...; None when no setting
+            would help.
+        suggestion: a value of `setting` to try, where there is one (`"cpu"` for `device`, a pixel
+            count for `max_image_pixels`); None otherwise. Never a credential.
+    """
+
+    setting: str | None = None
+    suggestion: SettingValue | None = None
+    _advice: str | None = None
+    """The advice in the message, as a template (see `spell_advice`); None for none."""
+
+    def _set_advice(self, setting: str | None, suggestion: SettingValue | None, advice: str | None) -> None:
+        if setting is not None:
+            self.setting = setting
+        if suggestion is not None:
+            self.suggestion = suggestion
+        if advice is not None:
+            self._advice = advice
+
+    def advice(self, spelling: Spelling = python_spelling) -> str | None:
+        """What to do about this error, with settings named as `spelling` names them (by default
+        as Python keyword arguments, as the message says it); None when the error gives no advice."""
+        if self._advice is None:
+            return None
+        return spell_advice(self._advice, spelling, setting=self.setting, suggestion=self.suggestion)
+
+    def render(self, spelling: Spelling, text: str | None = None) -> str:
+        """`text` (by default the message) with this error's advice given in `spelling`'s words:
+        the span of `text` that is the advice in Python words is replaced; nothing else changes."""
+        text = str(self) if text is None else text
+        said = self.advice()
+        if not said:
+            return text
+        at = text.rfind(said)
+        if at < 0:
+            return text
+        return text[:at] + (self.advice(spelling) or "") + text[at + len(said) :]
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Errors cross process boundaries (Spark, multiprocessing); keyword-only constructors would
@@ -57,18 +179,19 @@ class InvalidInputError(ClipClientError, ValueError):
 
     Attributes:
         index: position of the offending input in the list the caller passed (None for a bare call
-            such as ``embed_text``).
+            such as `embed_text`).
         path: the file path, where the input was one, in full and as the caller gave it. The
-            message quotes at most :attr:`PATH_SHOWN` characters of it: a longer string (typically
-            a whole base64 image passed where a path was expected) is shown as its start, an
-            ellipsis, its end and its length.
-        argument: the argument ``index`` counts in when it is not the inputs to embed (``"labels"``
-            or ``"templates"`` of ``classify``), whose message then names ``labels[i]`` itself;
-            None for the inputs (the message starts ``input i:``).
+            message quotes at most [`PATH_SHOWN`][clip_client.InvalidInputError.PATH_SHOWN] characters of it:
+            a longer string (typically a whole base64 image passed where a path was expected) is shown as its
+            start, an ellipsis, its end and its length.
+        argument: the argument `index` counts in when it is not the inputs to embed (`"labels"`
+            or `"templates"` of `classify`), whose message then names `labels[i]` itself;
+            None for the inputs (the message starts `input i:`).
+        reason: the message without the location (index and path), advice included.
     """
 
-    #: Paths up to this long appear in the message in full.
     PATH_SHOWN = 120
+    """Paths up to this long appear in the message in full."""
 
     def __init__(
         self,
@@ -77,11 +200,15 @@ class InvalidInputError(ClipClientError, ValueError):
         index: int | None = None,
         path: str | None = None,
         argument: str | None = None,
+        setting: str | None = None,
+        suggestion: SettingValue | None = None,
+        advice: str | None = None,
     ) -> None:
         self.index = index
         self.path = path
         self.argument = argument
-        self.reason = message
+        self._set_advice(setting, suggestion, advice)
+        self.reason = with_advice(message, self.advice())
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -95,7 +222,7 @@ class InvalidInputError(ClipClientError, ValueError):
 
     @classmethod
     def _excerpt(cls, text: str) -> str:
-        """``repr(text)``; for a string over ``PATH_SHOWN`` characters, its first 60 and last 20
+        """`repr(text)`; for a string over `PATH_SHOWN` characters, its first 60 and last 20
         characters and its length."""
         if len(text) <= cls.PATH_SHOWN:
             return repr(text)
@@ -106,12 +233,52 @@ class ImageDecodeError(InvalidInputError):
     """An image input could not be read or decoded (corrupt, truncated, not an image, too large)."""
 
 
+class ConfigurationError(ClipClientError, ValueError):
+    """A setting of the client is wrong for this machine or this workspace: a `device` torch does
+    not know or this machine lacks, no Databricks workspace to resolve from `host`/`profile`
+    and the environment. Raised when the client is built, before any request.
+
+    Also a `ValueError`, so code that caught `ValueError` for these keeps working.
+
+    Attributes:
+        setting: the setting to change (always set): `"device"`, `"host"`...
+        reason: what is wrong, without naming the setting and without the advice (`"'cuda' but
+            no CUDA GPU is available..."`), for a caller that names the setting its own way and
+            gives the advice in its own words (`advice(spelling)`).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str,
+        reason: str | None = None,
+        suggestion: SettingValue | None = None,
+        advice: str | None = None,
+    ) -> None:
+        self._set_advice(setting, suggestion, advice)
+        self.reason = message if reason is None else reason
+        super().__init__(with_advice(message, self.advice()))
+
+
 class CredentialsError(ClipClientError):
     """databricks-sdk could not produce credentials (expired OAuth secret, missing profile...)."""
 
 
 class ModelLoadError(ClipClientError):
-    """The local CLIP model could not be loaded; the message says why and how to fix it."""
+    """The local CLIP model could not be loaded; the message says why and how to fix it
+    (`setting` is `"model"` when another checkpoint would)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str | None = None,
+        suggestion: SettingValue | None = None,
+        advice: str | None = None,
+    ) -> None:
+        self._set_advice(setting, suggestion, advice)
+        super().__init__(with_advice(message, self.advice()))
 
 
 class APIError(ClipClientError):
@@ -122,9 +289,10 @@ class APIError(ClipClientError):
         attempts: how many attempts were made before this error was raised.
     """
 
-    #: The input this error concerns, when it concerns exactly one (a single item too large for
-    #: the endpoint, or isolated as the one a 400 was about); None for a whole batch.
     index: int | None = None
+    """The input this error concerns, when it concerns exactly one (a single item too large for
+    the endpoint, or isolated as the one a 400 was about); None for a whole batch.
+    """
 
     def __init__(self, message: str, *, endpoint: str | None = None, attempts: int = 1) -> None:
         # Server and library text may quote a credential back (a 401 naming the token, a gateway
@@ -151,13 +319,13 @@ class APIError(ClipClientError):
 
 class ResponseFormatError(APIError):
     """The endpoint answered 200 but the body is not the embeddings asked for: not JSON (a gateway's
-    HTML page), no ``predictions``, the wrong number of rows, ragged or non-finite rows.
+    HTML page), no `predictions`, the wrong number of rows, ragged or non-finite rows.
 
     Retried once, since a gateway's page is transient while a model that answers the wrong shape
-    will answer it again (docs/reliability.md); ``attempts`` says how many attempts were made.
+    will answer it again (docs/reliability.md); `attempts` says how many attempts were made.
 
     Attributes:
-        request_id: the ``x-request-id`` of the answer, when it had one.
+        request_id: the `x-request-id` of the answer, when it had one.
     """
 
     hint = (
@@ -188,36 +356,37 @@ class ResponseFormatError(APIError):
 
 
 class BackendError(APIError):
-    """The backend raised an exception of its own on a batch (not a ``ClipClientError``): a failure
-    inside the in-process model or a custom :class:`~clip_client.Backend`. The original is chained as
-    ``__cause__``; ``on_error="mark"`` marks the batch's rows failed like any other failure."""
+    """The backend raised an exception of its own on a batch (not a `ClipClientError`): a failure
+    inside the in-process model or a custom [`Backend`][clip_client.Backend]. The original is chained as
+    `__cause__`; `on_error="mark"` marks the batch's rows failed like any other failure."""
 
 
 class APIConnectionError(APIError):
     """The request never got a complete HTTP answer: DNS, refused or dropped connection, TLS failure.
 
-    The message names the underlying error (``Connection refused``, ``Name or service not known``);
-    the httpx exception is chained as ``__cause__``.
+    The message names the underlying error (`Connection refused`, `Name or service not known`);
+    the httpx exception is chained as `__cause__`.
     """
 
-    #: False for failures another attempt cannot fix (a TLS certificate that does not verify).
     retryable: bool = True
-    #: True when the workspace's host name did not resolve (DNS). Retried once at most: a wrong
-    #: ``DATABRICKS_HOST``, profile or VPN does not fix itself within a retry's wait.
+    """False for failures another attempt cannot fix (a TLS certificate that does not verify)."""
     name_resolution: bool = False
+    """True when the workspace's host name did not resolve (DNS). Retried once at most: a wrong
+    `DATABRICKS_HOST`, profile or VPN does not fix itself within a retry's wait.
+    """
 
 
 class APITimeoutError(APIConnectionError):
-    """A time bound ran out: one attempt's ``timeout`` (its whole duration: connecting, sending and
-    receiving the complete answer), or the call's ``deadline=``.
+    """A time bound ran out: one attempt's `timeout` (its whole duration: connecting, sending and
+    receiving the complete answer), or the call's `deadline=`.
 
-    An attempt that ran out of ``timeout`` is retried. When the call's deadline passes (or would
+    An attempt that ran out of `timeout` is retried. When the call's deadline passes (or would
     pass before the next retry), the error says so, names the last failure of the call's attempts
-    and chains it as ``__cause__``; it is not retried and ``deadline_passed`` is True.
+    and chains it as `__cause__`; it is not retried and `deadline_passed` is True.
     """
 
-    #: True when the call's ``deadline=`` ran out, rather than one attempt's ``timeout``.
     deadline_passed: bool = False
+    """True when the call's `deadline=` ran out, rather than one attempt's `timeout`."""
 
 
 class APIStatusError(APIError):
@@ -225,16 +394,16 @@ class APIStatusError(APIError):
 
     Attributes:
         status_code: HTTP status.
-        error_code: the server's ``error_code`` (e.g. ``RESOURCE_DOES_NOT_EXIST``), when it sent one.
+        error_code: the server's `error_code` (e.g. `RESOURCE_DOES_NOT_EXIST`), when it sent one.
         message: the server's message, or a short excerpt of a non-JSON body.
-        request_id: the ``x-request-id`` of the failed request, for support tickets.
-        retry_after: seconds the server asked us to wait, when it sent ``Retry-After``.
+        request_id: the `x-request-id` of the failed request, for support tickets.
+        retry_after: seconds the server asked us to wait, when it sent `Retry-After`.
     """
 
-    #: One line of advice appended to the message; subclasses override it.
     hint: str = ""
-    #: The status a subclass stands for, so ``BadRequestError("...")`` needs no ``status_code``.
+    """One line of advice appended to the message; subclasses override it."""
     default_status: int | None = None
+    """The status a subclass stands for, so `BadRequestError("...")` needs no `status_code`."""
 
     def __init__(
         self,
@@ -271,7 +440,7 @@ class APIStatusError(APIError):
 
 
 class BadRequestError(APIStatusError):
-    """400: the endpoint rejected the input, or the model raised inside ``predict``."""
+    """400: the endpoint rejected the input, or the model raised inside `predict`."""
 
     default_status = 400
 
@@ -302,23 +471,28 @@ class EndpointNotFoundError(APIStatusError):
 
     default_status = 404
 
-    hint = "Check the endpoint name (text_endpoint= / image_endpoint=) and the workspace host"
+    _advice = "Check the endpoint name ({text_endpoint=} / {image_endpoint=}) and the workspace host"
+    hint = spell_advice(_advice)
 
 
 class PayloadTooLargeError(APIStatusError):
     """413: the request body was over the serving limit (16 MB)."""
 
     default_status = 413
+    setting = "batch_size"
 
-    hint = "Lower max_request_bytes or batch_size"
+    _advice = "Lower {max_request_bytes} or {batch_size}"
+    hint = spell_advice(_advice)
 
 
 class RateLimitError(APIStatusError):
     """429: the workspace or endpoint is over its request rate."""
 
     default_status = 429
+    setting = "max_concurrency"
 
-    hint = "Lower max_concurrency, or raise the endpoint's rate limit"
+    _advice = "Lower {max_concurrency}, or raise the endpoint's rate limit"
+    hint = spell_advice(_advice)
 
 
 class ServerError(APIStatusError):

@@ -1,26 +1,28 @@
 """An approximate nearest-neighbour index over CLIP embeddings, for collections too large for exact
-search: faiss's HNSW graph with cosine similarity. Needs the ``index`` extra::
+search: faiss's HNSW graph with cosine similarity. Needs the `index` extra:
 
-    pip install "clip-serving-client[index]"
+```bash
+pip install "clip-serving-client[index]"
+```
 
-``ApproximateIndex`` is named for what the field calls it, an approximate nearest-neighbour (ANN)
-index, and spelled out so that it reads as the counterpart of the exact ``cosine_topk``: its
-``search`` returns the same ``TopK`` (same shapes, dtypes and score scale), so the two can be swapped.
+`ApproximateIndex` is named for what the field calls it, an approximate nearest-neighbour (ANN)
+index, and spelled out so that it reads as the counterpart of the exact `cosine_topk`: its
+`search` returns the same `TopK` (same shapes, dtypes and score scale), so the two can be swapped.
 
 Cosine similarity is the inner product of L2-normalised vectors (Radford et al., 2021, section 2.3);
 the index normalises every row it is given and every query, in float32, so raw embeddings from the
 endpoint or the local model go in as they are.
 
-The structure is ``faiss.IndexHNSWFlat`` (Malkov and Yashunin, 2018, "Efficient and robust
+The structure is `faiss.IndexHNSWFlat` (Malkov and Yashunin, 2018, "Efficient and robust
 approximate nearest neighbor search using Hierarchical Navigable Small World graphs") with the inner
-product metric, under a ``faiss.IndexIDMap`` for the ids. It was measured against ``IndexIVFFlat``
-(``benchmarks/search.py --ivf``, docs/benchmarks.md): at 200,000 x 768 clustered CLIP-like rows the
-two were level (recall@10 0.965 at 20.5x the exact search's speed for HNSW, ``ef_search=32``; 0.957
-at 19.7x for IVF with 1,788 lists, ``nprobe=4``), and IVF built faster (48 s against 69 s). HNSW was
-chosen because its search cost grows with about ``log n`` where IVF's grows with ``sqrt n`` (``4
-sqrt n`` centroids, then ``nprobe`` lists of about ``sqrt n / 4`` rows each), because it needs no
-training pass, so rows ``add``-ed later are found as well as the first ones (IVF keeps the centroids
-of the rows it was trained on), and because its one knob, ``ef_search``, trades speed for recall
+product metric, under a `faiss.IndexIDMap` for the ids. It was measured against `IndexIVFFlat`
+(`benchmarks/search.py --ivf`, docs/benchmarks.md): at 200,000 x 768 clustered CLIP-like rows the
+two were level (recall@10 0.965 at 20.5x the exact search's speed for HNSW, `ef_search=32`; 0.957
+at 19.7x for IVF with 1,788 lists, `nprobe=4`), and IVF built faster (48 s against 69 s). HNSW was
+chosen because its search cost grows with about `log n` where IVF's grows with `sqrt n` (`4
+sqrt n` centroids, then `nprobe` lists of about `sqrt n / 4` rows each), because it needs no
+training pass, so rows `add`-ed later are found as well as the first ones (IVF keeps the centroids
+of the rows it was trained on), and because its one knob, `ef_search`, trades speed for recall
 without a rebuild. At 1,000,000 rows it measured recall@10 0.970 at 401x the exact search's speed.
 Its vectors stay uncompressed (no product quantisation), so its scores are the exact float32 cosines
 of the rows it returns; what is approximate is which rows it finds.
@@ -47,14 +49,14 @@ __all__ = [
 ]
 
 DEFAULT_M = 32
-"""HNSW links per node (faiss's ``M``): 32 is faiss's own default for ``IndexHNSWFlat``."""
+"""HNSW links per node (faiss's `M`): 32 is faiss's own default for `IndexHNSWFlat`."""
 
 DEFAULT_EF_CONSTRUCTION = 40
 """Candidates kept while inserting a row: faiss's default (40)."""
 
 DEFAULT_EF_SEARCH = 64
 """Candidates kept while searching: the smallest power of two whose recall@10 is at least 0.95 on
-1,000,000 x 768 clustered CLIP-like rows in ``benchmarks/search.py`` (0.970, where 32 gave 0.948;
+1,000,000 x 768 clustered CLIP-like rows in `benchmarks/search.py` (0.970, where 32 gave 0.948;
 docs/benchmarks.md)."""
 
 DEFAULT_CHUNK_ROWS = 65_536
@@ -62,7 +64,7 @@ _INSTALL = 'pip install "clip-serving-client[index]"'
 
 
 def _faiss() -> Any:
-    """faiss, imported on first use so that ``import clip_client.index`` works without the extra."""
+    """faiss, imported on first use so that `import clip_client.index` works without the extra."""
     try:
         import faiss
     except ImportError as exc:
@@ -71,41 +73,41 @@ def _faiss() -> Any:
 
 
 class ApproximateIndex:
-    """Approximate cosine top-``k`` over a growing collection of embeddings (faiss HNSW).
+    """Approximate cosine top-`k` over a growing collection of embeddings (faiss HNSW).
 
-    Build one with ``ApproximateIndex.build(matrix)`` (or an empty one with ``ApproximateIndex(d)``
-    and ``add``), search it with ``search``, and keep it with ``save``/``load``. Each row has an
-    int64 id: its row number in the order added (across ``add`` calls, as if the matrices were
-    stacked) unless you pass ``ids``. ``search`` returns those ids in ``TopK.indices``.
+    Build one with `ApproximateIndex.build(matrix)` (or an empty one with `ApproximateIndex(d)`
+    and `add`), search it with `search`, and keep it with `save`/`load`. Each row has an
+    int64 id: its row number in the order added (across `add` calls, as if the matrices were
+    stacked) unless you pass `ids`. `search` returns those ids in `TopK.indices`.
 
     Memory: the index keeps its own float32 copy of every (normalised) row plus its graph, about
-    ``4 d + 8 m + 16`` bytes per row (3.3 GB for 1,000,000 x 768 at ``m = 32``; 3,197 MiB measured),
-    and building reads the matrix ``chunk_rows`` rows at a time, so the input is never copied whole.
+    `4 d + 8 m + 16` bytes per row (3.3 GB for 1,000,000 x 768 at `m = 32`; 3,197 MiB measured),
+    and building reads the matrix `chunk_rows` rows at a time, so the input is never copied whole.
     Building is the slow part: 818 s for 1,000,000 x 768 on two busy CPU cores (docs/benchmarks.md);
-    save the index and load it. Where a query may take the exact ``cosine_topk``'s time (0.02-0.09 s
+    save the index and load it. Where a query may take the exact `cosine_topk`'s time (0.02-0.09 s
     per million rows on two shared cores), that needs neither the build nor the second copy
     (docs/search.md says when to use which).
 
     Many identical rows weaken the graph, whose links then run mostly between copies (9,000 x 64
     clustered rows of which a third were copies of 20 rows: recall@10 fell from 1.00 to 0.90): run
-    ``find_duplicates`` first and index one row of each group.
+    `find_duplicates` first and index one row of each group.
 
-    Not safe to ``add`` from one thread while another searches; concurrent ``search`` calls are.
+    Not safe to `add` from one thread while another searches; concurrent `search` calls are.
 
     Args:
-        dim: width of the embeddings, ``>= 1`` (768 for CLIP ViT-L/14).
-        m: HNSW links per node, ``>= 2``. More links: better recall at a given ``ef_search``, more
-            memory (``8 m`` bytes per row) and a slower build. Default 32 (faiss's default).
-        ef_construction: candidates kept while inserting, ``>= 1``; higher builds a better graph,
+        dim: width of the embeddings, `>= 1` (768 for CLIP ViT-L/14).
+        m: HNSW links per node, `>= 2`. More links: better recall at a given `ef_search`, more
+            memory (`8 m` bytes per row) and a slower build. Default 32 (faiss's default).
+        ef_construction: candidates kept while inserting, `>= 1`; higher builds a better graph,
             more slowly. Default 40 (faiss's default).
-        ef_search: candidates kept while searching, ``>= 1``: the speed/recall knob (higher is
+        ef_search: candidates kept while searching, `>= 1`: the speed/recall knob (higher is
             slower and finds more of the true neighbours). Default 64, which measured recall@10 of
-            0.970 at 1,000,000 rows (``DEFAULT_EF_SEARCH``). A search always keeps at least ``k``.
+            0.970 at 1,000,000 rows (`DEFAULT_EF_SEARCH`). A search always keeps at least `k`.
 
     Raises:
         ImportError: faiss is not installed (the message says how to install it).
         TypeError: a parameter is not an int.
-        ValueError: ``dim``, ``ef_construction`` or ``ef_search`` is below 1, or ``m`` below 2.
+        ValueError: `dim`, `ef_construction` or `ef_search` is below 1, or `m` below 2.
     """
 
     def __init__(
@@ -144,29 +146,29 @@ class ApproximateIndex:
         ef_search: int = DEFAULT_EF_SEARCH,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
     ) -> ApproximateIndex:
-        """A new index holding every row of ``matrix``.
+        """A new index holding every row of `matrix`.
 
         Args:
-            matrix: float array, shape ``(n, d)``, any float dtype, rows need not be normalised
-                (e.g. CLIP ViT-L/14 embeddings, ``d = 768``). Read ``chunk_rows`` rows at a time, so
-                a ``np.memmap`` works.
-            ids: optional integer array, shape ``(n,)``: the id ``search`` returns for each row
-                (stored as int64). Default: the row numbers ``0 .. n-1``.
+            matrix: float array, shape `(n, d)`, any float dtype, rows need not be normalised
+                (e.g. CLIP ViT-L/14 embeddings, `d = 768`). Read `chunk_rows` rows at a time, so
+                a `np.memmap` works.
+            ids: optional integer array, shape `(n,)`: the id `search` returns for each row
+                (stored as int64). Default: the row numbers `0 .. n-1`.
             m: HNSW links per node (see the class).
             ef_construction: insertion candidates (see the class).
             ef_search: the default search knob (see the class).
-            chunk_rows: rows normalised and inserted per block, ``>= 1``; extra memory is one
-                ``chunk_rows x d`` float32 block.
+            chunk_rows: rows normalised and inserted per block, `>= 1`; extra memory is one
+                `chunk_rows x d` float32 block.
 
         Returns:
-            The index, ``len(index) == n``.
+            The index, `len(index) == n`.
 
         Raises:
             ImportError: faiss is not installed.
-            TypeError: ``matrix`` is not a float array, ``ids`` not an integer array, or a parameter
+            TypeError: `matrix` is not a float array, `ids` not an integer array, or a parameter
                 not an int.
-            ValueError: ``matrix`` is not 2-D or is empty; a row holds a NaN or an infinity or is all
-                zeros (the message names its index; nothing is added); ``ids`` has the wrong shape,
+            ValueError: `matrix` is not 2-D or is empty; a row holds a NaN or an infinity or is all
+                zeros (the message names its index; nothing is added); `ids` has the wrong shape,
                 repeats an id or holds -1; a parameter is out of range.
         """
         mat = _as_float(matrix, "matrix")
@@ -208,7 +210,7 @@ class ApproximateIndex:
 
     @property
     def ids(self) -> NDArray[np.int64]:
-        """int64, shape ``(len(self),)``: the id of each row, in the order the rows were added (a
+        """int64, shape `(len(self),)`: the id of each row, in the order the rows were added (a
         copy)."""
         return np.array(_faiss().vector_to_array(self._index.id_map), dtype=np.int64)
 
@@ -232,19 +234,19 @@ class ApproximateIndex:
         nothing.
 
         Args:
-            matrix: float array, shape ``(n, d)`` with ``d == self.dim``; any float dtype, rows need
-                not be normalised; read ``chunk_rows`` rows at a time.
-            ids: optional integer array, shape ``(n,)``, ids not yet in the index. Default: the next
-                row numbers, ``len(self) .. len(self) + n - 1``.
-            chunk_rows: rows normalised and inserted per block, ``>= 1``.
+            matrix: float array, shape `(n, d)` with `d == self.dim`; any float dtype, rows need
+                not be normalised; read `chunk_rows` rows at a time.
+            ids: optional integer array, shape `(n,)`, ids not yet in the index. Default: the next
+                row numbers, `len(self) .. len(self) + n - 1`.
+            chunk_rows: rows normalised and inserted per block, `>= 1`.
 
         Raises:
-            TypeError: ``matrix`` is not a float array, ``ids`` not an integer array, or
-                ``chunk_rows`` not an int.
-            ValueError: ``matrix`` is not 2-D, is empty or has another width; a row holds a NaN or
-                an infinity or is all zeros (named by its index in ``matrix``); ``ids`` has the
+            TypeError: `matrix` is not a float array, `ids` not an integer array, or
+                `chunk_rows` not an int.
+            ValueError: `matrix` is not 2-D, is empty or has another width; a row holds a NaN or
+                an infinity or is all zeros (named by its index in `matrix`); `ids` has the
                 wrong shape, holds -1 (faiss's "no result"), repeats an id, or holds an id already
-                in the index (named by its position in ``ids``); ``chunk_rows < 1``.
+                in the index (named by its position in `ids`); `chunk_rows < 1`.
         """
         mat = _as_float(matrix, "matrix")
         if mat.ndim != 2:
@@ -302,29 +304,29 @@ class ApproximateIndex:
         return arr
 
     def search(self, queries: ArrayLike, k: int = 10, *, ef_search: int | None = None) -> TopK:
-        """Approximate cosine top-``k`` of each query, in the shape ``cosine_topk`` returns.
+        """Approximate cosine top-`k` of each query, in the shape `cosine_topk` returns.
 
         Args:
-            queries: float array, shape ``(d,)`` (one query) or ``(q, d)``; any float dtype,
+            queries: float array, shape `(d,)` (one query) or `(q, d)`; any float dtype,
                 normalised (L2) in float32.
-            k: rows to return per query, ``>= 1``; ``k > len(self)`` returns ``len(self)``.
-            ef_search: candidates kept for this call only, ``>= 1`` (default: ``self.ef_search``);
-                at least ``k`` are always kept. Raise it for recall, lower it for speed.
+            k: rows to return per query, `>= 1`; `k > len(self)` returns `len(self)`.
+            ef_search: candidates kept for this call only, `>= 1` (default: `self.ef_search`);
+                at least `k` are always kept. Raise it for recall, lower it for speed.
 
         Returns:
-            ``TopK`` with ``indices`` (int64, the rows' ids) and ``scores`` (float32, the exact
-            cosines of those rows), both of shape ``(q, min(k, len(self)))`` (``q = 1`` for a 1-D
+            `TopK` with `indices` (int64, the rows' ids) and `scores` (float32, the exact
+            cosines of those rows), both of shape `(q, min(k, len(self)))` (`q = 1` for a 1-D
             query), best first, equal scores by lower id. The rows are those the graph search found:
-            usually, not always, the exact top-``k`` (recall@10 >= 0.95 at the default on the
-            benchmark's data). A query whose search found fewer than ``min(k, len(self))`` rows
-            (possible when ``k`` is near ``len(self)``) is answered by exact search instead, so no
+            usually, not always, the exact top-`k` (recall@10 >= 0.95 at the default on the
+            benchmark's data). A query whose search found fewer than `min(k, len(self))` rows
+            (possible when `k` is near `len(self)`) is answered by exact search instead, so no
             row of the result is ever missing.
 
         Raises:
-            TypeError: ``queries`` is not a float array, or ``k``/``ef_search`` not an int.
-            ValueError: the index is empty; ``queries`` is not 1-D or 2-D, has no rows or another
+            TypeError: `queries` is not a float array, or `k`/`ef_search` not an int.
+            ValueError: the index is empty; `queries` is not 1-D or 2-D, has no rows or another
                 width; a query holds a NaN, an infinity or is all zeros (named by its index);
-                ``k < 1`` or ``ef_search < 1``.
+                `k < 1` or `ef_search < 1`.
         """
         faiss = _faiss()
         qn = _normalised_queries(queries, self.dim, "the index's rows")
@@ -349,18 +351,18 @@ class ApproximateIndex:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index (rows, graph, ids, ``ef_search``) to one file in faiss's own format.
+        """Write the index (rows, graph, ids, `ef_search`) to one file in faiss's own format.
 
-        The file is written beside ``path`` under a temporary name, flushed to disk, then renamed
-        over ``path``, so a reader sees either the old file or the whole new one, never a part.
-        Its size is about ``len(self) x (4 d + 8 m + 16)`` bytes.
+        The file is written beside `path` under a temporary name, flushed to disk, then renamed
+        over `path`, so a reader sees either the old file or the whole new one, never a part.
+        Its size is about `len(self) x (4 d + 8 m + 16)` bytes.
 
         Args:
             path: the file to write; its folder must exist. An existing file is replaced.
 
         Raises:
-            FileNotFoundError: the folder of ``path`` does not exist.
-            IsADirectoryError: ``path`` is a folder.
+            FileNotFoundError: the folder of `path` does not exist.
+            IsADirectoryError: `path` is a folder.
             OSError: the file cannot be written (permissions, disk full).
         """
         faiss = _faiss()
@@ -392,20 +394,20 @@ class ApproximateIndex:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ApproximateIndex:
-        """Read an index written by ``save``. Searches give the same results as before saving.
+        """Read an index written by `save`. Searches give the same results as before saving.
 
         Args:
-            path: a file written by ``ApproximateIndex.save``. It is read into memory whole
+            path: a file written by `ApproximateIndex.save`. It is read into memory whole
                 (about the size of the file).
 
         Returns:
-            The index, with its rows, ids and ``ef_search``.
+            The index, with its rows, ids and `ef_search`.
 
         Raises:
             ImportError: faiss is not installed.
-            FileNotFoundError: ``path`` does not exist.
-            ValueError: ``path`` is not a faiss index, or is one that ``save`` did not write (another
-                structure or metric): rebuild it with ``ApproximateIndex.build``.
+            FileNotFoundError: `path` does not exist.
+            ValueError: `path` is not a faiss index, or is one that `save` did not write (another
+                structure or metric): rebuild it with `ApproximateIndex.build`.
         """
         faiss = _faiss()
         source = Path(path)

@@ -5,15 +5,15 @@ L2-normalised vectors (Radford et al., 2021, "Learning Transferable Visual Model
 Language Supervision", section 2.3). Neither the endpoint nor the local model normalises its output,
 so both functions here normalise on the fly, a block of rows at a time, and never copy or score the
 whole matrix at once: a 1,000,000 x 768 float32 collection (about 3 GB) is searched with extra
-memory of a few blocks, not another 3 GB, and never an ``n x q`` score matrix.
+memory of a few blocks, not another 3 GB, and never an `n x q` score matrix.
 
 Scores are computed in float32 (float16 and float64 inputs are converted a block at a time), so two
 candidates whose cosines differ by less than float32 rounding (about 1e-7) may rank either way;
 exact ties (equal float32 scores) always go to the lower row index.
 
 Rows of the matrix that cannot be normalised (a NaN or an infinity, or all zeros) are not refused:
-they score ``-inf`` against every query, so they rank after every valid row, and they never join a
-duplicate group. A query that cannot be normalised is refused with ``ValueError``.
+they score `-inf` against every query, so they rank after every valid row, and they never join a
+duplicate group. A query that cannot be normalised is refused with `ValueError`.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ DEFAULT_DUPLICATE_CHUNK_ROWS = 2048
 
 @dataclass(frozen=True)
 class TopK:
-    """The ``k`` best rows of the matrix for each query, best first.
+    """The `k` best rows of the matrix for each query, best first.
 
     Attributes:
-        indices: int64, shape ``(q, k)``: row numbers into the matrix. ``q`` is 1 for a 1-D query;
-            ``k`` is ``min(k, n)``. Equal scores are ordered by lower row number.
-        scores: float32, shape ``(q, k)``: the cosine similarity (unitless, in ``[-1, 1]`` up to
-            float32 rounding) of each query to each returned row; ``-inf`` for a row that cannot be
-            normalised (NaN, infinity or all zeros), which is only returned when fewer than ``k``
+        indices: int64, shape `(q, k)`: row numbers into the matrix. `q` is 1 for a 1-D query;
+            `k` is `min(k, n)`. Equal scores are ordered by lower row number.
+        scores: float32, shape `(q, k)`: the cosine similarity (unitless, in `[-1, 1]` up to
+            float32 rounding) of each query to each returned row; `-inf` for a row that cannot be
+            normalised (NaN, infinity or all zeros), which is only returned when fewer than `k`
             rows are valid.
     """
 
@@ -50,13 +50,13 @@ class TopK:
 
 @dataclass(frozen=True)
 class DuplicateGroup:
-    """One group of near-duplicates: a connected component of the ``cosine >= threshold`` graph.
+    """One group of near-duplicates: a connected component of the `cosine >= threshold` graph.
 
     Attributes:
-        indices: int64, shape ``(m,)``, ``m >= 2``, ascending: the member rows. ``indices[0]`` is
+        indices: int64, shape `(m,)`, `m >= 2`, ascending: the member rows. `indices[0]` is
             the group's first (lowest) row.
-        similarities: float32, shape ``(m,)``: each member's cosine similarity to the first
-            member (so ``similarities[0]`` is the first member with itself, 1.0 up to float32
+        similarities: float32, shape `(m,)`: each member's cosine similarity to the first
+            member (so `similarities[0]` is the first member with itself, 1.0 up to float32
             rounding). Members joined through a chain (a ~ b ~ c) can be below the threshold here,
             since the threshold holds for the links, not for every pair.
     """
@@ -72,30 +72,30 @@ def cosine_topk(
     *,
     chunk_rows: int = DEFAULT_TOPK_CHUNK_ROWS,
 ) -> TopK:
-    """Exact cosine top-``k`` of each query against every row of ``matrix``.
+    """Exact cosine top-`k` of each query against every row of `matrix`.
 
     Args:
-        queries: float array, shape ``(d,)`` (one query) or ``(q, d)``. Any float dtype; it is
+        queries: float array, shape `(d,)` (one query) or `(q, d)`. Any float dtype; it is
             normalised (L2) in float32.
-        matrix: float array, shape ``(n, d)``: the collection, e.g. CLIP ViT-L/14 embeddings
-            (``d = 768``). Not copied: it is read ``chunk_rows`` rows at a time, so a
-            ``np.memmap`` or a slice works. Rows need not be normalised.
-        k: how many rows to return per query, ``>= 1``; ``k > n`` returns ``n``.
-        chunk_rows: rows scored per block. Extra memory is about ``q x chunk_rows`` float32
-            scores, plus ``chunk_rows x d`` float32 when ``matrix`` is not float32, plus the
-            running ``q x 2k`` top-k; never ``n x q``. For very many queries, pass them in slices.
+        matrix: float array, shape `(n, d)`: the collection, e.g. CLIP ViT-L/14 embeddings
+            (`d = 768`). Not copied: it is read `chunk_rows` rows at a time, so a
+            `np.memmap` or a slice works. Rows need not be normalised.
+        k: how many rows to return per query, `>= 1`; `k > n` returns `n`.
+        chunk_rows: rows scored per block. Extra memory is about `q x chunk_rows` float32
+            scores, plus `chunk_rows x d` float32 when `matrix` is not float32, plus the
+            running `q x 2k` top-k; never `n x q`. For very many queries, pass them in slices.
 
     Returns:
-        ``TopK`` with ``indices`` (int64) and ``scores`` (float32), both of shape ``(q, min(k, n))``
-        (``q = 1`` for a 1-D query), best first, equal scores by lower row number.
+        `TopK` with `indices` (int64) and `scores` (float32), both of shape `(q, min(k, n))`
+        (`q = 1` for a 1-D query), best first, equal scores by lower row number.
 
     Raises:
-        TypeError: ``queries`` or ``matrix`` is not a float array (ints, bools, objects), or
-            ``k``/``chunk_rows`` is not an int.
-        ValueError: ``matrix`` is not 2-D or is empty (no rows or no columns); ``queries`` is
+        TypeError: `queries` or `matrix` is not a float array (ints, bools, objects), or
+            `k`/`chunk_rows` is not an int.
+        ValueError: `matrix` is not 2-D or is empty (no rows or no columns); `queries` is
             not 1-D or 2-D, has no rows, or its width differs from the matrix's; a query has a NaN,
-            an infinity or is all zeros (the message names its index); ``k < 1`` or
-            ``chunk_rows < 1``.
+            an infinity or is all zeros (the message names its index); `k < 1` or
+            `chunk_rows < 1`.
     """
     mat = _as_matrix(matrix)
     n, d = mat.shape
@@ -127,33 +127,33 @@ def find_duplicates(
     chunk_rows: int = DEFAULT_DUPLICATE_CHUNK_ROWS,
 ) -> list[DuplicateGroup]:
     """Exact near-duplicate groups: connected components of the graph whose edges join rows with
-    cosine similarity ``>= threshold``.
+    cosine similarity `>= threshold`.
 
-    Every pair is compared (``n^2 / 2`` dot products, in ``chunk_rows x chunk_rows`` blocks of the
+    Every pair is compared (`n^2 / 2` dot products, in `chunk_rows x chunk_rows` blocks of the
     upper triangle), and pairs are merged with union-find, so the result does not depend on the
-    order of the rows or on ``chunk_rows``.
+    order of the rows or on `chunk_rows`.
 
     Args:
-        matrix: float array, shape ``(n, d)``; any float dtype, read a block at a time, not copied.
-        threshold: cosine similarity (unitless), finite, in ``[-1, 1]``. 0.95 suits CLIP ViT-L/14
+        matrix: float array, shape `(n, d)`; any float dtype, read a block at a time, not copied.
+        threshold: cosine similarity (unitless), finite, in `[-1, 1]`. 0.95 suits CLIP ViT-L/14
             image embeddings of re-encoded or resized copies; lower it for looser matches.
-        chunk_rows: rows per block. Extra memory is about two ``chunk_rows x d`` float32 blocks,
-            one ``chunk_rows x chunk_rows`` float32 score block, the matching pairs of one block
-            (at most ``16 x chunk_rows^2`` bytes when everything matches), and ``8 n`` bytes of
+        chunk_rows: rows per block. Extra memory is about two `chunk_rows x d` float32 blocks,
+            one `chunk_rows x chunk_rows` float32 score block, the matching pairs of one block
+            (at most `16 x chunk_rows^2` bytes when everything matches), and `8 n` bytes of
             union-find parents.
 
     Returns:
         The groups with at least two members, ordered by their first (lowest) row; rows that match
         nothing are left out. Rows with a NaN, an infinity or all zeros never match. Cosines are
-        computed in float32, so a pair within float32 rounding of ``threshold`` (``4 eps sqrt(d)``,
-        about 1.3e-5 at ``d = 768``) counts as meeting it: identical rows always group, even at
-        ``threshold=1.0``. The similarities reported are clamped to ``[-1, 1]``.
+        computed in float32, so a pair within float32 rounding of `threshold` (`4 eps sqrt(d)`,
+        about 1.3e-5 at `d = 768`) counts as meeting it: identical rows always group, even at
+        `threshold=1.0`. The similarities reported are clamped to `[-1, 1]`.
 
     Raises:
-        TypeError: ``matrix`` is not a float array, or ``threshold``/``chunk_rows`` has the wrong
+        TypeError: `matrix` is not a float array, or `threshold`/`chunk_rows` has the wrong
             type.
-        ValueError: ``matrix`` is not 2-D or is empty; ``threshold`` is not finite or outside
-            ``[-1, 1]``; ``chunk_rows < 1``.
+        ValueError: `matrix` is not 2-D or is empty; `threshold` is not finite or outside
+            `[-1, 1]`; `chunk_rows < 1`.
     """
     mat = _as_matrix(matrix)
     n = mat.shape[0]
@@ -228,8 +228,8 @@ def _row_norms(block: NDArray[np.float32]) -> NDArray[np.float32]:
 
 
 def _normalised_queries(queries: ArrayLike, d: int, against: str) -> NDArray[np.float32]:
-    """Queries as a C-contiguous float32 ``(q, d)`` copy, each row L2-normalised; ``ValueError`` for
-    a shape that does not fit rows of width ``d`` (``against`` names them) or a row that cannot be
+    """Queries as a C-contiguous float32 `(q, d)` copy, each row L2-normalised; `ValueError` for
+    a shape that does not fit rows of width `d` (`against` names them) or a row that cannot be
     normalised."""
     q_arr = _as_float(queries, "queries")
     if q_arr.ndim == 1:
@@ -246,8 +246,8 @@ def _normalised_queries(queries: ArrayLike, d: int, against: str) -> NDArray[np.
 
 
 def _normalised_rows(rows: NDArray[Any], name: str, first: int = 0) -> NDArray[np.float32]:
-    """``rows`` as a C-contiguous float32 copy, each row L2-normalised. A row with a NaN, an
-    infinity or all zeros has no direction: ``ValueError`` naming it as ``name[first + i]``."""
+    """`rows` as a C-contiguous float32 copy, each row L2-normalised. A row with a NaN, an
+    infinity or all zeros has no direction: `ValueError` naming it as `name[first + i]`."""
     out = np.array(rows, dtype=np.float32, order="C", copy=True)
     norms = _row_norms(out)
     bad = ~np.isfinite(norms) | (norms == 0)
@@ -264,12 +264,12 @@ def _normalised_rows(rows: NDArray[Any], name: str, first: int = 0) -> NDArray[n
 
 
 def _float32_block(mat: NDArray[Any], start: int, stop: int) -> NDArray[np.float32]:
-    """Rows ``start:stop`` as float32: a view when the matrix already is, a block-sized copy else."""
+    """Rows `start:stop` as float32: a view when the matrix already is, a block-sized copy else."""
     return np.asarray(mat[start:stop], dtype=np.float32)
 
 
 def _block_scores(qn: NDArray[np.float32], block: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Cosine of each (normalised) query to each row of ``block``, ``-inf`` for rows that cannot be
+    """Cosine of each (normalised) query to each row of `block`, `-inf` for rows that cannot be
     normalised. Dividing the raw dot products by the row norms avoids copying the block."""
     norms = _row_norms(block)
     bad = ~np.isfinite(norms) | (norms == 0)
@@ -282,7 +282,7 @@ def _block_scores(qn: NDArray[np.float32], block: NDArray[np.float32]) -> NDArra
 
 
 def _chunk_topk(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
-    """Column numbers of the ``k`` best scores of each row (unordered), ties at the boundary going to
+    """Column numbers of the `k` best scores of each row (unordered), ties at the boundary going to
     the lowest column (argpartition alone would pick among them arbitrarily)."""
     c = scores.shape[1]
     if c <= k:
@@ -301,7 +301,7 @@ def _chunk_topk(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
 
 
 def _normalised_block(mat: NDArray[Any], start: int, stop: int) -> NDArray[np.float32]:
-    """Rows ``start:stop`` L2-normalised in a float32 copy; rows that cannot be normalised become
+    """Rows `start:stop` L2-normalised in a float32 copy; rows that cannot be normalised become
     NaN, so they compare false with every threshold."""
     block = np.array(mat[start:stop], dtype=np.float32)
     norms = _row_norms(block)
@@ -339,9 +339,9 @@ def _union(parent: NDArray[np.int64], a: NDArray[np.int64], b: NDArray[np.int64]
 
 
 def _rounding_slack(d: int) -> np.float32:
-    """How far below its true value a float32 cosine of two ``d``-dimensional rows may come out:
-    ``4 eps sqrt(d)`` (the rounding of the normalisation and of the dot product's sum, which grows
-    as ``sqrt(d)`` for values of mixed sign). An exact copy's cosine of 1 computes as 0.99999994."""
+    """How far below its true value a float32 cosine of two `d`-dimensional rows may come out:
+    `4 eps sqrt(d)` (the rounding of the normalisation and of the dot product's sum, which grows
+    as `sqrt(d)` for values of mixed sign). An exact copy's cosine of 1 computes as 0.99999994."""
     slack: np.float32 = np.float32(4 * float(np.finfo(np.float32).eps) * float(np.sqrt(d)))
     return slack
 

@@ -1,18 +1,19 @@
-"""The two MLflow pyfunc models behind ``clip-text-embedding`` and ``clip-image-embedding``.
+"""The two MLflow pyfunc models behind `clip-text-embedding` and `clip-image-embedding`.
 
-Each model is :class:`~clip_client.LocalBackend` (the very code of local mode) behind MLflow's
-``predict``; the image model prepares images with the client's own preparation (decode, EXIF
+Each model is [`LocalBackend`][clip_client.LocalBackend] (the very code of local mode) behind MLflow's
+`predict`; the image model prepares images with the client's own preparation (decode, EXIF
 orientation, Pillow-exact shortest-edge BICUBIC resize and floor-offset centre crop), so what it
 computes does not depend on which transformers image processor the serving image happens to have.
 The endpoint, the client pointed at it and local mode therefore agree to the bit on the same
-hardware and dtype.
+hardware and dtype when the inputs travel in batches of the same size, and within float32 rounding
+(up to 8.3e-7 per value measured on ViT-L/14 on CPU) across batch sizes: docs/deploy.md.
 
-Wire format (what Databricks Model Serving and ``mlflow models serve`` pass to ``predict``): a
-DataFrame with one string column ``input``: texts, or the base64 of encoded images (JPEG, PNG...).
-The answer is float32 ``(n, dim)``: 768 for ``openai/clip-vit-large-patch14``, not normalised.
+Wire format (what Databricks Model Serving and `mlflow models serve` pass to `predict`): a
+DataFrame with one string column `input`: texts, or the base64 of encoded images (JPEG, PNG...).
+The answer is float32 `(n, dim)`: 768 for `openai/clip-vit-large-patch14`, not normalised.
 
-Needs the ``mlflow`` extra: ``pip install "clip-serving-client[mlflow]"``. Logging, registering and
-deploying: :mod:`clip_client.deploy`; the guide: docs/deploy.md.
+Needs the `mlflow` extra: `pip install "clip-serving-client[mlflow]"`. Logging, registering and
+deploying: `clip_client.deploy`; the guide: docs/deploy.md.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._core.images import ImageOptions, prepare_image
-from .errors import ClipClientError, InvalidInputError
+from .errors import ClipClientError, ConfigurationError, InvalidInputError
 from .types import EmbeddingArray, InputKind
 
-#: The install hint of every ImportError about the extra.
 INSTALL_HINT = 'pip install "clip-serving-client[mlflow]"'
+"""The install hint of every ImportError about the extra."""
 
 try:  # the pyfunc model subclasses MLflow's PythonModel: this module needs MLflow from the start
     import pandas as pd
@@ -64,16 +65,16 @@ __all__ = [
     "save_model",
 ]
 
-#: The one input column of both models (the client sends ``{"dataframe_records": [{"input": ...}]}``).
 INPUT_COLUMN = "input"
-#: The name of the checkpoint folder among the logged model's artifacts.
+"""The one input column of both models (the client sends `{"dataframe_records": [{"input": ...}]}`)."""
 ARTIFACT_KEY = "clip"
-#: The models-from-code file that MLflow runs to build the model at load time (``set_model``).
+"""The name of the checkpoint folder among the logged model's artifacts."""
 MODEL_CODE = Path(__file__).with_name("_mlflow_model.py")
+"""The models-from-code file that MLflow runs to build the model at load time (`set_model`)."""
 
 
 def require_mlflow() -> Any:
-    """The ``mlflow`` module, or an ``ImportError`` saying which extra to install."""
+    """The `mlflow` module, or an `ImportError` saying which extra to install."""
     try:
         import mlflow
     except ImportError as exc:
@@ -87,14 +88,14 @@ class EmbeddingPredictor:
     """The body of both pyfunc models, free of MLflow: a batch of wire inputs -> float32 rows.
 
     Args:
-        kind: ``"text"`` or ``"image"``.
-        backend: the loaded model (:class:`~clip_client.LocalBackend`).
+        kind: `"text"` or `"image"`.
+        backend: the loaded model ([`LocalBackend`][clip_client.LocalBackend]).
         max_image_pixels: images with more pixels are refused before decoding (the client's
             decompression-bomb guard, default 89,478,485 as Pillow's own).
 
     Texts are truncated to CLIP's 77 tokens by the tokenizer (never an error); an empty text embeds
     as the model embeds it (start and end tokens only). Images are decoded and prepared exactly as
-    the client prepares them (:func:`clip_client._core.images.prepare_image`), so a 224x224 crop the
+    the client prepares them (`clip_client._core.images.prepare_image`), so a 224x224 crop the
     client sent and the whole file it was cut from give the same row.
     """
 
@@ -114,24 +115,24 @@ class EmbeddingPredictor:
         """Embed one batch.
 
         Args:
-            model_input: a ``pandas.DataFrame`` with an ``input`` column (or one unnamed column,
-                what MLflow makes of a list), a ``dict`` with an ``input`` list, a
-                list/tuple/``pandas.Series``/1-d ``numpy`` array of strings, or one string. Texts
+            model_input: a `pandas.DataFrame` with an `input` column (or one unnamed column,
+                what MLflow makes of a list), a `dict` with an `input` list, a
+                list/tuple/`pandas.Series`/1-d `numpy` array of strings, or one string. Texts
                 for the text model; for the image model the base64 of an encoded image (ASCII
-                whitespace, as in MIME-wrapped base64, is ignored; a ``data:image/...;base64,`` URI
+                whitespace, as in MIME-wrapped base64, is ignored; a `data:image/...;base64,` URI
                 works too).
 
         Returns:
-            float32 ``(n, dim)``, one row per input, in input order (``(0, dim)`` for none).
+            float32 `(n, dim)`, one row per input, in input order (`(0, dim)` for none).
 
         Raises:
-            InvalidInputError: a DataFrame with named columns but no ``input`` one; an input
+            InvalidInputError: a DataFrame with named columns but no `input` one; an input
                 that is not a string, or (image model) not base64 of an image that decodes
-                (``ImageDecodeError``), or a ``data:`` URI whose media type is not ``image/*``;
-                the message starts ``row {i}:`` with the row's 0-based position in this batch.
+                (`ImageDecodeError`), or a `data:` URI whose media type is not `image/*`;
+                the message starts `row {i}:` with the row's 0-based position in this batch.
                 Serving answers it with HTTP 400.
         """
-        values = _column(model_input)
+        values = _input_values(model_input)
         if not values:
             return np.zeros((0, self.backend.dim), dtype=np.float32)
         if self.kind == "text":
@@ -144,7 +145,7 @@ class EmbeddingPredictor:
     def _pixels(self, value: object, row: int) -> Any:
         if not isinstance(value, str):
             raise _row_error(row, f"images must be base64 strings, got {type(value).__name__}")
-        # MIME base64 (``base64.encodebytes``, RFC 2045) wraps lines: ASCII whitespace is dropped
+        # MIME base64 (`base64.encodebytes`, RFC 2045) wraps lines: ASCII whitespace is dropped
         # before the strict decode; any other character outside the alphabet is still an error.
         text = value.strip()
         head, comma, body = text.partition(",")
@@ -176,8 +177,8 @@ class EmbeddingPredictor:
         return prepared.pixels
 
 
-#: The whitespace of MIME-wrapped base64 (spaces, tabs, line breaks); not Unicode's wider set.
 _ASCII_WHITESPACE = re.compile(r"[ \t\n\r\f\v]+")
+"""The whitespace of MIME-wrapped base64 (spaces, tabs, line breaks); not Unicode's wider set."""
 
 
 def _row_error(row: int, reason: str) -> InvalidInputError:
@@ -192,8 +193,8 @@ def _text(value: object, row: int) -> str:
     raise _row_error(row, f"texts must be strings, got {type(value).__name__}")
 
 
-def _column(model_input: Any) -> list[object]:
-    """The inputs as a list, from any shape MLflow hands to ``predict``."""
+def _input_values(model_input: Any) -> list[object]:
+    """The inputs as a list, from any shape MLflow hands to `predict`."""
     if isinstance(model_input, str):
         return [model_input]
     if isinstance(model_input, dict):
@@ -228,12 +229,12 @@ def _column(model_input: Any) -> list[object]:
 
 
 class ClipEmbeddingModel(PythonModel):
-    """The MLflow pyfunc model of one endpoint: text or image, as its ``model_config`` says.
+    """The MLflow pyfunc model of one endpoint: text or image, as its `model_config` says.
 
-    Built by MLflow from :data:`MODEL_CODE` (models from code) when the model loads; it reads
-    ``model_config``: ``kind`` (``"text"`` or ``"image"``), optionally ``device`` (default: CUDA
-    when the serving machine has it, else CPU), ``dtype`` (default: float16 on CUDA, float32 on
-    CPU) and ``batch_size`` (inputs per forward pass). The checkpoint is the ``clip`` artifact, so
+    Built by MLflow from `MODEL_CODE` (models from code) when the model loads; it reads
+    `model_config`: `kind` (`"text"` or `"image"`), optionally `device` (default: CUDA
+    when the serving machine has it, else CPU), `dtype` (default: float16 on CUDA, float32 on
+    CPU) and `batch_size` (inputs per forward pass). The checkpoint is the `clip` artifact, so
     serving never asks the Hugging Face hub for anything.
     """
 
@@ -244,7 +245,7 @@ class ClipEmbeddingModel(PythonModel):
         """Load the checkpoint from the model's artifacts onto the serving machine's device.
 
         Raises:
-            ValueError: ``model_config`` has no valid ``kind``.
+            ValueError: `model_config` has no valid `kind`.
             ModelLoadError: the artifact folder is not a loadable CLIP checkpoint.
         """
         from .local import LocalBackend
@@ -268,15 +269,16 @@ class ClipEmbeddingModel(PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> EmbeddingArray:
-        """Embed one batch: see :meth:`EmbeddingPredictor.predict` for every input shape taken (the
-        annotation says DataFrame, what serving passes, and keeps MLflow from converting inputs).
+        """Embed one batch: see [`EmbeddingPredictor.predict`][clip_client.serving.EmbeddingPredictor.predict]
+        for every input shape taken (the annotation says DataFrame, what serving passes, and keeps MLflow from
+        converting inputs).
 
         Returns:
-            float32 ``(n, dim)``.
+            float32 `(n, dim)`.
 
         Raises:
-            mlflow.exceptions.MlflowException: ``INVALID_PARAMETER_VALUE`` (HTTP 400 from a scoring
-                server) for a bad input, its message naming the row; ``RuntimeError`` if the model
+            mlflow.exceptions.MlflowException: `INVALID_PARAMETER_VALUE` (HTTP 400 from a scoring
+                server) for a bad input, its message naming the row; `RuntimeError` if the model
                 was never loaded.
         """
         if self.predictor is None:
@@ -292,17 +294,17 @@ class ClipEmbeddingModel(PythonModel):
 
 def model_signature(dim: int) -> ModelSignature:
     """The logged signature of both models: one string column in, a float32 tensor of shape
-    ``(-1, dim)`` out. Databricks SQL's ``ai_query`` reads it and returns ``ARRAY<FLOAT>`` without a
-    ``returnType`` (docs/deploy.md).
+    `(-1, dim)` out. Databricks SQL's `ai_query` reads it and returns `ARRAY<FLOAT>` without a
+    `returnType` (docs/deploy.md).
 
     The input column is unnamed, so that MLflow's schema check lets through both the DataFrame of
-    the wire protocol (its one column ``input``) and a plain list of strings: a column named
-    ``input`` makes MLflow refuse every list, array and ``{"inputs": [...]}`` body ("missing inputs
+    the wire protocol (its one column `input`) and a plain list of strings: a column named
+    `input` makes MLflow refuse every list, array and `{"inputs": [...]}` body ("missing inputs
     ['input']"). The cost: MLflow checks an unnamed schema by position and hands the model only the
-    first column of a DataFrame, so the model cannot see an ``input`` column that comes second; it
+    first column of a DataFrame, so the model cannot see an `input` column that comes second; it
     refuses any first column named otherwise (HTTP 400), rather than embed the wrong one. MLflow
     also refuses an empty list before the model sees it ("missing inputs"); an empty DataFrame with
-    an ``input`` column gives ``(0, dim)``."""
+    an `input` column gives `(0, dim)`."""
     require_mlflow()
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
@@ -314,13 +316,11 @@ def model_signature(dim: int) -> ModelSignature:
 
 
 def checkpoint_dim(folder: str | os.PathLike[str]) -> int:
-    """The embedding width of a CLIP checkpoint folder (``projection_dim`` of its config.json)."""
+    """The embedding width of a CLIP checkpoint folder (`projection_dim` of its config.json)."""
     config = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
     return int(config.get("projection_dim", 512))
 
 
-#: The distributions the served models import, pinned to this environment's versions (public part:
-#: ``2.5.1+cpu`` -> ``2.5.1``, so that the serving image installs the build for its own hardware).
 _RUNTIME_DISTRIBUTIONS = (
     "mlflow",
     "torch",
@@ -335,8 +335,11 @@ _RUNTIME_DISTRIBUTIONS = (
     "databricks-sdk",
     "tqdm",
 )
-#: The checkpoint files a model needs (what ``hf download --include`` fetches in docs/local.md).
+"""The distributions the served models import, pinned to this environment's versions (public part:
+`2.5.1+cpu` -> `2.5.1`, so that the serving image installs the build for its own hardware).
+"""
 _CHECKPOINT_FILES = ["*.json", "*.txt", "*.safetensors"]
+"""The checkpoint files a model needs (what `hf download --include` fetches in docs/local.md)."""
 
 
 def pip_requirements() -> list[str]:
@@ -357,7 +360,7 @@ def pip_requirements() -> list[str]:
 
 
 def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
-    """A local folder holding the CLIP checkpoint ``model``: the folder itself, or the Hugging Face
+    """A local folder holding the CLIP checkpoint `model`: the folder itself, or the Hugging Face
     cache's snapshot of a hub id (downloaded once when it is not there; json, txt and safetensors
     files only).
 
@@ -389,7 +392,7 @@ def resolve_checkpoint(model: str | os.PathLike[str]) -> Path:
 
 
 def _model_arguments(kind: InputKind, folder: Path, code_dir: Path, **config: Any) -> dict[str, Any]:
-    """What ``mlflow.pyfunc.save_model`` / ``log_model`` take for one model, both calls alike."""
+    """What `mlflow.pyfunc.save_model` / `log_model` take for one model, both calls alike."""
     import shutil
 
     package = Path(__file__).resolve().parent
@@ -405,21 +408,21 @@ def _model_arguments(kind: InputKind, folder: Path, code_dir: Path, **config: An
     }
 
 
-#: The dtypes a served model takes (``model_config["dtype"]``), as local mode names them.
 SERVING_DTYPES = ("float32", "float16", "bfloat16")
+"""The dtypes a served model takes (`model_config["dtype"]`), as local mode names them."""
 
 
 def check_serving_options(device: object, dtype: object) -> tuple[str | None, str | None]:
-    """``device`` and ``dtype`` checked before a model is written or logged, as the served model
-    reads them at load time: ``(device, dtype)`` normalised (``"CUDA:0"`` -> ``"cuda:0"``,
-    ``"fp16"`` -> ``"float16"``), None kept.
+    """`device` and `dtype` checked before a model is written or logged, as the served model
+    reads them at load time: `(device, dtype)` normalised (`"CUDA:0"` -> `"cuda:0"`,
+    `"fp16"` -> `"float16"`), None kept.
 
     The device is not looked for on this machine: a model exported on a laptop may serve on a GPU.
 
     Raises:
-        ValueError: ``device`` is not a CPU or CUDA torch device string (``"cpu"``, ``"cuda"``,
-            ``"cuda:1"``), or ``dtype`` not one of :data:`SERVING_DTYPES` (or an alias local mode
-            takes: ``fp16``, ``half``...).
+        ValueError: `device` is not a CPU or CUDA torch device string (`"cpu"`, `"cuda"`,
+            `"cuda:1"`), or `dtype` not one of `SERVING_DTYPES` (or an alias local mode
+            takes: `fp16`, `half`...).
     """
     if device is not None:
         import torch
@@ -429,7 +432,11 @@ def check_serving_options(device: object, dtype: object) -> tuple[str | None, st
         except (RuntimeError, TypeError, ValueError):
             parsed = None
         if parsed is None or parsed.type not in ("cpu", "cuda"):
-            raise ValueError(f"device={device!r} is not a serving device: 'cpu', 'cuda' or 'cuda:N'")
+            raise ConfigurationError(
+                f"device={device!r} is not a serving device: 'cpu', 'cuda' or 'cuda:N'",
+                setting="device",
+                reason=f"{device!r} is not a serving device: 'cpu', 'cuda' or 'cuda:N'",
+            )
         device = str(parsed)
     if dtype is not None:
         from .local import _DTYPES
@@ -471,8 +478,8 @@ def _check_kind(kind: object) -> InputKind:
 def _pyfunc_arguments(
     kind: object, model: str | os.PathLike[str], device: object, dtype: object
 ) -> Iterator[tuple[Any, dict[str, Any]]]:
-    """What :func:`save_model` and :func:`log_model` both do first: check every argument (before
-    anything is written or logged), then give MLflow and ``mlflow.pyfunc``'s keyword arguments for
+    """What `save_model` and `log_model` both do first: check every argument (before
+    anything is written or logged), then give MLflow and `mlflow.pyfunc`'s keyword arguments for
     the model, its code copied into a folder that lives for the block, MLflow kept quiet."""
     import tempfile
 
@@ -495,26 +502,26 @@ def save_model(
     device: str | None = None,
     dtype: str | None = None,
 ) -> Path:
-    """Write one pyfunc model as an MLflow model folder, which ``mlflow models serve -m PATH
-    --env-manager local`` serves and ``mlflow.pyfunc.load_model(PATH)`` loads.
+    """Write one pyfunc model as an MLflow model folder, which `mlflow models serve -m PATH
+    --env-manager local` serves and `mlflow.pyfunc.load_model(PATH)` loads.
 
     Args:
-        kind: ``"text"`` or ``"image"``.
+        kind: `"text"` or `"image"`.
         model: a CLIP checkpoint folder, or a hub id (fetched into the Hugging Face cache once).
             Its files are copied into the model folder: serving needs no hub.
         path: the folder to write; it must not exist, or be empty.
-        device: the serving device (``"cuda"``, ``"cpu"``); None picks CUDA when there is one.
-        dtype: ``"float32"``, ``"float16"``...; None: float16 on CUDA, float32 on CPU.
+        device: the serving device (`"cuda"`, `"cpu"`); None picks CUDA when there is one.
+        dtype: `"float32"`, `"float16"`...; None: float16 on CUDA, float32 on CPU.
 
     Returns:
-        ``path``, as a ``Path``.
+        `path`, as a `Path`.
 
     Raises:
-        ValueError: ``kind`` is neither ``"text"`` nor ``"image"``, or a bad ``device``/``dtype``
-            (:func:`check_serving_options`), before anything is written.
-        ModelLoadError: ``model`` is not a CLIP checkpoint, or cannot be fetched.
-        mlflow.exceptions.MlflowException: ``path`` exists and is not empty.
-        ImportError: the ``mlflow`` extra is not installed.
+        ValueError: `kind` is neither `"text"` nor `"image"`, or a bad `device`/`dtype`
+            (`check_serving_options`), before anything is written.
+        ModelLoadError: `model` is not a CLIP checkpoint, or cannot be fetched.
+        mlflow.exceptions.MlflowException: `path` exists and is not empty.
+        ImportError: the `mlflow` extra is not installed.
     """
     with _pyfunc_arguments(kind, model, device, dtype) as (mlflow, arguments):
         mlflow.pyfunc.save_model(os.fspath(path), **arguments)
@@ -531,22 +538,22 @@ def log_model(
     dtype: str | None = None,
 ) -> Any:
     """Log one pyfunc model to the active MLflow run (one is started when none is), and register
-    it when ``registered_model_name`` is given (in the registry that ``mlflow.get_registry_uri()``
+    it when `registered_model_name` is given (in the registry that `mlflow.get_registry_uri()`
     names).
 
     Args:
-        kind: ``"text"`` or ``"image"``.
-        model: a CLIP checkpoint folder or a hub id; its files are logged as the ``clip`` artifact.
-        name: the logged model's name (default ``clip_text_embedding`` / ``clip_image_embedding``).
+        kind: `"text"` or `"image"`.
+        model: a CLIP checkpoint folder or a hub id; its files are logged as the `clip` artifact.
+        name: the logged model's name (default `clip_text_embedding` / `clip_image_embedding`).
         registered_model_name: register the model under this name (Unity Catalog:
-            ``catalog.schema.model``).
-        device, dtype: as :func:`save_model`.
+            `catalog.schema.model`).
+        device, dtype: as `save_model`.
 
     Returns:
-        MLflow's ``ModelInfo``: ``model_uri``, ``registered_model_version``...
+        MLflow's `ModelInfo`: `model_uri`, `registered_model_version`...
 
     Raises:
-        ValueError, ModelLoadError, ImportError: as :func:`save_model`.
+        ValueError, ModelLoadError, ImportError: as `save_model`.
         mlflow.exceptions.MlflowException: the tracking server or registry refused the model.
     """
     with _pyfunc_arguments(kind, model, device, dtype) as (mlflow, arguments):

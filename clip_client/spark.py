@@ -1,20 +1,24 @@
 """Spark pandas UDFs: a column of texts or images in, a column of 768-d embeddings out.
 
->>> from clip_client.spark import embed_table, image_embedding_udf
->>> embed = image_embedding_udf()  # doctest: +SKIP
->>> df = spark.read.format("binaryFile").load("/Volumes/main/default/photos")  # doctest: +SKIP
->>> df.withColumn("embedding", embed("content"))  # doctest: +SKIP
+```python
+from clip_client.spark import embed_table, image_embedding_udf
+embed = image_embedding_udf()
+df = spark.read.format("binaryFile").load("/Volumes/main/default/photos")
+df.withColumn("embedding", embed("content"))
+```
 
-Each UDF is a pandas UDF of the iterator form (``Iterator[pd.Series] -> Iterator[pd.Series]``): one
-Python worker process builds one :class:`~clip_client.ClipClient` the first time it needs it
+Each UDF is a pandas UDF of the iterator form (`Iterator[pd.Series] -> Iterator[pd.Series]`; a
+struct column arrives as a `pandas.DataFrame` per batch, and the image UDF reads the struct of
+Spark's `image` source), marked non-deterministic so that Catalyst runs it once per row. One
+Python worker process builds one [`ClipClient`][clip_client.ClipClient] the first time it needs it
 (cached in the process, keyed by the UDF's client options) and sends every Arrow batch of every task
 it runs through that client's batching, concurrency and retries. Under local mode the model is
 loaded once per worker process (once per GPU, on a GPU cluster). Nothing here uses a
-``SparkContext``, a broadcast or an RDD, so the UDFs run under Spark Connect (Databricks serverless
+`SparkContext`, a broadcast or an RDD, so the UDFs run under Spark Connect (Databricks serverless
 and shared clusters, Databricks Connect) as under classic Spark. The recipe, the sizing arithmetic
 and the credential patterns are in docs/spark.md.
 
-Needs the ``spark`` extra: ``pip install "clip-serving-client[spark]"`` (pyspark, pandas, pyarrow),
+Needs the `spark` extra: `pip install "clip-serving-client[spark]"` (pyspark, pandas, pyarrow),
 imported only when a UDF is built or run.
 """
 
@@ -37,9 +41,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _constants as C
 from ._client import ClipClient
-from ._core.images import _from_plain_base64, _InvalidBase64
+from ._core.images import InvalidBase64, from_plain_base64
 from ._core.secrets import MASK, RedactingFilter, redact, register
-from .errors import APIError, BadRequestError, InvalidInputError, PayloadTooLargeError
+from .errors import (
+    APIError,
+    BadRequestError,
+    ConfigurationError,
+    ImageDecodeError,
+    InvalidInputError,
+    PayloadTooLargeError,
+)
 from .types import InputKind, Settings
 
 if TYPE_CHECKING:
@@ -57,27 +68,32 @@ __all__ = [
     "text_embedding_udf",
 ]
 
-#: What an image column holds: ``"binary"`` (file bytes, as ``spark.read.format("binaryFile")``
-#: gives them in ``content``), ``"base64"`` (a string: the base64 of the file, or a
-#: ``data:image/...;base64,`` URI), ``"path"`` (a string: ``/Volumes/...``, ``/dbfs/...``, a local
-#: path, or a ``dbfs:/`` or ``file:`` URI as binaryFile's ``path`` column gives them), or ``"auto"``:
-#: bytes are file bytes; a string is base64 when it starts like the base64 of an image file (JPEG,
-#: PNG, GIF, WebP, TIFF, BMP, AVIF, JPEG 2000), else a path.
 ImageColumn = Literal["auto", "binary", "base64", "path"]
+"""What an image column holds: `"binary"` (file bytes, as `spark.read.format("binaryFile")`
+gives them in `content`), `"base64"` (a string: the base64 of the file, or a
+`data:image/...;base64,` URI), `"path"` (a string: `/Volumes/...`, `/dbfs/...`, a local
+path, or a `dbfs:/` or `file:` URI as binaryFile's `path` column gives them), or `"auto"`:
+bytes are file bytes; a string is base64 when it starts like the base64 of an image file (JPEG,
+PNG, GIF, WebP, TIFF, BMP, AVIF, JPEG 2000), else a path; and the struct of Spark's image source
+(`spark.read.format("image")`'s `image` column: `origin`, `height`, `width`, `nChannels`,
+`mode`, `data`) is the pixels it describes, its BGR(A) bytes reordered to RGB(A).
+"""
 
-#: What a UDF does with a bad input: ``"raise"`` fails the task with an error naming the row;
-#: ``"null"`` gives a null embedding and the reason (in the ``error`` field, or the worker's log).
 SparkOnError = Literal["raise", "null"]
+"""What a UDF does with a bad input: `"raise"` fails the task with an error naming the row;
+`"null"` gives a null embedding and the reason (in the `error` field, or the worker's log).
+"""
 
-#: An environment variable: when set on the executors (``spark.executorEnv.CLIP_CLIENT_SPARK_LOG``),
-#: each Python worker appends this module's log records (one INFO line per client it builds, one
-#: WARNING per row nulled in tolerant mode) to the file it names, credentials redacted.
 LOG_FILE_ENV = "CLIP_CLIENT_SPARK_LOG"
+"""An environment variable: when set on the executors (`spark.executorEnv.CLIP_CLIENT_SPARK_LOG`),
+each Python worker appends this module's log records (one INFO line per client it builds, one
+WARNING per row nulled in tolerant mode) to the file it names, credentials redacted.
+"""
 
 logger = logging.getLogger(f"{C.LOGGER_NAME}.spark")
 logger.addFilter(RedactingFilter())  # a parent logger's filter does not see records logged here
 
-#: Options a UDF cannot carry to the executors: live objects of the driver process.
+# Options a UDF cannot carry to the executors: live objects of the driver process.
 _NOT_SHIPPABLE = {
     "config": "a databricks-sdk Config is resolved on each executor instead: pass host/token or "
     "profile, or nothing (each executor's own databricks-sdk chain)",
@@ -88,15 +104,17 @@ _NOT_SHIPPABLE = {
 _WORKSPACE_OPTIONS = ("host", "token", "profile")
 _REMOTE_OPTIONS = frozenset(Settings.model_fields) | {"cache", *_WORKSPACE_OPTIONS}
 _LOCAL_OPTIONS = frozenset(Settings.model_fields) | {"cache", "dtype", "compile"}
-_IMAGE_COLUMNS = ("auto", "binary", "base64", "path")
+_IMAGE_COLUMNS: tuple[ImageColumn, ...] = ("auto", "binary", "base64", "path")
+_ON_ERRORS: tuple[SparkOnError, ...] = ("raise", "null")
 _ERROR_FIELD = "error"
 _EMBEDDING_FIELD = "embedding"
-#: torch's device types (``torch.device`` accepts ``type`` or ``type:index``), checked on the driver
-#: without importing torch there; the worker resolves the device itself (``ClipClient.local``).
 _DEVICE = re.compile(
     r"(cpu|cuda|mps|xpu|xla|meta|hpu|mtia|npu|ipu|hip|ve|fpga|maia|vulkan|lazy|privateuseone)(:\d+)?"
 )
-#: ``scheme://...``: a URL (``https://``, ``s3://``, ``abfss://``, ``gs://``...), never a local file.
+"""torch's device types (`torch.device` accepts `type` or `type:index`), checked on the driver
+without importing torch there; the worker resolves the device itself (`ClipClient.local`).
+"""
+# `scheme://...`: a URL (`https://`, `s3://`, `abfss://`, `gs://`...), never a local file.
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 _URL_HINT = (
     "URLs are not fetched; download the file first, or pass a local, /dbfs/... or /Volumes/... "
@@ -130,8 +148,8 @@ class _Spec:
     local: bool
     model: str | None
     device: str | None
-    #: The client options, sorted by name (hashable: the worker's cache key).
     options: tuple[tuple[str, Any], ...]
+    """The client options, sorted by name (hashable: the worker's cache key)."""
 
     def __repr__(self) -> str:
         shown = {k: (MASK if k == "token" and v else v) for k, v in self.options}
@@ -159,12 +177,8 @@ def _spec(
     options: dict[str, Any],
 ) -> _Spec:
     """Check a UDF's arguments on the driver, before any job runs, and pack them."""
-    if on_error not in ("raise", "null"):
-        raise ValueError(f"on_error must be 'raise' or 'null', got {on_error!r}")
-    if image_column not in _IMAGE_COLUMNS:
-        raise ValueError(
-            f"image_column must be one of {', '.join(map(repr, _IMAGE_COLUMNS))}, got {image_column!r}"
-        )
+    mode = _on_error_mode(on_error)
+    column_mode = _image_column_mode(image_column)
     if not isinstance(error_column, bool):
         raise TypeError(f"error_column must be True or False, got {error_column!r}")
     if error_column and on_error == "raise":
@@ -198,8 +212,8 @@ def _spec(
     model_name = None if model is None else os.fspath(model)
     return _Spec(
         kind=kind,
-        image_column=image_column,  # type: ignore[arg-type]
-        on_error=on_error,  # type: ignore[arg-type]
+        image_column=column_mode,
+        on_error=mode,
         error_field=error_column,
         local=local,
         model=model_name,
@@ -208,8 +222,26 @@ def _spec(
     )
 
 
+def _on_error_mode(on_error: object) -> SparkOnError:
+    """`on_error` as one of [`SparkOnError`][clip_client.spark.SparkOnError], or a ValueError."""
+    for mode in _ON_ERRORS:
+        if on_error == mode:
+            return mode
+    raise ValueError(f"on_error must be 'raise' or 'null', got {on_error!r}")
+
+
+def _image_column_mode(image_column: object) -> ImageColumn:
+    """`image_column` as one of [`ImageColumn`][clip_client.spark.ImageColumn], or a ValueError."""
+    for mode in _IMAGE_COLUMNS:
+        if image_column == mode:
+            return mode
+    raise ValueError(
+        f"image_column must be one of {', '.join(map(repr, _IMAGE_COLUMNS))}, got {image_column!r}"
+    )
+
+
 def _check_device(device: object) -> str | None:
-    """``device`` as the string the workers pass to ``torch.device`` (a ``torch.device`` object is
+    """`device` as the string the workers pass to `torch.device` (a `torch.device` object is
     taken as its string), or a TypeError/ValueError naming it."""
     if device is None:
         return None
@@ -218,7 +250,11 @@ def _check_device(device: object) -> str | None:
     if not isinstance(device, str):
         raise TypeError(f"device must be a string such as 'cuda', 'cuda:1' or 'cpu', got {device!r}")
     if _DEVICE.fullmatch(device) is None:
-        raise ValueError(f"device={device!r} is not a torch device ('cuda', 'cuda:1', 'cpu', 'mps'...)")
+        raise ConfigurationError(
+            f"device={device!r} is not a torch device ('cuda', 'cuda:1', 'cpu', 'mps'...)",
+            setting="device",
+            reason=f"{device!r} is not a torch device ('cuda', 'cuda:1', 'cpu', 'mps'...)",
+        )
     return device
 
 
@@ -235,62 +271,70 @@ def text_embedding_udf(
     device: str | None = None,
     **client_options: Any,
 ) -> UserDefinedFunctionLike:
-    """A Spark pandas UDF that embeds a string column: ``df.withColumn("embedding", udf("caption"))``.
+    """A Spark pandas UDF that embeds a string column: `df.withColumn("embedding", udf("caption"))`.
 
-    Each Python worker builds one :class:`~clip_client.ClipClient` from these options the first
+    Each Python worker builds one [`ClipClient`][clip_client.ClipClient] from these options the first
     time it runs the UDF and keeps it for every later task (the cache is keyed by the options, so
     two UDFs with the same options share one client, connection pool and, in local mode, model).
-    Each Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch`` rows, default 10,000) is one
-    ``embed_texts`` call: ``batch_size`` records per request, ``max_concurrency`` requests in flight
+    Each Arrow batch (`spark.sql.execution.arrow.maxRecordsPerBatch` rows, default 10,000) is one
+    `embed_texts` call: `batch_size` records per request, `max_concurrency` requests in flight
     per worker, retries and the adaptive limit as the client does them (docs/spark.md gives the
     sizing arithmetic).
 
+    The UDF is non-deterministic (`asNondeterministic()`): Catalyst computes it once per row where
+    the plan computes the column, never again for a filter or a join on its output; a re-run task
+    calls the endpoint again, so cache the result if you reuse it (docs/spark.md).
+
     Args:
-        on_error: ``"raise"`` (default): a row that cannot be embedded fails the task with its error,
-            naming its Spark partition and its row within it (counted from 0, nulls included).
-            ``"null"``: the row's embedding is null and the reason goes to the ``error`` field
-            (``error_column=True``) or, as a WARNING of the ``clip_client.spark`` logger, to the
+        on_error: `"raise"` (default): a row that cannot be embedded fails the task with its error,
+            naming its Spark partition and its row within it (counted from 0, nulls included) on
+            the message's first line, with the reason (a value that is not a string, a struct
+            column's value, an input the endpoint refuses).
+            `"null"`: the row's embedding is null and the reason goes to the `error` field
+            (`error_column=True`) or, as a WARNING of the `clip_client.spark` logger, to the
             worker's log. Only the row's own failures are tolerated (an input the endpoint refuses
             with 400, an item too large for one request); an outage (401/403/404, 5xx or 429 after
             retries, a dead connection) still fails the task, which Spark then retries.
-        error_column: return ``struct<embedding: array<float>, error: string>`` instead of the bare
-            array: ``error`` is null for a good row, else the reason (``"ImageDecodeError: ..."``).
-            Needs ``on_error="null"`` (a ValueError otherwise: with ``"raise"`` it would stay empty).
-        local: run the model in each worker process (:meth:`ClipClient.local`) instead of the
-            endpoints; no workspace is needed.
-        model: with ``local=True``: a Hugging Face hub id or a folder readable on every executor
-            (``/Volumes/...``, ``/dbfs/...``); default ``openai/clip-vit-large-patch14``.
-        device: with ``local=True``: ``"cuda"``, ``"cuda:1"``, ``"cpu"``. Default: the GPU Spark
-            assigned to the task (``TaskContext.resources()["gpu"]``, so one model runs per GPU),
+        error_column: return `struct<embedding: array<float>, error: string>` instead of the bare
+            array: `error` is null for a good row, else the reason (`"ImageDecodeError: ..."`).
+            Needs `on_error="null"` (a ValueError otherwise: with `"raise"` it would stay empty).
+        local: run the model in each worker process ([`ClipClient.local`][clip_client.ClipClient.local])
+            instead of the endpoints; no workspace is needed.
+        model: with `local=True`: a Hugging Face hub id or a folder readable on every executor
+            (`/Volumes/...`, `/dbfs/...`); default `openai/clip-vit-large-patch14`.
+        device: with `local=True`: `"cuda"`, `"cuda:1"`, `"cpu"`. Default: the GPU Spark
+            assigned to the task (`TaskContext.resources()["gpu"]`, so one model runs per GPU),
             else CUDA when available, else CPU.
-        **client_options: the client's keywords: ``host``, ``token``, ``profile``, every setting
-            (``batch_size``, ``max_concurrency``, ``text_endpoint``, ``normalize``, ``timeout``...)
-            and ``cache`` (a path every executor can reach); in local mode also ``dtype`` and
-            ``compile``. They travel with the UDF as given: an explicit ``token`` is pickled into
+        **client_options: the client's keywords: `host`, `token`, `profile`, every setting
+            (`batch_size`, `max_concurrency`, `text_endpoint`, `normalize`, `timeout`...)
+            and `cache` (a path every executor can reach); in local mode also `dtype` and
+            `compile`. They travel with the UDF as given: an explicit `token` is pickled into
             the job (never shown in a plan, a repr, an error or a log line; see docs/spark.md for
-            the secret-scope pattern). Without ``host``/``token``/``profile``, each executor
+            the secret-scope pattern). Without `host`/`token`/`profile`, each executor
             resolves its workspace through databricks-sdk's own chain.
 
     Returns:
-        a pandas UDF taking one string column, returning ``array<float>`` (768 float32 values for
-        ViT-L/14; null for a null text), or the struct above with ``error_column=True``.
+        a pandas UDF taking one string column, returning `array<float>` (768 float32 values for
+        ViT-L/14; null for a null text), or the struct above with `error_column=True`.
 
     Raises:
-        TypeError: an unknown option, ``config``/``http_client``/``backend`` (live objects that cannot
-            travel to executors), workspace options with ``local=True``, or ``model``/``device``
-            without it; ``local`` not a bool, ``device`` not a string.
-        ValueError: a bad ``on_error`` or setting value (``pydantic.ValidationError`` names the field),
-            or a ``device`` that is no torch device type (``"cuda"``, ``"cuda:1"``, ``"cpu"``,
-            ``"mps"``...; checked on the driver without importing torch); ``error_column`` with
-            ``on_error="raise"``.
-        ImportError: pyspark or pandas is missing (``pip install "clip-serving-client[spark]"``).
+        TypeError: an unknown option, `config`/`http_client`/`backend` (live objects that cannot
+            travel to executors), workspace options with `local=True`, or `model`/`device`
+            without it; `local` not a bool, `device` not a string.
+        ValueError: a bad `on_error` or setting value (`pydantic.ValidationError` names the field),
+            or a `device` that is no torch device type (`"cuda"`, `"cuda:1"`, `"cpu"`,
+            `"mps"`...; checked on the driver without importing torch); `error_column` with
+            `on_error="raise"`.
+        ImportError: pyspark or pandas is missing (`pip install "clip-serving-client[spark]"`).
 
-    In the job (raised in the task, shown by Spark as a ``PythonException``): ``InvalidInputError``
-    for a value that is not a string (``"raise"`` mode), ``APIError`` and its subclasses once
-    retries are spent, ``CredentialsError`` when an executor cannot resolve the workspace.
+    In the job (raised in the task, shown by Spark as a `PythonException`): `InvalidInputError`
+    for a value that is not a string (`"raise"` mode), `APIError` and its subclasses once
+    retries are spent, `CredentialsError` when an executor cannot resolve the workspace.
 
-    >>> embed = text_embedding_udf(batch_size=64, max_concurrency=4)  # doctest: +SKIP
-    >>> df.withColumn("embedding", embed("caption")).write.saveAsTable("t")  # doctest: +SKIP
+    ```python
+    embed = text_embedding_udf(batch_size=64, max_concurrency=4)
+    df.withColumn("embedding", embed("caption")).write.saveAsTable("t")
+    ```
     """
     spec = _spec(
         "text",
@@ -315,42 +359,50 @@ def image_embedding_udf(
     device: str | None = None,
     **client_options: Any,
 ) -> UserDefinedFunctionLike:
-    """A Spark pandas UDF that embeds an image column: ``df.withColumn("embedding", udf("content"))``.
+    """A Spark pandas UDF that embeds an image column: `df.withColumn("embedding", udf("content"))`.
 
-    The same worker-side client, batching and concurrency as :func:`text_embedding_udf`; images
-    are decoded, resized and cropped by the client exactly as the served ``CLIPImageProcessor``
-    does (docs/images.md), in the worker's threads.
+    The same worker-side client, batching and concurrency as
+    [`text_embedding_udf`][clip_client.spark.text_embedding_udf]; images are decoded, resized and cropped by
+    the client exactly as the served `CLIPImageProcessor` does (docs/images.md), in the worker's threads.
 
     Args:
-        image_column: what the column holds (:data:`ImageColumn`): ``"binary"`` (file bytes, the
-            ``content`` of ``spark.read.format("binaryFile")``), ``"base64"`` (a string, the base64
-            of the file or a ``data:`` URI), ``"path"`` (a string naming a file every executor can
-            read: ``/Volumes/...``, ``/dbfs/...``, a local path; ``dbfs:/Volumes/x`` is read as
-            ``/Volumes/x``, ``dbfs:/x`` as ``/dbfs/x`` and ``file:/x`` as ``/x``, percent-decoded;
-            a URL such as ``s3://...`` or ``https://...`` is a bad row, never fetched). Default
-            ``"auto"``: bytes as files; a string as base64 when it starts like the base64 of an
-            image file, else as a path. Name the mode for a string column whose files could be
-            named like base64 (``/9j/...`` starts every JPEG's base64): the mode then decides.
+        image_column: what the column holds ([`ImageColumn`][clip_client.spark.ImageColumn]): `"binary"` (file
+            bytes, the `content` of `spark.read.format("binaryFile")`), `"base64"` (a string, the base64
+            of the file or a `data:` URI), `"path"` (a string naming a file every executor can
+            read: `/Volumes/...`, `/dbfs/...`, a local path; `dbfs:/Volumes/x` is read as
+            `/Volumes/x`, `dbfs:/x` as `/dbfs/x` and `file:/x` as `/x`, percent-decoded;
+            a URL such as `s3://...` or `https://...` is a bad row, never fetched). Default
+            `"auto"`: bytes as files; a string as base64 when it starts like the base64 of an
+            image file, else as a path; the `image` struct of `spark.read.format("image")` as the
+            pixels it describes (BGR(A) reordered to RGB(A); a null struct, a data length other
+            than height x width x nChannels, or a mode other than 0, 16 or 24 is a bad row, named
+            by its `origin`). Name the mode for a string column whose files could be
+            named like base64 (`/9j/...` starts every JPEG's base64): the mode then decides. Any
+            other struct column is a bad row on every row.
         on_error, error_column, local, model, device, **client_options: as
-            :func:`text_embedding_udf`. Tolerated as bad rows: a missing or unreadable file, bytes
-            that are not an image, invalid base64, an image over ``max_image_pixels``, a value of
-            the wrong kind for the mode.
+            [`text_embedding_udf`][clip_client.spark.text_embedding_udf]. Tolerated as bad rows: a missing or
+            unreadable file, bytes that are not an image, invalid base64, an image over `max_image_pixels`, a
+            value of the wrong kind for the mode.
 
     Returns:
-        a pandas UDF taking one binary or string column, returning ``array<float>`` (null for a
-        null value), or ``struct<embedding: array<float>, error: string>`` with ``error_column``.
+        a pandas UDF taking one binary, string or image-struct column, returning `array<float>` (null for a
+        null value), or `struct<embedding: array<float>, error: string>` with `error_column`.
 
     Raises:
-        TypeError: as :func:`text_embedding_udf`.
-        ValueError: as :func:`text_embedding_udf`, and for an ``image_column`` not in
-            :data:`ImageColumn`.
-        ImportError: pyspark or pandas is missing (``pip install "clip-serving-client[spark]"``).
+        TypeError: as [`text_embedding_udf`][clip_client.spark.text_embedding_udf].
+        ValueError: as [`text_embedding_udf`][clip_client.spark.text_embedding_udf], and for an `image_column`
+            not in [`ImageColumn`][clip_client.spark.ImageColumn].
+        ImportError: pyspark or pandas is missing (`pip install "clip-serving-client[spark]"`).
 
-    In the job: ``InvalidInputError`` / ``ImageDecodeError`` naming the partition, the row and the
-    path (``"raise"`` mode), ``APIError`` once retries are spent, ``CredentialsError``.
+    In the job: `InvalidInputError` / `ImageDecodeError` naming the partition, the row and the
+    path (`"raise"` mode), `APIError` once retries are spent, `CredentialsError`.
 
-    >>> files = spark.read.format("binaryFile").load("/Volumes/main/default/photos")  # doctest: +SKIP
-    >>> files.select("path", image_embedding_udf()("content").alias("embedding"))  # doctest: +SKIP
+    ```python
+    files = spark.read.format("binaryFile").load("/Volumes/main/default/photos")
+    files.select("path", image_embedding_udf()("content").alias("embedding"))
+    images = spark.read.format("image").load("/Volumes/main/default/photos")
+    images.select("image.origin", image_embedding_udf()("image").alias("embedding"))
+    ```
     """
     spec = _spec(
         "image",
@@ -376,44 +428,93 @@ def embed_table(
     on_error: SparkOnError | None = None,
     **options: Any,
 ) -> DataFrame:
-    """``df`` with one more column: the embedding of ``column`` (lazy, like any transformation).
+    """`df` with one more column: the embedding of `column` (lazy, like any transformation).
 
     Args:
         df: a DataFrame (classic or Spark Connect).
-        column: the input column's name (a ``str``; dots and backticks are part of the name, not a
+        column: the input column's name (a `str`; dots and backticks are part of the name, not a
             path), resolved as Spark resolves names (case-insensitively unless
-            ``spark.sql.caseSensitive``): a string column for ``kind="text"``; a binary or string column for
-            ``"image"``.
-        kind: ``"text"`` or ``"image"``.
-        output_column: the new column's name, ``array<float>`` (null for a null input or a nulled row).
+            `spark.sql.caseSensitive`): a string column for `kind="text"`; a binary or string column,
+            or the `image` struct of `spark.read.format("image")`, for `"image"`. Any other
+            struct is refused here, before a job.
+        kind: `"text"` or `"image"`.
+        output_column: the new column's name, `array<float>` (null for a null input or a nulled row).
         error_column: the name of a second new column (string) holding each nulled row's reason (a
-            name or None: ``True``/``False`` are the UDFs' ``error_column``, not this one's); implies
-            ``on_error="null"`` unless that is given.
-        image_column: what an image column holds (:data:`ImageColumn`); default from the column's
-            type: ``"binary"`` for a binary column, ``"auto"`` for a string column.
-        on_error: as :func:`text_embedding_udf`; default ``"null"`` with ``error_column``, else
-            ``"raise"``.
-        **options: the UDF's options (``local``, ``model``, ``device``) and the client's
-            (``host``, ``token``, ``batch_size``, ``max_concurrency``...).
+            name or None: `True`/`False` are the UDFs' `error_column`, not this one's); implies
+            `on_error="null"` unless that is given.
+        image_column: what an image column holds ([`ImageColumn`][clip_client.spark.ImageColumn]); default
+            from the column's type: `"binary"` for a binary column, `"auto"` for a string column
+            or the image struct.
+        on_error: as [`text_embedding_udf`][clip_client.spark.text_embedding_udf]; default `"null"` with
+            `error_column`, else `"raise"`.
+        **options: the UDF's options (`local`, `model`, `device`) and the client's
+            (`host`, `token`, `batch_size`, `max_concurrency`...).
 
     Returns:
-        a DataFrame with every column of ``df`` and the new one(s), rows untouched and in order.
+        a DataFrame with every column of `df` and the new one(s), rows untouched and in order.
 
     Raises:
-        ValueError: ``column`` is not in ``df`` (or matches two columns case-insensitively),
-            ``kind`` is not ``"text"``/``"image"``, ``image_column`` is not an :data:`ImageColumn`,
-            an output name is empty, or an output column already exists or equals the other one, as
-            Spark compares names (it would be overwritten silently).
-        TypeError: ``column``/``output_column``/``error_column`` is not a name (a ``Column``, None,
-            a bool), ``column``'s type does not fit ``kind`` (text: string; image: binary or string)
-            or ``image_column`` (``"binary"``: binary; ``"base64"``/``"path"``: string), or as
-            :func:`text_embedding_udf` for the options.
+        ValueError: `column` is not in `df` (or matches two columns case-insensitively),
+            `kind` is not `"text"`/`"image"`, `image_column` is not an
+            [`ImageColumn`][clip_client.spark.ImageColumn], an output name is empty, or an output column
+            already exists or equals the other one, as Spark compares names (it would be overwritten
+            silently).
+        TypeError: `column`/`output_column`/`error_column` is not a name (a `Column`, None,
+            a bool), `column`'s type does not fit `kind` (text: string; image: binary, string or
+            the image struct) or `image_column` (`"binary"`: binary; `"base64"`/`"path"`: string;
+            the image struct: `"auto"`), or as
+            [`text_embedding_udf`][clip_client.spark.text_embedding_udf] for the options.
 
-    >>> embed_table(spark.table("main.default.photos"), "image_base64", "image")  # doctest: +SKIP
+    ```python
+    embed_table(spark.table("main.default.photos"), "image_base64", "image")
+    ```
     """
     _require_spark()
     from pyspark.sql.functions import col
-    from pyspark.sql.types import BinaryType, StringType
+
+    table = _table_columns(df, column, kind, output_column, error_column, image_column)
+    mode: SparkOnError = on_error or ("null" if error_column is not None else "raise")
+    with_errors = error_column is not None
+    if kind == "text":
+        udf = text_embedding_udf(on_error=mode, error_column=with_errors, **options)
+    else:
+        udf = image_embedding_udf(
+            image_column=table.image_column or "auto", on_error=mode, error_column=with_errors, **options
+        )
+    source = col(_quoted(table.source))
+    if error_column is None:
+        return df.withColumn(output_column, udf(source))
+    out = df.withColumn(table.packed, udf(source))
+    out = out.withColumn(output_column, col(table.packed).getField(_EMBEDDING_FIELD))
+    out = out.withColumn(error_column, col(table.packed).getField(_ERROR_FIELD))
+    return out.drop(table.packed)
+
+
+@dataclass(frozen=True)
+class _TableColumns:
+    """`embed_table`'s columns, checked against the DataFrame before anything is planned."""
+
+    source: str
+    """The input column's name as the DataFrame spells it."""
+    image_column: ImageColumn | None
+    """What the image column holds (from its type when not given); None for text."""
+    packed: str
+    """A free name for the struct of embedding and reason, before it is split into two columns."""
+
+
+def _table_columns(
+    df: DataFrame,
+    column: object,
+    kind: object,
+    output_column: object,
+    error_column: object,
+    image_column: object,
+) -> _TableColumns:
+    """Check `embed_table`'s column arguments against `df`'s schema, in the order its docstring
+    lists the errors, and resolve them as Spark resolves names (case-insensitively unless
+    `spark.sql.caseSensitive`). The UDFs' own options are checked by the UDF they build
+    (`_spec`), through the same helpers (`_image_column_mode`, `_on_error_mode`)."""
+    from pyspark.sql.types import BinaryType, StringType, StructType
 
     if kind not in ("text", "image"):
         raise ValueError(f"kind must be 'text' or 'image', got {kind!r}")
@@ -422,21 +523,16 @@ def embed_table(
             f"column must be the input column's name (a str), got {type(column).__name__}: "
             "pass df's column name, e.g. embed_table(df, 'caption', 'text')"
         )
-    _check_name("output_column", output_column)
-    given: object = error_column  # typed str | None, but True/False are what the UDFs take
+    output_column = _check_name("output_column", output_column)
     if error_column is not None:
-        if isinstance(given, bool):
+        if isinstance(error_column, bool):
             raise TypeError(
                 f"error_column of embed_table is the name of the reason column to add, or None; got "
                 f"{error_column!r} (True/False are the UDFs' error_column, which embed_table sets "
                 "itself when given a name)"
             )
-        _check_name("error_column", error_column)
-    if image_column is not None and image_column not in _IMAGE_COLUMNS:
-        raise ValueError(
-            f"image_column must be one of {', '.join(map(repr, _IMAGE_COLUMNS))}, got {image_column!r}"
-        )
-    # Names resolve as Spark resolves them: case-insensitively unless spark.sql.caseSensitive.
+        error_column = _check_name("error_column", error_column)
+    mode = None if image_column is None else _image_column_mode(image_column)
     sensitive = str(df.sparkSession.conf.get("spark.sql.caseSensitive", "false")).lower() == "true"
 
     def key(name: str) -> str:
@@ -469,59 +565,75 @@ def embed_table(
             f"error_column and output_column must differ, got {error_column!r} and {output_column!r}"
             + ("" if sensitive else " (Spark compares names case-insensitively)")
         )
+    struct_hint = ""
+    if isinstance(dtype, StructType):
+        struct_hint = (
+            f"; to embed one field of the struct, add it as a column first "
+            f"(df.withColumn('x', df[{column!r}][{dtype.fieldNames()[0] if dtype.fields else 'field'!r}]))"
+        )
     if kind == "text" and not isinstance(dtype, StringType):
-        raise TypeError(f"column {column!r} is {dtype.simpleString()}; text embeddings need a string column")
-    if kind == "image":
+        raise TypeError(
+            f"column {column!r} is {dtype.simpleString()}; text embeddings need a string column{struct_hint}"
+        )
+    if kind == "image" and _is_image_struct(dtype):
+        if mode not in (None, "auto"):
+            raise TypeError(
+                f"image_column={mode!r} is for a binary or string column, but {column!r} is Spark's image "
+                'struct; use image_column="auto" (or leave it out) for it'
+            )
+        mode = "auto"
+    elif kind == "image":
         if not isinstance(dtype, (BinaryType, StringType)):
             raise TypeError(
-                f"column {column!r} is {dtype.simpleString()}; image columns are binary (file bytes) "
-                "or string (base64 or a path)"
+                f"column {column!r} is {dtype.simpleString()}; image columns are binary (file bytes), "
+                "string (base64 or a path) or the struct of Spark's image source "
+                f"(spark.read.format('image'): {', '.join(_IMAGE_FIELDS)}){struct_hint}"
             )
         binary = isinstance(dtype, BinaryType)
-        if image_column is None:
-            image_column = "binary" if binary else "auto"
-        elif binary and image_column in ("base64", "path"):
+        if mode is None:
+            mode = "binary" if binary else "auto"
+        elif binary and mode in ("base64", "path"):
             raise TypeError(
-                f"image_column={image_column!r} takes a string column, but {column!r} is binary; "
+                f"image_column={mode!r} takes a string column, but {column!r} is binary; "
                 'use image_column="binary" (or leave it out) for file bytes'
             )
-        elif not binary and image_column == "binary":
+        elif not binary and mode == "binary":
             raise TypeError(
                 f'image_column="binary" takes a binary column, but {column!r} is string; '
                 'use "base64", "path" or "auto" (or leave it out)'
             )
-    elif image_column is not None:
+    elif mode is not None:
         raise TypeError("image_column= is for kind='image'")
-    mode: SparkOnError = on_error or ("null" if error_column is not None else "raise")
-    with_errors = error_column is not None
-    if kind == "text":
-        udf = text_embedding_udf(on_error=mode, error_column=with_errors, **options)
-    else:
-        udf = image_embedding_udf(
-            image_column=image_column or "auto", on_error=mode, error_column=with_errors, **options
-        )
-    source = col(_quoted(column))
-    if error_column is None:
-        return df.withColumn(output_column, udf(source))
     packed = "__clip_client_embedding"
-    while key(packed) in taken or key(packed) in (key(output_column), key(error_column)):
+    while key(packed) in taken or key(packed) in (key(output_column), key(error_column or "")):
         packed = "_" + packed
-    out = df.withColumn(packed, udf(source))
-    out = out.withColumn(output_column, col(packed).getField(_EMBEDDING_FIELD))
-    out = out.withColumn(error_column, col(packed).getField(_ERROR_FIELD))
-    return out.drop(packed)
+    return _TableColumns(column, mode, packed)
 
 
-def _check_name(arg: str, name: object) -> None:
+def _is_image_struct(dtype: Any) -> bool:
+    """Whether a column's Spark type is the struct of Spark's image source: its six fields by name,
+    with their types (nullability aside, which differs between the source and `ImageSchema`)."""
+    from pyspark.sql.types import BinaryType, IntegerType, StringType, StructType
+
+    if not isinstance(dtype, StructType):
+        return False
+    want = {"origin": StringType, "height": IntegerType, "width": IntegerType, "nChannels": IntegerType}
+    want |= {"mode": IntegerType, "data": BinaryType}
+    found = {f.name: type(f.dataType) for f in dtype.fields}
+    return len(dtype.fields) == len(want) and found == want
+
+
+def _check_name(arg: str, name: object) -> str:
     """A new column's name: a non-empty string (any characters: it is quoted where Spark parses)."""
     if not isinstance(name, str):
         raise TypeError(f"{arg} must be the new column's name (a non-empty str), got {name!r}")
     if not name.strip():
         raise ValueError(f"{arg} must be a non-empty column name, got {name!r}")
+    return name
 
 
 def _quoted(name: str) -> str:
-    """``name`` as Spark's parser reads one column of exactly that name: in backticks, backticks
+    """`name` as Spark's parser reads one column of exactly that name: in backticks, backticks
     doubled (so dots and backticks in a name are not taken as a path or a quote)."""
     return "`" + name.replace("`", "``") + "`"
 
@@ -541,7 +653,7 @@ def _make_udf(spec: _Spec) -> UserDefinedFunctionLike:
         else embedding
     )
 
-    def embed(batches: Iterator[pd.Series]) -> Iterator[pd.Series | pd.DataFrame]:
+    def embed(batches: Iterator[pd.Series | pd.DataFrame]) -> Iterator[pd.Series | pd.DataFrame]:
         return _embed_batches(spec, batches)
 
     # Real objects, not strings: pyspark reads these hints to pick the iterator form of pandas UDF.
@@ -549,7 +661,11 @@ def _make_udf(spec: _Spec) -> UserDefinedFunctionLike:
     embed.__annotations__ = {"batches": _Iterator[pd.Series], "return": _Iterator[out_type]}
     embed.__name__ = embed.__qualname__ = f"clip_{spec.kind}_embedding"
     udf: UserDefinedFunctionLike = pandas_udf(embed, returnType=returns)  # type: ignore[call-overload]
-    return udf
+    # Non-deterministic, so that Catalyst evaluates it exactly once per row where the plan computes
+    # it: a deterministic UDF may be copied into a filter pushed below its projection (`where("why IS
+    # NULL")` on embed_table's output) and run twice, paying the endpoint twice and, in tolerant
+    # mode, letting a row pass the filter on one call and be nulled by the other (docs/spark.md).
+    return udf.asNondeterministic()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,7 +678,8 @@ _log_file = {"attached": False}
 
 
 def _attach_log_file() -> None:
-    """Once per process: append this module's records to the file :data:`LOG_FILE_ENV` names."""
+    """Once per process: append this module's records to the file
+    [`LOG_FILE_ENV`][clip_client.spark.LOG_FILE_ENV] names."""
     if _log_file["attached"]:
         return
     _log_file["attached"] = True
@@ -577,8 +694,8 @@ def _attach_log_file() -> None:
 
 
 def _task_device(resources: dict[str, ResourceInformation] | None) -> str | None:
-    """The torch device of a task's assigned GPU (``"cuda:<address>"``, the first address), or None
-    when Spark assigned it none (``TaskContext.get().resources()``)."""
+    """The torch device of a task's assigned GPU (`"cuda:<address>"`, the first address), or None
+    when Spark assigned it none (`TaskContext.get().resources()`)."""
     gpu = (resources or {}).get("gpu")
     if gpu is None or not gpu.addresses:
         return None
@@ -593,7 +710,7 @@ def _current_task_device() -> str | None:
 
 
 def _client_for(spec: _Spec) -> ClipClient:
-    """This worker process's client for ``spec``'s options: built on first use, then reused by every
+    """This worker process's client for `spec`'s options: built on first use, then reused by every
     batch and task this process runs."""
     device = spec.device
     if spec.local and device is None:
@@ -635,28 +752,31 @@ def _partition() -> int | None:
     return ctx.partitionId() if ctx is not None else None
 
 
-def _embed_batches(spec: _Spec, batches: Iterator[pd.Series]) -> Iterator[pd.Series | pd.DataFrame]:
-    """The UDF's body: every Arrow batch of one task, in order, one output batch per input batch."""
+def _embed_batches(
+    spec: _Spec, batches: Iterator[pd.Series | pd.DataFrame]
+) -> Iterator[pd.Series | pd.DataFrame]:
+    """The UDF's body: every Arrow batch of one task, in order, one output batch per input batch.
+    A batch is a Series, or a DataFrame (one column per field) when the column is a struct."""
     import pandas as pd
 
     client: ClipClient | None = None
     partition = _partition()
     offset = 0  # rows of this partition before the current batch
-    for series in batches:
+    for batch in batches:
         if client is None:
             client = _client_for(spec)
-        rows, matrix, reasons = _embed_series(client, spec, series, partition, offset)
-        offset += len(series)
-        column = _column(len(series), rows, matrix, series.index)
+        rows, matrix, reasons = _embed_series(client, spec, _batch_values(batch), partition, offset)
+        offset += len(batch)
+        column = _embedding_column(len(batch), rows, matrix, batch.index)
         if spec.error_field:
-            errors = pd.Series(reasons, index=series.index, dtype=object)
+            errors = pd.Series(reasons, index=batch.index, dtype=object)
             yield pd.DataFrame({_EMBEDDING_FIELD: column, _ERROR_FIELD: errors})
         else:
             yield column
 
 
-def _column(n: int, rows: list[int], matrix: Any, index: Any) -> pd.Series:
-    """``n`` rows for an ``array<float>`` column: row ``rows[j]`` is ``matrix[j]``, every other row
+def _embedding_column(n: int, rows: list[int], matrix: Any, index: Any) -> pd.Series:
+    """`n` rows for an `array<float>` column: row `rows[j]` is `matrix[j]`, every other row
     None. Rows go as lists of Python floats (exact: float32 -> float -> float32), the form pyspark
     converts fastest; pyspark copies every array value by value whatever it is given (measured for
     3,000 x 768: lists 0.19 s, NumPy rows 0.26 s, an Arrow-backed column 0.46 s)."""
@@ -669,29 +789,33 @@ def _column(n: int, rows: list[int], matrix: Any, index: Any) -> pd.Series:
 
 
 def _embed_series(
-    client: ClipClient, spec: _Spec, series: pd.Series, partition: int | None, offset: int
+    client: ClipClient, spec: _Spec, values: list[Any], partition: int | None, offset: int
 ) -> tuple[list[int], Any, list[str | None]]:
-    """One Arrow batch: the batch rows that have an embedding, their embeddings (one row each, in
-    that order), and each row's reason for a null (None for a good row or a null input)."""
-    values = series.tolist()
+    """One Arrow batch's values (`_batch_values`): the batch rows that have an embedding, their
+    embeddings (one row each, in that order), and each row's reason for a null (None for a good row
+    or a null input).
+
+    A bad row's error in raise mode is raised `from None`: the traceback a Spark worker reports is
+    then our error alone (its cause's text is in its message), not the client's internals first, so
+    a viewer that cuts the report short (Spark Connect's `str()`) still reaches our line."""
     reasons: list[str | None] = [None] * len(values)
     rows: list[int] = []  # the batch row of each input sent
     inputs: list[Any] = []
+    paths: list[str | None] = []  # where each input came from, when the input itself does not say
     for i, value in enumerate(values):
         if _is_null(value):
             continue
-        if spec.kind == "text":
-            rows.append(i)
-            inputs.append(value)
-            continue
         try:
-            inputs.append(_image_input(value, spec.image_column))
+            inputs.append(
+                _text_input(value) if spec.kind == "text" else _image_input(value, spec.image_column)
+            )
         except InvalidInputError as exc:
             if spec.on_error == "raise":
                 raise _at_row(exc, partition, offset + i) from None
             _tolerate(exc, partition, offset + i, reasons, i)
         else:
             rows.append(i)
+            paths.append(value.origin if isinstance(value, _StructRow) else None)
     if not inputs:
         return [], None, reasons
     embed = client.embed_texts if spec.kind == "text" else client.embed_images
@@ -700,7 +824,7 @@ def _embed_series(
             return rows, embed(inputs), reasons
         except (InvalidInputError, APIError) as exc:
             if exc.index is not None:
-                raise _at_row(exc, partition, offset + rows[exc.index]) from exc
+                raise _at_row(exc, partition, offset + rows[exc.index], paths[exc.index]) from None
             if not isinstance(exc, (BadRequestError, PayloadTooLargeError)):
                 raise  # an outage: the task fails as it is, and Spark retries it
             # The endpoint refused the batch as a whole: send it again in mark mode, which splits a
@@ -709,13 +833,15 @@ def _embed_series(
             for failure in sorted(result.failures, key=lambda f: f.index):
                 if not _is_row_failure(failure.error):
                     raise failure.error from exc
-                raise _at_row(failure.error, partition, offset + rows[failure.index]) from exc
+                j = failure.index
+                raise _at_row(failure.error, partition, offset + rows[j], paths[j]) from None
             return rows, result.embeddings, reasons  # the refusal did not recur
     result = embed(inputs, on_error="mark")
     for failure in result.failures:
         if not _is_row_failure(failure.error):
             raise failure.error
-        _tolerate(failure.error, partition, offset + rows[failure.index], reasons, rows[failure.index])
+        j = failure.index
+        _tolerate(failure.error, partition, offset + rows[j], reasons, rows[j], paths[j])
     keep = result.ok
     return [i for i, ok in zip(rows, keep, strict=True) if ok], result.embeddings[keep], reasons
 
@@ -732,7 +858,7 @@ def _is_null(value: object) -> bool:
 
 
 def _is_row_failure(error: BaseException) -> bool:
-    """A failure of the row itself (tolerated by ``on_error="null"``), not of the endpoint."""
+    """A failure of the row itself (tolerated by `on_error="null"`), not of the endpoint."""
     if isinstance(error, InvalidInputError):
         return True
     return isinstance(error, (BadRequestError, PayloadTooLargeError)) and error.index is not None
@@ -744,7 +870,7 @@ def _where(partition: int | None, row: int) -> str:
 
 
 def _without_index(error: BaseException) -> str:
-    """The error's text without the client's ``input N`` (the position among the values sent in one
+    """The error's text without the client's `input N` (the position among the values sent in one
     call, nulls skipped: not the row's position, which the caller says itself)."""
     if isinstance(error, InvalidInputError):
         return error.reason
@@ -754,35 +880,170 @@ def _without_index(error: BaseException) -> str:
     return text[len(prefix) :] if index is not None and text.startswith(prefix) else text
 
 
-def _at_row(exc: BaseException, partition: int | None, row: int) -> InvalidInputError:
+def _one_line(text: str) -> str:
+    """`text` on one line: its lines joined by `" | "`, blank ones dropped, each stripped."""
+    lines = [line.strip() for line in text.splitlines()]
+    return " | ".join(line for line in lines if line)
+
+
+def _at_row(
+    exc: BaseException, partition: int | None, row: int, path: str | None = None
+) -> InvalidInputError:
     """The task's error for a bad row: what went wrong, where, and how to tolerate such rows. Its
-    ``index`` is the row (within the partition); its message names it once, as the partition's."""
+    `index` is the row (within the partition); its message names it once, as the partition's.
+    `path` is where the row came from when the error does not say (an image struct's `origin`).
+
+    The message is one line, in the order partition, row, path, reason, advice: a viewer that keeps
+    only the first line of a worker's error, or cuts it after so many characters (Spark Connect's
+    `str()` of a failed job), still shows which row failed and why. The reason's own line breaks (a
+    server's multi-line message) become `" | "`."""
     hint = 'on_error="null" embeds the other rows and gives this one a null'
+    path = getattr(exc, "path", None) or path
+    shown = f", path {InvalidInputError._excerpt(path)}" if path is not None else ""
     if isinstance(exc, InvalidInputError):
-        path = f", path {InvalidInputError._excerpt(exc.path)}" if exc.path is not None else ""
-        new = type(exc)(f"{_where(partition, row)}{path}: {exc.reason} ({hint})")
-        new.path = exc.path
+        new = type(exc)(f"{_where(partition, row)}{shown}: {_one_line(exc.reason)} ({hint})")
     else:
         refused = f"the endpoint refused it: {type(exc).__name__}: {_without_index(exc)}"
-        new = InvalidInputError(f"{_where(partition, row)}: {refused} ({hint})")
+        new = InvalidInputError(f"{_where(partition, row)}{shown}: {_one_line(refused)} ({hint})")
+    new.path = path
     new.index = row  # set after the message is made, which already names the row
     return new
 
 
 def _tolerate(
-    error: BaseException, partition: int | None, row: int, reasons: list[str | None], i: int
+    error: BaseException,
+    partition: int | None,
+    row: int,
+    reasons: list[str | None],
+    i: int,
+    path: str | None = None,
 ) -> None:
     detail = _without_index(error)
-    path = getattr(error, "path", None)
+    path = getattr(error, "path", None) or path
     where = f"path {InvalidInputError._excerpt(path)}: " if path is not None else ""
     reason = redact(f"{type(error).__name__}: {where}{detail}")
     reasons[i] = reason
     logger.warning("%s: embedding set to null: %s", _where(partition, row), reason)
 
 
+@dataclass(frozen=True)
+class _StructRow:
+    """One row of a struct column: Spark hands an iterator pandas UDF a struct argument as a
+    `pandas.DataFrame` (one column per field), not a Series of values."""
+
+    names: tuple[str, ...]
+    values: tuple[Any, ...]
+
+    @property
+    def is_image(self) -> bool:
+        """Whether the struct has the fields of Spark's image source, exactly."""
+        return sorted(self.names) == sorted(_IMAGE_FIELDS)
+
+    @property
+    def origin(self) -> str | None:
+        """The image struct's `origin` (the file it was read from), for error messages."""
+        origin = dict(zip(self.names, self.values, strict=True)).get("origin") if self.is_image else None
+        return origin if isinstance(origin, str) and origin else None
+
+    def describe(self) -> str:
+        return f"struct<{', '.join(self.names)}>"
+
+
+_IMAGE_FIELDS = ("origin", "height", "width", "nChannels", "mode", "data")
+"""The fields of Spark's image source (`spark.read.format("image")`, `pyspark.ml.image.ImageSchema`)."""
+_OPENCV_CHANNELS = {0: 1, 16: 3, 24: 4}
+"""The OpenCV type codes Spark's image source writes (`ImageSchema.ocvTypes`: CV_8UC1, CV_8UC3,
+CV_8UC4), with their channels: 8-bit grey, BGR and BGRA."""
+_STRUCT_HINT = (
+    "a struct column is read only as Spark's image source (spark.read.format('image'): origin, height, "
+    "width, nChannels, mode, data); pass the field that holds the input instead (e.g. col('s.text'))"
+)
+
+
+def _batch_values(batch: pd.Series | pd.DataFrame) -> list[Any]:
+    """One Arrow batch as a list of values, one per row: a Series' values, or for a struct column
+    (a DataFrame) one `_StructRow` per row. A null struct comes as a row of nulls (pyspark does not
+    keep the struct's own null), so it is not told apart from a struct of nulls."""
+    import pandas as pd
+
+    if not isinstance(batch, pd.DataFrame):
+        values: list[Any] = batch.tolist()
+        return values
+    names = tuple(str(name) for name in batch.columns)
+    columns = [batch.iloc[:, j].tolist() for j in range(len(names))]
+    if not columns:
+        return [_StructRow((), ())] * len(batch)
+    return [_StructRow(names, tuple(row)) for row in zip(*columns, strict=True)]
+
+
+def _text_input(value: object) -> Any:
+    """A text column value as the client input (the client checks that it is a string), or an
+    InvalidInputError for a struct."""
+    if isinstance(value, _StructRow):
+        raise InvalidInputError(f"a {value.describe()} value is not a text: {_STRUCT_HINT}")
+    return value
+
+
+def _image_from_struct(value: _StructRow) -> Any:
+    """The pixels a row of Spark's image source describes: an `HxW` (grey), `HxWx3` (RGB) or
+    `HxWx4` (RGBA) uint8 array, the source's BGR(A) bytes in OpenCV order reordered to RGB(A), so
+    that the client prepares it as it prepares the file (alpha composited onto white)."""
+    import numpy as np
+
+    fields = dict(zip(value.names, value.values, strict=True))
+    path = value.origin
+    if all(_is_null(v) for v in value.values):
+        raise ImageDecodeError("the image struct is null (or all its fields are): no image to embed")
+    height, width, channels, mode = (_struct_int(fields[k]) for k in ("height", "width", "nChannels", "mode"))
+    data = fields["data"]
+    if height is None or width is None or height <= 0 or width <= 0:
+        raise ImageDecodeError(
+            f"the image struct has no pixels (height {height}, width {width}): Spark's image source "
+            "gives -1 for a file it could not decode; read the file with format('binaryFile') to see why",
+            path=path,
+        )
+    if mode not in _OPENCV_CHANNELS or channels != _OPENCV_CHANNELS[mode]:
+        raise ImageDecodeError(
+            f"the image struct's mode {mode} with nChannels {channels} is not an 8-bit OpenCV type Spark "
+            "writes: 0 (CV_8UC1, 1 channel), 16 (CV_8UC3, 3) or 24 (CV_8UC4, 4)",
+            path=path,
+        )
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageDecodeError(f"the image struct's data is {type(data).__name__}, not bytes", path=path)
+    if len(data) != height * width * channels:
+        raise ImageDecodeError(
+            f"the image struct's data holds {len(data):,} bytes, but height x width x nChannels = "
+            f"{height} x {width} x {channels} = {height * width * channels:,}",
+            path=path,
+        )
+    pixels = np.frombuffer(bytes(data), dtype=np.uint8).reshape(height, width, channels)
+    if channels == 1:
+        return pixels[:, :, 0]
+    return pixels[:, :, [2, 1, 0, 3][:channels]]
+
+
+def _struct_int(value: object) -> int | None:
+    """An integer field of the image struct (a float when pandas filled a null with NaN), or None."""
+    import numpy as np
+
+    if _is_null(value) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    return int(value) if value == int(value) else None
+
+
 def _image_input(value: object, mode: ImageColumn) -> Any:
-    """A column value as the client input its mode says it is: file bytes, or a ``Path`` (never
-    re-read as base64)."""
+    """A column value as the client input its mode says it is: file bytes, a `Path` (never
+    re-read as base64), or the pixels of Spark's image struct (`"auto"` mode)."""
+    if isinstance(value, _StructRow):
+        if not value.is_image:
+            raise InvalidInputError(f"a {value.describe()} value is not an image: {_STRUCT_HINT}")
+        if mode != "auto":
+            raise InvalidInputError(
+                f"image_column={mode!r} takes a {'binary' if mode == 'binary' else 'string'} column, but "
+                'this value is Spark\'s image struct; use image_column="auto" (the default) for it',
+                path=value.origin,
+            )
+        return _image_from_struct(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         if mode in ("binary", "auto"):
             return bytes(value)
@@ -805,8 +1066,8 @@ def _image_input(value: object, mode: ImageColumn) -> Any:
         if value.startswith("data:"):
             return _decode_base64(value)
         try:
-            decoded = _from_plain_base64(value)
-        except _InvalidBase64 as exc:
+            decoded = from_plain_base64(value)
+        except InvalidBase64 as exc:
             raise InvalidInputError(f"not valid base64: {exc}") from None
         if decoded is not None:
             return decoded
@@ -831,10 +1092,10 @@ def _decode_base64(text: str) -> bytes:
 
 
 def _local_path(value: str) -> str:
-    """A path the worker can open: ``dbfs:/Volumes/x`` -> ``/Volumes/x``, ``dbfs:/x`` -> ``/dbfs/x``,
-    ``file:/x`` and ``file:///x`` -> ``/x``, each percent-decoded (``file:/a%20b.jpg`` ->
-    ``/a b.jpg``, as ``_metadata.file_path`` and ``input_file_name()`` encode them) unless only the
-    undecoded path exists (binaryFile's ``path`` column does not encode); anything else as given."""
+    """A path the worker can open: `dbfs:/Volumes/x` -> `/Volumes/x`, `dbfs:/x` -> `/dbfs/x`,
+    `file:/x` and `file:///x` -> `/x`, each percent-decoded (`file:/a%20b.jpg` ->
+    `/a b.jpg`, as `_metadata.file_path` and `input_file_name()` encode them) unless only the
+    undecoded path exists (binaryFile's `path` column does not encode); anything else as given."""
     lower = value.lower()
     if lower.startswith("dbfs:/"):
         rest = "/" + value[len("dbfs:") :].lstrip("/")
@@ -850,7 +1111,7 @@ def _local_path(value: str) -> str:
 
 
 def _decoded(path: str) -> str:
-    """``path`` percent-decoded (RFC 3986, UTF-8), or as given when only that one names a file."""
+    """`path` percent-decoded (RFC 3986, UTF-8), or as given when only that one names a file."""
     decoded = urllib.parse.unquote(path)
     if decoded != path and not os.path.exists(decoded) and os.path.exists(path):
         return path

@@ -27,16 +27,12 @@ __all__ = [
     "ImageInput",
     "ImagePreparation",
     "InputKind",
-    "InvocationRecord",
-    "InvocationRequest",
     "MaxConcurrency",
     "OnError",
     "ServingErrorBody",
     "Settings",
 ]
 
-#: Anything ``embed_image(s)`` accepts: a file path (``str`` or ``os.PathLike``), a
-#: ``data:image/...;base64,`` URI, encoded file bytes, a PIL image, or a uint8 array (HxW, HxWx1/3/4).
 ImageInput = Union[
     str,
     "os.PathLike[str]",
@@ -46,54 +42,64 @@ ImageInput = Union[
     "Image.Image",
     "npt.NDArray[np.uint8]",
 ]
+"""Anything `embed_image(s)` accepts: a file path (`str` or `os.PathLike`), a
+`data:image/...;base64,` URI, encoded file bytes, a PIL image, or a uint8 array (HxW, HxWx1/3/4).
+"""
 
-#: The result of every embed call: float32, one row per input, in input order.
 EmbeddingArray = npt.NDArray[np.float32]
+"""The result of every embed call: float32, one row per input, in input order."""
 
-#: How prepared images travel: "png" (lossless, the default), "bmp" (lossless and uncompressed: the
-#: least client CPU, about 50% more bytes) or "jpeg" (smallest, but changes the pixels slightly).
 ImageFormat = Literal["png", "bmp", "jpeg"]
+"""How prepared images travel: "png" (lossless, the default), "bmp" (lossless and uncompressed: the
+least client CPU, about 50% more bytes) or "jpeg" (smallest, but changes the pixels slightly).
+"""
 
-#: What happens to integer images deeper than 8 bits (16-bit PNG/TIFF, 32-bit "I"): "clip" (the
-#: default) keeps values above 255 at 255, which is what Pillow's ``convert("RGB")`` and therefore the
-#: served ``CLIPImageProcessor`` do with the same file, so the embedding matches the endpoint's;
-#: "scale" maps 0..65535 onto 0..255 (opt-in: more useful for full-range data, but a different
-#: embedding from the one the endpoint computes from the file, and 12-bit camera frames come out dark).
 HighBitDepth = Literal["clip", "scale"]
+"""What happens to integer images deeper than 8 bits (16-bit PNG/TIFF, 32-bit "I"): "clip" (the
+default) keeps values above 255 at 255, which is what Pillow's `convert("RGB")` and therefore the
+served `CLIPImageProcessor` do with the same file, so the embedding matches the endpoint's;
+"scale" maps 0..65535 onto 0..255 (opt-in: more useful for full-range data, but a different
+embedding from the one the endpoint computes from the file, and 12-bit camera frames come out dark).
+"""
 
-#: Who prepares images: "client" (the default) decodes, resizes and crops here, exactly as the served
-#: ``CLIPImageProcessor`` would, and sends the 224x224 crop losslessly; "server" sends each file as
-#: given (in-memory images as lossless PNGs at their own size) and lets the endpoint prepare it: for
-#: an endpoint whose preprocessing the client cannot match, or a client short of CPU with small files.
 ImagePreparation = Literal["client", "server"]
+"""Who prepares images: "client" (the default) decodes, resizes and crops here, exactly as the served
+`CLIPImageProcessor` would, and sends the 224x224 crop losslessly; "server" sends each file as
+given (in-memory images as lossless PNGs at their own size) and lets the endpoint prepare it: for
+an endpoint whose preprocessing the client cannot match, or a client short of CPU with small files.
+"""
 
-#: ``max_concurrency``: a number of requests, or "auto": the ceiling the endpoint itself can serve
-#: (its served entities' provisioned concurrency, plus one queued), read from
-#: ``GET /api/2.0/serving-endpoints/{name}`` on the client's first call to it.
 MaxConcurrency = Annotated[int, Field(ge=1, le=C.MAX_CONCURRENCY)] | Literal["auto"]
+"""`max_concurrency`: a number of requests, or "auto": the ceiling the endpoint itself can serve
+(its served entities' provisioned concurrency, plus one queued), read from
+`GET /api/2.0/serving-endpoints/{name}` on the client's first call to it.
+"""
 
-#: What an input is: a text, or an image. Backends receive it with each batch.
 InputKind = Literal["text", "image"]
+"""What an input is: a text, or an image. Backends receive it with each batch."""
 
-#: What a call does when an input or a batch fails: stop with the error ("raise"), or embed
-#: everything else and report the failures ("mark", which returns an :class:`EmbeddingResult`).
 OnError = Literal["raise", "mark"]
+"""What a call does when an input or a batch fails: stop with the error ("raise"), or embed
+everything else and report the failures ("mark", which returns an
+[`EmbeddingResult`][clip_client.EmbeddingResult]).
+"""
 
 
-_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_-]{1,256}")
+_ENDPOINT_NAME = re.compile(C.ENDPOINT_NAME_PATTERN)
 
 
 class Settings(BaseModel):
-    """Everything that shapes a client's behaviour, validated once at construction (``client.settings``
+    """Everything that shapes a client's behaviour, validated once at construction (`client.settings`
     shows the values in force). The one source of every setting's default, valid range and meaning:
     the clients' docstrings and docs/configuration.md are checked against it (tests/test_surface.py).
 
-    Per-call overrides (``batch_size``, ``normalize``, ``progress``) go through :meth:`merged`, so a
-    bad override fails with the same message as a bad constructor argument. A bad value raises
-    ``pydantic.ValidationError`` (a ``ValueError``) naming the field.
+    Per-call overrides (`batch_size`, `normalize`, `progress`) go through
+    [`merged`][clip_client.Settings.merged], so a bad override fails with the same message as a bad
+    constructor argument. A bad value raises `pydantic.ValidationError` (a `ValueError`) naming the field.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # defer_build: the validator is built when the first client is, not by `import clip_client`.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, defer_build=True)
 
     text_endpoint: str = Field(
         default=C.DEFAULT_TEXT_ENDPOINT, min_length=1, description="Serving endpoint for texts."
@@ -177,6 +183,12 @@ class Settings(BaseModel):
     )
     normalize: bool = Field(default=C.DEFAULT_NORMALIZE, description="L2-normalise every returned row.")
     progress: bool = Field(default=C.DEFAULT_PROGRESS, description="Show a tqdm progress bar per call.")
+    cache_namespace: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A name of your own in the embedding cache's key (the served model's version, say): rows "
+        "cached under another name are not reused, and the cache needs no answer to confirm the width.",
+    )
 
     @field_validator("text_endpoint", "image_endpoint")
     @classmethod
@@ -221,26 +233,10 @@ class Settings(BaseModel):
             raise
 
 
-class InvocationRecord(BaseModel):
-    """One row of ``dataframe_records``: a text, or the base64 of an encoded image."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    input: str
-
-
-class InvocationRequest(BaseModel):
-    """The body POSTed to ``/serving-endpoints/{name}/invocations``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataframe_records: list[InvocationRecord]
-
-
 class ServingErrorBody(BaseModel):
     """The JSON error body of Databricks Model Serving and MLflow's scoring server."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     error_code: str | None = None
     message: str | None = None
@@ -256,10 +252,10 @@ class EmbeddingFailure:
 
 @dataclass
 class EmbeddingResult:
-    """What ``embed_*(..., on_error="mark")`` returns: every row, failures marked rather than raised.
+    """What `embed_*(..., on_error="mark")` returns: every row, failures marked rather than raised.
 
-    ``embeddings`` has one float32 row per input, in input order; the rows of failed inputs are NaN.
-    ``failures`` lists each failed input's index and error, in index order.
+    `embeddings` has one float32 row per input, in input order; the rows of failed inputs are NaN.
+    `failures` lists each failed input's index and error, in index order.
     """
 
     embeddings: EmbeddingArray
@@ -292,7 +288,7 @@ class EmbeddingResult:
 
 @dataclass(frozen=True)
 class ClientStats:
-    """Counters of one client since it was created (``client.stats``)."""
+    """Counters of one client since it was created (`client.stats`)."""
 
     requests: int
     """HTTP attempts sent (or forward passes run, in local mode)."""
@@ -302,15 +298,19 @@ class ClientStats:
     """429 and 503 answers, which lower the concurrency limit."""
     splits: int
     """Batches split in half after the endpoint refused them as too large (or, with
-    ``on_error="mark"``, to isolate the input a 400 was about)."""
+    `on_error="mark"`, to isolate the input a 400 was about)."""
     concurrency_limit: int
-    """Requests the client allows in flight right now (adaptive, at most ``max_concurrency``)."""
+    """Requests the client allows in flight right now (adaptive, at most `max_concurrency`)."""
     max_concurrency: int
-    """The ceiling of that limit: the ``max_concurrency`` setting, or with ``"auto"`` the number the
+    """The ceiling of that limit: the `max_concurrency` setting, or with `"auto"` the number the
     endpoint's state gave (the largest of the endpoints called so far; 5 until the first call, and
     when the state cannot be read)."""
     cache_hits: int = 0
-    """Inputs found in the embedding cache (``cache=``): they cost no request."""
+    """Inputs found in the embedding cache (`cache=`): they cost no request."""
     cache_misses: int = 0
     """Inputs looked up in the cache and not found (sent, then stored once embedded). Both stay 0
     without a cache."""
+    cache_rejected: int = 0
+    """Cached rows refused and recomputed (counted among the misses too): bytes damaged in the file
+    (their checksum fails), values that are not finite, or a width other than the backend's answers
+    (rows of an endpoint's previous model). docs/caching.md says when each happens."""

@@ -1,9 +1,11 @@
 """Shared fixtures: the loopback serving endpoint, the mocked workspace, and clients of either.
 
-- ``server``: a started ``ServingServer``, shared by the whole session (one per distinct options:
-  ``@pytest.mark.server(dim=2)`` asks for a narrow one) and reset before each test, so a test may
-  set ``.script``, ``.faults``, ``.latency`` or ``.model`` freely. ``serve(**options)`` starts one
-  of a test's own (another model, say), through the same factory.
+- ``server``: a started ``ServingServer`` of the test's own (``@pytest.mark.server(dim=2)`` sets
+  its options), so a test may set ``.script``, ``.faults``, ``.latency`` or ``.model`` freely, and
+  no test can see another's requests: a request that a finished test's client still sends (a
+  batch still on the wire when the call raised) reaches only that test's server, on a port no
+  later server gets. ``serve(**options)`` starts more of a test's own (another model, say), through
+  the same factory.
 - ``router``: respx mocking httpx, for the unit tests of the HTTP layer (``mock_workspace``).
 - ``make``: ``make(**overrides)`` builds a client, once a ``ClipClient`` and once an
   ``AsyncClipClient`` (the test runs for each), of ``server``, or of the mocked workspace when the
@@ -32,7 +34,7 @@ import mock_workspace
 import pytest
 import respx
 from clip_reference import make_processor
-from harness import KINDS, Make, Serve, clients_of, close_and_drain
+from harness import KINDS, Make, Serve, clients_of, close_and_drain, start_server
 from serving_server import ServingServer
 
 from clip_client import AsyncClipClient, ClipClient
@@ -47,42 +49,19 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _start(stack: ExitStack, options: dict[str, Any]) -> ServingServer:
-    """The one factory of servers: a ``ServingServer(**options)``, started, stopped with ``stack``."""
-    return stack.enter_context(ServingServer(**options))
-
-
-@pytest.fixture(scope="session")
-def _shared_servers() -> Iterator[Serve]:
-    """``get(**options)``: the session's server of those options, started on first use (a server's
-    shutdown is slow, so each is shared and reset between tests)."""
-    started: dict[tuple[tuple[str, Any], ...], ServingServer] = {}
-    with ExitStack() as stack:
-
-        def get(**options: Any) -> ServingServer:
-            key = tuple(sorted(options.items()))
-            if key not in started:
-                started[key] = _start(stack, options)
-            return started[key]
-
-        yield get
-
-
 @pytest.fixture
-def server(request: pytest.FixtureRequest, _shared_servers: Serve) -> ServingServer:
-    """A started :class:`ServingServer`, reset: no script, faults, latency or model, empty history.
-    ``@pytest.mark.server(**options)`` picks its options."""
+def server(request: pytest.FixtureRequest, serve: Serve) -> ServingServer:
+    """A started :class:`ServingServer` of this test's own: no script, faults, latency or model,
+    empty history. ``@pytest.mark.server(**options)`` picks its options."""
     marker = request.node.get_closest_marker("server")
-    shared = _shared_servers(**(marker.kwargs if marker else {}))
-    shared.reset()
-    return shared
+    return serve(**(marker.kwargs if marker else {}))
 
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
     """``serve(**options)``: a ``ServingServer`` of this test's own, stopped after it."""
     with ExitStack() as stack:
-        yield lambda **options: _start(stack, options)
+        yield lambda **options: start_server(stack, **options)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "header",
     "records",
     "rendered",
+    "start_server",
     "text_rows",
 ]
 
@@ -72,6 +73,15 @@ Make = Callable[..., Embedder]
 Serve = Callable[..., ServingServer]
 
 
+def start_server(stack: ExitStack, **options: Any) -> ServingServer:
+    """The one factory of the tests' servers (the ``server`` and ``serve`` fixtures): a started
+    ``ServingServer(**options)``, stopped in the background (``ServingServer.stop_soon``) when
+    ``stack`` closes, at the end of its test."""
+    started = ServingServer(**options).__enter__()
+    stack.callback(started.stop_soon)
+    return started
+
+
 @asynccontextmanager
 async def clients_of(kind: str, **options: Any) -> AsyncIterator[Make]:
     """``make(**overrides)`` builds a ``kind`` ("sync"/"async") client with ``options`` and the
@@ -94,8 +104,8 @@ async def clients_of(kind: str, **options: Any) -> AsyncIterator[Make]:
 async def close_and_drain(client: ClipClient | AsyncClipClient, within: float = 5.0) -> None:
     """Close a client, then wait (up to ``within`` seconds) for the requests its worker threads still
     have on the wire: a sync call that raised leaves the batches already sent to finish in the
-    background, and on a server shared between tests they would otherwise arrive during the next
-    test and take the replies scripted for it."""
+    background, and they would otherwise still be running (and hold their server's threads) while
+    the next test runs. Each test has its own server, so they could not reach the next test's."""
     if isinstance(client, ClipClient):
         close_and_drain_sync(client, within)
     else:

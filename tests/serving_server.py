@@ -21,16 +21,32 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 import numpy as np
-
-from clip_client.types import InvocationRequest
+from pydantic import BaseModel, ConfigDict
 
 DIM = 768
 #: The token test clients send (``ServingServer.client_kwargs``); tests check it never leaks.
 TOKEN = "dapi-e2e-secret-0123456789abcdef"
+
+
+class InvocationRecord(BaseModel):
+    """One row of ``dataframe_records``: a text, or the base64 of an encoded image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str
+
+
+class InvocationRequest(BaseModel):
+    """The body POSTed to ``/serving-endpoints/{name}/invocations``, as the server accepts it: exactly
+    ``dataframe_records`` of ``{"input": ...}`` (the client's hand-written encoder must match it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataframe_records: list[InvocationRecord]
 
 
 def dumps(value: Any) -> bytes:
@@ -298,7 +314,10 @@ class ServingServer:
     injected faults are not in it); ``requests`` holds every request; ``injected`` counts the faults
     injected, by kind (:data:`FAULT_KINDS`, plus "body_limit" and "status").
 
-    One started server can serve many tests: :meth:`reset` puts back everything a test can change.
+    Each test gets a server of its own (the ``server`` fixture), so no test can see another's
+    requests: no two servers of one process ever listen on the same port (:meth:`_listen`), and a
+    request that a finished test's client still sends reaches that test's server, which nobody reads
+    any more. :meth:`reset` puts back everything a test can change, for a test that starts over.
     """
 
     def __init__(
@@ -329,7 +348,7 @@ class ServingServer:
         #: Bumped by :meth:`reset`: a request that arrived before it records nothing after it.
         self.generation = 0
         self._initial = (dim, model, latency, faults)
-        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._server = self._listen()
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )  # a short poll interval: shutdown() waits up to one interval
@@ -346,11 +365,11 @@ class ServingServer:
         return {"host": self.url, "token": TOKEN, "retry_backoff": 0, "timeout": 30, **overrides}
 
     def reset(self) -> None:
-        """Back to the state it started in, for the next test: no script, the faults, latency, model
-        and width it was made with (the faults' random draws from their start again), and empty
-        histories and counters. Requests still being answered for an earlier test (a slow or
-        trickled reply its client gave up on) finish with the model they started with and are
-        recorded nowhere."""
+        """Back to the state it started in, for a test that starts over (a rerun of a command): no
+        script, the faults, latency, model and width it was made with (the faults' random draws from
+        their start again), and empty histories and counters. Requests already being answered (a
+        slow or trickled reply its client gave up on) finish with the model they started with and
+        are recorded nowhere; one that a client sends after the reset counts as new."""
         dim, model, latency, faults = self._initial
         with self.lock:
             self.generation += 1
@@ -373,6 +392,33 @@ class ServingServer:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def stop_soon(self) -> None:
+        """Stop in the background: ``__exit__`` without waiting for the serving loop's next poll
+        (up to 20 ms, which a suite of server tests would otherwise spend once per test). Safe because
+        no later server takes this port: whatever still arrives here reaches no other test."""
+        threading.Thread(target=self.__exit__, name="ServingServer.stop", daemon=True).start()
+
+    #: Every port a server of this process has listened on (:meth:`_listen`).
+    _ports_taken: ClassVar[set[int]] = set()
+    _ports_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def _listen(self) -> _Server:
+        """A listening socket on a port no server of this process has had before: a retry, or a
+        request of a client that outlived its test, can then never reach a later test's server."""
+        held: list[_Server] = []  # ports taken before, kept bound so that the next bind picks another
+        try:
+            with ServingServer._ports_lock:
+                while True:
+                    listener = _Server(("127.0.0.1", 0), self._handler())
+                    port = listener.server_address[1]
+                    if port not in ServingServer._ports_taken:
+                        ServingServer._ports_taken.add(port)
+                        return listener
+                    held.append(listener)
+        finally:
+            for listener in held:
+                listener.server_close()
 
     # ------------------------------------------------------------------------------------------
 
@@ -483,10 +529,13 @@ class ServingServer:
 
             def do_POST(self) -> None:
                 self.generation, self.model, self.dim = server._snapshot()
+                # Recorded once the request line and headers are in, before the body: a client that
+                # gives up while its body is still on the wire (a short timeout on a loaded machine)
+                # has still made the attempt it counts.
+                self._arrived("POST")
                 length = int(self.headers.get("Content-Length", "0"))
                 faults = server.faults
                 if faults is not None and faults.body_limit is not None and length > faults.body_limit:
-                    self._arrived("POST")
                     server._inject("body_limit", self.generation)
                     if faults.body_limit_status is None:
                         return self._drop()  # the body is never read
@@ -497,7 +546,6 @@ class ServingServer:
                         f"Request body of {length} bytes exceeds the limit of {faults.body_limit} bytes",
                     )
                 raw = self.rfile.read(length)
-                self._arrived("POST")
                 if faults is not None and faults.status_for_all is not None:
                     status = faults.status_for_all
                     server._inject("status", self.generation)

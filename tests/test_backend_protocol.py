@@ -241,3 +241,182 @@ async def test_a_misbehaving_backend_gives_typed_errors_that_mark_contains(kind:
     assert [f.index for f in result.failures] == [0, 1, 2]
     assert all(isinstance(f.error, error) for f in result.failures)
     assert np.isnan(result.embeddings).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Optional abilities: small public protocols the clients ask for, never a concrete class
+
+
+class Planned(Toy):
+    """A third-party backend with a control plane, a cache identity and its own logit scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.model_version = "1"
+
+    def prepare(self, kind: InputKind, ctx: CallContext | None = None) -> None:
+        self.calls.append(f"prepare {kind} before {len(self.batches)} batches")
+
+    async def aprepare(self, kind: InputKind, ctx: CallContext | None = None) -> None:
+        self.prepare(kind, ctx)
+
+    def endpoint_state(
+        self, kind: InputKind, *, refresh: bool = False, timeout: float = 10.0
+    ) -> clip_client.EndpointState:
+        self.calls.append(f"state {kind} refresh={refresh}")
+        assert 0 < timeout <= 10.0
+        return clip_client.EndpointState(name=f"toy-{kind}", ready=True, config_update="NOT_UPDATING")
+
+    async def aendpoint_state(
+        self, kind: InputKind, *, refresh: bool = False, timeout: float = 10.0
+    ) -> clip_client.EndpointState:
+        return self.endpoint_state(kind, refresh=refresh, timeout=timeout)
+
+    def invocations_url(self, kind: InputKind) -> str:
+        return f"toy://{kind}"
+
+    def concurrency_ceiling(self) -> int:
+        return 3
+
+    def cache_identity(self, kind: InputKind) -> str:
+        return f"toy {kind} v{self.model_version}"
+
+    def cache_identity_confirmed(self, kind: InputKind) -> bool:
+        return True  # the version is in the identity: it names the model
+
+    @property
+    def logit_scale(self) -> float:
+        return 1.0
+
+
+def test_the_optional_abilities_are_public_protocols() -> None:
+    from clip_client._remote.backend import RemoteBackend
+    from clip_client._remote.workspace import resolve_workspace
+
+    abilities = (clip_client.ControlPlane, clip_client.CacheIdentity, clip_client.LogitScale)
+    assert {"ControlPlane", "CacheIdentity", "LogitScale"} <= set(clip_client.__all__)
+    assert not any(isinstance(Toy(), ability) for ability in abilities)  # all optional
+    assert all(isinstance(Planned(), ability) for ability in abilities)
+    planned: clip_client.ControlPlane = Planned()  # mypy checks the structure too
+    assert planned.concurrency_ceiling() == 3
+    workspace = resolve_workspace(host="https://example.cloud.databricks.com", token="t" * 12)
+    remote = RemoteBackend(workspace, clip_client.Settings())
+    assert isinstance(remote, clip_client.ControlPlane)
+    assert isinstance(remote, clip_client.CacheIdentity)
+    assert not isinstance(remote, clip_client.LogitScale)
+    assert remote.control.route("text").url == remote.invocations_url("text")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_third_party_control_plane_is_prepared_read_and_trusted(kind: str) -> None:
+    toy = Planned()
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=toy, normalize=False, cache="memory")
+
+    async def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(client, name)(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    await call("embed_texts", ["a", "b"])
+    assert toy.calls[0] == "prepare text before 0 batches"  # before the first lookup and request
+    assert client.stats.max_concurrency == 3  # the control plane's ceiling, not the setting's 5
+    assert client.stats.concurrency_limit == 3
+
+    await call("embed_texts", ["a", "b"])
+    assert client.stats.cache_hits == 2  # the same identity: answered from the cache
+    toy.model_version = "2"
+    await call("embed_texts", ["a", "b"])
+    assert client.stats.cache_misses == 4  # a new model version never answers from old rows
+
+    toy.calls.clear()
+    check = await call("check_endpoint")
+    assert "state text refresh=True" in toy.calls
+    assert "state image refresh=True" in toy.calls
+    assert check.text.state == clip_client.EndpointState("toy-text", ready=True, config_update="NOT_UPDATING")
+    assert check.image.state.known
+    await call("close")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_classify_defaults_to_the_backend_s_own_logit_scale(kind: str) -> None:
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    pictures = [np.full((40, 40, 3), 30 * i, dtype=np.uint8) for i in range(3)]
+
+    async def classify(backend: Toy, **kwargs: Any) -> Any:
+        client = cls(backend=backend)
+        result = client.classify(pictures, ["x", "y", "z"], templates=["{}"], **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    own = await classify(Planned())  # logit_scale 1.0, from the backend
+    given = await classify(Toy(), logit_scale=1.0)
+    default = await classify(Toy())  # CLIP's 100
+    np.testing.assert_allclose(own.probabilities, given.probabilities, rtol=1e-6)
+    assert not np.allclose(own.probabilities, default.probabilities)
+
+
+def test_the_clients_never_test_for_a_concrete_backend_class() -> None:
+    from pathlib import Path
+
+    package = Path(clip_client.__file__).parent
+    probes = re.compile(r"isinstance\([^)]*\b(RemoteBackend|LocalBackend)\b|getattr\((self\.)?backend\b")
+    found = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if probes.search(line)
+    ]
+    assert found == []
+
+
+# --------------------------------------------------------------------------------------------------
+# What a fresh user tried: a huge deadline, a zero logit scale, a cache identity that fails
+
+
+async def _done(result: Any) -> Any:
+    """A sync client's result, or an async client's awaited."""
+    return await result if inspect.isawaitable(result) else result
+
+
+@pytest.mark.parametrize("deadline", [1e12, float("inf")])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_deadline_beyond_any_wait_bounds_nothing(kind: str, deadline: float) -> None:
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=Toy(), normalize=False)
+    texts = [f"t{i}" for i in range(9)]
+    out = await _done(client.embed_texts(texts, deadline=deadline))
+    np.testing.assert_array_equal(out, np.stack([vector("text", t.encode()) for t in texts]))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_backend_s_zero_logit_scale_is_refused_not_replaced(kind: str) -> None:
+    class Cold(Toy):
+        logit_scale = 0.0
+
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=Cold())
+    with pytest.raises(ValueError, match="logit_scale"):
+        await _done(client.classify([np.zeros((8, 8, 3), np.uint8)], ["x", "y"], templates=["{}"]))
+
+
+class BrokenIdentity(Toy):
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self.answer = answer
+
+    def cache_identity(self, kind: InputKind) -> str:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer  # type: ignore[no-any-return]
+
+    def cache_identity_confirmed(self, kind: InputKind) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("answer", [ZeroDivisionError("division by zero"), 5, ""])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_cache_identity_that_fails_is_a_backend_error(kind: str, answer: Any) -> None:
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=BrokenIdentity(answer), cache="memory")
+    with pytest.raises(BackendError, match=r"BrokenIdentity's cache_identity\('text'\)"):
+        await _done(client.embed_texts(["a"]))

@@ -377,8 +377,10 @@ def test_local_mode_is_keyed_by_model_and_dtype(tiny: Path, tmp_path: Path) -> N
 
     rows, pics, requests, identity = run(dtype="float32")
     assert requests > 0
-    assert str(tiny.resolve()) in identity
-    assert "float32" in identity
+    from clip_client.local import checkpoint_sha256
+
+    assert identity == f"local sha256:{checkpoint_sha256(tiny)} torch.float32"  # the content, not the path
+    assert str(tiny.resolve()) not in identity
     again, again_pics, requests, _ = run(dtype="float32")
     assert requests == 0  # no forward pass at all
     same_bits(again, rows)
@@ -386,6 +388,67 @@ def test_local_mode_is_keyed_by_model_and_dtype(tiny: Path, tmp_path: Path) -> N
     _, _, requests, identity = run(dtype="bfloat16")
     assert requests > 0  # another dtype: computed afresh
     assert "bfloat16" in identity
+
+
+def test_a_checkpoint_rewritten_in_place_misses_and_a_copy_of_it_hits(tmp_path: Path) -> None:
+    """The local cache knows a folder by its content: other weights saved into the same folder
+    are computed afresh (the rows of the model that was there before are not served), and a copy
+    of the folder elsewhere finds the rows its original stored."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import shutil
+
+    from tiny_clip import write_tiny_clip
+
+    folder, path, texts = tmp_path / "m", tmp_path / "c.sqlite", ["alpha", "beta"]
+
+    def embed(model: Path, **options: Any) -> tuple[np.ndarray, int, int]:
+        with ClipClient.local(model, device="cpu", dtype="float32", **options) as client:
+            rows = client.embed_texts(texts)
+            return rows, client.stats.cache_hits, client.stats.requests
+
+    write_tiny_clip(folder, seed=1)
+    first, hits, _ = embed(folder, cache=path)
+    assert hits == 0
+    write_tiny_clip(folder, seed=2)  # the same folder, other weights
+    second, hits, requests = embed(folder, cache=path)
+    assert (hits, requests) == (0, 1)  # misses: computed by the model now in the folder
+    fresh, _, _ = embed(folder)  # that model, without a cache
+    same_bits(second, fresh)
+    assert not np.allclose(second, first)
+
+    shutil.copytree(folder, tmp_path / "copy")
+    again, hits, requests = embed(tmp_path / "copy", cache=path)
+    assert (hits, requests) == (len(texts), 0)  # the same checkpoint elsewhere: all hits
+    same_bits(again, second)
+    shutil.move(folder, tmp_path / "moved")
+    _, hits, requests = embed(tmp_path / "moved", cache=path)
+    assert (hits, requests) == (len(texts), 0)
+
+
+def test_a_checkpoint_changed_after_load_is_not_taken_for_the_one_in_memory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The digest is computed on the first cache use, not at load: a folder rewritten in between
+    holds another model than the one in memory, so the rows are kept apart from both."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tiny_clip import write_tiny_clip
+
+    from clip_client.local import checkpoint_sha256
+
+    folder, path = tmp_path / "m", tmp_path / "c.sqlite"
+    write_tiny_clip(folder, seed=1)
+    with ClipClient.local(folder, device="cpu", dtype="float32", cache=path) as old:
+        write_tiny_clip(folder, seed=2)
+        with caplog.at_level(logging.WARNING, logger="clip_client"):
+            old.embed_texts(["alpha"])
+        identity = old.backend.cache_identity("text")  # type: ignore[attr-defined]
+    assert f"sha256:{checkpoint_sha256(folder)}" not in identity
+    assert any("changed since the model was loaded" in r.getMessage() for r in caplog.records)
+    with ClipClient.local(folder, device="cpu", dtype="float32", cache=path) as new:
+        new.embed_texts(["alpha"])
+        assert new.stats.cache_hits == 0  # the old model's row is not served for the new one
 
 
 def test_a_cache_option_of_another_type_is_refused(server: ServingServer) -> None:
@@ -398,3 +461,169 @@ def test_an_empty_cache_path_is_refused(server: ServingServer, empty: object) ->
     """``cache=''`` names no file: refused, not opened as the current folder and then disabled."""
     with pytest.raises(ValueError, match="empty path"):
         ClipClient(**server.client_kwargs(cache=empty))
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows damaged in the file, and rows of another model (issue 19: field faults 5 and 6)
+
+
+def _damage(path: Path, how: str) -> int:
+    """Damage every stored row in place, as a disk, a copy tool or a hand-edit would; how many."""
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT namespace, digest, row FROM embeddings").fetchall()
+        for namespace, digest, blob in rows:
+            data = bytearray(blob)
+            if how == "nan":
+                data[0:4] = np.array([np.nan], dtype="<f4").tobytes()
+            elif how == "bit":
+                data[len(data) // 2] ^= 0x01  # one bit of one float: still finite, still plausible
+            else:
+                data = data[:-4]  # a row cut short by a whole float
+            db.execute(
+                "UPDATE embeddings SET row = ? WHERE namespace = ? AND digest = ?",
+                (bytes(data), namespace, digest),
+            )
+    return len(rows)
+
+
+@pytest.mark.parametrize("how", ["nan", "bit", "short"])
+async def test_a_row_damaged_in_the_file_is_dropped_counted_and_recomputed(
+    make: Make, server: ServingServer, tmp_path: Path, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    texts = ["a red car", "a dog", "a cat"]
+    want = await make().embed_texts(texts)
+    await make(cache=path).embed_texts(texts)
+    assert _damage(path, how) == len(texts)
+
+    sent = server.posts()
+    client = make(cache=path)
+    with caplog.at_level(logging.WARNING, logger="clip_client"):
+        out = await client.embed_texts(texts)
+    same_bits(out, want)  # the correct rows, not the damaged ones
+    assert server.posts() > sent  # recomputed
+    stats = client.stats
+    assert (stats.cache_hits, stats.cache_rejected) == (0, len(texts))
+    assert any("checksum" in r.getMessage() for r in cache_warnings(caplog))
+
+    # Dropped and replaced: a third client finds good rows and sends nothing.
+    sent = server.posts()
+    third = make(cache=path)
+    same_bits(await third.embed_texts(texts), want)
+    assert server.posts() == sent
+    assert (third.stats.cache_hits, third.stats.cache_rejected) == (len(texts), 0)
+
+
+async def test_a_cache_file_of_an_older_clip_client_is_recomputed_once(
+    make: Make, server: ServingServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    want = expected_vector("text", "old")
+    with sqlite3.connect(path) as db:  # the layout before rows carried a checksum
+        db.execute(
+            "CREATE TABLE embeddings (namespace TEXT NOT NULL, digest BLOB NOT NULL, row BLOB NOT NULL,"
+            " PRIMARY KEY (namespace, digest)) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO embeddings VALUES ('x', x'00', ?)", (np.zeros(4, "<f4").tobytes(),))
+    sent = server.posts()
+    client = make(cache=path)
+    same_bits((await client.embed_texts(["old"]))[0], want)
+    assert server.posts() == sent + 1
+    same_bits((await make(cache=path).embed_texts(["old"]))[0], want)
+    assert server.posts() == sent + 1  # stored in the new layout
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT count(*) FROM embeddings").fetchone() == (1,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+
+
+class _PlainStore:
+    """A store of one's own with no checksum (``EmbeddingCache`` only): rows are checked by value."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, bytes], np.ndarray] = {}
+
+    def get(self, namespace: str, digest: bytes) -> np.ndarray | None:
+        return self.rows.get((namespace, digest))
+
+    def put_many(self, namespace: str, rows: Any) -> None:
+        for digest, row in rows:
+            self.rows[(namespace, digest)] = np.array(row, dtype=np.float32)
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_store_of_ones_own_is_checked_like_an_answer(make: Make, server: ServingServer) -> None:
+    store = _PlainStore()
+    texts = ["a", "b"]
+    want = await make().embed_texts(texts)
+    await make(cache=store).embed_texts(texts)
+    for key in store.rows:
+        store.rows[key][3] = np.inf
+    client = make(cache=store)
+    same_bits(await client.embed_texts(texts), want)
+    assert client.stats.cache_rejected == 2
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+async def test_an_unreadable_state_never_serves_rows_of_the_previous_model(
+    make: Make, server: ServingServer, tmp_path: Path, mixed: bool
+) -> None:
+    """The token can query but not read the endpoint (a 403 on the state GET), so the cache key is
+    the URL alone; the cache holds the endpoint's previous 512-d model's rows. No call fails and
+    none returns an old row: the first answer fixes the width, and the old rows are ignored."""
+    path = tmp_path / "cache.sqlite"
+    server.states["clip-text-embedding"] = Reply(403, {"error_code": "PERMISSION_DENIED", "message": "no"})
+    texts = ["a red car", "a dog", "a cat", "a boat"]
+    server.dim = 512
+    await make(cache=path, batch_size=2).embed_texts(texts)
+    server.dim = 768  # a new model behind the same URL
+    want = await make(batch_size=2).embed_texts([*texts, "new"] if mixed else texts)
+    assert want.shape[1] == 768
+
+    client = make(cache=path, batch_size=2)
+    out = await client.embed_texts([*texts, "new"] if mixed else texts)
+    same_bits(out, want)
+    assert client.stats.cache_hits == 0
+    assert client.stats.cache_rejected >= 1
+
+    # The answers replaced the old rows: now every row is found, the width confirmed first.
+    sent = server.posts()
+    again = make(cache=path, batch_size=2)
+    same_bits(await again.embed_texts(texts), want[: len(texts)])
+    assert again.stats.cache_rejected == 0
+    assert server.posts() - sent <= 1  # at most the one request that confirms the width
+
+
+async def test_a_readable_state_trusts_the_cache_from_the_first_row(
+    make: Make, server: ServingServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    texts = ["a red car", "a dog"]
+    await make(cache=path).embed_texts(texts)
+    sent = server.posts()
+    client = make(cache=path)
+    await client.embed_texts(texts)
+    assert server.posts() == sent  # the served model version is in the key: no confirmation needed
+    assert client.stats.cache_hits == 2
+
+
+async def test_a_namespace_of_ones_own_separates_rows_and_needs_no_confirmation(
+    make: Make, server: ServingServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "cache.sqlite"
+    server.states["clip-text-embedding"] = Reply(403, {"error_code": "PERMISSION_DENIED", "message": "no"})
+    texts = ["a red car", "a dog"]
+    await make(cache=path, cache_namespace="v1").embed_texts(texts)
+    sent = server.posts()
+    same = make(cache=path, cache_namespace="v1")
+    await same.embed_texts(texts)
+    assert server.posts() == sent  # the caller named the model: no request to confirm the width
+    assert same.stats.cache_hits == 2
+    other = make(cache=path, cache_namespace="v2")
+    await other.embed_texts(texts)
+    assert server.posts() > sent  # another name: nothing reused
+    assert (other.stats.cache_hits, other.stats.cache_misses) == (0, 2)

@@ -1,11 +1,13 @@
-"""The ``clip-client`` command, end to end: real subprocesses on real image files.
+"""The `clip-client` command, end to end, on real image files.
 
-Each command runs as ``python -m clip_client ...`` (the console script is checked once) against the
-loopback serving server (``server``; the subprocess finds it through DATABRICKS_HOST and
-DATABRICKS_TOKEN, as a user's shell would) or in local mode on the tiny checkpoint. What a command
-wrote is read back and compared, row for row, with what ``ClipClient`` returns for the same inputs.
-Every run's output is checked for the token. ``clip_client._cli.outputs`` (the file formats and the
-resume store) is also tested in-process, below.
+Most commands run in this process, through typer's `CliRunner` (`cli` and `invoke`), against the
+loopback serving server (`server`; found through DATABRICKS_HOST and DATABRICKS_TOKEN, as a user's
+shell would set them) or in local mode on the tiny checkpoint. A real subprocess runs only where
+the process itself is what is tested: the console script, Ctrl-C (SIGINT), a kill and the resumed
+run, and a closed stdout (SIGPIPE). What a command wrote is read back and compared, row for row,
+with what `ClipClient` returns for the same inputs. Every run's output is checked for the token.
+`clip_client._cli.outputs` (the file formats, the resume store, the model of a file) is also tested
+directly, below, and so are docs/cli.md's option tables against the commands.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ import clip_client
 from clip_client import ClipClient, cosine_topk, find_duplicates
 from clip_client._cli import app
 from clip_client._cli.embed import gather_images
-from clip_client._cli.errors import cli_advice
+from clip_client._cli.errors import flag_spelling, in_cli_words
 from clip_client._cli.outputs import (
     OutputError,
     OutputMeta,
     ResumableOutput,
     Rows,
+    check_writable,
     meta_path,
     read_rows,
     write_rows,
 )
+from clip_client.errors import ConfigurationError, EndpointNotFoundError, InvalidInputError
 
 VENV_SCRIPT = Path(sys.executable).with_name("clip-client")
 
@@ -53,12 +57,12 @@ VENV_SCRIPT = Path(sys.executable).with_name("clip-client")
 
 
 class Run:
-    """A finished ``clip-client`` subprocess."""
+    """A finished ``clip-client`` run: its exit status, stdout and stderr."""
 
-    def __init__(self, done: subprocess.CompletedProcess[str]) -> None:
-        self.rc = done.returncode
-        self.out = done.stdout
-        self.err = done.stderr
+    def __init__(self, rc: int, out: str, err: str) -> None:
+        self.rc = rc
+        self.out = out
+        self.err = err
         # No run, whatever it did, shows the token anywhere.
         assert TOKEN not in self.out + self.err
         assert TOKEN.split("-")[-1] not in self.out + self.err
@@ -86,20 +90,28 @@ def env(server: ServingServer, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def cli(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
-    """``cli(*args, timeout=...)``: run ``python -m clip_client args`` in ``tmp_path``."""
+def in_workspace(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """This process as ``env``'s user: in ``tmp_path``, with ``env``'s workspace and cache folder
+    (and no other cloud credentials), for commands run in-process. Returns ``env``."""
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith(("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")) or name == "XDG_CACHE_HOME":
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("DATABRICKS_") or name == "XDG_CACHE_HOME":
+            monkeypatch.setenv(name, value)
+    return env
 
-    def run(*args: object, timeout: float = 120, extra_env: dict[str, str] | None = None) -> Run:
-        done = subprocess.run(
-            [sys.executable, "-m", "clip_client", *map(str, args)],
-            cwd=tmp_path,
-            env={**env, **(extra_env or {})},
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return Run(done)
+
+@pytest.fixture
+def cli(in_workspace: dict[str, str]):  # type: ignore[no-untyped-def]
+    """``cli(*args)``: run ``clip-client args`` in this process (typer's ``CliRunner``), in
+    ``tmp_path``, as ``env``'s user: a :class:`Run`."""
+    from typer.testing import CliRunner
+
+    def run(*args: object, extra_env: dict[str, str] | None = None) -> Run:
+        result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200", **(extra_env or {})})
+        return Run(result.exit_code, result.stdout, result.stderr)
 
     return run
 
@@ -519,7 +531,8 @@ def test_a_failure_is_one_line_and_verbose_shows_the_details(
 @pytest.mark.parametrize(
     ("args", "status", "says"),
     [
-        (["images", "x.jpg", "--out", "x.csv"], 1, "unknown output format '.csv'"),
+        (["images", "x.jpg", "--out", "x.csv"], 2, "unknown output format '.csv'"),
+        (["texts", "a", "--out", "x"], 2, "unknown output format '(no extension)'"),
         (["search", "missing.parquet", "q"], 1, "missing.parquet: no such file"),
         (["search", "missing.parquet"], 2, "give a query text or --image FILE"),
         (["texts", "a", "--model", "m"], 2, "add --local"),
@@ -725,16 +738,10 @@ def test_ctrl_c_keeps_the_finished_rows_and_a_terminal_shows_a_progress_bar(
 
 
 @pytest.fixture
-def invoke(env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    """``invoke(*args)``: run the command in this process, in ``tmp_path``, with ``env``'s workspace."""
+def invoke(in_workspace: dict[str, str]):  # type: ignore[no-untyped-def]
+    """``invoke(*args)``: run the command in this process, in ``tmp_path``, with ``env``'s workspace:
+    typer's ``Result`` (``exit_code``, ``stdout``, ``stderr``, ``output``)."""
     from typer.testing import CliRunner
-
-    monkeypatch.chdir(tmp_path)
-    for name in [k for k in os.environ if k.startswith("DATABRICKS_")]:
-        monkeypatch.delenv(name)
-    for name, value in env.items():
-        if name.startswith("DATABRICKS_") or name == "XDG_CACHE_HOME":
-            monkeypatch.setenv(name, value)
 
     def run(*args: object):  # type: ignore[no-untyped-def]
         result = CliRunner().invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
@@ -845,9 +852,23 @@ def test_cli_errors_name_the_cli_options_not_python_keywords(
         assert says in message
     assert "host=" not in message
     assert "ClipClient.local" not in message
+    # What the command read: a typed error naming the setting, not a message to parse.
+    from clip_client._remote.workspace import resolve_workspace
 
-    advice = "Use image_preparation='server' so every image ...; raise max_image_pixels if it is genuine"
-    assert cli_advice(advice) == (
+    with pytest.raises(ConfigurationError) as info:
+        resolve_workspace()
+    assert info.value.setting == "host"
+    assert isinstance(info.value, ValueError)
+    assert "could not resolve a Databricks workspace" in str(info.value)
+    assert "host=" in str(info.value)  # Python callers read keyword arguments
+
+    # Advice names settings as fields; the command spells each with its option, from one table.
+    advice = "Use {image_preparation='server'} so every image ...; raise {max_image_pixels} if it is genuine"
+    error = InvalidInputError("too big", advice=advice)
+    assert error.advice() == (
+        "Use image_preparation='server' so every image ...; raise max_image_pixels if it is genuine"
+    )
+    assert error.advice(flag_spelling) == (
         "Use --image-preparation server so every image ...; raise --max-image-pixels if it is genuine"
     )
     from clip_client._cli.search import _labels
@@ -918,7 +939,7 @@ def test_a_damaged_part_or_manifest_names_the_file_and_the_way_out(tmp_path: Pat
 
 
 def test_a_run_where_no_image_is_readable_writes_an_empty_file_of_the_models_width(
-    invoke, tmp_path: Path
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "empty.jpg").write_bytes(b"")
     for suffix in (".parquet", ".npy", ".jsonl"):
@@ -946,6 +967,15 @@ def test_a_run_where_no_image_is_readable_writes_an_empty_file_of_the_models_wid
     result = invoke("images", "empty.jpg", "--local", "--model", "tiny", "--device", "gpu7")
     assert result.exit_code == 2, result.output
     assert "--device" in result.output
+    assert "device=" not in result.output
+    # ... and its advice names the option and the value to give it, from the error's fields.
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("images", "empty.jpg", "--local", "--model", "tiny", "--device", "cuda")
+    assert result.exit_code == 2, result.output
+    assert "no CUDA GPU" in result.output
+    assert "use --device cpu, or install a CUDA build of torch" in result.output
     assert "device=" not in result.output
 
 
@@ -999,24 +1029,40 @@ def test_search_and_dedupe_read_a_plain_npy_or_jsonl_without_settings(invoke, tm
         read_rows(tmp_path / "c.npy")
 
 
-def test_advice_and_pillows_limit_follow_max_image_pixels(
+def test_advice_follows_max_image_pixels_and_pillows_global_is_never_changed(
     invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2000 pixels
     Image.fromarray(picture(64, 48, seed=1)).save(tmp_path / "p.png")  # 3072 pixels
-    result = invoke("images", "p.png", "--out", "a.npy")
+    result = invoke("images", "p.png", "--out", "a.npy", "--max-image-pixels", 2000)
     assert result.exit_code == 3, result.output
     assert "raise --max-image-pixels" in result.stderr
+    assert "(e.g. --max-image-pixels 3100)" in result.stderr  # the suggestion, as an option
+    assert "max_image_pixels" not in result.stderr
     assert "PIL.Image" not in result.stderr
+    # The client's limit alone decides: Pillow's own (a process global) neither refuses the image
+    # nor is changed, by any command.
     result = invoke("images", "p.png", "--out", "b.npy", "--max-image-pixels", 100_000)
     assert result.exit_code == 0, result.output
-    assert Image.MAX_IMAGE_PIXELS == 100_000
+    assert Image.MAX_IMAGE_PIXELS == 1000
     assert invoke("images", "p.png", "--out", "c.npy", "--max-image-pixels", 5000).exit_code == 0
-    assert Image.MAX_IMAGE_PIXELS == 100_000  # never lowered
+    assert Image.MAX_IMAGE_PIXELS == 1000  # never changed
+    assert invoke("images", "p.png", "--out", "d.npy").exit_code == 0  # the default limit too
 
-    hint = "Check the endpoint name (text_endpoint= / image_endpoint=) and the workspace host"
-    assert "(--text-endpoint / --image-endpoint)" in cli_advice(hint)
-    assert cli_advice("no CUDA GPU; use device='cpu', or") == "no CUDA GPU; use --device cpu, or"
+    hint = EndpointNotFoundError("no such endpoint", endpoint="x")
+    assert "(--text-endpoint / --image-endpoint)" in in_cli_words(hint)
+    assert "(text_endpoint= / image_endpoint=)" in str(hint)
+    no_gpu = ConfigurationError(
+        "device='cuda' but no CUDA GPU",
+        setting="device",
+        suggestion="cpu",
+        advice="use {suggestion}, or install a CUDA build of torch",
+    )
+    assert (
+        in_cli_words(no_gpu)
+        == "device='cuda' but no CUDA GPU; use --device cpu, or install a CUDA build of torch"
+    )
+    assert str(no_gpu) == "device='cuda' but no CUDA GPU; use device='cpu', or install a CUDA build of torch"
 
 
 def test_labels_and_parts_messages_say_what_happened(tmp_path: Path) -> None:
@@ -1046,3 +1092,615 @@ def test_labels_and_parts_messages_say_what_happened(tmp_path: Path) -> None:
     assert "has no manifest.json" in str(caught.value)
     assert "not left by clip-client" not in str(caught.value)
     assert "--overwrite" in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model a file records: search takes it; a checkpoint is known by its content
+
+
+def test_search_takes_the_model_from_the_index_and_knows_a_checkpoint_by_its_content(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    from clip_client.local import checkpoint_sha256
+
+    tiny = write_tiny_clip(tmp_path / "tiny")
+    paths = write_pictures(tmp_path / "photos", 3)
+    result = invoke(
+        "images", "photos", "--local", "--model", "tiny", "--device", "cpu", "--out", "idx.parquet"
+    )
+    assert result.exit_code == 0, result.output
+    meta = read_rows(tmp_path / "idx.parquet").meta
+    assert meta is not None
+    assert meta.model_sha256 == checkpoint_sha256(tiny)
+    assert meta.local_model == (str(Path(tiny).resolve()), "torch.float32")
+
+    with ClipClient.local(tiny, device="cpu") as client:
+        query = client.embed_text("a red car")
+    index = read_rows(tmp_path / "idx.parquet")
+    want = cosine_topk(query, index.embeddings, 2)
+    expected = [index.keys[i] for i in want.indices[0]]
+
+    # No workspace at all: the file's model answers, with no option, or with --local alone.
+    for name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN"):
+        monkeypatch.delenv(name)
+    for options in ([], ["--local"], ["--device", "cpu"]):
+        result = invoke("search", "idx.parquet", "a red car", "-k", 2, "--json", *options)
+        assert result.exit_code == 0, (options, result.output)
+        assert [h["path"] for h in jsonl(result.stdout)] == expected
+
+    # The folder copied elsewhere and the original gone: said, with the option to pass.
+    shutil.copytree(tiny, tmp_path / "copy")
+    shutil.rmtree(tiny)
+    result = invoke("search", "idx.parquet", "a red car")
+    assert result.exit_code == 1, result.output
+    assert f"local model in {Path(tiny).resolve()}" in result.stderr
+    assert "no longer there: pass --local --model FOLDER" in result.stderr
+    # The copy is the same model, by content, wherever it is: search, and resume, accept it.
+    result = invoke("search", "idx.parquet", "a red car", "-k", 2, "--json", "--local", "--model", "copy")
+    assert result.exit_code == 0, result.output
+    assert [h["path"] for h in jsonl(result.stdout)] == expected
+    result = invoke(
+        "images", "photos", "--local", "--model", "copy", "--device", "cpu", "--out", "idx.parquet"
+    )
+    assert result.exit_code == 0, result.output
+    assert "3 of 3 image(s) already done" in result.stderr
+    assert read_rows(tmp_path / "idx.parquet").keys == rel(paths, tmp_path)
+
+    # Another checkpoint, or a workspace, is refused before any model is loaded.
+    write_tiny_clip(tmp_path / "other", seed=1)
+    loaded: list[object] = []
+    real_local = ClipClient.local.__func__  # type: ignore[attr-defined]
+
+    def local(cls: type[ClipClient], *args: object, **kwargs: object) -> ClipClient:
+        loaded.append(args)
+        return real_local(cls, *args, **kwargs)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(ClipClient, "local", classmethod(local))
+    result = invoke("search", "idx.parquet", "a red car", "--local", "--model", "other")
+    assert result.exit_code == 1, result.output
+    assert "--model other holds other files" in result.stderr
+    result = invoke("search", "idx.parquet", "a red car", "--host", "https://example.cloud.databricks.com")
+    assert result.exit_code == 1, result.output
+    assert "would embed the query with serving endpoints" in result.stderr
+    assert "--local" in result.stderr
+    assert loaded == []
+
+
+@pytest.mark.server(image_endpoint="holiday-images")
+def test_search_queries_the_endpoints_its_index_names(invoke, server: ServingServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = write_pictures(tmp_path / "photos", 3)
+    result = invoke("images", "photos", "--image-endpoint", "holiday-images", "--out", "idx.parquet")
+    assert result.exit_code == 0, result.output
+    meta = read_rows(tmp_path / "idx.parquet").meta
+    assert meta is not None
+    assert meta.endpoints == {"text": TEXT, "image": "holiday-images"}
+
+    server.reset()
+    result = invoke(
+        "search", "idx.parquet", "--image", paths[1], "-k", 1, "--json", "--no-cache"
+    )  # no endpoint option
+    assert result.exit_code == 0, result.output
+    assert jsonl(result.stdout)[0]["path"] == os.path.relpath(paths[1], tmp_path)
+    assert server.posts("holiday-images") == 1
+    result = invoke("search", "idx.parquet", "a red car")
+    assert result.exit_code == 0, result.output
+
+    server.reset()
+    result = invoke("search", "idx.parquet", "a red car", "--local")
+    assert result.exit_code == 1, result.output
+    assert "computed by the serving endpoint" in result.stderr
+    assert "drop --local" in result.stderr
+    result = invoke("search", "idx.parquet", "a red car", "--image-endpoint", "clip-image-embedding")
+    assert result.exit_code == 1, result.output  # an option still wins, and is checked
+    assert "holiday-images" in result.stderr
+    assert server.posts() == 0
+
+
+def test_files_without_the_models_content_are_read_and_compared_by_name(tmp_path: Path) -> None:
+    from clip_client._cli.options import Common
+    from clip_client._cli.outputs import options_for_rows
+
+    # The settings as clip_client wrote them before content identity: no model_sha256, no endpoints.
+    old_local = OutputMeta.from_json(
+        json.dumps({"kind": "image", "model": "local /models/my clip torch.float16", "normalize": False}),
+        tmp_path / "x",
+    )
+    assert old_local.model_sha256 is None
+    assert old_local.endpoints == {}
+    assert old_local.local_model == ("/models/my clip", "torch.float16")
+    new = dataclasses_replace(old_local, model_sha256="ab" * 32)
+    assert old_local.same_model(new)  # one digest missing: the names decide
+    assert not old_local.same_model(dataclasses_replace(new, model="local /elsewhere torch.float16"))
+    both = dataclasses_replace(new, model="local /elsewhere torch.float16")
+    assert new.same_model(both)  # two digests: the content decides, not the folder
+    assert not new.same_model(dataclasses_replace(both, model="local /elsewhere torch.float32"))
+    assert not new.same_model(dataclasses_replace(both, model_sha256="cd" * 32))
+    assert new.differences(both) == []
+
+    with pytest.raises(OutputError, match=r"no longer there: pass --local --model FOLDER .*predates"):
+        options_for_rows(Common(), old_local, tmp_path / "x.parquet")
+    folder = tmp_path / "models" / "my clip"
+    folder.mkdir(parents=True)
+    moved = dataclasses_replace(old_local, model=f"local {folder} torch.float16")
+    chosen = options_for_rows(Common(device="cpu"), moved, tmp_path / "x.parquet")
+    assert (chosen.local, chosen.model, chosen.dtype, chosen.device) == (
+        True,
+        str(folder),
+        "torch.float16",
+        "cpu",
+    )
+    mine = options_for_rows(
+        Common(local=True, model="elsewhere", given=frozenset({"local", "model"})), moved, tmp_path
+    )
+    assert (mine.model, mine.dtype) == ("elsewhere", "torch.float16")
+
+    old_remote = OutputMeta(
+        kind="image", model="https://h/serving-endpoints/pics/invocations", normalize=False
+    )
+    chosen = options_for_rows(Common(), old_remote, tmp_path / "x.parquet")
+    assert (chosen.local, chosen.image_endpoint, chosen.text_endpoint) == (
+        False,
+        "pics",
+        "clip-text-embedding",
+    )
+    given = Common(image_endpoint="mine", given=frozenset({"image_endpoint"}))
+    assert options_for_rows(given, old_remote, tmp_path).image_endpoint == "mine"
+    assert options_for_rows(given, None, tmp_path) is given  # a file of another writer: as given
+
+
+def dataclasses_replace(meta: OutputMeta, **changes: object) -> OutputMeta:
+    import dataclasses
+
+    return dataclasses.replace(meta, **changes)  # type: ignore[arg-type]
+
+
+def test_checkpoint_sha256_follows_the_content_and_reads_each_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from clip_client import local
+
+    tiny = Path(write_tiny_clip(tmp_path / "tiny"))
+    memo = tmp_path / "memo" / "checkpoints.json"
+    digest = local.checkpoint_sha256(tiny, memo=memo)
+    assert digest is not None
+    assert len(digest) == 64
+    shutil.copytree(tiny, tmp_path / "copy")
+    assert local.checkpoint_sha256(tmp_path / "copy") == digest
+    (tmp_path / "copy" / "tokenizer_config.json").write_text("{}")  # not what decides the embeddings
+    assert local.checkpoint_sha256(tmp_path / "copy") == digest
+    assert local.checkpoint_sha256("openai/clip-vit-large-patch14") is None  # a hub id
+    assert local.checkpoint_sha256(tmp_path / "photos-that-do-not-exist") is None
+
+    weights = next(p for p in tiny.iterdir() if p.suffix in (".safetensors", ".bin"))
+    known = json.loads(memo.read_text())
+    assert known[str(weights.resolve())][:2] == [weights.stat().st_size, weights.stat().st_mtime_ns]
+    # A second process (no digest in memory) reads the memo instead of the file: a planted digest
+    # of the same size and mtime shows through.
+    monkeypatch.setattr(local, "_FILE_DIGESTS", {})
+    known[str(weights.resolve())][2] = "0" * 64
+    memo.write_text(json.dumps(known))
+    assert local.checkpoint_sha256(tiny, memo=memo) != digest
+    # Other weights (a new mtime, new bytes) are hashed again: another model.
+    monkeypatch.setattr(local, "_FILE_DIGESTS", {})
+    memo.unlink()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert local.checkpoint_sha256(tiny, memo=memo) not in (None, digest)
+
+
+# --------------------------------------------------------------------------------------------------
+# Ctrl-C once the output is complete
+
+
+def _interrupting(monkeypatch: pytest.MonkeyPatch, target: object, name: str, presses: int) -> None:
+    """``target.name`` then ``presses`` Ctrl-Cs (SIGINT to this process, handled in this thread)."""
+    real = getattr(target, name)
+
+    def then_interrupt(*args: object, **kwargs: object) -> object:
+        done = real(*args, **kwargs)
+        for _ in range(presses):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # Python runs the handler at its next instruction, here
+        return done
+
+    monkeypatch.setattr(target, name, then_interrupt)
+
+
+def test_a_ctrl_c_once_the_output_is_complete_ends_with_the_runs_status_and_says_so(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from clip_client._cli import embed
+
+    paths = write_pictures(tmp_path / "photos", 3)
+    with monkeypatch.context() as m:
+        _interrupting(m, ResumableOutput, "finish", presses=1)
+        result = invoke("images", "photos", "--out", "o.parquet")
+        assert result.exit_code == 0, result.output
+        assert "wrote 3 rows to o.parquet" in result.stderr
+        assert "interrupted after the output was complete: o.parquet is written whole" in result.stderr
+        assert read_rows(tmp_path / "o.parquet").keys == rel(paths, tmp_path)
+        assert not (tmp_path / "o.parquet.parts").exists()
+
+        (tmp_path / "photos" / "empty.jpg").write_bytes(b"")
+        result = invoke("images", "photos", "--out", "p.parquet")
+        assert result.exit_code == 3, result.output  # the status the run earned
+        assert "1 of 4 image(s) could not be embedded" in result.stderr
+        assert "interrupted after the output was complete" in result.stderr
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's, as before
+
+    with monkeypatch.context() as m:  # a second Ctrl-C stops at once
+        _interrupting(m, ResumableOutput, "finish", presses=2)
+        result = invoke("images", "photos", "--out", "q.parquet")
+        assert result.exit_code == 130, result.output
+        assert "interrupted" in result.stderr
+        assert "output was complete" not in result.stderr
+        assert len(read_rows(tmp_path / "q.parquet")) == 3  # written whole before the presses
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    with monkeypatch.context() as m:  # rows on stdout: complete once the last one is written
+        _interrupting(m, embed, "write_jsonl", presses=1)
+        result = invoke("texts", "a", "b")
+        assert result.exit_code == 0, result.output
+        assert [r["text"] for r in jsonl(result.stdout)] == ["a", "b"]
+        assert "every row is on stdout" in result.stderr
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# --------------------------------------------------------------------------------------------------
+# Field faults in the outputs (issue 19): a file name that is not UTF-8, an unwritable --out, a kill
+# while a run finishes
+
+
+LATIN1 = os.fsdecode(b"caf\xe9.png")
+"""A file name that is not UTF-8 (Latin-1 bytes), as Python lists it: with a lone surrogate."""
+
+
+def _photos_with_a_latin1_name(folder: Path) -> list[str]:
+    """Three pictures, one named `LATIN1`; the paths `images folder` lists, in its order."""
+    first, second, third = write_pictures(folder, 3)
+    second.rename(folder / LATIN1)
+    return sorted(os.path.join(folder.name, n) for n in (first.name, LATIN1, third.name))
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".jsonl"])
+def test_a_file_name_that_is_not_utf8_is_recorded_exactly_and_resumed_in_every_format(
+    invoke, server: ServingServer, reference: ClipClient, tmp_path: Path, suffix: str
+) -> None:  # type: ignore[no-untyped-def]
+    paths = _photos_with_a_latin1_name(tmp_path / "photos")
+    odd = os.path.join("photos", LATIN1)
+    out = tmp_path / f"o{suffix}"
+    result = invoke("images", "photos", "--out", out.name, "--no-cache", "--part-rows", "1")
+    assert result.exit_code == 0, result.output
+    assert "wrote 3 rows" in result.stderr
+    back = read_rows(out)
+    assert back.keys == paths  # the very str the folder listed
+    assert os.fsencode(back.keys[paths.index(odd)]) == b"photos/caf\xe9.png"
+    server.reset()
+    np.testing.assert_array_equal(back.embeddings, reference.embed_images([tmp_path / k for k in paths]))
+    assert not (tmp_path / f"o{suffix}.parts").exists()
+
+    # On disk: valid UTF-8 everywhere; the name readable, and its exact bytes where the format needs them.
+    if suffix == ".parquet":
+        table = pq.read_table(out)
+        assert table.column_names == ["path", "path_bytes", "size", "mtime_ns", "embedding"]
+        at = paths.index(odd)
+        assert table.column("path").to_pylist()[at] == "photos/caf\ufffd.png"
+        assert table.column("path_bytes").to_pylist() == [
+            b"photos/caf\xe9.png" if i == at else None for i in range(3)
+        ]
+    else:
+        side = meta_path(out).read_bytes().decode("utf-8")  # strict: valid UTF-8
+        assert "caf\\udce9.png" in (side if suffix == ".npy" else out.read_bytes().decode("utf-8"))
+        if suffix == ".npy":
+            assert json.loads(side)["path"] == paths
+
+    # A rerun resumes from it: the name matches, nothing is embedded again.
+    server.reset()
+    again = invoke("images", "photos", "--out", out.name, "--no-cache")
+    assert again.exit_code == 0, again.output
+    assert "resuming: 3 of 3 image(s) already done" in again.stderr
+    assert server.inputs(IMAGE) == []
+    assert read_rows(out).keys == paths
+
+    # And one more image: only it is embedded.
+    write_pictures(tmp_path / "photos", 1, start=7)
+    again = invoke("images", "photos", "--out", out.name, "--no-cache")
+    assert again.exit_code == 0, again.output
+    assert len(server.inputs(IMAGE)) == 1
+    assert odd in read_rows(out).keys
+
+
+def test_names_that_are_not_utf8_reach_stdout_and_every_writer_exactly(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    paths = _photos_with_a_latin1_name(tmp_path / "photos")
+    result = invoke("images", "photos", "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert [row["path"] for row in jsonl(result.stdout)] == paths
+    # texts too: an argument that is not UTF-8 comes to Python the same way
+    texts = Rows(
+        [0, 1], _rows(["a", "b"]).embeddings, [os.fsdecode(b"\xe9t\xe9"), "plain"], _meta(kind="text")
+    )
+    for suffix in (".parquet", ".npy", ".jsonl"):
+        write_rows(tmp_path / f"t{suffix}", texts)
+        assert read_rows(tmp_path / f"t{suffix}").texts == texts.texts
+    # A str no file name can hold (a surrogate os.fsencode refuses) is a typed error naming --out.
+    with pytest.raises(OutputError, match=r"^--out .*x\.parquet: cannot write it \(row 0's path"):
+        write_rows(tmp_path / "x.parquet", _rows(["\ud800.png"]))
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder no new file can be made in, for this user (root ignores permissions: then /sys)."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    for folder in (locked, Path("/sys")):
+        try:
+            (folder / "probe").touch()
+        except OSError:
+            return folder
+        (folder / "probe").unlink()
+    pytest.skip("no folder here refuses a new file")
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_input_is_sent(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    write_pictures(tmp_path / "photos", 2)
+    folder = _unwritable_folder(tmp_path)
+    try:
+        for suffix in (".parquet", ".npy", ".jsonl"):
+            out = folder / f"o{suffix}"
+            result = invoke("images", "photos", "--out", out)
+            assert result.exit_code == 1, result.output
+            assert f"error: --out {out}: cannot write in {folder}" in result.stderr
+            assert ".tmp" not in result.stderr  # never a temporary's name
+            assert "Traceback" not in result.output
+        result = invoke("texts", "a", "--out", folder / "t.parquet")
+        assert result.exit_code == 1, result.output
+        assert f"--out {folder / 't.parquet'}: cannot write in {folder}" in result.stderr
+        assert server.posts() == 0  # nothing sent, nothing embedded
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    (tmp_path / "dir.parquet").mkdir()
+    result = invoke("images", "photos", "--out", "dir.parquet")
+    assert result.exit_code == 2, result.output  # a usage error, said by the option itself
+    assert "is a directory" in result.output
+    with pytest.raises(OutputError, match=r"^--out .*dir\.parquet is a folder: name a file"):
+        check_writable(tmp_path / "dir.parquet")
+    assert server.posts() == 0
+
+
+def test_every_error_of_a_resumable_output_is_an_output_error_naming_out(tmp_path: Path) -> None:
+    out = tmp_path / "o.parquet"
+    (tmp_path / "o.parquet.parts").write_text("a file where the parts folder goes")
+    store = ResumableOutput(out, _meta(), part_rows=1)
+    store.open()
+    with pytest.raises(OutputError, match=rf"^--out {out}: cannot create {store.parts} \("):
+        store.add("a", _rows(["a"]).embeddings[0])
+    store.parts.unlink()
+
+    store = ResumableOutput(out, _meta(), part_rows=1)
+    store.open()
+    store.add("a", _rows(["a"]).embeddings[0])
+    out.mkdir()  # the output's name taken by a folder once the run is under way
+    with pytest.raises(OutputError, match=rf"^--out {out}: cannot write it \(Is a directory\)") as caught:
+        store.finish(["a"])
+    assert f"the finished rows in {store.parts} are kept" in str(caught.value)
+    out.rmdir()
+    again = ResumableOutput(out, _meta())
+    assert set(again.open()) == {"a"}
+    assert again.finish(["a"]).keys == ["a"]
+
+
+def test_a_finished_output_wins_over_a_parts_folder_an_older_cleanup_left(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = rel(write_pictures(tmp_path / "photos", 3), tmp_path)
+    args = ["images", "photos", "--out", "o.parquet", "--no-cache", "--part-rows", "1"]
+    assert invoke(*args).exit_code == 0
+    before = read_rows(tmp_path / "o.parquet")
+    # What a kill left while an older clip-client deleted the parts file by file: no manifest.
+    parts = tmp_path / "o.parquet.parts"
+    parts.mkdir()
+    write_rows(parts / "part-000002.parquet", _rows(["photos/img_002.jpg"], meta=before.meta))
+    (tmp_path / ".o.parquet.parts.abcd1234").mkdir()  # a parts folder being created when killed
+    (tmp_path / ".o.parquet.abcd_123.tmp").write_bytes(b"half")  # an output being written
+    server.reset()
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert server.inputs(IMAGE) == []
+    after = read_rows(tmp_path / "o.parquet")
+    assert after.keys == paths
+    np.testing.assert_array_equal(
+        after.embeddings, before.embeddings
+    )  # the output's rows, not the leftover's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.parquet", "photos"]
+
+
+# A runner of `clip-client ARGS` that kills the run right after the K-th change to the file system
+# made once `ResumableOutput.<ARM_AT>` (`open` or `finish`) has begun (0: as it begins): every
+# creation, chmod, fsync, rename and removal, those inside tempfile and shutil.rmtree included. It
+# reads each K on stdin, runs the command in a child forked for it (so that it imports clip_client
+# once) and prints the child's exit status.
+_KILLED = 86
+_KILL_AT_EVERY_STEP = f"""
+import importlib, os, sys
+from clip_client._cli import main, outputs
+
+state = {{"armed": False, "steps": 0, "limit": -1}}
+
+def step():
+    if state["armed"]:
+        state["steps"] += 1
+        if state["steps"] >= state["limit"]:
+            os._exit({_KILLED})
+
+def counted(real, creates_only=False):
+    def call(*args, **kwargs):
+        done = real(*args, **kwargs)
+        if not creates_only or args[1] & os.O_CREAT:
+            step()
+        return done
+    return call
+
+for name in ("replace", "rename", "unlink", "remove", "rmdir", "mkdir", "chmod", "fsync"):
+    setattr(os, name, counted(getattr(os, name)))
+os.open = counted(os.open, creates_only=True)
+arm_at = os.environ["ARM_AT"]
+real = getattr(outputs.ResumableOutput, arm_at)
+
+def armed(self, *args, **kwargs):
+    state["armed"] = True
+    if state["limit"] == 0:
+        os._exit({_KILLED})
+    return real(self, *args, **kwargs)
+
+setattr(outputs.ResumableOutput, arm_at, armed)
+# What a run imports on its way, once here rather than in every child (no thread is started by it).
+for module in ("PIL.Image", "pandas", "databricks.sdk", "httpx", "rich.console", "pyarrow.parquet",
+               "clip_client._client", "clip_client._remote.backend", "clip_client._core.images"):
+    importlib.import_module(module)
+command = ["clip-client", *sys.argv[1:]]
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout answers the test; the run writes --out
+        state["limit"] = int(line)
+        sys.argv = command
+        try:
+            main()
+        except SystemExit as exc:
+            os._exit(exc.code if isinstance(exc.code, int) else 1)
+        os._exit(0)
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), flush=True)
+"""
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".parquet", ".jsonl"])
+@pytest.mark.parametrize("resumed", [False, True], ids=["new", "resumed"])
+def test_a_kill_at_any_step_leaves_what_the_same_command_finishes(
+    env: dict[str, str], invoke, server: ServingServer, tmp_path: Path, suffix: str, resumed: bool
+) -> None:  # type: ignore[no-untyped-def]
+    """A new output (3 images), killed at every step of its finish; or a finished one, resumed with
+    one image more, killed at every step from the moment it is opened. The same command then
+    finishes, embedding none of what the output or the parts held, and leaves nothing behind."""
+    paths = _photos_with_a_latin1_name(tmp_path / "photos")
+    out = tmp_path / f"o{suffix}"
+    args = ["images", "photos", "--out", out.name, "--no-cache", "--part-rows", "1"]
+    if resumed:
+        assert invoke(*args).exit_code == 0
+        (new,) = write_pictures(tmp_path / "photos", 1, start=7)
+        paths = sorted([*paths, os.path.join("photos", new.name)])
+    ours = [out.name, *([meta_path(out).name] if suffix != ".parquet" else [])]
+    before = {name: (tmp_path / name).read_bytes() for name in ours if (tmp_path / name).exists()}
+    assert invoke("images", "photos", "--out", f"whole{suffix}", "--no-cache").exit_code == 0
+    whole = read_rows(tmp_path / f"whole{suffix}")
+    finished = sorted({*(p.name for p in tmp_path.iterdir()), *ours})
+
+    runner = subprocess.Popen(
+        [sys.executable, "-c", _KILL_AT_EVERY_STEP, *args], cwd=tmp_path, text=True,
+        env={**env, "ARM_AT": "open" if resumed else "finish"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert runner.stdin is not None
+    assert runner.stdout is not None
+    try:
+        for k in range(100):
+            server.reset()
+            runner.stdin.write(f"{k}\n")
+            runner.stdin.flush()
+            status = int(runner.stdout.readline() or "-1")
+            if status == 0:  # the run went to its end: every step has had its kill
+                break
+            assert status == _KILLED, (k, status)
+            if not resumed:
+                assert len(server.inputs(IMAGE)) == 3  # all embedded before the finish
+            server.reset()
+            result = invoke(*args)
+            assert result.exit_code == 0, (k, result.output)
+            # Nothing the output held, or the killed run finished, is embedded again.
+            assert len(server.inputs(IMAGE)) <= (1 if resumed else 0), k
+            back = read_rows(out)
+            assert back.keys == paths, k
+            np.testing.assert_array_equal(back.embeddings, whole.embeddings)
+            assert sorted(p.name for p in tmp_path.iterdir()) == finished, k  # nothing left behind
+            for name in ours:  # back to the state the run starts from
+                (tmp_path / name).unlink()
+            for name, data in before.items():
+                (tmp_path / name).write_bytes(data)
+    finally:
+        _, err = runner.communicate(timeout=60)
+    assert runner.returncode == 0, err
+    # Every creation, rename, removal... was a kill point.
+    assert k >= (9 if suffix == ".parquet" else 13) + (8 if resumed else 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == finished
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/cli.md's option tables, against the commands
+
+
+def _doc_options() -> set[tuple[str, str]]:
+    """(command, option) of every row of docs/cli.md's option tables (first column "Option"): the
+    commands of its "Commands" column ("every command": all), else those its section's heading names."""
+    import re
+
+    import typer
+
+    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    found: set[tuple[str, str]] = set()
+    section: set[str] = set()
+    header: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = {c for c in re.findall(r"`([a-z-]+)`", line) if c in commands}
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = cells
+            continue
+        if header[0] != "Option" or set(line) <= set("|- "):
+            continue
+        if "Commands" in header:
+            cell = cells[header.index("Commands")]
+            names = commands if cell == "every command" else set(re.findall(r"`([a-z-]+)`", cell))
+            assert names <= commands, (line, names - commands)
+        else:
+            names = section
+        assert names, f"docs/cli.md: no command for the row {line!r}"
+        options = [
+            token
+            for span in re.findall(r"`([^`]*)`", cells[0])
+            for word in span.split()[:1]
+            for token in word.split("/")
+            if token.startswith("-")
+        ]
+        assert options, f"docs/cli.md: no option in the row {line!r}"
+        found |= {(c, o) for c in names for o in options}
+    return found
+
+
+def test_the_docs_option_tables_list_exactly_each_commands_options() -> None:
+    import typer
+
+    real = {
+        (name, option)
+        for name, command in typer.main.get_command(app).commands.items()  # type: ignore[attr-defined]
+        for param in command.params
+        if param.param_type_name == "option"
+        for option in [*param.opts, *param.secondary_opts]
+        if option not in ("--help", "-h")
+    }
+    documented = _doc_options()
+    assert sorted(real - documented) == [], "options of the commands that docs/cli.md does not list"
+    assert sorted(documented - real) == [], "options docs/cli.md lists that the commands do not take"
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    assert "\\|" not in text  # an escaped pipe shows its backslash inside code in the rendered page

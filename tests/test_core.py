@@ -14,6 +14,7 @@ import pytest
 from bad_inputs import BAD_TEXTS
 from PIL import Image
 from pydantic import ValidationError
+from serving_server import InvocationRequest
 
 from clip_client._constants import DEFAULT_EMBEDDING_DIM
 from clip_client._core import wire as _wire
@@ -30,7 +31,7 @@ from clip_client.errors import (
     RateLimitError,
     ResponseFormatError,
 )
-from clip_client.types import InvocationRequest, Settings
+from clip_client.types import Settings
 
 # --------------------------------------------------------------------------------------------------
 # Input checks

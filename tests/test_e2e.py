@@ -583,3 +583,15 @@ def test_one_async_client_works_across_event_loops(server: ServingServer) -> Non
     asyncio.run(client.close())
     np.testing.assert_array_equal(first, text_rows(["a", "b"]))
     np.testing.assert_array_equal(second, text_rows(["c"]))
+
+
+async def test_a_width_change_from_an_endpoint_advises_about_the_endpoint(
+    make: Make, server: ServingServer
+) -> None:
+    """A serving endpoint's user wrote no Backend: a wrong answer's advice is about the endpoint."""
+    server.script = [Reply(answer=True), Reply(200, {"predictions": [[0.5] * 10, [0.5] * 10]})]
+    client = make(batch_size=2, max_concurrency=1, max_retries=0)
+    with pytest.raises(ResponseFormatError, match=r"width changed between requests \(768 then 10\)") as info:
+        await client.embed_texts(["a", "b", "c", "d"])
+    assert "serves a CLIP embedding model" in str(info.value)
+    assert "Backend's embed()" not in str(info.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import pickle
 import struct
 import zlib
 from collections.abc import Callable
@@ -440,6 +441,76 @@ def test_over_max_image_pixels(images: dict[str, Path], server: ServingServer) -
         assert "max_image_pixels" in str(info.value)
         c.embed_image(images["rgb_png"])  # 300x200 = 60,000: fine
     assert len(server.received) == 1
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` bilevel pixels and holds one row of them: enough
+    for its header to open, cheap however large it claims to be."""
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(tag)))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    row = zlib.compress(b"\x00" + bytes((width + 7) // 8))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
+
+
+def test_pillows_own_limit_does_not_second_guess_max_image_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's ``max_image_pixels`` is the one limit: an image over Pillow's own
+    (``PIL.Image.MAX_IMAGE_PIXELS``, refused by ``Image.open`` above twice it) but under the
+    client's is prepared, and Pillow's process-wide global is never changed."""
+    # Over twice Pillow's default limit (2 x 89,478,485): only the header is read when the endpoint
+    # prepares images, so 400 million pixels cost nothing here.
+    default = Image.MAX_IMAGE_PIXELS
+    assert default is not None
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(_png_header_only(20_000, 20_000))
+    server_side = ImageOptions(max_pixels=10**9, preparation="server")
+    assert prepare_image(str(huge), 0, server_side).encoded == huge.read_bytes()
+    assert Image.MAX_IMAGE_PIXELS == default
+    with pytest.raises(ImageDecodeError) as info:
+        prepare_image(str(huge), 3, ImageOptions(preparation="server"))  # the client's default limit
+    assert info.value.setting == "max_image_pixels"
+    assert info.value.suggestion == 400_000_000
+    assert info.value.index == 3
+    assert info.value.path == str(huge)
+    assert "decompression bomb" in str(info.value)
+    assert "max_image_pixels=178,956,970" in str(info.value)
+
+    # Decoded in full, with Pillow's limit lowered below the image (as a caller of Pillow may):
+    # the pixels are prepared exactly as with Pillow's limit out of the way.
+    pixels = picture(64, 48, seed=1)  # 3,072 pixels
+    path = tmp_path / "p.png"
+    Image.fromarray(pixels).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    want = prepare_image(str(path), 0, ImageOptions(want="pixels")).pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow refuses above 2,000 pixels
+    got = prepare_image(str(path), 0, ImageOptions(want="pixels", max_pixels=5000)).pixels
+    assert got is not None
+    assert want is not None
+    np.testing.assert_array_equal(got, want)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # unchanged
+
+    with pytest.raises(ImageDecodeError) as info:
+        prepare_image(str(path), 0, ImageOptions(max_pixels=2000))
+    error = info.value
+    assert error.setting == "max_image_pixels"
+    assert error.suggestion == 3100  # the image's 3,072 pixels, rounded up
+    assert error.path == str(path)
+    assert "64x48" in str(error)
+    assert "raise max_image_pixels if it is genuine (e.g. max_image_pixels=3100)" in str(error)
+    # The fields cross process boundaries (Spark workers) with the error.
+    back = pickle.loads(pickle.dumps(error))
+    assert (back.setting, back.suggestion, back.advice(), str(back)) == (
+        error.setting,
+        error.suggestion,
+        error.advice(),
+        str(error),
+    )
 
 
 def test_bad_batch_after_good_batches_sends_only_the_good_ones(

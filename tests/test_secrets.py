@@ -139,6 +139,67 @@ async def test_token_never_in_tracebacks_or_debug_logs(
     assert secret not in caplog.text
 
 
+async def test_a_response_header_echoing_the_token_is_masked_in_httpcore_debug_logs(
+    make: Make, server: ServingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpcore logs each response's headers at DEBUG (`receive_response_headers.complete
+    return_value=(..., [(b'x-request-id', b'dapi...')])`, on its child logger `httpcore.http11`, as
+    bytes): a server that echoes the token in a header must not put it in those lines."""
+    caplog.set_level(logging.DEBUG)  # the root logger, as `logging.basicConfig(level=DEBUG)`
+    client = make()
+    server.script = [Reply(answer=True, headers={"x-request-id": TOKEN})]
+    await client.embed_texts(["a"])
+
+    headers = [r for r in caplog.records if "receive_response_headers.complete" in r.getMessage()]
+    assert headers, "httpcore logged no response headers: DEBUG was not on"
+    assert all(r.name == "httpcore.http11" for r in headers)
+    assert any("x-request-id" in r.getMessage() for r in headers)  # the line is kept, masked
+    for record in caplog.records:
+        assert TOKEN not in record.getMessage(), record
+        assert TOKEN.split("-")[-1] not in repr(record.args), record
+    assert TOKEN not in caplog.text
+
+
+def test_records_of_any_http_library_logger_are_masked(caplog: pytest.LogCaptureFixture) -> None:
+    """Every logger under httpx, httpcore, databricks.sdk and urllib3 (a child httpcore may add in
+    a later version too), whatever its level and arguments, bytes included; other loggers are
+    left as they are."""
+    from clip_client._core.secrets import redact_library_logs
+
+    redact_library_logs()
+    redact_library_logs()  # once: no second wrapper around the record factory
+    factory = logging.getLogRecordFactory()
+    redact_library_logs()
+    assert logging.getLogRecordFactory() is factory
+    caplog.set_level(logging.DEBUG)
+    register("library-credential-24680")
+    for name in ("httpx", "httpcore.http2", "httpcore.socks", "httpcore.some.future.child", "urllib3"):
+        logging.getLogger(name).debug("headers=%r token=%s", [(b"x-id", b"library-credential-24680")], "x")
+    logging.getLogger("databricks.sdk").warning("< %s", b"dapi0123456789abcdef0123456789abcdef")
+    logging.getLogger("my_app").info("mine: %s", "library-credential-24680")
+    *library, mine = caplog.records
+    assert [r.getMessage() for r in library] == ["headers=[(b'x-id', b'***')] token=x"] * 5 + ["< b'***'"]
+    assert mine.getMessage() == "mine: library-credential-24680"  # not the client's to touch
+    assert mine.args == ("library-credential-24680",)
+
+
+def test_importing_clip_client_leaves_logging_alone() -> None:
+    """The record factory is wrapped by the first client, not at `import clip_client`."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging; before = logging.getLogRecordFactory(); import clip_client; "
+        "assert logging.getLogRecordFactory() is before; "
+        "clip_client.ClipClient(host='https://example.cloud.databricks.com', token='dapi-x-123456789'); "
+        "assert logging.getLogRecordFactory() is not before; print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.stdout.strip() == "ok", done.stderr
+
+
 # -- the same against a mocked workspace (respx) ---------------------------------------------------
 
 

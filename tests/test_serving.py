@@ -329,6 +329,9 @@ def scoring_servers(
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     logs = tmp_path_factory.mktemp("serve-logs")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": f"file://{logs}/mlruns"}
+    # mlflow starts `uvicorn` through the shell: from this interpreter's environment, even when it
+    # was not activated (pytest run as .venv/bin/pytest: uvicorn not on PATH, exit status 127).
+    env["PATH"] = os.pathsep.join([str(mlflow_cli.parent), env.get("PATH", "")])
     started: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
     try:
         for kind, folder in exported.items():

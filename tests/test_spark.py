@@ -378,6 +378,227 @@ def test_text_nulls_and_empty_strings(spark: SparkSession, server: ServingServer
 
 
 # --------------------------------------------------------------------------------------------------
+# Struct columns: Spark's image source, and any other struct
+
+
+def write_image_source_files(folder: Path) -> dict[str, Path]:
+    """PNGs of each mode Spark's image source writes (grey, BGR, BGRA), some larger than the crop,
+    plus a file that is not an image (the source's invalid-image row)."""
+    folder.mkdir()
+    alpha = picture(250, 180, channels=4, seed=23)
+    alpha[:40, :, 3] = 0  # fully transparent rows, and graded alpha below: composited onto white
+    made = {
+        "rgb_small.png": Image.fromarray(picture(60, 45, seed=21), "RGB"),
+        "rgb_large.png": Image.fromarray(picture(300, 240, seed=22), "RGB"),
+        "rgba.png": Image.fromarray(alpha, "RGBA"),
+        "grey.png": Image.fromarray(picture(230, 260, seed=24)[:, :, 0], "L"),
+    }
+    files = {}
+    for name, img in made.items():
+        files[name] = folder / name
+        files[name].write_bytes(encode(img, "PNG"))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    return files
+
+
+def origin_name(origin: str) -> str:
+    return origin.rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize("mode", ["remote", "local"])
+def test_spark_image_source_rows_equal_the_clients_rows_of_the_files(
+    spark: SparkSession, server: ServingServer, tiny: Path, tmp_path: Path, mode: str
+) -> None:
+    """``spark.read.format("image")`` gives a struct of BGR(A) bytes in OpenCV order: each row is
+    embedded as the pixels it describes, equal to ``embed_images`` of the file itself (grey, RGB,
+    RGBA with its alpha composited as the client composites the file's); the source's row for a
+    file it could not decode is a bad row naming the file (its ``origin``)."""
+    files = write_image_source_files(tmp_path / "photos")
+    images = spark.read.format("image").load(str(tmp_path / "photos"))
+    options: dict[str, Any] = (
+        opts(server, timeout=45) if mode == "remote" else {"local": True, "model": str(tiny), "timeout": 45}
+    )
+    out = cs.embed_table(images, "image", "image", error_column="why", **options)
+    rows = {origin_name(r["image"]["origin"]): (r["embedding"], r["why"]) for r in out.collect()}
+    assert sorted(rows) == sorted([*files, "broken.png"])
+    names = sorted(files)
+    client = ClipClient(**opts(server)) if mode == "remote" else ClipClient.local(str(tiny))
+    with client:
+        want = client.embed_images([files[n] for n in names])
+    assert all(rows[n][1] is None for n in names), {n: rows[n][1] for n in names}
+    got = matrix([rows[n][0] for n in names])
+    if mode == "remote":
+        assert np.array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    embedding, why = rows["broken.png"]
+    assert embedding is None
+    assert why.startswith("ImageDecodeError: "), why
+    assert "broken.png" in why, why
+    assert "no pixels" in why, why
+
+
+def image_struct_frame(spark: SparkSession, tmp_path: Path) -> tuple[DataFrame, bytes]:
+    """Rows of the image source's schema built by hand: a good BGR image, a null struct, a struct
+    whose data is one byte short, and one whose mode is no 8-bit OpenCV type. Returns the frame
+    and the PNG of the good image's RGB pixels."""
+    from pyspark.sql.types import BinaryType as Bin
+
+    rgb = picture(40, 30, seed=31)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1]).tobytes()
+    schema = StructType(
+        [
+            StructField("id", IntegerType()),
+            StructField(
+                "image",
+                StructType(
+                    [
+                        StructField("origin", StringType()),
+                        StructField("height", IntegerType()),
+                        StructField("width", IntegerType()),
+                        StructField("nChannels", IntegerType()),
+                        StructField("mode", IntegerType()),
+                        StructField("data", Bin()),
+                    ]
+                ),
+            ),
+        ]
+    )
+    rows = [
+        (0, ("file:/x/good.png", 30, 40, 3, 16, bgr)),
+        (1, None),
+        (2, ("file:/x/short.png", 30, 40, 3, 16, bgr[:-1])),
+        (3, ("file:/x/odd.png", 30, 40, 3, 21, bgr)),
+    ]
+    return spark.createDataFrame(rows, schema).coalesce(1), encode(Image.fromarray(rgb), "PNG")
+
+
+def test_bad_image_structs_are_bad_rows_named_by_partition_row_and_origin(
+    spark: SparkSession, server: ServingServer, tmp_path: Path
+) -> None:
+    df, good = image_struct_frame(spark, tmp_path)
+    options = opts(server, timeout=46)
+    out = collect(cs.embed_table(df, "image", "image", error_column="why", **options), "embedding", "why")
+    with ClipClient(**options) as client:
+        want = client.embed_images([good])
+    assert np.array_equal(matrix([out[0][0]]), want), out[0][1]
+    assert out[0][1] is None
+    for i, says in ((1, "the image struct is null"), (2, "holds 3,599 bytes"), (3, "mode 21")):
+        assert out[i][0] is None
+        assert out[i][1].startswith("ImageDecodeError: "), out[i][1]
+        assert says in out[i][1], out[i][1]
+    assert "'file:/x/short.png'" in out[2][1]
+
+    udf = cs.image_embedding_udf(**options)
+    with pytest.raises(Exception) as caught:
+        df.where("id <> 1").withColumn("e", udf("image")).collect()
+    line = error_line(str(caught.value))
+    assert "ImageDecodeError: Spark partition 0, row 1 (counted from 0 within the partition)" in line, line
+    assert "path 'file:/x/short.png'" in line, line
+    assert "holds 3,599 bytes" in line, line
+
+
+def error_line(message: str) -> str:
+    """The first line of our error in a failed job's message (after ``...Error: ``)."""
+    found = re.search(r"^\S*(?:InvalidInputError|ImageDecodeError): .*$", message, re.MULTILINE)
+    assert found is not None, message
+    return found.group(0)
+
+
+def test_other_struct_columns_are_bad_rows_and_refused_before_any_job(
+    spark: SparkSession, server: ServingServer
+) -> None:
+    """A struct that is not the image source's (``named_struct('text', t)``): each row is a bad row
+    with a reason under ``on_error="null"``, a typed error naming partition and row otherwise, and
+    ``embed_table`` refuses the column on the driver."""
+    df = text_frame(spark, ["a dog", None, "a cat"], partitions=1).selectExpr(
+        "id", "named_struct('text', text) AS s", "named_struct('content', cast(text AS binary)) AS b"
+    )
+    options = opts(server, timeout=47)
+    for kind, column in (("text", "s"), ("image", "s"), ("image", "b")):
+        maker = cs.text_embedding_udf if kind == "text" else cs.image_embedding_udf
+        tolerant = maker(on_error="null", error_column=True, **options)
+        out = collect(df.withColumn("e", tolerant(column)), "e")
+        for (e,) in out:
+            assert e["embedding"] is None
+            assert e["error"].startswith("InvalidInputError: a struct<"), e["error"]
+            assert "not a" in e["error"]
+            assert "col('s.text')" in e["error"], e["error"]
+        with pytest.raises(Exception) as caught:
+            df.withColumn("e", maker(**options)(column)).collect()
+        line = error_line(str(caught.value))
+        assert "InvalidInputError: Spark partition 0, row 0 (counted from 0 within the partition)" in line
+        assert "struct<" in line, line
+    assert server.posts() == 0
+    with pytest.raises(TypeError, match=r"'s' is struct<text:string>; text embeddings need a string column"):
+        cs.embed_table(df, "s", "text")
+    with pytest.raises(TypeError, match=r"'s' is struct<text:string>; image columns are binary"):
+        cs.embed_table(df, "s", "image")
+    with pytest.raises(TypeError, match=r"df\['b'\]\['content'\]"):
+        cs.embed_table(df, "b", "image")
+    images = spark.read.format("image").load(str(Path(__file__).parent))  # only its schema is used
+    with pytest.raises(TypeError, match='is Spark\'s image struct; use image_column="auto"'):
+        cs.embed_table(images, "image", "image", image_column="binary")
+    assert "embedding" in cs.embed_table(images, "image", "image").columns
+
+
+# --------------------------------------------------------------------------------------------------
+# One evaluation per row, whatever the plan does with the column
+
+
+def test_a_filter_or_a_join_on_the_output_sends_each_row_once(
+    spark: SparkSession, server: ServingServer, tmp_path: Path
+) -> None:
+    """The UDFs are non-deterministic, so Catalyst neither copies them into a pushed-down filter nor
+    duplicates them across a join: one record per row at the endpoint."""
+    values = texts(400)
+    df = text_frame(spark, values, partitions=2)
+    options = opts(server, timeout=48, batch_size=16)
+    out = cs.embed_table(df, "text", "text", error_column="why", **options)
+    out.where("why IS NULL").write.parquet(str(tmp_path / "filtered"))
+    assert sorted(server.inputs(TEXT)) == sorted(values)
+    written = spark.read.parquet(str(tmp_path / "filtered"))
+    assert written.count() == 400
+
+    server.reset()
+    labels = spark.createDataFrame([(i, f"label {i % 7}") for i in range(400)], "id int, label string")
+    joined = out.join(labels, "id").where("why IS NULL AND label <> 'label 3'").select("id", "embedding")
+    rows = collect(joined, "embedding")
+    assert sorted(server.inputs(TEXT)) == sorted(values)
+    with ClipClient(**options) as client:
+        want = client.embed_texts([v for i, v in enumerate(values) if i % 7 != 3])
+    assert np.array_equal(matrix([r[0] for r in rows]), want)
+
+
+def test_the_first_line_of_a_bad_rows_error_names_partition_row_and_reason(
+    spark: SparkSession, server: ServingServer
+) -> None:
+    """A viewer that keeps only the first line of the worker's error (or cuts it short, as Spark
+    Connect's ``str()`` does) still sees the partition, the row and the reason: a server's
+    multi-line message is put on that one line, and no cause's traceback comes before it."""
+
+    def refuse_with_traceback(kind: str, inputs: list[str]) -> list[list[float]]:
+        if any("POISON" in x for x in inputs):
+            raise ValueError(
+                'Traceback (most recent call last):\n  File "model.py", line 3, in predict\n'
+                "ValueError: cannot embed a poisoned caption"
+            )
+        return answer_rows(None, DIM, kind, inputs)
+
+    server.model = refuse_with_traceback
+    df = text_frame(spark, ["a dog", None, "a cat", "POISON pill", "a cow"], partitions=1)
+    with pytest.raises(Exception) as caught:
+        df.withColumn("e", cs.text_embedding_udf(**opts(server, timeout=49))("text")).collect()
+    message = str(caught.value)
+    line = error_line(message)
+    assert "Spark partition 0, row 3" in line, line
+    assert "cannot embed a poisoned caption" in line, line
+    assert "BadRequestError" in line, line
+    assert "The above exception was the direct cause" not in message
+    assert TOKEN not in message
+
+
+# --------------------------------------------------------------------------------------------------
 # Local mode
 
 
@@ -744,6 +965,12 @@ images = spark.read.format("binaryFile").load(sys.argv[3])
 udf = image_embedding_udf(**options)
 rows = images.select("path", udf("content").alias("embedding")).orderBy("path").collect()
 np.save(sys.argv[2], np.asarray([r["embedding"] for r in rows], dtype=np.float32))
+good = os.path.join(sys.argv[3], sorted(os.listdir(sys.argv[3]))[0])
+bad = spark.createDataFrame([(0, good), (1, sys.argv[4])], "id int, p string").coalesce(1)
+try:
+    bad.select(image_embedding_udf(image_column="path", **options)("p")).collect()
+except Exception as exc:
+    open(sys.argv[5], "w", encoding="utf-8").write(str(exc))
 spark.stop()
 """
 
@@ -752,7 +979,8 @@ def test_the_udfs_run_under_spark_connect(server: ServingServer, image_dir: Path
     """Under Spark Connect (what Databricks serverless, shared clusters and Databricks Connect
     run): a local Spark Connect server (``SparkSession.builder.remote("local[2]")``, in a process
     of its own, since this one holds a classic session) runs ``embed_table`` on texts and the image
-    UDF on a ``binaryFile`` table; both equal ``ClipClient``'s rows."""
+    UDF on a ``binaryFile`` table; both equal ``ClipClient``'s rows. A bad row's failed job shows,
+    in ``str()`` of the client's exception, our error line with the partition, row and reason."""
     pytest.importorskip("grpc")  # pyspark[connect]
     import json
     import subprocess
@@ -771,7 +999,8 @@ def test_the_udfs_run_under_spark_connect(server: ServingServer, image_dir: Path
         "CLIP_TEST_TEXTS": json.dumps(values),
     }
     done = subprocess.run(
-        [sys.executable, "-c", _CONNECT_SCRIPT, tmp_path / "t.npy", tmp_path / "i.npy", folder],
+        [sys.executable, "-c", _CONNECT_SCRIPT, tmp_path / "t.npy", tmp_path / "i.npy", folder,
+         tmp_path / "gone.png", tmp_path / "error.txt"],
         capture_output=True, text=True, timeout=600, env=env, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
@@ -781,3 +1010,7 @@ def test_the_udfs_run_under_spark_connect(server: ServingServer, image_dir: Path
         want_images = client.embed_images(sorted(folder.iterdir()))
     np.testing.assert_array_equal(np.load(tmp_path / "t.npy"), want_texts)
     np.testing.assert_array_equal(np.load(tmp_path / "i.npy"), want_images)
+    line = error_line((tmp_path / "error.txt").read_text(encoding="utf-8"))
+    assert "InvalidInputError: Spark partition 0, row 1 (counted from 0 within the partition)" in line, line
+    assert "gone.png" in line, line
+    assert "no such file" in line, line

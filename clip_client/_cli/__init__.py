@@ -3,7 +3,9 @@
 `app` wires the typer app, its exit statuses and `main`; `options` declares the options the commands
 share and builds the client from them; `errors` renders errors; one module per group of verbs
 (`embed`: texts, images; `search`: search, dedupe, classify; `serving`: status, deploy,
-export-model); `outputs` holds the files the commands write and read, and how a run resumes.
+export-model); `outputs` holds the files the commands write and read, the runs that write them
+(resume, failures) and the model a file records; `interrupts` says what Ctrl-C does once an output
+is complete.
 """
 
 from __future__ import annotations

@@ -2,34 +2,32 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from .._version import __version__
 
-if TYPE_CHECKING:
-    pass
-
-
 __all__ = ["EXIT_FAILED_INPUTS", "EXIT_INTERRUPTED", "app", "main"]
 
-#: Exit statuses (also in ``--help`` and docs/cli.md). 2 is click's, for a usage error.
+# Exit statuses (also in `--help` and docs/cli.md). 2 is click's, for a usage error.
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_FAILED_INPUTS = 3
 EXIT_INTERRUPTED = 130
-#: stdout closed by its reader (``clip-client ... | head``): 128 + SIGPIPE, what a shell reports for a
-#: program that SIGPIPE ended; nothing is printed.
 EXIT_BROKEN_PIPE = 141
+"""stdout closed by its reader (`clip-client ... | head`): 128 + SIGPIPE, what a shell reports for a
+program that SIGPIPE ended; nothing is printed.
+"""
 
-#: What ``images DIR`` picks up when no ``--glob`` is given (case-insensitive).
 IMAGE_GLOBS = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.tif", "*.tiff", "*.webp")
+"""What `images DIR` picks up when no `--glob` is given (case-insensitive)."""
 
 _EPILOG = (
     "Exit status: 0 done; 1 error (one line on stderr; --verbose shows the details); 2 usage error; "
-    "3 finished, but some inputs failed (listed on stderr); 130 interrupted (rerun to resume); "
+    "3 finished, but some inputs failed (listed on stderr); 130 interrupted before the output was "
+    "complete (rerun to resume); "
     "141 stdout closed early (| head), quietly. "
     "Credentials come from DATABRICKS_HOST/DATABRICKS_TOKEN (or OAuth variables) or a "
     "~/.databrickscfg profile, never from a flag. Docs: docs/cli.md."
@@ -51,7 +49,7 @@ app = typer.Typer(
 
 
 def flag(*names: str, **options: Any) -> Any:
-    """``typer.Option`` for an on/off flag: its help shows no ``<bool>`` value placeholder."""
+    """`typer.Option` for an on/off flag: its help shows no `<bool>` value placeholder."""
     return typer.Option(*names, metavar="", **options)
 
 
@@ -74,5 +72,5 @@ def _main(
 
 
 def main() -> None:
-    """The ``clip-client`` console script."""
+    """The `clip-client` console script."""
     app(prog_name="clip-client")

@@ -7,51 +7,25 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from .. import _constants as C
-from ..errors import InvalidInputError
 from .app import EXIT_FAILED_INPUTS, EXIT_OK, IMAGE_GLOBS, app, flag
-from .errors import handled, one_line, say_error
-from .options import (
-    BatchSizeOpt,
-    CacheOpt,
-    Common,
-    ConcurrencyOpt,
-    DeviceOpt,
-    HostOpt,
-    ImageEndpointOpt,
-    ImagePreparationOpt,
-    LocalOpt,
-    MaxImagePixelsOpt,
-    ModelOpt,
-    NoCacheOpt,
-    NormalizeOpt,
-    OutOpt,
-    ProfileOpt,
-    TextEndpointOpt,
-    VerboseOpt,
-    show_progress,
-)
+from .errors import handled, say_error
+from .interrupts import finishing
+from .options import Common, NormalizeOpt, OutOpt, shared_options, show_progress
 from .outputs import (
     DEFAULT_PART_ROWS,
     OutputError,
     OutputMeta,
-    ResumableOutput,
+    ResumableImageRun,
     Rows,
-    file_stamp,
-    jsonl_line,
-    output_format,
+    check_writable,
+    stream_images,
     write_jsonl,
     write_rows,
 )
-
-if TYPE_CHECKING:
-    from .._client import ClipClient
-    from ..types import EmbeddingFailure
-
 
 # --------------------------------------------------------------------------------------------------
 # texts
@@ -59,7 +33,7 @@ if TYPE_CHECKING:
 
 def _read_texts(source: Path, column: str | None) -> tuple[list[int], list[str]]:
     """(ids, texts) from a .txt file (one text per line; blank lines skipped, ids are 0-based line
-    numbers), a .csv file (``column``; ids are 0-based data rows) or ``-`` (stdin, as .txt)."""
+    numbers), a .csv file (`column`; ids are 0-based data rows) or `-` (stdin, as .txt)."""
     if str(source) == "-":
         lines = sys.stdin.read().splitlines()
         return _lines(lines)
@@ -103,6 +77,7 @@ def _lines(lines: Sequence[str]) -> tuple[list[int], list[str]]:
 
 @app.command()
 @handled
+@shared_options("model", "workspace", "tuning")
 def texts(
     text: Annotated[list[str] | None, typer.Argument(help="Texts to embed.", show_default=False)] = None,
     source: Annotated[
@@ -118,18 +93,8 @@ def texts(
     ] = None,
     out: OutOpt = None,
     normalize: NormalizeOpt = False,
-    local: LocalOpt = False,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    profile: ProfileOpt = None,
-    host: HostOpt = None,
-    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
-    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
-    batch_size: BatchSizeOpt = None,
-    max_concurrency: ConcurrencyOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> int:
     """Embed texts: given as arguments, or --from a .txt/.csv file.
 
@@ -138,10 +103,6 @@ def texts(
 
     Example: clip-client texts "a red car" "a dog" --out captions.parquet
     """
-    common = Common(
-        local, model, device, profile, host, text_endpoint, image_endpoint,
-        batch_size, max_concurrency, cache, no_cache,
-    )  # fmt: skip
     if text and source is not None:
         raise typer.BadParameter("give texts as arguments or --from FILE, not both", param_hint="--from")
     if not text and source is None:
@@ -154,13 +115,22 @@ def texts(
         items = list(text or [])
         ids = list(range(len(items)))
     if out is not None:
-        output_format(out)  # a wrong extension fails before any request
+        check_writable(out)  # before the model is loaded or a text sent
     with common.client(normalize=normalize) as client:
         meta = OutputMeta.of(client, "text", normalize=normalize)
         vectors = client.embed_texts(items, progress=show_progress())
     rows = Rows(ids, vectors, items, meta)
-    _write(out, rows)
+    with finishing() as window:
+        _write(out, rows)
+    if window.interrupted:
+        say_complete(out)
     return EXIT_OK
+
+
+def say_complete(out: Path | None) -> None:
+    """The note of a Ctrl-C that came once the output was being finished (`finishing`)."""
+    what = f"{out} is written whole" if out is not None else "every row is on stdout"
+    say_error(f"clip-client: interrupted after the output was complete: {what}; nothing to rerun")
 
 
 def _write(out: Path | None, rows: Rows) -> None:
@@ -179,14 +149,14 @@ def _write(out: Path | None, rows: Rows) -> None:
 
 def gather_images(paths: Sequence[Path], *, recursive: bool, globs: Sequence[str]) -> list[str]:
     """The image paths of the arguments, each once: a file as given (in the order given); a folder's
-    entries that match ``globs`` (default :data:`IMAGE_GLOBS`, case-insensitive), sorted, from its
-    subfolders too with ``recursive``. Paths are normalised (``os.path.normpath``: ``photos/`` and
-    ``photos`` agree) but not made absolute. A path that does not exist, and a folder entry that is
+    entries that match `globs` (default `IMAGE_GLOBS`, case-insensitive), sorted, from its
+    subfolders too with `recursive`. Paths are normalised (`os.path.normpath`: `photos/` and
+    `photos` agree) but not made absolute. A path that does not exist, and a folder entry that is
     not a readable file (a dangling symlink...), is kept: it fails (and is reported) like any
     unreadable image.
 
     Raises:
-        OutputError: a folder argument holds nothing that matches ``globs``.
+        OutputError: a folder argument holds nothing that matches `globs`.
     """
     patterns = [g.lower() for g in (globs or IMAGE_GLOBS)]
     found: list[str] = []
@@ -219,13 +189,6 @@ def gather_images(paths: Sequence[Path], *, recursive: bool, globs: Sequence[str
     return unique
 
 
-def failure_reason(failure: EmbeddingFailure) -> str:
-    exc = failure.error
-    if isinstance(exc, InvalidInputError):
-        return " ".join(exc.reason.split())
-    return one_line(exc)
-
-
 def report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
     say_error(f"clip-client: {len(failed)} of {total} image(s) could not be embedded:")
     for path, reason in failed:
@@ -234,6 +197,7 @@ def report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
 
 @app.command()
 @handled
+@shared_options("model", "workspace", "tuning", "images")
 def images(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
     out: OutOpt = None,
@@ -258,20 +222,8 @@ def images(
         typer.Option("--part-rows", min=1, help="Rows per part file while a run is in progress."),
     ] = DEFAULT_PART_ROWS,
     normalize: NormalizeOpt = False,
-    local: LocalOpt = False,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    profile: ProfileOpt = None,
-    host: HostOpt = None,
-    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
-    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
-    batch_size: BatchSizeOpt = None,
-    max_concurrency: ConcurrencyOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    image_preparation: ImagePreparationOpt = None,
-    max_image_pixels: MaxImagePixelsOpt = None,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> int:
     """Embed images: files, or the images in folders (sorted; --recursive for subfolders).
 
@@ -285,87 +237,62 @@ def images(
 
     Example: clip-client images photos/ --recursive --out photos.parquet
     """
-    common = Common(
-        local, model, device, profile, host, text_endpoint, image_endpoint,
-        batch_size, max_concurrency, cache, no_cache, image_preparation, max_image_pixels,
-    )  # fmt: skip
-    if out is not None:
-        output_format(out)  # a wrong extension fails before anything else
     inputs = gather_images(paths, recursive=recursive, globs=glob or ())
     if not inputs:
         raise OutputError(
             f"no images found in {', '.join(map(str, paths))} (patterns: {', '.join(glob or IMAGE_GLOBS)})"
         )
+    if out is not None:
+        check_writable(out)  # before the model is loaded or an image sent
     with common.client(normalize=normalize) as client:
-        meta = OutputMeta.of(client, "image", normalize=normalize)
         if out is None:
-            return _images_to_stdout(client, inputs, strict=strict)
-        store = ResumableOutput(out, meta, part_rows=part_rows)
-        store.open(overwrite=overwrite)
-        # Each file's size and mtime before it is read: a file edited after this is re-embedded next time.
-        stamps = [file_stamp(p) for p in inputs]
-        todo_at, changed = store.plan(inputs, stamps)
-        todo = [inputs[i] for i in todo_at]
-        if store.resumed:
-            again = f"; {changed} changed since (size or mtime) and embedded again" if changed else ""
+            failed = stream_images(client, inputs, sys.stdout, strict=strict, progress=show_progress())
+            with finishing() as window:
+                status = _failures(failed, len(inputs))
+            if window.interrupted:
+                say_complete(None)
+            return status
+        run = ResumableImageRun(
+            client, out, inputs, normalize=normalize, part_rows=part_rows, overwrite=overwrite
+        )
+        if run.resumed:
+            again = f"; {run.changed} changed since (size or mtime) and embedded again" if run.changed else ""
             say_error(
-                f"clip-client: resuming: {len(inputs) - len(todo)} of {len(inputs)} image(s) already "
-                f"done{again}"
+                f"clip-client: resuming: {run.already_done} of {len(inputs)} image(s) already done{again}"
             )
-        failed: list[tuple[str, str]] = []
         try:
-            with client.iter_embed_images(todo, on_error="mark", progress=show_progress()) as stream:
-                for index, vector in stream:
-                    if len(stream.failures) > len(failed):
-                        failed.append((todo[index], failure_reason(stream.failures[-1])))
-                        if strict:
-                            raise InvalidInputError(failed[-1][1], path=todo[index])
-                        continue
-                    store.add(todo[index], vector, stamps[todo_at[index]])
+            run.embed(strict=strict, progress=show_progress())
         except BaseException:
-            store.flush()  # what is finished is kept, whatever stopped the run
-            if store.parts.is_dir():
+            if run.kept:
                 say_error(
-                    f"clip-client: {len(store.done)} finished row(s) kept in {store.parts}; rerun to resume"
+                    f"clip-client: {run.kept} finished row(s) kept in {run.store.parts}; rerun to resume"
                 )
             raise
-        from_cache = client.stats.cache_hits
-    stale = [p for p in todo if p in store.done and p in dict(failed)]
-    for path in stale:  # a changed file that now fails keeps no stale row
-        del store.done[path]
-    left = len(set(store.done) - set(inputs))
-    try:
-        rows = store.finish(inputs)
-    except BaseException:
-        if failed:  # the failures are said whatever stops the output
-            report_failures(failed, len(inputs))
-        raise
-    if left:
+    with finishing() as window:
+        try:
+            done = run.finish()
+        except BaseException:
+            if run.failed:  # the failures are said whatever stops the output
+                report_failures(run.failed, len(inputs))
+            raise
+        if done.left_out:
+            say_error(
+                f"clip-client: {done.left_out} row(s) of the earlier output are not among this run's "
+                "inputs: left out"
+            )
         say_error(
-            f"clip-client: {left} row(s) of the earlier output are not among this run's inputs: left out"
+            f"clip-client: wrote {len(done.rows)} rows to {out} ({done.embedded} embedded, "
+            f"{done.from_cache} of them from the cache)"
         )
-    say_error(
-        f"clip-client: wrote {len(rows)} rows to {out} ({len(todo) - len(failed)} embedded, "
-        f"{from_cache} of them from the cache)"
-    )
-    if failed:
-        report_failures(failed, len(inputs))
-        return EXIT_FAILED_INPUTS
-    return EXIT_OK
+        status = _failures(done.failed, len(inputs))
+    if window.interrupted:
+        say_complete(out)
+    return status
 
 
-def _images_to_stdout(client: ClipClient, inputs: list[str], *, strict: bool) -> int:
-    failed: list[tuple[str, str]] = []
-    with client.iter_embed_images(inputs, on_error="mark", progress=show_progress()) as stream:
-        for index, vector in stream:
-            if len(stream.failures) > len(failed):
-                failed.append((inputs[index], failure_reason(stream.failures[-1])))
-                if strict:
-                    raise InvalidInputError(failed[-1][1], path=inputs[index])
-                continue
-            sys.stdout.write(jsonl_line("path", inputs[index], None, vector))
-    sys.stdout.flush()
+def _failures(failed: Sequence[tuple[str, str]], total: int) -> int:
+    """List the inputs that failed, if any: the exit status of a run that finished."""
     if failed:
-        report_failures(failed, len(inputs))
+        report_failures(failed, total)
         return EXIT_FAILED_INPUTS
     return EXIT_OK

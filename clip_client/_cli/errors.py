@@ -9,18 +9,14 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 
 from .. import _constants as C
 from .._core.secrets import RedactingFilter, redact
-from ..errors import ClipClientError
+from ..errors import ClipClientError, SettingValue, python_spelling
 from .app import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED
-
-if TYPE_CHECKING:
-    pass
-
 
 # --------------------------------------------------------------------------------------------------
 # Errors: one line, or the details with --verbose
@@ -28,36 +24,48 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-#: How the library's advice, written for Python callers, reads on the command line.
-_CLI_SPELLING = (
-    ("image_preparation='server'", "--image-preparation server"),
-    ('image_preparation="server"', "--image-preparation server"),
-    # --max-image-pixels raises Pillow's limit too (see _raise_pillow_limit).
-    ("raise max_image_pixels and PIL.Image.MAX_IMAGE_PIXELS", "raise --max-image-pixels"),
-    ("raise max_image_pixels", "raise --max-image-pixels"),
-    ("max_image_pixels=", "--max-image-pixels "),
-    ("device='cpu'", "--device cpu"),
-    ('device="cpu"', "--device cpu"),
-    ("device=", "--device "),
-    ("text_endpoint= / image_endpoint=", "--text-endpoint / --image-endpoint"),
-    ("text_endpoint=", "--text-endpoint "),
-    ("image_endpoint=", "--image-endpoint "),
-)
+# --------------------------------------------------------------------------------------------------
+# Advice in the command's words: errors name the client setting to change (`ClipClientError.setting`,
+# and the settings their advice names); this table says which option sets each.
+
+FLAGS: dict[str, str] = {
+    "batch_size": "--batch-size",
+    "cache": "--cache",
+    "device": "--device",
+    "host": "--host",
+    "image_endpoint": "--image-endpoint",
+    "image_preparation": "--image-preparation",
+    "max_concurrency": "--max-concurrency",
+    "max_image_pixels": "--max-image-pixels",
+    "model": "--model",
+    "profile": "--profile",
+    "text_endpoint": "--text-endpoint",
+}
+"""Each client setting that an option of this command sets, and that option."""
 
 
-def cli_advice(text: str) -> str:
-    """``text`` with the client's keyword arguments named as this command's options."""
-    for python, option in _CLI_SPELLING:
-        text = text.replace(python, option)
-    return text
+def flag_spelling(setting: str, value: SettingValue | None = None, *, keyword: bool = False) -> str:
+    """A setting as this command takes it: `--max-image-pixels`, `--device cpu`. A setting that no
+    option sets (`max_request_bytes`...) keeps its Python name."""
+    flag = FLAGS.get(setting)
+    if flag is None:
+        return python_spelling(setting, value, keyword=keyword)
+    return flag if value is None else f"{flag} {value}"
+
+
+def in_cli_words(exc: BaseException, text: str | None = None) -> str:
+    """`text` (by default `str(exc)`), with the advice of a `ClipClientError` naming options."""
+    if isinstance(exc, ClipClientError):
+        return exc.render(flag_spelling, text)
+    return str(exc) if text is None else text
 
 
 def say_error(text: str) -> None:
-    typer.echo(redact(cli_advice(text)), err=True)
+    typer.echo(redact(text), err=True)
 
 
 def _quiet_broken_pipe() -> None:
-    """stdout's reader is gone (``| head``): point stdout at /dev/null, so that the interpreter's
+    """stdout's reader is gone (`| head`): point stdout at /dev/null, so that the interpreter's
     last flush at exit finds nothing to complain about."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -65,7 +73,7 @@ def _quiet_broken_pipe() -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = " ".join(in_cli_words(exc).split()) or type(exc).__name__
     if not isinstance(exc, (ClipClientError, OSError)):
         text = f"{type(exc).__name__}: {text}"
     return text
@@ -73,8 +81,8 @@ def one_line(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _logging_for_the_command(verbose: bool) -> Iterator[None]:
-    """:func:`_configure_logging` for one command, then the loggers as they were: a command run
-    in-process (``app([...])`` from a notebook or a test) leaves the process's logging untouched."""
+    """`_configure_logging` for one command, then the loggers as they were: a command run
+    in-process (`app([...])` from a notebook or a test) leaves the process's logging untouched."""
     saved = [
         (logger, logger.level, list(logger.handlers))
         for logger in (logging.getLogger(name) for name in (C.LOGGER_NAME, "databricks.sdk"))
@@ -90,7 +98,7 @@ def _logging_for_the_command(verbose: bool) -> Iterator[None]:
 
 def _configure_logging(verbose: bool) -> None:
     """Log lines on stderr, redacted: clip_client's warnings (a cache it cannot use...), and with
-    ``--verbose`` everything clip_client and databricks-sdk log. Without it, databricks-sdk's own
+    `--verbose` everything clip_client and databricks-sdk log. Without it, databricks-sdk's own
     warnings (a workspace without host metadata) stay quiet: they are not the user's to act on."""
     for name, level in ((C.LOGGER_NAME, logging.WARNING), ("databricks.sdk", logging.ERROR)):
         logger = logging.getLogger(name)
@@ -105,7 +113,7 @@ def _configure_logging(verbose: bool) -> None:
 
 def handled(fn: F) -> F:
     """Run a command: its return value is the exit status; an error prints one line (the traceback
-    too with ``--verbose``) and exits 1; Ctrl-C exits 130; a closed stdout (``| head``) exits 141
+    too with `--verbose`) and exits 1; Ctrl-C exits 130; a closed stdout (`| head`) exits 141
     without a word."""
 
     @functools.wraps(fn)

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, cast
 
 import typer
 
 from .. import _constants as C
-from ..errors import ClipClientError
+from ..errors import ClipClientError, ConfigurationError
 from .app import flag
-from .errors import cli_advice
+from .errors import FLAGS, flag_spelling
 
 if TYPE_CHECKING:
     from .._client import ClipClient
@@ -142,6 +146,20 @@ NormalizeOpt = Annotated[
     bool,
     flag("--normalize/--no-normalize", help="L2-normalise every embedding (stored in the file's settings)."),
 ]
+
+
+def _output_format(value: Path | None) -> Path | None:
+    """`--out`'s extension names a format, or the command line is wrong (a usage error, status 2)."""
+    if value is not None:
+        from .outputs import OutputError, output_format
+
+        try:
+            output_format(value)
+        except OutputError as exc:
+            raise typer.BadParameter(str(exc).removeprefix("--out ")) from None
+    return value
+
+
 OutOpt = Annotated[
     Path | None,
     typer.Option(
@@ -151,14 +169,101 @@ OutOpt = Annotated[
         "(default: JSON Lines on stdout).",
         show_default=False,
         dir_okay=False,
+        callback=_output_format,
     ),
 ]
 JsonOpt = Annotated[bool, flag("--json", help="JSON Lines instead of a table.")]
 
 
+# The options that several commands share, by group, each declared once above: a command takes
+# the groups it needs (`shared_options`). A default is the `Common` field's.
+_SHARED: dict[str, dict[str, Any]] = {
+    "model": {"local": LocalOpt, "model": ModelOpt, "device": DeviceOpt},
+    "workspace": {
+        "profile": ProfileOpt,
+        "host": HostOpt,
+        "text_endpoint": TextEndpointOpt,
+        "image_endpoint": ImageEndpointOpt,
+    },
+    "tuning": {
+        "batch_size": BatchSizeOpt,
+        "max_concurrency": ConcurrencyOpt,
+        "cache": CacheOpt,
+        "no_cache": NoCacheOpt,
+    },
+    "images": {"image_preparation": ImagePreparationOpt, "max_image_pixels": MaxImagePixelsOpt},
+}
+Group = Literal["model", "workspace", "tuning", "images"]
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def shared_options(*groups: Group) -> Callable[[Command], Command]:
+    """Give a command the shared options of `groups` (after its own, in the order of `_SHARED`),
+    and `--verbose`; the command receives them as one `common: Common`, built by keyword (when
+    it has a `common` parameter). `--verbose` is read by `handled`, which goes above this.
+
+    ```python
+    @app.command()
+    @handled
+    @shared_options("model", "workspace")
+    def status(common: Common) -> int: ...
+    ```
+    """
+    names = {name: alias for group in groups for name, alias in _SHARED[group].items()}
+    defaults = {f.name: f.default for f in dataclasses.fields(Common)}
+
+    def add(command: Command) -> Command:
+        signature = inspect.signature(command, eval_str=True)
+        wants_common = "common" in signature.parameters
+        own = [p for p in signature.parameters.values() if p.name != "common"]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=alias, default=defaults[name])
+            for name, alias in names.items()
+        ]
+        added.append(
+            inspect.Parameter("verbose", inspect.Parameter.KEYWORD_ONLY, annotation=VerboseOpt, default=False)
+        )
+        # typer hands the click context to a parameter of this type: which options were given.
+        added.append(inspect.Parameter(_CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
+        @functools.wraps(command)
+        def run(**kwargs: Any) -> Any:
+            kwargs.pop("verbose", None)
+            ctx: typer.Context = kwargs.pop(_CONTEXT)
+            values = {name: kwargs.pop(name) for name in names}
+            if wants_common:
+                kwargs["common"] = Common(**values, given=_given(ctx, names))
+            return command(**kwargs)
+
+        parameters = [*own, *added]
+        # What typer reads: the command's own parameters, then the shared ones (evaluated annotations).
+        cast(Any, run).__signature__ = signature.replace(parameters=parameters)
+        run.__annotations__ = {p.name: p.annotation for p in parameters}
+        return cast(Command, run)
+
+    return add
+
+
+_CONTEXT = "_clip_client_context"
+_SET_BY_USER = frozenset({"COMMANDLINE", "ENVIRONMENT", "PROMPT"})
+"""How an option got its value when the user set it (click's ParameterSource names), not a default."""
+
+
+def _given(ctx: typer.Context, names: Iterable[str]) -> frozenset[str]:
+    """Which of `names` the command line (or an environment variable) set, rather than a default."""
+    return frozenset(
+        name for name in names if getattr(ctx.get_parameter_source(name), "name", None) in _SET_BY_USER
+    )
+
+
 @dataclass(frozen=True)
 class Common:
-    """The options that choose and tune the client."""
+    """The options that choose and tune the client.
+
+    `given` names the options the command line set (the others hold their defaults): a command that
+    reads an embeddings file fills the model choices none of them made from the file
+    (`options_for_rows`). `dtype` is never an option: it is the one a file's local model ran in.
+    """
 
     local: bool = False
     model: str | None = None
@@ -173,6 +278,8 @@ class Common:
     no_cache: bool = False
     image_preparation: str | None = None
     max_image_pixels: int | None = None
+    dtype: str | None = None
+    given: frozenset[str] = frozenset()
 
     def cache_path(self) -> Path | None:
         if self.no_cache:
@@ -182,7 +289,7 @@ class Common:
         return self.cache if self.cache is not None else default_cache_path()
 
     def client(self, *, normalize: bool | None = None) -> ClipClient:
-        """The client these options describe (remote unless ``--local``)."""
+        """The client these options describe (remote unless `--local`)."""
         from pydantic import ValidationError
 
         from .._client import ClipClient
@@ -196,8 +303,6 @@ class Common:
             "max_image_pixels": self.max_image_pixels,
         }
         options = {k: v for k, v in options.items() if v is not None}
-        if self.max_image_pixels is not None:
-            _raise_pillow_limit(self.max_image_pixels)
         if self.local:
             if self.profile or self.host:
                 raise typer.BadParameter("--local runs the model in this process; drop --profile/--host")
@@ -205,7 +310,9 @@ class Common:
             raise typer.BadParameter("--model and --device choose a local model: add --local")
         try:
             if self.local:
-                return ClipClient.local(self.model or C.DEFAULT_LOCAL_MODEL, device=self.device, **options)
+                return ClipClient.local(
+                    self.model or C.DEFAULT_LOCAL_MODEL, device=self.device, dtype=self.dtype, **options
+                )
             return ClipClient(
                 host=self.host,
                 profile=self.profile,
@@ -221,29 +328,25 @@ class Common:
                 f"{first['msg']} (got {first.get('input')!r})",
                 param_hint=f"--{field.replace('_', '-')}" if field else None,
             ) from None
-        except ValueError as exc:
-            if str(exc).startswith("device="):
-                # A device torch does not know, or one this machine lacks: the option's mistake.
-                reason = cli_advice(str(exc)).removeprefix("--device ")
-                raise typer.BadParameter(reason, param_hint="--device") from None
-            if not str(exc).startswith("could not resolve a Databricks workspace"):
-                raise
-            reason = str(exc.__cause__ or exc).rstrip(".")
-            raise ClipClientError(
-                f"could not resolve a Databricks workspace ({reason}): set DATABRICKS_HOST and "
-                "DATABRICKS_TOKEN, pass --host (with a token in DATABRICKS_TOKEN) or --profile NAME, "
-                "or add --local to run the model in this process"
-            ) from exc
+        except ConfigurationError as exc:
+            raise _configuration_problem(exc) from exc
 
 
-def _raise_pillow_limit(pixels: int) -> None:
-    """Raise Pillow's own decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, for this
-    process) to ``pixels``, so that ``--max-image-pixels`` alone decides; never lower it (Pillow
-    refuses at twice its limit, warns above it; the client refuses above ``--max-image-pixels``)."""
-    from PIL import Image
-
-    if Image.MAX_IMAGE_PIXELS is not None and pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = pixels
+def _configuration_problem(exc: ConfigurationError) -> Exception:
+    """A client setting the library refused, as this command reports it: no workspace to resolve
+    (an error, exit 1, saying how to name one or to add --local); a value of an option (a usage
+    error naming that option, as click reports one)."""
+    if exc.setting in ("host", "profile"):
+        return ClipClientError(
+            f"could not resolve a Databricks workspace ({exc.reason.rstrip('.')}): set DATABRICKS_HOST "
+            "and DATABRICKS_TOKEN, pass --host (with a token in DATABRICKS_TOKEN) or --profile NAME, "
+            "or add --local to run the model in this process"
+        )
+    flag = FLAGS.get(exc.setting or "")
+    if flag is None:
+        return exc
+    advice = exc.advice(flag_spelling)
+    return typer.BadParameter(f"{exc.reason}; {advice}" if advice else exc.reason, param_hint=flag)
 
 
 def _concurrency(value: str | None) -> int | str | None:
@@ -258,8 +361,8 @@ def _concurrency(value: str | None) -> int | str | None:
 
 
 def default_cache_path() -> Path:
-    """``clip-client/embeddings.sqlite`` in the user cache folder: ``$XDG_CACHE_HOME`` (or
-    ``~/.cache``) on Linux, ``~/Library/Caches`` on macOS, ``%LOCALAPPDATA%`` on Windows."""
+    """`clip-client/embeddings.sqlite` in the user cache folder: `$XDG_CACHE_HOME` (or
+    `~/.cache`) on Linux, `~/Library/Caches` on macOS, `%LOCALAPPDATA%` on Windows."""
     base = os.environ.get("XDG_CACHE_HOME")
     if not base:
         if sys.platform == "win32":

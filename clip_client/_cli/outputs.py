@@ -1,31 +1,47 @@
-"""The files the ``clip-client`` command writes and reads, and how an ``images`` run resumes.
+"""The files the `clip-client` command writes and reads, the runs that write them, and the model of
+a file's rows.
+
+The commands only parse, call and render: `ResumableImageRun` runs an `images` embedding into an
+output (resume, stamps, failures) and `stream_images` one to stdout, both returning what failed;
+`options_for_rows` picks the model a file records for a query (a local checkpoint known by its
+content, or the endpoints it names) and `refuse_another_model` refuses a query by another one.
 
 Three formats, chosen by the output's extension (docs/cli.md has the schemas):
 
-- ``.parquet``: columns ``path`` (images) or ``id`` and ``text`` (texts), and ``embedding``, a
-  fixed-size list of float32; the settings in the schema metadata under ``clip_client`` (JSON).
-- ``.npy``: the float32 ``(n, dim)`` matrix; beside it ``<name>.meta.json`` holds the settings and
+- `.parquet`: columns `path` (images) or `id` and `text` (texts), and `embedding`, a
+  fixed-size list of float32; the settings in the schema metadata under `clip_client` (JSON).
+- `.npy`: the float32 `(n, dim)` matrix; beside it `<name>.meta.json` holds the settings and
   the row -> path (or id and text) mapping.
-- ``.jsonl``: one object per line, ``{"path": ...}`` or ``{"id": ..., "text": ...}``, plus
-  ``"embedding"``; beside it ``<name>.meta.json`` holds the settings.
+- `.jsonl`: one object per line, `{"path": ...}` or `{"id": ..., "text": ...}`, plus
+  `"embedding"`; beside it `<name>.meta.json` holds the settings.
 
-Image rows also record each file's ``size`` (bytes) and ``mtime_ns`` when it was embedded, so a
+Image rows also record each file's `size` (bytes) and `mtime_ns` when it was embedded, so a
 resumed run re-embeds a file that changed since. Every file is written to a temporary name in the
-same folder, given the permissions the umask allows (as ``open`` would), and renamed into place
-(``os.replace``), so a reader never sees half a file. A resumable run keeps its finished rows in
-``<output>.parts/``: a folder of part files, each renamed into place whole, with a manifest of the
+same folder, given the permissions the umask allows (as `open` would), and renamed into place
+(`os.replace`), so a reader never sees half a file. A resumable run keeps its finished rows in
+`<output>.parts/`: a folder of part files, each renamed into place whole, with a manifest of the
 run's settings; the final file is assembled from them in input order, renamed into place, and the
-folder removed.
+folder renamed away (one step) before it is deleted, so a kill at any instant leaves either the
+whole parts folder or a finished output, and the same command finishes from either.
+
+Any `str` is recorded exactly, a file name that is not UTF-8 included (Python lists its bytes as
+lone surrogates, `os.fsdecode`): JSON writes such a character as its `\\udcXX` escape, which
+`json.loads` reads back as the same `str`; Parquet's strings must be UTF-8, so a `path` (or
+`text`) column holds the name readably (each such byte as U+FFFD) and a `path_bytes` column its
+exact bytes (`os.fsencode`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,41 +51,71 @@ import numpy as np
 
 from .. import _constants as C
 from .._version import __version__
-from ..errors import ClipClientError
+from ..errors import ClipClientError, InvalidInputError
 from ..types import EmbeddingArray
+from .errors import in_cli_words, one_line
 
 if TYPE_CHECKING:
     from .._client import ClipClient
-    from ..types import InputKind
+    from ..types import EmbeddingFailure, InputKind
+    from .options import Common
 
 __all__ = [
     "FORMATS",
+    "ImageRunResult",
     "OutputError",
     "OutputMeta",
+    "ResumableImageRun",
     "ResumableOutput",
     "Rows",
+    "check_writable",
+    "failure_reason",
     "jsonl_line",
     "meta_path",
+    "options_for_rows",
     "output_format",
     "read_rows",
+    "refuse_another_model",
+    "stream_images",
     "write_rows",
 ]
 
 Format = Literal[".npy", ".parquet", ".jsonl"]
-#: The output formats, by extension.
 FORMATS: tuple[Format, ...] = (".npy", ".parquet", ".jsonl")
-#: The key of the settings in a Parquet file's schema metadata.
+"""The output formats, by extension."""
 METADATA_KEY = b"clip_client"
-#: Rows a resumable run gathers before it writes them as one part file.
+"""The key of the settings in a Parquet file's schema metadata."""
+# Rows a resumable run gathers before it writes them as one part file.
 DEFAULT_PART_ROWS = 1000
 _MANIFEST = "manifest.json"
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+"""A character no UTF-8 file can hold: how Python lists a byte of a file name that is not UTF-8."""
+_EXACT_SUFFIX = "_bytes"
+"""A Parquet string column's companion that holds the exact bytes of its values that are not UTF-8."""
 
-#: An image file's (size in bytes, st_mtime_ns) when it was embedded.
 Stamp = tuple[int, int]
+"""An image file's (size in bytes, st_mtime_ns) when it was embedded."""
+
+
+def _local_model(model: str) -> tuple[str, str] | None:
+    """`(model, dtype)` of a local model's identity, `local <model> <dtype>`; None for an endpoint's."""
+    if not model.startswith("local "):
+        return None
+    name, _, dtype = model.removeprefix("local ").rpartition(" ")
+    return (name, dtype) if name else None
+
+
+def _checkpoint_sha256(model: str) -> str | None:
+    """The content digest of the checkpoint folder `model` (None for a hub id), each file hashed
+    once per size and mtime: the digests are kept in `checkpoints.json` beside the embedding cache."""
+    from ..local import checkpoint_sha256
+    from .options import default_cache_path
+
+    return checkpoint_sha256(model, memo=default_cache_path().with_name("checkpoints.json"))
 
 
 def file_stamp(path: str) -> Stamp | None:
-    """``path``'s (size in bytes, st_mtime_ns), or None when it cannot be stat-ed."""
+    """`path`'s (size in bytes, st_mtime_ns), or None when it cannot be stat-ed."""
     try:
         st = os.stat(path)
     except (OSError, ValueError):
@@ -86,13 +132,19 @@ class OutputMeta:
     """What a file's rows were computed with; stored in every output, compared on resume.
 
     Attributes:
-        kind: ``"image"`` or ``"text"``.
-        model: who computed the rows: a serving endpoint's URL, or ``local <model> <dtype>``.
+        kind: `"image"` or `"text"`.
+        model: who computed the rows: a serving endpoint's URL, or `local <model> <dtype>`.
         normalize: whether the rows are L2-normalised.
         preparation: for images, the settings that change what is sent
-            (:func:`clip_client.cache.preparation_settings`); empty for texts.
+            (`clip_client.cache.preparation_settings`); empty for texts.
         dim: the embedding width (None until the first row is known).
         clip_client: the version of clip_client that wrote the file.
+        model_sha256: for a local model loaded from a folder, what the folder holds
+            ([checkpoint_sha256][clip_client.local.checkpoint_sha256]): the model's identity, whatever
+            the folder is called or wherever it moved. None for a hub id, an endpoint, and the files
+            of clip_client versions before it was recorded.
+        endpoints: for an endpoint's rows, the names of the two serving endpoints (`text`,
+            `image`) the run used: what `search` queries when no option names them.
     """
 
     kind: str
@@ -101,27 +153,61 @@ class OutputMeta:
     preparation: dict[str, Any] = field(default_factory=dict)
     dim: int | None = None
     clip_client: str = __version__
+    model_sha256: str | None = None
+    endpoints: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, client: ClipClient, kind: InputKind, *, normalize: bool) -> OutputMeta:
-        """The settings of ``client``'s rows of ``kind`` (no I/O)."""
-        from .._remote.backend import RemoteBackend
+        """The settings of `client`'s rows of `kind` (no I/O)."""
+        from .._backend import ControlPlane
         from ..cache import backend_identity, preparation_settings
+        from ..local import LocalBackend, _named_by_location
 
         backend = client.backend
-        if isinstance(backend, RemoteBackend):
+        if isinstance(backend, ControlPlane):
             # The endpoint's URL alone: the registered model versions are only known after a call.
             model = backend.invocations_url(kind)
+        elif isinstance(backend, LocalBackend):
+            # Where the checkpoint is (to reload it for a query); its content is `model_sha256`.
+            model = _named_by_location(backend)
         else:
-            model = backend_identity(backend, kind)
+            model = backend_identity(backend, kind)[0]
         preparation = preparation_settings(client.settings, kind)
         # The width when the backend knows it before any answer (a local model does; an endpoint
         # only tells with its answers): the shape of an output with no rows.
         dim = backend.dim
-        return cls(kind=kind, model=model, normalize=normalize, preparation=preparation, dim=dim)
+        identity: dict[str, Any] = {}
+        local = _local_model(model)
+        if local is not None:
+            identity["model_sha256"] = _checkpoint_sha256(local[0])
+        elif not (client.settings.text_url or client.settings.image_url):
+            identity["endpoints"] = {
+                "text": client.settings.text_endpoint,
+                "image": client.settings.image_endpoint,
+            }
+        return cls(kind=kind, model=model, normalize=normalize, preparation=preparation, dim=dim, **identity)
 
     def with_dim(self, dim: int) -> OutputMeta:
-        return OutputMeta(self.kind, self.model, self.normalize, dict(self.preparation), dim)
+        return dataclasses.replace(self, preparation=dict(self.preparation), dim=dim)
+
+    @property
+    def local_model(self) -> tuple[str, str] | None:
+        """`(model, dtype)` when a local model computed the rows (a hub id, or the absolute path of
+        the folder it was loaded from), else None."""
+        return _local_model(self.model)
+
+    def same_model(self, other: OutputMeta) -> bool:
+        """Whether `other`'s rows come from the same model: for two local checkpoints recorded by
+        content, the same content and dtype, wherever each folder was; otherwise the same `model`."""
+        if self.model_sha256 and other.model_sha256:
+            mine, theirs = self.local_model, other.local_model
+            return (
+                self.model_sha256 == other.model_sha256
+                and mine is not None
+                and theirs is not None
+                and mine[1] == theirs[1]
+            )
+        return self.model == other.model
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -137,15 +223,19 @@ class OutputMeta:
                 preparation=dict(data.get("preparation") or {}),
                 dim=None if data.get("dim") is None else int(data["dim"]),
                 clip_client=str(data.get("clip_client", "")),
+                # Absent from files written before they were recorded: those are read all the same.
+                model_sha256=None if data.get("model_sha256") is None else str(data["model_sha256"]),
+                endpoints={str(k): str(v) for k, v in (data.get("endpoints") or {}).items()},
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise OutputError(f"{where}: its clip_client settings are unreadable ({exc})") from None
 
     def differences(self, other: OutputMeta) -> list[str]:
-        """What differs between the rows of ``self`` and ``other`` (the version and width aside)."""
+        """What differs between the rows of `self` and `other` (the version and width aside)."""
         out = []
         for name in ("kind", "model", "normalize"):
-            if getattr(self, name) != getattr(other, name):
+            same = self.same_model(other) if name == "model" else getattr(self, name) == getattr(other, name)
+            if not same:
                 out.append(f"{name} {getattr(self, name)!r} (this run: {getattr(other, name)!r})")
         for name in sorted(set(self.preparation) | set(other.preparation)):
             mine, theirs = self.preparation.get(name), other.preparation.get(name)
@@ -159,11 +249,11 @@ class Rows:
     """Rows of one output: keys (image paths, or text ids), texts (for texts), embeddings.
 
     Attributes:
-        keys: the ``path`` (str) of each image row, or the ``id`` (int) of each text row.
-        embeddings: float32, shape ``(len(keys), dim)``.
+        keys: the `path` (str) of each image row, or the `id` (int) of each text row.
+        embeddings: float32, shape `(len(keys), dim)`.
         texts: the text of each row (texts only), else None.
         meta: the settings the rows were computed with.
-        stamps: images only: each file's ``(size in bytes, mtime in ns)`` when it was embedded (None
+        stamps: images only: each file's `(size in bytes, mtime in ns)` when it was embedded (None
             for a row whose file could not be stat-ed), or None when the file records none.
     """
 
@@ -182,14 +272,14 @@ class Rows:
 
 
 def output_format(path: Path, *, role: str = "--out") -> Format:
-    """The format ``path``'s extension names.
+    """The format `path`'s extension names.
 
     Args:
         path: the file.
-        role: how the message names the file: the option (``--out``) or argument (``INDEX``).
+        role: how the message names the file: the option (`--out`) or argument (`INDEX`).
 
     Raises:
-        OutputError: the extension is not ``.npy``, ``.parquet`` or ``.jsonl``.
+        OutputError: the extension is not `.npy`, `.parquet` or `.jsonl`.
     """
     suffix = path.suffix.lower()
     for fmt in FORMATS:
@@ -204,8 +294,8 @@ def output_format(path: Path, *, role: str = "--out") -> Format:
 
 
 def meta_path(path: Path) -> Path:
-    """The sidecar of a ``.npy`` or ``.jsonl`` output: ``<name>.meta.json`` beside it
-    (``emb.npy.meta.json``; the whole name, so ``emb.npy`` and ``emb.jsonl`` never share one)."""
+    """The sidecar of a `.npy` or `.jsonl` output: `<name>.meta.json` beside it
+    (`emb.npy.meta.json`; the whole name, so `emb.npy` and `emb.jsonl` never share one)."""
     return path.with_name(path.name + ".meta.json")
 
 
@@ -215,7 +305,7 @@ def meta_path(path: Path) -> Path:
 
 @contextlib.contextmanager
 def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary name beside ``path``: write it inside the block, and it replaces ``path`` whole
+    """A temporary name beside `path`: write it inside the block, and it replaces `path` whole
     (after an fsync) when the block ends without an error; otherwise it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -239,22 +329,31 @@ def _umask() -> int:
     return mask
 
 
+def _json(obj: Any) -> str:
+    """`obj` as JSON text that a UTF-8 file can hold, any `str` in it recorded exactly: readable
+    (not `\\u`-escaped) but for lone surrogates (the bytes of a file name that is not UTF-8, as
+    Python lists them), written as their `\\udcXX` escapes, which `json.loads` reads back as the
+    same characters. (JSON escapes only quotes, backslashes and control characters, so every
+    surrogate in the text is a character of a string, and its escape is read as one.)"""
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False))
+
+
 def jsonl_line(
     key_name: str, key: Any, text: str | None, row: EmbeddingArray, stamp: Stamp | None = None
 ) -> str:
-    """One ``.jsonl`` line (with its newline). Floats are written so that they read back as the
-    same float32 values; an image row's ``stamp`` as ``size`` and ``mtime_ns``."""
+    """One `.jsonl` line (with its newline). Floats are written so that they read back as the
+    same float32 values; an image row's `stamp` as `size` and `mtime_ns`."""
     obj: dict[str, Any] = {key_name: key}
     if text is not None:
         obj["text"] = text
     if stamp is not None:
         obj["size"], obj["mtime_ns"] = stamp
     obj["embedding"] = row.tolist()
-    return json.dumps(obj, ensure_ascii=False) + "\n"
+    return _json(obj) + "\n"
 
 
 def write_jsonl(stream: IO[str], rows: Rows) -> None:
-    """``rows`` as JSON Lines on an open text stream."""
+    """`rows` as JSON Lines on an open text stream."""
     for i, key in enumerate(rows.keys):
         stream.write(
             jsonl_line(
@@ -268,7 +367,7 @@ def write_jsonl(stream: IO[str], rows: Rows) -> None:
 
 
 def _pyarrow() -> tuple[Any, Any]:
-    """pyarrow and pyarrow.parquet, imported on first use (``import clip_client`` never loads them;
+    """pyarrow and pyarrow.parquet, imported on first use (`import clip_client` never loads them;
     pyarrow ships no type information)."""
     return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
 
@@ -280,11 +379,11 @@ def _arrow_table(rows: Rows) -> Any:
     flat = pa.array(np.ascontiguousarray(rows.embeddings, dtype=np.float32).reshape(-1), type=pa.float32())
     columns: dict[str, Any] = {}
     if rows.key_name == "path":
-        columns["path"] = pa.array(rows.keys, type=pa.string())
+        _add_strings(columns, "path", [str(k) for k in rows.keys])
     else:
         columns["id"] = pa.array(rows.keys, type=pa.int64())
     if rows.texts is not None:
-        columns["text"] = pa.array(rows.texts, type=pa.string())
+        _add_strings(columns, "text", rows.texts)
     if rows.stamps is not None:
         columns["size"] = pa.array([s and s[0] for s in rows.stamps], type=pa.int64())
         columns["mtime_ns"] = pa.array([s and s[1] for s in rows.stamps], type=pa.int64())
@@ -295,44 +394,138 @@ def _arrow_table(rows: Rows) -> Any:
     return table
 
 
-def write_rows(path: Path, rows: Rows) -> None:
-    """Write ``rows`` to ``path`` in the format its extension names, atomically (and its
-    ``.meta.json`` sidecar for ``.npy`` and ``.jsonl``).
+class _UnrecordableError(ValueError):
+    """A value no output can record exactly (its message says which, and why)."""
+
+
+def _add_strings(columns: dict[str, Any], name: str, values: Sequence[str]) -> None:
+    """The string column `name` of `values`, recorded exactly: Parquet's strings are UTF-8, so a
+    value with lone surrogates (a file name that is not UTF-8, as Python lists it) is written there
+    readably (each such byte as U+FFFD), and its exact bytes (`os.fsencode`, which `os.fsdecode`
+    reverses) go in the binary column `<name>_bytes`, null for the other rows; that column is only
+    written when some value needs it.
 
     Raises:
-        OutputError: unknown extension, or the file cannot be written (the OS error's reason).
+        _UnrecordableError: a value with a surrogate that no file name holds (`os.fsencode`
+            refuses it).
+    """
+    pa, _ = _pyarrow()
+    exact: list[bytes | None] = []
+    for i, value in enumerate(values):
+        if not _LONE_SURROGATE.search(value):
+            exact.append(None)
+            continue
+        try:
+            exact.append(os.fsencode(value))
+        except UnicodeEncodeError as exc:
+            raise _UnrecordableError(
+                f"row {i}'s {name} {value!r} cannot be recorded ({exc.reason})"
+            ) from None
+    if all(b is None for b in exact):
+        columns[name] = pa.array(values, type=pa.string())
+        return
+    readable = [v if b is None else b.decode("utf-8", "replace") for v, b in zip(values, exact, strict=True)]
+    columns[name] = pa.array(readable, type=pa.string())
+    columns[name + _EXACT_SUFFIX] = pa.array(exact, type=pa.binary())
+
+
+def _exact_strings(table: Any, name: str) -> list[Any]:
+    """The values of the string column `name`, each one `_add_strings` wrote bytes for restored."""
+    values: list[Any] = table.column(name).to_pylist()
+    if name + _EXACT_SUFFIX in table.column_names:
+        for i, raw in enumerate(table.column(name + _EXACT_SUFFIX).to_pylist()):
+            if raw is not None:
+                values[i] = os.fsdecode(raw)
+    return values
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a file could not be written or read, in a few words (an OS error's, without the
+    temporary name it was about)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) if isinstance(exc, (OutputError, _UnrecordableError)) else f"{type(exc).__name__}: {exc}"
+
+
+def check_writable(out: Path) -> None:
+    """Refuse an `--out` that cannot be written, before any work: its folder must take a new
+    file (every output is written under a temporary name there and renamed into place), and `out`
+    must not be a folder. The folder is created when missing, as the output would create it.
+
+    Raises:
+        OutputError: naming `--out`, what is wrong and what to do.
+    """
+    output_format(out)
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder: name a file ({', '.join(FORMATS)}) to write")
+    why = _cannot_write_in(out.parent, f".{out.name}.")
+    if why:
+        raise OutputError(
+            f"--out {out}: cannot write in {out.parent} ({why}); choose a folder you can write to, "
+            "or change its permissions"
+        )
+
+
+def _cannot_write_in(folder: Path, prefix: str) -> str | None:
+    """Why a new file cannot be made in `folder` (created when missing), found by making one (named
+    as `_atomic`'s temporaries, so that what a kill leaves is swept like them); None when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return _reason(exc)
+    return None
+
+
+def write_rows(path: Path, rows: Rows) -> None:
+    """Write `rows` to `path` in the format its extension names, atomically (and its
+    `.meta.json` sidecar for `.npy` and `.jsonl`).
+
+    Raises:
+        OutputError: unknown extension, or the file cannot be written (the reason), naming
+            `--out`: whatever goes wrong.
     """
     fmt = output_format(path)
+    try:
+        _write_rows(path, fmt, rows)
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"--out {path}: cannot write it ({_reason(exc)})") from exc
+
+
+def _write_rows(path: Path, fmt: Format, rows: Rows) -> None:
+    """`write_rows`, its errors untranslated."""
     dim = rows.embeddings.shape[1]
     meta = rows.meta.with_dim(dim) if rows.meta is not None else None
-    try:
-        if fmt == ".parquet":
-            _, pq = _pyarrow()
-            with _atomic(path) as tmp:
-                pq.write_table(_arrow_table(rows), tmp)
-            return
-        sidecar: dict[str, Any] = {"clip_client": asdict(meta) if meta else None, "rows": len(rows)}
-        if fmt == ".npy":
-            sidecar[rows.key_name] = list(rows.keys)
-            if rows.texts is not None:
-                sidecar["text"] = list(rows.texts)
-            if rows.stamps is not None:
-                sidecar["size"] = [s and s[0] for s in rows.stamps]
-                sidecar["mtime_ns"] = [s and s[1] for s in rows.stamps]
-        # The sidecar first: a reader checks its row count against the data file, so a crash between
-        # the two renames is seen as a mismatch, never read as a wrong mapping.
-        with _atomic(meta_path(path)) as tmp:
-            tmp.write_text(json.dumps(sidecar, ensure_ascii=False), encoding="utf-8")
+    if fmt == ".parquet":
+        _, pq = _pyarrow()
+        table = _arrow_table(rows)  # before the temporary: a value it cannot hold leaves nothing behind
         with _atomic(path) as tmp:
-            if fmt == ".npy":
-                # A file object: given a name, np.save would append ".npy" to the temporary's.
-                with open(tmp, "wb") as f:
-                    np.save(f, np.ascontiguousarray(rows.embeddings, dtype=np.float32), allow_pickle=False)
-            else:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    write_jsonl(f, rows)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            pq.write_table(table, tmp)
+        return
+    sidecar: dict[str, Any] = {"clip_client": asdict(meta) if meta else None, "rows": len(rows)}
+    if fmt == ".npy":
+        sidecar[rows.key_name] = list(rows.keys)
+        if rows.texts is not None:
+            sidecar["text"] = list(rows.texts)
+        if rows.stamps is not None:
+            sidecar["size"] = [s and s[0] for s in rows.stamps]
+            sidecar["mtime_ns"] = [s and s[1] for s in rows.stamps]
+    # The sidecar first: a reader checks its row count against the data file, so a crash between
+    # the two renames is seen as a mismatch, never read as a wrong mapping.
+    with _atomic(meta_path(path)) as tmp:
+        tmp.write_text(_json(sidecar), encoding="utf-8")
+    with _atomic(path) as tmp:
+        if fmt == ".npy":
+            # A file object: given a name, np.save would append ".npy" to the temporary's.
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(rows.embeddings, dtype=np.float32), allow_pickle=False)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                write_jsonl(f, rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,21 +533,21 @@ def write_rows(path: Path, rows: Rows) -> None:
 
 
 def read_rows(path: Path, *, role: str = "--out", foreign: bool = False) -> Rows:
-    """Read an output of the ``clip-client`` command (any of the three formats).
+    """Read an output of the `clip-client` command (any of the three formats).
 
     Args:
         path: the file.
-        role: how messages name the file: ``--out`` (an output to resume or overwrite: their
-            advice is ``--overwrite``), or ``INDEX`` (a file read only).
-        foreign: also accept a ``.npy`` or ``.jsonl`` file of another writer, without the
-            ``.meta.json`` settings file: a ``.npy`` 2-D float array (cast to float32; the keys are
-            the row numbers, from 0), or ``.jsonl`` objects with an ``"embedding"`` list and
-            optionally ``"path"`` or ``"id"`` (else the line's row number) and ``"text"``.
+        role: how messages name the file: `--out` (an output to resume or overwrite: their
+            advice is `--overwrite`), or `INDEX` (a file read only).
+        foreign: also accept a `.npy` or `.jsonl` file of another writer, without the
+            `.meta.json` settings file: a `.npy` 2-D float array (cast to float32; the keys are
+            the row numbers, from 0), or `.jsonl` objects with an `"embedding"` list and
+            optionally `"path"` or `"id"` (else the line's row number) and `"text"`.
 
     Returns:
-        its :class:`Rows`; ``meta.model`` is ``"unknown"`` for a file without clip_client settings
-        (a Parquet file of another writer with a ``path`` or ``id`` column and an ``embedding``
-        column, or, with ``foreign``, a ``.npy`` or ``.jsonl`` file without its settings file).
+        its `Rows`; `meta.model` is `"unknown"` for a file without clip_client settings
+        (a Parquet file of another writer with a `path` or `id` column and an `embedding`
+        column, or, with `foreign`, a `.npy` or `.jsonl` file without its settings file).
 
     Raises:
         OutputError: the file is missing, unreadable, or not in the shape this command writes.
@@ -396,8 +589,8 @@ def _read_parquet(path: Path) -> Rows:
         values = np.asarray(lists, dtype=np.float32)
     embeddings = np.asarray(values, dtype=np.float32).reshape(len(table), dim)
     key = "path" if "path" in names else "id"
-    keys = table.column(key).to_pylist()
-    texts = table.column("text").to_pylist() if "text" in names else None
+    keys = _exact_strings(table, key)
+    texts = _exact_strings(table, "text") if "text" in names else None
     stamps = (
         _stamps(table.column("size").to_pylist(), table.column("mtime_ns").to_pylist())
         if {"size", "mtime_ns"} <= set(names)
@@ -415,7 +608,7 @@ def _stamps(sizes: Sequence[Any], mtimes: Sequence[Any]) -> list[Stamp | None]:
 
 
 def _read_foreign(path: Path, fmt: Format) -> Rows:
-    """A ``.npy`` or ``.jsonl`` file of another writer (no settings file): see :func:`read_rows`."""
+    """A `.npy` or `.jsonl` file of another writer (no settings file): see `read_rows`."""
     texts: list[str] | None = None
     kind = "text"
     if fmt == ".npy":
@@ -513,16 +706,23 @@ def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
 
 
 class ResumableOutput:
-    """The finished rows of an ``images`` run towards ``out``, kept in ``<out>.parts/`` until the run
+    """The finished rows of an `images` run towards `out`, kept in `<out>.parts/` until the run
     completes.
 
-    :meth:`open` gathers the rows already done (from the parts of an interrupted run, or from a
-    finished ``out`` of an earlier run, whose rows become the first part), after checking they were
-    computed with the same settings; :meth:`plan` matches them to this run's inputs (by absolute
-    path, so ``photos``, ``photos/`` and ``/home/me/photos`` agree) and says which inputs are still
-    to embed, those whose file changed since (size or mtime) included; :meth:`add` buffers new rows
-    and writes a part file every ``part_rows``; :meth:`finish` writes ``out`` in input order and
+    `open` gathers the rows already done (from the parts of an interrupted run, or from a
+    finished `out` of an earlier run, whose rows become the first part), after checking they were
+    computed with the same settings; `plan` matches them to this run's inputs (by absolute
+    path, so `photos`, `photos/` and `/home/me/photos` agree) and says which inputs are still
+    to embed, those whose file changed since (size or mtime) included; `add` buffers new rows
+    and writes a part file every `part_rows`; `finish` writes `out` in input order and
     removes the parts.
+
+    A kill at any instant leaves a state the same run finishes from, re-embedding nothing that is
+    done: part files, and the parts folder with its manifest and first part, appear by a rename,
+    whole; `out` is written whole before the parts folder goes, and it goes by a rename (to a
+    hidden name, deleted after, and by the next run if a kill came first). While the parts folder
+    is there it holds every done row (the rows of an earlier `out` become its first part), so it
+    wins over `out`; once it is gone, `out` is complete. Every error is an `OutputError` naming `--out`.
     """
 
     def __init__(self, out: Path, meta: OutputMeta, *, part_rows: int = DEFAULT_PART_ROWS) -> None:
@@ -543,15 +743,27 @@ class ResumableOutput:
         """The rows already done, by path (as the run that embedded them spelled it).
 
         Raises:
-            OutputError: the parts or the existing output were computed with other settings (the
-                message lists them: rerun with the same options, or pass ``--overwrite``), or the
-                existing output, a part file or the manifest is unreadable (the message names the
-                file to delete, or ``--overwrite``).
+            OutputError: `--out` cannot be written (before any work is done); the parts or the
+                existing output were computed with other settings (the message lists them: rerun
+                with the same options, or pass `--overwrite`), or the existing output, a part file
+                or the manifest is unreadable (the message names the file to delete, or
+                `--overwrite`).
         """
+        check_writable(self.out)
+        # The parts folder of an earlier run takes this run's part files (unless it is discarded).
+        why = None if overwrite or not self.parts.is_dir() else _cannot_write_in(self.parts, ".part-")
+        if why:
+            raise OutputError(
+                f"--out {self.out}: cannot write in its parts folder {self.parts} ({why}); change its "
+                "permissions, or pass --overwrite to start again"
+            )
+        with self._writing("clear what an interrupted run left"):
+            self._sweep()
         if overwrite:
-            shutil.rmtree(self.parts, ignore_errors=True)
+            with self._writing("remove the parts of an earlier run"):
+                self._discard()
             return self.done
-        if self.parts.is_dir():
+        if self.parts.is_dir() and ((self.parts / _MANIFEST).is_file() or not self.out.exists()):
             self._load_parts()
         elif self.out.exists():
             try:
@@ -561,15 +773,18 @@ class ResumableOutput:
                     f"{exc}; cannot resume from it: delete it, pass --overwrite, or choose another --out"
                 ) from None
             self._check(rows.meta, self.out)
+            # A parts folder without its manifest beside a finished output: what a kill left while
+            # an older clip-client deleted the parts file by file. The finished output wins.
+            with self._writing("remove the parts an earlier run left"):
+                self._discard()
             self._keep(rows)
             if self.done:  # they become part 0, so that the output may be rewritten safely
-                self._start_parts()
-                self._write_part([(k, r, self.stamps.get(k)) for k, r in self.done.items()])
+                self._start_parts([(k, r, self.stamps.get(k)) for k, r in self.done.items()])
         self.resumed = len(self.done)
         return self.done
 
     def plan(self, inputs: Sequence[str], stamps: Sequence[Stamp | None]) -> tuple[list[int], int]:
-        """Match the done rows to ``inputs`` (their files' current ``stamps``, same order).
+        """Match the done rows to `inputs` (their files' current `stamps`, same order).
 
         A done row whose path names the same file as an input (same absolute path) is re-keyed to
         the input's spelling. Returns the indices of the inputs still to embed, and how many of
@@ -596,7 +811,7 @@ class ResumableOutput:
         return todo, changed
 
     def add(self, path: str, row: EmbeddingArray, stamp: Stamp | None = None) -> None:
-        """One finished row (and its file's stamp); a part file is written once ``part_rows`` are
+        """One finished row (and its file's stamp); a part file is written once `part_rows` are
         buffered. A row for a path already done replaces it."""
         self._buffer.append((path, row, stamp))
         if len(self._buffer) >= self.part_rows:
@@ -606,22 +821,23 @@ class ResumableOutput:
         """Write the buffered rows as one part file (nothing when there are none)."""
         if not self._buffer:
             return
-        if not self.parts.is_dir():
-            self._start_parts()
-        self._write_part(self._buffer)
+        if self.parts.is_dir():
+            self._write_part(self._buffer)
+        else:
+            self._start_parts(self._buffer)
         for path, row, stamp in self._buffer:
             self.done[path] = row
             self.stamps[path] = stamp
         self._buffer = []
 
     def finish(self, order: Sequence[str]) -> Rows:
-        """Write ``out``: the done rows of the paths in ``order``, in that order (paths without a row,
+        """Write `out`: the done rows of the paths in `order`, in that order (paths without a row,
         the failed ones, are left out), then remove the parts.
 
         Returns:
             the rows written.
         """
-        self.flush()
+        self.flush()  # first: a kill while `out` is written keeps every row
         keys = [p for p in order if p in self.done]
         # No row at all (every image failed): the width the backend knows, else CLIP ViT-L/14's
         # 768 (what the client's own empty results have), so that the file still reads as (0, dim).
@@ -632,8 +848,12 @@ class ResumableOutput:
             else np.zeros((0, dim), dtype=np.float32)
         )
         rows = Rows(keys, matrix, None, self.meta, [self.stamps.get(p) for p in keys])
-        write_rows(self.out, rows)
-        shutil.rmtree(self.parts, ignore_errors=True)
+        with self._writing("write it"):
+            _write_rows(self.out, output_format(self.out), rows)
+        # `out` is whole: the parts go in one step (a rename). A failure to delete them is no failure
+        # of the run: the next run deletes what is left.
+        with contextlib.suppress(OSError):
+            self._discard()
         return rows
 
     # -- parts ------------------------------------------------------------------------------------
@@ -658,12 +878,61 @@ class ResumableOutput:
             self.done[str(key)] = row
             self.stamps[str(key)] = stamp
 
-    def _start_parts(self) -> None:
-        """Create the parts folder with its manifest, atomically (a whole folder renamed into place)."""
-        self.parts.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.parts.name}.", dir=self.parts.parent))
-        (staging / _MANIFEST).write_text(self.meta.to_json(), encoding="utf-8")
-        os.replace(staging, self.parts)
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Any error inside as an `OutputError` that names `--out`, what could not be done, and why."""
+        try:
+            yield
+        except OutputError:
+            raise
+        except Exception as exc:
+            raise OutputError(
+                f"--out {self.out}: cannot {what} ({_reason(exc)}); check that {self.out.parent} is "
+                f"writable and has space, then rerun (the finished rows in {self.parts} are kept)"
+            ) from exc
+
+    def _hidden(self) -> str:
+        """The prefix of the hidden folders beside `out` that only a run in progress needs: the
+        parts folder being created, or being deleted."""
+        return f".{self.parts.name}."
+
+    def _discard(self) -> None:
+        """Remove the parts folder, in one step whatever instant a kill comes at: it is renamed to a
+        hidden name (atomic), then deleted; what a kill leaves of it, `_sweep` deletes."""
+        if not self.parts.is_dir():
+            return
+        gone = self.parts.with_name(f"{self._hidden()}{uuid.uuid4().hex}.deleted")
+        os.rename(self.parts, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+    def _sweep(self) -> None:
+        """Delete what an interrupted run left beside `out`: a parts folder being created or
+        deleted, and temporary files of `out` and its sidecar (runs into one `--out` one at a time)."""
+        folder = self.out.parent
+        if not folder.is_dir():
+            return
+        # Exactly the names mkstemp/mkdtemp (8 characters) and `_discard` give, so that the files of
+        # another output in the same folder are never taken for these.
+        hidden = re.compile(rf"{re.escape(self._hidden())}(?:[a-z0-9_]{{8}}|[0-9a-f]{{32}}\.deleted)")
+        names = "|".join(re.escape(n) for n in (self.out.name, meta_path(self.out).name))
+        temporary = re.compile(rf"\.(?:{names})\.[a-z0-9_]{{8}}\.tmp")
+        for entry in os.scandir(folder):
+            if hidden.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif temporary.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def _start_parts(self, first: Sequence[tuple[str, EmbeddingArray, Stamp | None]]) -> None:
+        """Create the parts folder with its manifest and its first part, atomically (a whole folder
+        renamed into place): a parts folder is never seen without its rows, so that one made from
+        an earlier output's rows can always stand in for that output."""
+        with self._writing(f"create {self.parts}"):
+            self.parts.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=self._hidden(), dir=self.parts.parent))
+            (staging / _MANIFEST).write_text(self.meta.to_json(), encoding="utf-8")
+            self._write_part(first, staging)
+            os.replace(staging, self.parts)
 
     def _unreadable(self, exc: Exception, what: Path) -> OutputError:
         if what == self.parts:  # the manifest: the folder as a whole
@@ -700,9 +969,291 @@ class ResumableOutput:
             numbers.append(number)
         self._next_part = max(numbers, default=-1) + 1
 
-    def _write_part(self, items: Sequence[tuple[str, EmbeddingArray, Stamp | None]]) -> None:
+    def _write_part(
+        self, items: Sequence[tuple[str, EmbeddingArray, Stamp | None]], folder: Path | None = None
+    ) -> None:
+        """`items` as the next part file of the parts folder (or of `folder`, the one being made)."""
         keys = [k for k, _, _ in items]
         matrix = np.stack([r for _, r, _ in items]).astype(np.float32, copy=False)
         rows = Rows(keys, matrix, None, self.meta, [s for _, _, s in items])
-        write_rows(self.parts / f"part-{self._next_part:06d}.parquet", rows)
+        name = f"part-{self._next_part:06d}.parquet"
+        with self._writing(f"write the finished rows to {self.parts / name}"):
+            _write_rows((folder or self.parts) / name, ".parquet", rows)
         self._next_part += 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Runs: embed images into an output, and what failed
+
+
+def failure_reason(failure: EmbeddingFailure) -> str:
+    """Why an input could not be embedded, in one line (an input's own reason without its index)."""
+    exc = failure.error
+    if isinstance(exc, InvalidInputError):
+        return " ".join(in_cli_words(exc, exc.reason).split())
+    return one_line(exc)
+
+
+def _embedded(
+    client: ClipClient,
+    paths: Sequence[str],
+    failed: list[tuple[str, str]],
+    *,
+    strict: bool,
+    progress: bool | None,
+) -> Iterator[tuple[int, EmbeddingArray]]:
+    """`(index, row)` of each of `paths` that embeds, as they finish; each one that does not is
+    appended to `failed` as `(path, reason)`, or, with `strict`, stops the run.
+
+    Raises:
+        InvalidInputError: with `strict`, the first image that cannot be embedded (its path and reason).
+    """
+    with client.iter_embed_images(paths, on_error="mark", progress=progress) as stream:
+        for index, vector in stream:
+            if len(stream.failures) > len(failed):
+                failed.append((paths[index], failure_reason(stream.failures[-1])))
+                if strict:
+                    raise InvalidInputError(failed[-1][1], path=paths[index])
+                continue
+            yield index, vector
+
+
+def stream_images(
+    client: ClipClient,
+    paths: Sequence[str],
+    out: IO[str],
+    *,
+    strict: bool = False,
+    progress: bool | None = None,
+) -> list[tuple[str, str]]:
+    """Embed `paths` and write each row to `out` as a JSON Lines `{"path", "embedding"}` line as
+    soon as it is done (in the order they finish, which is input order).
+
+    Returns:
+        the images that could not be embedded, as `(path, reason)`, in input order.
+    """
+    failed: list[tuple[str, str]] = []
+    for index, vector in _embedded(client, paths, failed, strict=strict, progress=progress):
+        out.write(jsonl_line("path", paths[index], None, vector))
+    out.flush()
+    return failed
+
+
+@dataclass
+class ImageRunResult:
+    """What a finished [ResumableImageRun][clip_client._cli.outputs.ResumableImageRun] wrote.
+
+    Attributes:
+        rows: the rows of the output, in input order (the failed images left out).
+        embedded: images embedded by this run (the cache's answers included).
+        from_cache: how many of them the embedding cache answered.
+        failed: the images that could not be embedded, `(path, reason)`, in the order met.
+        left_out: rows of an earlier output whose image is not among this run's inputs.
+    """
+
+    rows: Rows
+    embedded: int
+    from_cache: int
+    failed: list[tuple[str, str]]
+    left_out: int
+
+
+class ResumableImageRun:
+    """An `images` run into an output file that no interruption wastes: what an earlier run into
+    the same file finished (with the same model and settings, else an error) is kept, files changed
+    since are embedded again, and finished rows reach `<out>.parts/` as the run goes.
+
+    ```python
+    run = ResumableImageRun(client, Path("photos.parquet"), paths, normalize=False)
+    run.already_done, run.changed  # what an earlier run left, and how much of it is stale
+    run.embed(strict=False)  # an error or Ctrl-C keeps the finished rows for a rerun (run.kept)
+    result = run.finish()  # the output, whole, in input order; result.failed lists the rest
+    ```
+
+    Raises (when built):
+        OutputError: `--out` cannot be written (said before any image is embedded); the output or
+            its parts hold rows computed with other settings (the message lists them), or are
+            unreadable (the message names the file and what to do).
+    """
+
+    def __init__(
+        self,
+        client: ClipClient,
+        out: Path,
+        inputs: Sequence[str],
+        *,
+        normalize: bool,
+        part_rows: int = DEFAULT_PART_ROWS,
+        overwrite: bool = False,
+    ) -> None:
+        self.client = client
+        self.inputs = list(inputs)
+        self.store = ResumableOutput(
+            out, OutputMeta.of(client, "image", normalize=normalize), part_rows=part_rows
+        )
+        self.store.open(overwrite=overwrite)
+        # Each file's size and mtime before it is read: a file edited after this is re-embedded next time.
+        self._stamps = [file_stamp(p) for p in self.inputs]
+        self._todo_at, changed = self.store.plan(self.inputs, self._stamps)
+        self.todo = [self.inputs[i] for i in self._todo_at]
+        """The inputs this run embeds: those without a row, and those whose file changed since."""
+        # Whether an earlier run had left rows; how many inputs are done; how many of them changed.
+        self.resumed = bool(self.store.resumed)
+        self.already_done = len(self.inputs) - len(self.todo)
+        self.changed = changed
+        self.failed: list[tuple[str, str]] = []
+        self._from_cache = 0
+
+    @property
+    def kept(self) -> int:
+        """Finished rows kept in the parts folder (after an interruption: what a rerun starts from)."""
+        return len(self.store.done) if self.store.parts.is_dir() else 0
+
+    def embed(self, *, strict: bool = False, progress: bool | None = None) -> None:
+        """Embed `todo`, each row kept as it comes; failures gather in `failed`.
+
+        Raises:
+            InvalidInputError: with `strict`, the first image that cannot be embedded.
+            BaseException: whatever stops the run (an error, Ctrl-C); the finished rows are written
+                to the parts folder first.
+        """
+        hits = self.client.stats.cache_hits
+        try:
+            for index, vector in _embedded(
+                self.client, self.todo, self.failed, strict=strict, progress=progress
+            ):
+                self.store.add(self.todo[index], vector, self._stamps[self._todo_at[index]])
+        except BaseException:
+            self.store.flush()  # what is finished is kept, whatever stopped the run
+            raise
+        self._from_cache = self.client.stats.cache_hits - hits
+
+    def finish(self) -> ImageRunResult:
+        """Write the output whole, in input order, and remove the parts.
+
+        Raises:
+            OutputError: the output cannot be written (the parts are kept for a rerun).
+        """
+        failed = dict(self.failed)
+        for path in [p for p in self.todo if p in self.store.done and p in failed]:
+            del self.store.done[path]  # a changed file that now fails keeps no stale row
+        left = len(set(self.store.done) - set(self.inputs))
+        rows = self.store.finish(self.inputs)
+        return ImageRunResult(
+            rows=rows,
+            embedded=len(self.todo) - len(self.failed),
+            from_cache=self._from_cache,
+            failed=list(self.failed),
+            left_out=left,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# The model of a file's rows: the one to query it with
+
+
+_MODEL_CHOOSERS = frozenset({"local", "model", "profile", "host", "text_endpoint", "image_endpoint"})
+"""The options that choose who embeds (the model, or the workspace's endpoints); --device does not."""
+
+
+def _endpoint_of(url: str) -> str | None:
+    """The endpoint name of a serving endpoint's invocations URL
+    (`.../serving-endpoints/NAME/invocations`)."""
+    head, sep, tail = url.rstrip("/").rpartition("/serving-endpoints/")
+    name = tail.removesuffix("/invocations")
+    return name if sep and head and name and "/" not in name else None
+
+
+def options_for_rows(common: Common, meta: OutputMeta | None, where: Path) -> Common:
+    """The options to embed a query for `where`'s rows with: those given, and for every choice no
+    option made, the model the file records (its `model` settings).
+
+    - Rows of a local model: `--local --model` that model (a hub id, or the folder it was loaded
+      from) in the dtype it ran in, unless `--model` names one; `--device` still applies.
+    - Rows of serving endpoints: the endpoints the file names, unless `--text-endpoint` or
+      `--image-endpoint` does; the workspace is the one the options and environment choose
+      (credentials never follow a file).
+    - A file without clip-client settings: the options as given.
+
+    Raises:
+        OutputError: the options ask for another kind of model than the rows' (`--local` for an
+            endpoint's rows, a workspace option for a local model's), or another checkpoint (by
+            content) than the one recorded, or the recorded checkpoint folder is gone and no
+            `--model` names where it is now. Said before any model is loaded or request sent.
+    """
+    if meta is None or meta.model == "unknown":
+        return common
+    given = common.given & _MODEL_CHOOSERS
+    local = meta.local_model
+    if local is None:
+        if common.local:
+            raise OutputError(
+                f"{where} was computed by the serving endpoint {meta.model!r}, but --local would embed "
+                "the query with a model in this process: scores across two models mean nothing; drop "
+                "--local (and --model, --device)"
+            )
+        names = dict(meta.endpoints)
+        own = _endpoint_of(meta.model)
+        if own is not None and meta.kind in ("text", "image"):
+            names.setdefault(meta.kind, own)
+        text = common.text_endpoint if "text_endpoint" in given else names.get("text", common.text_endpoint)
+        image = (
+            common.image_endpoint if "image_endpoint" in given else names.get("image", common.image_endpoint)
+        )
+        return dataclasses.replace(common, text_endpoint=text, image_endpoint=image)
+    name, dtype = local
+    if given - {"local", "model"}:
+        raise OutputError(
+            f"{where} was computed by the local model {name!r}, but --profile/--host/--text-endpoint/"
+            "--image-endpoint would embed the query with serving endpoints: scores across two models "
+            f"mean nothing; query with --local (the model is taken from {where.name}), or --local "
+            "--model FOLDER for a copy of that checkpoint"
+        )
+    if "model" in given and common.model is not None:
+        recorded = meta.model_sha256
+        if recorded is not None and Path(common.model).expanduser().is_dir():
+            found = _checkpoint_sha256(common.model)
+            if found != recorded:
+                raise OutputError(
+                    f"{where} was computed by the checkpoint {name!r} (sha256 {recorded[:12]}...), but "
+                    f"--model {common.model} holds other files (sha256 {(found or 'none')[:12]}...): "
+                    "scores across two models mean nothing; pass --model a copy of that checkpoint, or "
+                    "leave --model out to use the one the file names"
+                )
+        return dataclasses.replace(common, local=True, dtype=dtype)
+    if os.path.isabs(name) and not Path(name).is_dir():
+        held = f" (sha256 {meta.model_sha256[:12]}...)" if meta.model_sha256 else ""
+        by_content = (
+            "it is recognised by its content, wherever it is now"
+            if meta.model_sha256
+            else f"{where.name} predates content identity, so the folder must hold the very same files"
+        )
+        raise OutputError(
+            f"{where} was computed by the local model in {name}{held}, and that folder is no longer "
+            f"there: pass --local --model FOLDER with that checkpoint's folder ({by_content})"
+        )
+    return dataclasses.replace(common, local=True, model=name, dtype=dtype)
+
+
+def refuse_another_model(where: Path, found: OutputMeta | None, client: ClipClient) -> None:
+    """Refuse a query the file's model did not compute: scores across two models mean nothing.
+
+    Raises:
+        OutputError: `found` (the file's settings) names another model (or endpoint) than
+            `client` would use for rows of the file's kind. A file without clip-client settings is
+            not checked.
+    """
+    if found is None or found.model == "unknown":
+        return
+    mine = OutputMeta.of(client, "image" if found.kind == "image" else "text", normalize=False)
+    if found.same_model(mine):
+        return
+    how = (
+        "--local (the model the file names), or --local --model FOLDER for a copy of that checkpoint"
+        if found.local_model is not None
+        else "the --host/--profile and --text-endpoint/--image-endpoint it was written with"
+    )
+    raise OutputError(
+        f"{where} was computed by {found.model!r}, but this query would be embedded by {mine.model!r}: "
+        f"scores across two models mean nothing; query with {how}"
+    )

@@ -5,44 +5,23 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from .. import _constants as C
 from ..errors import InvalidInputError
 from .app import EXIT_FAILED_INPUTS, EXIT_OK, app, flag
-from .embed import failure_reason, gather_images, report_failures
+from .embed import gather_images, report_failures
 from .errors import handled, say_error
-from .options import (
-    BatchSizeOpt,
-    CacheOpt,
-    Common,
-    ConcurrencyOpt,
-    DeviceOpt,
-    HostOpt,
-    ImageEndpointOpt,
-    ImagePreparationOpt,
-    JsonOpt,
-    LocalOpt,
-    MaxImagePixelsOpt,
-    ModelOpt,
-    NoCacheOpt,
-    ProfileOpt,
-    TextEndpointOpt,
-    VerboseOpt,
-    show_progress,
-)
+from .options import Common, JsonOpt, shared_options, show_progress
 from .outputs import (
     OutputError,
-    OutputMeta,
     Rows,
+    failure_reason,
+    options_for_rows,
     read_rows,
+    refuse_another_model,
 )
-
-if TYPE_CHECKING:
-    from .._client import ClipClient
-
 
 # --------------------------------------------------------------------------------------------------
 # search, dedupe
@@ -75,31 +54,9 @@ def _clamp(similarity: float) -> float:
     return min(1.0, max(-1.0, similarity))
 
 
-def _same_model(index: Path, rows: Rows, client: ClipClient) -> None:
-    """Refuse a query the index's model did not compute: scores across two models mean nothing.
-
-    Raises:
-        OutputError: the index's settings name another model (or endpoint) than ``client`` would use
-            for rows of the index's kind. A file without clip-client settings is not checked.
-    """
-    found = rows.meta
-    if found is None or found.model == "unknown":
-        return
-    mine = OutputMeta.of(client, "image" if found.kind == "image" else "text", normalize=False).model
-    if mine != found.model:
-        how = (
-            "--local --model MODEL (and --device) as when it was written"
-            if found.model.startswith("local ")
-            else "the --host/--profile and --text-endpoint/--image-endpoint it was written with"
-        )
-        raise OutputError(
-            f"{index} was computed by {found.model!r}, but this query would be embedded by {mine!r}: "
-            f"scores across two models mean nothing; query with {how}"
-        )
-
-
 @app.command()
 @handled
+@shared_options("model", "workspace", "tuning", "images")
 def search(
     index: Annotated[
         Path, typer.Argument(help="An output of `images` or `texts` (.parquet, .npy or .jsonl).")
@@ -111,42 +68,27 @@ def search(
     ] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 10,
     json_lines: JsonOpt = False,
-    local: LocalOpt = False,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    profile: ProfileOpt = None,
-    host: HostOpt = None,
-    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
-    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
-    batch_size: BatchSizeOpt = None,
-    max_concurrency: ConcurrencyOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    image_preparation: ImagePreparationOpt = None,
-    max_image_pixels: MaxImagePixelsOpt = None,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> int:
     """The rows of INDEX nearest to a text (or --image) by cosine similarity, best first.
 
-    Exact search over every row. The query is embedded with the model these options choose, which
-    must be the one that computed INDEX (its settings name it: an endpoint URL, or local MODEL
-    DTYPE); another is refused.
+    Exact search over every row. The query is embedded by the model that computed INDEX, as its
+    settings name it (a local checkpoint, or the serving endpoints): --local, --model and the
+    workspace options are only needed to say otherwise, and another model is refused.
 
     Example: clip-client search photos.parquet "a red car" -k 5
     """
     from ..search import cosine_topk
 
-    common = Common(
-        local, model, device, profile, host, text_endpoint, image_endpoint,
-        batch_size, max_concurrency, cache, no_cache, image_preparation, max_image_pixels,
-    )  # fmt: skip
     if (query is None) == (image is None):
         raise typer.BadParameter("give a query text or --image FILE (one of them)", param_hint="QUERY")
     rows = read_rows(index, role="INDEX", foreign=True)
     if not len(rows):
         raise OutputError(f"{index} has no rows to search")
-    with common.client() as client:
-        _same_model(index, rows, client)
+    # The model the file records, wherever no option chose one; a mismatch is refused before loading.
+    with options_for_rows(common, rows.meta, index).client() as client:
+        refuse_another_model(index, rows.meta, client)
         vector = client.embed_image(str(image)) if image is not None else client.embed_text(query or "")
     width = rows.embeddings.shape[1]
     if vector.shape[-1] != width:
@@ -177,6 +119,7 @@ def search(
 
 @app.command()
 @handled
+@shared_options()
 def dedupe(
     index: Annotated[
         Path, typer.Argument(help="An output of `images` or `texts` (.parquet, .npy or .jsonl).")
@@ -192,7 +135,6 @@ def dedupe(
         ),
     ] = 0.95,
     json_lines: JsonOpt = False,
-    verbose: VerboseOpt = False,
 ) -> int:
     """Groups of near-duplicates in INDEX: rows joined by cosine >= --threshold (through chains).
 
@@ -231,9 +173,9 @@ def dedupe(
 
 
 def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
-    """The labels of ``--labels`` (comma-separated) or ``--labels-file`` (one per line; blank lines
-    skipped, and said), checked by the rules of :meth:`ClipClient.classify`: at least one, none
-    empty, each once.
+    """The labels of `--labels` (comma-separated) or `--labels-file` (one per line; blank lines
+    skipped, and said), checked by the rules of [`ClipClient.classify`][clip_client.ClipClient.classify]: at
+    least one, none empty, each once.
 
     Raises:
         typer.BadParameter: neither or both given; an empty label (its position, from 1), or one
@@ -279,6 +221,7 @@ def _input_problem(exc: InvalidInputError) -> str:
 
 @app.command()
 @handled
+@shared_options("model", "workspace", "tuning", "images")
 def classify(
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
     labels: Annotated[
@@ -307,20 +250,8 @@ def classify(
         bool, flag("--strict", help="Stop at the first image that cannot be embedded.")
     ] = False,
     json_lines: JsonOpt = False,
-    local: LocalOpt = False,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    profile: ProfileOpt = None,
-    host: HostOpt = None,
-    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
-    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
-    batch_size: BatchSizeOpt = None,
-    max_concurrency: ConcurrencyOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    image_preparation: ImagePreparationOpt = None,
-    max_image_pixels: MaxImagePixelsOpt = None,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> int:
     """Zero-shot labels for images, with probabilities (softmax over the labels).
 
@@ -328,10 +259,6 @@ def classify(
     """
     from .._core.zeroshot import check_templates
 
-    common = Common(
-        local, model, device, profile, host, text_endpoint, image_endpoint,
-        batch_size, max_concurrency, cache, no_cache, image_preparation, max_image_pixels,
-    )  # fmt: skip
     names = _labels(labels, labels_file)
     try:
         check_templates(template or None)

@@ -2,50 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from .. import _constants as C
 from .app import EXIT_OK, app, flag
-from .errors import cli_advice, handled, say_error
-from .options import (
-    Common,
-    DeviceOpt,
-    HostOpt,
-    ImageEndpointOpt,
-    LocalOpt,
-    ModelOpt,
-    ProfileOpt,
-    TextEndpointOpt,
-    VerboseOpt,
-)
-
-if TYPE_CHECKING:
-    pass
+from .errors import flag_spelling, handled, say_error
+from .options import Common, shared_options
 
 
 @app.command()
 @handled
-def status(
-    local: LocalOpt = False,
-    model: ModelOpt = None,
-    device: DeviceOpt = None,
-    profile: ProfileOpt = None,
-    host: HostOpt = None,
-    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
-    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
-    verbose: VerboseOpt = False,
-) -> int:
+@shared_options("model", "workspace")
+def status(*, common: Common) -> int:
     """What the two endpoints are and do: state, width, pixel parity, long-text handling, advice.
 
     Sends about 4 requests (2 state reads, 2 probes). With --local, probes the local model.
     """
-    common = Common(local, model, device, profile, host, text_endpoint, image_endpoint, no_cache=True)
-    with common.client() as client:
+    with dataclasses.replace(common, no_cache=True).client() as client:
         report = client.check_endpoint()
-    typer.echo(cli_advice(str(report)))
+    typer.echo(report.render(flag_spelling))
     return EXIT_OK
 
 
@@ -57,6 +36,7 @@ _DEPLOY = "Deployment"
 
 @app.command()
 @handled
+@shared_options("workspace")
 def deploy(
     catalog: Annotated[
         str, typer.Option("--catalog", help="Unity Catalog catalog the models are registered in.")
@@ -136,11 +116,8 @@ def deploy(
             show_default=False,
         ),
     ] = None,
-    profile: ProfileOpt = None,
-    host: HostOpt = None,
-    text_endpoint: TextEndpointOpt = C.DEFAULT_TEXT_ENDPOINT,
-    image_endpoint: ImageEndpointOpt = C.DEFAULT_IMAGE_ENDPOINT,
-    verbose: VerboseOpt = False,
+    *,
+    common: Common,
 ) -> int:
     """Register both MLflow models in Unity Catalog and serve them (needs the 'mlflow' extra).
 
@@ -156,23 +133,23 @@ def deploy(
     from ..deploy import deploy as deploy_models
 
     workspace = None
-    if host is not None:
+    if common.host is not None:
         from databricks.sdk import WorkspaceClient
 
-        workspace = WorkspaceClient(host=host, profile=profile)
+        workspace = WorkspaceClient(host=common.host, profile=common.profile)
     done = deploy_models(
         catalog=catalog,
         schema=schema,
         model=model,
         gpu=gpu,
         workspace=workspace,
-        profile=profile if workspace is None else None,
+        profile=common.profile if workspace is None else None,
         registry_uri=registry_uri,
         tracking_uri=tracking_uri,
         experiment=experiment,
         progress=lambda line: say_error(f"clip-client: {line}"),
-        text_endpoint=text_endpoint,
-        image_endpoint=image_endpoint,
+        text_endpoint=common.text_endpoint,
+        image_endpoint=common.image_endpoint,
         workload_size=workload_size,
         scale_to_zero=scale_to_zero,
         route_optimized=route_optimized,
@@ -189,6 +166,7 @@ def deploy(
 
 @app.command("export-model")
 @handled
+@shared_options()
 def export_model(
     kind: Annotated[str, typer.Option("--kind", help='"text" or "image": which of the two models to write.')],
     model: Annotated[str, typer.Option("--model", help="A Hugging Face hub id or a checkpoint folder.")],
@@ -215,7 +193,6 @@ def export_model(
             show_default=False,
         ),
     ] = None,
-    verbose: VerboseOpt = False,
 ) -> int:
     """Write one pyfunc model as an MLflow model folder, weights included (needs the 'mlflow' extra).
 

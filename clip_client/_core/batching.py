@@ -2,7 +2,7 @@
 isolate a bad input, and reassemble rows in input order.
 
 The sans-I/O heart shared by the sync and async clients. Nothing here opens a socket, starts a
-thread or sleeps: the client shells feed it items and responses (``drive`` / ``adrive``) and do
+thread or sleeps: the client shells feed it items and responses (`drive` / `adrive`) and do
 the waiting themselves.
 """
 
@@ -49,7 +49,7 @@ __all__ = ["Batch", "BatchOutcome", "BatchPlanner", "Collector", "EmbedJob", "ad
 
 @dataclass
 class Batch:
-    """Consecutive inputs sent together. ``indices`` are positions in the caller's input."""
+    """Consecutive inputs sent together. `indices` are positions in the caller's input."""
 
     indices: list[int] = field(default_factory=list)
     payloads: list[Any] = field(default_factory=list)
@@ -67,8 +67,8 @@ class Batch:
 
 
 class BatchPlanner:
-    """Packs items into batches of at most ``max_items`` and, when ``max_bytes`` is set, at most
-    ``max_bytes`` of request body. Batches hold consecutive inputs, so order is never in doubt."""
+    """Packs items into batches of at most `max_items` and, when `max_bytes` is set, at most
+    `max_bytes` of request body. Batches hold consecutive inputs, so order is never in doubt."""
 
     def __init__(self, max_items: int, max_bytes: int | None) -> None:
         self.max_items = max_items
@@ -80,9 +80,11 @@ class BatchPlanner:
         if self.max_bytes is not None and BODY_OVERHEAD + nbytes > self.max_bytes:
             raise InvalidInputError(
                 f"this input alone makes a {BODY_OVERHEAD + nbytes:,}-byte request, over "
-                f"max_request_bytes={self.max_bytes:,}; shorten it (for an image: "
-                "image_preparation='client' sends a 224x224 crop, image_format='jpeg' a smaller one)",
+                f"max_request_bytes={self.max_bytes:,}",
                 index=index,
+                setting="max_request_bytes",
+                advice="shorten it (for an image: {image_preparation='client'} sends a 224x224 crop, "
+                "{image_format='jpeg'} a smaller one)",
             )
         closed = None
         current = self._current
@@ -112,18 +114,21 @@ class BatchPlanner:
 # One batch's fate: send, split when refused as too large, isolate a bad input
 
 
-#: What sending one batch ends in, per (sub-)batch: its rows, or (with on_error="mark") the error that
-#: sank it. A batch split in half ends in one outcome per part.
 BatchOutcome = tuple[Batch, "EmbeddingArray | ClipClientError"]
+"""What sending one batch ends in, per (sub-)batch: its rows, or (with on_error="mark") the error that
+sank it. A batch split in half ends in one outcome per part.
+"""
 
 
-#: Errors that concern the input sent, not the endpoint: a body too large for the endpoint, and a 400
-#: (what any exception inside the model's ``predict`` becomes).
 _ABOUT_AN_INPUT = (PayloadTooLargeError, BadRequestError)
-#: Errors that every other batch of the call would meet too: bad credentials, no permission, no such
-#: endpoint. They stop the call even with ``on_error="mark"``, which is for failures of some inputs;
-#: a revoked token must not send every batch of a million-image job to collect a million failures.
+"""Errors that concern the input sent, not the endpoint: a body too large for the endpoint, and a 400
+(what any exception inside the model's `predict` becomes).
+"""
 _FATAL_TO_THE_CALL = (AuthenticationError, PermissionDeniedError, EndpointNotFoundError, CredentialsError)
+"""Errors that every other batch of the call would meet too: bad credentials, no permission, no such
+endpoint. They stop the call even with `on_error="mark"`, which is for failures of some inputs;
+a revoked token must not send every batch of a million-image job to collect a million failures.
+"""
 
 
 def batch_flow(
@@ -133,9 +138,9 @@ def batch_flow(
 
     It yields each (sub-)batch to send and is sent the rows, or thrown the error. A batch the
     endpoint refuses as too large is split in half, down to a single input, which then fails alone
-    with its index. With ``mark`` a 400 is split the same way to find the input it was about, and
+    with its index. With `mark` a 400 is split the same way to find the input it was about, and
     errors come back as outcomes instead of being raised, except those fatal to the whole call
-    (401, 403, 404, credentials), which are raised whatever ``mark`` says.
+    (401, 403, 404, credentials), which are raised whatever `mark` says.
     """
     try:
         rows = yield batch
@@ -162,8 +167,8 @@ _Result = TypeVar("_Result")
 
 
 def drive(flow: Generator[_Request, _Answer, _Result], send: Callable[[_Request], _Answer]) -> _Result:
-    """Run a :func:`batch_flow` (or any flow that yields requests and is sent their answers or
-    thrown their ``ClipClientError``, such as ``_check.check_flow``) with a blocking ``send``."""
+    """Run a `batch_flow` (or any flow that yields requests and is sent their answers or
+    thrown their `ClipClientError`, such as `_check.check_flow`) with a blocking `send`."""
     request = next(flow)
     while True:
         try:
@@ -181,7 +186,7 @@ def drive(flow: Generator[_Request, _Answer, _Result], send: Callable[[_Request]
 async def adrive(
     flow: Generator[_Request, _Answer, _Result], send: Callable[[_Request], Awaitable[_Answer]]
 ) -> _Result:
-    """:func:`drive` with an awaitable ``send``."""
+    """`drive` with an awaitable `send`."""
     request = next(flow)
     while True:
         try:
@@ -203,9 +208,9 @@ async def adrive(
 class EmbedJob:
     """Plans the batches of one embed call and hands the answers back in input order.
 
-    The shells feed it items (``add``, ``input_failed``), send the batches it closes however they
-    like (threads, tasks), report each batch's outcomes (``settle``) and take the rows that are ready
-    (``ready``), strictly in input order. Rows wait here only until the ones before them are done,
+    The shells feed it items (`add`, `input_failed`), send the batches it closes however they
+    like (threads, tasks), report each batch's outcomes (`settle`) and take the rows that are ready
+    (`ready`), strictly in input order. Rows wait here only until the ones before them are done,
     so memory is bounded by the batches in flight, not by the input. It owns no I/O.
     """
 
@@ -220,16 +225,20 @@ class EmbedJob:
         dim_hint: int | None = None,
         window: int = 8,
         cache: CacheView | None = None,
+        answer_hint: str | None = BACKEND_HINT,
     ) -> None:
         self.planner = planner
-        #: The embedding cache, looked up as each input is planned; its misses' digests wait in
-        #: ``_digests`` until their batch's rows come back, and are stored then (never a failure).
+        self.answer_hint = answer_hint
+        """What a wrong answer's error advises: a backend's contract (the default), or None for a
+        serving endpoint's (`ResponseFormatError`'s own: the endpoint must serve a CLIP model)."""
+        # The embedding cache, looked up as each input is planned; its misses' digests wait in
+        # `_digests` until their batch's rows come back, and are stored then (never a failure).
         self.cache = cache
         self._digests: dict[int, bytes | None] = {}
         self.window = window
-        #: Rows finished but held behind an earlier, slower batch: up to another window's worth, so
-        #: the other request slots keep working past a slow reply, and memory stays bounded by about
-        #: two windows of batches whatever the input's length.
+        # Rows finished but held behind an earlier, slower batch: up to another window's worth, so
+        # the other request slots keep working past a slow reply, and memory stays bounded by about
+        # two windows of batches whatever the input's length.
         self.backlog_cap = window * planner.max_items
         self.mark = mark
         self.normalize = normalize
@@ -245,17 +254,23 @@ class EmbedJob:
     def add(self, index: int, payload: Any, nbytes: int = 0) -> Batch | None:
         """Plan one input; returns the batch it closed, if any. An input found in the cache is done
         at once (no batch, no request). An input too large for a request on its own fails alone,
-        like any other bad input (raised, or marked with ``mark``)."""
+        like any other bad input (raised, or marked with `mark`)."""
         if self.cache is not None:
-            digest, row = self.cache.lookup(payload)
-            width = self.dim if self.dim is not None else self.dim_hint
-            if row is not None and row.ndim == 1 and width in (None, row.shape[0]):
+            answered = self.dim is not None
+            width = self.dim if answered else self.dim_hint
+            digest, row = self.cache.lookup(payload, width=width, answered=answered)
+            if row is not None:
                 self._waiting[index] = self._checked(row[None, :])[0]
                 self._tick(1)
                 return None
             self._digests[index] = digest
         try:
-            return self.planner.add(index, payload, nbytes)
+            batch = self.planner.add(index, payload, nbytes)
+            if batch is None and self._awaiting_width():
+                # The cache trusts no row before the backend's first answer fixes the width: send
+                # this one input alone now, and plan the rest once it has answered (`must_wait`).
+                batch = self.planner.flush()
+            return batch
         except InvalidInputError as exc:
             self._digests.pop(index, None)
             self.input_failed(index, exc)
@@ -286,8 +301,8 @@ class EmbedJob:
             self._tick(len(batch))
 
     def ready(self, final: bool = False) -> Iterator[tuple[int, EmbeddingArray, ClipClientError | None]]:
-        """``(index, row, error)`` for each input whose turn has come. A failed input's NaN row needs
-        the embedding width, so it waits for the first success (or for ``final``)."""
+        """`(index, row, error)` for each input whose turn has come. A failed input's NaN row needs
+        the embedding width, so it waits for the first success (or for `final`)."""
         while self._next in self._waiting:
             item = self._waiting[self._next]
             if isinstance(item, ClipClientError):
@@ -307,29 +322,38 @@ class EmbedJob:
         return self._next
 
     def resize(self, window: int) -> None:
-        """Keep up to ``window`` batches in flight from now on (set once the backend knows how many
-        requests it runs at once: ``max_concurrency="auto"`` learns it on the first request)."""
+        """Keep up to `window` batches in flight from now on (set once the backend knows how many
+        requests it runs at once: `max_concurrency="auto"` learns it on the first request)."""
         self.window = window
         self.backlog_cap = window * self.planner.max_items
 
     def must_wait(self, in_flight: int) -> bool:
-        """Whether the shell should wait for a batch to finish before sending more: when ``window``
-        batches are in flight, or too many finished rows wait behind a slow one. Batches are waited
-        on as they finish, in any order, so one slow reply never idles the other request slots."""
-        return in_flight > 0 and (in_flight >= self.window or len(self._waiting) > self.backlog_cap)
+        """Whether the shell should wait for a batch to finish before sending more: when `window`
+        batches are in flight, too many finished rows wait behind a slow one, or the cache waits
+        for the call's first answer to confirm the width. Batches are waited on as they finish, in
+        any order, so one slow reply never idles the other request slots."""
+        return in_flight > 0 and (
+            in_flight >= self.window or len(self._waiting) > self.backlog_cap or self._awaiting_width()
+        )
+
+    def _awaiting_width(self) -> bool:
+        """Whether the call waits for the backend's first answer before it trusts the cache: a
+        backend whose identity in the cache key is not confirmed (`CacheView.confirmed`), and no
+        answer yet."""
+        return self.cache is not None and not self.cache.confirmed and self.dim is None
 
     def accept(self, batch: Batch, rows: object) -> EmbeddingArray:
-        """What a backend answered for ``batch``, checked before it is taken as rows: a 2-D array of
+        """What a backend answered for `batch`, checked before it is taken as rows: a 2-D array of
         finite numbers, one row per input, as wide as the backend declared and as every other batch
         of the call. Called where the batch is sent (any thread or task), inside the batch's flow,
-        so a wrong answer is marked like any other failure with ``on_error="mark"``.
+        so a wrong answer is marked like any other failure with `on_error="mark"`.
 
         Raises:
             ResponseFormatError: the answer is not such an array.
         """
 
         def fail(message: str) -> ResponseFormatError:
-            return ResponseFormatError(message, endpoint=self.endpoint, hint=BACKEND_HINT)
+            return ResponseFormatError(message, endpoint=self.endpoint, hint=self.answer_hint)
 
         if not isinstance(rows, np.ndarray):
             raise fail(f"the backend answered a {type(rows).__name__}, not a float32 array")
@@ -352,7 +376,7 @@ class EmbedJob:
         return out
 
     def _checked(self, rows: EmbeddingArray) -> EmbeddingArray:
-        """Rows :meth:`accept` let through (or a test handed in), normalised if asked; the first
+        """Rows `accept` let through (or a test handed in), normalised if asked; the first
         width seen is the call's, for the NaN rows of failures."""
         if self.dim is None:
             with self._dim_lock:
@@ -369,8 +393,9 @@ class EmbedJob:
 
 
 class Collector:
-    """The rows of one ``embed_*`` call, as they come out of :meth:`EmbedJob.ready`, into one float32
-    array of known length; with ``mark``, into an :class:`EmbeddingResult` listing the failures."""
+    """The rows of one `embed_*` call, as they come out of `EmbedJob.ready`, into one float32
+    array of known length; with `mark`, into an [`EmbeddingResult`][clip_client.EmbeddingResult] listing the
+    failures."""
 
     def __init__(self, total: int, *, mark: bool = False) -> None:
         self.total = total

@@ -1,12 +1,12 @@
 """Waiting, in one place: how many requests one client keeps in flight, and what a call's requests
 share while they wait (its deadline and cancellation).
 
-``AIMDLimit`` is the policy, free of I/O: additive increase (about +1 per round of successful
+`AIMDLimit` is the policy, free of I/O: additive increase (about +1 per round of successful
 requests) and multiplicative decrease (halve) when the endpoint signals overload with 429 or 503,
-never above ``max_concurrency`` nor below 1. A burst of overload answers from requests that were all
+never above `max_concurrency` nor below 1. A burst of overload answers from requests that were all
 sent before the last decrease counts once, as TCP does with losses in one window.
 
-``ThreadLimiter`` and ``AsyncLimiter`` are the two thin shells that wait on it: the sync client's
+`ThreadLimiter` and `AsyncLimiter` are the two thin shells that wait on it: the sync client's
 threads and the async client's tasks obey the same numbers.
 """
 
@@ -32,8 +32,12 @@ class Slot:
     ticket: int
     overloaded: bool = False
     succeeded: bool = False
-    #: Sent while its endpoint may be starting: a 503 for it is expected, not overload.
     expected_503: bool = False
+    """Sent while its endpoint may be starting: a 503 for it is expected, not overload."""
+
+
+_LONGEST_WAIT = threading.TIMEOUT_MAX - C.DEADLINE_GRACE
+"""The most seconds `CallContext.remaining` says: what a thread can wait, less the grace added to it."""
 
 
 class AIMDLimit:
@@ -66,7 +70,7 @@ class AIMDLimit:
         return Slot(self._next_ticket)
 
     def set_ceiling(self, maximum: int) -> None:
-        """Move the ceiling to ``maximum`` (``max_concurrency="auto"`` once the endpoint said what it
+        """Move the ceiling to `maximum` (`max_concurrency="auto"` once the endpoint said what it
         serves), and the live limit by as much, so a limit that was at its ceiling stays there and one
         that was lowered by overload stays that far below it."""
         if maximum < self.minimum:
@@ -93,14 +97,14 @@ class ThreadLimiter:
         self._cond = threading.Condition()
 
     def set_ceiling(self, maximum: int) -> None:
-        """:meth:`AIMDLimit.set_ceiling`, waking the threads a higher ceiling lets in."""
+        """`AIMDLimit.set_ceiling`, waking the threads a higher ceiling lets in."""
         with self._cond:
             self.policy.set_ceiling(maximum)
             self._cond.notify_all()
 
     @contextmanager
     def slot(self, ctx: CallContext | None = None, endpoint: str | None = None) -> Iterator[Slot]:
-        """A slot, waited for no longer than ``ctx``'s deadline (then ``APITimeoutError``)."""
+        """A slot, waited for no longer than `ctx`'s deadline (then `APITimeoutError`)."""
         left = None if ctx is None else ctx.remaining()
         with self._cond:
             if not self._cond.wait_for(self.policy.can_start, None if left is None else max(0.0, left)):
@@ -124,7 +128,7 @@ class AsyncLimiter:
         self._waiters: list[asyncio.Future[None]] = []
 
     def set_ceiling(self, maximum: int) -> None:
-        """:meth:`AIMDLimit.set_ceiling`, waking the tasks a higher ceiling lets in (call it on the
+        """`AIMDLimit.set_ceiling`, waking the tasks a higher ceiling lets in (call it on the
         loop)."""
         self.policy.set_ceiling(maximum)
         self._wake()
@@ -136,7 +140,7 @@ class AsyncLimiter:
 
     @asynccontextmanager
     async def slot(self, ctx: CallContext | None = None, endpoint: str | None = None) -> AsyncIterator[Slot]:
-        """A slot, waited for no longer than ``ctx``'s deadline (then ``APITimeoutError``)."""
+        """A slot, waited for no longer than `ctx`'s deadline (then `APITimeoutError`)."""
         while not self.policy.can_start():
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
@@ -163,7 +167,7 @@ class CallCancelled(ClipClientError):
 
 class Counters:
     """What one client has done since it was created, counted from every thread and task that
-    uses it: the one source of ``client.stats``. Thread-safe."""
+    uses it: the one source of `client.stats`. Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -173,9 +177,10 @@ class Counters:
         self.splits = 0
         self.cache_hits = 0
         self.cache_misses = 0
+        self.cache_rejected = 0
 
     def attempt(self, number: int = 1) -> None:
-        """One request (an HTTP attempt, a forward pass); ``number`` > 1 marks it as a retry."""
+        """One request (an HTTP attempt, a forward pass); `number` > 1 marks it as a retry."""
         with self._lock:
             self.requests += 1
             self.retries += number > 1
@@ -198,22 +203,31 @@ class Counters:
             else:
                 self.cache_misses += 1
 
+    def cache_reject(self) -> None:
+        """A cached row refused: damaged in the file, not finite, or of another width than the
+        backend's answers (it is looked up as a miss, and recomputed)."""
+        with self._lock:
+            self.cache_rejected += 1
+
 
 class CallContext:
-    """What every request of one embed call shares, handed to :meth:`Backend.embed` /
-    :meth:`Backend.aembed` with each batch.
+    """What every request of one embed call shares, handed to [`Backend.embed`][clip_client.Backend.embed] /
+    [`Backend.aembed`][clip_client.Backend.aembed] with each batch.
 
-    A backend calls :meth:`check` before starting work (it raises once the call was cancelled or its
-    deadline passed), sleeps between retries with :meth:`sleep` / :meth:`asleep` (which wake at
-    cancellation and never outlast the deadline), reports each request with :meth:`attempted`,
-    overload answers with :meth:`overloaded` and failures with :meth:`failed`, so that
-    ``client.stats`` counts them and the error raised when the deadline passes names what went wrong
-    before it (a refused connection, a DNS failure, a timeout) and chains it.
+    A backend calls [`check`][clip_client.CallContext.check] before starting work (it raises once the call was
+    cancelled or its deadline passed), sleeps between retries with [`sleep`][clip_client.CallContext.sleep] /
+    [`asleep`][clip_client.CallContext.asleep] (which wake at cancellation and never outlast the deadline),
+    reports each request with [`attempted`][clip_client.CallContext.attempted], overload answers with
+    [`overloaded`][clip_client.CallContext.overloaded] and failures with
+    [`failed`][clip_client.CallContext.failed], so that `client.stats` counts them and the error raised when
+    the deadline passes names what went wrong before it (a refused connection, a DNS failure, a timeout) and
+    chains it.
 
     Args:
         deadline: seconds from the context's creation until the call must be over; None for no bound.
-        counters: where :meth:`attempted` and :meth:`overloaded` count (the client's); a fresh
-            :class:`Counters` when None.
+        counters: where [`attempted`][clip_client.CallContext.attempted] and
+            [`overloaded`][clip_client.CallContext.overloaded] count (the client's); a fresh `Counters` when
+            None.
     """
 
     def __init__(self, deadline: float | None = None, counters: Counters | None = None) -> None:
@@ -221,11 +235,11 @@ class CallContext:
         self.expires_at = None if deadline is None else time.monotonic() + deadline
         self.cancelled = threading.Event()
         self.counters = counters if counters is not None else Counters()
-        #: The last error an attempt of this call failed with (any batch, any thread or task).
         self.last_error: BaseException | None = None
+        """The last error an attempt of this call failed with (any batch, any thread or task)."""
 
     def attempted(self, number: int = 1) -> None:
-        """Count one request; ``number`` is its attempt number within its batch (2+ is a retry)."""
+        """Count one request; `number` is its attempt number within its batch (2+ is a retry)."""
         self.counters.attempt(number)
 
     def overloaded(self) -> None:
@@ -233,18 +247,22 @@ class CallContext:
         self.counters.overload()
 
     def remaining(self) -> float | None:
-        """Seconds left before the deadline (negative once it passed), or None without one."""
-        return None if self.expires_at is None else self.expires_at - time.monotonic()
+        """Seconds left before the deadline (negative once it passed), or None without one; never
+        more than `threading.TIMEOUT_MAX` (about 292 years), the longest a thread can wait, so a
+        deadline of `1e12` or `float("inf")` bounds nothing and breaks no wait."""
+        if self.expires_at is None:
+            return None
+        return min(self.expires_at - time.monotonic(), _LONGEST_WAIT)
 
     def wait_limit(self) -> float | None:
         """How long a caller waits on this call's requests in flight before raising the deadline's
         error itself: until the deadline, plus a grace for the requests to report it (with what
         they were doing); None without a deadline."""
         left = self.remaining()
-        return None if left is None else max(0.0, left + C.DEADLINE_GRACE)
+        return None if left is None else min(max(0.0, left + C.DEADLINE_GRACE), threading.TIMEOUT_MAX)
 
     def expires_within(self, seconds: float) -> bool:
-        """Whether the deadline passes within ``seconds`` from now (never, without a deadline)."""
+        """Whether the deadline passes within `seconds` from now (never, without a deadline)."""
         left = self.remaining()
         return left is not None and left <= seconds
 
@@ -264,9 +282,9 @@ class CallContext:
         attempts: int = 1,
     ) -> APITimeoutError:
         """The error for a call whose deadline passed, or would pass before the next retry is due
-        (``next_wait`` seconds from now). It names the last failure (``cause``, else the last one
-        :meth:`failed` saw) and is chained to it; ``cut`` is the exception of an attempt the
-        deadline cut short, chained when there was no earlier failure. ``waiting`` says what the
+        (`next_wait` seconds from now). It names the last failure (`cause`, else the last one
+        [`failed`][clip_client.CallContext.failed] saw) and is chained to it; `cut` is the exception of an
+        attempt the deadline cut short, chained when there was no earlier failure. `waiting` says what the
         call was waiting for when the deadline passed ("for the endpoint's answer (ReadTimeout)")."""
         if next_wait is not None and not self.expires_within(0):
             left = max(0.0, self.remaining() or 0.0)

@@ -1,8 +1,8 @@
-"""``check_endpoint()``: what the two endpoints are and what they do, measured rather than assumed.
+"""`check_endpoint()`: what the two endpoints are and what they do, measured rather than assumed.
 
-The check is one sans-I/O flow (:func:`check_flow`), a generator the sync and async clients drive
-with ``_core.drive`` / ``_core.adrive`` exactly as they drive a batch: it yields a step, a
-:class:`ReadState` (the backend's control-plane GET) or a :class:`Probe` (one batch through the
+The check is one sans-I/O flow (`check_flow`), a generator the sync and async clients drive
+with `_core.drive` / `_core.adrive` exactly as they drive a batch: it yields a step, a
+`ReadState` (the backend's control-plane GET) or a `Probe` (one batch through the
 backend's normal embed path: retries, auth, time bounds, the adaptive limit), and is sent the answer
 or thrown the error. Everything it decides (what to send, what a refusal means, the verdicts and the
 advice) is written here once; the shells only do the I/O.
@@ -19,7 +19,7 @@ import functools
 import math
 import textwrap
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -27,7 +27,16 @@ import numpy.typing as npt
 
 from .._backend import Backend
 from .._remote.endpoint_state import EndpointState, unknown_state
-from ..errors import APIError, BadRequestError, ClipClientError, InvalidInputError, ResponseFormatError
+from ..errors import (
+    APIError,
+    BadRequestError,
+    ClipClientError,
+    InvalidInputError,
+    ResponseFormatError,
+    Spelling,
+    python_spelling,
+    spell_advice,
+)
 from ..types import EmbeddingArray, InputKind, Settings
 from .batching import Batch, BatchOutcome, BatchPlanner, batch_flow
 from .concurrency import CallContext, Counters
@@ -50,27 +59,28 @@ __all__ = [
     "probe_image",
 ]
 
-#: "exact": the two embeddings are identical; "close": cosine >= :data:`CLOSE_COSINE`; "different".
 ParityVerdict = Literal["exact", "close", "different", "insensitive"]
-#: "truncates": the endpoint embedded a text longer than CLIP's 77 tokens (HTTP 200); "refuses": it
-#: answered 400.
+""""exact": the two embeddings are identical; "close": cosine >= `CLOSE_COSINE`; "different"."""
 TruncationVerdict = Literal["truncates", "refuses"]
+""""truncates": the endpoint embedded a text longer than CLIP's 77 tokens (HTTP 200); "refuses": it
+answered 400.
+"""
 
-#: The cosine similarity at and above which two embeddings of the same image are "close".
 CLOSE_COSINE = 0.9999
-#: (width, height) of the parity probe image: non-square, so the resize and the crop both matter.
+"""The cosine similarity at and above which two embeddings of the same image are "close"."""
 PROBE_IMAGE_SIZE = (640, 480)
-#: CLIP's text context, in tokens (start and end tokens included).
+"""(width, height) of the parity probe image: non-square, so the resize and the crop both matter."""
 CLIP_CONTEXT = 77
+"""CLIP's text context, in tokens (start and end tokens included)."""
 
-#: The width probe: a short caption every CLIP endpoint embeds.
+# The width probe: a short caption every CLIP endpoint embeds.
 SHORT_TEXT = "a photo of a cat"
 _CAPTION = (
     "a photograph of a red bicycle leaning against a weathered blue wooden door on a quiet cobbled "
     "street in the late afternoon sun"
 )
-#: The truncation probe: 5 x 23 = 115 words, so at least 117 CLIP tokens (every word is one token or
-#: more, plus the start and end tokens) whatever the tokenizer's vocabulary, well over 77.
+# The truncation probe: 5 x 23 = 115 words, so at least 117 CLIP tokens (every word is one token or
+# more, plus the start and end tokens) whatever the tokenizer's vocabulary, well over 77.
 LONG_TEXT = " ".join([_CAPTION] * 5)
 LONG_TEXT_WORDS = len(LONG_TEXT.split())
 
@@ -91,25 +101,25 @@ class ImageParity:
     """Whether the image endpoint computes, from a whole image file, the embedding it computes from
     this client's prepared 224x224 crop of that file.
 
-    Measured with :func:`probe_image` (a 640x480 photo-like picture: colour gradients, hard-edged
+    Measured with `probe_image` (a 640x480 photo-like picture: colour gradients, hard-edged
     shapes, thin lines and texture at several scales, identical on every run), sent twice in one
     request: as the original PNG file, and as the client prepares it (its own resize, crop and
-    ``image_format``). Both rows go through the same model in the same batch, so any difference is
+    `image_format`). Both rows go through the same model in the same batch, so any difference is
     the endpoint's preparation of the file against the client's.
 
     Attributes:
-        verdict: ``"exact"`` (identical vectors: the client's preparation is the endpoint's, bit for
-            bit), ``"close"`` (cosine >= 0.9999), ``"different"``, or ``"insensitive"``: the endpoint
+        verdict: `"exact"` (identical vectors: the client's preparation is the endpoint's, bit for
+            bit), `"close"` (cosine >= 0.9999), `"different"`, or `"insensitive"`: the endpoint
             answered the same embedding for a different picture (the probe mirrored, sent in the
             same request as a control), so it does not embed what it is sent and parity means
             nothing.
         cosine: cosine similarity of the two embeddings (float64 arithmetic; 1.0 for identical ones).
         max_abs_diff: the largest absolute difference between the two embeddings, element by element,
             in the endpoint's own units (the rows as answered, not normalised); 0.0 when exact.
-        probe: what was sent, e.g. ``"640x480 PNG file (422,821 bytes) and the client's 224x224 png
-            crop (98,765 bytes)"``.
-        advice: what to do about the verdict; None when ``"exact"``, and when the client already
-            sends files as given (``image_preparation="server"``), since its embeddings are then the
+        probe: what was sent, e.g. `"640x480 PNG file (422,821 bytes) and the client's 224x224 png
+            crop (98,765 bytes)"`.
+        advice: what to do about the verdict; None when `"exact"`, and when the client already
+            sends files as given (`image_preparation="server"`), since its embeddings are then the
             endpoint's own whatever the verdict.
     """
 
@@ -118,6 +128,16 @@ class ImageParity:
     max_abs_diff: float
     probe: str
     advice: str | None = None
+    advice_template: str | None = field(default=None, repr=False, compare=False)
+    """`advice` with the settings it names as placeholders (`clip_client.errors.spell_advice`),
+    for a caller that names settings its own way (the command line's options).
+    """
+
+    def advice_in(self, spelling: Spelling) -> str | None:
+        """`advice`, with the settings it names spelled by `spelling`."""
+        if self.advice_template is None:
+            return self.advice
+        return spell_advice(self.advice_template, spelling)
 
 
 @dataclass(frozen=True)
@@ -125,8 +145,8 @@ class TextTruncation:
     """What the text endpoint does with a text longer than CLIP's 77-token context.
 
     Attributes:
-        verdict: ``"truncates"`` (it answered 200: the model cuts the text, as CLIP's tokenizer does
-            with ``truncation=True, max_length=77``) or ``"refuses"`` (it answered 400).
+        verdict: `"truncates"` (it answered 200: the model cuts the text, as CLIP's tokenizer does
+            with `truncation=True, max_length=77`) or `"refuses"` (it answered 400).
         probe_words: words in the probe text (at least that many tokens, plus 2, so over 77).
         refusal: the endpoint's error when it refused (status, error code, message); else None.
         advice: what to do when it refuses; None when it truncates.
@@ -140,21 +160,22 @@ class TextTruncation:
 
 @dataclass(frozen=True)
 class EndpointReport:
-    """One endpoint (text or image), as :meth:`ClipClient.check_endpoint` found it.
+    """One endpoint (text or image), as [`ClipClient.check_endpoint`][clip_client.ClipClient.check_endpoint]
+    found it.
 
     Attributes:
-        kind: ``"text"`` or ``"image"``: which inputs this endpoint embeds.
+        kind: `"text"` or `"image"`: which inputs this endpoint embeds.
         endpoint: the serving endpoint's name; None for a backend that has none (local mode).
-        state: what ``GET /api/2.0/serving-endpoints/{name}`` said (ready, configuration update,
+        state: what `GET /api/2.0/serving-endpoints/{name}` said (ready, configuration update,
             served entities with workload size and type, scale to zero, route-optimized), as an
-            :class:`~clip_client.EndpointState`. ``state.known`` is False, with ``state.note`` saying
+            [`EndpointState`][clip_client.EndpointState]. `state.known` is False, with `state.note` saying
             why, when the state could not be read (HTTP 403: the caller holds CAN QUERY but not CAN
-            VIEW; a timeout of the GET) or there is none (``"not a serving endpoint"``: local mode).
+            VIEW; a timeout of the GET) or there is none (`"not a serving endpoint"`: local mode).
         dim: the embedding width the endpoint answered, measured on the probe (768 for ViT-L/14).
-        parity: the image endpoint's pixel parity (:class:`ImageParity`); None for the text
-            endpoint, or when it could not be measured (``notes`` says why).
-        truncation: the text endpoint's handling of long texts (:class:`TextTruncation`); None for
-            the image endpoint.
+        parity: the image endpoint's pixel parity ([`ImageParity`][clip_client.ImageParity]); None for the
+            text endpoint, or when it could not be measured (`notes` says why).
+        truncation: the text endpoint's handling of long texts
+            ([`TextTruncation`][clip_client.TextTruncation]); None for the image endpoint.
         notes: anything else the check found worth saying about this endpoint.
     """
 
@@ -169,13 +190,21 @@ class EndpointReport:
     @property
     def advice(self) -> tuple[str, ...]:
         """Every piece of advice for this endpoint (empty when there is nothing to do)."""
+        return self.advice_in(python_spelling)
+
+    def advice_in(self, spelling: Spelling) -> tuple[str, ...]:
+        """`advice`, with the settings it names spelled by `spelling`."""
         found = (
-            self.parity.advice if self.parity else None,
+            self.parity.advice_in(spelling) if self.parity else None,
             self.truncation.advice if self.truncation else None,
         )
         return tuple(a for a in found if a)
 
     def __str__(self) -> str:
+        return self.render(python_spelling)
+
+    def render(self, spelling: Spelling) -> str:
+        """`str(report)`, with the settings its advice names spelled by `spelling`."""
         name = f" {self.endpoint}" if self.endpoint else ""
         lines = [f"{self.kind} endpoint{name}", _field("state", _describe_state(self.state))]
         lines.append(_field("width", str(self.dim)))
@@ -192,20 +221,21 @@ class EndpointReport:
                     f"({p.probe})",
                 )
             )
-        lines += [_field("advice", a) for a in self.advice]
+        lines += [_field("advice", a) for a in self.advice_in(spelling)]
         lines += [_field("note", n) for n in self.notes]
         return "\n".join(lines)
 
 
 @dataclass(frozen=True)
 class EndpointCheck:
-    """What :meth:`ClipClient.check_endpoint` found: one :class:`EndpointReport` per endpoint.
+    """What [`ClipClient.check_endpoint`][clip_client.ClipClient.check_endpoint] found: one
+    [`EndpointReport`][clip_client.EndpointReport] per endpoint.
 
-    ``str(check)`` is a readable summary, one block per endpoint.
+    `str(check)` is a readable summary, one block per endpoint.
 
     Attributes:
-        text: the text endpoint's report (its ``truncation`` is set).
-        image: the image endpoint's report (its ``parity`` is set unless it could not be measured).
+        text: the text endpoint's report (its `truncation` is set).
+        image: the image endpoint's report (its `parity` is set unless it could not be measured).
         requests: the requests the check sent: state GETs plus probe POST attempts, retries
             included (forward passes for a local backend). 4 when every answer is a success.
         notes: findings about the two endpoints together (e.g. they answer different widths).
@@ -222,7 +252,11 @@ class EndpointCheck:
         return self.text.advice + self.image.advice
 
     def __str__(self) -> str:
-        lines = [str(self.text), str(self.image)]
+        return self.render(python_spelling)
+
+    def render(self, spelling: Spelling) -> str:
+        """`str(check)`, with the settings its advice names spelled by `spelling`."""
+        lines = [self.text.render(spelling), self.image.render(spelling)]
         lines += [f"note: {n}" for n in self.notes]
         lines.append(f"({self.requests} request{'s' if self.requests != 1 else ''})")
         return "\n".join(lines)
@@ -234,16 +268,16 @@ class EndpointCheck:
 
 @dataclass(frozen=True)
 class ReadState:
-    """Step: read the endpoint's state (``backend.endpoint_state(kind, refresh=True)``); send back
-    the :class:`EndpointState`, or throw the error (401, 404)."""
+    """Step: read the endpoint's state (`backend.endpoint_state(kind, refresh=True)`); send back
+    the [`EndpointState`][clip_client.EndpointState], or throw the error (401, 404)."""
 
     kind: InputKind
 
 
 @dataclass(frozen=True)
 class Probe:
-    """Step: embed ``batch`` on the ``kind`` endpoint through the backend's normal path; send back
-    the rows, or throw the ``ClipClientError``."""
+    """Step: embed `batch` on the `kind` endpoint through the backend's normal path; send back
+    the rows, or throw the `ClipClientError`."""
 
     kind: InputKind
     batch: Batch
@@ -253,7 +287,7 @@ Step = ReadState | Probe
 
 
 class CheckCounters(Counters):
-    """The check's own count of requests, also counted in the client's (``client.stats``)."""
+    """The check's own count of requests, also counted in the client's (`client.stats`)."""
 
     def __init__(self, client: Counters) -> None:
         super().__init__()
@@ -275,7 +309,7 @@ class CheckCounters(Counters):
 def check_flow(
     backend: Backend, settings: Settings, ctx: CallContext, *, control_plane: bool
 ) -> Generator[Step, Any, EndpointCheck]:
-    """The whole check, free of I/O: the states (when the backend has a ``control_plane``), then
+    """The whole check, free of I/O: the states (when the backend has a `control_plane`), then
     the text probe, then the image probe. Errors that every embed call would meet (401, 403 on a
     probe, 404, credentials, a probe of the client's own kind of input failing after its retries)
     are raised; a refusal of a probe input the client never sends itself (the long text, the
@@ -399,8 +433,8 @@ def _image_probe(
 def _send(
     backend: Backend, kind: InputKind, items: list[str] | list[PreparedImage], ctx: CallContext
 ) -> Generator[Step, Any, list[EmbeddingArray | ClipClientError]]:
-    """Send the probe's inputs, in one request when ``max_request_bytes`` allows, through
-    :func:`~clip_client._core.batch_flow` (``mark``): a 400 for the pair is split to find the
+    """Send the probe's inputs, in one request when `max_request_bytes` allows, through
+    `batch_flow` (`mark`): a 400 for the pair is split to find the
     input it was about. Returns one row, or one error (without an index: the probe's positions mean
     nothing to the caller), per input."""
     payloads = [backend.payload(kind, item) for item in items]
@@ -434,8 +468,8 @@ def _send(
 def _probe(
     kind: InputKind, endpoint: str | None, flow: Generator[Batch, EmbeddingArray, list[BatchOutcome]]
 ) -> Generator[Step, Any, list[BatchOutcome]]:
-    """A :func:`batch_flow`'s requests as :class:`Probe` steps of ``kind``; an answer that is not one
-    row per input (a custom backend's) is thrown into the flow as a ``ResponseFormatError``."""
+    """A `batch_flow`'s requests as `Probe` steps of `kind`; an answer that is not one
+    row per input (a custom backend's) is thrown into the flow as a `ResponseFormatError`."""
     try:
         batch = next(flow)
         while True:
@@ -479,11 +513,14 @@ def _parity(whole: EmbeddingArray, prepared: EmbeddingArray, probe: str, setting
         return ImageParity("exact", cosine, max_abs_diff, probe)
     verdict: ParityVerdict = "close" if cosine >= CLOSE_COSINE else "different"
     # Sending files as given already makes every embedding the endpoint's own: nothing to act on.
-    advice = None if settings.image_preparation == "server" else _parity_advice(verdict, cosine, settings)
-    return ImageParity(verdict, cosine, max_abs_diff, probe, advice)
+    if settings.image_preparation == "server":
+        return ImageParity(verdict, cosine, max_abs_diff, probe)
+    template = _parity_advice(verdict, cosine, settings)
+    return ImageParity(verdict, cosine, max_abs_diff, probe, spell_advice(template), template)
 
 
 def _parity_advice(verdict: ParityVerdict, cosine: float, settings: Settings) -> str:
+    """The advice, as a template naming settings (`spell_advice`)."""
     if verdict == "close":
         text = (
             "the endpoint prepares images almost as this client does, but not exactly: most likely it "
@@ -492,20 +529,21 @@ def _parity_advice(verdict: ParityVerdict, cosine: float, settings: Settings) ->
             f"from this client agree to cosine {_cosine(cosine)}: fine for search and deduplication. "
             "For identical embeddings, log the model with the PIL processor (CLIPImageProcessorPil, "
             "or AutoImageProcessor.from_pretrained(..., backend='pil')), or use "
-            "image_preparation='server' so the endpoint prepares every image itself"
+            "{image_preparation='server'} so the endpoint prepares every image itself"
         )
     else:
         text = (
             "the endpoint does not resize and centre-crop images like CLIPImageProcessor (it may "
             "squash them to 224x224, crop elsewhere, or use another model): embeddings of the "
             f"client's crops and of the same files sent whole agree only to cosine {_cosine(cosine)}. "
-            "Use image_preparation='server' so every image is prepared by the endpoint, or redeploy "
+            "Use {image_preparation='server'} so every image is prepared by the endpoint, or redeploy "
             "the model with CLIPImageProcessor's PIL path (docs/endpoints.md)"
         )
     if settings.image_format == "jpeg":
         text = (
-            "first: this client sends its crops as JPEG (image_format='jpeg'), which changes their "
-            "pixels; check again with image_format='png' before anything else. Then, if it persists: " + text
+            "first: this client sends its crops as JPEG ({image_format='jpeg'}), which changes their "
+            "pixels; check again with {image_format='png'} before anything else. Then, if it persists: "
+            + text
         )
     return text
 
@@ -516,7 +554,7 @@ def _parity_advice(verdict: ParityVerdict, cosine: float, settings: Settings) ->
 
 @functools.cache
 def mirrored_probe_image() -> bytes:
-    """The control picture of the parity probe: :func:`probe_image` mirrored left to right."""
+    """The control picture of the parity probe: `probe_image` mirrored left to right."""
     width, height = PROBE_IMAGE_SIZE
     pixels = _decode_png_rgb(probe_image(), width, height)
     return png_rgb(np.ascontiguousarray(pixels[:, ::-1]))
@@ -573,7 +611,7 @@ def _triangle(
 
 
 def _value_noise(width: int, height: int, cell: int, salt: int) -> npt.NDArray[np.float64]:
-    """Smooth noise in [-1, 1] with features about ``cell`` pixels wide: hashed values on a lattice of
+    """Smooth noise in [-1, 1] with features about `cell` pixels wide: hashed values on a lattice of
     that spacing, smoothstep-interpolated."""
     rows, cols = np.mgrid[0 : height // cell + 2, 0 : width // cell + 2]
     lattice = _hash(rows, cols, salt)

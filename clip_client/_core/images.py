@@ -1,20 +1,20 @@
 """Image inputs to CLIP-ready pixels: decode, orient, convert to RGB, resize and crop exactly as the
 served model does, then encode.
 
-The served model (``CLIPModel`` + ``CLIPImageProcessor``) converts to RGB with ``transformers``'
-``convert_to_rgb`` (Pillow's own mode conversions, alpha composited onto white), resizes the
+The served model (`CLIPModel` + `CLIPImageProcessor`) converts to RGB with `transformers`'
+`convert_to_rgb` (Pillow's own mode conversions, alpha composited onto white), resizes the
 shortest edge to 224 with Pillow BICUBIC and center-crops 224x224 at the floor offset. A 224x224 RGB
 image passes through that unchanged, so doing the same conversion, resize and crop here and sending
 the result losslessly gives the server exactly the pixels it would have computed from the original
 file, in a fraction of the bytes.
 
-With ``image_preparation="server"`` the endpoint does that work instead: a file input goes as given
+With `image_preparation="server"` the endpoint does that work instead: a file input goes as given
 (after its header shows an image Pillow can open), an in-memory image as a lossless PNG at its own
-size (:func:`png_lossless`).
+size (`png_lossless`).
 
 Every input is prepared independently: whatever goes wrong with one becomes an
-:class:`~clip_client.errors.ImageDecodeError` (or :class:`~clip_client.errors.InvalidInputError`)
-naming its index, never an untyped exception, so ``on_error="mark"`` can contain it.
+[`ImageDecodeError`][clip_client.ImageDecodeError] (or [`InvalidInputError`][clip_client.InvalidInputError])
+naming its index, never an untyped exception, so `on_error="mark"` can contain it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import io
 import math
 import os
 import stat
+import struct
 import threading
 import warnings
 from collections.abc import Iterator
@@ -44,8 +45,10 @@ from .png import png_8bit, png_rgb
 
 __all__ = [
     "ImageOptions",
+    "InvalidBase64",
     "PreparedImage",
     "clip_resize_crop",
+    "from_plain_base64",
     "png_lossless",
     "png_rgb",
     "prepare_image",
@@ -53,9 +56,6 @@ __all__ = [
 ]
 
 _EXIF_ORIENTATION = 0x0112
-#: EXIF orientation -> the transpose that shows the image upright: Pillow's own table
-#: (``ImageOps.exif_transpose``), applied here without that function's rewrite of the metadata,
-#: which raises on a tag stored with the wrong type.
 _ORIENTATION_TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -65,14 +65,21 @@ _ORIENTATION_TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-#: Above this many pixels the full-size intermediate of an extreme aspect ratio (a 30000x10 banner)
-#: would not fit in memory; such images are resized from the needed region only (see below).
+"""EXIF orientation -> the transpose that shows the image upright: Pillow's own table
+(`ImageOps.exif_transpose`), applied here without that function's rewrite of the metadata,
+which raises on a tag stored with the wrong type.
+"""
 _MAX_INTERMEDIATE_PIXELS = 64_000_000
-#: Integer greyscale wider than 8 bits; ``high_bit_depth="scale"`` maps 0..65535 onto 0..255.
+"""Above this many pixels the full-size intermediate of an extreme aspect ratio (a 30000x10 banner)
+would not fit in memory; such images are resized from the needed region only (see below).
+"""
+# Integer greyscale wider than 8 bits; `high_bit_depth="scale"` maps 0..65535 onto 0..255.
 _WIDE_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-#: At most this much of an exception's text is quoted in an error message.
+_SUGGESTED_DIGITS = 2
+"""Pixel counts the advice suggests for `max_image_pixels` are rounded up to this many digits."""
 _QUOTED_CHARS = 200
+"""At most this much of an exception's text is quoted in an error message."""
 
 
 @dataclass(frozen=True)
@@ -83,36 +90,39 @@ class ImageOptions:
     format: ImageFormat = C.DEFAULT_IMAGE_FORMAT
     jpeg_quality: int = C.DEFAULT_JPEG_QUALITY
     max_pixels: int = C.DEFAULT_MAX_IMAGE_PIXELS
-    #: Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below ``size`` on the short
-    #: side) before the exact resize: several times faster on photos, close to but not bit-exact.
     fast_decode: bool = False
-    #: "encoded": file bytes for the wire; "pixels": a uint8 array for the in-process model.
+    """Let libjpeg decode large JPEGs at 1/2, 1/4 or 1/8 scale (never below `size` on the short
+    side) before the exact resize: several times faster on photos, close to but not bit-exact.
+    """
     want: Literal["encoded", "pixels"] = "encoded"
-    #: 16-bit and 32-bit integer greyscale (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``, ``I``):
-    #: "clip" (the default) does what the served processor does, Pillow's conversion, which clips
-    #: every value above 255 to 255; "scale" maps 0..65535 linearly onto 0..255 instead (a useful
-    #: picture of full-range 16-bit data, but not the embedding the endpoint computes from the file).
+    """"encoded": file bytes for the wire; "pixels": a uint8 array for the in-process model."""
     high_bit_depth: HighBitDepth = C.DEFAULT_HIGH_BIT_DEPTH
-    #: "client": decode, resize and crop here, send ``size`` x ``size`` (the default). "server": the
-    #: endpoint prepares; a file input is sent as given, an in-memory image as a lossless PNG at its
-    #: own size (``format``, ``jpeg_quality``, ``fast_decode`` and ``size`` then play no part).
-    #: Ignored when ``want == "pixels"``: a backend that takes pixels is its own server.
+    """16-bit and 32-bit integer greyscale (`I;16`, `I;16B`, `I;16L`, `I;16N`, `I`):
+    "clip" (the default) does what the served processor does, Pillow's conversion, which clips
+    every value above 255 to 255; "scale" maps 0..65535 linearly onto 0..255 instead (a useful
+    picture of full-range 16-bit data, but not the embedding the endpoint computes from the file).
+    """
     preparation: ImagePreparation = C.DEFAULT_IMAGE_PREPARATION
+    """"client": decode, resize and crop here, send `size` x `size` (the default). "server": the
+    endpoint prepares; a file input is sent as given, an in-memory image as a lossless PNG at its
+    own size (`format`, `jpeg_quality`, `fast_decode` and `size` then play no part).
+    Ignored when `want == "pixels"`: a backend that takes pixels is its own server.
+    """
 
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """One image input, prepared exactly as the served ``CLIPImageProcessor`` would see it: decoded,
+    """One image input, prepared exactly as the served `CLIPImageProcessor` would see it: decoded,
     oriented, converted to RGB, resized (shortest edge, Pillow BICUBIC) and centre-cropped to
-    ``image_size`` x ``image_size``. What a :class:`~clip_client.Backend` receives in
-    ``payload()``: one of the two fields is set, as its ``image_input`` asks.
+    `image_size` x `image_size`. What a [`Backend`][clip_client.Backend] receives in
+    `payload()`: one of the two fields is set, as its `image_input` asks.
 
     Attributes:
-        encoded: the crop as an image file (PNG unless ``image_format`` says otherwise), or the
-            caller's own file when it already was a ``image_size`` square RGB PNG/JPEG. With
-            ``image_preparation="server"``: the input's own file bytes, as given, of any size and
+        encoded: the crop as an image file (PNG unless `image_format` says otherwise), or the
+            caller's own file when it already was a `image_size` square RGB PNG/JPEG. With
+            `image_preparation="server"`: the input's own file bytes, as given, of any size and
             format; or, for a PIL image or an array, a lossless PNG of it at its own size.
-        pixels: the crop as a ``(image_size, image_size, 3)`` uint8 RGB array.
+        pixels: the crop as a `(image_size, image_size, 3)` uint8 RGB array.
     """
 
     encoded: bytes | None = None
@@ -128,32 +138,33 @@ class PreparedImage:
 class _Source:
     """What one input turned out to be, filled in as it is opened."""
 
-    #: The path as the caller gave it (before ``~`` expansion), for messages; None if not a file.
     path: str | None = None
-    #: The encoded file, when the input was a file, bytes, a data URI or a base64 string.
+    """The path as the caller gave it (before `~` expansion), for messages; None if not a file."""
     raw: bytes | None = None
-    #: The opened image; the caller's own when ``shared``.
+    """The encoded file, when the input was a file, bytes, a data URI or a base64 string."""
     img: Image.Image | None = None
-    #: A PIL image the caller passed: it may appear many times in one call, or in concurrent calls.
+    """The opened image; the caller's own when `shared`."""
     shared: bool = False
+    """A PIL image the caller passed: it may appear many times in one call, or in concurrent calls."""
 
 
 def prepare_image(value: object, index: int | None, opts: ImageOptions) -> PreparedImage:
-    """Turn one user input into a :class:`PreparedImage` (``opts.size`` x ``opts.size`` RGB: PNG,
-    BMP or JPEG bytes, or an ``(size, size, 3)`` uint8 array when ``opts.want == "pixels"``).
+    """Turn one user input into a [`PreparedImage`][clip_client.PreparedImage] (`opts.size` x `opts.size` RGB:
+    PNG, BMP or JPEG bytes, or an `(size, size, 3)` uint8 array when `opts.want == "pixels"`).
 
-    With ``opts.preparation == "server"`` (and ``want == "encoded"``) nothing is resized: a file
+    With `opts.preparation == "server"` (and `want == "encoded"`) nothing is resized: a file
     input's bytes come back as given, once its header shows an image Pillow can open within
-    ``max_pixels`` (its pixels are not decoded, so a file corrupt past its header fails on the
-    endpoint, as a 400); a PIL image or an array comes back as :func:`png_lossless` of it, EXIF
+    `max_pixels` (its pixels are not decoded, so a file corrupt past its header fails on the
+    endpoint, as a 400); a PIL image or an array comes back as `png_lossless` of it, EXIF
     orientation applied.
 
-    Raises :class:`InvalidInputError` for an input of the wrong kind (a missing file, a URL, a
-    float array...) and :class:`ImageDecodeError` for data that does not decode to an image. Any
-    other exception one input raises while being prepared (a Pillow bug, a metadata parser tripping
-    on a malformed file) becomes an :class:`ImageDecodeError` too, with the original chained as
-    ``__cause__``: one bad input never escapes as an untyped error. Each names ``index`` (None for a
-    bare call) and the path where the input was one.
+    Raises [`InvalidInputError`][clip_client.InvalidInputError] for an input of the wrong kind (a missing
+    file, a URL, a float array...) and [`ImageDecodeError`][clip_client.ImageDecodeError] for data that does
+    not decode to an image. Any other exception one input raises while being prepared (a Pillow bug, a
+    metadata parser tripping on a malformed file) becomes an
+    [`ImageDecodeError`][clip_client.ImageDecodeError] too, with the original chained as `__cause__`: one bad
+    input never escapes as an untyped error. Each names `index` (None for a bare call) and the path where the
+    input was one.
 
     Thread-safe: a PIL image the caller passed is touched by one thread at a time, however many
     times it appears in one call or in concurrent calls; distinct inputs prepare in parallel.
@@ -217,16 +228,17 @@ def _quote(exc: BaseException) -> str:
 # One caller's PIL image, one thread at a time
 
 _locks_guard = threading.Lock()
-#: id(image) -> [its lock, how many threads hold or wait for it]. Keyed by id because PIL images
-#: define __eq__ and so are unhashable; an id stays unique while some thread holds a reference to
-#: the image, which every thread in this table does, and the entry goes when the last one leaves.
 _locks: dict[int, tuple[threading.Lock, list[int]]] = {}
+"""id(image) -> [its lock, how many threads hold or wait for it]. Keyed by id because PIL images
+define __eq__ and so are unhashable; an id stays unique while some thread holds a reference to
+the image, which every thread in this table does, and the entry goes when the last one leaves.
+"""
 
 
 @contextmanager
 def _exclusive(img: Image.Image) -> Iterator[None]:
-    """Serialise everything that reads or changes a caller's PIL image (``load`` of a lazily opened
-    file, the EXIF read, ``convert``, ``resize``): Pillow objects are not thread-safe, and two
+    """Serialise everything that reads or changes a caller's PIL image (`load` of a lazily opened
+    file, the EXIF read, `convert`, `resize`): Pillow objects are not thread-safe, and two
     threads loading one lazy image at once read its file through one file pointer and fail with
     false "truncated" errors."""
     key = id(img)
@@ -246,8 +258,8 @@ def _exclusive(img: Image.Image) -> Iterator[None]:
 
 
 def clip_resize_crop(img: Image.Image, size: int) -> Image.Image:
-    """Resize the shortest edge to ``size`` (Pillow BICUBIC, long edge truncated) and center-crop
-    ``size`` x ``size`` at the floor offset: ``CLIPImageProcessor``'s arithmetic, bit for bit."""
+    """Resize the shortest edge to `size` (Pillow BICUBIC, long edge truncated) and center-crop
+    `size` x `size` at the floor offset: `CLIPImageProcessor`'s arithmetic, bit for bit."""
     width, height = img.size
     if (width, height) == (size, size):
         return img
@@ -256,7 +268,9 @@ def clip_resize_crop(img: Image.Image, size: int) -> Image.Image:
     new_w, new_h = (size, new_long) if width <= height else (new_long, size)
     left, top = (new_w - size) // 2, (new_h - size) // 2
     if new_w * new_h <= _MAX_INTERMEDIATE_PIXELS:
-        return img.resize((new_w, new_h), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+        return _crop(
+            img.resize((new_w, new_h), Image.Resampling.BICUBIC), (left, top, left + size, top + size)
+        )
     # Extreme aspect ratio: resizing the whole image would allocate gigabytes. Resample only the
     # region that survives the crop (plus the filter's reach), in two single-axis passes,
     # horizontal then vertical. A single resize(box=...) call does not round like the full resize:
@@ -267,31 +281,39 @@ def clip_resize_crop(img: Image.Image, size: int) -> Image.Image:
     reach_x, reach_y = 2 * max(sx, 1.0) + 1, 2 * max(sy, 1.0) + 1  # BICUBIC support, in source pixels
     c0, c1 = max(0, math.floor(x0 - reach_x)), min(width, math.ceil(x1 + reach_x))
     r0, r1 = max(0, math.floor(y0 - reach_y)), min(height, math.ceil(y1 + reach_y))
-    band = img.crop((c0, r0, c1, r1))
+    band = _crop(img, (c0, r0, c1, r1))
     rows = band.resize((size, r1 - r0), Image.Resampling.BICUBIC, box=(x0 - c0, 0, x1 - c0, r1 - r0))
     return rows.resize((size, size), Image.Resampling.BICUBIC, box=(0, y0 - r0, size, y1 - r0))
 
 
+def _crop(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """`img.crop(box)`, pixel for pixel in every mode, without Pillow's decompression-bomb check
+    of the crop's size against its process-wide `MAX_IMAGE_PIXELS` (the client's
+    `max_image_pixels` is the one limit): a nearest-neighbour resize at scale 1 copies the box."""
+    left, top, right, bottom = box
+    return img.resize((right - left, bottom - top), Image.Resampling.NEAREST, box=box)
+
+
 def to_rgb(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> Image.Image:
-    """RGB exactly as the served processor makes it: ``transformers``' ``convert_to_rgb`` (PIL path),
-    which composites onto white any image with an alpha band (a band named ``A``: ``RGBA``, ``LA``,
-    ``PA``, and also ``LAB``, whose alpha is opaque) or with ``transparency`` in its info (a palette's
-    alpha, or an ``L``/``RGB``/``I;16`` colour key), and gives everything else to Pillow's
-    ``convert("RGB")``. Pillow's conversions are the rule for every mode: 16-bit and 32-bit integer
-    grey clip at 255 (so most of a 16-bit picture turns white), floats (``F``) are truncated and
-    clipped to 0..255, premultiplied ``RGBa`` drops its alpha band.
+    """RGB exactly as the served processor makes it: `transformers`' `convert_to_rgb` (PIL path),
+    which composites onto white any image with an alpha band (a band named `A`: `RGBA`, `LA`,
+    `PA`, and also `LAB`, whose alpha is opaque) or with `transparency` in its info (a palette's
+    alpha, or an `L`/`RGB`/`I;16` colour key), and gives everything else to Pillow's
+    `convert("RGB")`. Pillow's conversions are the rule for every mode: 16-bit and 32-bit integer
+    grey clip at 255 (so most of a 16-bit picture turns white), floats (`F`) are truncated and
+    clipped to 0..255, premultiplied `RGBa` drops its alpha band.
 
     Two departures: one for a mode the endpoint cannot take at all, and one opt-in.
 
-    - ``La`` (grey with premultiplied alpha: Pillow opens grey TIFFs with associated alpha so) has
+    - `La` (grey with premultiplied alpha: Pillow opens grey TIFFs with associated alpha so) has
       no Pillow conversion, so the processor raises on it; here it is composited onto white
-      straight from the premultiplied values, ``L + 255 - a``, exactly.
-    - ``high_bit_depth="scale"`` (opt-in) maps 16-bit and 32-bit integer grey from 0..65535 onto
-      0..255, ``(v * 255 + 32767) // 65535`` after clipping to 0..65535, keeping a colour key as
+      straight from the premultiplied values, `L + 255 - a`, exactly.
+    - `high_bit_depth="scale"` (opt-in) maps 16-bit and 32-bit integer grey from 0..65535 onto
+      0..255, `(v * 255 + 32767) // 65535` after clipping to 0..65535, keeping a colour key as
       transparency, instead of clipping at 255: a useful picture of full-range data, but not what
       the endpoint computes from the same file.
 
-    Raises ``ValueError`` for a mode Pillow cannot convert.
+    Raises `ValueError` for a mode Pillow cannot convert.
     """
     if high_bit_depth == "scale" and img.mode in _WIDE_MODES:
         img = _scaled_to_8_bits(img)
@@ -328,29 +350,30 @@ def encode(img: Image.Image, fmt: ImageFormat, jpeg_quality: int) -> bytes:
     return buf.getvalue()
 
 
-#: Modes a PNG holds and Pillow reads back as the same mode, pixels and transparency (``P`` only
-#: with an RGB palette: an RGBA palette is written as a tRNS chunk, which reads back as a
-#: ``transparency`` the image did not have, and ``convert_to_rgb`` then composites where it did not).
 _PNG_MODES = frozenset({"1", "L", "LA", "P", "RGB", "RGBA", "I;16"})
-#: Modes the fast writer takes (when no ``transparency`` colour key needs a tRNS chunk).
+"""Modes a PNG holds and Pillow reads back as the same mode, pixels and transparency (`P` only
+with an RGB palette: an RGBA palette is written as a tRNS chunk, which reads back as a
+`transparency` the image did not have, and `convert_to_rgb` then composites where it did not).
+"""
 _FAST_PNG_MODES = frozenset({"L", "LA", "RGB", "RGBA"})
+"""Modes the fast writer takes (when no `transparency` colour key needs a tRNS chunk)."""
 
 
 def png_lossless(img: Image.Image, high_bit_depth: HighBitDepth = "clip") -> bytes:
-    """A PNG of ``img`` at its own size from which an endpoint's processor sees what it would see
-    from ``img`` itself: what ``image_preparation="server"`` sends for a PIL image or an array.
+    """A PNG of `img` at its own size from which an endpoint's processor sees what it would see
+    from `img` itself: what `image_preparation="server"` sends for a PIL image or an array.
 
-    The processor's first step is ``convert_to_rgb`` (Pillow's conversions, alpha and colour keys
+    The processor's first step is `convert_to_rgb` (Pillow's conversions, alpha and colour keys
     composited onto white), so an image whose mode a PNG holds is written in that mode, pixels and
-    transparency as they are (``1``, ``L``, ``LA``, ``RGB``, ``RGBA``, ``I;16``, ``P`` with an RGB
-    palette); ``L``, ``LA``, ``RGB`` and ``RGBA`` go through the fast writer of :func:`png_rgb`.
-    Every other mode (``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``F``, ``I``, ``I;16B``, ``RGBa``,
-    ``La``, ``PA``, ``P`` with an RGBA palette...) is first converted as :func:`to_rgb` does, which is
-    ``convert_to_rgb``'s own result (and for ``La``, which the processor cannot take, the client's
-    exact composite). ``high_bit_depth="scale"`` scales 16-bit and 32-bit grey to 8 bits first, as
+    transparency as they are (`1`, `L`, `LA`, `RGB`, `RGBA`, `I;16`, `P` with an RGB
+    palette); `L`, `LA`, `RGB` and `RGBA` go through the fast writer of `png_rgb`.
+    Every other mode (`CMYK`, `YCbCr`, `LAB`, `HSV`, `F`, `I`, `I;16B`, `RGBa`,
+    `La`, `PA`, `P` with an RGBA palette...) is first converted as `to_rgb` does, which is
+    `convert_to_rgb`'s own result (and for `La`, which the processor cannot take, the client's
+    exact composite). `high_bit_depth="scale"` scales 16-bit and 32-bit grey to 8 bits first, as
     in client-side preparation. No EXIF or ICC profile is written: orient the pixels first.
 
-    Raises ``ValueError`` for a mode Pillow cannot convert.
+    Raises `ValueError` for a mode Pillow cannot convert.
     """
     if high_bit_depth == "scale" and img.mode in _WIDE_MODES:
         img = _scaled_to_8_bits(img)
@@ -375,7 +398,7 @@ _URL_PREFIXES = ("http://", "https://", "s3://", "gs://", "abfss://", "dbfs:/")
 
 
 def _open(value: object, index: int | None, src: _Source) -> Image.Image:
-    """Open one input (without decoding its pixels yet) and record what it was in ``src``."""
+    """Open one input (without decoding its pixels yet) and record what it was in `src`."""
     if isinstance(value, Image.Image):
         src.img, src.shared = value, True
         return value
@@ -399,16 +422,7 @@ def _open(value: object, index: int | None, src: _Source) -> Image.Image:
         verb = "are" if what.endswith("bytes") else "is"
         raise ImageDecodeError(f"the {what} {verb} empty (0 bytes)", index=index, path=path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            src.img = Image.open(io.BytesIO(raw))
-    except Image.DecompressionBombError as exc:
-        raise ImageDecodeError(
-            f"image refused as a possible decompression bomb ({exc}); raise max_image_pixels and "
-            "PIL.Image.MAX_IMAGE_PIXELS if it is genuine",
-            index=index,
-            path=path,
-        ) from exc
+        src.img = _open_header(raw)
     except UnidentifiedImageError as exc:
         hint = "" if path is None else " (is it really an image, whatever its extension?)"
         raise ImageDecodeError(
@@ -421,10 +435,42 @@ def _open(value: object, index: int | None, src: _Source) -> Image.Image:
     return src.img
 
 
+def _open_header(raw: bytes) -> Image.Image:
+    """`Image.open` (the header only), with the client's `max_image_pixels`, checked next by
+    `_check_size`, as the one size limit: Pillow's own (`PIL.Image.MAX_IMAGE_PIXELS`, a process
+    global this module never changes) warns above it and refuses above twice it. Its warning is
+    silenced for this call; an image it refuses is opened again without its check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            return Image.open(io.BytesIO(raw))
+        except Image.DecompressionBombError:
+            pass  # over Pillow's limit, which is not the client's: the header says more below
+    return _open_without_pillows_limit(raw)
+
+
+def _open_without_pillows_limit(raw: bytes) -> Image.Image:
+    """What `Image.open` does for bytes, less its decompression-bomb check: the first registered
+    format that accepts the header and opens it (Pillow's registry, `Image.ID`/`Image.OPEN`,
+    the one `Image.register_open` fills)."""
+    Image.init()
+    prefix = raw[:16]
+    for name in Image.ID:
+        factory, accept = Image.OPEN[name]
+        accepted = accept(prefix) if accept is not None else True
+        if not accepted or isinstance(accepted, str):  # a str is Pillow's "no, and here is why"
+            continue
+        try:
+            return factory(io.BytesIO(raw), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue
+    raise UnidentifiedImageError("cannot identify image file")
+
+
 def _from_path_or_base64(value: str | os.PathLike[str], index: int | None) -> tuple[bytes, str | None]:
-    """The file's bytes and the path as given; or, for a ``str`` that names no file but is the
-    plain base64 of an image (a Databricks table's ``image_base64`` column), the decoded bytes and
-    no path. A leading ``~`` is expanded (``os.path.expanduser``), for ``str`` and ``os.PathLike``
+    """The file's bytes and the path as given; or, for a `str` that names no file but is the
+    plain base64 of an image (a Databricks table's `image_base64` column), the decoded bytes and
+    no path. A leading `~` is expanded (`os.path.expanduser`), for `str` and `os.PathLike`
     alike; messages show the path as given, plus what it expanded to."""
     given = os.fspath(value)
     if not isinstance(given, str):
@@ -450,8 +496,8 @@ def _from_path_or_base64(value: str | os.PathLike[str], index: int | None) -> tu
         # A file of that name wins (a real file may be named like base64: "/9j/..." is how every
         # JPEG's base64 starts); only a string that names no file is tried as base64.
         try:
-            decoded = _from_plain_base64(given) if isinstance(value, str) else None
-        except _InvalidBase64 as bad:
+            decoded = from_plain_base64(given) if isinstance(value, str) else None
+        except InvalidBase64 as bad:
             raise InvalidInputError(
                 f"no such file, and not base64 of an image either: {bad}", index=index, path=given
             ) from None
@@ -490,7 +536,6 @@ def _stat_error(exc: OSError | ValueError, expanded: str, index: int | None, giv
     return InvalidInputError(reason, index=index, path=given)
 
 
-#: Leading bytes of the image formats a plain base64 string is accepted for, and their names.
 _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, format)
     (b"\xff\xd8\xff", 0, "JPEG"),
     (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
@@ -506,7 +551,8 @@ _SIGNATURES: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, forma
     (b"\x00\x00\x00\x0cjP  \r\n\x87\n", 0, "JPEG 2000"),
     (b"\xff\x4f\xff\x51", 0, "JPEG 2000"),
 )
-#: Base64 characters decoded to test a string's signature: 12 bytes, enough for every one above.
+"""Leading bytes of the image formats a plain base64 string is accepted for, and their names."""
+# Base64 characters decoded to test a string's signature: 12 bytes, enough for every one above.
 _PROBE_CHARS = 16
 _WHITESPACE = str.maketrans("", "", " \t\r\n\v\f")
 
@@ -521,15 +567,15 @@ def _image_signature(head: bytes) -> str | None:
     return "BMP" if head[:2] == b"BM" and head[6:10] == b"\x00\x00\x00\x00" else None
 
 
-class _InvalidBase64(ValueError):
+class InvalidBase64(ValueError):
     """A string that starts like the base64 of an image, but is not valid base64 as a whole."""
 
 
-def _from_plain_base64(text: str) -> bytes | None:
+def from_plain_base64(text: str) -> bytes | None:
     """The bytes a plain base64 string (standard alphabet, padded; surrounding whitespace and MIME
     line breaks tolerated) encodes, when they start like an image file; None when the string does
     not start like the base64 of an image. Only a short prefix is decoded to test that, so a long
-    string that is not base64 costs next to nothing. Raises :class:`_InvalidBase64` when the start
+    string that is not base64 costs next to nothing. Raises `InvalidBase64` when the start
     fits but the whole does not decode (strictly: no stray characters, correct padding)."""
     probe = text.lstrip()[: 4 * _PROBE_CHARS].translate(_WHITESPACE)[:_PROBE_CHARS]
     if len(probe) < _PROBE_CHARS:
@@ -544,7 +590,7 @@ def _from_plain_base64(text: str) -> bytes | None:
     try:
         return base64.b64decode(text.translate(_WHITESPACE), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise _InvalidBase64(f"it starts like a {kind}'s base64, but {_quote(exc)}") from exc
+        raise InvalidBase64(f"it starts like a {kind}'s base64, but {_quote(exc)}") from exc
 
 
 def _from_data_uri(uri: str, index: int | None) -> bytes:
@@ -600,11 +646,22 @@ def _check_size(img: Image.Image, index: int | None, path: str | None, opts: Ima
         raise ImageDecodeError(f"image has no pixels ({width}x{height})", index=index, path=path)
     if width * height > opts.max_pixels:
         raise ImageDecodeError(
-            f"image is {width}x{height} = {width * height:,} pixels, over max_image_pixels="
-            f"{opts.max_pixels:,} (a decompression-bomb guard); raise max_image_pixels if it is genuine",
+            f"image is {width}x{height} = {width * height:,} pixels, refused as a possible "
+            "decompression bomb",
             index=index,
             path=path,
+            setting="max_image_pixels",
+            suggestion=_round_up(width * height),
+            # The advice names the limit too, so that each caller reads it under the setting's name.
+            advice=f"it is over {{max_image_pixels}}={opts.max_pixels:,}: raise {{max_image_pixels}} if it "
+            "is genuine",
         )
+
+
+def _round_up(pixels: int) -> int:
+    """`pixels` rounded up to two significant digits: 3,072 -> 3,100; 199,983,872 -> 200,000,000."""
+    step: int = 10 ** max(len(str(pixels)) - _SUGGESTED_DIGITS, 0)
+    return -(-pixels // step) * step
 
 
 def _load(img: Image.Image, index: int | None, path: str | None) -> None:
@@ -617,7 +674,7 @@ def _load(img: Image.Image, index: int | None, path: str | None) -> None:
 
 
 def _draft(img: Image.Image, size: int) -> None:
-    """Ask libjpeg for a reduced-scale decode whose short side stays at least twice ``size``, so
+    """Ask libjpeg for a reduced-scale decode whose short side stays at least twice `size`, so
     the bicubic resize still has real pixels to average (only JPEGs support this)."""
     width, height = img.size
     short = min(width, height)
@@ -629,9 +686,9 @@ def _draft(img: Image.Image, size: int) -> None:
 
 def _transpose_method(img: Image.Image) -> Image.Transpose | None:
     """The transpose that applies the image's EXIF orientation (2 to 8), or None for orientation 1,
-    none at all, or metadata that cannot be read: a malformed EXIF block (``struct.error``, a wrong
+    none at all, or metadata that cannot be read: a malformed EXIF block (`struct.error`, a wrong
     type, a bad offset) leaves the pixels as stored rather than failing the image. Like Pillow, an
-    orientation stored as another numeric type (``6.0``) counts."""
+    orientation stored as another numeric type (`6.0`) counts."""
     try:
         value = img.getexif().get(_EXIF_ORIENTATION, 1)
         return _ORIENTATION_TRANSPOSE.get(value) if not isinstance(value, bool) else None
@@ -640,8 +697,8 @@ def _transpose_method(img: Image.Image) -> Image.Transpose | None:
 
 
 def _exif_transpose(img: Image.Image) -> Image.Image:
-    """The image as a viewer shows it. Pillow's ``ImageOps.exif_transpose`` also rewrites the EXIF
-    block (``Exif.tobytes``), which raises on a tag stored with the wrong type; only the pixels
+    """The image as a viewer shows it. Pillow's `ImageOps.exif_transpose` also rewrites the EXIF
+    block (`Exif.tobytes`), which raises on a tag stored with the wrong type; only the pixels
     matter here, so this transposes and leaves the metadata alone."""
     method = _transpose_method(img)
     return img if method is None else img.transpose(method)

@@ -29,7 +29,8 @@ __all__ = ["check_image_list", "check_text", "check_text_list", "refuse_single_i
 
 
 def check_text(text: object, index: int | None) -> str:
-    """A text the model can take, or an :class:`InvalidInputError` naming ``index``."""
+    """A text the model can take, or an [`InvalidInputError`][clip_client.InvalidInputError] naming
+    `index`."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         raise InvalidInputError("texts must be str, got bytes; decode them first", index=index)
     if not isinstance(text, str):

@@ -17,7 +17,7 @@ _PNG_AVERAGE = 3  # PNG filter type 3: each byte minus the mean of its left and 
 
 
 def png_rgb(pixels: npt.NDArray[np.uint8]) -> bytes:
-    """A standard PNG (8-bit RGB, no interlace) of an ``(H, W, 3)`` uint8 array: lossless.
+    """A standard PNG (8-bit RGB, no interlace) of an `(H, W, 3)` uint8 array: lossless.
 
     Pillow's PNG encoder tries all five filters on every row and keeps the best, which costs as much
     as the deflate itself. Here every row uses the Average filter, computed for the whole image in a
@@ -25,21 +25,21 @@ def png_rgb(pixels: npt.NDArray[np.uint8]) -> bytes:
     the filtered bytes are zero (flat regions: graphics, screenshots, backgrounds) zlib's default
     strategy is tried too, since it also finds repeated shapes such as glyphs, and the smaller kept.
     On 224x224 photos this is about 2.7x faster than Pillow's fastest setting for 1-6% more bytes;
-    on screenshots it is 6x smaller (``benchmarks/preprocess.py``). Any PNG decoder returns ``pixels``.
+    on screenshots it is 6x smaller (`benchmarks/preprocess.py`). Any PNG decoder returns `pixels`.
 
-    Raises ``ValueError`` for anything but ``(H, W, 3)`` uint8.
+    Raises `ValueError` for anything but `(H, W, 3)` uint8.
     """
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise ValueError(f"png_rgb takes (H, W, 3) uint8 pixels, not {pixels.shape} {pixels.dtype}")
     return png_8bit(pixels)
 
 
-#: PNG colour type by channels: grey, grey + alpha, RGB, RGBA (8 bits each).
 _PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
+"""PNG colour type by channels: grey, grey + alpha, RGB, RGBA (8 bits each)."""
 
 
 def png_8bit(pixels: npt.NDArray[np.uint8]) -> bytes:
-    """:func:`png_rgb`'s writer for ``(H, W)`` grey or ``(H, W, C)`` uint8 pixels of 1 to 4 channels
+    """`png_rgb`'s writer for `(H, W)` grey or `(H, W, C)` uint8 pixels of 1 to 4 channels
     (grey, grey + alpha, RGB, RGBA)."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, np.newaxis]

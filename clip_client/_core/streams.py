@@ -1,4 +1,4 @@
-"""The streams ``iter_embed_texts`` / ``iter_embed_images`` return: rows in input order, one at a time,
+"""The streams `iter_embed_texts` / `iter_embed_images` return: rows in input order, one at a time,
 with memory bounded by a few batches whatever the input's length."""
 
 from __future__ import annotations
@@ -13,29 +13,32 @@ from ..types import EmbeddingFailure
 
 __all__ = ["AsyncEmbeddingStream", "EmbeddingStream", "Row"]
 
-#: One row on its way out of a call: (index, row, error). A failed input's row is NaN and carries its
-#: error (only with ``on_error="mark"``; otherwise the error is raised).
 Row = tuple[int, npt.NDArray[np.float32], ClipClientError | None]
+"""One row on its way out of a call: (index, row, error). A failed input's row is NaN and carries its
+error (only with `on_error="mark"`; otherwise the error is raised).
+"""
 
 
 class EmbeddingStream:
-    """``(index, vector)`` pairs in input order, from ``ClipClient.iter_embed_texts`` /
-    ``iter_embed_images``: ``index`` an ``int``, ``vector`` float32 of shape ``(dim,)``.
+    """`(index, vector)` pairs in input order, from `ClipClient.iter_embed_texts` /
+    `iter_embed_images`: `index` an `int`, `vector` float32 of shape `(dim,)`.
 
-    Memory stays bounded by a few batches whatever the input's length. With ``on_error="mark"`` a
-    failed input yields a NaN vector and is listed in :attr:`failures` (as it is reached); otherwise
-    the stream stops by raising the error. Closing the stream (or leaving a ``with`` block, or
-    breaking out of a ``for`` loop over it inside one) cancels the work in flight.
+    Memory stays bounded by a few batches whatever the input's length. With `on_error="mark"` a
+    failed input yields a NaN vector and is listed in [`failures`][clip_client.EmbeddingStream.failures] (as
+    it is reached); otherwise the stream stops by raising the error. Closing the stream (or leaving a `with`
+    block, or breaking out of a `for` loop over it inside one) cancels the work in flight.
 
-    >>> with client.iter_embed_texts(lines) as stream:  # doctest: +SKIP
-    ...     for index, vector in stream:
-    ...         sink.write(index, vector)
+    ```python
+    with client.iter_embed_texts(lines) as stream:
+        for index, vector in stream:
+            sink.write(index, vector)
+    ```
     """
 
     def __init__(self, rows: Iterator[Row]) -> None:
         self._rows = rows
-        #: The failed inputs met so far, in index order (``on_error="mark"`` only).
         self.failures: list[EmbeddingFailure] = []
+        """The failed inputs met so far, in index order (`on_error="mark"` only)."""
 
     def __iter__(self) -> EmbeddingStream:
         return self
@@ -60,18 +63,20 @@ class EmbeddingStream:
 
 
 class AsyncEmbeddingStream:
-    """The async twin of :class:`EmbeddingStream`, from ``AsyncClipClient.iter_embed_*``: use it with
-    ``async with`` and ``async for``.
+    """The async twin of [`EmbeddingStream`][clip_client.EmbeddingStream], from
+    `AsyncClipClient.iter_embed_*`: use it with `async with` and `async for`.
 
-    >>> async with client.iter_embed_texts(lines) as stream:  # doctest: +SKIP
-    ...     async for index, vector in stream:
-    ...         sink.write(index, vector)
+    ```python
+    async with client.iter_embed_texts(lines) as stream:
+        async for index, vector in stream:
+            sink.write(index, vector)
+    ```
     """
 
     def __init__(self, rows: AsyncIterator[Row]) -> None:
         self._rows = rows
-        #: The failed inputs met so far, in index order (``on_error="mark"`` only).
         self.failures: list[EmbeddingFailure] = []
+        """The failed inputs met so far, in index order (`on_error="mark"` only)."""
 
     def __aiter__(self) -> AsyncEmbeddingStream:
         return self

@@ -1,6 +1,6 @@
-"""The wire format of a serving endpoint's ``/invocations``: request bodies out, predictions in.
+"""The wire format of a serving endpoint's `/invocations`: request bodies out, predictions in.
 
-MLflow's scoring protocol (``dataframe_records``) encoded without building the JSON tree, and the
+MLflow's scoring protocol (`dataframe_records`) encoded without building the JSON tree, and the
 answer parsed and checked row by row; DESIGN.md has the protocol facts.
 """
 
@@ -50,13 +50,13 @@ _BODY_TAIL = b"]}"
 _RECORD_OPEN = b'{"input":"'
 _RECORD_CLOSE = b'"}'
 _RECORD_SEP = _RECORD_CLOSE + b"," + _RECORD_OPEN
-#: Bytes of an empty body; each record adds ``record_size`` plus one separating comma.
+# Bytes of an empty body; each record adds `record_size` plus one separating comma.
 BODY_OVERHEAD = len(_BODY_HEAD) + len(_BODY_TAIL)
 RECORD_OVERHEAD = len(_RECORD_OPEN) + len(_RECORD_CLOSE)
 
 
 def encode_record(value: str | bytes) -> bytes:
-    """The JSON string content of one record's ``input``: base64 ``bytes`` as they are (they need no
+    """The JSON string content of one record's `input`: base64 `bytes` as they are (they need no
     escaping), a text JSON-escaped to ASCII, so its length is its exact size on the wire."""
     if isinstance(value, bytes):
         return value
@@ -64,7 +64,7 @@ def encode_record(value: str | bytes) -> bytes:
 
 
 def record_size(payload: bytes) -> int:
-    """Bytes one record adds to a body (``{"input":"..."}``), separator not included."""
+    """Bytes one record adds to a body (`{"input":"..."}`), separator not included."""
     return len(payload) + RECORD_OVERHEAD
 
 
@@ -86,7 +86,7 @@ def encode_body(payloads: Sequence[bytes]) -> bytes:
 
 def decode_json(content: bytes) -> Any:
     """JSON, with orjson when installed. What orjson refuses is read again by the standard library,
-    which takes the bare ``NaN``/``Infinity`` that Python's json (MLflow's scoring server among its
+    which takes the bare `NaN`/`Infinity` that Python's json (MLflow's scoring server among its
     users) writes for non-finite floats: such an answer is then refused for its values, by name,
     rather than as "not JSON"."""
     if _orjson is not None:
@@ -98,11 +98,11 @@ def decode_json(content: bytes) -> Any:
 
 
 _NOT_JSON = object()
-#: What to check when a backend's answer is not rows: the one contract every backend keeps.
 BACKEND_HINT = (
     "A Backend's embed()/aembed() must return a float32 array of shape (len(payloads), dim) with finite "
     "values, rows in payload order"
 )
+"""What to check when a backend's answer is not rows: the one contract every backend keeps."""
 
 
 def parse_predictions(
@@ -110,7 +110,7 @@ def parse_predictions(
 ) -> EmbeddingArray:
     """Validate a 200 answer and return its rows as float32.
 
-    Accepts rows shaped ``[floats]`` or ``{"<one key>": [floats]}``; insists on one row per record,
+    Accepts rows shaped `[floats]` or `{"<one key>": [floats]}`; insists on one row per record,
     equal row lengths and finite values, so a wrong answer is an error, never a wrong array.
     """
 

@@ -1,13 +1,13 @@
-"""Zero-shot classification with CLIP: the logic both clients' ``classify`` share, free of I/O.
+"""Zero-shot classification with CLIP: the logic both clients' `classify` share, free of I/O.
 
 The recipe is the CLIP authors' (Radford et al., 2021, "Learning Transferable Visual Models From
 Natural Language Supervision", section 3.1.4, and the CLIP repository's notebook
-``notebooks/Prompt_Engineering_for_ImageNet.ipynb``): each label is written into every prompt
+`notebooks/Prompt_Engineering_for_ImageNet.ipynb`): each label is written into every prompt
 template, the prompts are embedded by the text tower, each prompt embedding is L2-normalised, the
 label's embedding is their mean, normalised again; an image's probabilities are
-``softmax(logit_scale * cos(image, label))`` over the labels.
+`softmax(logit_scale * cos(image, label))` over the labels.
 
-The client shells do the embedding (``embed_texts`` for the prompts, ``embed_images`` for the images);
+The client shells do the embedding (`embed_texts` for the prompts, `embed_images` for the images);
 everything that decides something lives here: checking labels and templates, writing the prompts,
 averaging, the softmax, and the small per-client memory of label embeddings that spares a second call
 with the same labels every text request.
@@ -44,10 +44,6 @@ __all__ = [
     "prompts",
 ]
 
-#: The 7 prompt templates the CLIP authors chose by sequential forward selection over their 80
-#: ImageNet templates (CLIP repository, ``notebooks/Prompt_Engineering_for_ImageNet.ipynb``, in the
-#: order selected). The notebook reports that this subset "performs a bit better than the full 80
-#: ensemble reported in the paper, especially for the smaller models".
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "itap of a {}.",
     "a bad photo of the {}.",
@@ -57,33 +53,40 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
     "art of the {}.",
     "a photo of the small {}.",
 )
+"""The 7 prompt templates the CLIP authors chose by sequential forward selection over their 80
+ImageNet templates (CLIP repository, `notebooks/Prompt_Engineering_for_ImageNet.ipynb`, in the
+order selected). The notebook reports that this subset "performs a bit better than the full 80
+ensemble reported in the paper, especially for the smaller models".
+"""
 
-#: CLIP's temperature for a remote endpoint, whose model cannot be asked: ``exp(logit_scale)`` of
-#: the openai/clip-vit-large-patch14 checkpoint, 100.0. Training clips the learned scale at 100
-#: (Radford et al., 2021, section 2.5), and the released ViT-L/14 sits at that ceiling; the prompt
-#: engineering notebook uses the same ``100. * image_features @ zeroshot_weights``.
 DEFAULT_LOGIT_SCALE = 100.0
+"""CLIP's temperature for a remote endpoint, whose model cannot be asked: `exp(logit_scale)` of
+the openai/clip-vit-large-patch14 checkpoint, 100.0. Training clips the learned scale at 100
+(Radford et al., 2021, section 2.5), and the released ViT-L/14 sits at that ceiling; the prompt
+engineering notebook uses the same `100. * image_features @ zeroshot_weights`.
+"""
 
-#: Label sets remembered per client (each a ``(labels, dim)`` float32 array).
 LABEL_CACHE_SIZE = 32
+"""Label sets remembered per client (each a `(labels, dim)` float32 array)."""
 
 
 @dataclass(frozen=True)
 class ZeroShotResult:
-    """What ``classify`` returns: one probability row per image, in input order.
+    """What `classify` returns: one probability row per image, in input order.
 
     Attributes:
-        labels: the labels, in the order given; column ``j`` of :attr:`probabilities` is
-            ``labels[j]``.
-        probabilities: float32, shape ``(n_images, n_labels)``: ``softmax(logit_scale * cosine)``
+        labels: the labels, in the order given; column `j` of
+            [`probabilities`][clip_client.ZeroShotResult.probabilities] is `labels[j]`.
+        probabilities: float32, shape `(n_images, n_labels)`: `softmax(logit_scale * cosine)`
             over the labels, so each row sums to 1 (up to float32 rounding). The rows of images
-            that failed (``on_error="mark"``) are NaN.
+            that failed (`on_error="mark"`) are NaN.
         failures: the images that could not be embedded, each with its index and error, in index
-            order; empty unless ``on_error="mark"``.
+            order; empty unless `on_error="mark"`.
 
-    >>> result = client.classify(["cat.jpg"], ["cat", "dog"])  # doctest: +SKIP
-    >>> result.predictions, result.top(1)  # doctest: +SKIP
-    (['cat'], [[('cat', 0.97)]])
+    ```python
+    result = client.classify(["cat.jpg"], ["cat", "dog"])
+    result.predictions, result.top(1)  # (['cat'], [[('cat', 0.97)]])
+    ```
     """
 
     labels: tuple[str, ...]
@@ -99,18 +102,18 @@ class ZeroShotResult:
         ]
 
     def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable labels of each image, best first (label order on exact ties).
+        """The `k` most probable labels of each image, best first (label order on exact ties).
 
         Args:
-            k: labels per image, ``>= 1``; more than there are labels gives them all.
+            k: labels per image, `>= 1`; more than there are labels gives them all.
 
         Returns:
-            one list per image, in input order, of ``(label, probability)`` pairs; an empty list
+            one list per image, in input order, of `(label, probability)` pairs; an empty list
             for an image that failed.
 
         Raises:
-            TypeError: ``k`` is not an int.
-            ValueError: ``k < 1``.
+            TypeError: `k` is not an int.
+            ValueError: `k < 1`.
         """
         if isinstance(k, bool):
             raise TypeError("k must be an int >= 1; got a bool")
@@ -138,7 +141,7 @@ class ZeroShotResult:
 
 
 def _a(noun: str) -> str:
-    """``noun`` with its indefinite article: "a str", "an int"."""
+    """`noun` with its indefinite article: "a str", "an int"."""
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
@@ -146,9 +149,9 @@ def check_labels(labels: object) -> tuple[str, ...]:
     """The labels as a tuple, or the error that names what is wrong.
 
     Raises:
-        TypeError: ``labels`` is a single ``str`` (or ``bytes``), or not iterable.
-        InvalidInputError: no labels; a label that is not a ``str``, is empty or blank, or repeats
-            an earlier one (``.index`` names it).
+        TypeError: `labels` is a single `str` (or `bytes`), or not iterable.
+        InvalidInputError: no labels; a label that is not a `str`, is empty or blank, or repeats
+            an earlier one (`.index` names it).
     """
     items = _sequence(labels, "labels", "['cat', 'dog']")
     if not items:
@@ -176,15 +179,15 @@ def check_labels(labels: object) -> tuple[str, ...]:
 
 
 def check_templates(templates: object) -> tuple[str, ...]:
-    """The templates as a tuple (None: :data:`DEFAULT_TEMPLATES`), each with exactly one ``{}``.
+    """The templates as a tuple (None: `DEFAULT_TEMPLATES`), each with exactly one `{}`.
 
-    ``{{`` and ``}}`` are literal braces, as in ``str.format``.
+    `{{` and `}}` are literal braces, as in `str.format`.
 
     Raises:
-        TypeError: ``templates`` is a single ``str``, or not iterable.
-        InvalidInputError: no templates; a template that is not a ``str``, has no ``{}``, more than
-            one, a named or numbered field (``{label}``, ``{0}``), a format spec, an unmatched brace,
-            or repeats an earlier one (``.index`` names it).
+        TypeError: `templates` is a single `str`, or not iterable.
+        InvalidInputError: no templates; a template that is not a `str`, has no `{}`, more than
+            one, a named or numbered field (`{label}`, `{0}`), a format spec, an unmatched brace,
+            or repeats an earlier one (`.index` names it).
     """
     if templates is None:
         return DEFAULT_TEMPLATES
@@ -219,7 +222,7 @@ def check_templates(templates: object) -> tuple[str, ...]:
 
 
 def check_logit_scale(logit_scale: object) -> float:
-    """``logit_scale`` as a float: a finite number > 0.
+    """`logit_scale` as a float: a finite number > 0.
 
     Raises:
         TypeError: not a number (or a bool).
@@ -268,16 +271,16 @@ def _template_problem(template: str) -> str | None:
 
 
 def prompts(labels: tuple[str, ...], templates: tuple[str, ...]) -> list[str]:
-    """Every label in every template, label-major: ``templates[t].format(labels[l])`` is at
-    ``l * len(templates) + t``. A label is inserted as it is, braces included."""
+    """Every label in every template, label-major: `templates[t].format(labels[l])` is at
+    `l * len(templates) + t`. A label is inserted as it is, braces included."""
     return [template.format(label) for label in labels for template in templates]
 
 
 def label_embeddings(rows: npt.NDArray[np.floating], n_labels: int) -> EmbeddingArray:
-    """The prompt embeddings (``(n_labels * n_templates, dim)``, label-major as :func:`prompts`)
+    """The prompt embeddings (`(n_labels * n_templates, dim)`, label-major as `prompts`)
     averaged per label: each row L2-normalised, the mean over the templates, normalised again
-    (the CLIP notebook's ``zeroshot_classifier``). Computed in float64, returned float32
-    ``(n_labels, dim)``.
+    (the CLIP notebook's `zeroshot_classifier`). Computed in float64, returned float32
+    `(n_labels, dim)`.
 
     Raises:
         ResponseFormatError: a prompt embedded as all zeros, or a label's prompts cancel out, so its
@@ -298,7 +301,7 @@ def label_embeddings(rows: npt.NDArray[np.floating], n_labels: int) -> Embedding
 def probabilities(
     images: npt.NDArray[np.floating], labels: npt.NDArray[np.floating], logit_scale: float
 ) -> npt.NDArray[np.float32]:
-    """``softmax(logit_scale * cos(image, label))`` over the labels, one row per image, in float64
+    """`softmax(logit_scale * cos(image, label))` over the labels, one row per image, in float64
     then float32. Image rows holding NaN (failed inputs) give NaN rows.
 
     Raises:
@@ -358,9 +361,9 @@ class LabelEmbeddings:
 
 @dataclass
 class ZeroShotTask:
-    """One ``classify`` call, checked before any I/O. The shell embeds :attr:`prompts` when
-    :attr:`labels_embedded` is None (and hands the rows to :meth:`accept_texts`), then the images,
-    and hands them to :meth:`result`."""
+    """One `classify` call, checked before any I/O. The shell embeds `prompts` when
+    `labels_embedded` is None (and hands the rows to `accept_texts`), then the images,
+    and hands them to `result`."""
 
     labels: tuple[str, ...]
     templates: tuple[str, ...]
@@ -384,7 +387,7 @@ class ZeroShotTask:
         memory: LabelEmbeddings,
         identity: Callable[[], str],
     ) -> ZeroShotTask:
-        """Check every argument (labels, templates, scale) and look the label set up in ``memory``
+        """Check every argument (labels, templates, scale) and look the label set up in `memory`
         under the backend's identity as it stands now."""
         checked_labels = check_labels(labels)
         checked_templates = check_templates(templates)
@@ -407,7 +410,7 @@ class ZeroShotTask:
         return prompts(self.labels, self.templates)
 
     def remaining(self) -> float | None:
-        """Seconds left of the call's ``deadline`` for its next embed call (None: no deadline). Once
+        """Seconds left of the call's `deadline` for its next embed call (None: no deadline). Once
         it has passed, a sliver: that call then fails with the deadline's own error."""
         if self.deadline_at is None:
             return None
@@ -420,7 +423,7 @@ class ZeroShotTask:
         self.memory.put(self._key(), self.labels_embedded)
 
     def result(self, images: EmbeddingArray | EmbeddingResult) -> ZeroShotResult:
-        """The images' embeddings (an ``EmbeddingResult`` with ``on_error="mark"``) as probabilities."""
+        """The images' embeddings (an `EmbeddingResult` with `on_error="mark"`) as probabilities."""
         assert self.labels_embedded is not None, "accept_texts() first"
         if isinstance(images, EmbeddingResult):
             rows, failures = images.embeddings, list(images.failures)

@@ -1,11 +1,11 @@
-"""What a serving endpoint says about itself: ``GET /api/2.0/serving-endpoints/{name}``.
+"""What a serving endpoint says about itself: `GET /api/2.0/serving-endpoints/{name}`.
 
-The answer is parsed with databricks-sdk's own types (``ServingEndpointDetailed``), so every field
+The answer is parsed with databricks-sdk's own types (`ServingEndpointDetailed`), so every field
 means what the SDK documents, and reduced to the few facts the client acts on: is it ready, is a
 configuration update in progress, which entities serve it (workload size and type, scale to zero,
 provisioned concurrency), is it route-optimized and where its data plane is.
 
-The request itself is the backend's (``RemoteBackend.endpoint_state``); this module does no I/O.
+The request itself is the backend's (`RemoteBackend.endpoint_state`); this module does no I/O.
 """
 
 from __future__ import annotations
@@ -15,29 +15,30 @@ from typing import Any
 
 __all__ = ["WORKLOAD_CONCURRENCY", "EndpointState", "ServedEntity", "parse_endpoint_state", "unknown_state"]
 
-#: Provisioned concurrency by workload size, (low, high): "A single unit of provisioned concurrency
-#: can process one request at a time. Valid workload sizes are "Small" (4 - 4 provisioned
-#: concurrency), "Medium" (8 - 16 provisioned concurrency), and "Large" (16 - 64 provisioned
-#: concurrency)" (databricks-sdk, ``ServedEntityOutput.workload_size``). With scale to zero the low
-#: end is 0.
 WORKLOAD_CONCURRENCY: dict[str, tuple[int, int]] = {"Small": (4, 4), "Medium": (8, 16), "Large": (16, 64)}
+"""Provisioned concurrency by workload size, (low, high): "A single unit of provisioned concurrency
+can process one request at a time. Valid workload sizes are "Small" (4 - 4 provisioned
+concurrency), "Medium" (8 - 16 provisioned concurrency), and "Large" (16 - 64 provisioned
+concurrency)" (databricks-sdk, `ServedEntityOutput.workload_size`). With scale to zero the low
+end is 0.
+"""
 
 
 @dataclass(frozen=True)
 class ServedEntity:
-    """One model an endpoint serves (``config.served_entities[]``).
+    """One model an endpoint serves (`config.served_entities[]`).
 
     Attributes:
         name: the served entity's name within the endpoint.
-        entity_name: the registered model it serves (``catalog.schema.model``).
+        entity_name: the registered model it serves (`catalog.schema.model`).
         entity_version: that model's version.
-        workload_size: ``"Small"``, ``"Medium"``, ``"Large"`` or a custom size; None when the
+        workload_size: `"Small"`, `"Medium"`, `"Large"` or a custom size; None when the
             entity gives its concurrency explicitly.
-        workload_type: ``"CPU"``, ``"GPU_SMALL"``, ``"GPU_MEDIUM"``...
+        workload_type: `"CPU"`, `"GPU_SMALL"`, `"GPU_MEDIUM"`...
         scale_to_zero_enabled: whether it scales down to zero when idle.
         min_provisioned_concurrency: the explicit lower bound of its concurrency, when set.
         max_provisioned_concurrency: the explicit upper bound, when set.
-        deployment: its deployment state (``"DEPLOYMENT_READY"``, ``"DEPLOYMENT_FAILED"``...).
+        deployment: its deployment state (`"DEPLOYMENT_READY"`, `"DEPLOYMENT_FAILED"`...).
         deployment_message: the message that goes with that state.
     """
 
@@ -55,7 +56,7 @@ class ServedEntity:
     @property
     def max_concurrency(self) -> int | None:
         """The most requests this entity serves at once: its explicit maximum, else its workload
-        size's upper bound (:data:`WORKLOAD_CONCURRENCY`); None for a size this client does not know
+        size's upper bound (`WORKLOAD_CONCURRENCY`); None for a size this client does not know
         (or an explicit maximum of 0, which says nothing about what it serves once started)."""
         if self.max_provisioned_concurrency:
             return self.max_provisioned_concurrency
@@ -65,22 +66,22 @@ class ServedEntity:
 
 @dataclass(frozen=True)
 class EndpointState:
-    """An endpoint's state, as ``GET /api/2.0/serving-endpoints/{name}`` reported it.
+    """An endpoint's state, as `GET /api/2.0/serving-endpoints/{name}` reported it.
 
     Attributes:
         name: the endpoint's name.
         known: False when the state could not be read (the caller may have CAN QUERY only, which
             does not allow the GET, or the request failed); every other field is then None/empty
-            and ``note`` says why.
-        ready: ``state.ready == "READY"``: every served entity of the active configuration is ready.
-        config_update: ``state.config_update``: ``"NOT_UPDATING"``, ``"IN_PROGRESS"``,
-            ``"UPDATE_FAILED"`` or ``"UPDATE_CANCELED"``.
+            and `note` says why.
+        ready: `state.ready == "READY"`: every served entity of the active configuration is ready.
+        config_update: `state.config_update`: `"NOT_UPDATING"`, `"IN_PROGRESS"`,
+            `"UPDATE_FAILED"` or `"UPDATE_CANCELED"`.
         served_entities: the entities of the active configuration.
         route_optimized: whether the endpoint is route-optimized (queried at its own data-plane URL).
         data_plane_url: where a route-optimized endpoint is queried
-            (``data_plane_info.query_info.endpoint_url``).
-        data_plane_authorization: the ``authorization_details`` the data-plane token is exchanged for.
-        note: why ``known`` is False, or None.
+            (`data_plane_info.query_info.endpoint_url`).
+        data_plane_authorization: the `authorization_details` the data-plane token is exchanged for.
+        note: why `known` is False, or None.
     """
 
     name: str
@@ -117,8 +118,8 @@ def unknown_state(name: str, note: str) -> EndpointState:
 
 
 def parse_endpoint_state(body: dict[str, Any], name: str) -> EndpointState:
-    """The facts the client acts on, from the JSON of ``GET /api/2.0/serving-endpoints/{name}``,
-    read through databricks-sdk's ``ServingEndpointDetailed``."""
+    """The facts the client acts on, from the JSON of `GET /api/2.0/serving-endpoints/{name}`,
+    read through databricks-sdk's `ServingEndpointDetailed`."""
     from databricks.sdk.service.serving import ServingEndpointDetailed
 
     if not isinstance(body.get("state"), dict):

@@ -1,16 +1,16 @@
 """What a client does about what an endpoint says of itself, decided once per client and endpoint,
 before the first request to it, free of I/O. The backend reads the state
-(``GET /api/2.0/serving-endpoints/{name}``, :class:`~clip_client._remote.endpoint_state.EndpointState`), asks
-:func:`preflight` and acts on the answer, from either shell:
+(`GET /api/2.0/serving-endpoints/{name}`, [`EndpointState`][clip_client.EndpointState]), asks
+`preflight` and acts on the answer, from either shell:
 
-- **``max_concurrency="auto"``**: the ceiling of the adaptive limit is what the endpoint serves at
+- **`max_concurrency="auto"`**: the ceiling of the adaptive limit is what the endpoint serves at
   once plus one queued request (so no slot idles while the client parses an answer and sends the
   next), capped at 256; the default (5) when the state does not say.
 - **Route optimization**: a route-optimized endpoint is queried at its own data-plane URL, with a
   data-plane OAuth token (the backend gets the auth from the workspace, which may refuse).
 - **Starting**: an endpoint that is not ready, or that scales to zero, answers 503 while it starts.
   Those 503s are expected: they do not lower the concurrency limit and do not use up
-  ``max_retries`` (``retry_deadline`` bounds the wait), until the first answer that succeeds.
+  `max_retries` (`retry_deadline` bounds the wait), until the first answer that succeeds.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ class Preflight:
     """What to do about one endpoint.
 
     Attributes:
-        ceiling: the ceiling ``max_concurrency="auto"`` resolves to; None when the setting is a number.
+        ceiling: the ceiling `max_concurrency="auto"` resolves to; None when the setting is a number.
         ceiling_known: the ceiling came from the endpoint's state (False: the default, as a fallback).
-        ceiling_note: what ``"auto"`` chose and why, for the log; None without ``"auto"``.
+        ceiling_note: what `"auto"` chose and why, for the log; None without `"auto"`.
         data_plane_url: where a route-optimized endpoint is queried; None to use the workspace URL.
-        data_plane_authorization: the ``authorization_details`` its data-plane token is exchanged for.
+        data_plane_authorization: the `authorization_details` its data-plane token is exchanged for.
         route_note: why a route-optimized endpoint is nevertheless queried at the workspace URL.
         starting: the endpoint may have to start: its 503s are expected until an answer succeeds.
         start_note: the endpoint is not ready now (the first call says it waits); None otherwise.
@@ -49,8 +49,8 @@ class Preflight:
 
 
 def preflight(state: EndpointState, *, auto: bool) -> Preflight:
-    """The decision for an endpoint in ``state`` (which may be unknown: then nothing changes but an
-    ``"auto"`` ceiling falls back to the default); ``auto`` for ``max_concurrency="auto"``."""
+    """The decision for an endpoint in `state` (which may be unknown: then nothing changes but an
+    `"auto"` ceiling falls back to the default); `auto` for `max_concurrency="auto"`."""
     ceiling, known, ceiling_note = _auto_ceiling(state) if auto else (None, False, None)
     url = authorization = route_note = None
     if state.route_optimized:

@@ -1,6 +1,6 @@
 """The retry policy: what is retried, how long to wait, when to stop.
 
-tenacity's ``Retrying`` and ``AsyncRetrying`` share it, so the sync and async backends retry alike.
+tenacity's `Retrying` and `AsyncRetrying` share it, so the sync and async backends retry alike.
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tenacity import RetryCallState, stop_after_attempt, stop_before_delay
-from tenacity.stop import stop_base
-
 from .. import _constants as C
 from .._core.concurrency import CallContext
 from ..errors import (
@@ -26,7 +23,7 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from tenacity import RetryCallState
 
 __all__ = ["call_retry_arguments", "is_retryable", "retry_arguments"]
 
@@ -40,7 +37,7 @@ logger = logging.getLogger(C.LOGGER_NAME)
 def is_retryable(exc: BaseException) -> bool:
     """Worth another attempt: connection trouble, timeouts, 408/429/5xx, and a 200 whose body was
     not the embeddings asked for (an HTML page from a gateway, a truncated answer). Some of these
-    are worth only one more attempt per batch: see :func:`_retries_allowed`."""
+    are worth only one more attempt per batch: see `_retries_allowed`."""
     if isinstance(exc, APIStatusError):
         return exc.status_code in C.RETRYABLE_STATUS_CODES
     if isinstance(exc, APIConnectionError):
@@ -52,7 +49,7 @@ def _retries_allowed(exc: BaseException) -> tuple[str, int] | None:
     """Failures that are most likely to happen again, and the retries one batch may spend on each:
     a malformed 200 (a gateway's HTML page is transient, a model that answers the wrong shape is
     not) and a host name that does not resolve (a wrong host or profile, or a VPN that is down, does
-    not fix itself in a second; one retry covers a resolver's hiccup). None: up to ``max_retries``."""
+    not fix itself in a second; one retry covers a resolver's hiccup). None: up to `max_retries`."""
     if isinstance(exc, ResponseFormatError):
         return "malformed answer", C.MALFORMED_ANSWER_RETRIES
     if isinstance(exc, APIConnectionError) and exc.name_resolution:
@@ -61,7 +58,7 @@ def _retries_allowed(exc: BaseException) -> tuple[str, int] | None:
 
 
 class _Backoff:
-    """Wait for ``Retry-After`` when the server sent one, else capped exponential backoff with
+    """Wait for `Retry-After` when the server sent one, else capped exponential backoff with
     jitter (half fixed, half random, so concurrent clients spread out without waiting zero)."""
 
     def __init__(self, initial: float, maximum: float) -> None:
@@ -86,11 +83,11 @@ def _log_retry(state: RetryCallState) -> None:
     logger.info("retrying after attempt %d failed: %s; waiting %.2fs", state.attempt_number, exc, wait)
 
 
-def _failure(state: RetryCallState) -> BaseException | None:
+def _outcome_error(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome is not None and state.outcome.failed else None
 
 
-#: Per batch (one tenacity run), how often each kind of failure in :func:`_retries_allowed` was met.
+# Per batch (one tenacity run), how often each kind of failure in `_retries_allowed` was met.
 _limited_seen: weakref.WeakKeyDictionary[RetryCallState, Counter[str]] = weakref.WeakKeyDictionary()
 _limited_lock = threading.Lock()
 
@@ -98,7 +95,7 @@ _limited_lock = threading.Lock()
 def _should_retry(state: RetryCallState) -> bool:
     """The retry decision. It also stamps the attempt count on the error, so one that is raised at
     once (a 400 after two 503s, a second malformed answer) reports every attempt its batch took."""
-    exc = _failure(state)
+    exc = _outcome_error(state)
     if isinstance(exc, APIError):
         exc.attempts = state.attempt_number
     if exc is None or not is_retryable(exc):
@@ -113,16 +110,27 @@ def _should_retry(state: RetryCallState) -> bool:
         return seen[kind] <= allowed
 
 
-class _StopAfterAttempts(stop_base):
-    """``stop_after_attempt(attempts)``, except that the failures ``expected`` says were expected do
-    not count: the 503s of an endpoint that is starting, a wait that ``retry_deadline`` alone bounds."""
+class _AnyOf:
+    """Stop once any of `stops` says so: tenacity's `stop_any` (`a | b`), for plain callables too,
+    so that this module need not import tenacity (`import clip_client` does not)."""
+
+    def __init__(self, *stops: Callable[[RetryCallState], bool]) -> None:
+        self.stops = stops
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return any(stop(state) for stop in self.stops)
+
+
+class _StopAfterAttempts:
+    """`stop_after_attempt(attempts)`, except that the failures `expected` says were expected do
+    not count: the 503s of an endpoint that is starting, a wait that `retry_deadline` alone bounds."""
 
     def __init__(self, attempts: int, expected: Callable[[BaseException], bool]) -> None:
         self.attempts = attempts
         self.expected = expected
 
     def __call__(self, state: RetryCallState) -> bool:
-        exc = _failure(state)
+        exc = _outcome_error(state)
         counted = exc is None or not self.expected(exc)
         with _limited_lock:
             seen = _limited_seen.setdefault(state, Counter())
@@ -138,27 +146,29 @@ def retry_arguments(
     backoff_max: float,
     expected: Callable[[BaseException], bool] | None = None,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``tenacity.Retrying`` and ``tenacity.AsyncRetrying`` alike, for one
-    batch (a fresh ``Retrying`` per batch: the once-only kinds are counted per run).
+    """Keyword arguments for `tenacity.Retrying` and `tenacity.AsyncRetrying` alike, for one
+    batch (a fresh `Retrying` per batch: the once-only kinds are counted per run).
 
-    ``expected(error)`` says whether a failure was expected (an endpoint starting up answers 503
-    until it is ready): those are retried like any other but do not count against ``max_retries``,
-    so only ``deadline`` bounds the wait. The error that finally escapes is the last one, of its
-    precise type, with ``attempts`` set (``reraise``). :func:`call_retry_arguments` adds what one
+    `expected(error)` says whether a failure was expected (an endpoint starting up answers 503
+    until it is ready): those are retried like any other but do not count against `max_retries`,
+    so only `deadline` bounds the wait. The error that finally escapes is the last one, of its
+    precise type, with `attempts` set (`reraise`). `call_retry_arguments` adds what one
     call's deadline asks for.
     """
+    from tenacity import stop_after_attempt, stop_before_delay  # on first use: import cost
+
     attempts = max_retries + 1
+    counted = stop_after_attempt(attempts) if expected is None else _StopAfterAttempts(attempts, expected)
     return {
         "retry": _should_retry,
-        "stop": (stop_after_attempt(attempts) if expected is None else _StopAfterAttempts(attempts, expected))
-        | stop_before_delay(deadline),
+        "stop": _AnyOf(counted, stop_before_delay(deadline)),
         "wait": _Backoff(backoff, backoff_max),
         "before_sleep": _log_retry,
         "reraise": True,
     }
 
 
-class _StopAtDeadline(stop_base):
+class _StopAtDeadline:
     """Stop once the call was cancelled, or when its deadline would pass before the next retry."""
 
     def __init__(self, ctx: CallContext) -> None:
@@ -171,20 +181,20 @@ class _StopAtDeadline(stop_base):
 def call_retry_arguments(
     arguments: dict[str, Any], ctx: CallContext, endpoint: str, sleep: Callable[[float], Any]
 ) -> dict[str, Any]:
-    """``arguments`` for one batch of a call with a :class:`CallContext`: every failure is
+    """`arguments` for one batch of a call with a [`CallContext`][clip_client.CallContext]: every failure is
     remembered by the context; retrying stops when the call is cancelled or its deadline would pass
-    before the next attempt, and then raises the deadline's ``APITimeoutError``, naming the last
-    failure and chained to it (``__cause__``); waits are ``sleep`` (which wakes on cancellation)."""
+    before the next attempt, and then raises the deadline's `APITimeoutError`, naming the last
+    failure and chained to it (`__cause__`); waits are `sleep` (which wakes on cancellation)."""
     decide: Callable[[RetryCallState], bool] = arguments["retry"]
 
     def retry(state: RetryCallState) -> bool:
-        exc = _failure(state)
+        exc = _outcome_error(state)
         if exc is not None:
             ctx.failed(exc)
         return decide(state)
 
     def give_up(state: RetryCallState) -> Any:
-        exc = _failure(state)
+        exc = _outcome_error(state)
         assert exc is not None
         if not ctx.cancelled.is_set() and ctx.expires_within(state.upcoming_sleep):
             raise ctx.expired_error(
@@ -195,7 +205,7 @@ def call_retry_arguments(
     return {
         **arguments,
         "retry": retry,
-        "stop": arguments["stop"] | _StopAtDeadline(ctx),
+        "stop": _AnyOf(arguments["stop"], _StopAtDeadline(ctx)),
         "sleep": sleep,
         "retry_error_callback": give_up,
     }

@@ -1,6 +1,6 @@
 """From an HTTP answer or a transport failure to a typed error.
 
-Status codes, the server's ``error_code``, request ids and ``Retry-After``.
+Status codes, the server's `error_code`, request ids and `Retry-After`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ logger = logging.getLogger(C.LOGGER_NAME)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: an integer, or an HTTP date. None when absent/garbled."""
+    """`Retry-After` as seconds from now: an integer, or an HTTP date. None when absent/garbled."""
     if not value:
         return None
     value = value.strip()
@@ -89,9 +89,10 @@ def error_from_response(response: httpx.Response, endpoint: str) -> APIStatusErr
     )
 
 
-#: A connection dropped while sending a body at least this large is taken for a size refusal:
-#: proxies in front of serving endpoints drop oversized uploads rather than answer 413.
 LARGE_BODY_BYTES = 1_000_000
+"""A connection dropped while sending a body at least this large is taken for a size refusal:
+proxies in front of serving endpoints drop oversized uploads rather than answer 413.
+"""
 
 
 def map_transport_error(
@@ -103,12 +104,12 @@ def map_transport_error(
     advice: str = "raise timeout= if the model is slow",
 ) -> APIError:
     """The typed error for an attempt that got no complete answer, naming the underlying failure
-    (``Connection refused``, a DNS failure) and what bounded the attempt in time (``bound``).
+    (`Connection refused`, a DNS failure) and what bounded the attempt in time (`bound`).
 
-    A host name that does not resolve is an :class:`APIConnectionError` with ``name_resolution``
-    set, saying what to check; the retry policy retries it once at most. An answer whose body does
-    not decode (a ``Content-Encoding`` it does not follow) is a :class:`ResponseFormatError`, retried
-    once like any malformed answer.
+    A host name that does not resolve is an [`APIConnectionError`][clip_client.APIConnectionError] with
+    `name_resolution` set, saying what to check; the retry policy retries it once at most. An answer whose
+    body does not decode (a `Content-Encoding` it does not follow) is a
+    [`ResponseFormatError`][clip_client.ResponseFormatError], retried once like any malformed answer.
     """
     if isinstance(exc, httpx.DecodingError):
         return ResponseFormatError(
@@ -150,8 +151,6 @@ def map_transport_error(
     return APIConnectionError(text, endpoint=endpoint)
 
 
-#: What resolvers say when a name does not resolve (glibc, macOS, Windows), for errors that arrive
-#: as text rather than as ``socket.gaierror``.
 _NAME_RESOLUTION_TEXTS = (
     "name or service not known",
     "nodename nor servname",
@@ -159,6 +158,9 @@ _NAME_RESOLUTION_TEXTS = (
     "no address associated with hostname",
     "getaddrinfo failed",
 )
+"""What resolvers say when a name does not resolve (glibc, macOS, Windows), for errors that arrive
+as text rather than as `socket.gaierror`.
+"""
 
 
 def is_name_resolution_failure(exc: BaseException) -> bool:
@@ -170,7 +172,7 @@ def is_name_resolution_failure(exc: BaseException) -> bool:
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc`` and every exception behind it: causes, contexts and the members of exception groups."""
+    """`exc` and every exception behind it: causes, contexts and the members of exception groups."""
     seen: list[BaseException] = []
     todo = [exc]
     while todo:
@@ -184,8 +186,8 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _root_cause(exc: BaseException) -> BaseException:
-    """The operating system's error behind an httpx one (``ConnectionRefusedError``, ``gaierror``),
-    or ``exc`` itself."""
+    """The operating system's error behind an httpx one (`ConnectionRefusedError`, `gaierror`),
+    or `exc` itself."""
     errors = [e for e in _chain(exc) if isinstance(e, OSError)]
     return errors[-1] if errors else exc
 

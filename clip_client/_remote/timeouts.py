@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpcore
 import httpx
 
 from .. import _constants as C
@@ -27,16 +25,17 @@ logger = logging.getLogger(C.LOGGER_NAME)
 # --------------------------------------------------------------------------------------------------
 # Time bounds of one attempt
 #
-# httpx times each socket operation on its own (httpcore reads ``timeout["read"]`` once per phase and
+# httpx times each socket operation on its own (httpcore reads `timeout["read"]` once per phase and
 # gives every read that same value), so a server that sends one byte per second never trips a read
 # timeout. One attempt is bounded as a whole instead: the async client cancels it
-# (``asyncio.wait_for``); the sync client cannot cancel a thread, so the sync clients the library
+# (`asyncio.wait_for`); the sync client cannot cancel a thread, so the sync clients the library
 # creates get network streams that shorten every connect, read and write to the attempt's time left
 # (the header phase included), and every response body is read in chunks, checked against the clock.
 
-#: When the attempt running in this thread must be over (``time.monotonic()``), read by the network
-#: streams of the sync clients the library creates; None outside an attempt or without a bound.
 _attempt_expires: ContextVar[float | None] = ContextVar("clip_client_attempt_expires", default=None)
+"""When the attempt running in this thread must be over (`time.monotonic()`), read by the network
+streams of the sync clients the library creates; None outside an attempt or without a bound.
+"""
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,9 @@ class AttemptClock:
     """The time bound of one attempt.
 
     Attributes:
-        expires_at: ``time.monotonic()`` by which the attempt must be over; None when nothing bounds
+        expires_at: `time.monotonic()` by which the attempt must be over; None when nothing bounds
             it as a whole (an injected http client, and no call deadline).
-        by_deadline: the call's deadline, not ``timeout``, sets ``expires_at``.
+        by_deadline: the call's deadline, not `timeout`, sets `expires_at`.
         bound: what bounds the attempt, for messages ("timeout=330s").
     """
 
@@ -56,7 +55,7 @@ class AttemptClock:
 
     @classmethod
     def start(cls, timeout: float | None, deadline_left: float | None, bound: str) -> AttemptClock:
-        """Now plus ``timeout`` (None: unbounded), or the call's deadline when that comes first."""
+        """Now plus `timeout` (None: unbounded), or the call's deadline when that comes first."""
         now = time.monotonic()
         if deadline_left is not None and (timeout is None or deadline_left < timeout):
             return cls(now + deadline_left, True, bound)
@@ -69,7 +68,7 @@ class AttemptClock:
     @contextmanager
     def bounding_sockets(self) -> Iterator[None]:
         """Within this block, this thread's socket operations on a client made by
-        :func:`sync_client` end by ``expires_at``."""
+        `sync_client` end by `expires_at`."""
         token = _attempt_expires.set(self.expires_at)
         try:
             yield
@@ -77,7 +76,7 @@ class AttemptClock:
             _attempt_expires.reset(token)
 
     def read_body(self, response: httpx.Response) -> None:
-        """Read a streamed response's body, stopping with ``httpx.ReadTimeout`` between two chunks
+        """Read a streamed response's body, stopping with `httpx.ReadTimeout` between two chunks
         once the attempt's time is up. Closes the response either way: a body left half-read closes
         its connection rather than return it to the pool."""
         try:
@@ -106,87 +105,24 @@ class _ExpiringBody(httpx.SyncByteStream):
         self._stream.close()
 
 
-def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
-    """A socket operation's timeout, shortened to the running attempt's time left."""
-    expires_at = _attempt_expires.get()
-    if expires_at is None:
-        return timeout
-    left = expires_at - time.monotonic()
-    if timeout is not None:
-        left = min(timeout, left)
-    if left <= 0:  # a socket timeout of 0 would mean "non-blocking"
-        raise expired("the attempt's time ran out")
-    return left
-
-
-class _ExpiringStream(httpcore.NetworkStream):
-    """A connection whose every read and write ends by the running attempt's deadline."""
-
-    def __init__(self, stream: httpcore.NetworkStream) -> None:
-        self._stream = stream
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        tls = self._stream.start_tls(
-            ssl_context, server_hostname, _time_left(timeout, httpcore.ConnectTimeout)
-        )
-        return _ExpiringStream(tls)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _ExpiringBackend(httpcore.NetworkBackend):
-    """httpcore's network backend, with connections that end by the running attempt's deadline."""
-
-    def __init__(self, backend: httpcore.NetworkBackend) -> None:
-        self._backend = backend
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        timeout = _time_left(timeout, httpcore.ConnectTimeout)
-        return _ExpiringStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options))
-
-    def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.NetworkStream:
-        timeout = _time_left(timeout, httpcore.ConnectTimeout)
-        return _ExpiringStream(self._backend.connect_unix_socket(path, timeout, socket_options))
-
-    def sleep(self, seconds: float) -> None:
-        self._backend.sleep(seconds)
-
-
 def sync_client(timeout: float, limits: httpx.Limits) -> httpx.Client:
-    """The ``httpx.Client`` the library creates: httpx's own (environment proxies and all), with its
+    """The `httpx.Client` the library creates: httpx's own (environment proxies and all), with its
     connection pools' network backend wrapped so that every socket operation ends by the running
     attempt's deadline. httpx has no public hook for a pool's network backend, so this reaches into
-    ``_transport``/``_mounts``/``_pool``; if those ever change, it logs, and an attempt's connect and
+    `_transport`/`_mounts`/`_pool`; if those ever change, it logs, and an attempt's connect and
     header phase fall back to httpx's per-operation timeouts (its body is still cut between chunks,
     and a sync call still returns by its deadline). The time-bound tests fail if that happens."""
+    import httpcore  # only here: httpx itself imports it when the first client is built
+
+    from .sockets import ExpiringBackend
+
     client = httpx.Client(timeout=timeout, limits=limits)
     transports = [client._transport, *client._mounts.values()]
     for transport in transports:
         pool = getattr(transport, "_pool", None)
         backend = getattr(pool, "_network_backend", None)
         if isinstance(backend, httpcore.NetworkBackend):
-            pool._network_backend = _ExpiringBackend(backend)  # type: ignore[union-attr]
+            pool._network_backend = ExpiringBackend(backend)  # type: ignore[union-attr]
         elif transport is not None:
             logger.debug("cannot bound the sockets of %r by the attempt's deadline", transport)
     return client

@@ -1,6 +1,6 @@
 """Which workspace, and how to authenticate to it.
 
-Host checks, databricks-sdk's ``Config`` and its auth chain, and the data-plane tokens of
+Host checks, databricks-sdk's `Config` and its auth chain, and the data-plane tokens of
 route-optimized endpoints.
 """
 
@@ -23,6 +23,7 @@ import httpx
 from .. import _constants as C
 from .._core.secrets import redact, register, register_headers, safe_cause
 from ..errors import (
+    ConfigurationError,
     CredentialsError,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "normalize_host",
     "resolve_workspace",
     "scoring_server_workspace",
+    "sdk_config",
 ]
 
 logger = logging.getLogger(C.LOGGER_NAME)
@@ -47,7 +49,7 @@ logger = logging.getLogger(C.LOGGER_NAME)
 
 
 def normalize_host(host: str) -> str:
-    """``https://`` added when missing, trailing slash dropped; plain http only to loopback."""
+    """`https://` added when missing, trailing slash dropped; plain http only to loopback."""
     host = host.strip()
     if not host.rstrip("/"):
         raise ValueError("host is empty; pass host='https://<workspace>.cloud.databricks.com'")
@@ -98,9 +100,9 @@ class _StaticTokenAuth(httpx.Auth):
 
 
 class _ConfigAuth(httpx.Auth):
-    """Fresh headers from databricks-sdk's ``Config.authenticate()`` on every request.
+    """Fresh headers from databricks-sdk's `Config.authenticate()` on every request.
 
-    ``authenticate()`` is cheap while the token is cached but blocks on the network when an OAuth
+    `authenticate()` is cheap while the token is cached but blocks on the network when an OAuth
     token needs refreshing, so the async flow runs it in a worker thread, off the event loop.
     """
 
@@ -136,9 +138,9 @@ class _ConfigAuth(httpx.Auth):
 class Workspace:
     """Where requests go and how they authenticate. Its repr never shows credentials.
 
-    ``config`` is databricks-sdk's ``Config`` when the workspace was resolved through it, and None for
+    `config` is databricks-sdk's `Config` when the workspace was resolved through it, and None for
     an explicit host and token: the source of the data-plane tokens of route-optimized endpoints
-    (:meth:`data_plane_auth`), which only OAuth credentials can be exchanged for.
+    (`data_plane_auth`), which only OAuth credentials can be exchanged for.
     """
 
     host: str
@@ -150,20 +152,20 @@ class Workspace:
         return f"Workspace(host={self.host!r}, auth_type={self.auth_type!r})"
 
     def data_plane_auth(self, url: str, authorization_details: str | None) -> httpx.Auth:
-        """httpx auth for a route-optimized endpoint's data-plane ``url``: a data-plane OAuth token,
-        exchanged for the workspace's own OAuth token by databricks-sdk's ``DataPlaneTokenSource``
-        (what ``WorkspaceClient.serving_endpoints_data_plane`` uses: ``POST {host}/oidc/v1/token``),
-        cached and refreshed by it, and registered with ``_secrets`` before it is sent. The exchange
+        """httpx auth for a route-optimized endpoint's data-plane `url`: a data-plane OAuth token,
+        exchanged for the workspace's own OAuth token by databricks-sdk's `DataPlaneTokenSource`
+        (what `WorkspaceClient.serving_endpoints_data_plane` uses: `POST {host}/oidc/v1/token`),
+        cached and refreshed by it, and registered with `_secrets` before it is sent. The exchange
         runs on a request's first use of the auth, off the event loop in the async client; its
-        failure raises ``CredentialsError`` from that request.
+        failure raises `CredentialsError` from that request.
 
         May block on the network (it checks that the credentials give an OAuth token at all): the
         async client calls it in a worker thread.
 
         Raises:
             DataPlaneUnavailable: the credentials cannot give a data-plane token: a personal access
-                token (explicit ``token=``, or a ``Config`` whose auth is ``pat``), any other non-OAuth
-                auth, or a databricks-sdk without ``DataPlaneTokenSource``. The message says why.
+                token (explicit `token=`, or a `Config` whose auth is `pat`), any other non-OAuth
+                auth, or a databricks-sdk without `DataPlaneTokenSource`. The message says why.
         """
         config = self.config
         if config is None:
@@ -194,13 +196,13 @@ class DataPlaneUnavailable(ValueError):
     """Why a route-optimized endpoint cannot be queried at its data-plane URL by this client."""
 
 
-#: databricks-sdk's data-plane token sources, one per ``Config`` (each caches its tokens by endpoint).
+# databricks-sdk's data-plane token sources, one per `Config` (each caches its tokens by endpoint).
 _token_sources: weakref.WeakKeyDictionary[Config, Any] = weakref.WeakKeyDictionary()
 _token_sources_lock = threading.Lock()
 
 
 def _data_plane_tokens(config: Config) -> Any:
-    """The ``DataPlaneTokenSource`` of ``config``, made as ``WorkspaceClient`` makes it."""
+    """The `DataPlaneTokenSource` of `config`, made as `WorkspaceClient` makes it."""
     try:
         from databricks.sdk.data_plane import DataPlaneTokenSource
     except ImportError:
@@ -222,8 +224,8 @@ def _data_plane_tokens(config: Config) -> Any:
 
 
 def data_plane_url(url: str) -> str:
-    """A data-plane URL as the endpoint's state gives it, checked as ``host=`` is: https, or plain
-    http only to loopback. Raises ``DataPlaneUnavailable`` for any other."""
+    """A data-plane URL as the endpoint's state gives it, checked as `host=` is: https, or plain
+    http only to loopback. Raises `DataPlaneUnavailable` for any other."""
     problem = _url_problem(urlsplit(url.strip()))
     if problem == "not http":
         raise DataPlaneUnavailable(f"its data-plane URL {url!r} is not an http(s) URL")
@@ -251,13 +253,13 @@ def scoring_server_workspace(
     profile: str | None = None,
     config: Config | None = None,
 ) -> Workspace:
-    """Where requests go for ``text_url``/``image_url``: any MLflow scoring server (``mlflow models
-    serve``, a container built by ``mlflow models build-docker``...) by its invocations URLs, with no
-    workspace and no control plane. No ``Authorization`` header unless ``token`` is given; a token is
+    """Where requests go for `text_url`/`image_url`: any MLflow scoring server (`mlflow models
+    serve`, a container built by `mlflow models build-docker`...) by its invocations URLs, with no
+    workspace and no control plane. No `Authorization` header unless `token` is given; a token is
     sent only over https, or plain http to loopback.
 
     Raises:
-        ValueError: only one of the two URLs, a workspace option (``host``/``profile``/``config``)
+        ValueError: only one of the two URLs, a workspace option (`host`/`profile`/`config`)
             with them, or a URL that is not http(s) (or plain http to another host with a token).
     """
     given = {"text_url": text_url, "image_url": image_url}
@@ -298,9 +300,9 @@ def resolve_workspace(
 ) -> Workspace:
     """Resolve host and credentials.
 
-    An explicit ``host`` and ``token`` are used as they are: no ``Config`` is built, so nothing is
+    An explicit `host` and `token` are used as they are: no `Config` is built, so nothing is
     probed on the network and no other credential in the environment can conflict with them.
-    Everything else goes through databricks-sdk's ``Config`` chain (env vars, ``~/.databrickscfg``
+    Everything else goes through databricks-sdk's `Config` chain (env vars, `~/.databrickscfg`
     profiles, OAuth M2M, Azure, GCP...).
     """
     if config is not None and (host or token or profile):
@@ -314,17 +316,31 @@ def resolve_workspace(
         try:
             config = _config_class()(**kwargs)
         except ValueError as exc:
-            raise ValueError(
-                f"could not resolve a Databricks workspace: {str(exc).rstrip('.')}. Pass host= and "
-                "token=, set DATABRICKS_HOST and DATABRICKS_TOKEN, or name a ~/.databrickscfg profile= "
-                "(or use ClipClient.local() to run the model in-process)"
+            reason = redact(str(exc)).rstrip(".")
+            raise ConfigurationError(
+                f"could not resolve a Databricks workspace: {reason}.",
+                setting="profile" if profile else "host",
+                reason=reason,
+                advice="Pass {host=} and {token=}, set DATABRICKS_HOST and DATABRICKS_TOKEN, or name a "
+                "~/.databrickscfg {profile=} (or use ClipClient.local() to run the model in-process)",
             ) from exc
     if not config.host:
-        raise ValueError("databricks-sdk resolved no workspace host; set DATABRICKS_HOST or pass host=")
+        raise ConfigurationError(
+            "databricks-sdk resolved no workspace host",
+            setting="host",
+            advice="set DATABRICKS_HOST or pass {host=}",
+        )
     register(*(getattr(config, attr.name, None) for attr in config.attributes() if attr.sensitive))
     return Workspace(
         normalize_host(config.host), _ConfigAuth(config.authenticate), str(config.auth_type), config
     )
+
+
+def sdk_config(**options: Any) -> Config:
+    """databricks-sdk's `Config` for `options` (`host=`, `token=`, `profile=`...), built as
+    `resolve_workspace` builds it: with this library's bounds on the network calls the SDK
+    makes while it is built. For what needs the SDK itself (`WorkspaceClient`), such as deploy."""
+    return _config_class()(**options)
 
 
 _CONFIG_TIME_BOUNDS = {
@@ -335,12 +351,12 @@ _CONFIG_TIME_BOUNDS = {
 
 @functools.cache
 def _config_class() -> type[Config]:
-    """databricks-sdk's ``Config``, with its own network time bounds (``retry_timeout_seconds``,
-    ``http_timeout_seconds``) set for what it does while it is built, when neither the caller, the
+    """databricks-sdk's `Config`, with its own network time bounds (`retry_timeout_seconds`,
+    `http_timeout_seconds`) set for what it does while it is built, when neither the caller, the
     environment nor the profile set them.
 
-    ``Config()`` probes ``{host}/.well-known/databricks-config`` once the host is known, with the
-    SDK's default retry budget of 300 s: a host that does not resolve held ``ClipClient()`` for about
+    `Config()` probes `{host}/.well-known/databricks-config` once the host is known, with the
+    SDK's default retry budget of 300 s: a host that does not resolve held `ClipClient()` for about
     five minutes. The probe is best-effort (the SDK falls back to the explicit configuration), so a
     short budget costs nothing but a slower failure. The values are filled in at the last moment
     before the probe, after env vars and the profile were read, so that theirs win."""
@@ -359,7 +375,8 @@ def _config_class() -> type[Config]:
 
 
 def credentials_error(exc: Exception) -> CredentialsError:
-    """databricks-sdk's failure as a :class:`CredentialsError`, scrubbed of credentials.
+    """databricks-sdk's failure as a [`CredentialsError`][clip_client.CredentialsError], scrubbed of
+    credentials.
 
     The SDK's message names the auth method and how to fix it, so it is kept (redacted). Its
     exception is chained only when no credential shows in it or its own causes; otherwise the chain
