@@ -9,7 +9,6 @@ import inspect
 import re
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin, get_type_hints
@@ -67,10 +66,18 @@ def test_a_misspelt_keyword_is_a_type_error_naming_the_public_class(cls: type) -
         cls(host="https://x.cloud.databricks.com", token="t" * 12, batchsize=3)
 
 
-def mypy_strict(path: Path) -> subprocess.CompletedProcess[str]:
-    """``mypy --strict`` on one file, as a user's project would run it against clip_client."""
+def mypy_strict(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """``mypy --strict`` on some files, as a user's project would run it against clip_client."""
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", "--follow-imports=silent", str(path)],
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--no-incremental",
+            "--follow-imports=silent",
+            *map(str, paths),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -78,24 +85,41 @@ def mypy_strict(path: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_mypy_rejects_a_misspelt_keyword_on_both_clients(tmp_path: Path) -> None:
-    snippet = tmp_path / "typo.py"
-    snippet.write_text(
-        textwrap.dedent(
-            """
-            from clip_client import AsyncClipClient, ClipClient
+_TYPO_SNIPPET = """
+from clip_client import AsyncClipClient, ClipClient
 
-            ClipClient(batchsize=3)
-            AsyncClipClient(batchsize=3)
-            ClipClient(batch_size=3)
-            AsyncClipClient(batch_size=3)
-            """
-        )
-    )
-    done = mypy_strict(snippet)
-    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
-    assert len(errors) == 2, done.stdout
-    assert all('Unexpected keyword argument "batchsize"' in line for line in errors), done.stdout
+ClipClient(batchsize=3)
+AsyncClipClient(batchsize=3)
+ClipClient(batch_size=3)
+AsyncClipClient(batch_size=3)
+"""
+
+
+@pytest.fixture(scope="module")
+def user_code_checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Path], list[str]]:
+    """The user code the tests below type-check, checked by one mypy run (it costs ~13 s a run):
+    the files by name, and mypy's output lines."""
+    folder = tmp_path_factory.mktemp("user-code")
+    files = {"typo": folder / "typo.py", "backend": folder / "my_backend.py"}
+    files["typo"].write_text(_TYPO_SNIPPET)
+    files["backend"].write_text(_docs_backend_example() + "\nprint(client.embed_texts(['a', 'b']).shape)\n")
+    return files, mypy_strict(*files.values()).stdout.splitlines()
+
+
+def _errors_in(checked: tuple[dict[str, Path], list[str]], name: str) -> list[str]:
+    files, lines = checked
+    return [
+        line for line in lines if ": error:" in line and Path(line.split(":", 1)[0]).name == files[name].name
+    ]
+
+
+def test_mypy_rejects_a_misspelt_keyword_on_both_clients(
+    user_code_checked: tuple[dict[str, Path], list[str]],
+) -> None:
+    errors = _errors_in(user_code_checked, "typo")
+    output = "\n".join(user_code_checked[1])
+    assert len(errors) == 2, output
+    assert all('Unexpected keyword argument "batchsize"' in line for line in errors), output
     assert {'"ClipClient"' in errors[0], '"AsyncClipClient"' in errors[1]} == {True}
 
 
@@ -281,11 +305,13 @@ def _docs_backend_example() -> str:
     return section.split("```python", 1)[1].split("```", 1)[0]
 
 
-def test_the_documented_backend_type_checks_and_runs(tmp_path: Path) -> None:
-    example = tmp_path / "my_backend.py"
-    example.write_text(_docs_backend_example() + "\nprint(client.embed_texts(['a', 'b']).shape)\n")
-    checked = mypy_strict(example)
-    assert checked.returncode == 0, checked.stdout
+def test_the_documented_backend_type_checks_and_runs(
+    user_code_checked: tuple[dict[str, Path], list[str]],
+) -> None:
+    example = user_code_checked[0]["backend"]
+    assert _errors_in(user_code_checked, "backend") == [], "\n".join(user_code_checked[1])
+    # mypy did run over both files: the typo file's two errors are all it found
+    assert user_code_checked[1][-1].startswith("Found 2 errors in 1 file (checked 2 source files)")
     ran = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, check=False)
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "(2, 768)"
