@@ -18,7 +18,7 @@ from .types import EmbeddingArray, InputKind
 if TYPE_CHECKING:
     from ._remote.endpoint_state import EndpointState
 
-__all__ = ["Backend", "CacheIdentity", "ControlPlane", "LogitScale"]
+__all__ = ["Backend", "CacheIdentity", "ControlPlane", "InProcessModel", "LogitScale"]
 
 logger = logging.getLogger(C.LOGGER_NAME)
 
@@ -190,4 +190,15 @@ class LogitScale(Protocol):
     @property
     def logit_scale(self) -> float:
         """The temperature multiplying cosines before the softmax, > 0."""
+        ...
+
+
+@runtime_checkable
+class InProcessModel(Protocol):
+    """A backend whose model runs in this process and says where it was loaded from
+    ([`LocalBackend.location`][clip_client.LocalBackend.location]): no endpoint, no endpoint state."""
+
+    @property
+    def location(self) -> str:
+        """`local <folder or hub id> <dtype>`."""
         ...

@@ -93,6 +93,8 @@ class _CallPlan:
     settings: Settings
     on_error: OnError
     deadline: float | None
+    # A stream (`iter_embed_*`) hands over every row before a bad input, then raises its error.
+    stream: bool = False
 
 
 def _settings_doc() -> str:
@@ -389,7 +391,7 @@ class _BaseClient:
         else:
             source = check_image_list(inputs) if collect else refuse_single_image(inputs)
         total = len(source) if isinstance(source, list) else _length(source)
-        return _CallPlan(kind, source, total, settings, on_error, deadline)
+        return _CallPlan(kind, source, total, settings, on_error, deadline, stream=not collect)
 
     def _collector(self, plan: _CallPlan) -> Collector:
         assert plan.total is not None
@@ -404,6 +406,7 @@ class _BaseClient:
         return EmbedJob(
             BatchPlanner(plan.settings.batch_size, self.backend.max_request_bytes),
             mark=plan.on_error == "mark",
+            deliver_first=plan.stream,
             normalize=plan.settings.normalize,
             endpoint=self.backend.endpoint(plan.kind),
             progress=bar,
@@ -583,7 +586,7 @@ def _one_input() -> Iterator[None]:
     try:
         yield
     except InvalidInputError as exc:
-        raise type(exc)(exc.reason, index=None, path=exc.path) from exc.__cause__
+        raise exc._without_index() from exc.__cause__
     except APIError as exc:
         exc.index = None
         raise
@@ -921,8 +924,8 @@ class ClipClient(_BaseClient):
                 `"golden retriever"`); a label is inserted into the templates as it is.
             templates: prompt templates, each with exactly one `{}` where the label goes
                 (`"a photo of a {}."`; `{{`/`}}` for literal braces). Default (None): the 7
-                templates the CLIP authors selected for ImageNet in that notebook
-                (`clip_client._core.zeroshot.DEFAULT_TEMPLATES`); `["{}"]` uses the bare labels.
+                templates the CLIP authors selected for ImageNet in that notebook, such as
+                `"itap of a {}."` and `"a origami {}."`; `["{}"]` uses the bare labels.
             logit_scale: the temperature multiplying the cosines, > 0. Default (None): the local
                 model's own `exp(logit_scale)` in local mode
                 ([`LocalBackend.logit_scale`][clip_client.LocalBackend.logit_scale]), else 100.0, the value of
@@ -1174,6 +1177,8 @@ class ClipClient(_BaseClient):
             for item in items:
                 if item.error is not None:
                     job.input_failed(item.index, item.error)
+                    if job.halted:  # a stream's bad input: the rows before it first, then its error
+                        break
                 elif (batch := job.add(item.index, item.payload, item.nbytes)) is not None:
                     submit(batch)
                 while job.must_wait(len(pending)):
@@ -1639,6 +1644,8 @@ class AsyncClipClient(_BaseClient):
             async for item in items:
                 if item.error is not None:
                     job.input_failed(item.index, item.error)
+                    if job.halted:  # a stream's bad input: the rows before it first, then its error
+                        break
                 elif (batch := job.add(item.index, item.payload, item.nbytes)) is not None:
                     await submit(batch)
                 while job.must_wait(len(pending)):

@@ -7,6 +7,7 @@ where it can, what to do about it. Messages never contain credentials.
 from __future__ import annotations
 
 import ast
+import copy
 import re
 from typing import Any, Protocol
 
@@ -45,6 +46,19 @@ SettingValue = str | int
 """A value of a setting that advice can suggest."""
 
 
+class _Grouped(int):
+    """A count that a message shows with thousands separators (`repr`: `178,956,970`), and that is
+    typed as the plain number (`str`, `format`: `178956970`): the limit an advice names,
+    `{max_image_pixels=178_956_970}` in a template, reads `max_image_pixels=178,956,970` in Python
+    words and `--max-image-pixels 178956970` on the command line."""
+
+    def __repr__(self) -> str:
+        return f"{int(self):,}"
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
+
 class Spelling(Protocol):
     """How a layer names a client setting in advice. The library's own is `python_spelling`; the
     `clip-client` command names its options instead (`--max-image-pixels`, `--device cpu`)."""
@@ -70,8 +84,10 @@ def python_spelling(setting: str, value: SettingValue | None = None, *, keyword:
 
 _PLACEHOLDER = re.compile(r"\{([a-z][a-z_]*)(=[^{}]*)?\}")
 """In an advice template, `{name}` names a setting, `{name=}` the keyword that passes it, and
-`{name=literal}` the setting with a value (`{device='cpu'}`); `{suggestion}` is the error's
-own setting with its suggested value.
+`{name=literal}` the setting with a value (`{device='cpu'}`; a number written with `_` between
+its digit groups, `{max_image_pixels=100_000}`, is shown grouped where a message reads it,
+`100,000`, and plain where it is typed); `{suggestion}` is the error's own setting with its
+suggested value.
 """
 
 
@@ -96,7 +112,10 @@ def spell_advice(
             return spelling(name)
         if assigned == "=":
             return spelling(name, keyword=True)
-        value: SettingValue = ast.literal_eval(assigned[1:])
+        literal = assigned[1:]
+        value: SettingValue = ast.literal_eval(literal)
+        if isinstance(value, int) and "_" in literal:
+            value = _Grouped(value)
         return spelling(name, value)
 
     text = _PLACEHOLDER.sub(one, template)
@@ -211,6 +230,14 @@ class InvalidInputError(ClipClientError, ValueError):
         self.reason = with_advice(message, self.advice())
         super().__init__(self._format())
 
+    def _without_index(self) -> InvalidInputError:
+        """This error as a call that takes one input raises it (`embed_image`: no list to index): a
+        copy of the same class, without `index`, with everything else (the advice too) kept."""
+        new = copy.copy(self)
+        new.index = None
+        new.args = (new._format(),)
+        return new
+
     def _format(self) -> str:
         where = []
         if self.index is not None and self.argument is None:
@@ -294,11 +321,22 @@ class APIError(ClipClientError):
     the endpoint, or isolated as the one a 400 was about); None for a whole batch.
     """
 
-    def __init__(self, message: str, *, endpoint: str | None = None, attempts: int = 1) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        attempts: int = 1,
+        setting: str | None = None,
+        advice: str | None = None,
+    ) -> None:
         # Server and library text may quote a credential back (a 401 naming the token, a gateway
         # page listing the request headers): it is scrubbed here, before it can reach str(), repr(),
-        # a log line, a pickle or a traceback.
+        # a log line, a pickle or a traceback. The advice (a template of the library's own) follows.
+        self._set_advice(setting, None, advice)
         message = shorten(redact(message), _QUOTED_MESSAGE)
+        if advice is not None:
+            message = with_advice(message, spell_advice(advice))
         self.message = message
         self.endpoint = endpoint
         self.attempts = attempts
@@ -434,9 +472,14 @@ class APIStatusError(APIError):
         text = f"{where}{head}: {self.message}"
         if self.request_id:
             text += f" [request_id={self.request_id}]"
-        if self.hint:
-            text += f"{'' if text.endswith('.') else '.'} {self.hint}"
+        hint = self._hint()
+        if hint:
+            text += f"{'' if text.endswith('.') else '.'} {hint}"
         return text
+
+    def _hint(self) -> str:
+        """The advice the message ends with: `hint`, unless a subclass says more."""
+        return self.hint
 
 
 class BadRequestError(APIStatusError):
@@ -483,6 +526,20 @@ class PayloadTooLargeError(APIStatusError):
 
     _advice = "Lower {max_request_bytes} or {batch_size}"
     hint = spell_advice(_advice)
+    _alone = (
+        "The input is too large even alone in a request: send a smaller image or a shorter text; "
+        "{image_preparation='client'} sends an image as a 224x224 crop, made smaller still by "
+        "{image_format='jpeg'}"
+    )
+    """The advice when `index` is set: the input was alone in its request, so no smaller batch helps."""
+
+    def advice(self, spelling: Spelling = python_spelling) -> str | None:
+        if self.index is None:
+            return super().advice(spelling)
+        return spell_advice(self._alone, spelling)
+
+    def _hint(self) -> str:
+        return self.hint if self.index is None else spell_advice(self._alone)
 
 
 class RateLimitError(APIStatusError):

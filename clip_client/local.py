@@ -161,6 +161,13 @@ class LocalBackend:
             )
         return item.pixels, 0
 
+    @property
+    def location(self) -> str:
+        """`local <model> <dtype>`: the model named by where it was loaded from (a folder's absolute
+        path, or the hub id), which the `clip-client` command records in its output files to load
+        it again for a query. The cache keys by content instead (`cache_identity`)."""
+        return f"local {self._folder or self.model_name} {self.dtype}"
+
     def cache_identity(self, kind: InputKind) -> str:
         """Who computes the rows, for the embedding cache: the checkpoint by content, and the dtype
         it runs in.
@@ -355,10 +362,16 @@ def _load(
     is_folder = folder.is_dir()
     if is_folder:
         _check_checkpoint_folder(folder)
-    elif model.startswith((".", "~", "/")) or model.count("/") > 1:
+    elif folder.exists() or _looks_like_a_path(model):
+        where = repr(str(folder.absolute()))
+        what = f"{where} is a file, not a folder" if folder.exists() else f"there is no such folder {where}"
         raise ModelLoadError(
-            f"model={model!r}: no such folder, and it is not a hub id like 'openai/clip-vit-large-patch14'",
+            f"could not load CLIP model {model!r}: {what}, and a path is not a hub id like "
+            "'openai/clip-vit-large-patch14'.",
             setting="model",
+            suggestion="path/to/folder",
+            advice="Point {model=} at a folder holding config.json, the weights and the tokenizer files: "
+            "{suggestion}",
         )
     loaders: list[Callable[..., Any]] = [
         lambda **kw: transformers.CLIPModel.from_pretrained(model, attn_implementation="sdpa", **kw),
@@ -400,11 +413,13 @@ def _load(
     return clip.to(device=device, dtype=dtype).eval(), tokenizer, snapshot
 
 
-def _named_by_location(backend: LocalBackend) -> str:
-    """`local <model> <dtype>`, the model named by where it was loaded from (a folder's absolute
-    path, or the hub id): what the CLI records in its output files, which it reloads the model from
-    for a query. The cache keys by content instead (`LocalBackend.cache_identity`)."""
-    return f"local {backend._folder or backend.model_name} {backend.dtype}"
+def _looks_like_a_path(model: str) -> bool:
+    """Whether `model` names a folder rather than a hub id (`owner/name`): it starts with `.`, `~` or
+    a path separator, ends with one, holds a backslash (or this system's separator), or has more
+    than one `/`."""
+    seps = tuple({"/", "\\", os.sep, os.altsep or "/"})
+    inner = any(sep in model for sep in seps if sep != "/")
+    return model.startswith((".", "~", *seps)) or model.endswith(seps) or inner or model.count("/") > 1
 
 
 def _hub_snapshot(model: str) -> str | None:

@@ -420,3 +420,46 @@ async def test_a_cache_identity_that_fails_is_a_backend_error(kind: str, answer:
     client = cls(backend=BrokenIdentity(answer), cache="memory")
     with pytest.raises(BackendError, match=r"BrokenIdentity's cache_identity\('text'\)"):
         await _done(client.embed_texts(["a"]))
+
+
+@pytest.mark.parametrize("bad", [0, 6, 40, 150])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_stream_hands_over_every_row_before_a_bad_input_then_raises(kind: str, bad: int) -> None:
+    """The read-ahead reaches a bad input before the consumer does: the rows before it, already
+    computed or in flight, are still handed over, in order, and then its error is raised."""
+    toy = Toy()
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=toy, normalize=False, batch_size=4)
+
+    def inputs() -> Any:
+        for i in range(200):
+            yield 12345 if i == bad else f"t{i}"
+
+    got: list[tuple[int, np.ndarray]] = []
+
+    async def consume() -> None:
+        stream = client.iter_embed_texts(inputs())
+        if kind == "sync":
+            got.extend(stream)
+        else:
+            async for item in stream:
+                got.append(item)
+
+    with pytest.raises(clip_client.InvalidInputError) as info:
+        await consume()
+    assert info.value.index == bad
+    assert [i for i, _ in got] == list(range(bad))  # every row before it, in order
+    if got:
+        want = np.stack([vector("text", f"t{i}".encode()) for i in range(bad)])
+        np.testing.assert_array_equal(np.stack([row for _, row in got]), want)
+    assert sum(toy.answered) <= bad + 4  # nothing planned after the bad input
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_embed_texts_still_refuses_a_bad_input_before_any_request(kind: str) -> None:
+    toy = Toy()
+    cls = ClipClient if kind == "sync" else AsyncClipClient
+    client = cls(backend=toy, batch_size=4)
+    with pytest.raises(clip_client.InvalidInputError):
+        await _done(client.embed_texts(["a", "b", 3]))  # type: ignore[list-item]
+    assert toy.batches == []

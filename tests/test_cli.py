@@ -1704,3 +1704,344 @@ def test_the_docs_option_tables_list_exactly_each_commands_options() -> None:
     assert sorted(documented - real) == [], "options docs/cli.md lists that the commands do not take"
     text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
     assert "\\|" not in text  # an escaped pipe shows its backslash inside code in the rendered page
+
+
+# --------------------------------------------------------------------------------------------------
+# What a fresh user found: writes, odd names, repeats, --out, odd input files
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_a_failed_write_leaves_the_earlier_output_and_its_sidecar_whole(
+    invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:  # type: ignore[no-untyped-def]
+    from clip_client._cli import outputs
+
+    out = tmp_path / "small" / f"t{suffix}"
+    first = invoke("texts", "a", "b", "--out", out)
+    assert first.exit_code == 0, first.output
+    data, side = out.read_bytes(), meta_path(out).read_bytes()
+
+    def full_disk(f: object, *args: object, **kwargs: object) -> None:
+        """The data file's writer, on a full disk (the sidecar is written by then)."""
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(outputs.np, "save", full_disk)  # .npy's writer
+    monkeypatch.setattr(outputs, "write_jsonl", full_disk)  # .jsonl's
+    failed = invoke("texts", "c", "d", "e", "--out", out)
+    assert failed.exit_code == 1, failed.output
+    assert "No space left on device" in failed.stderr
+    assert out.read_bytes() == data  # the old output, whole
+    assert meta_path(out).read_bytes() == side
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted([out.name, meta_path(out).name])
+    assert read_rows(out).texts == ["a", "b"]
+    # With no earlier output, nothing at all is left: no sidecar beside no data file.
+    fresh = tmp_path / "fresh" / f"t{suffix}"
+    assert invoke("texts", "c", "--out", fresh).exit_code == 1
+    assert list(fresh.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".jsonl"])
+def test_an_out_name_that_is_not_utf8_is_written_read_and_resumed(
+    invoke, server: ServingServer, tmp_path: Path, suffix: str
+) -> None:  # type: ignore[no-untyped-def]
+    write_pictures(tmp_path / "photos", 2)
+    out = os.fsdecode(b"im\xe9" + suffix.encode())
+    result = invoke("images", "photos", "--out", out, "--no-cache")
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 rows to im\\xe9" in result.stderr  # the byte, shown as such
+    assert "\udce9" not in result.output
+    assert len(read_rows(tmp_path / out)) == 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    server.reset()
+    again = invoke("images", "photos", "--out", out, "--no-cache")
+    assert again.exit_code == 0, again.output
+    assert "resuming: 2 of 2 image(s) already done" in again.stderr
+    assert server.inputs(IMAGE) == []  # nothing embedded again
+    texts_out = os.fsdecode(b"out\xe9" + suffix.encode())
+    result = invoke("texts", "one", "--out", texts_out)
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 row (" in result.stderr  # one row, not "1 rows"
+    assert read_rows(tmp_path / texts_out).texts == ["one"]
+
+
+def test_json_of_search_dedupe_and_classify_stays_utf8_and_tables_show_the_bytes(
+    invoke, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    paths = _photos_with_a_latin1_name(tmp_path / "photos")
+    odd = os.path.join("photos", LATIN1)
+    assert invoke("images", "photos", "photos", "--out", "i.npy").exit_code == 0
+    # Make the odd row a duplicate of the first, so dedupe lists it.
+    matrix = np.load(tmp_path / "i.npy")
+    at = paths.index(odd)
+    matrix[1 if at == 0 else 0] = matrix[at]
+    np.save(tmp_path / "i.npy", matrix)
+    runs = {
+        "search": invoke("search", "i.npy", "a red car", "--json"),
+        "dedupe": invoke("dedupe", "i.npy", "--json"),
+        "classify": invoke("classify", "photos", "--labels", "cat,dog", "--json"),
+    }
+    for name, result in runs.items():
+        assert result.exit_code == 0, (name, result.output)
+        raw = result.stdout_bytes
+        raw.decode("utf-8")  # strict: valid UTF-8
+        assert b"caf\\udce9.png" in raw, name
+        assert odd in json.dumps([json.loads(line) for line in raw.decode().splitlines()], ensure_ascii=False)
+    for args in (
+        ["search", "i.npy", "a red car"],
+        ["dedupe", "i.npy"],
+        ["classify", "photos", "--labels", "cat,dog"],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        result.stdout_bytes.decode("utf-8")
+        assert "photos/caf\\xe9.png" in result.stdout, args
+
+
+def test_one_file_spelled_four_ways_is_one_input(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (a,) = write_pictures(tmp_path / "photos", 1)
+    spellings = ["photos/" + a.name, "./photos/" + a.name, "photos//" + a.name, str(a)]
+    result = invoke("images", *spellings, "--out", "o.jsonl")
+    assert result.exit_code == 0, result.output
+    assert "3 path(s) given more than once" in result.stderr
+    assert "wrote 1 row to o.jsonl" in result.stderr
+    assert read_rows(tmp_path / "o.jsonl").keys == ["photos/" + a.name]  # the first spelling
+
+
+def test_out_errors_say_what_is_wrong_and_missing_folders_are_created(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "mkimg.py").write_text("")
+    result = invoke("texts", "a", "--out", "mkimg.py/x.npy")
+    assert result.exit_code == 1, result.output
+    assert "mkimg.py is a file, not a folder" in result.stderr
+    result = invoke("texts", "a", "--out", "")
+    assert result.exit_code == 2, result.output
+    assert "empty" in result.output
+    assert "directory" not in result.output
+    if os.path.isdir("/proc") and not os.access("/proc", os.W_OK):
+        result = invoke("texts", "a", "--out", "/proc/x.npy")
+        assert result.exit_code == 1, result.output
+        assert "not writable" in result.stderr
+        assert "No such file" not in result.stderr
+    assert server.posts() == 0
+    result = invoke("texts", "a", "--out", "new/deeper/x.npy")
+    assert result.exit_code == 0, result.output
+    assert len(read_rows(tmp_path / "new/deeper/x.npy")) == 1  # like mkdir -p
+
+
+def test_odd_index_files_are_refused_with_the_file_and_row_and_bad_rows_are_said(
+    invoke, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "garbage.npy").write_bytes(
+        b"\x93NUMPY\x01\x00v\x00{'descr': '|O', 'fortran_order': False, 'shape': (2,), }" + b" " * 60 + b"\n"
+    )
+    (tmp_path / "strings.jsonl").write_text('{"embedding": ["1", "2"]}\n')
+    table = pa.table({"path": ["a", "b"], "embedding": pa.array([[1.0, 2.0], None], pa.list_(pa.float32()))})
+    pq.write_table(table, tmp_path / "null.parquet")
+    expected = {
+        "empty.jsonl": "empty.jsonl: no rows",
+        "garbage.npy": "garbage.npy: not a float .npy array of shape (n, dim)",
+        "strings.jsonl": 'strings.jsonl: line 1\'s "embedding" is not a list of numbers',
+        "null.parquet": "null.parquet: row 1 has no embedding",
+    }
+    for name, message in expected.items():
+        for command in (["dedupe", name], ["search", name, "a car"]):
+            result = invoke(*command)
+            assert result.exit_code == 1, result.output
+            assert message in result.stderr, (command, result.stderr)
+            assert "allow_pickle" not in result.output
+            assert "Traceback" not in result.output
+    # A NaN row and an all-zero row: `search` ranks them last with -inf, `dedupe` says it skips them.
+    matrix = np.random.default_rng(1).standard_normal((4, 768)).astype(np.float32)
+    matrix[1] = np.nan
+    matrix[2] = 0
+    np.save(tmp_path / "bad.npy", matrix)
+    result = invoke("search", "bad.npy", "a red car", "--json")
+    assert result.exit_code == 0, result.output
+    hits = jsonl(result.stdout)
+    assert [h["id"] for h in hits[-2:]] == [1, 2]
+    assert [h["score"] for h in hits[-2:]] == [None, None]
+    table_run = invoke("search", "bad.npy", "a red car")
+    assert table_run.stdout.splitlines()[-1].split()[1] == "-inf"
+    result = invoke("dedupe", "bad.npy")
+    assert result.exit_code == 0, result.output
+    assert "2 row(s) of bad.npy hold a NaN, an infinity or all zeros" in result.stderr
+
+
+def test_images_rows_on_stdout_carry_size_and_mtime(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (a,) = write_pictures(tmp_path / "photos", 1)
+    result = invoke("images", "photos")
+    assert result.exit_code == 0, result.output
+    (row,) = jsonl(result.stdout)
+    st = a.stat()
+    assert (row["size"], row["mtime_ns"]) == (st.st_size, st.st_mtime_ns)
+    assert list(row) == ["path", "size", "mtime_ns", "embedding"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Advice in the command's words, on every path
+
+
+def _said(result) -> str:  # type: ignore[no-untyped-def]
+    """A run's stderr on one line (a usage error's box and wrapped lines joined)."""
+    return " ".join(result.stderr.replace("│", " ").split())
+
+
+def test_search_by_image_gives_the_size_advice_as_options_with_values_as_typed(
+    invoke, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    write_pictures(tmp_path / "photos", 1)
+    assert invoke("images", "photos", "--out", "idx.parquet").exit_code == 0
+    big = tmp_path / "big.png"
+    Image.fromarray(picture(64, 48, seed=3)).save(big)  # 3,072 pixels
+    result = invoke("search", "idx.parquet", "--image", big, "--max-image-pixels", 1000)
+    assert result.exit_code == 1, result.output
+    said = _said(result)
+    assert (
+        "it is over --max-image-pixels 1000: raise --max-image-pixels if it is genuine "
+        "(e.g. --max-image-pixels 3100)"
+    ) in said
+    assert "max_image_pixels" not in said
+    assert "1,000" not in said  # a value the option could not parse
+
+
+def test_an_unresolvable_host_is_advised_as_the_host_option() -> None:
+    import httpx
+
+    from clip_client._remote.status import map_transport_error
+
+    request = httpx.Request("POST", "https://not-a-url/serving-endpoints/e/invocations")
+    error = map_transport_error(httpx.ConnectError("Name or service not known", request=request), "e")
+    assert "check DATABRICKS_HOST (or host=)" in str(error)  # Python callers read the keyword
+    assert error.setting == "host"
+    said = in_cli_words(error)
+    assert "check DATABRICKS_HOST (or --host)" in said
+    assert "host=" not in said
+
+
+def test_a_profile_the_config_file_lacks_is_named_with_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    for name in [k for k in os.environ if k.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = tmp_path / "databrickscfg"
+    config.write_text(
+        "[DEFAULT]\nhost = https://x.example.com\ntoken = t\n"
+        "[other]\nhost = https://y.example.com\ntoken = t\n"
+    )
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(config))
+    result = CliRunner().invoke(app, ["texts", "a", "--no-cache", "--profile", "nope"])
+    assert result.exit_code == 1, result.output
+    said = _said(result)
+    assert f"profile 'nope' is not in {str(config)!r} (its profiles: DEFAULT, other)" in said
+    assert "Name one of its profiles with --profile" in said
+    assert "pass --host" not in said
+    assert "profile=" not in said
+
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "none"))
+    result = CliRunner().invoke(app, ["texts", "a", "--no-cache", "--profile", "nope"])
+    assert result.exit_code == 1, result.output
+    assert f"profile 'nope' was asked for, but there is no config file {str(tmp_path / 'none')!r}" in _said(
+        result
+    )
+
+
+def test_a_model_that_looks_like_a_path_and_is_no_folder_is_said_so(invoke) -> None:  # type: ignore[no-untyped-def]
+    result = invoke("texts", "a", "--local", "--model", "nowhere_dir/", "--device", "cpu", "--no-cache")
+    assert result.exit_code == 1, result.output
+    said = _said(result)
+    assert "could not load CLIP model 'nowhere_dir/': there is no such folder" in said
+    assert "Point --model at a folder" in said
+    for wrong in ("hub cannot be reached", "HFValidationError", "hf download", "model="):
+        assert wrong not in said
+
+
+def test_search_says_that_the_checkpoint_folder_changed_since_the_file(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = write_tiny_clip(tmp_path / "tiny_copy")
+    args = ("--local", "--model", model, "--device", "cpu")
+    assert invoke("texts", "hello", *args, "--out", "s1.npy").exit_code == 0
+    recorded = read_rows(tmp_path / "s1.npy").meta
+    assert recorded is not None
+    assert recorded.model_sha256 is not None
+    config = model / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "zz_extra": 1}))
+    result = invoke("search", "s1.npy", "hello", "--device", "cpu")
+    assert result.exit_code == 1, result.output
+    said = _said(result)
+    assert f"computed by the checkpoint in {model}, whose content changed since" in said
+    assert f"sha256 then {recorded.model_sha256[:12]}..., now " in said
+    assert "--overwrite" in said
+    assert "would be embedded by" not in said  # not the same name twice
+
+
+def test_label_and_template_errors_name_the_options_and_the_files_lines(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import typer
+
+    from clip_client._cli.search import _labels
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\n\ndog\ncat\n")
+    with pytest.raises(typer.BadParameter) as info:
+        _labels(None, labels)
+    assert info.value.message == f"line 4 of {labels}, 'cat', repeats line 1: give each once"
+    with pytest.raises(typer.BadParameter) as info:
+        _labels("cat,dog,cat", None)
+    assert info.value.message == "label 3 of 3, 'cat', repeats label 1: give each once"
+    (tmp_path / "blank.txt").write_text("\n \n")
+    with pytest.raises(typer.BadParameter, match="holds no label"):
+        _labels(None, tmp_path / "blank.txt")
+
+    write_pictures(tmp_path / "photos", 1)
+    result = invoke("classify", "photos", "--labels", "cat,dog", "--template", "no braces")
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.replace("│", " ").split())
+    assert "--template 1 of 1, 'no braces', has no '{}': each --template needs exactly one {}" in said
+    assert "templates[" not in said
+
+
+def test_a_resume_mismatch_is_said_in_the_commands_words() -> None:
+    kinds = _meta(kind="text", preparation={}).differences(_meta())
+    assert kinds == ["the file holds text embeddings, this run embeds images"]
+    normalize = _meta().differences(_meta(normalize=True))
+    assert len(normalize) == 1
+    assert "the file was written with --no-normalize, this run has --normalize" in normalize[0]
+    prepared = _meta(preparation={"image_preparation": "client"}).differences(
+        _meta(preparation={"image_preparation": "server"})
+    )
+    assert prepared == ["--image-preparation client (this run: --image-preparation server)"]
+
+
+def test_status_of_a_local_model_says_it_is_one(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = write_tiny_clip(tmp_path / "tiny")
+    result = invoke("status", "--local", "--model", model, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())
+    assert "state: not a serving endpoint: the local model, in this process (no endpoint state)" in said
+    assert "long texts: truncated by the local model's tokenizer at 77 tokens" in said
+    assert "no control plane" not in said
+    assert "truncated by the endpoint" not in said
+
+
+def test_a_413_for_an_input_alone_advises_what_helps_and_settings_without_options_say_so() -> None:
+    from clip_client.errors import PayloadTooLargeError
+
+    batch = PayloadTooLargeError("request too large", endpoint="e")
+    assert in_cli_words(batch).endswith(
+        "Lower max_request_bytes (no command-line option; set it in Python) or --batch-size"
+    )
+    alone = PayloadTooLargeError("request too large", endpoint="e")
+    alone.index = 0
+    python = str(alone)
+    assert python.startswith("input 0: ")
+    assert "batch_size" not in python
+    assert "image_preparation='client'" in python
+    said = in_cli_words(alone)
+    assert "--batch-size" not in said
+    assert "--image-preparation client sends an image as a 224x224 crop" in said
+    assert said.endswith("image_format='jpeg' (no command-line option; set it in Python)")
+    no_option = "max_request_bytes (no command-line option; set it in Python)"
+    assert flag_spelling("max_request_bytes") == no_option

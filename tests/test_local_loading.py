@@ -284,3 +284,21 @@ def test_progress_false_is_quiet_even_when_transformers_bars_are_on_globally(
         (logging_.enable_progress_bar if was else logging_.disable_progress_bar)()
         _hub_bar_states().clear()
         _hub_bar_states().update(hub_states)
+
+
+@pytest.mark.parametrize("given", ["nowhere_dir/", "./nowhere", "~/nowhere_clip", "a/b/c", "file"])
+def test_a_model_that_looks_like_a_path_and_is_no_folder_is_not_asked_of_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    from clip_client.errors import ModelLoadError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ModelLoadError) as info:
+        ClipClient.local(given, device="cpu")
+    assert info.value.setting == "model"
+    message = str(info.value)
+    assert "is a file, not a folder" in message if given == "file" else "there is no such folder" in message
+    assert "Point model= at a folder" in message
+    for wrong in ("Hugging Face cache", "hf download", "HFValidationError"):
+        assert wrong not in message

@@ -22,6 +22,7 @@ from .outputs import (
     ResumableImageRun,
     Rows,
     check_writable,
+    shown,
     stream_images,
     write_jsonl,
     write_rows,
@@ -129,7 +130,7 @@ def texts(
 
 def say_complete(out: Path | None) -> None:
     """The note of a Ctrl-C that came once the output was being finished (`finishing`)."""
-    what = f"{out} is written whole" if out is not None else "every row is on stdout"
+    what = f"{shown(str(out))} is written whole" if out is not None else "every row is on stdout"
     say_error(f"clip-client: interrupted after the output was complete: {what}; nothing to rerun")
 
 
@@ -140,7 +141,12 @@ def _write(out: Path | None, rows: Rows) -> None:
         return
     write_rows(out, rows)
     dim = rows.embeddings.shape[1] if rows.embeddings.ndim == 2 else 0
-    say_error(f"clip-client: wrote {len(rows)} rows ({dim}-d float32) to {out}")
+    say_error(f"clip-client: wrote {_rows(len(rows))} ({dim}-d float32) to {shown(str(out))}")
+
+
+def _rows(n: int) -> str:
+    """`n` row(s), in words: "1 row", "2 rows"."""
+    return f"{n} row" if n == 1 else f"{n} rows"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +187,12 @@ def gather_images(paths: Sequence[Path], *, recursive: bool, globs: Sequence[str
                 f"{'' if recursive else '; --recursive for subfolders'})"
             )
         found += [os.path.join(arg, n) for n in sorted(matched)]
-    unique = list(dict.fromkeys(found))
+    # One row per file, as resume matches rows: by absolute path (symlinks not resolved), so that
+    # `photos/a.jpg`, `./photos/a.jpg` and `$PWD/photos/a.jpg` are one input, the first spelling kept.
+    first: dict[str, str] = {}
+    for path in found:
+        first.setdefault(os.path.abspath(path), path)
+    unique = list(first.values())
     if len(unique) < len(found):
         say_error(
             f"clip-client: {len(found) - len(unique)} path(s) given more than once; each is embedded once"
@@ -192,7 +203,7 @@ def gather_images(paths: Sequence[Path], *, recursive: bool, globs: Sequence[str
 def report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
     say_error(f"clip-client: {len(failed)} of {total} image(s) could not be embedded:")
     for path, reason in failed:
-        say_error(f"  {path}: {reason}")
+        say_error(f"  {shown(path)}: {reason}")
 
 
 @app.command()
@@ -265,7 +276,8 @@ def images(
         except BaseException:
             if run.kept:
                 say_error(
-                    f"clip-client: {run.kept} finished row(s) kept in {run.store.parts}; rerun to resume"
+                    f"clip-client: {run.kept} finished row(s) kept in {shown(str(run.store.parts))}; "
+                    "rerun to resume"
                 )
             raise
     with finishing() as window:
@@ -281,7 +293,7 @@ def images(
                 "inputs: left out"
             )
         say_error(
-            f"clip-client: wrote {len(done.rows)} rows to {out} ({done.embedded} embedded, "
+            f"clip-client: wrote {_rows(len(done.rows))} to {shown(str(out))} ({done.embedded} embedded, "
             f"{done.from_cache} of them from the cache)"
         )
         status = _failures(done.failed, len(inputs))

@@ -44,12 +44,17 @@ FLAGS: dict[str, str] = {
 """Each client setting that an option of this command sets, and that option."""
 
 
+NO_FLAG = "(no command-line option; set it in Python)"
+"""What follows a setting that no option of this command sets, in advice."""
+
+
 def flag_spelling(setting: str, value: SettingValue | None = None, *, keyword: bool = False) -> str:
-    """A setting as this command takes it: `--max-image-pixels`, `--device cpu`. A setting that no
-    option sets (`max_request_bytes`...) keeps its Python name."""
+    """A setting as this command takes it: `--max-image-pixels`, `--device cpu`, a value as it is
+    typed (`--max-image-pixels 1000`). A setting that no option sets keeps its Python name, and
+    says so: `image_format='jpeg' (no command-line option; set it in Python)`."""
     flag = FLAGS.get(setting)
     if flag is None:
-        return python_spelling(setting, value, keyword=keyword)
+        return f"{python_spelling(setting, value, keyword=keyword)} {NO_FLAG}"
     return flag if value is None else f"{flag} {value}"
 
 

@@ -148,6 +148,15 @@ NormalizeOpt = Annotated[
 ]
 
 
+def _out_path(value: str) -> Path:
+    """`--out`'s file: an empty name, or a folder, is a usage error (status 2)."""
+    if not value:
+        raise typer.BadParameter("the file name is empty: name a file (.npy, .parquet or .jsonl)")
+    if os.path.isdir(value):
+        raise typer.BadParameter(f"{value!r} is a directory: name a file (.npy, .parquet or .jsonl)")
+    return Path(value)
+
+
 def _output_format(value: Path | None) -> Path | None:
     """`--out`'s extension names a format, or the command line is wrong (a usage error, status 2)."""
     if value is not None:
@@ -168,7 +177,7 @@ OutOpt = Annotated[
         help="Output file; the format follows its extension: .npy, .parquet or .jsonl "
         "(default: JSON Lines on stdout).",
         show_default=False,
-        dir_okay=False,
+        parser=_out_path,
         callback=_output_format,
     ),
 ]
@@ -336,6 +345,8 @@ def _configuration_problem(exc: ConfigurationError) -> Exception:
     """A client setting the library refused, as this command reports it: no workspace to resolve
     (an error, exit 1, saying how to name one or to add --local); a value of an option (a usage
     error naming that option, as click reports one)."""
+    if exc.setting == "profile" and exc.reason.startswith("profile "):
+        return exc  # the profile asked for is not there: the library's error names it (in_cli_words)
     if exc.setting in ("host", "profile"):
         return ClipClientError(
             f"could not resolve a Databricks workspace ({exc.reason.rstrip('.')}): set DATABRICKS_HOST "

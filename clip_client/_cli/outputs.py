@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import importlib
 import json
 import os
@@ -53,7 +54,7 @@ from .. import _constants as C
 from .._version import __version__
 from ..errors import ClipClientError, InvalidInputError
 from ..types import EmbeddingArray
-from .errors import in_cli_words, one_line
+from .errors import FLAGS, in_cli_words, one_line
 
 if TYPE_CHECKING:
     from .._client import ClipClient
@@ -70,12 +71,14 @@ __all__ = [
     "Rows",
     "check_writable",
     "failure_reason",
+    "json_line",
     "jsonl_line",
     "meta_path",
     "options_for_rows",
     "output_format",
     "read_rows",
     "refuse_another_model",
+    "shown",
     "stream_images",
     "write_rows",
 ]
@@ -124,7 +127,25 @@ def file_stamp(path: str) -> Stamp | None:
 
 
 class OutputError(ClipClientError):
-    """An output file cannot be written, read or resumed; the message names the file and what to do."""
+    """An output file cannot be written, read or resumed; the message names the file and what to do.
+
+    A file name in the message that is not UTF-8 is shown with each such byte as `\\xNN`
+    (`caf\\xe9.png`), so that the message can be printed anywhere and names the file's bytes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(shown(message))
+
+
+def shown(text: str) -> str:
+    """`text` printable anywhere: each lone surrogate (a byte of a file name that is not UTF-8, as
+    `os.fsdecode` lists it) as the byte it stands for, `\\xNN`; any other surrogate as `\\uXXXX`."""
+
+    def one(m: re.Match[str]) -> str:
+        code = ord(m.group())
+        return f"\\x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"\\u{code:04x}"
+
+    return _LONE_SURROGATE.sub(one, text)
 
 
 @dataclass(frozen=True)
@@ -159,17 +180,16 @@ class OutputMeta:
     @classmethod
     def of(cls, client: ClipClient, kind: InputKind, *, normalize: bool) -> OutputMeta:
         """The settings of `client`'s rows of `kind` (no I/O)."""
-        from .._backend import ControlPlane
+        from .._backend import ControlPlane, InProcessModel
         from ..cache import backend_identity, preparation_settings
-        from ..local import LocalBackend, _named_by_location
 
         backend = client.backend
         if isinstance(backend, ControlPlane):
             # The endpoint's URL alone: the registered model versions are only known after a call.
             model = backend.invocations_url(kind)
-        elif isinstance(backend, LocalBackend):
+        elif isinstance(backend, InProcessModel):
             # Where the checkpoint is (to reload it for a query); its content is `model_sha256`.
-            model = _named_by_location(backend)
+            model = backend.location
         else:
             model = backend_identity(backend, kind)[0]
         preparation = preparation_settings(client.settings, kind)
@@ -231,16 +251,35 @@ class OutputMeta:
             raise OutputError(f"{where}: its clip_client settings are unreadable ({exc})") from None
 
     def differences(self, other: OutputMeta) -> list[str]:
-        """What differs between the rows of `self` and `other` (the version and width aside)."""
+        """What differs between the rows of `self` and `other` (the version and width aside), in
+        the command's words: rows of another kind are that alone (the rest follows from it); a
+        setting an option sets is named by that option."""
+        if self.kind != other.kind:
+            return [f"the file holds {self.kind} embeddings, this run embeds {other.kind}s"]
         out = []
-        for name in ("kind", "model", "normalize"):
-            same = self.same_model(other) if name == "model" else getattr(self, name) == getattr(other, name)
-            if not same:
-                out.append(f"{name} {getattr(self, name)!r} (this run: {getattr(other, name)!r})")
+        if not self.same_model(other):
+            if self.model == other.model and self.model_sha256 and other.model_sha256:
+                out.append(
+                    f"model {self.model!r}, whose folder's content changed since (sha256 then "
+                    f"{self.model_sha256[:12]}..., now {other.model_sha256[:12]}...)"
+                )
+            else:
+                out.append(f"model {self.model!r} (this run: {other.model!r})")
+        if self.normalize != other.normalize:
+            flags = {True: "--normalize", False: "--no-normalize"}
+            out.append(
+                f"normalize {self.normalize!r} (this run: {other.normalize!r}): the file was written with "
+                f"{flags[self.normalize]}, this run has {flags[other.normalize]}"
+            )
         for name in sorted(set(self.preparation) | set(other.preparation)):
             mine, theirs = self.preparation.get(name), other.preparation.get(name)
             if mine != theirs:
-                out.append(f"{name} {mine!r} (this run: {theirs!r})")
+                flag = FLAGS.get(name)
+                out.append(
+                    f"{flag} {mine} (this run: {flag} {theirs})"
+                    if flag
+                    else f"{name} {mine!r} (this run: {theirs!r})"
+                )
         return out
 
 
@@ -307,19 +346,35 @@ def meta_path(path: Path) -> Path:
 def _atomic(path: Path) -> Iterator[Path]:
     """A temporary name beside `path`: write it inside the block, and it replaces `path` whole
     (after an fsync) when the block ends without an error; otherwise it is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    with _atomic_all([path]) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_all(paths: Sequence[Path]) -> Iterator[tuple[Path, ...]]:
+    """A temporary name beside each of `paths` (the files of one output: its data file and its
+    sidecar): write them all inside the block; only once the block ends without an error are they
+    synced and renamed into place, one after the other, in the order given. Any error (in the
+    block, or a sync) removes every temporary and leaves every `path` as it was."""
+    tmps: list[str] = []
     try:
-        # mkstemp makes the file 0600; give it what open() would have: 0666 less the umask.
-        os.chmod(tmp, 0o666 & ~_umask())
-        yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            tmps.append(tmp)
+            # mkstemp makes the file 0600; give it what open() would have: 0666 less the umask.
+            os.chmod(tmp, 0o666 & ~_umask())
+        yield tuple(Path(t) for t in tmps)
+        for tmp in tmps:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        for tmp, path in zip(tmps, paths, strict=True):
+            os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 def _umask() -> int:
@@ -336,6 +391,13 @@ def _json(obj: Any) -> str:
     same characters. (JSON escapes only quotes, backslashes and control characters, so every
     surrogate in the text is a character of a string, and its escape is read as one.)"""
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(obj, ensure_ascii=False))
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one line of JSON (no newline) that stays valid UTF-8 whatever file names it holds:
+    what every `--json` and stdout row is written with (a name that is not UTF-8 as its `\\udcXX`
+    escape)."""
+    return _json(obj)
 
 
 def jsonl_line(
@@ -448,16 +510,24 @@ def _reason(exc: BaseException) -> str:
 
 
 def check_writable(out: Path) -> None:
-    """Refuse an `--out` that cannot be written, before any work: its folder must take a new
-    file (every output is written under a temporary name there and renamed into place), and `out`
-    must not be a folder. The folder is created when missing, as the output would create it.
+    """Refuse an `--out` that cannot be written, before any work: its name must not be empty, nor
+    a folder's, and its folder must take a new file (every output is written under a temporary
+    name there and renamed into place). Missing folders are created, as `mkdir -p` would; a parent
+    that is a file is refused as such.
 
     Raises:
         OutputError: naming `--out`, what is wrong and what to do.
     """
+    if not str(out) or str(out) == ".":
+        raise OutputError(f"--out is empty: name a file ({', '.join(FORMATS)}) to write")
     output_format(out)
     if out.is_dir():
         raise OutputError(f"--out {out} is a folder: name a file ({', '.join(FORMATS)}) to write")
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise OutputError(f"--out {out}: {parent} is a file, not a folder; choose another --out")
+            break
     why = _cannot_write_in(out.parent, f".{out.name}.")
     if why:
         raise OutputError(
@@ -475,6 +545,9 @@ def _cannot_write_in(folder: Path, prefix: str) -> str | None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
+        if exc.errno == errno.ENOENT and folder.is_dir():
+            # The folder is there (/proc, /sys...) but takes no new file: ENOENT would say otherwise.
+            return "not writable: it takes no new files"
         return _reason(exc)
     return None
 
@@ -503,8 +576,9 @@ def _write_rows(path: Path, fmt: Format, rows: Rows) -> None:
     if fmt == ".parquet":
         _, pq = _pyarrow()
         table = _arrow_table(rows)  # before the temporary: a value it cannot hold leaves nothing behind
-        with _atomic(path) as tmp:
-            pq.write_table(table, tmp)
+        with _atomic(path) as tmp, open(tmp, "wb") as f:
+            # A file object: pyarrow cannot open a name that is not UTF-8 (`open` takes any).
+            pq.write_table(table, f)
         return
     sidecar: dict[str, Any] = {"clip_client": asdict(meta) if meta else None, "rows": len(rows)}
     if fmt == ".npy":
@@ -514,18 +588,24 @@ def _write_rows(path: Path, fmt: Format, rows: Rows) -> None:
         if rows.stamps is not None:
             sidecar["size"] = [s and s[0] for s in rows.stamps]
             sidecar["mtime_ns"] = [s and s[1] for s in rows.stamps]
-    # The sidecar first: a reader checks its row count against the data file, so a crash between
+    # Both files are written under temporary names first, and renamed only once both are whole:
+    # a failure (a full disk) leaves the earlier output and its sidecar as they were. The sidecar
+    # is renamed first: a reader checks its row count against the data file, so a kill between
     # the two renames is seen as a mismatch, never read as a wrong mapping.
-    with _atomic(meta_path(path)) as tmp:
-        tmp.write_text(_json(sidecar), encoding="utf-8")
-    with _atomic(path) as tmp:
-        if fmt == ".npy":
-            # A file object: given a name, np.save would append ".npy" to the temporary's.
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(rows.embeddings, dtype=np.float32), allow_pickle=False)
-        else:
-            with open(tmp, "w", encoding="utf-8") as f:
-                write_jsonl(f, rows)
+    with _atomic_all([meta_path(path), path]) as (side_tmp, tmp):
+        side_tmp.write_text(_json(sidecar), encoding="utf-8")
+        _write_data(tmp, fmt, rows)
+
+
+def _write_data(tmp: Path, fmt: Format, rows: Rows) -> None:
+    """The data file of a `.npy` or `.jsonl` output, at `tmp`."""
+    if fmt == ".npy":
+        # A file object: given a name, np.save would append ".npy" to the temporary's.
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(rows.embeddings, dtype=np.float32), allow_pickle=False)
+    else:
+        with open(tmp, "w", encoding="utf-8") as f:
+            write_jsonl(f, rows)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -571,7 +651,8 @@ def read_rows(path: Path, *, role: str = "--out", foreign: bool = False) -> Rows
 
 def _read_parquet(path: Path) -> Rows:
     pa, pq = _pyarrow()
-    table = pq.read_table(path)
+    with open(path, "rb") as f:  # a file object: pyarrow cannot open a name that is not UTF-8
+        table = pq.read_table(f)
     raw = (table.schema.metadata or {}).get(METADATA_KEY)
     meta = OutputMeta.from_json(raw, path) if raw is not None else None
     names = table.column_names
@@ -580,12 +661,27 @@ def _read_parquet(path: Path) -> Rows:
     column = table.column("embedding").combine_chunks()
     if isinstance(column, pa.ChunkedArray):  # pyarrow < 15 keeps a one-chunk ChunkedArray
         column = column.chunk(0) if column.num_chunks else pa.array([], column.type)
+    if not (
+        pa.types.is_fixed_size_list(column.type)
+        or pa.types.is_list(column.type)
+        or pa.types.is_large_list(column.type)
+    ):
+        raise OutputError(f"{path}: its 'embedding' column is {column.type}, not a list of numbers")
+    if not (pa.types.is_floating(column.type.value_type) or pa.types.is_integer(column.type.value_type)):
+        raise OutputError(f"{path}: its 'embedding' column holds {column.type.value_type}, not numbers")
+    if column.null_count:
+        row = column.is_null().to_pylist().index(True)
+        raise OutputError(f"{path}: row {row} has no embedding (null)")
     if pa.types.is_fixed_size_list(column.type):
         dim = column.type.list_size
         values = column.flatten().to_numpy(zero_copy_only=False)
     else:  # a variable-size list column from another writer
         lists = column.to_pylist()
         dim = len(lists[0]) if lists else 0
+        for row, values_of in enumerate(lists):
+            if len(values_of) != dim or any(v is None for v in values_of):
+                what = "a null value" if len(values_of) == dim else f"{len(values_of)} values, not {dim}"
+                raise OutputError(f"{path}: row {row}'s embedding holds {what}")
         values = np.asarray(lists, dtype=np.float32)
     embeddings = np.asarray(values, dtype=np.float32).reshape(len(table), dim)
     key = "path" if "path" in names else "id"
@@ -612,7 +708,7 @@ def _read_foreign(path: Path, fmt: Format) -> Rows:
     texts: list[str] | None = None
     kind = "text"
     if fmt == ".npy":
-        matrix = np.load(path, allow_pickle=False)
+        matrix = _load_npy(path)
         if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
             raise OutputError(
                 f"{path}: expected a 2-D float array (rows, dim), found {matrix.dtype} {matrix.shape}"
@@ -631,16 +727,41 @@ def _read_foreign(path: Path, fmt: Format) -> Rows:
                 if "path" in obj:
                     kind = "image"
                 keys.append(obj.get("path", obj.get("id", len(keys))))
-                vectors.append(obj["embedding"])
+                vectors.append(_numbers(obj["embedding"], path, number))
                 text_list.append(obj.get("text"))
         if any(t is not None for t in text_list):
             texts = ["" if t is None else str(t) for t in text_list]
+        if not vectors:
+            raise OutputError(f'{path}: no rows (not one line with an "embedding")')
         try:
             embeddings = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
         except ValueError:
             raise OutputError(f"{path}: its embeddings are not all of one width") from None
     meta = OutputMeta(kind=kind, model="unknown", normalize=False, dim=embeddings.shape[1])
     return Rows(keys, embeddings, texts, meta)
+
+
+def _load_npy(path: Path) -> Any:
+    """The array of a `.npy` file, never unpickled.
+
+    Raises:
+        OutputError: the file is not a `.npy` array of numbers (an object array, or not `.npy` at all).
+    """
+    try:
+        with open(path, "rb") as f:
+            return np.load(f, allow_pickle=False)
+    except (ValueError, EOFError) as exc:
+        why = "it holds Python objects" if "pickle" in str(exc) else str(exc).split(";")[0]
+        raise OutputError(f"{path}: not a float .npy array of shape (n, dim) ({why})") from None
+
+
+def _numbers(value: Any, path: Path, line: int) -> list[float]:
+    """A `.jsonl` line's `"embedding"`: a list of JSON numbers, else an `OutputError` naming the line."""
+    if not isinstance(value, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        raise OutputError(f'{path}: line {line}\'s "embedding" is not a list of numbers')
+    return value
 
 
 def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
@@ -661,21 +782,22 @@ def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
     texts: list[str] | None = None
     stamps: list[Stamp | None] | None = None
     if fmt == ".npy":
-        embeddings = np.load(path, allow_pickle=False)
+        embeddings = _load_npy(path)
         keys = list(sidecar[key_name])
         if meta.kind == "text":
             texts = list(sidecar["text"])
         if "size" in sidecar and "mtime_ns" in sidecar:
             stamps = _stamps(sidecar["size"], sidecar["mtime_ns"])
     else:
-        keys, rows, text_list, sizes, mtimes = [], [], [], [], []
+        keys, text_list, sizes, mtimes = [], [], [], []
+        rows: list[list[float]] = []
         with open(path, encoding="utf-8") as f:
-            for line in f:
+            for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 obj = json.loads(line)
                 keys.append(obj[key_name])
-                rows.append(obj["embedding"])
+                rows.append(_numbers(obj["embedding"], path, number))
                 text_list.append(obj.get("text"))
                 sizes.append(obj.get("size"))
                 mtimes.append(obj.get("mtime_ns"))
@@ -769,6 +891,8 @@ class ResumableOutput:
             try:
                 rows = read_rows(self.out)
             except OutputError as exc:
+                if "--overwrite" in str(exc):  # it says what to do already
+                    raise
                 raise OutputError(
                     f"{exc}; cannot resume from it: delete it, pass --overwrite, or choose another --out"
                 ) from None
@@ -886,9 +1010,10 @@ class ResumableOutput:
         except OutputError:
             raise
         except Exception as exc:
+            kept = f" (the finished rows in {self.parts} are kept)" if self.parts.is_dir() else ""
             raise OutputError(
                 f"--out {self.out}: cannot {what} ({_reason(exc)}); check that {self.out.parent} is "
-                f"writable and has space, then rerun (the finished rows in {self.parts} are kept)"
+                f"writable and has space, then rerun{kept}"
             ) from exc
 
     def _hidden(self) -> str:
@@ -1026,15 +1151,17 @@ def stream_images(
     strict: bool = False,
     progress: bool | None = None,
 ) -> list[tuple[str, str]]:
-    """Embed `paths` and write each row to `out` as a JSON Lines `{"path", "embedding"}` line as
-    soon as it is done (in the order they finish, which is input order).
+    """Embed `paths` and write each row to `out` as a JSON Lines `{"path", "size", "mtime_ns",
+    "embedding"}` line as soon as it is done (in the order they finish, which is input order); the
+    file's size and mtime are taken before it is read, as an output's rows record them.
 
     Returns:
         the images that could not be embedded, as `(path, reason)`, in input order.
     """
     failed: list[tuple[str, str]] = []
+    stamps = [file_stamp(p) for p in paths]
     for index, vector in _embedded(client, paths, failed, strict=strict, progress=progress):
-        out.write(jsonl_line("path", paths[index], None, vector))
+        out.write(jsonl_line("path", paths[index], None, vector, stamps[index]))
     out.flush()
     return failed
 
@@ -1253,6 +1380,14 @@ def refuse_another_model(where: Path, found: OutputMeta | None, client: ClipClie
         if found.local_model is not None
         else "the --host/--profile and --text-endpoint/--image-endpoint it was written with"
     )
+    if found.model == mine.model and found.model_sha256 and mine.model_sha256 and found.local_model:
+        # The same folder, other files: the checkpoint changed under the file.
+        raise OutputError(
+            f"{where} was computed by the checkpoint in {found.local_model[0]}, whose content changed since "
+            f"(sha256 then {found.model_sha256[:12]}..., now {mine.model_sha256[:12]}...): scores across "
+            "two models mean nothing; put the original files back (or pass --local --model FOLDER with a "
+            f"copy of them), or embed {where.name}'s inputs again with the folder as it is now (--overwrite)"
+        )
     raise OutputError(
         f"{where} was computed by {found.model!r}, but this query would be embedded by {mine.model!r}: "
         f"scores across two models mean nothing; query with {how}"

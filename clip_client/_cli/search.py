@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from ..errors import InvalidInputError
@@ -18,9 +19,11 @@ from .outputs import (
     OutputError,
     Rows,
     failure_reason,
+    json_line,
     options_for_rows,
     read_rows,
     refuse_another_model,
+    shown,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -45,13 +48,24 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Se
 
 def _label(rows: Rows, i: int) -> str:
     if rows.texts is not None:
-        return " ".join(str(rows.texts[i]).split())
-    return str(rows.keys[i])
+        return shown(" ".join(str(rows.texts[i]).split()))
+    return shown(str(rows.keys[i]))
 
 
 def _clamp(similarity: float) -> float:
-    """A cosine similarity as printed: float32 rounding can take it just past 1 (or -1)."""
-    return min(1.0, max(-1.0, similarity))
+    """A cosine similarity as printed: float32 rounding can take it just past 1 (or -1); `-inf`
+    (a row that cannot be normalised, `cosine_topk`) stays `-inf`."""
+    return similarity if math.isinf(similarity) and similarity < 0 else min(1.0, max(-1.0, similarity))
+
+
+def _json_score(similarity: float) -> float | None:
+    """A score in `--json`: rounded to 6 decimals; null for `-inf`, which JSON cannot hold."""
+    return None if math.isinf(similarity) else round(_clamp(similarity), 6)
+
+
+def _echo_json(obj: dict[str, Any]) -> None:
+    """One `--json` line: valid UTF-8, a name that is not UTF-8 as its `\\udcXX` escape."""
+    typer.echo(json_line(obj))
 
 
 @app.command()
@@ -102,14 +116,14 @@ def search(
     key = rows.key_name
     if json_lines:
         for rank, (i, score) in enumerate(hits, 1):
-            obj: dict[str, Any] = {"rank": rank, "score": round(_clamp(score), 6), key: rows.keys[i]}
+            obj: dict[str, Any] = {"rank": rank, "score": _json_score(score), key: rows.keys[i]}
             if rows.texts is not None:
                 obj["text"] = rows.texts[i]
-            typer.echo(json.dumps(obj, ensure_ascii=False))
+            _echo_json(obj)
         return EXIT_OK
     header = ["rank", "score", key] + (["text"] if rows.texts is not None else [])
     table = [
-        [str(rank), f"{_clamp(score):.4f}", str(rows.keys[i])]
+        [str(rank), f"{_clamp(score):.4f}", shown(str(rows.keys[i]))]
         + ([_label(rows, i)] if rows.texts is not None else [])
         for rank, (i, score) in enumerate(hits, 1)
     ]
@@ -146,6 +160,7 @@ def dedupe(
     from ..search import find_duplicates
 
     rows = read_rows(index, role="INDEX", foreign=True)
+    _say_unmatchable(index, rows)
     groups = find_duplicates(rows.embeddings, threshold) if len(rows) else []
     key = rows.key_name
     if json_lines:
@@ -154,7 +169,7 @@ def dedupe(
                 {key: rows.keys[i], "similarity": round(_clamp(s), 6)}
                 for i, s in zip(group.indices.tolist(), group.similarities.tolist(), strict=True)
             ]
-            typer.echo(json.dumps({"group": g, "members": members}, ensure_ascii=False))
+            _echo_json({"group": g, "members": members})
         return EXIT_OK
     if not groups:
         typer.echo(f"no near-duplicates at threshold {threshold} among {len(rows)} rows")
@@ -168,6 +183,21 @@ def dedupe(
     return EXIT_OK
 
 
+def _say_unmatchable(index: Path, rows: Rows) -> None:
+    """Say on stderr which rows have no direction (a NaN, an infinity, or all zeros): they match no
+    row, so `dedupe` lists them in no group."""
+    if not len(rows):
+        return
+    norms = np.linalg.norm(rows.embeddings.astype(np.float64), axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (norms == 0)).tolist()
+    if bad:
+        some = ", ".join(_label(rows, i) for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        say_error(
+            f"clip-client: {len(bad)} row(s) of {shown(str(index))} hold a NaN, an infinity or all "
+            f"zeros, so they match nothing and are in no group: {some}"
+        )
+
+
 # --------------------------------------------------------------------------------------------------
 # classify, status
 
@@ -178,8 +208,9 @@ def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
     least one, none empty, each once.
 
     Raises:
-        typer.BadParameter: neither or both given; an empty label (its position, from 1), or one
-            given twice.
+        typer.BadParameter: neither or both given; no label; an empty label (its position, from 1),
+            or one given twice (where, in the option's words: a label's position in `--labels`, a
+            line of `--labels-file`).
     """
     from .._core.zeroshot import check_labels
 
@@ -193,9 +224,15 @@ def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
             raw = labels_file.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise OutputError(f"--labels-file {labels_file}: {exc.strerror or exc}") from None
-        out = [x.strip() for x in raw if x.strip()]
+        lines = [n for n, x in enumerate(raw, 1) if x.strip()]
+        out = [raw[n - 1].strip() for n in lines]
         if len(out) < len(raw):
             say_error(f"clip-client: {len(raw) - len(out)} blank line(s) of {labels_file} skipped")
+        if not out:
+            raise typer.BadParameter(
+                f"{labels_file} holds no label: write one label per line", param_hint=hint
+            )
+        where = ("line", lines, str(labels_file))
     else:
         hint = "--labels"
         out = [x.strip() for x in (labels or "").split(",")]
@@ -207,16 +244,42 @@ def _labels(labels: str | None, labels_file: Path | None) -> list[str]:
                 f"label {empty[0]} of {len(out)} in {labels!r} is empty: remove the extra comma",
                 param_hint=hint,
             )
+        where = ("label", list(range(1, len(out) + 1)), str(len(out)))
     try:
         check_labels(out)
     except InvalidInputError as exc:
-        raise typer.BadParameter(_input_problem(exc), param_hint=hint) from None
+        raise typer.BadParameter(_label_problem(exc, out, where), param_hint=hint) from None
     return out
 
 
-def _input_problem(exc: InvalidInputError) -> str:
-    """The reason of a label or template refused by the client's checks, in one line."""
-    return " ".join((exc.reason or str(exc)).split())
+def _label_problem(
+    exc: InvalidInputError, items: Sequence[str], where: tuple[str, Sequence[int], str]
+) -> str:
+    """A label or template refused by the client's checks, said with where it was given rather
+    than its Python index: `where` is what counts (`label`, `line`, `--template`), the number of
+    each item, and the whole (`3`, the labels file): `line 7 of labels.txt`."""
+    i = exc.index
+    if i is None or not 0 <= i < len(items):
+        return " ".join((exc.reason or str(exc)).split())
+    what, numbers, whole = where
+    item = items[i]
+    first = items.index(item)
+    if first < i:
+        return f"{what} {numbers[i]} of {whole}, {item!r}, repeats {what} {numbers[first]}: give each once"
+    return f"{what} {numbers[i]} of {whole}, {item!r}, {_item_problem(exc, item)}"
+
+
+def _item_problem(exc: InvalidInputError, item: str) -> str:
+    """What the client's checks found wrong with one label or template, without its index."""
+    if exc.argument == "templates":
+        from .._core.zeroshot import _template_problem
+
+        problem = _template_problem(item) or "is refused"
+        return (
+            f"{problem}: each --template needs exactly one {{}}, where the label goes ({{{{ and }}}} for "
+            "literal braces)"
+        )
+    return "has no text: a label must have some"
 
 
 @app.command()
@@ -263,7 +326,9 @@ def classify(
     try:
         check_templates(template or None)
     except InvalidInputError as exc:
-        raise typer.BadParameter(_input_problem(exc), param_hint="--template") from None
+        given = template or []
+        where = ("--template", list(range(1, len(given) + 1)), str(len(given)))
+        raise typer.BadParameter(_label_problem(exc, given, where), param_hint="--template") from None
     inputs = gather_images(paths, recursive=recursive, globs=glob or ())
     if not inputs:
         raise OutputError(f"no images found in {', '.join(map(str, paths))}")
@@ -278,18 +343,12 @@ def classify(
         for i, path in enumerate(inputs):
             if i in failed:
                 continue
-            typer.echo(
-                json.dumps(
-                    {
-                        "path": path,
-                        "labels": [{"label": lab, "probability": round(p, 6)} for lab, p in tops[i]],
-                    },
-                    ensure_ascii=False,
-                )
+            _echo_json(
+                {"path": path, "labels": [{"label": lab, "probability": round(p, 6)} for lab, p in tops[i]]}
             )
     else:
         table = [
-            [path, ", ".join(f"{lab} {p:.3f}" for lab, p in tops[i])]
+            [shown(path), ", ".join(f"{lab} {p:.3f}" for lab, p in tops[i])]
             for i, path in enumerate(inputs)
             if i not in failed
         ]

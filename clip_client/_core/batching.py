@@ -219,6 +219,7 @@ class EmbedJob:
         planner: BatchPlanner,
         *,
         mark: bool = False,
+        deliver_first: bool = False,
         normalize: bool = False,
         endpoint: str | None = None,
         progress: Any | None = None,
@@ -241,6 +242,10 @@ class EmbedJob:
         # two windows of batches whatever the input's length.
         self.backlog_cap = window * planner.max_items
         self.mark = mark
+        self.deliver_first = deliver_first
+        """Without `mark`: a bad input's error waits in line, so every row before it is handed over
+        first (`ready` raises it when its turn comes); the shell stops planning (`halted`)."""
+        self.halted = False
         self.normalize = normalize
         self.endpoint = endpoint
         self.progress = progress
@@ -280,11 +285,15 @@ class EmbedJob:
         return self.planner.flush()
 
     def input_failed(self, index: int, error: ClipClientError) -> None:
-        """An input that could not be prepared: raised, or marked and skipped (it costs no request)."""
-        if not self.mark:
+        """An input that could not be prepared: raised (at once, or with `deliver_first` when its
+        turn comes, the shell planning nothing after it), or marked and skipped (it costs no
+        request)."""
+        if not self.mark and not self.deliver_first:
             raise error
         self._waiting[index] = error
-        self._tick(1)
+        self.halted = not self.mark
+        if self.mark:
+            self._tick(1)
 
     def settle(self, outcomes: list[BatchOutcome]) -> None:
         for batch, outcome in outcomes:
@@ -306,6 +315,9 @@ class EmbedJob:
         while self._next in self._waiting:
             item = self._waiting[self._next]
             if isinstance(item, ClipClientError):
+                if not self.mark:  # a stream's bad input, reached after every row before it
+                    del self._waiting[self._next]
+                    raise item
                 if self.dim is None and not final:
                     return
                 row = np.full(self.dim or self.dim_hint or DEFAULT_EMBEDDING_DIM, np.nan, dtype=np.float32)

@@ -85,6 +85,7 @@ LONG_TEXT = " ".join([_CAPTION] * 5)
 LONG_TEXT_WORDS = len(LONG_TEXT.split())
 
 _NOT_A_SERVING_ENDPOINT = "not a serving endpoint"
+_LOCAL_MODEL = f"{_NOT_A_SERVING_ENDPOINT}: the local model, in this process (no endpoint state)"
 _IGNORES_TEXT = (
     "the text endpoint answered the same embedding for two different texts: it does not embed the "
     "text it is sent (a stub, a model that ignores its input, or a wrong input column), so "
@@ -211,6 +212,8 @@ class EndpointReport:
         if self.truncation is not None:
             t = self.truncation
             said = "truncated by the endpoint" if t.verdict == "truncates" else f"REFUSED ({t.refusal})"
+            if t.verdict == "truncates" and self.state.note == _LOCAL_MODEL:
+                said = f"truncated by the local model's tokenizer at {CLIP_CONTEXT} tokens"
             lines.append(_field("long texts", f"{said} (probe of {t.probe_words} words, over 77 tokens)"))
         if self.parity is not None:
             p = self.parity
@@ -323,6 +326,8 @@ def check_flow(
         else:
             name = backend.endpoint(kind) or type(backend).__name__
             why = f"{_NOT_A_SERVING_ENDPOINT}: {type(backend).__name__} has no control plane to ask"
+            if _is_local(backend):
+                why = _LOCAL_MODEL
             states[kind] = unknown_state(name, why)
     text = yield from _text_probe(backend, ctx, states["text"])
     image = yield from _image_probe(backend, settings, ctx, states["image"])
@@ -663,6 +668,13 @@ def _cosine(value: float) -> str:
         return f"{value:.7f}"
     digits = max(4, min(12, 2 - math.floor(math.log10(1.0 - value))))
     return f"{value:.{digits}f}"
+
+
+def _is_local(backend: Backend) -> bool:
+    """Whether `backend` runs its model in this process (`InProcessModel`: local mode)."""
+    from .._backend import InProcessModel
+
+    return isinstance(backend, InProcessModel)
 
 
 def _describe_state(state: EndpointState) -> str:

@@ -653,7 +653,7 @@ def _check_size(img: Image.Image, index: int | None, path: str | None, opts: Ima
             setting="max_image_pixels",
             suggestion=_round_up(width * height),
             # The advice names the limit too, so that each caller reads it under the setting's name.
-            advice=f"it is over {{max_image_pixels}}={opts.max_pixels:,}: raise {{max_image_pixels}} if it "
+            advice=f"it is over {{max_image_pixels={opts.max_pixels:_}}}: raise {{max_image_pixels}} if it "
             "is genuine",
         )
 

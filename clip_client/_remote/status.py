@@ -131,9 +131,11 @@ def map_transport_error(
     if isinstance(exc, httpx.ConnectError) and is_name_resolution_failure(exc):
         host = _host_of(exc)
         error = APIConnectionError(
-            f"could not resolve the host name {host!r} ({_underlying(exc)}); check DATABRICKS_HOST "
-            "(or host=), the ~/.databrickscfg profile in use, and the network: VPN, proxy, DNS",
+            f"could not resolve the host name {host!r} ({_underlying(exc)})",
             endpoint=endpoint,
+            setting="host",
+            advice="check DATABRICKS_HOST (or {host=}), the ~/.databrickscfg profile in use, and the "
+            "network: VPN, proxy, DNS",
         )
         error.name_resolution = True
         return error

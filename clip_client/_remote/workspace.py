@@ -7,14 +7,19 @@ route-optimized endpoints.
 from __future__ import annotations
 
 import asyncio
+import configparser
+import contextlib
 import functools
 import inspect
 import ipaddress
 import logging
+import os
+import re
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, urlsplit
 
@@ -317,6 +322,9 @@ def resolve_workspace(
             config = _config_class()(**kwargs)
         except ValueError as exc:
             reason = redact(str(exc)).rstrip(".")
+            missing = _missing_profile(reason, profile)
+            if missing is not None:
+                raise missing from exc
             raise ConfigurationError(
                 f"could not resolve a Databricks workspace: {reason}.",
                 setting="profile" if profile else "host",
@@ -333,6 +341,47 @@ def resolve_workspace(
     register(*(getattr(config, attr.name, None) for attr in config.attributes() if attr.sensitive))
     return Workspace(
         normalize_host(config.host), _ConfigAuth(config.authenticate), str(config.auth_type), config
+    )
+
+
+_NO_SUCH_PROFILE = re.compile(r"(?P<file>\S+) has no (?P<profile>.+?) profile configured")
+"""How databricks-sdk says that the config file lacks the profile asked for."""
+
+
+def _missing_profile(reason: str, profile: str | None) -> ConfigurationError | None:
+    """The error for a `profile` that the config file does not have (the SDK's `reason` says so),
+    or that no config file could hold (there is none): it names the profile and the file, and the
+    profiles the file has. None for any other failure."""
+    if not profile:
+        return None
+    said = _NO_SUCH_PROFILE.search(reason)
+    if said is not None:
+        file = Path(said["file"])
+    else:
+        file = Path(os.environ.get("DATABRICKS_CONFIG_FILE") or "~/.databrickscfg").expanduser()
+        if file.exists():
+            return None
+    if not file.is_file():
+        problem = f"profile {profile!r} was asked for, but there is no config file {str(file)!r}"
+        advice = (
+            "Write it (`databricks auth login --profile NAME`), or set DATABRICKS_HOST and DATABRICKS_TOKEN"
+        )
+    else:
+        parser = configparser.ConfigParser(interpolation=None)
+        with contextlib.suppress(configparser.Error, OSError, UnicodeDecodeError):
+            parser.read(file, encoding="utf-8")
+        names = ([parser.default_section] if parser.defaults() else []) + parser.sections()
+        has = f"its profiles: {', '.join(names)}" if names else "it has no profiles"
+        problem = f"profile {profile!r} is not in {str(file)!r} ({has})"
+        advice = (
+            "Name one of its profiles with {profile=}, add that profile to it, or set DATABRICKS_HOST "
+            "and DATABRICKS_TOKEN"
+        )
+    return ConfigurationError(
+        f"could not resolve a Databricks workspace: {problem}.",
+        setting="profile",
+        reason=problem,
+        advice=advice,
     )
 
 
