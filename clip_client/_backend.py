@@ -6,11 +6,9 @@ normalisation and progress sit above them in the client, written once.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from . import _constants as C
 from ._core.concurrency import CallContext
 from ._core.images import PreparedImage
 from .types import EmbeddingArray, InputKind
@@ -19,8 +17,6 @@ if TYPE_CHECKING:
     from ._remote.endpoint_state import EndpointState
 
 __all__ = ["Backend", "CacheIdentity", "ControlPlane", "InProcessModel", "LogitScale"]
-
-logger = logging.getLogger(C.LOGGER_NAME)
 
 
 @runtime_checkable

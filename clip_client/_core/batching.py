@@ -34,12 +34,6 @@ from .wire import BACKEND_HINT, BODY_OVERHEAD, empty_result, l2_normalize
 if TYPE_CHECKING:
     from ..cache import CacheView
 
-_orjson: Any
-try:  # optional: parses the predictions several times faster than the standard library
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised in environments without the extra
-    _orjson = None
-
 __all__ = ["Batch", "BatchOutcome", "BatchPlanner", "Collector", "EmbedJob", "adrive", "batch_flow", "drive"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,12 +14,6 @@ from ..errors import (
 
 if TYPE_CHECKING:
     pass
-
-_orjson: Any
-try:  # optional: parses the predictions several times faster than the standard library
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - exercised in environments without the extra
-    _orjson = None
 
 __all__ = ["check_image_list", "check_text", "check_text_list", "refuse_single_image", "refuse_single_text"]
 

@@ -6,7 +6,6 @@ Status codes, the server's `error_code`, request ids and `Retry-After`.
 from __future__ import annotations
 
 import email.utils
-import logging
 import socket
 import time
 from typing import TYPE_CHECKING
@@ -14,7 +13,6 @@ from typing import TYPE_CHECKING
 import httpx
 from pydantic import ValidationError
 
-from .. import _constants as C
 from .._core.secrets import excerpt
 from ..errors import (
     APIConnectionError,
@@ -38,8 +36,6 @@ __all__ = [
     "parse_retry_after",
     "request_id_of",
 ]
-
-logger = logging.getLogger(C.LOGGER_NAME)
 
 
 # --------------------------------------------------------------------------------------------------

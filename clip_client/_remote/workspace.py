@@ -12,7 +12,6 @@ import contextlib
 import functools
 import inspect
 import ipaddress
-import logging
 import os
 import re
 import threading
@@ -45,8 +44,6 @@ __all__ = [
     "scoring_server_workspace",
     "sdk_config",
 ]
-
-logger = logging.getLogger(C.LOGGER_NAME)
 
 
 # --------------------------------------------------------------------------------------------------
