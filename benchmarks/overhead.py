@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _serve import TEXT_ENDPOINT, TOKEN, Endpoint, expected_vector, machine, serve
 
-from clip_client import _core
+from clip_client._core import wire as _wire
 from clip_client.errors import ResponseFormatError
 
 BATCH = 32
@@ -118,7 +118,7 @@ def parse_numpy(content: bytes, expected_rows: int) -> np.ndarray:
     other shape goes to the JSON parser."""
     head, tail = _HEAD.match(content), _TAIL.search(content)
     if head is None or tail is None:
-        return _core.parse_predictions(content, expected_rows)
+        return _wire.parse_predictions(content, expected_rows)
     inner = content[head.end() : tail.start()]
     segments = inner.split(b"]")[:-1]  # one per row: b"[v, v, ...", b", [v, v, ..."
     if len(segments) != expected_rows or inner.count(b"[") != expected_rows:
@@ -141,7 +141,7 @@ def parse_numpy(content: bytes, expected_rows: int) -> np.ndarray:
 def parse_orjson_fromiter(content: bytes, expected_rows: int) -> np.ndarray:
     """orjson, then one ``np.fromiter`` over the chained rows instead of ``np.asarray`` (shape and
     finiteness checked as parse_predictions does)."""
-    rows = _core._orjson.loads(content)["predictions"]
+    rows = _wire._orjson.loads(content)["predictions"]
     if len(rows) != expected_rows:
         raise ResponseFormatError("row count")
     width = len(rows[0])
@@ -161,18 +161,18 @@ def micro(n_rows: int, dim: int, min_time: float) -> None:
     body = json.dumps({"predictions": want.tolist()}).encode()
 
     def with_stdlib(content: bytes, rows: int) -> np.ndarray:
-        saved, _core._orjson = _core._orjson, None
+        saved, _wire._orjson = _wire._orjson, None
         try:
-            return _core.parse_predictions(content, rows)
+            return _wire.parse_predictions(content, rows)
         finally:
-            _core._orjson = saved
+            _wire._orjson = saved
 
     parsers: list[tuple[str, Callable[[bytes, int], np.ndarray]]] = []
-    if _core._orjson is not None:
-        parsers.append(("clip_client parse_predictions, orjson (current)", _core.parse_predictions))
+    if _wire._orjson is not None:
+        parsers.append(("clip_client parse_predictions, orjson (current)", _wire.parse_predictions))
     parsers.append(("clip_client parse_predictions, stdlib json (no orjson)", with_stdlib))
     parsers.append(("numpy only: np.fromstring over the stripped body, validated", parse_numpy))
-    if _core._orjson is not None:
+    if _wire._orjson is not None:
         parsers.append(("orjson + np.fromiter(chain(rows)), validated", parse_orjson_fromiter))
 
     # The candidates must be right before they are fast: the same array, and the same refusals.
@@ -230,7 +230,7 @@ def main() -> None:
 
     print(f"# overhead{' (smoke)' if smoke else ''}: {machine()}")
     print(
-        f"# clip_client {clip_client.__version__} (orjson: {'yes' if _core._orjson is not None else 'no'}), "
+        f"# clip_client {clip_client.__version__} (orjson: {'yes' if _wire._orjson is not None else 'no'}), "
         f"databricks-sdk {databricks.sdk.version.__version__}; {n:,} texts per pass, batches of {BATCH}, "
         f"median of {passes} pass{'es' if passes > 1 else ''}; server: zero latency, in a separate process"
     )

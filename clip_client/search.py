@@ -288,7 +288,8 @@ def _chunk_topk(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
     if c <= k:
         every: NDArray[np.intp] = np.broadcast_to(np.arange(c), scores.shape).copy()
         return every
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    # Partition around the (c - k)-th smallest rather than negating: no copy of the score block.
+    part = np.argpartition(scores, c - k, axis=1)[:, c - k :]
     kth = np.take_along_axis(scores, part, axis=1).min(axis=1, keepdims=True)
     # Rows where more than k columns reach the k-th score: pick the ties by lowest column.
     ambiguous = np.flatnonzero((scores >= kth).sum(axis=1) > k)
