@@ -186,7 +186,7 @@ def main() -> None:
         "--ef-search",
         type=int,
         nargs="+",
-        default=[16, 32, DEFAULT_EF_SEARCH, 128, 256],
+        default=sorted({16, 32, DEFAULT_EF_SEARCH, 128, 256}),
         help="ApproximateIndex search knob values to measure",
     )
     parser.add_argument("--k", type=int, default=10)

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     )
     from .local import LocalBackend
     from .search import DuplicateGroup, TopK, cosine_topk, find_duplicates
+    from .sources import SourceItem, iter_images
     from .types import (
         ClientStats,
         EmbeddingArray,
@@ -129,6 +130,8 @@ _ON_THEIR_OWN = {
     "TopK": "search",
     "cosine_topk": "search",
     "find_duplicates": "search",
+    "SourceItem": "sources",
+    "iter_images": "sources",
 }
 """Public names of the modules that load only on their own first use: most programs need neither."""
 
@@ -201,6 +204,7 @@ __all__ = [
     "ServedEntity",
     "ServerError",
     "Settings",
+    "SourceItem",
     "TextTruncation",
     "TopK",
     "TruncationVerdict",
@@ -208,6 +212,7 @@ __all__ = [
     "__version__",
     "cosine_topk",
     "find_duplicates",
+    "iter_images",
 ]
 
 

@@ -31,11 +31,12 @@ from ._backend import Backend, ControlPlane, LogitScale
 from ._core.batching import Batch, BatchOutcome, BatchPlanner, Collector, EmbedJob, adrive, batch_flow, drive
 from ._core.concurrency import CallContext, Counters
 from ._core.endpoint_check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
-from ._core.images import ImageOptions, PreparedImage, prepare_image
+from ._core.images import ImageOptions, PreparedImage
 from ._core.inputs import (
     check_image_list,
     check_text,
     check_text_list,
+    prepare_input,
     refuse_single_image,
     refuse_single_text,
 )
@@ -80,6 +81,11 @@ class Prepared:
     payload: Any = None
     nbytes: int = 0
     error: ClipClientError | None = None
+
+
+def _payload_of(item: Prepared) -> object:
+    """What the cache looks up for an input: its payload, or None for one that failed."""
+    return item.payload if item.error is None else None
 
 
 @dataclass(frozen=True)
@@ -503,7 +509,7 @@ class _BaseClient:
         ahead: deque[tuple[int, Future[PreparedImage]]] = deque()
         try:
             for i, image in enumerate(images):
-                ahead.append((i, pool.submit(prepare_image, image, i, opts)))
+                ahead.append((i, pool.submit(prepare_input, image, i, opts)))
                 if len(ahead) >= lookahead:
                     yield ahead.popleft()
             while ahead:
@@ -850,7 +856,9 @@ class ClipClient(_BaseClient):
             images: a list (or any iterable) of paths (`str`/`os.PathLike`, `~` expanded),
                 `data:image/...;base64,` URIs, plain base64 strings of image files, encoded file
                 bytes, PIL images, or uint8 arrays (HxW, HxWx1, HxWx3 RGB, HxWx4 RGBA); or one uint8
-                array of shape `(N, H, W, C)`.
+                array of shape `(N, H, W, C)`; or the [`SourceItem`][clip_client.SourceItem]s of
+                [`iter_images`][clip_client.iter_images] (tar shards, object stores), read here,
+                their errors naming their key as `.path`.
             batch_size, normalize, progress, on_error, deadline: as
                 [`embed_texts`][clip_client.ClipClient.embed_texts].
 
@@ -1147,6 +1155,8 @@ class ClipClient(_BaseClient):
         if (first := self._prepare_before_lookup()) is not None:
             first.prepare(plan.kind, ctx)
         job = self._new_job(plan)
+        if job.cache is not None:  # looked up a batch at a time, not one SQLite call per input
+            items = job.cache.readahead(items, _payload_of, plan.settings.batch_size)
         pool: ThreadPoolExecutor | None = None
         pending: dict[Future[list[BatchOutcome]], Batch] = {}  # each batch in flight, by its future
 
@@ -1622,6 +1632,8 @@ class AsyncClipClient(_BaseClient):
         if (first := self._prepare_before_lookup()) is not None:
             await first.aprepare(plan.kind, ctx)
         job = self._new_job(plan)
+        if job.cache is not None:  # looked up a batch at a time, not one SQLite call per input
+            items = job.cache.areadahead(items, _payload_of, plan.settings.batch_size)
         pending: set[asyncio.Future[list[BatchOutcome]]] = set()
         started = False
 

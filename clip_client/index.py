@@ -24,8 +24,24 @@ sqrt n` centroids, then `nprobe` lists of about `sqrt n / 4` rows each), because
 training pass, so rows `add`-ed later are found as well as the first ones (IVF keeps the centroids
 of the rows it was trained on), and because its one knob, `ef_search`, trades speed for recall
 without a rebuild. At 1,000,000 rows it measured recall@10 0.970 at 401x the exact search's speed.
-Its vectors stay uncompressed (no product quantisation), so its scores are the exact float32 cosines
-of the rows it returns; what is approximate is which rows it finds.
+
+Its build settings were chosen again for issue 20 (`benchmarks/index_compare.py`, docs/search.md).
+On 200,000 x 768 clustered CLIP-like rows, 2 shared cores, faiss's default `efConstruction=40`
+left recall@10 at 0.973-0.978 whatever `ef_search` (64 to 256): the graph, not the search, was the
+limit. `efConstruction=128` built in 82 s instead of 43 s and reached 0.990 at `ef_search=128`
+(1,739 queries/s) and 0.997 at 256; at 1,000,000 rows it built in 269 s and reached 0.973 at
+`ef_search=128` (3,930 queries/s) and 0.991 at 256 (2,197 queries/s). faiss IVF with flat lists
+(1,788 lists) did as well on the 200,000 clustered rows (0.999 at `nprobe=32`, 1,885 queries/s,
+60 s to build) but was not taken, for the reasons above (its cells are fitted to the rows it was
+trained on, and its cost grows with `sqrt n`). IVF with product quantisation lost too much (recall
+0.345; 0.895 with an exact re-rank of 80 candidates), and usearch's HNSW built 3x more slowly for
+no better recall. So the structure, and with it the saved file, stays the same: an `IndexIDMap`
+over an inner-product `IndexHNSWFlat`; only the defaults changed (`efConstruction` 40 -> 128,
+`ef_search` 64 -> 256). Files saved before load unchanged, keeping the settings they were built
+with (the file holds them).
+
+Its vectors stay uncompressed (no product quantisation), so its scores are the exact float32
+cosines of the rows it returns; what is approximate is which rows it finds.
 """
 
 from __future__ import annotations
@@ -51,13 +67,16 @@ __all__ = [
 DEFAULT_M = 32
 """HNSW links per node (faiss's `M`): 32 is faiss's own default for `IndexHNSWFlat`."""
 
-DEFAULT_EF_CONSTRUCTION = 40
-"""Candidates kept while inserting a row: faiss's default (40)."""
+DEFAULT_EF_CONSTRUCTION = 128
+"""Candidates kept while inserting a row. faiss's default, 40, capped recall@10 at about 0.975 on
+200,000 x 768 clustered CLIP-like rows whatever `ef_search`; 128 reached 0.990 at `ef_search=128`,
+at twice the build time (82 s against 43 s; `benchmarks/index_compare.py`)."""
 
-DEFAULT_EF_SEARCH = 64
-"""Candidates kept while searching: the smallest power of two whose recall@10 is at least 0.95 on
-1,000,000 x 768 clustered CLIP-like rows in `benchmarks/search.py` (0.970, where 32 gave 0.948;
-docs/benchmarks.md)."""
+DEFAULT_EF_SEARCH = 256
+"""Candidates kept while searching: the smallest power of two whose recall@10 reached 0.99 on
+1,000,000 x 768 clustered CLIP-like rows with `efConstruction=128` (0.991 at 2,197 queries/s on 2
+cores, where 128 gave 0.973 at 3,930; `benchmarks/index_compare.py`). On 200,000 rows 128 already
+gave 0.990."""
 
 DEFAULT_CHUNK_ROWS = 65_536
 _INSTALL = 'pip install "clip-serving-client[index]"'
@@ -83,10 +102,11 @@ class ApproximateIndex:
     Memory: the index keeps its own float32 copy of every (normalised) row plus its graph, about
     `4 d + 8 m + 16` bytes per row (3.3 GB for 1,000,000 x 768 at `m = 32`; 3,197 MiB measured),
     and building reads the matrix `chunk_rows` rows at a time, so the input is never copied whole.
-    Building is the slow part: 818 s for 1,000,000 x 768 on two busy CPU cores (docs/benchmarks.md);
-    save the index and load it. Where a query may take the exact `cosine_topk`'s time (0.02-0.09 s
-    per million rows on two shared cores), that needs neither the build nor the second copy
-    (docs/search.md says when to use which).
+    Building is the slow part: 818 s for 1,000,000 x 768 on two busy CPU cores at the former
+    `ef_construction=40` (docs/benchmarks.md), 269 s at today's 128 on a quieter one; save the
+    index and load it, and pass `progress=True` to `build`/`add` for a bar. Where a query may take
+    the exact `cosine_topk`'s time (0.02-0.09 s per million rows on two shared cores), that needs
+    neither the build nor the second copy (docs/search.md says when to use which).
 
     Many identical rows weaken the graph, whose links then run mostly between copies (9,000 x 64
     clustered rows of which a third were copies of 20 rows: recall@10 fell from 1.00 to 0.90): run
@@ -99,10 +119,10 @@ class ApproximateIndex:
         m: HNSW links per node, `>= 2`. More links: better recall at a given `ef_search`, more
             memory (`8 m` bytes per row) and a slower build. Default 32 (faiss's default).
         ef_construction: candidates kept while inserting, `>= 1`; higher builds a better graph,
-            more slowly. Default 40 (faiss's default).
+            more slowly. Default 128 (`DEFAULT_EF_CONSTRUCTION`; faiss's own default is 40).
         ef_search: candidates kept while searching, `>= 1`: the speed/recall knob (higher is
-            slower and finds more of the true neighbours). Default 64, which measured recall@10 of
-            0.970 at 1,000,000 rows (`DEFAULT_EF_SEARCH`). A search always keeps at least `k`.
+            slower and finds more of the true neighbours). Default 256, which measured recall@10 of
+            0.991 at 1,000,000 rows (`DEFAULT_EF_SEARCH`). A search always keeps at least `k`.
 
     Raises:
         ImportError: faiss is not installed (the message says how to install it).
@@ -145,6 +165,7 @@ class ApproximateIndex:
         ef_construction: int = DEFAULT_EF_CONSTRUCTION,
         ef_search: int = DEFAULT_EF_SEARCH,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        progress: bool = False,
     ) -> ApproximateIndex:
         """A new index holding every row of `matrix`.
 
@@ -159,6 +180,7 @@ class ApproximateIndex:
             ef_search: the default search knob (see the class).
             chunk_rows: rows normalised and inserted per block, `>= 1`; extra memory is one
                 `chunk_rows x d` float32 block.
+            progress: show a tqdm bar on stderr, rows inserted (default off, as in the clients).
 
         Returns:
             The index, `len(index) == n`.
@@ -177,7 +199,7 @@ class ApproximateIndex:
         if mat.shape[0] == 0 or mat.shape[1] == 0:
             raise ValueError(f"matrix is empty (shape {mat.shape}): there is nothing to index")
         index = cls(mat.shape[1], m=m, ef_construction=ef_construction, ef_search=ef_search)
-        index.add(mat, ids, chunk_rows=chunk_rows)
+        index.add(mat, ids, chunk_rows=chunk_rows, progress=progress)
         return index
 
     @property
@@ -229,6 +251,7 @@ class ApproximateIndex:
         ids: ArrayLike | None = None,
         *,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        progress: bool = False,
     ) -> None:
         """Append rows. Every row and id is checked before the first is added, so a bad input adds
         nothing.
@@ -239,6 +262,7 @@ class ApproximateIndex:
             ids: optional integer array, shape `(n,)`, ids not yet in the index. Default: the next
                 row numbers, `len(self) .. len(self) + n - 1`.
             chunk_rows: rows normalised and inserted per block, `>= 1`.
+            progress: show a tqdm bar on stderr, rows inserted (default off, as in the clients).
 
         Raises:
             TypeError: `matrix` is not a float array, `ids` not an integer array, or
@@ -262,9 +286,20 @@ class ApproximateIndex:
         new_ids = self._checked_ids(ids, n)
         for start in range(0, n, chunk_rows):  # check every row first: all or nothing
             _normalised_rows(mat[start : start + chunk_rows], "matrix", first=start)
-        for start in range(0, n, chunk_rows):
-            block = _normalised_rows(mat[start : start + chunk_rows], "matrix", first=start)
-            self._index.add_with_ids(block, new_ids[start : start + len(block)])
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, unit="row", unit_scale=True, desc="building the index")
+        try:
+            for start in range(0, n, chunk_rows):
+                block = _normalised_rows(mat[start : start + chunk_rows], "matrix", first=start)
+                self._index.add_with_ids(block, new_ids[start : start + len(block)])
+                if bar is not None:
+                    bar.update(len(block))
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _checked_ids(self, ids: ArrayLike | None, n: int) -> NDArray[np.int64]:
         if ids is None:

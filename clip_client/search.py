@@ -19,8 +19,9 @@ duplicate group. A query that cannot be normalised is refused with `ValueError`.
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -29,6 +30,23 @@ __all__ = ["DuplicateGroup", "TopK", "cosine_topk", "find_duplicates"]
 
 DEFAULT_TOPK_CHUNK_ROWS = 8192
 DEFAULT_DUPLICATE_CHUNK_ROWS = 2048
+
+DuplicateMethod = Literal["auto", "exact", "approximate"]
+"""How `find_duplicates` finds the pairs: `"auto"` (exact up to `EXACT_DUPLICATE_MAX_ROWS` rows,
+approximate above), `"exact"` (every pair) or `"approximate"` (k-means cells, needs faiss)."""
+
+EXACT_DUPLICATE_MAX_ROWS = 50_000
+"""The most rows for which `find_duplicates(method="auto")` compares every pair (14.5 s at 50,000 x
+768 on the 2-core development machine, issue 20); above it, auto takes the approximate method."""
+
+DUPLICATE_ROWS_PER_CELL = 1000
+"""Rows per k-means cell in the approximate `find_duplicates` (about `n / 1000` cells)."""
+
+DUPLICATE_PROBES = 4
+"""Cells each row is compared with in the approximate `find_duplicates`: its own and the 3 next
+nearest."""
+
+_INDEX_INSTALL = 'pip install "clip-serving-client[index]"'
 
 
 @dataclass(frozen=True)
@@ -124,23 +142,47 @@ def find_duplicates(
     matrix: ArrayLike,
     threshold: float = 0.95,
     *,
+    method: DuplicateMethod = "auto",
     chunk_rows: int = DEFAULT_DUPLICATE_CHUNK_ROWS,
+    progress: bool = False,
 ) -> list[DuplicateGroup]:
-    """Exact near-duplicate groups: connected components of the graph whose edges join rows with
+    """Near-duplicate groups: connected components of the graph whose edges join rows with
     cosine similarity `>= threshold`.
 
-    Every pair is compared (`n^2 / 2` dot products, in `chunk_rows x chunk_rows` blocks of the
-    upper triangle), and pairs are merged with union-find, so the result does not depend on the
-    order of the rows or on `chunk_rows`.
+    Two ways to find the edges, both followed by the same union-find, so the groups do not depend
+    on the order of the rows or on `chunk_rows`:
+
+    - `"exact"`: every pair is compared (`n^2 / 2` dot products, in `chunk_rows x chunk_rows`
+      blocks of the upper triangle). Quadratic: 2.6 s at 20,000 x 768 rows, 56 s at 100,000 on the
+      2-core development machine (issue 20), about 1.5 hours at 1,000,000.
+    - `"approximate"`: a cell-join (an inverted-file range search). The rows are clustered by
+      k-means (faiss) into about `n / 1000` cells; each row is then compared exactly, in BLAS
+      blocks, with every row of the `DUPLICATE_PROBES` (4) cells nearest to it, and every pair at
+      or above the threshold becomes an edge. It is a range search, not a top-`k`: a group of any
+      size is found whole, however many members a row has above the threshold. A pair is missed
+      only when neither row's 4 nearest cells hold the other, which for near-duplicates (cosine
+      `>= 0.95`) is rare: `benchmarks/dedupe_scale.py` measured a pair recall of 1.000 against
+      exact on planted near-duplicates (docs/search.md has the figures), and every planted pair at
+      thresholds 0.9, 0.85 and 0.8 too on 60,000 x 768 rows. The looser the threshold, the farther
+      apart two matching rows may be, and the likelier they sit in cells that are not compared:
+      well below 0.8, check against `"exact"` on a sample, or use it. Needs
+      faiss (the `index` extra). Memory beyond the input: about 100 bytes per row (norms, cell
+      assignments and their orderings, union-find parents), the k-means sample (64 rows per cell,
+      so 6.4% of the rows as float32), and a few `chunk_rows x d` blocks; never a whole copy.
+    - `"auto"` (default): exact up to `EXACT_DUPLICATE_MAX_ROWS` rows (50,000), approximate above.
+      Without faiss, auto falls back to exact and warns (`UserWarning`) with the install command.
 
     Args:
-        matrix: float array, shape `(n, d)`; any float dtype, read a block at a time, not copied.
+        matrix: float array, shape `(n, d)`; any float dtype, read a block at a time, not copied
+            (a `np.memmap` works).
         threshold: cosine similarity (unitless), finite, in `[-1, 1]`. 0.95 suits CLIP ViT-L/14
             image embeddings of re-encoded or resized copies; lower it for looser matches.
+        method: `"auto"`, `"exact"` or `"approximate"` (above).
         chunk_rows: rows per block. Extra memory is about two `chunk_rows x d` float32 blocks,
             one `chunk_rows x chunk_rows` float32 score block, the matching pairs of one block
             (at most `16 x chunk_rows^2` bytes when everything matches), and `8 n` bytes of
             union-find parents.
+        progress: show a tqdm bar on stderr (rows compared; default off, as in the clients).
 
     Returns:
         The groups with at least two members, ordered by their first (lowest) row; rows that match
@@ -150,10 +192,12 @@ def find_duplicates(
         `threshold=1.0`. The similarities reported are clamped to `[-1, 1]`.
 
     Raises:
-        TypeError: `matrix` is not a float array, or `threshold`/`chunk_rows` has the wrong
-            type.
+        TypeError: `matrix` is not a float array, or `threshold`/`chunk_rows`/`method` has the
+            wrong type.
         ValueError: `matrix` is not 2-D or is empty; `threshold` is not finite or outside
-            `[-1, 1]`; `chunk_rows < 1`.
+            `[-1, 1]`; `chunk_rows < 1`; `method` is not one of the three.
+        ImportError: `method="approximate"` without faiss installed (the message says how to
+            install it).
     """
     mat = _as_matrix(matrix)
     n = mat.shape[0]
@@ -163,20 +207,14 @@ def find_duplicates(
     if not np.isfinite(threshold) or not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be a cosine similarity in [-1, 1]; got {threshold}")
     chunk_rows = _positive_int(chunk_rows, "chunk_rows")
+    approximate = _use_approximate(method, n)
     t32 = np.float32(threshold) - _rounding_slack(mat.shape[1])
 
     parent = np.arange(n, dtype=np.int64)
-    for i0 in range(0, n, chunk_rows):
-        left = _normalised_block(mat, i0, i0 + chunk_rows)
-        for j0 in range(i0, n, chunk_rows):
-            right = left if j0 == i0 else _normalised_block(mat, j0, j0 + chunk_rows)
-            sims = left @ right.T
-            a, b = np.nonzero(sims >= t32)
-            if j0 == i0:  # upper triangle only: each pair once, no row with itself
-                upper = a < b
-                a, b = a[upper], b[upper]
-            if a.size:
-                _union(parent, a.astype(np.int64) + i0, b.astype(np.int64) + j0)
+    if approximate:
+        _approximate_edges(mat, t32, parent, chunk_rows, progress)
+    else:
+        _exact_edges(mat, t32, parent, chunk_rows, progress)
     roots = _roots(parent, np.arange(n, dtype=np.int64))
 
     # Stable sort by root: each component's members are contiguous and ascending, and components
@@ -190,6 +228,138 @@ def find_duplicates(
         members = order[start : start + size].astype(np.int64)
         groups.append(DuplicateGroup(indices=members, similarities=_similarity_to_first(mat, members)))
     return groups
+
+
+def _use_approximate(method: object, n: int) -> bool:
+    """Whether `find_duplicates` takes the approximate path: `method` checked, and `"auto"`
+    resolved by size and by whether faiss imports (a warning with the install hint where not)."""
+    if not isinstance(method, str):
+        raise TypeError(f'method must be "auto", "exact" or "approximate"; got {type(method).__name__}')
+    if method not in ("auto", "exact", "approximate"):
+        raise ValueError(f'method must be "auto", "exact" or "approximate"; got {method!r}')
+    if method == "exact" or (method == "auto" and n <= EXACT_DUPLICATE_MAX_ROWS):
+        return False
+    try:
+        import faiss  # noqa: F401  (the index extra)
+    except ImportError:
+        if method == "approximate":
+            raise ImportError(
+                f'find_duplicates(method="approximate") needs faiss, which is not installed: {_INDEX_INSTALL}'
+            ) from None
+        warnings.warn(
+            f"find_duplicates: {n:,} rows, but faiss is not installed, so the exact method runs, "
+            f"whose time grows with n^2 (about 1.5 hours at 1,000,000 x 768 on 2 cores). "
+            f'For the approximate method: {_INDEX_INSTALL}; to silence this, pass method="exact"',
+            UserWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def _progress_bar(progress: bool, total: int, desc: str) -> Any:
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="row", unit_scale=True, desc=desc)
+
+
+def _exact_edges(
+    mat: NDArray[Any], t32: np.float32, parent: NDArray[np.int64], chunk_rows: int, progress: bool
+) -> None:
+    """Union every pair of rows with cosine `>= t32`, comparing all pairs in blocks."""
+    n = mat.shape[0]
+    blocks = -(-n // chunk_rows)
+    bar = _progress_bar(progress, blocks * (blocks + 1) // 2, "dedupe (exact), block pairs")
+    try:
+        for i0 in range(0, n, chunk_rows):
+            left = _normalised_block(mat, i0, i0 + chunk_rows)
+            for j0 in range(i0, n, chunk_rows):
+                right = left if j0 == i0 else _normalised_block(mat, j0, j0 + chunk_rows)
+                sims = left @ right.T
+                a, b = np.nonzero(sims >= t32)
+                if j0 == i0:  # upper triangle only: each pair once, no row with itself
+                    upper = a < b
+                    a, b = a[upper], b[upper]
+                if a.size:
+                    _union(parent, a.astype(np.int64) + i0, b.astype(np.int64) + j0)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _approximate_edges(
+    mat: NDArray[Any], t32: np.float32, parent: NDArray[np.int64], chunk_rows: int, progress: bool
+) -> None:
+    """Union the pairs with cosine `>= t32` that share a cell: k-means cells (faiss), each row
+    compared exactly with the rows of its `DUPLICATE_PROBES` nearest cells."""
+    import faiss  # the index extra; checked by _use_approximate
+
+    n, d = mat.shape
+    norms = np.empty(n, dtype=np.float32)
+    for s in range(0, n, chunk_rows):
+        norms[s : s + chunk_rows] = _row_norms(_float32_block(mat, s, s + chunk_rows))
+    valid = np.flatnonzero(np.isfinite(norms) & (norms > 0))
+    if valid.size < 2:
+        return
+    cells = max(1, min(valid.size // DUPLICATE_ROWS_PER_CELL, 1 << 16))
+    probes = min(DUPLICATE_PROBES, cells)
+    bar = _progress_bar(progress, valid.size * (1 + probes), "dedupe (approximate), rows")
+    try:
+        # Cells: spherical k-means on a sample of at most 64 rows per cell.
+        rng = np.random.default_rng(0)
+        sample = np.sort(rng.choice(valid, size=min(valid.size, 64 * cells), replace=False))
+        train = _gathered(mat, norms, sample)
+        kmeans = faiss.Kmeans(
+            d, cells, niter=10, seed=1, spherical=True, max_points_per_centroid=64, min_points_per_centroid=1
+        )
+        kmeans.train(train)
+        del train
+        centroids = faiss.IndexFlatIP(d)
+        centroids.add(np.ascontiguousarray(kmeans.centroids, dtype=np.float32))
+        # Each valid row's `probes` nearest cells; the first is the cell that holds it.
+        near = np.empty((valid.size, probes), dtype=np.int64)
+        for s in range(0, valid.size, chunk_rows):
+            _, near[s : s + chunk_rows] = centroids.search(
+                _gathered(mat, norms, valid[s : s + chunk_rows]), probes
+            )
+            if bar is not None:
+                bar.update(min(chunk_rows, valid.size - s))
+        home_order = np.argsort(near[:, 0], kind="stable")
+        home_bounds = np.searchsorted(near[home_order, 0], np.arange(cells + 1))
+        probe_order = np.argsort(near.ravel(), kind="stable")
+        probe_bounds = np.searchsorted(near.ravel()[probe_order], np.arange(cells + 1))
+        del near
+        for cell in range(cells):
+            held = valid[home_order[home_bounds[cell] : home_bounds[cell + 1]]]
+            asking = valid[probe_order[probe_bounds[cell] : probe_bounds[cell + 1]] // probes]
+            if held.size == 0 or asking.size == 0:
+                continue
+            for h0 in range(0, held.size, chunk_rows):
+                rows_h = held[h0 : h0 + chunk_rows]
+                right = _gathered(mat, norms, rows_h)
+                for q0 in range(0, asking.size, chunk_rows):
+                    rows_q = asking[q0 : q0 + chunk_rows]
+                    a, b = np.nonzero(_gathered(mat, norms, rows_q) @ right.T >= t32)
+                    a, b = rows_q[a], rows_h[b]
+                    keep = a != b
+                    if keep.any():
+                        _union(parent, a[keep], b[keep])
+            if bar is not None:
+                bar.update(asking.size)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _gathered(mat: NDArray[Any], norms: NDArray[np.float32], rows: NDArray[np.int64]) -> NDArray[np.float32]:
+    """Rows `rows` (valid ones) of `mat`, L2-normalised, as a C-contiguous float32 copy."""
+    out = np.array(mat[rows], dtype=np.float32, order="C")
+    out /= norms[rows, np.newaxis]
+    return out
 
 
 def _as_float(value: ArrayLike, name: str) -> NDArray[Any]:

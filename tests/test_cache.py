@@ -470,8 +470,8 @@ def test_an_empty_cache_path_is_refused(server: ServingServer, empty: object) ->
 def _damage(path: Path, how: str) -> int:
     """Damage every stored row in place, as a disk, a copy tool or a hand-edit would; how many."""
     with sqlite3.connect(path) as db:
-        rows = db.execute("SELECT namespace, digest, row FROM embeddings").fetchall()
-        for namespace, digest, blob in rows:
+        rows = db.execute("SELECT id, row FROM embeddings").fetchall()
+        for rowid, blob in rows:
             data = bytearray(blob)
             if how == "nan":
                 data[0:4] = np.array([np.nan], dtype="<f4").tobytes()
@@ -479,10 +479,7 @@ def _damage(path: Path, how: str) -> int:
                 data[len(data) // 2] ^= 0x01  # one bit of one float: still finite, still plausible
             else:
                 data = data[:-4]  # a row cut short by a whole float
-            db.execute(
-                "UPDATE embeddings SET row = ? WHERE namespace = ? AND digest = ?",
-                (bytes(data), namespace, digest),
-            )
+            db.execute("UPDATE embeddings SET row = ? WHERE id = ?", (bytes(data), rowid))
     return len(rows)
 
 
@@ -533,7 +530,7 @@ async def test_a_cache_file_of_an_older_clip_client_is_recomputed_once(
     assert server.posts() == sent + 1  # stored in the new layout
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT count(*) FROM embeddings").fetchone() == (1,)
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)  # layout 3: issue 20
 
 
 class _PlainStore:

@@ -1725,7 +1725,7 @@ def test_a_failed_write_leaves_the_earlier_output_and_its_sidecar_whole(
         """The data file's writer, on a full disk (the sidecar is written by then)."""
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(outputs.np, "save", full_disk)  # .npy's writer
+    monkeypatch.setattr(outputs, "_append_npy", full_disk)  # .npy's writer (rows after the header)
     monkeypatch.setattr(outputs, "write_jsonl", full_disk)  # .jsonl's
     failed = invoke("texts", "c", "d", "e", "--out", out)
     assert failed.exit_code == 1, failed.output
@@ -2045,3 +2045,250 @@ def test_a_413_for_an_input_alone_advises_what_helps_and_settings_without_option
     assert said.endswith("image_format='jpeg' (no command-line option; set it in Python)")
     no_option = "max_request_bytes (no command-line option; set it in Python)"
     assert flag_spelling("max_request_bytes") == no_option
+
+
+# --------------------------------------------------------------------------------------------------
+# Issue 20: outputs streamed in chunks, `texts --from` streamed and resumable, `search` in chunks
+
+
+def _odd_rows(n: int, *, kind: str = "image", dim: int = 16, seed: int = 3) -> Rows:
+    """`n` rows of `kind` with every field an output can hold: a name that is not UTF-8 among the
+    keys or texts, stamps (one missing) for images."""
+    matrix = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    if kind == "image":
+        keys: list[object] = [f"dir/img_{i}.jpg" if i != 5 else f"dir/{LATIN1}" for i in range(n)]
+        stamps = [None if i == 2 else (100 + i, 10**18 + i) for i in range(n)]
+        return Rows(keys, matrix, None, _meta(dim=dim), stamps)  # type: ignore[arg-type]
+    texts = [f"text {i}, ü" if i != 4 else os.fsdecode(b"\xe9t\xe9") for i in range(n)]
+    return Rows(list(range(0, 2 * n, 2)), matrix, texts, _meta(kind="text", preparation={}, dim=dim))
+
+
+def _in_chunks(rows: Rows, size: int) -> object:
+    from clip_client._cli import outputs
+
+    def chunks(vectors: bool) -> object:
+        for start in range(0, len(rows), size):
+            end = start + size
+            yield Rows(
+                rows.keys[start:end], rows.embeddings[start:end],
+                None if rows.texts is None else rows.texts[start:end], rows.meta,
+                None if rows.stamps is None else rows.stamps[start:end],
+            )  # fmt: skip
+
+    whole = outputs._Chunked.of(rows)
+    return outputs._Chunked(
+        whole.meta, whole.key_name, whole.dim, whole.count, whole.texts, whole.stamps, whole.exact, chunks
+    )
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".jsonl"])
+def test_an_output_written_in_chunks_equals_the_one_written_whole(
+    tmp_path: Path, suffix: str, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clip_client._cli import outputs
+
+    monkeypatch.setattr(outputs, "DEFAULT_CHUNK_ROWS", 4)  # Parquet row groups of 4 rows
+    rows = _odd_rows(23, kind=kind)
+    whole, chunked = tmp_path / f"whole{suffix}", tmp_path / f"chunked{suffix}"
+    write_rows(whole, rows)
+    outputs._write_chunked(chunked, outputs.output_format(chunked), _in_chunks(rows, 3))  # type: ignore[arg-type]
+    if suffix == ".parquet":
+        a, b = pq.read_table(whole), pq.read_table(chunked)
+        assert a.schema == b.schema
+        assert a.schema.metadata == b.schema.metadata
+        assert a.equals(b)
+        # Chunks of 3 gathered into row groups of at least 4 rows: 6, 6, 6 and 5.
+        groups = pq.ParquetFile(chunked).metadata
+        assert [groups.row_group(g).num_rows for g in range(groups.num_row_groups)] == [6, 6, 6, 5]
+    else:  # the very bytes, data file and sidecar
+        assert chunked.read_bytes() == whole.read_bytes()
+        assert meta_path(chunked).read_bytes() == meta_path(whole).read_bytes()
+    back = read_rows(chunked)
+    assert back.keys == rows.keys
+    assert back.texts == rows.texts
+    np.testing.assert_array_equal(back.embeddings, rows.embeddings)
+    # Read back in chunks: the same rows, in order.
+    parts = list(outputs.read_chunks(chunked, chunk_rows=5))
+    assert [len(p) for p in parts] == [5, 5, 5, 5, 3]
+    assert [k for p in parts for k in p.keys] == rows.keys
+    np.testing.assert_array_equal(np.concatenate([p.embeddings for p in parts]), rows.embeddings)
+    if kind == "image":
+        assert [s for p in parts for s in p.stamps or []] == rows.stamps
+
+
+def test_texts_from_a_file_resume_after_a_failure_and_send_only_the_missing_rows(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    lines = [f"caption {i}" for i in range(95)]
+    lines[30] = ""  # a blank line: skipped, and its number is no row's id
+    (tmp_path / "t.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["texts", "--from", "t.txt", "--out", "t.parquet", "--no-cache", "--batch-size", "5",
+            "--max-concurrency", "1", "--part-rows", "10"]  # fmt: skip
+    # Six batches are answered, the seventh is refused (400 is not retried), late enough that the
+    # answered rows are all taken first: the run stops.
+    refused = Reply(400, {"error_code": "BAD_REQUEST", "message": "no"}, delay=0.5)
+    server.script = [Reply(answer=True)] * 6 + [refused]
+    first = invoke(*args)
+    assert first.exit_code == 1, first.output
+    assert "rerun to resume" in first.stderr
+    assert not (tmp_path / "t.parquet").exists()
+    parts = sorted((tmp_path / "t.parquet.parts").glob("part-*.parquet"))
+    kept = [k for part in parts for k in read_rows(part).keys]
+    # The rows answered (30, in three parts; fewer only if the refusal overtook them), from the first.
+    assert kept == list(range(len(kept)))
+    assert len(kept) in (10, 20, 30)
+    server.reset()
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert f"resuming: {len(kept)} rows already done" in again.stderr
+    assert "1 blank line(s) skipped" in again.stderr
+    texts = [t for t in lines if t]
+    assert server.inputs(TEXT) == texts[len(kept) :]  # only the missing rows, each once
+    back = read_rows(tmp_path / "t.parquet")
+    assert back.keys == [i for i, t in enumerate(lines) if t]
+    assert back.texts == texts
+    np.testing.assert_array_equal(back.embeddings, text_rows(texts))
+    assert not (tmp_path / "t.parquet.parts").exists()
+
+    # The same command once more: nothing to embed, the output as it was.
+    before = (tmp_path / "t.parquet").read_bytes()
+    server.reset()
+    third = invoke(*args)
+    assert third.exit_code == 0, third.output
+    assert server.posts() == 0
+    assert (tmp_path / "t.parquet").read_bytes() == before
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".npy", ".jsonl"])
+def test_texts_detect_a_changed_input_and_embed_again_from_where_it_differs(
+    invoke, server: ServingServer, tmp_path: Path, suffix: str
+) -> None:  # type: ignore[no-untyped-def]
+    lines = [f"line {i}" for i in range(40)]
+    source = tmp_path / "t.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["texts", "--from", "t.txt", "--out", f"t{suffix}", "--no-cache", "--part-rows", "10"]
+    assert invoke(*args).exit_code == 0
+    lines[25] = "an edited line"
+    lines.append("one more line")
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    server.reset()
+    run = invoke(*args)
+    assert run.exit_code == 0, run.output
+    assert "differs from the earlier run's rows at id 25" in run.stderr
+    assert "resuming: 25 rows already done" in run.stderr
+    assert server.inputs(TEXT) == lines[25:]  # the first 25 rows kept, the rest embedded
+    back = read_rows(tmp_path / f"t{suffix}")
+    assert back.keys == list(range(41))
+    assert back.texts == lines
+    np.testing.assert_array_equal(back.embeddings, text_rows(lines))
+
+    # Other settings are refused, as for images, until --overwrite.
+    refused = invoke(*args, "--normalize")
+    assert refused.exit_code == 1, refused.output
+    assert "normalize False (this run: True)" in refused.stderr
+    assert invoke(*args, "--normalize", "--overwrite").exit_code == 0
+
+
+def test_texts_read_csv_jsonl_parquet_and_stdin_as_streams(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    texts = ["a cat", "a dog, running", "ü"]
+    (tmp_path / "t.jsonl").write_text(
+        "".join(json.dumps({"caption": t, "n": i}) + "\n" for i, t in enumerate(texts)), encoding="utf-8"
+    )
+    pq.write_table(pa.table({"n": [1, 2, 3], "text": texts}), tmp_path / "t.parquet")
+    for name, extra in (("t.jsonl", ["--column", "caption"]), ("t.parquet", [])):
+        run = invoke("texts", "--from", name, *extra, "--out", f"o_{name}.npy")
+        assert run.exit_code == 0, run.output
+        back = read_rows(tmp_path / f"o_{name}.npy")
+        assert back.keys == [0, 1, 2]
+        assert back.texts == texts
+        np.testing.assert_array_equal(back.embeddings, text_rows(texts))
+    run = invoke("texts", "--from", "t.jsonl")  # no such key: the line is named, before any row is lost
+    assert run.exit_code == 1, run.output
+    assert "t.jsonl: line 1 has no string 'text'" in run.stderr
+    run = invoke("texts", "--from", "t.parquet", "--column", "n")
+    assert run.exit_code == 2, run.output
+    assert "column 'n' holds int64, not strings" in " ".join(run.output.split())
+    # stdin, and a file without --out: rows on stdout as they come, chunk by chunk.
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["texts", "--from", "-"], input="x\n\ny\n")
+    assert result.exit_code == 0, result.output
+    assert [(r["id"], r["text"]) for r in jsonl(result.stdout)] == [(0, "x"), (2, "y")]
+
+
+def test_a_texts_run_holds_no_more_memory_for_four_times_the_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store of a `texts --from` run, fed N and then 4N rows of 256-d, and its finish into each
+    format: the peak of Python's allocations (tracemalloc) does not grow with the row count."""
+    import tracemalloc
+
+    from clip_client._cli import outputs
+
+    monkeypatch.setattr(outputs, "DEFAULT_CHUNK_ROWS", 200)
+    meta = _meta(kind="text", preparation={})
+    row = np.ones(256, np.float32)
+
+    def peak(n: int, suffix: str) -> int:
+        store = outputs.ResumableTexts(tmp_path / f"{n}{suffix}", meta, part_rows=100)
+        store.open()
+        todo = store.resume((i, f"text number {i}") for i in range(n))
+        tracemalloc.start()
+        try:
+            for key, text in todo:
+                store.add(key, text, row)
+            written = store.finish()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            assert written.count == n
+
+    for suffix in (".parquet", ".npy", ".jsonl"):
+        peak(300, suffix)  # first: what a first call imports is no row's memory
+        small, large = peak(1_500, suffix), peak(6_000, suffix)
+        # 4,500 more rows would be 4.6 MB more held (1 KiB of vector each): the margin is a tenth of that.
+        assert large < small + 460_000, (suffix, small, large)
+    assert len(read_rows(tmp_path / "6000.npy")) == 6_000
+    # The same for a resumed run: it reads the parts' ids and texts alongside the input, in chunks.
+    for n in (1_500, 6_000):
+        store = outputs.ResumableTexts(tmp_path / f"r{n}.parquet", meta, part_rows=100)
+        store.open()
+        for key, text in store.resume((i, f"t{i}") for i in range(n)):
+            store.add(key, text, row)
+        store.flush()
+    peaks = []
+    for n in (1_500, 6_000):
+        store = outputs.ResumableTexts(tmp_path / f"r{n}.parquet", meta, part_rows=100)
+        store.open()
+        tracemalloc.start()
+        try:
+            rest = list(store.resume((i, f"t{i}") for i in range(n + 10)))
+            store.finish()
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert store.kept == n
+        assert [k for k, _ in rest] == list(range(n, n + 10))
+    assert peaks[1] < peaks[0] + 460_000, peaks
+
+
+def test_search_reads_its_index_in_chunks_and_merges_the_top_k_exactly(
+    invoke, server: ServingServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from clip_client._cli import outputs
+
+    texts = [f"caption {i % 7}" for i in range(50)]  # repeats: equal scores, ordered by row
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert invoke("texts", "--from", "t.txt", "--out", "t.parquet").exit_code == 0
+    index = read_rows(tmp_path / "t.parquet")
+    want = cosine_topk(text_rows(["caption 3"])[0], index.embeddings, 12)
+    monkeypatch.setattr(outputs, "DEFAULT_CHUNK_ROWS", 8)
+    run = invoke("search", "t.parquet", "caption 3", "-k", "12", "--json")
+    assert run.exit_code == 0, run.output
+    hits = jsonl(run.stdout)
+    assert [h["id"] for h in hits] == want.indices[0].tolist()
+    assert [h["text"] for h in hits] == [texts[i] for i in want.indices[0]]
+    np.testing.assert_allclose([h["score"] for h in hits], want.scores[0], atol=1e-6)

@@ -13,7 +13,7 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 import clip_client  # noqa: E402
-from clip_client.index import DEFAULT_EF_SEARCH, ApproximateIndex  # noqa: E402
+from clip_client.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, ApproximateIndex  # noqa: E402
 from clip_client.search import TopK, cosine_topk  # noqa: E402
 
 
@@ -323,3 +323,35 @@ def test_faiss_is_imported_lazily_and_the_index_is_not_re_exported() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert "ApproximateIndex" not in clip_client.__all__
     assert not hasattr(clip_client, "ApproximateIndex")
+
+
+def test_build_and_add_show_progress_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
+    matrix = clustered(300, 16, clusters=6, seed=21)
+    index = ApproximateIndex.build(matrix[:200])
+    assert capsys.readouterr().err == ""
+    index.add(matrix[200:], progress=True, chunk_rows=40)
+    err = capsys.readouterr().err
+    assert "building the index" in err
+    assert "100/100" in err
+    again = ApproximateIndex.build(matrix, progress=True)
+    assert "300/300" in capsys.readouterr().err
+    np.testing.assert_array_equal(again.ids, index.ids)
+
+
+def test_an_index_saved_with_the_old_defaults_loads_with_its_own_settings(tmp_path: Path) -> None:
+    """Files written before the defaults changed (efConstruction 40, ef_search 64, written by faiss
+    as an IndexIDMap over an inner-product IndexHNSWFlat) load unchanged: the structure is the same,
+    and the settings travel in the file."""
+    matrix = clustered(500, 16, clusters=5, seed=22)
+    unit = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+    old = faiss.IndexHNSWFlat(16, 32, faiss.METRIC_INNER_PRODUCT)
+    old.hnsw.efConstruction = 40
+    old.hnsw.efSearch = 64
+    wrapped = faiss.IndexIDMap(old)
+    wrapped.add_with_ids(unit, np.arange(500, dtype=np.int64) + 7)
+    faiss.write_index(wrapped, str(tmp_path / "old.faiss"))
+    loaded = ApproximateIndex.load(tmp_path / "old.faiss")
+    assert (loaded.m, loaded.ef_construction, loaded.ef_search) == (32, 40, 64)
+    assert loaded.search(matrix[3], 1).indices[0, 0] == 10
+    fresh = ApproximateIndex(16)
+    assert (fresh.ef_construction, fresh.ef_search) == (DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH)

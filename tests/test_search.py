@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -406,3 +407,134 @@ def test_exact_copies_group_at_threshold_one_and_similarities_stay_in_range(d: i
         assert np.all(group.similarities >= 1.0 - 1e-5)
     # and distinct random rows still never meet a high threshold
     assert find_duplicates(base, threshold=0.99) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# find_duplicates: the approximate method and the choice between methods
+
+
+def _clustered_with_duplicates(n: int, d: int, seed: int) -> np.ndarray:
+    """Clustered rows (CLIP-like: a shared offset, topics), with planted near-copies at cosines in
+    [0.95, 1): pairs, a few chains, one group of 80 near-copies of a single row (more members than
+    any per-row neighbour count would hold), plus rows that cannot be normalised."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n // 100, d)) + 2.0 * rng.standard_normal(d)
+    m = centres[rng.integers(0, len(centres), n)] + 0.8 * rng.standard_normal((n, d))
+    spots = iter(rng.permutation(n).tolist())
+    for _ in range(n // 50):  # pairs and small groups
+        base = next(spots)
+        for _ in range(int(rng.integers(1, 4))):
+            m[next(spots)] = _at_cosine(m[base], float(rng.uniform(0.955, 0.999)), rng)
+    big = next(spots)
+    for _ in range(80):
+        m[next(spots)] = _at_cosine(m[big], float(rng.uniform(0.975, 0.999)), rng)
+    m = m.astype(np.float32)
+    m[next(spots)] = np.nan
+    m[next(spots)] = 0.0
+    return m
+
+
+def test_approximate_duplicates_equal_exact_on_20000_planted_rows() -> None:
+    pytest.importorskip("faiss")
+    matrix = _clustered_with_duplicates(20_000, 96, seed=11)
+    exact = find_duplicates(matrix, 0.95, method="exact")
+    approximate = find_duplicates(matrix, 0.95, method="approximate", chunk_rows=1500)
+    assert len(exact) > 300
+    assert max(len(g.indices) for g in exact) >= 81  # the big group, found whole
+    assert [g.indices.tolist() for g in approximate] == [g.indices.tolist() for g in exact]
+    for a, e in zip(approximate, exact, strict=True):
+        np.testing.assert_array_equal(a.similarities, e.similarities)
+    # The order of the rows does not matter: a permuted input gives the permuted groups.
+    perm = np.random.default_rng(12).permutation(len(matrix))
+    shuffled = find_duplicates(matrix[perm], 0.95, method="approximate")
+    assert sorted(sorted(perm[g.indices].tolist()) for g in shuffled) == sorted(
+        g.indices.tolist() for g in exact
+    )
+
+
+def test_approximate_duplicates_on_tiny_and_exotic_inputs(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    matrix, _ = _planted(seed=6)
+    np.save(tmp_path / "m.npy", matrix)
+    mapped = np.load(tmp_path / "m.npy", mmap_mode="r")  # read in blocks, never copied whole
+    assert [
+        g.indices.tolist() for g in find_duplicates(mapped, 0.95, method="approximate")
+    ] == reference_groups(matrix, 0.95)
+    assert [
+        g.indices.tolist() for g in find_duplicates(matrix, 0.95, method="approximate")
+    ] == reference_groups(matrix, 0.95)
+    copies, _ = _tie_matrix(200, seed=7)
+    got = find_duplicates(copies.astype(np.float16), 0.9999, method="approximate", chunk_rows=16)
+    assert [g.indices.tolist() for g in got] == reference_groups(copies.astype(np.float16), 0.9999)
+    lonely = np.zeros((3, 8), dtype=np.float32)
+    lonely[0, 0] = 1.0
+    assert find_duplicates(lonely, 0.5, method="approximate") == []  # one valid row: nothing to pair
+
+
+def test_auto_without_faiss_falls_back_to_exact_with_the_install_hint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import clip_client.search as search_module
+
+    matrix, _ = _planted(seed=6)
+    want = reference_groups(matrix, 0.95)
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # `import faiss` raises ImportError
+    monkeypatch.setattr(search_module, "EXACT_DUPLICATE_MAX_ROWS", 100)  # 500 rows: "large"
+    with pytest.warns(UserWarning, match=r'pip install "clip-serving-client\[index\]"') as caught:
+        groups = find_duplicates(matrix, 0.95)
+    assert "exact" in str(caught[0].message)
+    assert [g.indices.tolist() for g in groups] == want
+    with pytest.raises(ImportError, match=r"clip-serving-client\[index\]"):
+        find_duplicates(matrix, 0.95, method="approximate")
+    # Small inputs, and an explicit exact, need no faiss and say nothing.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [g.indices.tolist() for g in find_duplicates(matrix[:100], 0.95)] == reference_groups(
+            matrix[:100], 0.95
+        )
+        assert [g.indices.tolist() for g in find_duplicates(matrix, 0.95, method="exact")] == want
+
+
+def test_auto_takes_the_approximate_method_above_the_size_threshold(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("faiss")
+    import clip_client.search as search_module
+
+    calls: list[str] = []
+    for name in ("_exact_edges", "_approximate_edges"):
+        real = getattr(search_module, name)
+
+        def spy(*args: object, _real: object = real, _name: str = name) -> None:
+            calls.append(_name)
+            _real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(search_module, name, spy)
+    matrix, _ = _planted(seed=6)
+    monkeypatch.setattr(search_module, "EXACT_DUPLICATE_MAX_ROWS", 500)
+    find_duplicates(matrix, 0.95)
+    monkeypatch.setattr(search_module, "EXACT_DUPLICATE_MAX_ROWS", 499)
+    find_duplicates(matrix, 0.95)
+    find_duplicates(matrix, 0.95, method="exact")
+    assert calls == ["_exact_edges", "_approximate_edges", "_exact_edges"]
+
+
+@pytest.mark.parametrize(
+    ("method", "error"), [("fast", ValueError), ("Exact", ValueError), (None, TypeError), (1, TypeError)]
+)
+def test_find_duplicates_refuses_an_unknown_method(method: object, error: type) -> None:
+    with pytest.raises(error, match="method must be"):
+        find_duplicates(GOOD, method=method)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("method", ["exact", "approximate"])
+def test_find_duplicates_progress_bar_is_opt_in(method: str, capsys: pytest.CaptureFixture[str]) -> None:
+    if method == "approximate":
+        pytest.importorskip("faiss")
+    matrix, _ = _planted(seed=6)
+    find_duplicates(matrix, 0.95, method=method)  # type: ignore[arg-type]
+    assert capsys.readouterr().err == ""
+    find_duplicates(matrix, 0.95, method=method, progress=True)  # type: ignore[arg-type]
+    assert f"dedupe ({method})" in capsys.readouterr().err

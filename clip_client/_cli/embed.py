@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import fnmatch
+import collections
+import csv
+import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from .app import EXIT_FAILED_INPUTS, EXIT_OK, IMAGE_GLOBS, app, flag
@@ -16,10 +19,12 @@ from .errors import handled, say_error
 from .interrupts import finishing
 from .options import Common, NormalizeOpt, OutOpt, shared_options, show_progress
 from .outputs import (
+    DEFAULT_CHUNK_ROWS,
     DEFAULT_PART_ROWS,
     OutputError,
     OutputMeta,
     ResumableImageRun,
+    ResumableTextRun,
     Rows,
     check_writable,
     shown,
@@ -32,48 +37,166 @@ from .outputs import (
 # texts
 
 
-def _read_texts(source: Path, column: str | None) -> tuple[list[int], list[str]]:
-    """(ids, texts) from a .txt file (one text per line; blank lines skipped, ids are 0-based line
-    numbers), a .csv file (`column`; ids are 0-based data rows) or `-` (stdin, as .txt)."""
-    if str(source) == "-":
-        lines = sys.stdin.read().splitlines()
-        return _lines(lines)
-    suffix = source.suffix.lower()
-    try:
-        if suffix == ".csv":
-            import csv
+TEXT_FORMATS = (".txt", ".csv", ".jsonl", ".parquet")
+"""The `--from` files `texts` reads by extension; any other name (and `-`, stdin) is read as .txt."""
 
-            with open(source, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                fields = reader.fieldnames or []
-                if column is None:
-                    if len(fields) != 1:
-                        raise typer.BadParameter(
-                            f"{source} has columns {fields}: name the one to embed with --column",
-                            param_hint="--column",
+
+class TextInput:
+    """The texts of `--from`, read as they are embedded, never all at once: `(id, text)` pairs in
+    file order, an `id` being the 0-based line number (.txt, stdin, .jsonl; blank lines skipped and
+    counted in `skipped`) or data row number (.csv, .parquet).
+
+    The file is opened, and its header or schema checked, when this is built: a missing file, a
+    `--column` it lacks, or a `--column` a .txt file cannot have is said before any text is sent.
+    A fault further in (bytes that are not UTF-8, a row without a text) is an `OutputError`
+    naming the line or row, raised when the iteration reaches it.
+    """
+
+    def __init__(self, source: Path, column: str | None) -> None:
+        self.source = source
+        self.skipped = 0
+        self.suffix = "" if str(source) == "-" else source.suffix.lower()
+        self.column = column
+        if self.suffix not in (".csv", ".jsonl", ".parquet") and column is not None:
+            raise typer.BadParameter("--column is for .csv, .jsonl and .parquet files", param_hint="--column")
+        if str(source) == "-":
+            return
+        try:
+            if self.suffix == ".csv":
+                with open(source, newline="", encoding="utf-8-sig") as f:
+                    self.column = self._csv_column(csv.DictReader(f).fieldnames or [])
+            elif self.suffix == ".parquet":
+                self.column = self._parquet_column()
+            elif not source.is_file():
+                open(source, "rb").close()  # the reason, as the system says it
+        except UnicodeDecodeError as exc:
+            raise OutputError(f"{source}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise OutputError(f"--from {source}: {exc.strerror or exc}") from None
+
+    def _csv_column(self, fields: Sequence[str]) -> str:
+        if self.column is None:
+            if len(fields) != 1:
+                raise typer.BadParameter(
+                    f"{self.source} has columns {fields}: name the one to embed with --column",
+                    param_hint="--column",
+                )
+            return fields[0]
+        if self.column not in fields:
+            raise typer.BadParameter(
+                f"{self.source} has no column {self.column!r}; its columns are {fields}",
+                param_hint="--column",
+            )
+        return self.column
+
+    def _parquet_column(self) -> str:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            with open(self.source, "rb") as f:
+                schema = pq.read_schema(f)
+        except pa.ArrowInvalid as exc:
+            raise OutputError(f"--from {self.source}: not a Parquet file ({exc})") from None
+        strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        column = self.column or (
+            "text" if "text" in schema.names else (strings[0] if len(strings) == 1 else None)
+        )
+        if column is None:
+            raise typer.BadParameter(
+                f"{self.source} has string columns {strings}: name the one to embed with --column",
+                param_hint="--column",
+            )
+        if column not in strings:
+            what = (
+                f"holds {schema.field(column).type}, not strings"
+                if column in schema.names
+                else "is not there"
+            )
+            raise typer.BadParameter(
+                f"{self.source}: column {column!r} {what}; its string columns are {strings}",
+                param_hint="--column",
+            )
+        return column
+
+    def __iter__(self) -> Iterator[tuple[int, str]]:
+        try:
+            if str(self.source) == "-":
+                yield from self._lines(sys.stdin)
+            elif self.suffix == ".csv":
+                yield from self._csv()
+            elif self.suffix == ".parquet":
+                yield from self._parquet()
+            else:
+                with open(self.source, encoding="utf-8", newline="") as f:
+                    yield from self._jsonl(f) if self.suffix == ".jsonl" else self._lines(f)
+        except UnicodeDecodeError as exc:
+            raise OutputError(f"{self.source}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise OutputError(f"--from {self.source}: {exc.strerror or exc}") from None
+
+    def _numbered_lines(self, f: Iterable[str]) -> Iterator[tuple[int, str]]:
+        """Each line with its number from 0, lines split as `str.splitlines` splits the whole text."""
+        number = 0
+        for chunk in f:
+            for line in chunk.splitlines():
+                yield number, line
+                number += 1
+
+    def _lines(self, f: Iterable[str]) -> Iterator[tuple[int, str]]:
+        for number, line in self._numbered_lines(f):
+            if line.strip():
+                yield number, line
+            else:
+                self.skipped += 1
+
+    def _jsonl(self, f: Iterable[str]) -> Iterator[tuple[int, str]]:
+        column = self.column or "text"
+        for number, line in self._numbered_lines(f):
+            if not line.strip():
+                self.skipped += 1
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as exc:
+                raise OutputError(f"{self.source}: line {number + 1} is not JSON ({exc})") from None
+            value = obj.get(column) if isinstance(obj, dict) else None
+            if not isinstance(value, str):
+                raise OutputError(
+                    f"{self.source}: line {number + 1} has no string {column!r} "
+                    f"({self._found(obj, column)}); "
+                    "each line must be an object with the text to embed (--column names its key)"
+                )
+            yield number, value
+
+    @staticmethod
+    def _found(obj: object, column: str) -> str:
+        return f"found {type(obj[column]).__name__}" if isinstance(obj, dict) and column in obj else "absent"
+
+    def _csv(self) -> Iterator[tuple[int, str]]:
+        with open(self.source, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            for number, row in enumerate(reader):
+                yield number, row[self.column or ""] or ""
+
+    def _parquet(self) -> Iterator[tuple[int, str]]:
+        import pyarrow.parquet as pq
+
+        number = 0
+        with open(self.source, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=DEFAULT_CHUNK_ROWS, columns=[self.column]):
+                for value in batch.column(0).to_pylist():
+                    if value is None:
+                        raise OutputError(
+                            f"{self.source}: row {number} has no text (null in column {self.column!r}); "
+                            "fill it or filter it out"
                         )
-                    column = fields[0]
-                if column not in fields:
-                    raise typer.BadParameter(
-                        f"{source} has no column {column!r}; its columns are {fields}", param_hint="--column"
-                    )
-                texts = [row[column] or "" for row in reader]
-            return list(range(len(texts))), texts
-        if column is not None:
-            raise typer.BadParameter("--column is for .csv files", param_hint="--column")
-        return _lines(source.read_text(encoding="utf-8").splitlines())
-    except UnicodeDecodeError as exc:
-        raise OutputError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except OSError as exc:
-        raise OutputError(f"--from {source}: {exc.strerror or exc}") from None
+                    yield number, value
+                    number += 1
 
-
-def _lines(lines: Sequence[str]) -> tuple[list[int], list[str]]:
-    ids = [i for i, line in enumerate(lines) if line.strip()]
-    skipped = len(lines) - len(ids)
-    if skipped:
-        say_error(f"clip-client: {skipped} blank line(s) skipped (ids are line numbers, from 0)")
-    return ids, [lines[i] for i in ids]
+    def say_skipped(self) -> None:
+        if self.skipped:
+            say_error(f"clip-client: {self.skipped} blank line(s) skipped (ids are line numbers, from 0)")
 
 
 @app.command()
@@ -85,22 +208,41 @@ def texts(
         Path | None,
         typer.Option(
             "--from",
-            help="Read texts from a file: .txt (one per line), .csv (with --column), or - for stdin.",
+            help="Read texts from a file: .txt (one per line), .csv, .jsonl or .parquet (with "
+            "--column), or - for stdin.",
             show_default=False,
         ),
     ] = None,
     column: Annotated[
-        str | None, typer.Option("--column", help="The .csv column holding the texts.", show_default=False)
+        str | None,
+        typer.Option(
+            "--column",
+            help="The column (.csv, .parquet) or key (.jsonl) holding the texts (default: the only "
+            "one; 'text' for .jsonl and .parquet).",
+            show_default=False,
+        ),
     ] = None,
     out: OutOpt = None,
+    overwrite: Annotated[
+        bool,
+        flag("--overwrite", help="Start again: ignore what an earlier run left in --out."),
+    ] = False,
+    part_rows: Annotated[
+        int,
+        typer.Option("--part-rows", min=1, help="Rows per part file while a run is in progress."),
+    ] = DEFAULT_PART_ROWS,
     normalize: NormalizeOpt = False,
     *,
     common: Common,
 ) -> int:
-    """Embed texts: given as arguments, or --from a .txt/.csv file.
+    """Embed texts: given as arguments, or --from a .txt/.csv/.jsonl/.parquet file.
 
-    Rows keep the input order, each with its id (its position; for --from, its line or CSV row
+    Rows keep the input order, each with its id (its position; for --from, its line or row
     number from 0) and its text. Texts over CLIP's 77 tokens are truncated by the model.
+
+    --from streams: memory does not grow with the file. With --out it is resumable: finished rows
+    are kept in OUT.parts/ as the run goes; rerun the same command after an interruption and only
+    the rows not yet done are embedded (from the first line that differs, if the file changed).
 
     Example: clip-client texts "a red car" "a dog" --out captions.parquet
     """
@@ -108,13 +250,53 @@ def texts(
         raise typer.BadParameter("give texts as arguments or --from FILE, not both", param_hint="--from")
     if not text and source is None:
         raise typer.BadParameter("give texts to embed, or --from FILE", param_hint="TEXT...")
-    if source is not None:
-        ids, items = _read_texts(source, column)
-    else:
+    if source is None:
         if column is not None:
-            raise typer.BadParameter("--column goes with --from FILE.csv", param_hint="--column")
-        items = list(text or [])
-        ids = list(range(len(items)))
+            raise typer.BadParameter("--column goes with --from FILE", param_hint="--column")
+        return _texts_given(list(text or []), out, normalize, common)
+    given = TextInput(source, column)
+    if out is None:
+        return _texts_to_stdout(given, normalize, common)
+    check_writable(out)  # before the model is loaded or a text sent
+    with common.client(normalize=normalize) as client:
+        run = ResumableTextRun(client, out, normalize=normalize, part_rows=part_rows, overwrite=overwrite)
+        todo = run.resume(given)
+        if run.kept:
+            say_error(f"clip-client: resuming: {_rows(run.kept)} already done")
+        if run.differs_at is not None and run.differs_at < 0:
+            say_error(
+                f"clip-client: {shown(str(source))} has fewer rows than the earlier run's: the rows "
+                "past its end are left out"
+            )
+        elif run.differs_at is not None:
+            say_error(
+                f"clip-client: {shown(str(source))} differs from the earlier run's rows at id "
+                f"{run.differs_at}: the rows from there on are embedded again"
+            )
+        try:
+            run.embed(todo, progress=show_progress())
+        except BaseException:
+            given.say_skipped()
+            if run.store.parts.is_dir():
+                say_error(
+                    f"clip-client: finished rows kept in {shown(str(run.store.parts))}; rerun to resume"
+                )
+            raise
+    given.say_skipped()
+    with finishing() as window:
+        written = run.finish()
+        say_error(
+            f"clip-client: wrote {_rows(len(written))} ({written.dim}-d float32) to {shown(str(out))} "
+            f"({run.embedded} embedded)"
+        )
+    if window.interrupted:
+        say_complete(out)
+    return EXIT_OK
+
+
+def _texts_given(items: list[str], out: Path | None, normalize: bool, common: Common) -> int:
+    """Texts given as arguments (in memory already): embedded, then written whole."""
+    ids = list(range(len(items)))
     if out is not None:
         check_writable(out)  # before the model is loaded or a text sent
     with common.client(normalize=normalize) as client:
@@ -125,6 +307,42 @@ def texts(
         _write(out, rows)
     if window.interrupted:
         say_complete(out)
+    return EXIT_OK
+
+
+def _texts_to_stdout(given: TextInput, normalize: bool, common: Common) -> int:
+    """Texts of `--from` embedded as they are read, each row on stdout (JSON Lines) as it comes, a
+    chunk at a time; the last chunk is written inside the `finishing` window."""
+    chunk: list[tuple[int, str, np.ndarray]] = []
+    sent: collections.deque[tuple[int, str]] = collections.deque()
+
+    def texts() -> Iterator[str]:
+        for key, value in given:
+            sent.append((key, value))
+            yield value
+
+    # Only the key's name matters on stdout: rows of texts carry an `id`.
+    meta = OutputMeta(kind="text", model="", normalize=normalize)
+
+    def rows_of(items: list[tuple[int, str, np.ndarray]]) -> Rows:
+        dim = items[0][2].shape[0] if items else 0
+        matrix = np.stack([v for _, _, v in items]) if items else np.zeros((0, dim), np.float32)
+        return Rows([k for k, _, _ in items], matrix, [t for _, t, _ in items], meta)
+
+    with common.client(normalize=normalize) as client:
+        with client.iter_embed_texts(texts(), progress=show_progress()) as stream:
+            for _, vector in stream:
+                key, value = sent.popleft()
+                chunk.append((key, value, vector))
+                if len(chunk) >= DEFAULT_PART_ROWS:
+                    write_jsonl(sys.stdout, rows_of(chunk[:-1]))
+                    chunk = chunk[-1:]  # the last row waits: it is written in the finishing window
+        given.say_skipped()
+    with finishing() as window:
+        write_jsonl(sys.stdout, rows_of(chunk))
+        sys.stdout.flush()
+    if window.interrupted:
+        say_complete(None)
     return EXIT_OK
 
 
@@ -153,51 +371,84 @@ def _rows(n: int) -> str:
 # images
 
 
-def gather_images(paths: Sequence[Path], *, recursive: bool, globs: Sequence[str]) -> list[str]:
-    """The image paths of the arguments, each once: a file as given (in the order given); a folder's
-    entries that match `globs` (default `IMAGE_GLOBS`, case-insensitive), sorted, from its
-    subfolders too with `recursive`. Paths are normalised (`os.path.normpath`: `photos/` and
-    `photos` agree) but not made absolute. A path that does not exist, and a folder entry that is
-    not a readable file (a dangling symlink...), is kept: it fails (and is reported) like any
-    unreadable image.
+def gather_images(
+    paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str]
+) -> list[str]:
+    """The images of the arguments, each once, listed by `clip_client.iter_images`: a file as
+    given (in the order given); a folder's entries that match `globs` (default `IMAGE_GLOBS`,
+    case-insensitive), sorted, from its subfolders too with `recursive`; a tar shard's images in
+    the webdataset layout, keyed by their webdataset key; an object-store URI's object, or the
+    objects below it, keyed by URI; braces (`shard-{000..009}.tar`) and, in URIs, globs expanded.
+    Paths are normalised (`os.path.normpath`: `photos/` and `photos` agree) but not made absolute.
+    A path that does not exist, and a folder entry that is not a readable file (a dangling
+    symlink...), is kept: it fails (and is reported) like any unreadable image.
+
+    Local files are plain `str` paths; shard members and objects are `SourceItem`s (their key as a
+    `str`, which reads its bytes and carries its stamp). The list is whole: a plain `.tar` shard's
+    members are read again by offset when embedded, so it holds keys, not images.
 
     Raises:
-        OutputError: a folder argument holds nothing that matches `globs`.
+        OutputError: a folder, shard or prefix holds nothing that matches `globs`; one key comes
+            from two different images (two shards with the same webdataset key).
     """
-    patterns = [g.lower() for g in (globs or IMAGE_GLOBS)]
+    from ..sources import NothingFoundError, iter_images
+
     found: list[str] = []
     for given in paths:
-        arg = os.path.normpath(str(given))
-        if not os.path.isdir(arg):
-            found.append(arg)
-            continue
-        names: list[str] = []
-        if recursive:
-            for root, dirs, files in os.walk(arg):
-                dirs.sort()
-                rel = os.path.relpath(root, arg)
-                names += [f if rel == "." else os.path.join(rel, f) for f in files]
-        else:
-            # Every entry but a folder, as os.walk lists them: a dangling symlink is not dropped.
-            names = [e.name for e in os.scandir(arg) if not e.is_dir()]
-        matched = [n for n in names if any(fnmatch.fnmatch(os.path.basename(n).lower(), p) for p in patterns)]
-        if not matched:
+        try:
+            for image in iter_images(
+                [given], recursive=recursive, globs=globs or IMAGE_GLOBS, prefetch=0, reread=True
+            ):
+                found.append(image.local_path or image)
+        except NothingFoundError as exc:
             raise OutputError(
-                f"no images found in {given} (patterns: {', '.join(globs or IMAGE_GLOBS)}"
-                f"{'' if recursive else '; --recursive for subfolders'})"
-            )
-        found += [os.path.join(arg, n) for n in sorted(matched)]
-    # One row per file, as resume matches rows: by absolute path (symlinks not resolved), so that
+                f"no images found in {os.fspath(given)} (patterns: {', '.join(globs or IMAGE_GLOBS)}"
+                f"{'' if exc.recursive else '; --recursive for subfolders'})"
+            ) from None
+    # One row per image, as resume matches rows: by absolute path (symlinks not resolved), so that
     # `photos/a.jpg`, `./photos/a.jpg` and `$PWD/photos/a.jpg` are one input, the first spelling kept.
-    first: dict[str, str] = {}
-    for path in found:
-        first.setdefault(os.path.abspath(path), path)
-    unique = list(first.values())
+    # A shard member is the same image again only from the same shard.
+    first: dict[str, tuple[str, str]] = {}
+    for item in found:
+        row = os.path.abspath(item)
+        which = _image_identity(item, row)
+        if row not in first:
+            first[row] = (item, which)
+        elif first[row][1] != which:
+            raise OutputError(
+                f"key {str(item)!r} names two images: {first[row][1]} and {which}; keys are the rows' ids "
+                "and must be unique: give one of them"
+            )
+    unique = [item for item, _ in first.values()]
     if len(unique) < len(found):
         say_error(
             f"clip-client: {len(found) - len(unique)} path(s) given more than once; each is embedded once"
         )
     return unique
+
+
+def _image_identity(item: str, row: str) -> str:
+    """Which image `item` is, in words: a shard's member is `KEY in SHARD` (the shard absolute when
+    local); a file is its absolute path `row`; an object is its URI."""
+    from ..sources import TAR_SUFFIXES, SourceItem
+
+    if not isinstance(item, SourceItem):
+        return row
+    if item.key != item.source and item.source.lower().endswith(TAR_SUFFIXES):
+        shard = item.source if "://" in item.source else os.path.abspath(item.source)
+        return f"{item.key} in {shard}"
+    return item.key
+
+
+def stamped(inputs: Iterable[str]) -> Iterator[tuple[str, tuple[int, int] | None]]:
+    """`(input, stamp)` of each of `inputs` as `gather_images` lists them, for a resumable run: a
+    shard member's or an object's stamp as its listing gave it (`SourceItem.stamp`), a file's
+    size and mtime now (`file_stamp`), before it is read."""
+    from ..sources import SourceItem
+    from .outputs import file_stamp
+
+    for item in inputs:
+        yield (item, item.stamp) if isinstance(item, SourceItem) else (item, file_stamp(item))
 
 
 def report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
@@ -210,7 +461,13 @@ def report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
 @handled
 @shared_options("model", "workspace", "tuning", "images")
 def images(
-    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Image files, folders, tar shards (webdataset) and object-store URIs (s3://, gs://, abfss://).",
+            show_default=False,
+        ),
+    ],
     out: OutOpt = None,
     recursive: Annotated[bool, flag("--recursive", "-r", help="Descend into subfolders.")] = False,
     glob: Annotated[
@@ -264,7 +521,7 @@ def images(
                 say_complete(None)
             return status
         run = ResumableImageRun(
-            client, out, inputs, normalize=normalize, part_rows=part_rows, overwrite=overwrite
+            client, out, stamped(inputs), normalize=normalize, part_rows=part_rows, overwrite=overwrite
         )
         if run.resumed:
             again = f"; {run.changed} changed since (size or mtime) and embedded again" if run.changed else ""

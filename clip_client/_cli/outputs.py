@@ -3,6 +3,10 @@ a file's rows.
 
 The commands only parse, call and render: `ResumableImageRun` runs an `images` embedding into an
 output (resume, stamps, failures) and `stream_images` one to stdout, both returning what failed;
+`ResumableTextRun` runs a `texts --from` embedding into an output (resume by id and text). Both
+keep finished rows in part files and write the output from them a chunk at a time
+(`DEFAULT_CHUNK_ROWS`), and `read_chunks` reads any output a chunk at a time: memory does not grow
+with the row count;
 `options_for_rows` picks the model a file records for a query (a local checkpoint known by its
 content, or the endpoints it names) and `refuse_another_model` refuses a query by another one.
 
@@ -33,17 +37,20 @@ exact bytes (`os.fsencode`).
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
 import dataclasses
 import errno
 import importlib
+import itertools
 import json
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -68,7 +75,10 @@ __all__ = [
     "OutputMeta",
     "ResumableImageRun",
     "ResumableOutput",
+    "ResumableTextRun",
+    "ResumableTexts",
     "Rows",
+    "WrittenOutput",
     "check_writable",
     "failure_reason",
     "json_line",
@@ -76,6 +86,7 @@ __all__ = [
     "meta_path",
     "options_for_rows",
     "output_format",
+    "read_chunks",
     "read_rows",
     "refuse_another_model",
     "shown",
@@ -90,6 +101,9 @@ METADATA_KEY = b"clip_client"
 """The key of the settings in a Parquet file's schema metadata."""
 # Rows a resumable run gathers before it writes them as one part file.
 DEFAULT_PART_ROWS = 1000
+# Rows read, assembled or written at a time when a file is streamed (about 25 MB of 768-d float32):
+# the memory of a finish, a resume or a search, whatever the row count.
+DEFAULT_CHUNK_ROWS = 8192
 _MANIFEST = "manifest.json"
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 """A character no UTF-8 file can hold: how Python lists a byte of a file name that is not UTF-8."""
@@ -434,7 +448,32 @@ def _pyarrow() -> tuple[Any, Any]:
     return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
 
 
-def _arrow_table(rows: Rows) -> Any:
+def _arrow_schema(src: _Chunked) -> Any:
+    """The Arrow schema of an output: the key column (and its exact bytes where some value needs
+    them), `text`, `size` and `mtime_ns` where the rows have them, and `embedding`; the settings in
+    its metadata."""
+    pa, _ = _pyarrow()
+    fields = []
+    if src.key_name == "path":
+        fields.append(pa.field("path", pa.string()))
+        if "path" in src.exact:
+            fields.append(pa.field("path" + _EXACT_SUFFIX, pa.binary()))
+    else:
+        fields.append(pa.field("id", pa.int64()))
+    if src.texts:
+        fields.append(pa.field("text", pa.string()))
+        if "text" in src.exact:
+            fields.append(pa.field("text" + _EXACT_SUFFIX, pa.binary()))
+    if src.stamps:
+        fields += [pa.field("size", pa.int64()), pa.field("mtime_ns", pa.int64())]
+    fields.append(pa.field("embedding", pa.list_(pa.float32(), src.dim)))
+    metadata = {METADATA_KEY: src.meta.with_dim(src.dim).to_json().encode()} if src.meta is not None else None
+    return pa.schema(fields, metadata=metadata)
+
+
+def _arrow_table(rows: Rows, schema: Any = None) -> Any:
+    """`rows` as an Arrow table; with `schema` (an output's, `_arrow_schema`), in exactly that
+    schema: a `_bytes` column it has and these rows do not need is all nulls."""
     pa, _ = _pyarrow()
 
     dim = rows.embeddings.shape[1]
@@ -450,6 +489,14 @@ def _arrow_table(rows: Rows) -> Any:
         columns["size"] = pa.array([s and s[0] for s in rows.stamps], type=pa.int64())
         columns["mtime_ns"] = pa.array([s and s[1] for s in rows.stamps], type=pa.int64())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+    if schema is not None:
+        extra = set(columns) - set(schema.names)
+        if extra:  # a value needs its exact bytes, and the output has no room for them
+            raise _UnrecordableError(f"the rows need columns the output lacks: {sorted(extra)}")
+        return pa.table(
+            [columns[f.name] if f.name in columns else pa.nulls(len(rows), f.type) for f in schema],
+            schema=schema,
+        )
     table = pa.table(columns)
     if rows.meta is not None:
         table = table.replace_schema_metadata({METADATA_KEY: rows.meta.with_dim(dim).to_json().encode()})
@@ -552,6 +599,47 @@ def _cannot_write_in(folder: Path, prefix: str) -> str | None:
     return None
 
 
+@dataclass
+class _Chunked:
+    """An output's rows as chunks, to be written without holding them all at once.
+
+    Attributes:
+        meta: the settings the rows were computed with (recorded with the width `dim`).
+        key_name: `"path"` (images) or `"id"` (texts).
+        dim: the embedding width.
+        count: how many rows the chunks hold, in all (a `.npy` header says it first).
+        texts: whether the rows carry texts; stamps: whether they carry image stamps.
+        exact: the string columns (`path`, `text`) some value of which needs its exact bytes.
+        chunks: `chunks(vectors)` yields the rows in order as `Rows` of a bounded length; it may be
+            called again (a `.npy` sidecar takes one pass per list); with `vectors=False` a chunk's
+            embeddings may be left empty (only keys, texts and stamps are read).
+    """
+
+    meta: OutputMeta | None
+    key_name: str
+    dim: int
+    count: int
+    texts: bool
+    stamps: bool
+    exact: frozenset[str]
+    chunks: Callable[[bool], Iterator[Rows]]
+
+    @classmethod
+    def of(cls, rows: Rows) -> _Chunked:
+        """`rows`, held in memory, as one chunk."""
+        exact = {"path"} if rows.key_name == "path" and _needs_bytes(str(k) for k in rows.keys) else set()
+        if rows.texts is not None and _needs_bytes(rows.texts):
+            exact.add("text")
+        return cls(
+            rows.meta, rows.key_name, rows.embeddings.shape[1], len(rows), rows.texts is not None,
+            rows.stamps is not None, frozenset(exact), lambda vectors: iter([rows]),
+        )  # fmt: skip
+
+
+def _needs_bytes(values: Iterable[str]) -> bool:
+    return any(_LONE_SURROGATE.search(v) for v in values)
+
+
 def write_rows(path: Path, rows: Rows) -> None:
     """Write `rows` to `path` in the format its extension names, atomically (and its
     `.meta.json` sidecar for `.npy` and `.jsonl`).
@@ -571,41 +659,88 @@ def write_rows(path: Path, rows: Rows) -> None:
 
 def _write_rows(path: Path, fmt: Format, rows: Rows) -> None:
     """`write_rows`, its errors untranslated."""
-    dim = rows.embeddings.shape[1]
-    meta = rows.meta.with_dim(dim) if rows.meta is not None else None
+    _write_chunked(path, fmt, _Chunked.of(rows))
+
+
+def _write_chunked(path: Path, fmt: Format, src: _Chunked) -> None:
+    """The output `path` of the rows `src` yields, written chunk by chunk (memory: one chunk), under
+    a temporary name renamed into place whole: a Parquet row group per chunk; a `.npy` header, then
+    each chunk's rows appended; JSON Lines line by line. One chunk gives the very bytes a whole
+    in-memory write gives (`np.save`, `pq.write_table`)."""
     if fmt == ".parquet":
-        _, pq = _pyarrow()
-        table = _arrow_table(rows)  # before the temporary: a value it cannot hold leaves nothing behind
-        with _atomic(path) as tmp, open(tmp, "wb") as f:
-            # A file object: pyarrow cannot open a name that is not UTF-8 (`open` takes any).
-            pq.write_table(table, f)
+        _write_parquet(path, src)
         return
-    sidecar: dict[str, Any] = {"clip_client": asdict(meta) if meta else None, "rows": len(rows)}
-    if fmt == ".npy":
-        sidecar[rows.key_name] = list(rows.keys)
-        if rows.texts is not None:
-            sidecar["text"] = list(rows.texts)
-        if rows.stamps is not None:
-            sidecar["size"] = [s and s[0] for s in rows.stamps]
-            sidecar["mtime_ns"] = [s and s[1] for s in rows.stamps]
     # Both files are written under temporary names first, and renamed only once both are whole:
     # a failure (a full disk) leaves the earlier output and its sidecar as they were. The sidecar
     # is renamed first: a reader checks its row count against the data file, so a kill between
     # the two renames is seen as a mismatch, never read as a wrong mapping.
     with _atomic_all([meta_path(path), path]) as (side_tmp, tmp):
-        side_tmp.write_text(_json(sidecar), encoding="utf-8")
-        _write_data(tmp, fmt, rows)
+        with open(side_tmp, "w", encoding="utf-8") as side:
+            _write_sidecar(side, fmt, src)
+        if fmt == ".npy":
+            with open(tmp, "wb") as data:
+                _write_npy_header(data, src.count, src.dim)
+                for rows in src.chunks(True):
+                    _append_npy(data, rows.embeddings)
+        else:
+            with open(tmp, "w", encoding="utf-8") as lines:
+                for rows in src.chunks(True):
+                    write_jsonl(lines, rows)
 
 
-def _write_data(tmp: Path, fmt: Format, rows: Rows) -> None:
-    """The data file of a `.npy` or `.jsonl` output, at `tmp`."""
+def _write_parquet(path: Path, src: _Chunked) -> None:
+    """A Parquet output: one schema (`_arrow_schema`), row groups of up to `DEFAULT_CHUNK_ROWS`
+    rows (small chunks gathered), written through a file object (pyarrow cannot open a name that
+    is not UTF-8; `open` takes any)."""
+    pa, pq = _pyarrow()
+    schema = _arrow_schema(src)
+    gathered: list[Any] = []
+    with _atomic(path) as tmp, open(tmp, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+        for rows in src.chunks(True):
+            if len(rows):
+                gathered.append(_arrow_table(rows, schema))
+            if sum(len(t) for t in gathered) >= DEFAULT_CHUNK_ROWS:
+                writer.write_table(pa.concat_tables(gathered))
+                gathered = []
+        if gathered:
+            writer.write_table(pa.concat_tables(gathered))
+
+
+def _write_sidecar(side: IO[str], fmt: Format, src: _Chunked) -> None:
+    """The `.meta.json` of a `.npy` or `.jsonl` output: `{"clip_client": settings, "rows": n}`,
+    and for `.npy` the lists of the keys (and texts, stamps), each written as one pass over the
+    chunks: the same text `_json` gives the whole object."""
+    meta = src.meta.with_dim(src.dim) if src.meta is not None else None
+    side.write(f'{{"clip_client": {_json(asdict(meta) if meta else None)}, "rows": {src.count}')
     if fmt == ".npy":
-        # A file object: given a name, np.save would append ".npy" to the temporary's.
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(rows.embeddings, dtype=np.float32), allow_pickle=False)
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            write_jsonl(f, rows)
+        lists: list[tuple[str, Callable[[Rows], list[Any]]]] = [(src.key_name, lambda r: list(r.keys))]
+        if src.texts:
+            lists.append(("text", lambda r: list(r.texts or [])))
+        if src.stamps:
+            lists.append(("size", lambda r: [s and s[0] for s in r.stamps or []]))
+            lists.append(("mtime_ns", lambda r: [s and s[1] for s in r.stamps or []]))
+        for name, values in lists:
+            side.write(f', "{name}": [')
+            first = True
+            for rows in src.chunks(False):
+                chunk = values(rows)
+                if chunk:
+                    side.write(("" if first else ", ") + _json(chunk)[1:-1])
+                    first = False
+            side.write("]")
+    side.write("}")
+
+
+def _write_npy_header(f: IO[bytes], count: int, dim: int) -> None:
+    """The header `np.save` writes for a C-order float32 `(count, dim)` array (format 1.0)."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+              "shape": (count, dim)}  # fmt: skip
+    np.lib.format.write_array_header_1_0(f, header)
+
+
+def _append_npy(f: IO[bytes], matrix: EmbeddingArray) -> None:
+    """`matrix`'s rows appended to a `.npy` data file, as float32 in C order."""
+    f.write(np.ascontiguousarray(matrix, dtype=np.float32).tobytes())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -650,14 +785,49 @@ def read_rows(path: Path, *, role: str = "--out", foreign: bool = False) -> Rows
 
 
 def _read_parquet(path: Path) -> Rows:
-    pa, pq = _pyarrow()
+    _, pq = _pyarrow()
     with open(path, "rb") as f:  # a file object: pyarrow cannot open a name that is not UTF-8
         table = pq.read_table(f)
-    raw = (table.schema.metadata or {}).get(METADATA_KEY)
+    return _table_rows(table, path, _parquet_meta(table.schema, path), 0, vectors=True)
+
+
+def _parquet_meta(schema: Any, path: Path) -> OutputMeta | None:
+    """The settings a Parquet output records (None: another writer's file), its columns checked."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
     meta = OutputMeta.from_json(raw, path) if raw is not None else None
-    names = table.column_names
+    names = schema.names
     if "embedding" not in names or not ({"path", "id"} & set(names)):
         raise OutputError(f"{path}: needs an 'embedding' column and a 'path' or 'id' column; has {names}")
+    return meta
+
+
+def _table_rows(table: Any, path: Path, meta: OutputMeta | None, offset: int, *, vectors: bool) -> Rows:
+    """The rows of (a slice of) a Parquet output, its first row being row `offset` of the file;
+    without `vectors`, the embeddings are left out (an `(n, 0)` array)."""
+    names = table.column_names
+    dim = 0
+    embeddings: EmbeddingArray = np.zeros((len(table), 0), dtype=np.float32)
+    if "embedding" in names:
+        embeddings, dim = _embedding_column(table, path, offset)
+    elif meta is not None and meta.dim:
+        dim = meta.dim
+    key = "path" if "path" in names or (meta is not None and meta.kind == "image") else "id"
+    keys = _exact_strings(table, key)
+    texts = _exact_strings(table, "text") if "text" in names else None
+    stamps = (
+        _stamps(table.column("size").to_pylist(), table.column("mtime_ns").to_pylist())
+        if {"size", "mtime_ns"} <= set(names)
+        else None
+    )
+    if meta is None:
+        meta = OutputMeta(
+            kind="image" if key == "path" else "text", model="unknown", normalize=False, dim=dim
+        )
+    return Rows(keys, embeddings, texts, meta, stamps)
+
+
+def _embedding_column(table: Any, path: Path, offset: int) -> tuple[EmbeddingArray, int]:
+    pa, _ = _pyarrow()
     column = table.column("embedding").combine_chunks()
     if isinstance(column, pa.ChunkedArray):  # pyarrow < 15 keeps a one-chunk ChunkedArray
         column = column.chunk(0) if column.num_chunks else pa.array([], column.type)
@@ -671,7 +841,7 @@ def _read_parquet(path: Path) -> Rows:
         raise OutputError(f"{path}: its 'embedding' column holds {column.type.value_type}, not numbers")
     if column.null_count:
         row = column.is_null().to_pylist().index(True)
-        raise OutputError(f"{path}: row {row} has no embedding (null)")
+        raise OutputError(f"{path}: row {offset + row} has no embedding (null)")
     if pa.types.is_fixed_size_list(column.type):
         dim = column.type.list_size
         values = column.flatten().to_numpy(zero_copy_only=False)
@@ -681,22 +851,9 @@ def _read_parquet(path: Path) -> Rows:
         for row, values_of in enumerate(lists):
             if len(values_of) != dim or any(v is None for v in values_of):
                 what = "a null value" if len(values_of) == dim else f"{len(values_of)} values, not {dim}"
-                raise OutputError(f"{path}: row {row}'s embedding holds {what}")
+                raise OutputError(f"{path}: row {offset + row}'s embedding holds {what}")
         values = np.asarray(lists, dtype=np.float32)
-    embeddings = np.asarray(values, dtype=np.float32).reshape(len(table), dim)
-    key = "path" if "path" in names else "id"
-    keys = _exact_strings(table, key)
-    texts = _exact_strings(table, "text") if "text" in names else None
-    stamps = (
-        _stamps(table.column("size").to_pylist(), table.column("mtime_ns").to_pylist())
-        if {"size", "mtime_ns"} <= set(names)
-        else None
-    )
-    if meta is None:
-        meta = OutputMeta(
-            kind="image" if key == "path" else "text", model="unknown", normalize=False, dim=dim
-        )
-    return Rows(keys, embeddings, texts, meta, stamps)
+    return np.asarray(values, dtype=np.float32).reshape(len(table), dim), dim
 
 
 def _stamps(sizes: Sequence[Any], mtimes: Sequence[Any]) -> list[Stamp | None]:
@@ -741,13 +898,19 @@ def _read_foreign(path: Path, fmt: Format) -> Rows:
     return Rows(keys, embeddings, texts, meta)
 
 
-def _load_npy(path: Path) -> Any:
-    """The array of a `.npy` file, never unpickled.
+def _load_npy(path: Path, *, mmap: bool = False) -> Any:
+    """The array of a `.npy` file, never unpickled; with `mmap`, mapped rather than read (a view
+    of the file: read a slice at a time).
 
     Raises:
         OutputError: the file is not a `.npy` array of numbers (an object array, or not `.npy` at all).
     """
     try:
+        if mmap:
+            matrix = np.load(os.fspath(path), mmap_mode="r", allow_pickle=False)
+            if matrix.dtype.hasobject:  # (np.load maps no object array; said as for a read)
+                raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+            return matrix
         with open(path, "rb") as f:
             return np.load(f, allow_pickle=False)
     except (ValueError, EOFError) as exc:
@@ -823,28 +986,268 @@ def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
     return Rows(keys, embeddings, texts, meta, stamps)
 
 
+def read_chunks(
+    path: Path,
+    *,
+    role: str = "--out",
+    foreign: bool = False,
+    chunk_rows: int | None = None,
+    vectors: bool = True,
+) -> Iterator[Rows]:
+    """An output of the `clip-client` command (or, with `foreign`, another writer's file, as
+    [read_rows][clip_client._cli.outputs.read_rows] takes it), read `chunk_rows` rows at a time: memory
+    does not grow with the file (but for a `.npy` file's sidecar, whose lists are read whole).
+
+    Args, Raises: as `read_rows`; `vectors=False` leaves the embeddings out (each chunk's is an
+    `(n, 0)` array) and reads only the other columns; `chunk_rows` defaults to `DEFAULT_CHUNK_ROWS`
+    (8,192). A missing or unknown file is refused at once;
+    a fault further in when the iterator reaches it.
+
+    Returns:
+        an iterator of `Rows`, in file order, each with the file's settings; at least one (an
+        empty `Rows` for a file without rows).
+    """
+    fmt = output_format(path, role=role)
+    if not path.is_file():
+        raise OutputError(f"{path}: no such file")
+    chunk_rows = chunk_rows or DEFAULT_CHUNK_ROWS
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    if fmt == ".parquet":
+        chunks = _parquet_chunks(path, chunk_rows, vectors)
+    elif foreign and not meta_path(path).exists():
+        chunks = _foreign_chunks(path, fmt, chunk_rows)
+    else:
+        chunks = _sidecar_chunks(path, fmt, role, chunk_rows)
+    return _unreadable_as_output_error(path, chunks)
+
+
+def _unreadable_as_output_error(path: Path, chunks: Iterator[Rows]) -> Iterator[Rows]:
+    try:
+        yield from chunks
+    except OutputError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise OutputError(
+            f"{path}: not a readable clip-client output ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _parquet_chunks(path: Path, chunk_rows: int, vectors: bool) -> Iterator[Rows]:
+    pa, pq = _pyarrow()
+    with open(path, "rb") as f:  # a file object: pyarrow cannot open a name that is not UTF-8
+        source = pq.ParquetFile(f)
+        schema = source.schema_arrow
+        meta = _parquet_meta(schema, path)
+        columns = None if vectors else [n for n in schema.names if n != "embedding"]
+        offset = 0
+        for batch in source.iter_batches(batch_size=chunk_rows, columns=columns):
+            yield _table_rows(pa.Table.from_batches([batch]), path, meta, offset, vectors=vectors)
+            offset += batch.num_rows
+        if offset == 0:
+            yield _table_rows(schema.empty_table(), path, meta, 0, vectors=vectors)
+
+
+def _sliced(
+    meta: OutputMeta,
+    keys: Sequence[Any],
+    matrix: Any,
+    texts: Sequence[str] | None,
+    stamps: Sequence[Stamp | None] | None,
+    chunk_rows: int,
+) -> Iterator[Rows]:
+    """Rows `chunk_rows` at a time of a matrix (a memory map: each chunk is copied out of it)."""
+    for start in range(0, max(len(keys), 1), chunk_rows):
+        end = start + chunk_rows
+        yield Rows(
+            list(keys[start:end]),
+            np.array(matrix[start:end], dtype=np.float32),
+            None if texts is None else list(texts[start:end]),
+            meta,
+            None if stamps is None else list(stamps[start:end]),
+        )
+
+
+def _sidecar_chunks(path: Path, fmt: Format, role: str, chunk_rows: int) -> Iterator[Rows]:
+    side = meta_path(path)
+    again = (
+        "start again with --overwrite"
+        if role == "--out"
+        else "write it again with `clip-client images` or `clip-client texts`"
+    )
+    if not side.is_file():
+        raise OutputError(
+            f"{path}: its settings file {side.name} is missing (it is written beside every .npy and "
+            f".jsonl output); restore it, or {again}"
+        )
+    sidecar = json.loads(side.read_text(encoding="utf-8"))
+    meta = OutputMeta.from_json(json.dumps(sidecar["clip_client"]), side)
+    key_name = "path" if meta.kind == "image" else "id"
+    listed = int(sidecar["rows"])
+
+    def mismatch(found: int, other: int) -> OutputError:
+        return OutputError(
+            f"{path}: {found} rows, but {side.name} lists {other}: the two files do not belong together; "
+            f"{again}"
+        )
+
+    if fmt == ".npy":
+        matrix = _load_npy(path, mmap=True)
+        if matrix.dtype != np.float32 or matrix.ndim != 2:
+            raise OutputError(
+                f"{path}: expected a float32 (n, dim) array, found {matrix.dtype} {matrix.shape}"
+            )
+        keys = sidecar[key_name]
+        texts = sidecar["text"] if meta.kind == "text" else None
+        stamps = (
+            _stamps(sidecar["size"], sidecar["mtime_ns"])
+            if "size" in sidecar and "mtime_ns" in sidecar
+            else None
+        )
+        if len(keys) != len(matrix) or listed != len(matrix):
+            raise mismatch(len(matrix), listed if listed != len(matrix) else len(keys))
+        yield from _sliced(meta, keys, matrix, texts, stamps, chunk_rows)
+        return
+    count = 0
+    dim: int | None = None
+    with open(path, encoding="utf-8") as f:
+        for number, objs in _jsonl_batches(f, chunk_rows):
+            rows = [_numbers(obj["embedding"], path, n) for n, obj in zip(number, objs, strict=True)]
+            matrix = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+            if dim is not None and matrix.shape[1] != dim:
+                raise OutputError(f"{path}: its embeddings are not all of one width")
+            dim = matrix.shape[1]
+            sizes = [obj.get("size") for obj in objs]
+            stamps = (
+                _stamps(sizes, [obj.get("mtime_ns") for obj in objs])
+                if meta.kind == "image" and any(s is not None for s in sizes)
+                else None
+            )
+            texts = [obj.get("text") for obj in objs] if meta.kind == "text" else None
+            count += len(objs)
+            yield Rows([obj[key_name] for obj in objs], matrix, texts, meta, stamps)
+    if count == 0:
+        yield Rows(
+            [], np.zeros((0, meta.dim or 0), dtype=np.float32), [] if meta.kind == "text" else None, meta
+        )
+    if listed != count:
+        raise mismatch(count, listed)
+
+
+def _jsonl_batches(f: IO[str], chunk_rows: int) -> Iterator[tuple[list[int], list[Any]]]:
+    """The objects of a JSON Lines file `chunk_rows` at a time, with their line numbers (from 1);
+    blank lines skipped."""
+    numbers: list[int] = []
+    objs: list[Any] = []
+    for number, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        numbers.append(number)
+        objs.append(json.loads(line))
+        if len(objs) >= chunk_rows:
+            yield numbers, objs
+            numbers, objs = [], []
+    if objs:
+        yield numbers, objs
+
+
+def _foreign_chunks(path: Path, fmt: Format, chunk_rows: int) -> Iterator[Rows]:
+    """A `.npy` or `.jsonl` file of another writer (no settings file), as `_read_foreign` reads it."""
+    if fmt == ".npy":
+        matrix = _load_npy(path, mmap=True)
+        if matrix.ndim != 2 or not np.issubdtype(matrix.dtype, np.floating):
+            raise OutputError(
+                f"{path}: expected a 2-D float array (rows, dim), found {matrix.dtype} {matrix.shape}"
+            )
+        meta = OutputMeta(kind="text", model="unknown", normalize=False, dim=matrix.shape[1])
+        yield from _sliced(meta, range(len(matrix)), matrix, None, None, chunk_rows)
+        return
+    count = 0
+    dim: int | None = None
+    with open(path, encoding="utf-8") as f:
+        for numbers, objs in _jsonl_batches(f, chunk_rows):
+            keys: list[Any] = []
+            vectors: list[list[float]] = []
+            texts: list[Any] = []
+            for number, obj in zip(numbers, objs, strict=True):
+                if not isinstance(obj, dict) or "embedding" not in obj:
+                    raise OutputError(f'{path}: line {number} is not an object with an "embedding" list')
+                keys.append(obj.get("path", obj.get("id", count + len(keys))))
+                vectors.append(_numbers(obj["embedding"], path, number))
+                texts.append(obj.get("text"))
+            try:
+                matrix = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+            except ValueError:
+                raise OutputError(f"{path}: its embeddings are not all of one width") from None
+            if dim is not None and matrix.shape[1] != dim:
+                raise OutputError(f"{path}: its embeddings are not all of one width")
+            dim = matrix.shape[1]
+            kind = "image" if any("path" in obj for obj in objs) else "text"
+            meta = OutputMeta(kind=kind, model="unknown", normalize=False, dim=dim)
+            count += len(objs)
+            yield Rows(
+                keys,
+                matrix,
+                ["" if t is None else str(t) for t in texts] if any(t is not None for t in texts) else None,
+                meta,
+            )
+    if count == 0:
+        raise OutputError(f'{path}: no rows (not one line with an "embedding")')
+
+
 # --------------------------------------------------------------------------------------------------
-# Resumable image runs
+# Resumable runs: the parts folder
 
 
-class ResumableOutput:
-    """The finished rows of an `images` run towards `out`, kept in `<out>.parts/` until the run
-    completes.
+class WrittenOutput:
+    """What a resumable run wrote: the output's path, row count and width, and (read from the file
+    when first asked for, so that a finish never holds them) its rows.
 
-    `open` gathers the rows already done (from the parts of an interrupted run, or from a
-    finished `out` of an earlier run, whose rows become the first part), after checking they were
-    computed with the same settings; `plan` matches them to this run's inputs (by absolute
-    path, so `photos`, `photos/` and `/home/me/photos` agree) and says which inputs are still
-    to embed, those whose file changed since (size or mtime) included; `add` buffers new rows
-    and writes a part file every `part_rows`; `finish` writes `out` in input order and
-    removes the parts.
+    Attributes:
+        path: the output file.
+        count: how many rows it holds.
+        dim: the embedding width.
+    """
+
+    def __init__(self, path: Path, count: int, dim: int) -> None:
+        self.path = path
+        self.count = count
+        self.dim = dim
+        self._rows: Rows | None = None
+
+    def __len__(self) -> int:
+        return self.count
+
+    def rows(self) -> Rows:
+        """The whole output, read back (memory: the whole file)."""
+        if self._rows is None:
+            self._rows = read_rows(self.path)
+        return self._rows
+
+    @property
+    def keys(self) -> list[Any]:
+        return self.rows().keys
+
+    @property
+    def embeddings(self) -> EmbeddingArray:
+        return self.rows().embeddings
+
+    @property
+    def texts(self) -> list[str] | None:
+        return self.rows().texts
+
+
+class _PartsFolder:
+    """The finished rows of a run towards `out`, kept in `<out>.parts/` (a manifest of the run's
+    settings, and part files, each renamed into place whole) until the run completes; what both
+    kinds of run share: opening (the settings checked), sweeping what a kill left, writing parts,
+    and removing the folder in one step.
 
     A kill at any instant leaves a state the same run finishes from, re-embedding nothing that is
     done: part files, and the parts folder with its manifest and first part, appear by a rename,
     whole; `out` is written whole before the parts folder goes, and it goes by a rename (to a
-    hidden name, deleted after, and by the next run if a kill came first). While the parts folder
-    is there it holds every done row (the rows of an earlier `out` become its first part), so it
-    wins over `out`; once it is gone, `out` is complete. Every error is an `OutputError` naming `--out`.
+    hidden name, deleted after, and by the next run if a kill came first). Every error is an
+    `OutputError` naming `--out`.
     """
 
     def __init__(self, out: Path, meta: OutputMeta, *, part_rows: int = DEFAULT_PART_ROWS) -> None:
@@ -855,22 +1258,11 @@ class ResumableOutput:
         self.meta = meta
         self.part_rows = part_rows
         self.parts = out.with_name(out.name + ".parts")
-        self.done: dict[str, EmbeddingArray] = {}
-        self.stamps: dict[str, Stamp | None] = {}
-        self.resumed = 0
-        self._buffer: list[tuple[str, EmbeddingArray, Stamp | None]] = []
         self._next_part = 0
 
-    def open(self, *, overwrite: bool = False) -> dict[str, EmbeddingArray]:
-        """The rows already done, by path (as the run that embedded them spelled it).
-
-        Raises:
-            OutputError: `--out` cannot be written (before any work is done); the parts or the
-                existing output were computed with other settings (the message lists them: rerun
-                with the same options, or pass `--overwrite`), or the existing output, a part file
-                or the manifest is unreadable (the message names the file to delete, or
-                `--overwrite`).
-        """
+    def _prepare(self, overwrite: bool) -> None:
+        """Check `--out` and the parts folder can be written, sweep what a kill left, and with
+        `overwrite` remove the parts of an earlier run."""
         check_writable(self.out)
         # The parts folder of an earlier run takes this run's part files (unless it is discarded).
         why = None if overwrite or not self.parts.is_dir() else _cannot_write_in(self.parts, ".part-")
@@ -884,103 +1276,6 @@ class ResumableOutput:
         if overwrite:
             with self._writing("remove the parts of an earlier run"):
                 self._discard()
-            return self.done
-        if self.parts.is_dir() and ((self.parts / _MANIFEST).is_file() or not self.out.exists()):
-            self._load_parts()
-        elif self.out.exists():
-            try:
-                rows = read_rows(self.out)
-            except OutputError as exc:
-                if "--overwrite" in str(exc):  # it says what to do already
-                    raise
-                raise OutputError(
-                    f"{exc}; cannot resume from it: delete it, pass --overwrite, or choose another --out"
-                ) from None
-            self._check(rows.meta, self.out)
-            # A parts folder without its manifest beside a finished output: what a kill left while
-            # an older clip-client deleted the parts file by file. The finished output wins.
-            with self._writing("remove the parts an earlier run left"):
-                self._discard()
-            self._keep(rows)
-            if self.done:  # they become part 0, so that the output may be rewritten safely
-                self._start_parts([(k, r, self.stamps.get(k)) for k, r in self.done.items()])
-        self.resumed = len(self.done)
-        return self.done
-
-    def plan(self, inputs: Sequence[str], stamps: Sequence[Stamp | None]) -> tuple[list[int], int]:
-        """Match the done rows to `inputs` (their files' current `stamps`, same order).
-
-        A done row whose path names the same file as an input (same absolute path) is re-keyed to
-        the input's spelling. Returns the indices of the inputs still to embed, and how many of
-        them have a row that is stale: their file's size or mtime differs from when it was embedded.
-        """
-        by_abs: dict[str, str] = {}
-        for key in self.done:
-            by_abs.setdefault(os.path.abspath(key), key)
-        todo: list[int] = []
-        changed = 0
-        for i, path in enumerate(inputs):
-            found = path if path in self.done else by_abs.get(os.path.abspath(path))
-            if found is None:
-                todo.append(i)
-                continue
-            if found != path:
-                self.done[path] = self.done.pop(found)
-                self.stamps[path] = self.stamps.pop(found, None)
-                by_abs[os.path.abspath(path)] = path
-            then = self.stamps.get(path)
-            if then is not None and then != stamps[i]:
-                todo.append(i)
-                changed += 1
-        return todo, changed
-
-    def add(self, path: str, row: EmbeddingArray, stamp: Stamp | None = None) -> None:
-        """One finished row (and its file's stamp); a part file is written once `part_rows` are
-        buffered. A row for a path already done replaces it."""
-        self._buffer.append((path, row, stamp))
-        if len(self._buffer) >= self.part_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the buffered rows as one part file (nothing when there are none)."""
-        if not self._buffer:
-            return
-        if self.parts.is_dir():
-            self._write_part(self._buffer)
-        else:
-            self._start_parts(self._buffer)
-        for path, row, stamp in self._buffer:
-            self.done[path] = row
-            self.stamps[path] = stamp
-        self._buffer = []
-
-    def finish(self, order: Sequence[str]) -> Rows:
-        """Write `out`: the done rows of the paths in `order`, in that order (paths without a row,
-        the failed ones, are left out), then remove the parts.
-
-        Returns:
-            the rows written.
-        """
-        self.flush()  # first: a kill while `out` is written keeps every row
-        keys = [p for p in order if p in self.done]
-        # No row at all (every image failed): the width the backend knows, else CLIP ViT-L/14's
-        # 768 (what the client's own empty results have), so that the file still reads as (0, dim).
-        dim = self.meta.dim or next((r.shape[0] for r in self.done.values()), 0) or C.DEFAULT_EMBEDDING_DIM
-        matrix = (
-            np.stack([self.done[p] for p in keys]).astype(np.float32, copy=False)
-            if keys
-            else np.zeros((0, dim), dtype=np.float32)
-        )
-        rows = Rows(keys, matrix, None, self.meta, [self.stamps.get(p) for p in keys])
-        with self._writing("write it"):
-            _write_rows(self.out, output_format(self.out), rows)
-        # `out` is whole: the parts go in one step (a rename). A failure to delete them is no failure
-        # of the run: the next run deletes what is left.
-        with contextlib.suppress(OSError):
-            self._discard()
-        return rows
-
-    # -- parts ------------------------------------------------------------------------------------
 
     def _check(self, found: OutputMeta | None, where: Path) -> None:
         if found is None or found.model == "unknown":
@@ -995,12 +1290,71 @@ class ResumableOutput:
                 "same options to resume, or pass --overwrite to start again"
             )
 
-    def _keep(self, rows: Rows) -> None:
-        """Later rows win: a part written after another holds re-embedded (changed) files."""
-        stamps = rows.stamps or [None] * len(rows)
-        for key, row, stamp in zip(rows.keys, rows.embeddings, stamps, strict=True):
-            self.done[str(key)] = row
-            self.stamps[str(key)] = stamp
+    def _check_manifest(self) -> None:
+        manifest = self.parts / _MANIFEST
+        if not manifest.is_file():
+            raise OutputError(
+                f"{self.parts} has no {_MANIFEST} (the settings its rows were computed with), so its "
+                "rows cannot be checked against this run: restore the file, or delete the folder "
+                "(everything is embedded again) or pass --overwrite to start again"
+            )
+        try:
+            found = OutputMeta.from_json(manifest.read_text(encoding="utf-8"), manifest)
+        except (OutputError, OSError, UnicodeDecodeError) as exc:
+            raise self._unreadable(exc, self.parts) from None
+        self._check(found, self.parts)
+
+    def _part_files(self) -> list[tuple[int, Path]]:
+        """The part files, by number (the order they were written in)."""
+        found = []
+        for part in self.parts.glob("part-*.parquet"):
+            try:
+                found.append((int(part.stem.split("-")[1]), part))
+            except ValueError as exc:
+                raise self._unreadable(OutputError(f"{part}: not a part file's name ({exc})"), part) from None
+        return sorted(found)
+
+    def _part(self, number: int, folder: Path | None = None) -> Path:
+        return (folder or self.parts) / f"part-{number:06d}.parquet"
+
+    def _write_part(self, src: _Chunked, folder: Path | None = None) -> int:
+        """`src` as the next part file of the parts folder (or of `folder`, the one being made);
+        returns its number."""
+        number = self._next_part
+        path = self._part(number, folder)
+        with self._writing(f"write the finished rows to {self._part(number)}"):
+            _write_chunked(path, ".parquet", src)
+        self._next_part += 1
+        return number
+
+    def _start_parts(self, first: _Chunked) -> int:
+        """Create the parts folder with its manifest and its first part, atomically (a whole folder
+        renamed into place): a parts folder is never seen without its rows, so that one made from
+        an earlier output's rows can always stand in for that output. Returns the part's number."""
+        with self._writing(f"create {self.parts}"):
+            self.parts.parent.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=self._hidden(), dir=self.parts.parent))
+            (staging / _MANIFEST).write_text(self.meta.to_json(), encoding="utf-8")
+            number = self._write_part(first, staging)
+            os.replace(staging, self.parts)
+        return number
+
+    def _add_part(self, src: _Chunked) -> int:
+        return self._write_part(src) if self.parts.is_dir() else self._start_parts(src)
+
+    def _write_out(self, src: _Chunked) -> WrittenOutput:
+        """Write `out` from `src`, then remove the parts (a failure to delete them is no failure of
+        the run: the next run deletes what is left)."""
+        with self._writing("write it"):
+            _write_chunked(self.out, output_format(self.out), src)
+        with contextlib.suppress(OSError):
+            self._discard()
+        return WrittenOutput(self.out, src.count, src.dim)
+
+    def _width(self, found: int | None) -> int:
+        """The width of the output: the settings', the rows', else CLIP ViT-L/14's 768 (what the
+        client's own empty results have), so that a file without rows still reads as (0, dim)."""
+        return self.meta.dim or found or C.DEFAULT_EMBEDDING_DIM
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
@@ -1048,17 +1402,6 @@ class ResumableOutput:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
 
-    def _start_parts(self, first: Sequence[tuple[str, EmbeddingArray, Stamp | None]]) -> None:
-        """Create the parts folder with its manifest and its first part, atomically (a whole folder
-        renamed into place): a parts folder is never seen without its rows, so that one made from
-        an earlier output's rows can always stand in for that output."""
-        with self._writing(f"create {self.parts}"):
-            self.parts.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=self._hidden(), dir=self.parts.parent))
-            (staging / _MANIFEST).write_text(self.meta.to_json(), encoding="utf-8")
-            self._write_part(first, staging)
-            os.replace(staging, self.parts)
-
     def _unreadable(self, exc: Exception, what: Path) -> OutputError:
         if what == self.parts:  # the manifest: the folder as a whole
             return OutputError(
@@ -1070,41 +1413,432 @@ class ResumableOutput:
             "everything again) and rerun, or pass --overwrite to start again"
         )
 
-    def _load_parts(self) -> None:
-        manifest = self.parts / _MANIFEST
-        if not manifest.is_file():
-            raise OutputError(
-                f"{self.parts} has no {_MANIFEST} (the settings its rows were computed with), so its "
-                "rows cannot be checked against this run: restore the file, or delete the folder "
-                "(everything is embedded again) or pass --overwrite to start again"
-            )
+    def _read_existing_out(self, vectors: bool = False) -> Iterator[Rows]:
+        """The rows of an earlier, finished `out`, in chunks, its settings checked first."""
         try:
-            found = OutputMeta.from_json(manifest.read_text(encoding="utf-8"), manifest)
-        except (OutputError, OSError, UnicodeDecodeError) as exc:
-            raise self._unreadable(exc, self.parts) from None
-        self._check(found, self.parts)
-        numbers = []
-        for part in sorted(self.parts.glob("part-*.parquet")):
-            try:
-                rows = read_rows(part)
-                number = int(part.stem.split("-")[1])
-            except (OutputError, ValueError) as exc:
-                raise self._unreadable(exc, part) from None
-            self._keep(rows)
-            numbers.append(number)
-        self._next_part = max(numbers, default=-1) + 1
+            chunks = read_chunks(self.out, vectors=vectors)
+            first = next(chunks)
+        except OutputError as exc:
+            if "--overwrite" in str(exc):  # it says what to do already
+                raise
+            raise OutputError(
+                f"{exc}; cannot resume from it: delete it, pass --overwrite, or choose another --out"
+            ) from None
+        self._check(first.meta, self.out)
+        return itertools.chain([first], chunks)
 
-    def _write_part(
-        self, items: Sequence[tuple[str, EmbeddingArray, Stamp | None]], folder: Path | None = None
-    ) -> None:
-        """`items` as the next part file of the parts folder (or of `folder`, the one being made)."""
-        keys = [k for k, _, _ in items]
-        matrix = np.stack([r for _, r, _ in items]).astype(np.float32, copy=False)
-        rows = Rows(keys, matrix, None, self.meta, [s for _, _, s in items])
-        name = f"part-{self._next_part:06d}.parquet"
-        with self._writing(f"write the finished rows to {self.parts / name}"):
-            _write_rows((folder or self.parts) / name, ".parquet", rows)
-        self._next_part += 1
+
+# --------------------------------------------------------------------------------------------------
+# Resumable image runs
+
+
+Location = tuple[int, int]
+"""Where a finished row is: (part number, row in that part)."""
+
+
+class ResumableOutput(_PartsFolder):
+    """The finished rows of an `images` run towards `out`, kept in `<out>.parts/` until the run
+    completes.
+
+    `open` indexes the rows already done (from the parts of an interrupted run, or from a
+    finished `out` of an earlier run, whose rows become the first part), after checking they were
+    computed with the same settings: each key's part and row, and its stamp, never its vector;
+    `plan` matches them to this run's inputs (by absolute path, so `photos`, `photos/` and
+    `/home/me/photos` agree) and says which inputs are still to embed, those whose file changed
+    since (size or mtime) included; `add` buffers new rows and writes a part file every
+    `part_rows`; `finish` writes `out` in input order, a chunk at a time, and removes the parts.
+
+    While the parts folder is there it holds every done row (the rows of an earlier `out` become
+    its first part), so it wins over `out`; once it is gone, `out` is complete. Memory: the keys and
+    stamps of the done rows, `part_rows` buffered rows, and a few parts while `out` is assembled.
+    """
+
+    _CACHED_PARTS = 8
+
+    def __init__(self, out: Path, meta: OutputMeta, *, part_rows: int = DEFAULT_PART_ROWS) -> None:
+        super().__init__(out, meta, part_rows=part_rows)
+        self.done: dict[str, Location] = {}
+        self.stamps: dict[str, Stamp | None] = {}
+        self.resumed = 0
+        self._buffer: list[tuple[str, EmbeddingArray, Stamp | None]] = []
+        self._dim: int | None = None
+
+    def open(self, *, overwrite: bool = False) -> dict[str, Location]:
+        """The rows already done: where each is, by path (as the run that embedded them spelled it).
+
+        Raises:
+            OutputError: `--out` cannot be written (before any work is done); the parts or the
+                existing output were computed with other settings (the message lists them: rerun
+                with the same options, or pass `--overwrite`), or the existing output, a part file
+                or the manifest is unreadable (the message names the file to delete, or
+                `--overwrite`).
+        """
+        self._prepare(overwrite)
+        if overwrite:
+            return self.done
+        if self.parts.is_dir() and ((self.parts / _MANIFEST).is_file() or not self.out.exists()):
+            self._check_manifest()
+            for number, part in self._part_files():
+                try:
+                    self._index(number)
+                except OutputError as exc:
+                    raise self._unreadable(exc, part) from None
+                self._next_part = number + 1
+        elif self.out.exists():
+            chunks = self._read_existing_out()
+            # A parts folder without its manifest beside a finished output: what a kill left while
+            # an older clip-client deleted the parts file by file. The finished output wins.
+            with self._writing("remove the parts an earlier run left"):
+                self._discard()
+            count = sum(len(rows) for rows in chunks)
+            if count:  # they become part 0, so that the output may be rewritten safely
+                self._index(self._start_parts(self._copy_of_out(count)))
+        self.resumed = len(self.done)
+        return self.done
+
+    def _copy_of_out(self, count: int) -> _Chunked:
+        """The rows of the finished `out`, to be copied chunk by chunk into the first part."""
+        first = next(read_chunks(self.out, chunk_rows=1))
+        exact: set[str] = set()
+        for rows in read_chunks(self.out, vectors=False):
+            if _needs_bytes(str(k) for k in rows.keys):
+                exact.add("path")
+        dim = first.embeddings.shape[1] or self._width(None)
+        return _Chunked(
+            self.meta, "path", dim, count, False, True, frozenset(exact),
+            lambda vectors: (_with_stamps(r) for r in read_chunks(self.out, vectors=vectors)),
+        )  # fmt: skip
+
+    def _index(self, number: int) -> None:
+        """Where each row of part `number` is. Later rows win: a part written after another holds
+        re-embedded (changed) files."""
+        row = 0
+        for rows in read_chunks(self._part(number), vectors=False):
+            stamps = rows.stamps or [None] * len(rows)
+            for key, stamp in zip(rows.keys, stamps, strict=True):
+                self.done[str(key)] = (number, row)
+                self.stamps[str(key)] = stamp
+                row += 1
+
+    def plan(self, inputs: Sequence[str], stamps: Sequence[Stamp | None]) -> tuple[list[int], int]:
+        """Match the done rows to `inputs` (their files' current `stamps`, same order).
+
+        A done row whose path names the same file as an input (same absolute path) is re-keyed to
+        the input's spelling. Returns the indices of the inputs still to embed, and how many of
+        them have a row that is stale: their file's size or mtime differs from when it was embedded.
+        """
+        by_abs: dict[str, str] = {}
+        for key in self.done:
+            by_abs.setdefault(os.path.abspath(key), key)
+        todo: list[int] = []
+        changed = 0
+        for i, path in enumerate(inputs):
+            found = path if path in self.done else by_abs.get(os.path.abspath(path))
+            if found is None:
+                todo.append(i)
+                continue
+            if found != path:
+                self.done[path] = self.done.pop(found)
+                self.stamps[path] = self.stamps.pop(found, None)
+                by_abs[os.path.abspath(path)] = path
+            then = self.stamps.get(path)
+            if then is not None and then != stamps[i]:
+                todo.append(i)
+                changed += 1
+        return todo, changed
+
+    def add(self, path: str, row: EmbeddingArray, stamp: Stamp | None = None) -> None:
+        """One finished row (and its file's stamp); a part file is written once `part_rows` are
+        buffered. A row for a path already done replaces it."""
+        self._buffer.append((path, row, stamp))
+        if len(self._buffer) >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part file (nothing when there are none)."""
+        if not self._buffer:
+            return
+        keys = [k for k, _, _ in self._buffer]
+        matrix = np.stack([r for _, r, _ in self._buffer]).astype(np.float32, copy=False)
+        number = self._add_part(
+            _Chunked.of(Rows(keys, matrix, None, self.meta, [s for _, _, s in self._buffer]))
+        )
+        for row, (path, _, stamp) in enumerate(self._buffer):
+            self.done[path] = (number, row)
+            self.stamps[path] = stamp
+        self._dim = matrix.shape[1]
+        self._buffer = []
+
+    def finish(self, order: Sequence[str]) -> WrittenOutput:
+        """Write `out`: the done rows of the paths in `order`, in that order (paths without a row,
+        the failed ones, are left out), a chunk at a time, then remove the parts.
+
+        Returns:
+            what was written (its rows are read back from `out` only if asked for).
+        """
+        self.flush()  # first: a kill while `out` is written keeps every row
+        keys = [p for p in order if p in self.done]
+        dim = self._width(self._dim or self._part_width())
+        groups = _RowGroups(self._part)
+
+        def vectors_of(chunk: Sequence[str]) -> EmbeddingArray:
+            out = np.empty((len(chunk), dim), dtype=np.float32)
+            for i, key in enumerate(chunk):
+                out[i] = groups.row(*self.done[key])
+            return out
+
+        def chunks(vectors: bool) -> Iterator[Rows]:
+            for start in range(0, max(len(keys), 1), DEFAULT_CHUNK_ROWS):
+                chunk = keys[start : start + DEFAULT_CHUNK_ROWS]
+                matrix = vectors_of(chunk) if vectors else np.zeros((len(chunk), 0), dtype=np.float32)
+                yield Rows(chunk, matrix, None, self.meta, [self.stamps.get(p) for p in chunk])
+
+        exact = frozenset({"path"} if _needs_bytes(keys) else ())
+        src = _Chunked(self.meta, "path", dim, len(keys), False, True, exact, chunks)
+        return self._write_out(src)
+
+    def _part_width(self) -> int | None:
+        """The width of the rows in the parts (None when there are none)."""
+        for _, part in self._part_files() if self.parts.is_dir() else []:
+            width = next(read_chunks(part, chunk_rows=1)).embeddings.shape[1]
+            if width:
+                return int(width)
+        return None
+
+
+class _RowGroups:
+    """Rows of part files by (part, row), read a Parquet row group at a time, the last few kept:
+    rows asked for in the order they were written cost one read of each group."""
+
+    _KEPT = 4
+
+    def __init__(self, part: Callable[[int], Path]) -> None:
+        self._part = part
+        self._starts: dict[int, list[int]] = {}
+        self._kept: dict[tuple[int, int], EmbeddingArray] = {}
+
+    def row(self, number: int, row: int) -> EmbeddingArray:
+        _, pq = _pyarrow()
+        if number not in self._starts:
+            with open(self._part(number), "rb") as f:
+                meta = pq.ParquetFile(f).metadata
+                sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+            self._starts[number] = list(itertools.accumulate(sizes, initial=0))
+        starts = self._starts[number]
+        group = bisect.bisect_right(starts, row) - 1
+        if (number, group) not in self._kept:
+            if len(self._kept) >= self._KEPT:
+                del self._kept[next(iter(self._kept))]
+            with open(self._part(number), "rb") as f:
+                table = pq.ParquetFile(f).read_row_group(group, columns=["embedding"])
+            self._kept[(number, group)] = _embedding_column(table, self._part(number), starts[group])[0]
+        vector: EmbeddingArray = self._kept[(number, group)][row - starts[group]]
+        return vector
+
+
+def _with_stamps(rows: Rows) -> Rows:
+    """Image rows with a stamp column (None for each row, where the file recorded none)."""
+    if rows.stamps is None:
+        rows.stamps = [None] * len(rows)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# Resumable text runs
+
+
+class ResumableTexts(_PartsFolder):
+    """The finished rows of a `texts --from` run towards `out`, kept in `<out>.parts/` until the
+    run completes; memory does not grow with the input (a part's worth of rows at most).
+
+    A text's row is known by its id (its line or row number) and its text: the rows come in input
+    order, so the done rows are the first rows of the input. `open` checks the settings of the
+    parts (or of a finished `out`); `resume` reads the input alongside the done rows and keeps the
+    longest run of whole parts whose ids and texts equal the input's (from a finished `out`, the
+    equal rows are copied into the first part); a part that differs, and every later one, is
+    removed (the last first, so that a kill leaves a run of parts from the first) and embedded
+    again. `add` buffers rows and writes a part file every `part_rows`; `finish` writes `out` from
+    the parts, a chunk at a time, and removes them.
+    """
+
+    def __init__(self, out: Path, meta: OutputMeta, *, part_rows: int = DEFAULT_PART_ROWS) -> None:
+        super().__init__(out, meta, part_rows=part_rows)
+        self.kept = 0
+        """Rows of an earlier run kept (after `resume`)."""
+        self.differs_at: int | None = None
+        """The id of the first input that differs from the earlier run's row there (after `resume`),
+        or None: from there on everything is embedded again."""
+        self._from_out = False
+        self._buffer: list[tuple[int, str, EmbeddingArray]] = []
+        self._dim: int | None = None
+
+    def open(self, *, overwrite: bool = False) -> None:
+        """Check `--out`, and the settings of what an earlier run left.
+
+        Raises:
+            OutputError: as [ResumableOutput.open][clip_client._cli.outputs.ResumableOutput.open].
+        """
+        self._prepare(overwrite)
+        if overwrite:
+            return
+        if self.parts.is_dir():
+            self._check_manifest()
+            self._next_part = max((n for n, _ in self._part_files()), default=-1) + 1
+        elif self.out.exists():
+            next(self._read_existing_out())
+            self._from_out = True
+
+    def resume(self, inputs: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+        """The inputs still to embed: `inputs` (`(id, text)`, in order) after the rows kept.
+
+        Raises:
+            OutputError: a part file (or the finished output) is unreadable: it is named, with
+                what to do.
+        """
+        source = iter(inputs)
+        if self._from_out:
+            return self._resume_from_out(source)
+        if not self.parts.is_dir():
+            return source
+        parts = self._part_files()
+        for at, (number, part) in enumerate(parts):
+            taken: list[tuple[int, str]] = []
+            try:
+                same = self._equal_rows(read_chunks(part, vectors=False), source, taken)
+            except OutputError as exc:
+                raise self._unreadable(exc, part) from None
+            if same is None:
+                self.kept += len(taken)
+                self._next_part = number + 1
+                continue
+            self.differs_at = same
+            with self._writing("remove the parts of the input that changed"):
+                for _, stale in reversed(parts[at:]):
+                    os.unlink(stale)
+            self._next_part = number
+            return itertools.chain(taken, source)
+        return source
+
+    def _equal_rows(
+        self, chunks: Iterator[Rows], source: Iterator[tuple[int, str]], taken: list[tuple[int, str]]
+    ) -> int | None:
+        """Read `source` alongside the rows of `chunks` (each input read is appended to `taken`):
+        None when every row equals its input (id and text), else the id where they first differ
+        (or, when the input ended first, -1)."""
+        for rows in chunks:
+            self._dim = self._dim or (rows.meta.dim if rows.meta else None)
+            for key, text in zip(rows.keys, rows.texts or [""] * len(rows), strict=True):
+                given = next(source, None)
+                if given is None:
+                    return -1
+                taken.append(given)
+                if given != (key, text):
+                    return given[0]
+        return None
+
+    def _resume_from_out(self, source: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+        """Keep the first rows of the finished `out` that equal the input's: copied into the first
+        part (unless they are all of it and the input has nothing more: then `out` stays as it is)."""
+        equal = 0
+        pending: list[tuple[int, str]] = []
+        for rows in self._read_existing_out():
+            for key, text in zip(rows.keys, rows.texts or [""] * len(rows), strict=True):
+                given = next(source, None)
+                if given is None:
+                    self.differs_at = -1
+                    break
+                if given != (key, text):
+                    self.differs_at = given[0]
+                    pending = [given]
+                    break
+                equal += 1
+            if self.differs_at is not None:
+                break
+        if self.differs_at is None:
+            given = next(source, None)
+            if given is None:  # every input has its row in `out` already
+                self.kept = equal
+                return iter(())
+            pending = [given]
+        if equal:
+            self.kept = equal
+            self._start_parts(self._prefix_of_out(equal))
+        return itertools.chain(pending, source)
+
+    def _prefix_of_out(self, count: int) -> _Chunked:
+        """The first `count` rows of the finished `out`, to be copied chunk by chunk."""
+
+        def chunks(vectors: bool) -> Iterator[Rows]:
+            left = count
+            for rows in read_chunks(self.out, vectors=vectors):
+                if left <= 0:
+                    return
+                yield rows if len(rows) <= left else _head(rows, left)
+                left -= len(rows)
+
+        exact = frozenset({"text"} if any(_needs_bytes(r.texts or []) for r in chunks(False)) else ())
+        dim = next(read_chunks(self.out, chunk_rows=1)).embeddings.shape[1] or self._width(None)
+        return _Chunked(self.meta, "id", dim, count, True, False, exact, chunks)
+
+    def add(self, key: int, text: str, row: EmbeddingArray) -> None:
+        """One finished row; a part file is written once `part_rows` are buffered."""
+        self._buffer.append((key, text, row))
+        if len(self._buffer) >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part file (nothing when there are none)."""
+        if not self._buffer:
+            return
+        matrix = np.stack([r for _, _, r in self._buffer]).astype(np.float32, copy=False)
+        rows = Rows([k for k, _, _ in self._buffer], matrix, [t for _, t, _ in self._buffer], self.meta)
+        self._add_part(_Chunked.of(rows))
+        self._dim = matrix.shape[1]
+        self._buffer = []
+
+    def finish(self) -> WrittenOutput:
+        """Write `out` from the parts, in order, a chunk at a time, then remove them; with nothing
+        new (an earlier `out` that holds every input), `out` is left as it is.
+
+        Returns:
+            what was written (its rows are read back from `out` only if asked for).
+        """
+        self.flush()  # first: a kill while `out` is written keeps every row
+        if self._from_out and self.differs_at is None and not self.parts.is_dir():
+            first = next(read_chunks(self.out, chunk_rows=1))
+            return WrittenOutput(self.out, self.kept, first.embeddings.shape[1] or self._width(None))
+        parts = [p for _, p in self._part_files()] if self.parts.is_dir() else []
+        _, pq = _pyarrow()
+        count, exact, dim = 0, set(), self._dim
+        for part in parts:
+            with open(part, "rb") as f:
+                schema = pq.read_schema(f)
+                f.seek(0)
+                count += pq.ParquetFile(f).metadata.num_rows
+            if "text" + _EXACT_SUFFIX in schema.names:
+                exact.add("text")
+            dim = dim or schema.field("embedding").type.list_size
+
+        def chunks(vectors: bool) -> Iterator[Rows]:
+            empty = True
+            for part in parts:
+                for rows in read_chunks(part, vectors=vectors):
+                    if len(rows):
+                        empty = False
+                        yield rows
+            if empty:
+                yield Rows([], np.zeros((0, self._width(dim)), dtype=np.float32), [], self.meta)
+
+        src = _Chunked(self.meta, "id", self._width(dim), count, True, False, frozenset(exact), chunks)
+        return self._write_out(src)
+
+
+def _head(rows: Rows, n: int) -> Rows:
+    """The first `n` of `rows`."""
+    return Rows(
+        rows.keys[:n], rows.embeddings[:n], None if rows.texts is None else rows.texts[:n], rows.meta,
+        None if rows.stamps is None else rows.stamps[:n],
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1171,18 +1905,24 @@ class ImageRunResult:
     """What a finished [ResumableImageRun][clip_client._cli.outputs.ResumableImageRun] wrote.
 
     Attributes:
-        rows: the rows of the output, in input order (the failed images left out).
+        rows: the output written, in input order (the failed images left out): its `len`, and its
+            rows read back from the file when asked for.
         embedded: images embedded by this run (the cache's answers included).
         from_cache: how many of them the embedding cache answered.
         failed: the images that could not be embedded, `(path, reason)`, in the order met.
         left_out: rows of an earlier output whose image is not among this run's inputs.
     """
 
-    rows: Rows
+    rows: WrittenOutput
     embedded: int
     from_cache: int
     failed: list[tuple[str, str]]
     left_out: int
+
+
+ImageInputs = Iterable[str] | Iterable[tuple[str, Stamp | None]]
+"""A resumable run's images: paths, or `(path, stamp)` pairs where the lister knows each file's
+(size, mtime_ns) already (None: unknown, so never taken for changed)."""
 
 
 class ResumableImageRun:
@@ -1197,6 +1937,10 @@ class ResumableImageRun:
     result = run.finish()  # the output, whole, in input order; result.failed lists the rest
     ```
 
+    `inputs` may be any iterable (a streaming listing): it is read once, here, and only the keys
+    and stamps are kept; the vectors live in the part files, and `finish` writes the output a
+    chunk at a time.
+
     Raises (when built):
         OutputError: `--out` cannot be written (said before any image is embedded); the output or
             its parts hold rows computed with other settings (the message lists them), or are
@@ -1207,20 +1951,24 @@ class ResumableImageRun:
         self,
         client: ClipClient,
         out: Path,
-        inputs: Sequence[str],
+        inputs: ImageInputs,
         *,
         normalize: bool,
         part_rows: int = DEFAULT_PART_ROWS,
         overwrite: bool = False,
     ) -> None:
         self.client = client
-        self.inputs = list(inputs)
         self.store = ResumableOutput(
             out, OutputMeta.of(client, "image", normalize=normalize), part_rows=part_rows
         )
         self.store.open(overwrite=overwrite)
+        self.inputs: list[str] = []
         # Each file's size and mtime before it is read: a file edited after this is re-embedded next time.
-        self._stamps = [file_stamp(p) for p in self.inputs]
+        self._stamps: list[Stamp | None] = []
+        for item in inputs:
+            path, stamp = (item, file_stamp(item)) if isinstance(item, str) else item
+            self.inputs.append(path)
+            self._stamps.append(stamp)
         self._todo_at, changed = self.store.plan(self.inputs, self._stamps)
         self.todo = [self.inputs[i] for i in self._todo_at]
         """The inputs this run embeds: those without a row, and those whose file changed since."""
@@ -1273,6 +2021,86 @@ class ResumableImageRun:
             failed=list(self.failed),
             left_out=left,
         )
+
+
+class ResumableTextRun:
+    """A `texts --from` run into an output file that no interruption wastes, with memory that does
+    not grow with the input: the texts are read as they are embedded (`ClipClient.iter_embed_texts`),
+    finished rows reach `<out>.parts/` every `part_rows`, and the output is assembled from the parts
+    a chunk at a time.
+
+    ```python
+    run = ResumableTextRun(client, Path("captions.parquet"), normalize=False)
+    todo = run.resume(read_texts(...))  # run.kept rows of an earlier run kept; run.differs_at
+    run.embed(todo)  # an error or Ctrl-C keeps the finished rows for a rerun
+    written = run.finish()
+    ```
+
+    Raises (when built):
+        OutputError: `--out` cannot be written; the output or its parts hold rows computed with
+            other settings (the message lists them), or are unreadable.
+    """
+
+    def __init__(
+        self,
+        client: ClipClient,
+        out: Path,
+        *,
+        normalize: bool,
+        part_rows: int = DEFAULT_PART_ROWS,
+        overwrite: bool = False,
+    ) -> None:
+        self.client = client
+        self.store = ResumableTexts(
+            out, OutputMeta.of(client, "text", normalize=normalize), part_rows=part_rows
+        )
+        self.store.open(overwrite=overwrite)
+        self.embedded = 0
+
+    def resume(self, inputs: Iterable[tuple[int, str]]) -> Iterator[tuple[int, str]]:
+        """`inputs` (`(id, text)`, in order) less the rows an earlier run finished: see
+        [ResumableTexts.resume][clip_client._cli.outputs.ResumableTexts.resume]."""
+        return self.store.resume(inputs)
+
+    @property
+    def kept(self) -> int:
+        return self.store.kept
+
+    @property
+    def differs_at(self) -> int | None:
+        return self.store.differs_at
+
+    def embed(self, todo: Iterable[tuple[int, str]], *, progress: bool | None = None) -> None:
+        """Embed `todo`, each row kept as it comes.
+
+        Raises:
+            BaseException: whatever stops the run (an error, Ctrl-C); the finished rows are written
+                to the parts folder first.
+        """
+        sent: collections.deque[tuple[int, str]] = collections.deque()
+
+        def texts() -> Iterator[str]:
+            for key, text in todo:
+                sent.append((key, text))  # the stream answers in input order, a bounded number behind
+                yield text
+
+        try:
+            with self.client.iter_embed_texts(texts(), progress=progress) as stream:
+                for _, vector in stream:
+                    key, text = sent.popleft()
+                    self.store.add(key, text, vector)
+                    self.embedded += 1
+        except BaseException:
+            self.store.flush()  # what is finished is kept, whatever stopped the run
+            raise
+
+    def finish(self) -> WrittenOutput:
+        """Write the output from the parts, and remove them.
+
+        Raises:
+            OutputError: the output cannot be written (the parts are kept for a rerun).
+        """
+        return self.store.finish()
 
 
 # --------------------------------------------------------------------------------------------------

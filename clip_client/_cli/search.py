@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,6 +23,7 @@ from .outputs import (
     failure_reason,
     json_line,
     options_for_rows,
+    read_chunks,
     read_rows,
     refuse_another_model,
     shown,
@@ -97,9 +100,15 @@ def search(
 
     if (query is None) == (image is None):
         raise typer.BadParameter("give a query text or --image FILE (one of them)", param_hint="QUERY")
-    rows = read_rows(index, role="INDEX", foreign=True)
-    if not len(rows):
-        raise OutputError(f"{index} has no rows to search")
+    # The file is read a chunk at a time, each chunk's exact top-k merged into the running one:
+    # memory does not grow with the file. Its first rows say its settings and width.
+    chunks = read_chunks(index, role="INDEX", foreign=True)
+    rows = next(chunks)
+    while not len(rows):
+        more = next(chunks, None)
+        if more is None:
+            raise OutputError(f"{index} has no rows to search")
+        rows = more
     # The model the file records, wherever no option chose one; a mismatch is refused before loading.
     with options_for_rows(common, rows.meta, index).client() as client:
         refuse_another_model(index, rows.meta, client)
@@ -111,24 +120,44 @@ def search(
             f"{index} holds {width}-d rows (model: {made_by}), but the query is {vector.shape[-1]}-d: "
             "embed it with the model that computed the index"
         )
-    top = cosine_topk(vector, rows.embeddings, k)
-    hits = list(zip(top.indices[0].tolist(), top.scores[0].tolist(), strict=True))
-    key = rows.key_name
+    key, has_texts = rows.key_name, rows.texts is not None
+    hits: list[tuple[float, int, Any, str | None]] = []  # (score, row of the file, key, text): best first
+    offset = 0
+    for chunk in itertools.chain([rows], chunks):
+        if len(chunk):
+            if chunk.embeddings.shape[1] != width:
+                raise OutputError(f"{index}: its embeddings are not all of one width")
+            top = cosine_topk(vector, chunk.embeddings, k)
+            for i, score in zip(top.indices[0].tolist(), top.scores[0].tolist(), strict=True):
+                text = chunk.texts[i] if chunk.texts is not None else None
+                hits.append((score, offset + i, chunk.keys[i], text))
+            # Best first, equal scores by lower row number: what one `cosine_topk` over the file gives.
+            hits.sort(key=lambda hit: (-hit[0], hit[1]))
+            del hits[k:]
+        offset += len(chunk)
     if json_lines:
-        for rank, (i, score) in enumerate(hits, 1):
-            obj: dict[str, Any] = {"rank": rank, "score": _json_score(score), key: rows.keys[i]}
-            if rows.texts is not None:
-                obj["text"] = rows.texts[i]
+        for rank, (score, _, name, text) in enumerate(hits, 1):
+            obj: dict[str, Any] = {"rank": rank, "score": _json_score(score), key: name}
+            if has_texts:
+                obj["text"] = text
             _echo_json(obj)
         return EXIT_OK
-    header = ["rank", "score", key] + (["text"] if rows.texts is not None else [])
+    header = ["rank", "score", key] + (["text"] if has_texts else [])
     table = [
-        [str(rank), f"{_clamp(score):.4f}", shown(str(rows.keys[i]))]
-        + ([_label(rows, i)] if rows.texts is not None else [])
-        for rank, (i, score) in enumerate(hits, 1)
+        [str(rank), f"{_clamp(score):.4f}", shown(str(name))]
+        + ([shown(" ".join(str(text).split()))] if has_texts else [])
+        for rank, (score, _, name, text) in enumerate(hits, 1)
     ]
     _print_table(header, table, right=(0, 1))
     return EXIT_OK
+
+
+class DedupeMethod(str, Enum):
+    """`--method` of `dedupe`: the `method` of `find_duplicates`."""
+
+    auto = "auto"
+    exact = "exact"
+    approximate = "approximate"
 
 
 @app.command()
@@ -148,12 +177,22 @@ def dedupe(
             help="Cosine similarity at and above which two rows match.",
         ),
     ] = 0.95,
+    method: Annotated[
+        DedupeMethod,
+        typer.Option(
+            "--method",
+            help="How pairs are found: exact compares every pair (time grows with rows squared); "
+            "approximate compares each row with its k-means cells' rows (needs the index extra); "
+            "auto is exact up to 50,000 rows, approximate above.",
+        ),
+    ] = DedupeMethod.auto,
     json_lines: JsonOpt = False,
 ) -> int:
     """Groups of near-duplicates in INDEX: rows joined by cosine >= --threshold (through chains).
 
     Each group lists its members, the first (in file order) with 1.0 and the others with their
-    similarity to it. Needs no model: it reads the embeddings only.
+    similarity to it. Needs no model: it reads the embeddings only. Above 50,000 rows the
+    approximate method runs (--method): 170 s for 1,000,000 768-d rows on 2 cores.
 
     Example: clip-client dedupe photos.parquet --threshold 0.97
     """
@@ -161,7 +200,11 @@ def dedupe(
 
     rows = read_rows(index, role="INDEX", foreign=True)
     _say_unmatchable(index, rows)
-    groups = find_duplicates(rows.embeddings, threshold) if len(rows) else []
+    groups = (
+        find_duplicates(rows.embeddings, threshold, method=method.value, progress=show_progress())
+        if len(rows)
+        else []
+    )
     key = rows.key_name
     if json_lines:
         for g, group in enumerate(groups, 1):

@@ -396,6 +396,8 @@ class EmbedJob:
     def close(self) -> None:
         if self.progress is not None:
             self.progress.close()
+        if self.cache is not None:
+            self.cache.finish()  # the call's rows are in the cache file when the call returns
 
 
 class Collector:

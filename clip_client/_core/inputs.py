@@ -13,9 +13,16 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
-    pass
+    from .images import ImageOptions, PreparedImage
 
-__all__ = ["check_image_list", "check_text", "check_text_list", "refuse_single_image", "refuse_single_text"]
+__all__ = [
+    "check_image_list",
+    "check_text",
+    "check_text_list",
+    "prepare_input",
+    "refuse_single_image",
+    "refuse_single_text",
+]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -76,3 +83,27 @@ def check_image_list(images: object) -> Sequence[object]:
     if isinstance(items, np.ndarray):  # a stack of images, N x H x W x C
         return list(items)
     return items if isinstance(items, Sequence) else list(items)
+
+
+def prepare_input(value: object, index: int | None, opts: ImageOptions) -> PreparedImage:
+    """`prepare_image` of one input, reading a [`SourceItem`][clip_client.SourceItem] (a tar member,
+    an object, a file of a listing) first: its errors, reading or decoding, name its key as `path`.
+    Any other input goes to `prepare_image` as it is."""
+    from ..sources import SourceItem
+    from .images import prepare_image
+
+    if not isinstance(value, SourceItem):
+        return prepare_image(value, index, opts)
+    if value.local_path is not None:  # a local file: opened as any path is, with the same messages
+        return prepare_image(value.local_path, index, opts)
+    try:
+        data = value.read()
+        return prepare_image(data, index, opts)
+    except InvalidInputError as exc:
+        exc.index, exc.path = index, value.key
+        exc.args = (exc._format(),)
+        raise
+    except Exception as exc:  # a source's own failure (an fsspec plugin's error): one input's, typed
+        raise InvalidInputError(
+            f"cannot read: {type(exc).__name__}: {exc}", index=index, path=value.key
+        ) from exc

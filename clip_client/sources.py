@@ -1,0 +1,706 @@
+"""Images from where large collections live: local folders, tar shards in the webdataset layout,
+and object stores (`s3://`, `gs://`, `abfss://`...) through fsspec.
+
+```python
+from clip_client import ClipClient, iter_images
+
+with ClipClient() as client:
+    items = list(iter_images("shards/shard-{000000..000009}.tar", reread=True))
+    vectors = client.embed_images(items)  # row i is the image whose key is items[i]
+```
+
+[`iter_images`][clip_client.iter_images] yields one [`SourceItem`][clip_client.SourceItem] per
+image, in a stable order, without listing the whole collection first: a folder (or prefix) is
+walked one directory at a time and a shard is read as a stream, so memory holds one directory's
+listing and a bounded number of images, never all the keys. `embed_images` and
+`iter_embed_images` take the items as they are; an item that cannot be read (a missing object, a
+member that is not an image, permission denied) is one failed input, named by its key, under the
+call's `on_error`.
+
+Object stores need the `files` extra (`pip install "clip-serving-client[files]"`: fsspec and
+braceexpand) and the store's fsspec plugin: `s3fs` for `s3://`, `gcsfs` for `gs://`, `adlfs` for
+`abfss://`/`az://`. Their credentials come from the plugin's usual places (environment, profile
+files, instance metadata) or from `storage_options`. `http://` and `https://` URLs are refused.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import os
+import re
+import tarfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from datetime import datetime
+from typing import IO, Any, NamedTuple
+
+from .errors import InvalidInputError
+
+__all__ = ["IMAGE_GLOBS", "TAR_SUFFIXES", "NothingFoundError", "SourceItem", "Stamp", "iter_images"]
+
+IMAGE_GLOBS: tuple[str, ...] = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.tif", "*.tiff", "*.webp")
+"""The file names [`iter_images`][clip_client.iter_images] picks from a folder, a prefix or a shard
+when no `globs` are given (matched case-insensitively against the base name)."""
+
+TAR_SUFFIXES: tuple[str, ...] = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+"""A source whose name ends with one of these (case-insensitive) is read as a tar shard."""
+
+Stamp = tuple[int, int]
+"""What identifies one version of an image, for resuming: `(size in bytes, mtime in ns)`. For a
+tar member, the member's size and mtime; for an object without a modification time, its size and
+a 63-bit digest of its ETag."""
+
+_WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+"""webdataset's rule (`base_plus_ext`): a member `dir/KEY.ext.more` is the field `ext.more` of the
+sample `dir/KEY`; the key ends at the first dot of the base name."""
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_URLS = ("http://", "https://")
+_GLOB_MAGIC = re.compile(r"[*?[]")
+_INSTALL = 'pip install "clip-serving-client[files]"'
+_MAX_PREFETCH_THREADS = 16
+_MTIME_FIELDS = ("mtime", "LastModified", "last_modified", "updated", "modified", "timeCreated", "created")
+"""Where fsspec plugins put an object's modification time (local, s3fs, adlfs, gcsfs, memory...)."""
+_ETAG_FIELDS = ("ETag", "etag", "md5Hash")
+
+
+class SourceItem(str):
+    """One image of a source: a `str`, its key (the row id), that also reads its bytes.
+
+    The key is the path of a local file as listed (the folder argument as given, joined with the
+    file's path inside it), the webdataset key of a tar member (`dir/000123` for
+    `dir/000123.jpg`), or the URI of an object (the argument as given, joined with the object's
+    path below it). Being a `str`, an item works wherever a row id does (a dict key, a column of
+    keys); `embed_images` and `iter_embed_images` read its bytes instead of treating it as a path.
+
+    Attributes:
+        source: the argument of [`iter_images`][clip_client.iter_images] (after brace and glob
+            expansion) that the item came from: a folder, a shard, a prefix or a file.
+        stamp: `(size in bytes, mtime in ns)` of the file, member or object when it was listed
+            (see [`Stamp`][clip_client.sources.Stamp]), or None when it could not be known: what a
+            resumed run compares to tell a changed image from a finished one.
+    """
+
+    source: str
+    stamp: Stamp | None
+    _reader: Callable[[], bytes] | None
+    _data: bytes | None
+    _ahead: Future[bytes] | None
+    _local: bool
+
+    def __new__(
+        cls,
+        key: str,
+        *,
+        source: str = "",
+        stamp: Stamp | None = None,
+        reader: Callable[[], bytes] | None = None,
+        data: bytes | None = None,
+        local: bool = False,
+    ) -> SourceItem:
+        item = super().__new__(cls, key)
+        item.source = source or key
+        item.stamp = stamp
+        item._reader = reader
+        item._data = data
+        item._ahead = None
+        item._local = local
+        return item
+
+    @property
+    def key(self) -> str:
+        """The key as a plain `str`."""
+        return str.__str__(self)
+
+    @property
+    def local_path(self) -> str | None:
+        """The file's path when the item is a local file (then the client opens it as any path
+        input, with the same messages), else None."""
+        return self.key if self._local else None
+
+    def read(self) -> bytes:
+        """The image's encoded bytes (JPEG, PNG...).
+
+        A tar member read from a stream holds its bytes; an object read ahead
+        (`prefetch`) hands its bytes over once and releases them, and reads the object again if
+        asked again; anything else is read on each call.
+
+        Raises:
+            InvalidInputError: the bytes cannot be read (a missing object or file, permission
+                denied, a member that is a link, a shard cut short); the message names the key.
+        """
+        if self._data is not None:
+            return self._data
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            try:
+                return ahead.result()
+            except CancelledError:
+                pass  # the read-ahead was stopped (the listing was closed): read it now
+        if self._reader is None:
+            raise InvalidInputError("nothing to read", path=self.key)
+        return self._reader()
+
+    def __repr__(self) -> str:
+        return f"SourceItem({self.key!r}, source={self.source!r}, stamp={self.stamp!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a copy is the key: the reader is not picklable
+        return (str, (self.key,))
+
+
+def iter_images(
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    recursive: bool = False,
+    globs: Sequence[str] = (),
+    prefetch: int = 16,
+    storage_options: Mapping[str, Any] | None = None,
+    reread: bool = False,
+) -> Iterator[SourceItem]:
+    """The images of `sources`, one [`SourceItem`][clip_client.SourceItem] each, listed and read
+    lazily: nothing is listed before the first item is asked for.
+
+    Each source is one of:
+
+    - a local image file (one item, even if its name _matches no glob);
+    - a local folder: its files whose base name _matches `globs` (default
+      [`IMAGE_GLOBS`][clip_client.sources.IMAGE_GLOBS]), with `recursive` those of its subfolders
+      too (symlinked folders are not followed), in the sorted order of their paths below it;
+    - a tar shard (a name ending in one of [`TAR_SUFFIXES`][clip_client.sources.TAR_SUFFIXES], local
+      or in an object store) in the webdataset layout: its members `KEY.ext` matching `globs`, in
+      the shard's order, one item per key; the siblings `KEY.json`, `KEY.txt`... are skipped;
+    - an object-store URI (`s3://bucket/prefix`, `gs://...`, `abfss://...`, `memory://...`): an
+      object, or the objects below a prefix, as a local file or folder;
+    - a pattern: braces (`shard-{000000..000099}.tar`, `{a,b}`) expand in order; `*`, `?` and `[`
+      in a URI match objects (sorted). A local pattern expands only when no file has that very
+      name, and is kept as it is (one failed input) when it _matches nothing.
+
+    Args:
+        sources: one source or an iterable of them (read lazily).
+        recursive: descend into subfolders (sub-prefixes) of folder (prefix) sources.
+        globs: base-name patterns of the images in folders, prefixes and shards (case-insensitive).
+        prefetch: objects of an object store read ahead of the consumer, by a pool of up to 16
+            threads (0: each object is read when its item is read, in the caller's thread).
+        storage_options: keyword arguments for the fsspec filesystem of URIs (credentials,
+            endpoint...), as `fsspec.open` takes them.
+        reread: the items of a plain (uncompressed) `.tar` shard read their member again, by
+            offset, each time they are read, and the shard is listed by seeking over the members'
+            data, instead of being read as a stream whose items hold their bytes: for a listing
+            kept whole (`list(iter_images(...))`), whose memory then holds keys, not images.
+            Compressed shards cannot be read by offset: their items hold their bytes either way.
+            Nothing is read ahead then (`prefetch` is ignored): each item reads when it is read.
+
+    Returns:
+        the items, source by source. A source that cannot be read whole (a folder that cannot be
+        listed, a shard that is not a tar or is cut short) yields one item keyed by the source (or
+        the subfolder) whose `read` raises: one failed input; the items before it are kept.
+
+    Raises:
+        InvalidInputError: a folder, prefix or shard holds nothing that _matches `globs` (raised
+            when it has been walked, with `path` set to it).
+        ImportError: a URI was given without fsspec or the store's plugin installed (the message
+            says what to install).
+        ValueError: `prefetch` is negative.
+    """
+    if prefetch < 0:
+        raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+    patterns = _patterns(globs)
+    items = (
+        item
+        for source in _expanded(sources, storage_options)
+        for item in _items_of(source, recursive, patterns, storage_options, hold=not reread)
+    )
+    return _read_ahead(items, prefetch) if prefetch and not reread else items
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments: what a source is
+
+
+def _patterns(globs: Sequence[str]) -> tuple[str, ...]:
+    return tuple(g.lower() for g in (globs or IMAGE_GLOBS))
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    """Whether the base name of `name` _matches one of `patterns` (lower-cased already)."""
+    base = name.rstrip("/").rsplit("/", 1)[-1].lower()
+    return any(fnmatch.fnmatch(base, p) for p in patterns)
+
+
+def _is_uri(source: str) -> bool:
+    """`scheme://...`: read through fsspec (or refused, for http and https)."""
+    return bool(_URI.match(source))
+
+
+def _is_shard(source: str) -> bool:
+    """A name ending in one of [`TAR_SUFFIXES`][clip_client.sources.TAR_SUFFIXES]."""
+    return source.lower().endswith(TAR_SUFFIXES)
+
+
+def _expanded(
+    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    storage_options: Mapping[str, Any] | None,
+) -> Iterator[str]:
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    for given in sources:
+        yield from _expand(os.fspath(given), storage_options)
+
+
+def _expand(source: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """`source` with its braces and (for a URI) its glob expanded, in order; a local pattern that
+    names an existing file, or _matches nothing, is kept as given."""
+    if _is_uri(source) and not source.lower().startswith(_URLS):
+        out: list[str] = []
+        for one in _braces(source):
+            if _GLOB_MAGIC.search(one.split("://", 1)[1]):
+                fs, path = _filesystem(one, storage_options)
+                scheme = one.split("://", 1)[0]
+                out += [_with_scheme(scheme, p, fs) for p in sorted(fs.glob(path))]
+            else:
+                out.append(one)
+        return out
+    if "{" in source and not os.path.lexists(source):
+        expanded = _braces(source)
+        if expanded != [source]:
+            return expanded
+    return [source]
+
+
+def _braces(source: str) -> list[str]:
+    if "{" not in source:
+        return [source]
+    try:
+        from braceexpand import braceexpand
+    except ImportError:
+        raise ImportError(f"{source}: brace patterns need braceexpand: {_INSTALL}") from None
+    return list(braceexpand(source))
+
+
+def _with_scheme(scheme: str, path: str, fs: Any) -> str:
+    full: str = fs.unstrip_protocol(path)
+    return full if full.startswith(f"{scheme}://") else f"{scheme}://{path.lstrip('/')}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Items of one source
+
+
+def _items_of(
+    source: str,
+    recursive: bool,
+    patterns: Sequence[str],
+    storage_options: Mapping[str, Any] | None,
+    *,
+    hold: bool,
+) -> Iterator[SourceItem]:
+    """The items of one (expanded) source. `hold`: a tar member's bytes are read with the stream
+    and held by its item; without it (a listing kept whole), a plain `.tar` is listed by seeking
+    and each member read again by offset when its item is read."""
+    if source.lower().startswith(_URLS):
+        yield _failed(
+            source,
+            source,
+            "URLs are not fetched; download the file first, or give its object-store URI "
+            "(s3://, gs://, abfss://...)",
+        )
+        return
+    if _is_uri(source):
+        yield from _uri_items(source, recursive, patterns, storage_options, hold=hold)
+        return
+    path = os.path.normpath(source)
+    if os.path.isdir(path):
+        yield from _local_folder(path, source, recursive, patterns)
+    elif _is_shard(path) and os.path.isfile(path):
+        yield from _tar_items(path, _local_opener(path), patterns, hold=hold)
+    else:  # a file, or a path that does not exist: it fails (and is reported) like any unreadable image
+        yield _local_item(path, path)
+
+
+def _local_opener(path: str) -> Callable[[], IO[bytes]]:
+    def open_shard() -> IO[bytes]:
+        return open(path, "rb")
+
+    return open_shard
+
+
+def _failed(key: str, source: str, reason: str) -> SourceItem:
+    def fail() -> bytes:
+        raise InvalidInputError(reason, path=key)
+
+    return SourceItem(key, source=source, reader=fail)
+
+
+def _local_item(path: str, source: str) -> SourceItem:
+    def read() -> bytes:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read file: {_reason(exc)}", path=path) from exc
+
+    return SourceItem(path, source=source, stamp=_local_stamp(path), reader=read, local=True)
+
+
+def _local_stamp(path: str) -> Stamp | None:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return (st.st_size, st.st_mtime_ns)
+
+
+class _Entry(NamedTuple):
+    """One entry of a folder walk: its path below the root (`/`-joined for object stores,
+    `os.sep` for local folders), and the store's details (None for a local file)."""
+
+    rel: str
+    info: Mapping[str, Any] | None
+
+
+def _walk_sorted(
+    root: str,
+    list_dir: Callable[[str], Iterable[tuple[str, bool, Mapping[str, Any] | None]]],
+    join: Callable[[str, str], str],
+    *,
+    recursive: bool,
+    patterns: Sequence[str],
+) -> Iterator[_Entry]:
+    """The files below `root` that match `patterns`, in the sorted order of their relative paths
+    (as `sorted()` of the whole list would give), one directory listing in memory at a time:
+    a subfolder `d` sorts as `d/`, so its files come exactly where the global sort puts them.
+
+    `list_dir(path)` gives `(name, is_dir, info)`; a subfolder it cannot list is yielded as
+    `_Entry(rel, {"error": reason})` (the root's error is raised)."""
+
+    def walk(rel: str) -> Iterator[_Entry]:
+        where = join(root, rel) if rel else root
+        try:
+            listing = list(list_dir(where))
+        except Exception as exc:
+            if not rel:
+                raise
+            yield _Entry(rel, {"error": f"cannot list folder: {_reason(exc)}"})
+            return
+        keyed = sorted(
+            ((f"{name}/" if is_dir else name), name, is_dir, info) for name, is_dir, info in listing
+        )
+        for _, name, is_dir, info in keyed:
+            child = join(rel, name) if rel else name
+            if is_dir:
+                if recursive:
+                    yield from walk(child)
+            elif _matches(name, patterns):
+                yield _Entry(child, info)
+
+    return walk("")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _local_dir_entries(path: str, *, descend_links: bool = False) -> list[tuple[str, bool, None]]:
+    """`(name, is_dir, None)` of a local folder's entries, as `os.walk` sorts them: a symlink to a
+    folder is a folder (and, unless `descend_links`, is listed as one but not entered); a dangling
+    symlink is a file."""
+    out: list[tuple[str, bool, None]] = []
+    with os.scandir(path) as entries:
+        for e in entries:
+            is_dir = e.is_dir()
+            if is_dir and e.is_symlink() and not descend_links:
+                continue  # os.walk lists it among the folders and does not enter it
+            out.append((e.name, is_dir, None))
+    return out
+
+
+def _local_folder(path: str, source: str, recursive: bool, patterns: Sequence[str]) -> Iterator[SourceItem]:
+    found = False
+    for rel, info in _walk_sorted(
+        path, _local_dir_entries, os.path.join, recursive=recursive, patterns=patterns
+    ):
+        found = True
+        full = os.path.join(path, rel)
+        if info is not None and "error" in info:
+            yield _failed(full, path, str(info["error"]))
+        else:
+            yield _local_item(full, path)
+    if not found:
+        raise NothingFoundError(source, patterns, recursive)
+
+
+class NothingFoundError(InvalidInputError):
+    """A folder, prefix or shard holds no file that _matches the patterns."""
+
+    def __init__(self, source: str, patterns: Sequence[str], recursive: bool) -> None:
+        self.source = source
+        self.patterns = tuple(patterns)
+        self.recursive = recursive
+        hint = "" if recursive or _is_shard(source) else "; recursive=True for subfolders"
+        super().__init__(f"no images found (patterns: {', '.join(patterns)}{hint})", path=source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Tar shards (webdataset)
+
+
+def _tar_items(
+    shard: str,
+    opener: Callable[[], IO[bytes]],
+    patterns: Sequence[str],
+    *,
+    hold: bool,
+) -> Iterator[SourceItem]:
+    """The images of a tar shard, one item per webdataset key, in the shard's order.
+
+    With `hold`, the shard is read once as a stream (`tarfile` mode `r|*`, any compression) and
+    each item holds its member's bytes. Without it, a plain `.tar` is listed by seeking over the
+    members' data (mode `r:`) and each item reads its member again by offset; a compressed shard
+    cannot be read by offset, so its items hold their bytes either way.
+
+    A key with two members that match `patterns` (`KEY.jpg` and `KEY.png`) is one failed item; so
+    is a member that _matches but is not a regular file (a link), and the shard itself when it
+    cannot be opened or ends early (keyed by the shard, after the items read before the fault).
+    """
+    seek = not hold and shard.lower().endswith(".tar")
+    try:
+        f = opener()
+    except Exception as exc:
+        yield _failed(shard, shard, f"cannot open shard: {_reason(exc)}")
+        return
+    pending: _Member | None = None
+    with f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:" if seek else "r|*") as tf:
+                while (member := tf.next()) is not None:
+                    vars(tf)["members"].clear()  # tarfile indexes every member: any shard, bounded memory
+                    m = _WDS_KEY.match(member.name)
+                    if m is None or not _matches(member.name, patterns) or member.isdir():
+                        continue
+                    key = m.group(1)
+                    if pending is not None and pending.key == key:
+                        pending.names.append(member.name)
+                        continue
+                    if pending is not None:
+                        yield pending.item(shard, opener)
+                    data = None
+                    if member.isfile() and not seek:
+                        extracted = tf.extractfile(member)
+                        assert extracted is not None  # a regular file always extracts
+                        data = extracted.read()
+                    pending = _Member(key, [member.name], member, data)
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            if pending is not None:
+                yield pending.item(shard, opener)
+            yield _failed(shard, shard, f"shard is not a tar or ends early: {_reason(exc)}")
+            return
+    if pending is None:
+        raise NothingFoundError(shard, patterns, False)
+    yield pending.item(shard, opener)
+
+
+class _Member:
+    """The image member of the sample being read, until the next sample's member shows."""
+
+    def __init__(self, key: str, names: list[str], info: tarfile.TarInfo, data: bytes | None) -> None:
+        self.key, self.names, self.info, self.data = key, names, info, data
+
+    def item(self, shard: str, opener: Callable[[], IO[bytes]]) -> SourceItem:
+        info = self.info
+        stamp = (info.size, int(info.mtime * 1_000_000_000))
+        if len(self.names) > 1:
+            return _with_stamp(
+                _failed(
+                    self.key,
+                    shard,
+                    f"sample has {len(self.names)} images ({', '.join(self.names)}) in {shard}; "
+                    "choose one with globs (--glob)",
+                ),
+                stamp,
+            )
+        if not info.isfile():
+            return _with_stamp(
+                _failed(self.key, shard, f"member {info.name} of {shard} is a link, not a file"), stamp
+            )
+        if self.data is not None:
+            return SourceItem(self.key, source=shard, stamp=stamp, data=self.data)
+        reread = functools.partial(_reread, opener, shard, info.offset_data, info.size, self.key, info.name)
+        return SourceItem(self.key, source=shard, stamp=stamp, reader=reread)
+
+
+def _reread(
+    opener: Callable[[], IO[bytes]], shard: str, offset: int, size: int, key: str, name: str
+) -> bytes:
+    """The bytes of the member `name` of a plain tar `shard`, read again by offset."""
+    try:
+        with opener() as f:
+            f.seek(offset)
+            data = f.read(size)
+    except Exception as exc:
+        raise InvalidInputError(f"cannot read from {shard}: {_reason(exc)}", path=key) from exc
+    if len(data) != size:
+        raise InvalidInputError(f"{shard} ends before its member {name}", path=key)
+    return data
+
+
+def _with_stamp(item: SourceItem, stamp: Stamp) -> SourceItem:
+    item.stamp = stamp
+    return item
+
+
+# --------------------------------------------------------------------------------------------------
+# Object stores (fsspec)
+
+
+def _fsspec() -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module("fsspec")
+    except ImportError:
+        raise ImportError(f"object-store URIs need fsspec: {_INSTALL}") from None
+
+
+def _filesystem(uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    """The fsspec filesystem of `uri` and the path inside it.
+
+    Raises:
+        ImportError: fsspec, or the store's plugin, is missing.
+    """
+    fsspec = _fsspec()
+    try:
+        fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        scheme = uri.split("://", 1)[0]
+        raise ImportError(
+            f"{uri}: no fsspec filesystem for {scheme}:// ({exc}); install its plugin "
+            "(s3fs for s3://, gcsfs for gs://, adlfs for abfss:// and az://)"
+        ) from exc
+    return fs, str(path)
+
+
+def _uri_items(
+    uri: str,
+    recursive: bool,
+    patterns: Sequence[str],
+    storage_options: Mapping[str, Any] | None,
+    *,
+    hold: bool,
+) -> Iterator[SourceItem]:
+    fs, path = _filesystem(uri, storage_options)
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        info = None
+    except Exception as exc:
+        yield _failed(uri, uri, f"cannot read: {_reason(exc)}")
+        return
+    if info is not None and info.get("type") == "directory":
+        base = uri.rstrip("/")
+
+        def list_dir(where: str) -> list[tuple[str, bool, Mapping[str, Any] | None]]:
+            out: list[tuple[str, bool, Mapping[str, Any] | None]] = []
+            for entry in fs.ls(where, detail=True):
+                name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+                out.append((name, entry.get("type") == "directory", entry))
+            return out
+
+        found = False
+        for rel, entry in _walk_sorted(
+            path.rstrip("/"), list_dir, lambda a, b: f"{a}/{b}", recursive=recursive, patterns=patterns
+        ):
+            found = True
+            key = f"{base}/{rel}"
+            if entry is not None and "error" in entry:
+                yield _failed(key, uri, str(entry["error"]))
+                continue
+            inner = str(entry["name"]) if entry is not None else f"{path.rstrip('/')}/{rel}"
+            yield SourceItem(
+                key, source=uri, stamp=_object_stamp(entry), reader=_object_reader(fs, inner, key)
+            )
+        if not found:
+            raise NothingFoundError(uri, patterns, recursive)
+        return
+    if _is_shard(path) and info is not None:
+        yield from _tar_items(uri, lambda: fs.open(path, "rb"), patterns, hold=hold)
+        return
+    yield SourceItem(uri, source=uri, stamp=_object_stamp(info), reader=_object_reader(fs, path, uri))
+
+
+def _object_reader(fs: Any, path: str, key: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            data = fs.cat_file(path)
+        except FileNotFoundError:
+            raise InvalidInputError("no such object", path=key) from None
+        except Exception as exc:
+            raise InvalidInputError(f"cannot read object: {_reason(exc)}", path=key) from exc
+        return bytes(data)
+
+    return read
+
+
+def _object_stamp(info: Mapping[str, Any] | None) -> Stamp | None:
+    """`(size, mtime in ns)` from an fsspec `info` dict (a digest of the ETag where no time is
+    given), or None when it gives no size."""
+    if info is None or info.get("size") is None:
+        return None
+    size = int(info["size"])
+    for field in _MTIME_FIELDS:
+        ns = _nanoseconds(info.get(field))
+        if ns is not None:
+            return (size, ns)
+    for field in _ETAG_FIELDS:
+        if info.get(field):
+            digest = hashlib.blake2b(str(info[field]).encode(), digest_size=8).digest()
+            return (size, int.from_bytes(digest, "big") >> 1)
+    return None
+
+
+def _nanoseconds(value: object) -> int | None:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1_000_000) * 1000
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value * 1_000_000) * 1000
+    if isinstance(value, str):
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1_000_000) * 1000
+        except ValueError:
+            return None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Read-ahead
+
+
+def _read_ahead(items: Iterator[SourceItem], depth: int) -> Iterator[SourceItem]:
+    """`items`, the objects among them read by a pool of threads, `depth` ahead of the consumer.
+    Items that hold their bytes, and local files (which the client reads in its own pool), pass
+    through. Closing the iterator cancels the reads not yet started."""
+    pool: ThreadPoolExecutor | None = None
+    window: deque[SourceItem] = deque()
+    try:
+        for item in items:
+            if item._reader is not None and item._data is None and not item._local:
+                if pool is None:
+                    pool = ThreadPoolExecutor(
+                        min(depth, _MAX_PREFETCH_THREADS), thread_name_prefix="clip-fetch"
+                    )
+                item._ahead = pool.submit(item._reader)
+            window.append(item)
+            if len(window) >= depth:
+                yield window.popleft()
+        while window:
+            yield window.popleft()
+    finally:  # stopped early: the reads of items never handed out are not needed
+        for item in window:
+            if item._ahead is not None:
+                item._ahead.cancel()
+        if pool is not None:  # reads of items handed out finish; the threads then end
+            pool.shutdown(wait=False)
