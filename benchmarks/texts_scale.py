@@ -1,6 +1,6 @@
 """Peak memory of `clip-client texts --from t.txt --out t.parquet` as the row count grows, and of a
 resumed run: the command in a subprocess against a loopback endpoint with no latency (in a process
-of its own), side by side with the command as it was at git HEAD when that is cheap to run.
+of its own), side by side with the command as it was before issue 20 (commit `BEFORE`), when git can give it.
 
     python benchmarks/texts_scale.py            # 100,000 and 1,000,000 rows (about 10 minutes)
     python benchmarks/texts_scale.py --full     # and 10,000,000 (hours on 2 cores)
@@ -11,7 +11,7 @@ interrupted with SIGINT once about half its rows are in `t.parquet.parts/`, then
 again, which embeds only what is missing (its peak RSS and rows/s over the rows it embedded). The
 table gives each peak and its ratio to the smallest N's; the goal (issue 20) is a ratio <= 1.2.
 The embedding cache is off (`--no-cache`): this measures the command's pipeline, not the cache.
-The "HEAD" row is the same command run from `git archive HEAD` (the code before streaming), at the
+The "before" row is the same command run from `git archive BEFORE` (the code before streaming), at the
 smallest N only (it holds every row: about 6.6 KB each).
 """
 
@@ -97,11 +97,15 @@ def run_cli(
     return Run(proc.returncode, usage.ru_maxrss * 1024, seconds, rows)
 
 
+BEFORE = "66b7b7b"
+"""The last commit before issue 20's streaming outputs: the code that held every row in memory."""
+
+
 def _head_tree(into: Path) -> Path | None:
-    """The package as committed at HEAD, unpacked in `into` (None when git cannot give it)."""
+    """The package as committed at `BEFORE`, unpacked in `into` (None when git cannot give it)."""
     try:
         archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "HEAD", "clip_client"], capture_output=True, check=True
+            ["git", "-C", str(ROOT), "archive", BEFORE, "clip_client"], capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     except (OSError, subprocess.CalledProcessError):
@@ -167,7 +171,8 @@ def scale_rows(mode: str) -> list[str]:
             before = run_cli(args, _env(endpoint.url, head), folder, n)
             assert base is not None
             lines.append(
-                f"| HEAD (holds every row) | {n:,} | {before.peak / 2**20:,.0f} MiB | {before.rate:,.0f} | "
+                f"| before ({BEFORE}: holds every row) | {n:,} | {before.peak / 2**20:,.0f} MiB | "
+                f"{before.rate:,.0f} | "
                 f"(no resume) | | {before.peak / base[0]:.2f}x the streaming peak |"
             )
     return lines

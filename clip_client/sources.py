@@ -55,7 +55,8 @@ a 63-bit digest of its ETag."""
 
 _WDS_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """webdataset's rule (`base_plus_ext`): a member `dir/KEY.ext.more` is the field `ext.more` of the
-sample `dir/KEY`; the key ends at the first dot of the base name."""
+sample `dir/KEY`; the key ends at the first dot of the base name. A base name with no dot, or
+starting with one, has no key here (webdataset drops `.x.jpg` and keys `dir/.x.jpg` as `dir/`)."""
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _URLS = ("http://", "https://")
 _GLOB_MAGIC = re.compile(r"[*?[]")
@@ -170,7 +171,9 @@ def iter_images(
       too (symlinked folders are not followed), in the sorted order of their paths below it;
     - a tar shard (a name ending in one of [`TAR_SUFFIXES`][clip_client.sources.TAR_SUFFIXES], local
       or in an object store) in the webdataset layout: its members `KEY.ext` matching `globs`, in
-      the shard's order, one item per key; the siblings `KEY.json`, `KEY.txt`... are skipped;
+      the shard's order, one item per key; the siblings `KEY.json`, `KEY.txt`... are skipped; a
+      matching member with no key (its base name starts with a dot, or has none) is one failed
+      item keyed by its name;
     - an object-store URI (`s3://bucket/prefix`, `gs://...`, `abfss://...`, `memory://...`): an
       object, or the objects below a prefix, as a local file or folder;
     - a pattern: braces (`shard-{000000..000099}.tar`, `{a,b}`) expand in order; `*`, `?` and `[`
@@ -194,8 +197,9 @@ def iter_images(
 
     Returns:
         the items, source by source. A source that cannot be read whole (a folder that cannot be
-        listed, a shard that is not a tar or is cut short) yields one item keyed by the source (or
-        the subfolder) whose `read` raises: one failed input; the items before it are kept.
+        listed, a shard that is not a tar or is cut short: one that does not end with one or more
+        whole zero blocks, and nothing after them) yields one item keyed by the source (or the
+        subfolder) whose `read` raises: one failed input; the items before it are kept.
 
     Raises:
         InvalidInputError: a folder, prefix or shard holds nothing that _matches `globs` (raised
@@ -464,8 +468,10 @@ def _tar_items(
     cannot be read by offset, so its items hold their bytes either way.
 
     A key with two members that match `patterns` (`KEY.jpg` and `KEY.png`) is one failed item; so
-    is a member that _matches but is not a regular file (a link), and the shard itself when it
-    cannot be opened or ends early (keyed by the shard, after the items read before the fault).
+    is a member that _matches but is not a regular file (a link), or has no webdataset key (keyed by
+    its name, after the sample it is found in), and the shard itself when it cannot be opened or is
+    not whole (keyed by the shard, after the items read before the fault): `tarfile` ends the
+    archive quietly at a missing, short or corrupt header, so the end is checked (`_end_fault`).
     """
     seek = not hold and shard.lower().endswith(".tar")
     try:
@@ -474,34 +480,118 @@ def _tar_items(
         yield _failed(shard, shard, f"cannot open shard: {_reason(exc)}")
         return
     pending: _Member | None = None
+    behind: list[SourceItem] = []  # keyless members met while `pending` was open: they follow it
+    found = False
+    fault: str | None = None
     with f:
         try:
-            with tarfile.open(fileobj=f, mode="r:" if seek else "r|*") as tf:
+            with tarfile.open(fileobj=f, mode="r:" if seek else "r|*", tarinfo=_Header) as tf:
                 while (member := tf.next()) is not None:
                     vars(tf)["members"].clear()  # tarfile indexes every member: any shard, bounded memory
+                    if member.isdir() or not _matches(member.name, patterns):
+                        continue
+                    found = True
                     m = _WDS_KEY.match(member.name)
-                    if m is None or not _matches(member.name, patterns) or member.isdir():
+                    if m is None or m.group(1).endswith("/"):  # `.x.jpg`, `dir/.x.jpg`, `noext`
+                        keyless = _keyless(member, shard)
+                        if pending is None:
+                            yield keyless
+                        else:
+                            behind.append(keyless)
                         continue
                     key = m.group(1)
                     if pending is not None and pending.key == key:
                         pending.names.append(member.name)
                         continue
                     if pending is not None:
-                        yield pending.item(shard, opener)
+                        done, pending = pending, None  # a fault from here on must not yield it again
+                        yield done.item(shard, opener)
+                        yield from behind
+                        behind.clear()
                     data = None
                     if member.isfile() and not seek:
                         extracted = tf.extractfile(member)
                         assert extracted is not None  # a regular file always extracts
                         data = extracted.read()
                     pending = _Member(key, [member.name], member, data)
+                fault = _end_fault(tf)
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            if pending is not None:
-                yield pending.item(shard, opener)
-            yield _failed(shard, shard, f"shard is not a tar or ends early: {_reason(exc)}")
-            return
-    if pending is None:
+            fault = f"shard is not a tar or ends early: {_reason(exc)}"
+    if pending is not None:
+        yield pending.item(shard, opener)
+    yield from behind
+    if fault is not None:
+        yield _failed(shard, shard, fault)
+    elif not found:
         raise NothingFoundError(shard, patterns, False)
-    yield pending.item(shard, opener)
+
+
+_HEADER_FAULT = "_clip_client_header_fault"
+_TAR_ERRORS = vars(tarfile)  # the header errors below are not in typeshed's stubs
+_ZERO_BLOCK: type[Exception] = _TAR_ERRORS["EOFHeaderError"]
+_NO_HEADER: type[Exception] = _TAR_ERRORS["EmptyHeaderError"]
+_SHORT_HEADER: type[Exception] = _TAR_ERRORS["TruncatedHeaderError"]
+
+
+class _Header(tarfile.TarInfo):
+    """A `TarInfo` that records, on its `TarFile`, why the last header could not be read.
+
+    `TarFile.next` returns None (a normal end of archive) for a zero block, but also, past the
+    first member, for a missing, short or corrupt header: the error kept here tells them apart."""
+
+    @classmethod
+    def fromtarfile(cls, tf: tarfile.TarFile) -> _Header:
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.HeaderError as exc:
+            vars(tf)[_HEADER_FAULT] = exc
+            raise
+
+
+def _end_fault(tf: tarfile.TarFile) -> str | None:
+    """Why the archive that `tf.next()` has just ended is not whole, or None when it ends as a tar
+    must: one or more 512-byte zero blocks (POSIX writes two, some writers one) and nothing else, no
+    partial block. Reads the rest of the shard (its padding, normally)."""
+    exc = vars(tf).get(_HEADER_FAULT)
+    at = tf.offset  # where the header that could not be read starts, in the (uncompressed) tar
+    if isinstance(exc, _ZERO_BLOCK):
+        rest = 0
+        while chunk := tf.fileobj.read(1 << 16):
+            if chunk.count(0) != len(chunk):
+                return (
+                    f"shard has data after its end-of-archive marker (byte {at} of the tar): "
+                    "a concatenation of tars, or a corrupt shard"
+                )
+            rest += len(chunk)
+        if rest % tarfile.BLOCKSIZE:
+            return f"shard ends early: it stops inside a block of its end-of-archive marker (byte {at})"
+        return None
+    if isinstance(exc, _NO_HEADER):
+        return (
+            f"shard ends early: it stops at byte {at} of the tar, after a member, with no "
+            "end-of-archive marker (a shard cut short: the members after the cut are lost)"
+        )
+    if isinstance(exc, _SHORT_HEADER):
+        return f"shard ends early: it stops inside the member header at byte {at} of the tar"
+    if exc is not None:
+        return f"shard has a corrupt member header at byte {at} of the tar ({exc}): the rest is unreadable"
+    return f"shard ends early: no end-of-archive marker (byte {at} of the tar)"
+
+
+def _keyless(member: tarfile.TarInfo, shard: str) -> SourceItem:
+    """A failed item for an image member that has no webdataset key: its base name starts with a
+    dot (`.x.jpg`, `dir/._x.jpg`) or has none (a name without an extension that a glob matched).
+    Keyed by the member's name, as `tar tf` lists it."""
+    base = member.name.rsplit("/", 1)[-1]
+    why = "starts with a dot" if base.startswith(".") else "has no extension"
+    return _with_stamp(
+        _failed(
+            member.name,
+            shard,
+            f"member {member.name} of {shard} has no webdataset key (its base name {why}); rename it",
+        ),
+        (member.size, int(member.mtime * 1_000_000_000)),
+    )
 
 
 class _Member:

@@ -140,7 +140,8 @@ def rel(paths: list[Path], root: Path) -> list[str]:
 
 
 def jsonl(text: str) -> list[dict]:  # type: ignore[type-arg]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    # JSON Lines end at "\n" only: a text may hold U+2028, U+0085... raw (`str.splitlines` splits there).
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -2217,6 +2218,182 @@ def test_texts_read_csv_jsonl_parquet_and_stdin_as_streams(
     result = CliRunner().invoke(app, ["texts", "--from", "-"], input="x\n\ny\n")
     assert result.exit_code == 0, result.output
     assert [(r["id"], r["text"]) for r in jsonl(result.stdout)] == [(0, "x"), (2, "y")]
+
+
+# Texts --from are split into lines as JSON Lines and `wc -l` split them (issue: a tester found
+# `str.splitlines` breaking lines on characters that are not newlines).
+
+ODD_TEXTS = [
+    "first",
+    "line\u2028sep",
+    "para\u2029sep",
+    "nel\x85x",
+    "tab\x0bvertical",
+    "form\x0cfeed",
+    "seps\x1c\x1d\x1e",
+    "last",
+]
+"""Texts with each character `str.splitlines` breaks on but JSON Lines and .txt do not."""
+
+
+def test_jsonl_texts_may_hold_the_line_separators_that_json_leaves_raw(invoke, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    texts = ["first", "line\u2028sep", "nel\x85x", "last"]
+    (tmp_path / "u.jsonl").write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8"
+    )
+    assert "\u2028" in (tmp_path / "u.jsonl").read_text(encoding="utf-8")  # raw, as JSON allows
+    run = invoke("texts", "--from", "u.jsonl", "--out", "u.parquet")
+    assert run.exit_code == 0, run.output
+    back = read_rows(tmp_path / "u.parquet")
+    assert back.keys == [0, 1, 2, 3]
+    assert back.texts == texts
+    np.testing.assert_array_equal(back.embeddings, text_rows(texts))
+    # Every odd character, with a CRLF line and a blank line, and on stdout.
+    lines = [json.dumps({"text": t}, ensure_ascii=False) for t in ODD_TEXTS]
+    lines[3] += "\r"
+    (tmp_path / "odd.jsonl").write_bytes("\n".join([*lines[:5], "", *lines[5:]]).encode("utf-8"))
+    run = invoke("texts", "--from", "odd.jsonl")
+    assert run.exit_code == 0, run.output
+    assert [(r["id"], r["text"]) for r in jsonl(run.stdout)] == [
+        (i if i < 5 else i + 1, t) for i, t in enumerate(ODD_TEXTS)
+    ]
+
+
+def test_txt_and_stdin_lines_end_at_newlines_only_and_ids_stay_line_numbers(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    raw = (
+        "\r\n".join(ODD_TEXTS[:3]) + "\n\n" + "\n".join(ODD_TEXTS[3:])
+    )  # CRLF lines, a blank one, no last \n
+    (tmp_path / "odd.txt").write_bytes(raw.encode("utf-8"))
+    want = [(i if i < 3 else i + 1, t) for i, t in enumerate(ODD_TEXTS)]
+    args = ["texts", "--from", "odd.txt", "--out", "odd.parquet", "--part-rows", "3"]
+    run = invoke(*args)
+    assert run.exit_code == 0, run.output
+    assert "1 blank line(s) skipped" in run.stderr
+    back = read_rows(tmp_path / "odd.parquet")
+    assert list(zip(back.keys, back.texts or [], strict=True)) == want
+    np.testing.assert_array_equal(back.embeddings, text_rows(ODD_TEXTS))
+    # Read again on resume: the same lines, so every row is kept and nothing is sent.
+    server.reset()
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "resuming: 8 rows already done" in again.stderr
+    assert "differs" not in again.stderr
+    assert server.posts() == 0
+    # The same from stdin.
+    result = CliRunner().invoke(app, ["texts", "--from", "-"], input=raw.encode("utf-8"))
+    assert result.exit_code == 0, result.output
+    assert [(r["id"], r["text"]) for r in jsonl(result.stdout)] == want
+    # A .csv is the csv module's: its rows, CRLF or not, a quoted newline kept, the odd characters text.
+    (tmp_path / "odd.csv").write_bytes(
+        (
+            "caption\r\n"
+            + "\r\n".join(ODD_TEXTS[:4])
+            + '\r\n"two\nlines"\n'
+            + "\n".join(ODD_TEXTS[4:])
+            + "\n"
+        ).encode()
+    )
+    run = invoke("texts", "--from", "odd.csv")
+    assert run.exit_code == 0, run.output
+    csv_texts = [*ODD_TEXTS[:4], "two\nlines", *ODD_TEXTS[4:]]
+    assert [(r["id"], r["text"]) for r in jsonl(run.stdout)] == list(enumerate(csv_texts))
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["from-out", "from-parts"])
+def test_a_line_made_blank_or_filled_in_is_said_to_differ_at_its_own_id(
+    invoke, server: ServingServer, tmp_path: Path, finished: bool
+) -> None:  # type: ignore[no-untyped-def]
+    lines = [f"line {i}" for i in range(40)]
+    source = tmp_path / "t.txt"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args = ["texts", "--from", "t.txt", "--out", "t.parquet", "--no-cache", "--part-rows", "10",
+            "--batch-size", "5", "--max-concurrency", "1"]  # fmt: skip
+    if not finished:  # an interrupted run: its parts hold the first rows
+        server.script = [Reply(answer=True)] * 6 + [
+            Reply(400, {"error_code": "BAD_REQUEST", "message": "no"})
+        ]
+        assert invoke(*args).exit_code == 1
+        assert (tmp_path / "t.parquet.parts").is_dir()
+        server.reset()
+    else:
+        assert invoke(*args).exit_code == 0
+    lines[2] = ""  # made blank: the earlier run's id 2 is no more
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = invoke(*args)
+    assert run.exit_code == 0, run.output
+    assert "differs from the earlier run's rows at id 2:" in run.stderr
+    back = read_rows(tmp_path / "t.parquet")
+    assert back.keys == [i for i, t in enumerate(lines) if t]
+    np.testing.assert_array_equal(back.embeddings, text_rows([t for t in lines if t]))
+    lines[2] = "filled in again"  # the earlier run has no id 2 now: the difference is still at 2
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    run = invoke(*args)
+    assert run.exit_code == 0, run.output
+    assert "differs from the earlier run's rows at id 2:" in run.stderr
+    assert read_rows(tmp_path / "t.parquet").keys == list(range(40))
+
+
+def test_bytes_that_are_not_utf8_name_their_line_and_the_rows_before_are_kept(
+    invoke, server: ServingServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    lines = [f"caption {i}".encode() for i in range(6000)]
+    lines[5000] = b"caf\xe9 au lait"  # Latin-1, on line 5001: far past the first read of the file
+    (tmp_path / "late.txt").write_bytes(b"\n".join(lines) + b"\n")
+    args = ["texts", "--from", "late.txt", "--out", "late.parquet", "--part-rows", "1000"]
+    run = invoke(*args)
+    assert run.exit_code == 1, run.output
+    said = " ".join(run.stderr.split())
+    assert "late.txt: line 5001 is not UTF-8 text (invalid continuation byte, byte 4 of the line)" in said
+    assert "re-encode it as UTF-8" in said
+    assert "rerun to resume" in said
+    kept = [
+        k
+        for part in sorted((tmp_path / "late.parquet.parts").glob("part-*.parquet"))
+        for k in read_rows(part).keys
+    ]
+    assert kept == list(range(5000))  # every row before the line: the stream finished them first
+    # A bad line among the rows the parts hold is the input's fault, not a damaged part.
+    (tmp_path / "late.txt").write_bytes(b"\n".join([*lines[:10], b"\xff", *lines[11:]]) + b"\n")
+    run = invoke(*args)
+    assert run.exit_code == 1, run.output
+    assert "late.txt: line 11 is not UTF-8 text" in " ".join(run.stderr.split())
+    assert "damaged" not in run.stderr
+    # Re-encoded, the same command resumes.
+    lines[5000] = "café au lait".encode()
+    (tmp_path / "late.txt").write_bytes(b"\n".join(lines) + b"\n")
+    server.reset()
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert "resuming: 5000 rows already done" in again.stderr
+    assert sorted(server.inputs(TEXT)) == sorted(line.decode() for line in lines[5000:])  # each once
+    assert read_rows(tmp_path / "late.parquet").keys == list(range(6000))
+    # stdin, .jsonl and .csv name the line too (a BOM is no byte of the text).
+    result = CliRunner().invoke(app, ["texts", "--from", "-"], input=b"ok\nbad \xff\n")
+    assert result.exit_code == 1
+    assert [(r["id"], r["text"]) for r in jsonl(result.stdout)] == [(0, "ok")]  # the rows before it
+    assert "stdin: line 2 is not UTF-8 text (invalid start byte, byte 5 of the line)" in " ".join(
+        result.stderr.split()
+    )
+    (tmp_path / "b.jsonl").write_bytes(b'{"text": "ok"}\n\n{"text": "\xe9"}\n')
+    run = invoke("texts", "--from", "b.jsonl")
+    assert "b.jsonl: line 3 is not UTF-8 text" in " ".join(run.stderr.split())
+    (tmp_path / "b.csv").write_bytes(b'\xef\xbb\xbfcaption\n"a\nb"\n\xe9t\xe9\n')
+    run = invoke("texts", "--from", "b.csv")
+    assert "b.csv: line 4 is not UTF-8 text (invalid continuation byte, byte 1 of the line)" in " ".join(
+        run.stderr.split()
+    )
+    (tmp_path / "h.csv").write_bytes(b"\xef\xbb\xbfcapt\xe9on\n")
+    run = invoke("texts", "--from", "h.csv")
+    assert run.exit_code == 1
+    assert "h.csv: line 1 is not UTF-8 text (invalid continuation byte, byte 8 of the line)" in " ".join(
+        run.stderr.split()
+    )
 
 
 def test_a_texts_run_holds_no_more_memory_for_four_times_the_rows(

@@ -247,6 +247,133 @@ def test_a_shard_cut_short_keeps_the_members_before_the_cut(
     assert "ends early" in str(stream.failures[0].error)
 
 
+def twelve_jpegs() -> tuple[bytes, list[int]]:
+    """A shard of 12 JPEG members, each beside its KEY.txt, and the offsets of its members' headers
+    (the JPEGs' and the .txt's, in order)."""
+    images = {f"{i:06d}": ("jpg", encoded(2 * i)[1]) for i in range(12)}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for key, (ext, data) in images.items():
+            add(tf, f"{key}.{ext}", data)
+            add(tf, f"{key}.txt", b"a picture")
+    whole = buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tf:
+        headers = [m.offset for m in tf.getmembers()]
+    return whole, headers
+
+
+def test_a_shard_cut_at_a_header_or_without_its_end_marker_is_failed_as_the_shard(  # type: ignore[no-untyped-def]
+    client: ClipClient,
+    memory: MemoryFileSystem,
+    tmp_path: Path,
+    cli,  # noqa: F811
+) -> None:
+    """tarfile reads a missing or short header as the end of the archive: the members after the cut
+    must not vanish silently. A shard must end with one or more whole zero blocks."""
+    import gzip
+
+    whole, headers = twelve_jpegs()
+    keys = [f"{i:06d}" for i in range(12)]
+    last_end = headers[-1] + 2 * tarfile.BLOCKSIZE  # after the last member (a 9-byte .txt): no zero block
+    assert whole[last_end:] == bytes(len(whole) - last_end)  # the rest is the end marker and padding
+    cuts = {  # name -> (bytes, images kept before the cut)
+        "at-header.tar": (whole[: headers[12]], 6),  # on a block boundary, where 000006.jpg's header starts
+        "mid-header.tar": (whole[: headers[12] + 100], 6),  # inside that header
+        "mid-txt-header.tar": (whole[: headers[13] + 300], 7),  # inside the header of 000006.txt
+        "no-end-marker.tar": (whole[:last_end], 12),  # every member whole, but no zero block
+        "partial-end-block.tar": (whole[: last_end + 700], 12),  # a zero block and a part of one
+        "data-after-end.tar": (whole + whole, 12),  # two tars end to end: the second is not read
+    }
+    for name, (data, kept) in cuts.items():
+        (tmp_path / name).write_bytes(data)
+        memory.pipe(f"/bucket/{name}", data)
+        for source in (str(tmp_path / name), f"memory://bucket/{name}"):
+            for reread in (False, True):
+                items = list(iter_images(source, reread=reread))
+                where = f"{source} reread={reread}"
+                assert [i.key for i in items] == [*keys[:kept], source], where
+                result = client.embed_images(items, on_error="mark")
+                assert [(f.index, f.error.path) for f in result.failures] == [(kept, source)], where
+                message = str(result.failures[0].error)
+                assert "ends early" in message or "after its end-of-archive marker" in message, where
+    # Compressed: a whole gzip stream of a tar cut at a header, and a gzip stream itself cut short.
+    (tmp_path / "at-header.tar.gz").write_bytes(gzip.compress(cuts["at-header.tar"][0]))
+    packed = gzip.compress(whole)
+    (tmp_path / "gz-cut.tar.gz").write_bytes(packed[: len(packed) // 2])
+    for name in ("at-header.tar.gz", "gz-cut.tar.gz"):
+        items = list(iter_images(tmp_path / name, reread=True))
+        assert items[-1].key == str(tmp_path / name)
+        assert [i.key for i in items[:-1]] == keys[: len(items) - 1]
+        assert name != "at-header.tar.gz" or len(items) == 7
+        with pytest.raises(InvalidInputError, match="ends early"):
+            items[-1].read()
+
+    # A shard whose end marker is a single zero block (some writers emit one) is whole.
+    for end in (last_end + tarfile.BLOCKSIZE, last_end + 2 * tarfile.BLOCKSIZE, len(whole)):
+        (tmp_path / "one-block.tar").write_bytes(whole[:end])
+        for reread in (False, True):
+            items = list(iter_images(tmp_path / "one-block.tar", reread=reread))
+            assert [i.key for i in items] == keys
+            assert client.embed_images(items, on_error="mark").failures == []
+
+    # The command reports it: rows for the members before the cut, the shard failed, exit status 3.
+    run = cli("images", "at-header.tar", "--out", "t.parquet")
+    assert run.rc == 3, run
+    assert "at-header.tar" in run.err
+    assert "ends early" in run.err
+    assert pq.read_table(tmp_path / "t.parquet").column(0).to_pylist() == keys[:6]
+
+
+def test_an_image_member_without_a_webdataset_key_is_a_failed_input(
+    client: ClipClient, images: dict[str, tuple[str, bytes]], tmp_path: Path
+) -> None:
+    """`.hidden.jpg` has no webdataset key (the key ends at the first dot of the base name): it is
+    one failed input named by the member's name, in the shard's order, never dropped."""
+    jpeg, png = images["000000"][1], images["000001"][1]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        add(tf, "a.jpg", jpeg)
+        add(tf, ".hidden.jpg", jpeg)  # between a sample's members: it follows the sample
+        add(tf, "a.txt", b"a picture")
+        add(tf, "dir", b"", tarfile.DIRTYPE)  # a directory: not an image, skipped
+        add(tf, "dir/._b.png", png)  # macOS's AppleDouble file beside dir/b.png
+        add(tf, "dir/b.png", png)
+        add(tf, "dir/b.json", b"{}")
+        add(tf, "notes", b"no extension")  # matches no glob: skipped
+        add(tf, "lone.txt", b"a text with no image")  # matches no glob: skipped
+        add(tf, "c.jpg", jpeg)
+    (tmp_path / "odd.tar").write_bytes(buf.getvalue())
+
+    for reread in (False, True):
+        items = list(iter_images(tmp_path / "odd.tar", reread=reread))
+        assert [i.key for i in items] == ["a", ".hidden.jpg", "dir/._b.png", "dir/b", "c"]
+        result = client.embed_images(items, on_error="mark")
+        failed = {f.index: f.error for f in result.failures}
+        assert sorted(failed) == [1, 2]
+        for index, error in failed.items():
+            assert isinstance(error, InvalidInputError)
+            assert error.path == items[index].key
+            assert "has no webdataset key" in str(error)
+            assert "starts with a dot" in str(error)
+        np.testing.assert_array_equal(result.embeddings[4], result.embeddings[0])  # the same picture
+        assert items[1].stamp == (len(jpeg), MTIME * 1_000_000_000)
+
+    # A glob that matches a name with no extension: that member has no key either.
+    only = list(iter_images(tmp_path / "odd.tar", globs=["notes", "*.png"]))
+    assert [i.key for i in only] == ["dir/._b.png", "dir/b", "notes"]
+    with pytest.raises(InvalidInputError, match="has no extension"):
+        only[2].read()
+    # A shard whose only image has no key is not "no images found": its one image is listed, failed.
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        add(tf, ".only.jpg", jpeg)
+    (tmp_path / "dot.tar").write_bytes(buf.getvalue())
+    (item,) = iter_images(tmp_path / "dot.tar")
+    assert item.key == ".only.jpg"
+    with pytest.raises(InvalidInputError, match="rename it"):
+        item.read()
+
+
 def test_a_source_with_no_images_says_so(tmp_path: Path, memory: MemoryFileSystem) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no pictures")

@@ -6,10 +6,11 @@ import collections
 import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 import typer
@@ -63,14 +64,12 @@ class TextInput:
             return
         try:
             if self.suffix == ".csv":
-                with open(source, newline="", encoding="utf-8-sig") as f:
-                    self.column = self._csv_column(csv.DictReader(f).fieldnames or [])
+                with open(source, "rb") as f:
+                    self.column = self._csv_column(csv.DictReader(self._csv_lines(f)).fieldnames or [])
             elif self.suffix == ".parquet":
                 self.column = self._parquet_column()
             elif not source.is_file():
                 open(source, "rb").close()  # the reason, as the system says it
-        except UnicodeDecodeError as exc:
-            raise OutputError(f"{source}: not UTF-8 text ({exc.reason})") from None
         except OSError as exc:
             raise OutputError(f"--from {source}: {exc.strerror or exc}") from None
 
@@ -122,35 +121,46 @@ class TextInput:
     def __iter__(self) -> Iterator[tuple[int, str]]:
         try:
             if str(self.source) == "-":
-                yield from self._lines(sys.stdin)
+                yield from self._lines(_stdin_bytes())
             elif self.suffix == ".csv":
                 yield from self._csv()
             elif self.suffix == ".parquet":
                 yield from self._parquet()
             else:
-                with open(self.source, encoding="utf-8", newline="") as f:
+                with open(self.source, "rb") as f:
                     yield from self._jsonl(f) if self.suffix == ".jsonl" else self._lines(f)
-        except UnicodeDecodeError as exc:
-            raise OutputError(f"{self.source}: not UTF-8 text ({exc.reason})") from None
         except OSError as exc:
             raise OutputError(f"--from {self.source}: {exc.strerror or exc}") from None
 
-    def _numbered_lines(self, f: Iterable[str]) -> Iterator[tuple[int, str]]:
-        """Each line with its number from 0, lines split as `str.splitlines` splits the whole text."""
-        number = 0
-        for chunk in f:
-            for line in chunk.splitlines():
-                yield number, line
-                number += 1
+    def _decoded(self, f: Iterable[bytes], encoding: str = "utf-8") -> Iterator[str]:
+        """Each line of `f` (bytes, split on `\\n` only: a binary file's lines), decoded as it comes,
+        its line end kept. A line that is not UTF-8 is an `OutputError` naming it (from 1), once
+        the lines before it have been taken."""
+        for number, raw in enumerate(_split_on_newlines(f)):
+            try:
+                yield raw.decode(encoding if number == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                name = "stdin" if str(self.source) == "-" else str(self.source)
+                at = exc.start + len(raw) - len(exc.object)  # a BOM that utf-8-sig took counts
+                raise OutputError(
+                    f"{name}: line {number + 1} is not UTF-8 text ({exc.reason}, byte {at + 1} "
+                    "of the line); re-encode it as UTF-8 (e.g. iconv -f latin1 -t utf-8) and rerun"
+                ) from None
 
-    def _lines(self, f: Iterable[str]) -> Iterator[tuple[int, str]]:
+    def _numbered_lines(self, f: Iterable[bytes]) -> Iterator[tuple[int, str]]:
+        """Each line with its number from 0: lines end at `\\n` only (as JSON Lines and `wc -l`
+        count them; `\\v`, `\\f`, U+0085, U+2028... are text), a `\\r` before it dropped."""
+        for number, line in enumerate(self._decoded(f)):
+            yield number, line.removesuffix("\n").removesuffix("\r")
+
+    def _lines(self, f: Iterable[bytes]) -> Iterator[tuple[int, str]]:
         for number, line in self._numbered_lines(f):
             if line.strip():
                 yield number, line
             else:
                 self.skipped += 1
 
-    def _jsonl(self, f: Iterable[str]) -> Iterator[tuple[int, str]]:
+    def _jsonl(self, f: Iterable[bytes]) -> Iterator[tuple[int, str]]:
         column = self.column or "text"
         for number, line in self._numbered_lines(f):
             if not line.strip():
@@ -174,10 +184,16 @@ class TextInput:
         return f"found {type(obj[column]).__name__}" if isinstance(obj, dict) and column in obj else "absent"
 
     def _csv(self) -> Iterator[tuple[int, str]]:
-        with open(self.source, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+        with open(self.source, "rb") as f:
+            reader = csv.DictReader(self._csv_lines(f))
             for number, row in enumerate(reader):
                 yield number, row[self.column or ""] or ""
+
+    def _csv_lines(self, f: Iterable[bytes]) -> Iterator[str]:
+        """The lines of a CSV file as `open(newline="", encoding="utf-8-sig")` gives them (a lone
+        `\\r` ends one too), decoded a line at a time: bytes that are not UTF-8 name their line."""
+        for line in self._decoded(f, "utf-8-sig"):
+            yield from _LONE_CR.split(line)
 
     def _parquet(self) -> Iterator[tuple[int, str]]:
         import pyarrow.parquet as pq
@@ -197,6 +213,32 @@ class TextInput:
     def say_skipped(self) -> None:
         if self.skipped:
             say_error(f"clip-client: {self.skipped} blank line(s) skipped (ids are line numbers, from 0)")
+
+
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)(?!$)")
+"""Where a line ends at a lone `\\r` (not one of `\\r\\n`), as the csv module's `newline=""` files end it."""
+
+
+def _split_on_newlines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """`chunks` (a binary file's lines, or any pieces of bytes) as lines split on `\\n` only, each
+    with its `\\n` (the last one may lack it)."""
+    rest = b""
+    for chunk in chunks:
+        if rest or not chunk.endswith(b"\n") or b"\n" in chunk[:-1]:
+            *lines, rest = (rest + chunk).split(b"\n")
+            yield from (line + b"\n" for line in lines)
+        else:  # a whole line already, as a binary file gives them
+            yield chunk
+    if rest:
+        yield rest
+
+
+def _stdin_bytes() -> Iterable[bytes]:
+    """The bytes of stdin (its text stream's, encoded, where it has no binary buffer)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is not None:
+        return cast("Iterable[bytes]", buffer)
+    return (chunk.encode("utf-8", "surrogatepass") for chunk in sys.stdin)  # a surrogate: not UTF-8
 
 
 @app.command()
@@ -315,11 +357,15 @@ def _texts_to_stdout(given: TextInput, normalize: bool, common: Common) -> int:
     chunk at a time; the last chunk is written inside the `finishing` window."""
     chunk: list[tuple[int, str, np.ndarray]] = []
     sent: collections.deque[tuple[int, str]] = collections.deque()
+    fault: list[OutputError] = []
 
     def texts() -> Iterator[str]:
-        for key, value in given:
-            sent.append((key, value))
-            yield value
+        try:
+            for key, value in given:
+                sent.append((key, value))
+                yield value
+        except OutputError as exc:  # the input ends there: the rows before it are written first
+            fault.append(exc)
 
     # Only the key's name matters on stdout: rows of texts carry an `id`.
     meta = OutputMeta(kind="text", model="", normalize=normalize)
@@ -338,6 +384,10 @@ def _texts_to_stdout(given: TextInput, normalize: bool, common: Common) -> int:
                     write_jsonl(sys.stdout, rows_of(chunk[:-1]))
                     chunk = chunk[-1:]  # the last row waits: it is written in the finishing window
         given.say_skipped()
+    if fault:
+        write_jsonl(sys.stdout, rows_of(chunk))
+        sys.stdout.flush()
+        raise fault[0]
     with finishing() as window:
         write_jsonl(sys.stdout, rows_of(chunk))
         sys.stdout.flush()

@@ -1703,10 +1703,9 @@ class ResumableTexts(_PartsFolder):
         parts = self._part_files()
         for at, (number, part) in enumerate(parts):
             taken: list[tuple[int, str]] = []
-            try:
-                same = self._equal_rows(read_chunks(part, vectors=False), source, taken)
-            except OutputError as exc:
-                raise self._unreadable(exc, part) from None
+            # The input's own faults (a line that is not UTF-8...) are said as they are: only the
+            # part's make it damaged.
+            same = self._equal_rows(self._rows_of_part(part), source, taken)
             if same is None:
                 self.kept += len(taken)
                 self._next_part = number + 1
@@ -1719,12 +1718,19 @@ class ResumableTexts(_PartsFolder):
             return itertools.chain(taken, source)
         return source
 
+    def _rows_of_part(self, part: Path) -> Iterator[Rows]:
+        """The rows of a part file, in chunks; unreadable, it is named as damaged."""
+        try:
+            yield from read_chunks(part, vectors=False)
+        except OutputError as exc:
+            raise self._unreadable(exc, part) from None
+
     def _equal_rows(
         self, chunks: Iterator[Rows], source: Iterator[tuple[int, str]], taken: list[tuple[int, str]]
     ) -> int | None:
         """Read `source` alongside the rows of `chunks` (each input read is appended to `taken`):
         None when every row equals its input (id and text), else the id where they first differ
-        (or, when the input ended first, -1)."""
+        (`_first_difference`; or, when the input ended first, -1)."""
         for rows in chunks:
             self._dim = self._dim or (rows.meta.dim if rows.meta else None)
             for key, text in zip(rows.keys, rows.texts or [""] * len(rows), strict=True):
@@ -1733,7 +1739,7 @@ class ResumableTexts(_PartsFolder):
                     return -1
                 taken.append(given)
                 if given != (key, text):
-                    return given[0]
+                    return _first_difference(key, given[0])
         return None
 
     def _resume_from_out(self, source: Iterator[tuple[int, str]]) -> Iterator[tuple[int, str]]:
@@ -1748,7 +1754,7 @@ class ResumableTexts(_PartsFolder):
                     self.differs_at = -1
                     break
                 if given != (key, text):
-                    self.differs_at = given[0]
+                    self.differs_at = _first_difference(key, given[0])
                     pending = [given]
                     break
                 equal += 1
@@ -1831,6 +1837,14 @@ class ResumableTexts(_PartsFolder):
 
         src = _Chunked(self.meta, "id", self._width(dim), count, True, False, frozenset(exact), chunks)
         return self._write_out(src)
+
+
+def _first_difference(done: object, given: int) -> int:
+    """The first id where an input differs from an earlier run's rows, the row `done` (its id)
+    and the input `given` (its id) being the first pair that are not equal: the smaller id. Ids
+    are line numbers with blank lines skipped, so a line made blank (or filled in) shows as ids
+    out of step: the earlier run's id 2 against the input's id 3 differs at 2, not 3."""
+    return min(int(done), given) if isinstance(done, (int, np.integer)) else given
 
 
 def _head(rows: Rows, n: int) -> Rows:
@@ -2075,14 +2089,19 @@ class ResumableTextRun:
 
         Raises:
             BaseException: whatever stops the run (an error, Ctrl-C); the finished rows are written
-                to the parts folder first.
+                to the parts folder first. An `OutputError` of `todo` (a line that is not UTF-8...)
+                is raised once the rows read before it are finished and kept.
         """
         sent: collections.deque[tuple[int, str]] = collections.deque()
+        fault: list[OutputError] = []
 
         def texts() -> Iterator[str]:
-            for key, text in todo:
-                sent.append((key, text))  # the stream answers in input order, a bounded number behind
-                yield text
+            try:
+                for key, text in todo:
+                    sent.append((key, text))  # the stream answers in input order, a bounded number behind
+                    yield text
+            except OutputError as exc:  # the input ends there: the rows before it are finished first
+                fault.append(exc)
 
         try:
             with self.client.iter_embed_texts(texts(), progress=progress) as stream:
@@ -2090,6 +2109,8 @@ class ResumableTextRun:
                     key, text = sent.popleft()
                     self.store.add(key, text, vector)
                     self.embedded += 1
+            if fault:
+                raise fault[0]
         except BaseException:
             self.store.flush()  # what is finished is kept, whatever stopped the run
             raise
