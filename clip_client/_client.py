@@ -15,7 +15,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Iterator, Sequence, Sized
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, CancelledError, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType, UnionType
@@ -212,6 +212,15 @@ class _BaseClient:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(backend={self.backend!r})"
 
+    def _closed_error(self) -> RuntimeError:
+        """The one error a closed client raises (docs/errors.md): at a call's start, and in a stream
+        that `close` overtook (whatever the closed thread pools or backend raised instead)."""
+        return RuntimeError(f"this {type(self).__name__} is closed")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+
     @classmethod
     def local(
         cls,
@@ -323,8 +332,7 @@ class _BaseClient:
     ) -> tuple[Generator[Step, Any, EndpointCheck], CallContext]:
         """The check's flow and the context its probes share (its deadline; its requests counted
         apart, and in `client.stats`)."""
-        if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} is closed")
+        self._check_open()
         _check_deadline(deadline)
         ctx = CallContext(deadline, CheckCounters(self._counters))
         return check_flow(self.backend, self.settings, ctx, control_plane=control_plane), ctx
@@ -343,8 +351,7 @@ class _BaseClient:
         """Check every argument of `classify` before any request (the images as `embed_images`
         checks them), and look the label set up among those this client embedded before. The default
         scale is the backend's own `logit_scale` when it has one (a local model), else CLIP's 100."""
-        if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} is closed")
+        self._check_open()
         if on_error not in ("raise", "mark"):
             raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         _check_deadline(deadline)
@@ -380,8 +387,7 @@ class _BaseClient:
         `collect` (`embed_*`): the inputs are read into a list; with `on_error="raise"` every
         text is checked before the first request (cheap, and a bad one then costs nothing). Otherwise
         (`iter_embed_*`) they are read lazily, a bounded number ahead."""
-        if self._closed:
-            raise RuntimeError(f"this {type(self).__name__} is closed")
+        self._check_open()
         if on_error not in ("raise", "mark"):
             raise ValueError(f"on_error must be 'raise' or 'mark', got {on_error!r}")
         _check_deadline(deadline)
@@ -463,7 +469,9 @@ class _BaseClient:
     def _check_call(self, kind: InputKind, ctx: CallContext) -> None:
         """Before each (sub-)batch goes out: stop if the call was cancelled or its deadline passed.
         Raised inside the batch's flow, so with `on_error="mark"` a batch the deadline caught
-        before it was sent is marked failed like any other, rather than sinking the whole call."""
+        before it was sent is marked failed like any other, rather than sinking the whole call. A
+        client closed meanwhile sends nothing more: its closed error ends the call."""
+        self._check_open()
         ctx.check(self.backend.endpoint(kind))
 
     def _backend_failure(self, kind: InputKind, exc: Exception) -> BackendError:
@@ -529,6 +537,7 @@ class _BaseClient:
 
     def _preparation_pool(self) -> ThreadPoolExecutor:
         with self._pool_lock:
+            self._check_open()  # a closed client starts no new threads
             if self._prep_pool is None:
                 self._prep_pool = ThreadPoolExecutor(_PREP_WORKERS, thread_name_prefix="clip-prep")
             return self._prep_pool
@@ -1150,6 +1159,7 @@ class ClipClient(_BaseClient):
                 yield self._image_item(i, prepared)
 
     def _stream(self, plan: _CallPlan, items: Generator[Prepared, None, None]) -> Iterator[Row]:
+        self._check_open()  # a stream made before `close` and first read after it
         ctx = self._context(plan)
         control = self._control_plane
         if (first := self._prepare_before_lookup()) is not None:
@@ -1200,10 +1210,14 @@ class ClipClient(_BaseClient):
                 settle_some()
                 yield from job.ready()
             yield from job.ready(final=True)
-        except BaseException:  # an error, Ctrl-C, or the consumer closing the stream early
+        except BaseException as exc:  # an error, Ctrl-C, or the consumer closing the stream early
             ctx.cancelled.set()
             for fut in pending:
                 fut.cancel()
+            if self._closed and isinstance(exc, (RuntimeError, CancelledError)):
+                # `close` (from this thread or another) shut the pools down under the stream: the
+                # executor's "cannot schedule new futures" or a work item it cancelled.
+                raise self._closed_error() from None
             raise
         finally:
             job.close()
@@ -1217,6 +1231,8 @@ class ClipClient(_BaseClient):
             except ClipClientError:
                 raise
             except Exception as exc:
+                if self._closed:  # the backend was closed under the request
+                    raise self._closed_error() from None
                 raise self._backend_failure(kind, exc) from safe_cause(exc)
             return job.accept(b, rows)
 
@@ -1231,6 +1247,7 @@ class ClipClient(_BaseClient):
         one, which is shut down with the client)."""
         size = self._concurrency() + 2
         with self._pool_lock:
+            self._check_open()  # a closed client starts no new threads
             if self._request_threads is None or self._request_threads_size < size:
                 if self._request_threads is not None:
                     self._retired_threads.append(self._request_threads)
@@ -1617,8 +1634,18 @@ class AsyncClipClient(_BaseClient):
         ahead = self._images_ahead(images, settings)
         try:
             for i, fut in ahead:
+                # Waited for rather than awaited: a work item that `close` cancelled is then told
+                # apart from this task being cancelled (which still cancels the work item).
+                wrapped = asyncio.wrap_future(fut)
                 try:
-                    prepared: PreparedImage = await asyncio.wrap_future(fut)
+                    await asyncio.wait((wrapped,))
+                except BaseException:
+                    wrapped.cancel()
+                    raise
+                if wrapped.cancelled():  # only `close` cancels a work item still wanted
+                    raise self._closed_error() if self._closed else asyncio.CancelledError()
+                try:
+                    prepared: PreparedImage = wrapped.result()
                 except InvalidInputError as exc:
                     yield Prepared(i, error=exc)
                 else:
@@ -1627,6 +1654,7 @@ class AsyncClipClient(_BaseClient):
             ahead.close()
 
     async def _stream(self, plan: _CallPlan, items: AsyncGenerator[Prepared, None]) -> AsyncIterator[Row]:
+        self._check_open()  # a stream made before `close` and first read after it
         ctx = self._context(plan)
         control = self._control_plane
         if (first := self._prepare_before_lookup()) is not None:
@@ -1672,11 +1700,13 @@ class AsyncClipClient(_BaseClient):
                     yield row
             for row in job.ready(final=True):
                 yield row
-        except BaseException:  # an error, cancellation, or the consumer closing the stream early
+        except BaseException as exc:  # an error, cancellation, or the consumer closing the stream early
             ctx.cancelled.set()
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if self._closed and isinstance(exc, RuntimeError):  # the executor's, after `close`
+                raise self._closed_error() from None
             raise
         finally:
             job.close()
@@ -1692,6 +1722,8 @@ class AsyncClipClient(_BaseClient):
             except ClipClientError:
                 raise
             except Exception as exc:
+                if self._closed:  # the backend was closed under the request
+                    raise self._closed_error() from None
                 raise self._backend_failure(kind, exc) from safe_cause(exc)
             return job.accept(b, rows)
 

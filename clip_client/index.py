@@ -58,9 +58,11 @@ from numpy.typing import ArrayLike, NDArray
 from .search import TopK, _as_float, _normalised_queries, _normalised_rows, _positive_int
 
 __all__ = [
+    "C_INT_MAX",
     "DEFAULT_EF_CONSTRUCTION",
     "DEFAULT_EF_SEARCH",
     "DEFAULT_M",
+    "MAX_M",
     "ApproximateIndex",
 ]
 
@@ -80,6 +82,18 @@ gave 0.990."""
 
 DEFAULT_CHUNK_ROWS = 65_536
 _INSTALL = 'pip install "clip-serving-client[index]"'
+
+C_INT_MAX = 2**31 - 1
+"""The largest `dim`, `ef_construction` and `ef_search`: faiss takes them as a C `int`
+(faiss/impl/HNSW.h: `int efConstruction`, `int efSearch`; faiss/Index.h: `int d`), and a larger
+Python int would reach SWIG as an OverflowError or TypeError; a ValueError names it instead."""
+
+MAX_M = 10_000
+"""The most HNSW links per node `m` may ask for. faiss checks none: it needs only
+`m * (levels + 1)` to fit its `int` neighbour offsets (`HNSW::cum_nneighbor_per_level`), and an
+`m` of a million is accepted and then allocates 8 MB of links per row. hnswlib, the HNSW authors'
+own library, caps `M` at 10,000 ("M parameter exceeds 10000 which may lead to adverse effects");
+so does this class, with a ValueError rather than a silent cap. Useful values are 4-64."""
 
 
 def _faiss() -> Any:
@@ -116,8 +130,9 @@ class ApproximateIndex:
 
     Args:
         dim: width of the embeddings, `>= 1` (768 for CLIP ViT-L/14).
-        m: HNSW links per node, `>= 2`. More links: better recall at a given `ef_search`, more
-            memory (`8 m` bytes per row) and a slower build. Default 32 (faiss's default).
+        m: HNSW links per node, `2` to `MAX_M` (10,000). More links: better recall at a given
+            `ef_search`, more memory (`8 m` bytes per row) and a slower build. Default 32 (faiss's
+            default).
         ef_construction: candidates kept while inserting, `>= 1`; higher builds a better graph,
             more slowly. Default 128 (`DEFAULT_EF_CONSTRUCTION`; faiss's own default is 40).
         ef_search: candidates kept while searching, `>= 1`: the speed/recall knob (higher is
@@ -127,7 +142,9 @@ class ApproximateIndex:
     Raises:
         ImportError: faiss is not installed (the message says how to install it).
         TypeError: a parameter is not an int.
-        ValueError: `dim`, `ef_construction` or `ef_search` is below 1, or `m` below 2.
+        ValueError: `dim`, `ef_construction` or `ef_search` is below 1 or above `C_INT_MAX`
+            (2**31 - 1: faiss takes a C `int`), or `m` is below 2 or above `MAX_M`. The message
+            names the argument and its range.
     """
 
     def __init__(
@@ -139,13 +156,17 @@ class ApproximateIndex:
         ef_search: int = DEFAULT_EF_SEARCH,
     ) -> None:
         faiss = _faiss()
-        dim = _positive_int(dim, "dim")
+        dim = _c_int(dim, "dim")
         m = _positive_int(m, "m")
         if m < 2:
             raise ValueError(f"m must be >= 2 (HNSW links per node); got {m}")
+        if m > MAX_M:
+            raise ValueError(f"m must be <= {MAX_M:,} (HNSW links per node; useful values are 4-64); got {m}")
+        ef_construction = _c_int(ef_construction, "ef_construction")
+        ef_search = _c_int(ef_search, "ef_search")
         hnsw = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = _positive_int(ef_construction, "ef_construction")
-        hnsw.hnsw.efSearch = _positive_int(ef_search, "ef_search")
+        hnsw.hnsw.efConstruction = ef_construction
+        hnsw.hnsw.efSearch = ef_search
         self._init(faiss.IndexIDMap(hnsw))
 
     def _init(self, index: Any, owner: Any = None) -> None:
@@ -219,7 +240,7 @@ class ApproximateIndex:
 
     @ef_construction.setter
     def ef_construction(self, value: int) -> None:
-        self._hnsw.hnsw.efConstruction = _positive_int(value, "ef_construction")
+        self._hnsw.hnsw.efConstruction = _c_int(value, "ef_construction")
 
     @property
     def ef_search(self) -> int:
@@ -228,7 +249,7 @@ class ApproximateIndex:
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._hnsw.hnsw.efSearch = _positive_int(value, "ef_search")
+        self._hnsw.hnsw.efSearch = _c_int(value, "ef_search")
 
     @property
     def ids(self) -> NDArray[np.int64]:
@@ -345,28 +366,29 @@ class ApproximateIndex:
             queries: float array, shape `(d,)` (one query) or `(q, d)`; any float dtype,
                 normalised (L2) in float32.
             k: rows to return per query, `>= 1`; `k > len(self)` returns `len(self)`.
-            ef_search: candidates kept for this call only, `>= 1` (default: `self.ef_search`);
+            ef_search: candidates kept for this call only, `1` to `C_INT_MAX` (default: `self.ef_search`);
                 at least `k` are always kept. Raise it for recall, lower it for speed.
 
         Returns:
             `TopK` with `indices` (int64, the rows' ids) and `scores` (float32, the exact
-            cosines of those rows), both of shape `(q, min(k, len(self)))` (`q = 1` for a 1-D
-            query), best first, equal scores by lower id. The rows are those the graph search found:
-            usually, not always, the exact top-`k` (recall@10 >= 0.95 at the default on the
-            benchmark's data). A query whose search found fewer than `min(k, len(self))` rows
-            (possible when `k` is near `len(self)`) is answered by exact search instead, so no
-            row of the result is ever missing.
+            cosines of those rows, clamped to `[-1, 1]` as `find_duplicates` does: float32
+            rounding can otherwise give a row's own cosine as 1.0000001), both of shape
+            `(q, min(k, len(self)))` (`q = 1` for a 1-D query), best first, equal scores by lower
+            id. The rows are those the graph search found: usually, not always, the exact top-`k`
+            (recall@10 >= 0.95 at the default on the benchmark's data). A query whose search found
+            fewer than `min(k, len(self))` rows (possible when `k` is near `len(self)`) is answered
+            by exact search instead, so no row of the result is ever missing.
 
         Raises:
             TypeError: `queries` is not a float array, or `k`/`ef_search` not an int.
             ValueError: the index is empty; `queries` is not 1-D or 2-D, has no rows or another
                 width; a query holds a NaN, an infinity or is all zeros (named by its index);
-                `k < 1` or `ef_search < 1`.
+                `k < 1`, or `ef_search` outside `1..C_INT_MAX`.
         """
         faiss = _faiss()
         qn = _normalised_queries(queries, self.dim, "the index's rows")
         k = _positive_int(k, "k")
-        ef = self.ef_search if ef_search is None else _positive_int(ef_search, "ef_search")
+        ef = self.ef_search if ef_search is None else _c_int(ef_search, "ef_search")
         n = len(self)
         if n == 0:
             raise ValueError("the index is empty: add rows before searching")
@@ -379,6 +401,7 @@ class ApproximateIndex:
             exact_scores, positions = storage.search(qn[short], k)
             scores[short] = exact_scores
             indices[short] = self.ids[positions]
+        np.clip(scores, -1.0, 1.0, out=scores)  # float32 rounding: a cosine never leaves [-1, 1]
         order = np.lexsort((indices, -scores), axis=-1)
         return TopK(
             indices=np.take_along_axis(indices, order, axis=1).astype(np.int64, copy=False),
@@ -457,6 +480,13 @@ class ApproximateIndex:
             ) from None
         index = faiss.downcast_index(raw)
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
+        if isinstance(inner, faiss.IndexHNSWFlat) and index.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise ValueError(
+                f"{source} holds the right structure (an IndexIDMap over an IndexHNSWFlat) but with "
+                f"the {_metric_name(faiss, index.metric_type)} metric, not the inner product "
+                "(METRIC_INNER_PRODUCT) that ApproximateIndex searches by cosine with: its scores "
+                "would not be cosines; rebuild it with ApproximateIndex.build"
+            )
         if not isinstance(inner, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(
                 f"{source} holds a faiss {type(index).__name__}, not the IndexIDMap over an "
@@ -466,3 +496,20 @@ class ApproximateIndex:
         out = cls.__new__(cls)
         out._init(index, owner=raw)
         return out
+
+
+def _c_int(value: object, name: str) -> int:
+    """An int `>= 1` that faiss can take as a C `int` (at most `C_INT_MAX`), or a ValueError
+    naming `name` and the range, not SWIG's OverflowError or TypeError."""
+    number = _positive_int(value, name)
+    if number > C_INT_MAX:
+        raise ValueError(
+            f"{name} must be between 1 and {C_INT_MAX:,} (2**31 - 1, faiss's C int); got {number}"
+        )
+    return number
+
+
+def _metric_name(faiss: Any, metric: int) -> str:
+    """faiss's name for a metric type (`METRIC_L2`...), or its number when faiss has none."""
+    names = [n for n in dir(faiss) if n.startswith("METRIC_") and getattr(faiss, n) == metric]
+    return names[0] if names else f"faiss metric type {metric}"

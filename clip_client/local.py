@@ -571,6 +571,32 @@ def _check_checkpoint_folder(folder: Path) -> None:
         raise ModelLoadError(
             f"folder {str(folder)!r} has no CLIP tokenizer files (vocab.json + merges.txt, or tokenizer.json)"
         )
+    # Every weights file is opened here, before transformers: safetensors reports any file it cannot
+    # open (permission denied included) as "No such file or directory", and transformers a folder
+    # named model.safetensors as no weights at all.
+    for name in sorted(names):
+        if name in _WEIGHT_FILES or name.endswith((".safetensors", ".bin")):
+            _check_readable(folder / name)
+
+
+_WEIGHT_FILES = frozenset({"model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"})
+
+
+def _check_readable(path: Path) -> None:
+    """A ModelLoadError naming `path` and why it cannot be read, for a file that is there."""
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        if isinstance(exc, PermissionError):
+            why = "permission denied (check the file's mode and owner)"
+        elif isinstance(exc, IsADirectoryError):
+            why = "it is a folder, not a file"
+        else:
+            why = (exc.strerror or type(exc).__name__).lower()
+        raise ModelLoadError(
+            f"the weights file {str(path)!r} exists but cannot be read: {why} ({_one_line(exc)})"
+        ) from exc
 
 
 def _normalization(model: str) -> tuple[Sequence[float], Sequence[float]]:

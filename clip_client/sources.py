@@ -17,8 +17,8 @@ listing and a bounded number of images, never all the keys. `embed_images` and
 member that is not an image, permission denied) is one failed input, named by its key, under the
 call's `on_error`.
 
-Object stores need the `files` extra (`pip install "clip-serving-client[files]"`: fsspec and
-braceexpand) and the store's fsspec plugin: `s3fs` for `s3://`, `gcsfs` for `gs://`, `adlfs` for
+Object stores need the `files` extra (`pip install "clip-serving-client[files]"`: fsspec) and
+the store's fsspec plugin: `s3fs` for `s3://`, `gcsfs` for `gs://`, `adlfs` for
 `abfss://`/`az://`. Their credentials come from the plugin's usual places (environment, profile
 files, instance metadata) or from `storage_options`. `http://` and `https://` URLs are refused.
 """
@@ -176,14 +176,20 @@ def iter_images(
       item keyed by its name;
     - an object-store URI (`s3://bucket/prefix`, `gs://...`, `abfss://...`, `memory://...`): an
       object, or the objects below a prefix, as a local file or folder;
-    - a pattern: braces (`shard-{000000..000099}.tar`, `{a,b}`) expand in order; `*`, `?` and `[`
-      in a URI match objects (sorted). A local pattern expands only when no file has that very
-      name, and is kept as it is (one failed input) when it _matches nothing.
+    - a pattern. Braces (`shard-{000000..000099}.tar`, `{a,b}`) expand, in order and lazily (one
+      name at a time, however large the range), in local paths and URIs alike; in a local path
+      only when no file has that very name. `*`, `?` and `[` are glob characters only in a URI,
+      where they match objects (sorted); a local path is never globbed (`*` is a character of its
+      name: let the shell, or `glob.glob`, expand it). A name that braces give, or a local path,
+      that names nothing is one failed input keyed by it; so is a URI glob that matches no object
+      (keyed by the glob).
 
     Args:
-        sources: one source or an iterable of them (read lazily).
+        sources: one source or an iterable of them (read lazily): `str` or `os.PathLike` paths
+            and URIs. Bytes are refused: decode a bytes path with `os.fsdecode`.
         recursive: descend into subfolders (sub-prefixes) of folder (prefix) sources.
-        globs: base-name patterns of the images in folders, prefixes and shards (case-insensitive).
+        globs: base-name patterns of the images in folders, prefixes and shards (case-insensitive):
+            a list such as `["*.png"]`, never a single `str`.
         prefetch: objects of an object store read ahead of the consumer, by a pool of up to 16
             threads (0: each object is read when its item is read, in the caller's thread).
         storage_options: keyword arguments for the fsspec filesystem of URIs (credentials,
@@ -206,15 +212,27 @@ def iter_images(
             when it has been walked, with `path` set to it).
         ImportError: a URI was given without fsspec or the store's plugin installed (the message
             says what to install).
-        ValueError: `prefetch` is negative.
+        ValueError: `prefetch` is negative; a source has unbalanced braces (raised when it is
+            reached).
+        TypeError: `globs` is a single `str` (or holds something other than `str`); `sources` is
+            bytes, or holds a source that is not a `str` or `os.PathLike` path (raised when it is
+            reached).
     """
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch}")
     patterns = _patterns(globs)
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [_source_path(sources)]
+    elif isinstance(sources, (bytes, bytearray, memoryview)):
+        raise TypeError(_BYTES_SOURCE.format(type(sources).__name__))
     items = (
         item
         for source in _expanded(sources, storage_options)
-        for item in _items_of(source, recursive, patterns, storage_options, hold=not reread)
+        for item in (
+            (source,)
+            if isinstance(source, SourceItem)
+            else _items_of(source, recursive, patterns, storage_options, hold=not reread)
+        )
     )
     return _read_ahead(items, prefetch) if prefetch and not reread else items
 
@@ -224,6 +242,15 @@ def iter_images(
 
 
 def _patterns(globs: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(globs, (str, bytes)):
+        raise TypeError(
+            f"iter_images(globs=...) takes a list of patterns, such as [{str(globs)!r}] or "
+            f"['*.png'], not a single {type(globs).__name__} (it would be read as one pattern per "
+            "character)"
+        )
+    for glob in globs:
+        if not isinstance(glob, str):
+            raise TypeError(f"iter_images(globs=...): each pattern must be a str, got {type(glob).__name__}")
     return tuple(g.lower() for g in (globs or IMAGE_GLOBS))
 
 
@@ -243,44 +270,179 @@ def _is_shard(source: str) -> bool:
     return source.lower().endswith(TAR_SUFFIXES)
 
 
+_BYTES_SOURCE = (
+    "iter_images(sources=...) takes str or os.PathLike paths, not {}: decode a bytes path first "
+    "(os.fsdecode(path))"
+)
+
+
+def _source_path(given: object) -> str:
+    """`given` (one source) as a `str` path.
+
+    Raises:
+        TypeError: `given` is bytes, a path-like object whose path is bytes, or not a path at all.
+    """
+    if isinstance(given, (bytes, bytearray, memoryview)):
+        raise TypeError(_BYTES_SOURCE.format(type(given).__name__))
+    if not isinstance(given, (str, os.PathLike)):
+        raise TypeError(
+            "iter_images(sources=...): each source must be a str or os.PathLike path, "
+            f"got {type(given).__name__}"
+        )
+    path = os.fspath(given)
+    if not isinstance(path, str):
+        raise TypeError(_BYTES_SOURCE.format(f"a path-like object whose path is {type(path).__name__}"))
+    return path
+
+
 def _expanded(
-    sources: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    sources: Iterable[str | os.PathLike[str]],
     storage_options: Mapping[str, Any] | None,
-) -> Iterator[str]:
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
+) -> Iterator[str | SourceItem]:
     for given in sources:
-        yield from _expand(os.fspath(given), storage_options)
+        yield from _expand(_source_path(given), storage_options)
 
 
-def _expand(source: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:
-    """`source` with its braces and (for a URI) its glob expanded, in order; a local pattern that
-    names an existing file, or _matches nothing, is kept as given."""
+def _expand(source: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[str | SourceItem]:
+    """`source` with its braces and (for a URI) its glob expanded, lazily and in order.
+
+    A local path is never globbed, and its braces expand only when no file has that very name. A
+    URI glob that matches no object is one failed item keyed by the glob, as a local path that
+    names nothing is (when it is read)."""
     if _is_uri(source) and not source.lower().startswith(_URLS):
-        out: list[str] = []
         for one in _braces(source):
-            if _GLOB_MAGIC.search(one.split("://", 1)[1]):
-                fs, path = _filesystem(one, storage_options)
-                scheme = one.split("://", 1)[0]
-                out += [_with_scheme(scheme, p, fs) for p in sorted(fs.glob(path))]
-            else:
-                out.append(one)
-        return out
+            if not _GLOB_MAGIC.search(one.split("://", 1)[1]):
+                yield one
+                continue
+            fs, path = _filesystem(one, storage_options)
+            scheme = one.split("://", 1)[0]
+            matched = sorted(fs.glob(path))
+            if not matched:
+                yield _failed(one, one, "no object matches this pattern")
+            for p in matched:
+                yield _with_scheme(scheme, p, fs)
+        return
     if "{" in source and not os.path.lexists(source):
-        expanded = _braces(source)
-        if expanded != [source]:
-            return expanded
-    return [source]
+        yield from _braces(source)
+        return
+    yield source
 
 
-def _braces(source: str) -> list[str]:
+# Brace expansion as `braceexpand` 0.1.7 (bash's, with backslash escapes) does it, but lazily:
+# `braceexpand` builds an `itertools.product`, which holds every value of every range at once.
+_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")
+_CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
+_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_ESCAPED = re.compile(r"\\(.)")
+
+_Part = Callable[[], Iterable[str]]
+"""One part of a brace pattern: a function that gives its values, afresh on each call."""
+
+
+def _braces(source: str) -> Iterator[str]:
+    """The strings that the braces of `source` expand to, in order, one at a time: memory holds one
+    value per brace, whatever the number of strings (`{0..99999999999}` included).
+
+    Raises:
+        ValueError: the braces of `source` are unbalanced.
+    """
     if "{" not in source:
-        return [source]
-    try:
-        from braceexpand import braceexpand
-    except ImportError:
-        raise ImportError(f"{source}: brace patterns need braceexpand: {_INSTALL}") from None
-    return list(braceexpand(source))
+        yield source
+        return
+    parts = _brace_pattern(source, source)
+    for pieces in _brace_product(parts):
+        yield _ESCAPED.sub(r"\1", "".join(pieces))
+
+
+def _brace_product(parts: Sequence[_Part]) -> Iterator[list[str]]:
+    """The values of `parts` joined in `itertools.product` order, without holding them."""
+    if not parts:
+        yield []
+        return
+    for value in parts[0]():
+        for rest in _brace_product(parts[1:]):
+            yield [value, *rest]
+
+
+def _constant(text: str) -> _Part:
+    return lambda: (text,)
+
+
+def _expansions(parts: Sequence[_Part]) -> _Part:
+    return lambda: ("".join(pieces) for pieces in _brace_product(parts))
+
+
+def _brace_pattern(pattern: str, source: str) -> list[_Part]:
+    """The parts of `pattern`: literals and brace expressions (a brace pair that is neither a range
+    nor a list stays literal, its inside expanded)."""
+    parts: list[_Part] = []
+    start = pos = depth = 0
+    while pos < len(pattern):
+        char = pattern[pos]
+        if char == "\\":
+            pos += 2
+            continue
+        if char == "{":
+            if depth == 0 and pos > start:
+                parts.append(_constant(pattern[start:pos]))
+                start = pos
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                expr = pattern[start + 1 : pos]
+                part = _brace_expression(expr, source)
+                if part is None:
+                    parts += [_constant("{"), _expansions(_brace_pattern(expr, source)), _constant("}")]
+                else:
+                    parts.append(part)
+                start = pos + 1
+        pos += 1
+    if depth != 0:
+        raise ValueError(f"{source}: unbalanced braces")
+    if start < pos:
+        parts.append(_constant(pattern[start:]))
+    return parts
+
+
+def _brace_expression(expr: str, source: str) -> _Part | None:
+    """The values of `{expr}`: an integer range, a letter range or a comma list; None if none."""
+    if m := _INT_RANGE.match(expr):
+        first, last, step = m.groups()
+        width = (
+            max(len(first), len(last))
+            if any(s.startswith(("0", "-0")) for s in (first, last) if s not in ("0", "-0"))
+            else 0
+        )
+        by = (int(step) or 1) if step else 1
+        a, b = int(first), int(last)
+        numbers = range(a, b + 1, by) if a < b else range(a, b - 1, -by)
+        return lambda: (f"{n:0{width}d}" for n in numbers)
+    if m := _CHAR_RANGE.match(expr):
+        first, last, step = m.groups()
+        by = (int(step) or 1) if step else 1
+        a, b = _ALPHABET.index(first), _ALPHABET.index(last)
+        letters = _ALPHABET[a : b + 1 : by] if a < b else _ALPHABET[a : (b or -len(_ALPHABET)) - 1 : -by]
+        return lambda: letters
+    items: list[_Part] = []
+    start = pos = depth = 0
+    while pos < len(expr):
+        char = expr[pos]
+        if char == "\\":
+            pos += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(_expansions(_brace_pattern(expr[start:pos], source)))
+            start = pos + 1
+        pos += 1
+    if depth != 0 or not items:
+        return None
+    items.append(_expansions(_brace_pattern(expr[start:], source)))
+    return lambda: (value for item in items for value in item())
 
 
 def _with_scheme(scheme: str, path: str, fs: Any) -> str:

@@ -499,6 +499,34 @@ async def test_async_context_manager_closes(server: ServingServer) -> None:
     assert server.posts() == 1
 
 
+async def test_a_stream_that_close_overtook_raises_the_closed_error(make: Make) -> None:
+    """A stream read on after `close` (the remote backend's thread pools and connections gone), or
+    made before it and first read after: the client's own closed error, not the executor's."""
+    client = make(batch_size=4, max_concurrency=2).client
+    name = type(client).__name__
+    texts = [f"text {i}" for i in range(200)]
+    overtaken = client.iter_embed_texts(texts)
+    unread = client.iter_embed_texts(texts)
+    if isinstance(client, ClipClient):
+        rows = iter(overtaken)
+        next(rows)
+        client.close()
+        with pytest.raises(RuntimeError, match=rf"^this {name} is closed$"):
+            list(rows)
+        with pytest.raises(RuntimeError, match=rf"^this {name} is closed$"):
+            list(unread)
+    else:
+        arows = overtaken.__aiter__()
+        await arows.__anext__()
+        await client.close()
+        with pytest.raises(RuntimeError, match=rf"^this {name} is closed$"):
+            async for _ in arows:
+                pass
+        with pytest.raises(RuntimeError, match=rf"^this {name} is closed$"):
+            async for _ in unread:
+                pass
+
+
 async def test_close_without_use_and_twice(make: Make) -> None:
     client = make()
     await client.close()

@@ -13,7 +13,13 @@ import pytest
 faiss = pytest.importorskip("faiss")
 
 import clip_client  # noqa: E402
-from clip_client.index import DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH, ApproximateIndex  # noqa: E402
+from clip_client.index import (  # noqa: E402
+    C_INT_MAX,
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_EF_SEARCH,
+    MAX_M,
+    ApproximateIndex,
+)
 from clip_client.search import TopK, cosine_topk  # noqa: E402
 
 
@@ -216,7 +222,9 @@ def test_save_and_load_errors_name_the_path(tmp_path: Path) -> None:
         ApproximateIndex.load(other)
     l2 = faiss.IndexIDMap(faiss.IndexHNSWFlat(8, 16))  # the L2 metric, not cosine
     faiss.write_index(l2, str(other))
-    with pytest.raises(ValueError, match="inner-product"):
+    with pytest.raises(
+        ValueError, match=r"right structure .* but with the METRIC_L2 metric, not the inner product"
+    ):
         ApproximateIndex.load(other)
 
 
@@ -355,3 +363,51 @@ def test_an_index_saved_with_the_old_defaults_loads_with_its_own_settings(tmp_pa
     assert loaded.search(matrix[3], 1).indices[0, 0] == 10
     fresh = ApproximateIndex(16)
     assert (fresh.ef_construction, fresh.ef_search) == (DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH)
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda: ApproximateIndex(8, m=2**40), "m must be <= 10,000"),
+        (lambda: ApproximateIndex(8, m=MAX_M + 1), "m must be <= 10,000"),
+        (lambda: ApproximateIndex(2**40), "dim must be between 1 and 2,147,483,647"),
+        (
+            lambda: ApproximateIndex(8, ef_construction=2**40),
+            "ef_construction must be between 1 and 2,147,483,647",
+        ),
+        (
+            lambda: ApproximateIndex(8, ef_search=C_INT_MAX + 1),
+            "ef_search must be between 1 and 2,147,483,647",
+        ),
+        (lambda: ApproximateIndex.build(GOOD, m=10**6), "m must be <= 10,000"),
+    ],
+)
+def test_integers_faiss_cannot_take_are_a_value_error_naming_the_argument(make: object, words: str) -> None:
+    """faiss takes these as a C int (SWIG's OverflowError/TypeError beyond it); m has a sane cap."""
+    with pytest.raises(ValueError) as info:
+        make()  # type: ignore[operator]
+    assert words in str(info.value)
+
+
+def test_large_ef_search_on_an_index_is_a_value_error_and_changes_nothing() -> None:
+    index = ApproximateIndex.build(GOOD, ef_search=64)
+    with pytest.raises(ValueError, match=r"ef_search must be between 1 and 2,147,483,647 .*got 2147483648"):
+        index.search(GOOD[0], ef_search=2**31)
+    with pytest.raises(ValueError, match=r"ef_search must be between 1 and 2,147,483,647"):
+        index.ef_search = 2**40
+    with pytest.raises(ValueError, match=r"ef_construction must be between 1 and 2,147,483,647"):
+        index.ef_construction = 2**31
+    assert index.ef_search == 64
+    index.ef_search = C_INT_MAX  # the largest faiss takes is accepted
+    assert index.ef_search == C_INT_MAX
+
+
+def test_search_scores_are_clamped_to_minus_one_one() -> None:
+    """float32 rounding gives some rows' cosine with themselves as 1.0000001 (row 9 of this draw)."""
+    rows = np.random.default_rng(0).standard_normal((200, 768)).astype(np.float32)
+    found = ApproximateIndex.build(rows).search(rows, 3)
+    assert found.scores.dtype == np.float32
+    assert found.scores.max() <= 1.0
+    assert found.scores.min() >= -1.0
+    assert found.indices[9, 0] == 9
+    assert found.scores[9, 0] == 1.0

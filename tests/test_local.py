@@ -387,6 +387,39 @@ def test_clip_config_without_weights(tmp_path: Path, tiny: Path) -> None:
         LocalBackend(tmp_path, device="cpu")
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file of mode 000: no permission is denied")
+def test_weights_that_cannot_be_read_are_reported_as_such_not_as_missing(tmp_path: Path, tiny: Path) -> None:
+    """safetensors reports a file it may not open as "No such file or directory"."""
+    shutil.copytree(tiny, tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.chmod(0)
+    try:
+        with pytest.raises(ModelLoadError) as info:
+            ClipClient.local(tmp_path / "ckpt", device="cpu")
+    finally:
+        weights.chmod(0o644)
+    message = str(info.value)
+    assert "permission denied" in message
+    assert str(weights) in message
+    assert "No such file" not in message
+
+
+def test_a_folder_named_like_the_weights_is_reported_as_unreadable_not_missing(
+    tmp_path: Path, tiny: Path
+) -> None:
+    """A weights path that is there but cannot be read as a file (here a folder, which fails to
+    read whoever runs the test, root too): named, with the reason, not "no file named"."""
+    shutil.copytree(tiny, tmp_path / "ckpt")
+    weights = tmp_path / "ckpt" / "model.safetensors"
+    weights.unlink()
+    weights.mkdir()
+    with pytest.raises(ModelLoadError) as info:
+        ClipClient.local(tmp_path / "ckpt", device="cpu")
+    message = str(info.value)
+    assert f"the weights file {str(weights)!r} exists but cannot be read: it is a folder" in message
+    assert "no file named" not in message
+
+
 def test_clip_weights_without_tokenizer(tmp_path: Path, tiny: Path) -> None:
     for name in ("config.json", "model.safetensors"):
         shutil.copy(tiny / name, tmp_path / name)

@@ -7,6 +7,7 @@ thread pools. Nothing here measures time (`benchmarks/pipeline_peer.py` does).
 
 from __future__ import annotations
 
+import io
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 from image_factory import picture
 from PIL import Image
 
-from clip_client import ClipClient, ImageDecodeError, LocalBackend
+from clip_client import AsyncClipClient, ClipClient, ImageDecodeError, LocalBackend
 from clip_client._client import _PREP_WORKERS
 from clip_client._core.concurrency import CallContext
 from clip_client._core.images import ImageOptions, prepare_image
@@ -152,3 +153,96 @@ def test_onednn_linear_layers_agree_with_pytorchs_default(tmp_path: Path, tiny_c
         got, expected = packed.embed(kind, inputs), default.embed(kind, inputs)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+# A closed client: a stream that `close` overtook raises the client's own closed error
+
+
+class _HeldFile(io.BytesIO):
+    """An image file whose pixel data cannot be read until `release` is set; `reading` is set once
+    a worker thread is blocked on it."""
+
+    def __init__(self, data: bytes, reading: threading.Event, release: threading.Event) -> None:
+        super().__init__(data)
+        self.held = False
+        self.reading, self.release = reading, release
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.held:
+            self.reading.set()
+            self.release.wait(timeout=10)
+        return super().read(size)
+
+
+def _held_image(reading: threading.Event, release: threading.Event) -> Image.Image:
+    buf = io.BytesIO()
+    Image.fromarray(picture(64, 48, seed=9)).save(buf, "PNG")
+    held = _HeldFile(buf.getvalue(), reading, release)
+    image = Image.open(held)  # the header now; the pixels on load(), in a worker
+    held.held = True
+    return image
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_a_stream_read_after_close_raises_the_closed_error(tiny_checkpoint: Path, kind: str) -> None:
+    client = ClipClient.local(tiny_checkpoint, device="cpu", batch_size=BATCH)
+    if kind == "image":
+        stream = client.iter_embed_images(
+            picture(32, 32, seed=i) for i in range(20 * BATCH + 8 * _PREP_WORKERS)
+        )
+    else:
+        stream = client.iter_embed_texts(f"text {i}" for i in range(40 * BATCH))
+    rows = iter(stream)
+    next(rows)
+    client.close()
+    with pytest.raises(RuntimeError, match=r"^this ClipClient is closed$"):
+        list(rows)
+
+
+def test_a_stream_made_before_close_and_read_after_it_raises_the_closed_error(tiny_checkpoint: Path) -> None:
+    client = ClipClient.local(tiny_checkpoint, device="cpu", batch_size=BATCH)
+    stream = client.iter_embed_images([picture(32, 32, seed=i) for i in range(3)])
+    client.close()
+    with pytest.raises(RuntimeError, match=r"^this ClipClient is closed$"):
+        list(stream)
+    assert client._prep_pool is None
+    assert client._request_threads is None
+
+
+def test_close_from_another_thread_mid_stream_raises_the_closed_error(tiny_checkpoint: Path) -> None:
+    """The workers are held on images while later ones wait in the pool's queue, and the stream
+    waits for a held one: `close` cancels those queued, and the stream meets a cancelled work item
+    (or a pool that takes no more) once the held ones are let go."""
+    reading, release = threading.Event(), threading.Event()
+    held = [_held_image(reading, release) for _ in range(_PREP_WORKERS)]
+    images: list[Any] = [picture(32, 32, seed=i) for i in range(BATCH)]
+    images += held + [picture(32, 32, seed=i) for i in range(4 * _PREP_WORKERS + BATCH)]
+    client = ClipClient.local(tiny_checkpoint, device="cpu", batch_size=BATCH)
+
+    def close_when_held() -> None:
+        reading.wait(timeout=10)
+        client.close()
+        release.set()
+
+    closer = threading.Thread(target=close_when_held)
+    closer.start()
+    try:
+        with pytest.raises(RuntimeError, match=r"^this ClipClient is closed$"):
+            list(client.iter_embed_images(images))  # waits on a held image while `close` runs
+    finally:
+        release.set()
+        closer.join()
+
+
+async def test_an_async_stream_that_close_overtook_raises_the_closed_error(tiny_checkpoint: Path) -> None:
+    client = AsyncClipClient.local(tiny_checkpoint, device="cpu", batch_size=BATCH)
+    stream = client.iter_embed_images(picture(32, 32, seed=i) for i in range(20 * BATCH + 8 * _PREP_WORKERS))
+    rows = stream.__aiter__()
+    await rows.__anext__()
+    await client.close()
+    with pytest.raises(RuntimeError, match=r"^this AsyncClipClient is closed$"):
+        async for _ in rows:
+            pass
+    with pytest.raises(RuntimeError, match=r"^this AsyncClipClient is closed$"):
+        async for _ in client.iter_embed_texts(["made after close is refused at once"]):
+            pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,6 +163,81 @@ def test_brace_patterns_and_uri_globs_expand_in_order(
     assert [i.key for i in iter_images(str(tmp_path / "shard-{000000..000001}.tar"))] == keys
     assert [i.key for i in iter_images("memory://b/shard-{000000..000001}.tar")] == keys
     assert [i.key for i in iter_images("memory://b/shard-*.tar")] == keys
+
+
+def test_braces_expand_lazily_one_name_at_a_time(memory: MemoryFileSystem, tmp_path: Path) -> None:
+    # 10^11 names: expanding them up front (a list, or itertools.product) runs out of memory.
+    huge = "x-{0..99999999999}.tar"
+    local = iter_images(str(tmp_path / huge))
+    first = next(local)
+    assert first.key == str(tmp_path / "x-0.tar")  # the first shard, which does not exist: a failed input
+    with pytest.raises(InvalidInputError) as info:
+        first.read()
+    assert info.value.path == str(tmp_path / "x-0.tar")
+    assert next(local).key == str(tmp_path / "x-1.tar")  # the generator goes on where it stopped
+    local.close()
+
+    memory.pipe("/b/x-0.tar", shard_bytes({"000000": encoded(0)}))
+    remote = iter_images(f"memory://b/{huge}", prefetch=0)
+    assert next(remote).key == "000000"  # the first shard's row
+    missing = next(remote)
+    assert missing.key == "memory://b/x-1.tar"
+    with pytest.raises(InvalidInputError, match="no such object"):
+        missing.read()
+    remote.close()
+
+
+def test_brace_expansion_is_braceexpands() -> None:
+    braceexpand = pytest.importorskip("braceexpand").braceexpand
+    from clip_client.sources import _braces
+
+    for pattern in [
+        "s-{000000..000011}.tar", "x{a,b}{1..3}y", "python{2.{5..7},3.{2,3}}", "{4..1}", "{2..-1}",
+        "{-05..3}", "{a..g..2}", "{z..a..3}", "{Z..a}", "{1..10..-3}", "index{,.bak}", r"{1\{2,3}",
+        r"a\\b{1,2}", "{}", "{x}", "a{b{c,d}}e", "{{a,b},{c..e}}", "a{,}b", "no{brace",
+    ]:  # fmt: skip
+        try:
+            expected: Any = list(braceexpand(pattern))
+        except ValueError:
+            expected = ValueError
+        try:
+            got: Any = list(_braces(pattern))
+        except ValueError:
+            got = ValueError
+        assert got == expected, pattern
+    with pytest.raises(ValueError, match="unbalanced braces"):
+        list(iter_images("a{1{2,3}.tar"))
+
+
+def test_a_uri_glob_that_matches_nothing_is_one_failed_input_as_a_local_one_is(
+    images: dict[str, tuple[str, bytes]], memory: MemoryFileSystem, tmp_path: Path
+) -> None:
+    memory.pipe("/b/shard-000000.tar", shard_bytes(images))
+    items = list(iter_images(["memory://b/zz*.tar", "memory://b/shard-*.tar"]))
+    assert [i.key for i in items] == ["memory://b/zz*.tar", *images]
+    with pytest.raises(InvalidInputError, match="no object matches") as info:
+        items[0].read()
+    assert info.value.path == "memory://b/zz*.tar"
+    # A local pattern is not globbed: it names nothing, and is one failed input just the same.
+    (local,) = iter_images(str(tmp_path / "zz*.tar"))
+    with pytest.raises(InvalidInputError) as info:
+        local.read()
+    assert info.value.path == str(tmp_path / "zz*.tar")
+
+
+def test_globs_must_be_a_list_and_sources_must_be_str_paths(tmp_path: Path) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(encoded(1)[1])
+    (folder / "readme.txt").write_text("not an image")
+    with pytest.raises(TypeError, match=r"globs.*\['\*\.png'\].*not a single str"):
+        iter_images(folder, globs="*.png")  # would be ["*", ".", "p", "n", "g"]: "*" takes readme.txt
+    assert [i.key for i in iter_images(folder, globs=["*.png"])] == [str(folder / "a.png")]
+    with pytest.raises(TypeError, match=r"os\.fsdecode"):
+        iter_images(bytes(folder))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"os\.fsdecode"):
+        list(iter_images([bytes(folder)]))  # type: ignore[list-item]
+    assert [i.key for i in iter_images(os.fsdecode(bytes(folder)))] == [str(folder / "a.png")]
 
 
 # --------------------------------------------------------------------------------------------------
