@@ -18,7 +18,7 @@ import typer
 from .app import EXIT_FAILED_INPUTS, EXIT_OK, IMAGE_GLOBS, app, flag
 from .errors import handled, say_error
 from .interrupts import finishing
-from .options import Common, NormalizeOpt, OutOpt, shared_options, show_progress
+from .options import Common, NormalizeOpt, OutOpt, OverwriteOpt, PartRowsOpt, shared_options, show_progress
 from .outputs import (
     DEFAULT_CHUNK_ROWS,
     DEFAULT_PART_ROWS,
@@ -265,14 +265,8 @@ def texts(
         ),
     ] = None,
     out: OutOpt = None,
-    overwrite: Annotated[
-        bool,
-        flag("--overwrite", help="Start again: ignore what an earlier run left in --out."),
-    ] = False,
-    part_rows: Annotated[
-        int,
-        typer.Option("--part-rows", min=1, help="Rows per part file while a run is in progress."),
-    ] = DEFAULT_PART_ROWS,
+    overwrite: OverwriteOpt = False,
+    part_rows: PartRowsOpt = DEFAULT_PART_ROWS,
     normalize: NormalizeOpt = False,
     *,
     common: Common,
@@ -531,14 +525,8 @@ def images(
     strict: Annotated[
         bool, flag("--strict", help="Stop at the first image that cannot be embedded.")
     ] = False,
-    overwrite: Annotated[
-        bool,
-        flag("--overwrite", help="Start again: ignore what an earlier run left in --out."),
-    ] = False,
-    part_rows: Annotated[
-        int,
-        typer.Option("--part-rows", min=1, help="Rows per part file while a run is in progress."),
-    ] = DEFAULT_PART_ROWS,
+    overwrite: OverwriteOpt = False,
+    part_rows: PartRowsOpt = DEFAULT_PART_ROWS,
     normalize: NormalizeOpt = False,
     *,
     common: Common,

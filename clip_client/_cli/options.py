@@ -182,6 +182,12 @@ OutOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, flag("--json", help="JSON Lines instead of a table.")]
+OverwriteOpt = Annotated[
+    bool, flag("--overwrite", help="Start again: ignore what an earlier run left in --out.")
+]
+PartRowsOpt = Annotated[
+    int, typer.Option("--part-rows", min=1, help="Rows per part file while a run is in progress.")
+]
 
 
 # The options that several commands share, by group, each declared once above: a command takes

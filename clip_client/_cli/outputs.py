@@ -927,13 +927,18 @@ def _numbers(value: Any, path: Path, line: int) -> list[float]:
     return value
 
 
-def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
+def _redo(role: str) -> str:
+    """What to do about a damaged output named by `role` (`--out`, or an input such as INDEX)."""
+    if role == "--out":
+        return "start again with --overwrite"
+    return "write it again with `clip-client images` or `clip-client texts`"
+
+
+def _sidecar(path: Path, role: str) -> tuple[Path, dict[str, Any], OutputMeta, str]:
+    """The settings file beside a `.npy`/`.jsonl` output: its path, its JSON, the run's settings and
+    the name of the key column (`path` for images, `id` for texts)."""
     side = meta_path(path)
-    again = (
-        "start again with --overwrite"
-        if role == "--out"
-        else "write it again with `clip-client images` or `clip-client texts`"
-    )
+    again = _redo(role)
     if not side.is_file():
         raise OutputError(
             f"{path}: its settings file {side.name} is missing (it is written beside every .npy and "
@@ -941,7 +946,12 @@ def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
         )
     sidecar = json.loads(side.read_text(encoding="utf-8"))
     meta = OutputMeta.from_json(json.dumps(sidecar["clip_client"]), side)
-    key_name = "path" if meta.kind == "image" else "id"
+    return side, sidecar, meta, "path" if meta.kind == "image" else "id"
+
+
+def _read_with_sidecar(path: Path, fmt: Format, role: str = "--out") -> Rows:
+    side, sidecar, meta, key_name = _sidecar(path, role)
+    again = _redo(role)
     texts: list[str] | None = None
     stamps: list[Stamp | None] | None = None
     if fmt == ".npy":
@@ -1069,20 +1079,8 @@ def _sliced(
 
 
 def _sidecar_chunks(path: Path, fmt: Format, role: str, chunk_rows: int) -> Iterator[Rows]:
-    side = meta_path(path)
-    again = (
-        "start again with --overwrite"
-        if role == "--out"
-        else "write it again with `clip-client images` or `clip-client texts`"
-    )
-    if not side.is_file():
-        raise OutputError(
-            f"{path}: its settings file {side.name} is missing (it is written beside every .npy and "
-            f".jsonl output); restore it, or {again}"
-        )
-    sidecar = json.loads(side.read_text(encoding="utf-8"))
-    meta = OutputMeta.from_json(json.dumps(sidecar["clip_client"]), side)
-    key_name = "path" if meta.kind == "image" else "id"
+    side, sidecar, meta, key_name = _sidecar(path, role)
+    again = _redo(role)
     listed = int(sidecar["rows"])
 
     def mismatch(found: int, other: int) -> OutputError:
