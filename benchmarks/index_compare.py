@@ -147,7 +147,7 @@ def structures(
         faiss.extract_index_ivf(index).nprobe = nprobe
         return np.asarray(index.search(q, K)[1])
 
-    probes = [p for p in (8, 32, 128) if p <= nlist]
+    probes = [p for p in (8, 16, 32, 128) if p <= nlist]
     yield f"faiss IVF{nlist},Flat", ivf(f"IVF{nlist},Flat"), "nprobe", probes, ivf_search
     pq, bits = max(1, d // 8), (8 if n >= 100_000 else 4)  # 2^bits centroids need 39 rows each
     yield f"faiss IVF{nlist},PQ{pq}x{bits}", ivf(f"IVF{nlist},PQ{pq}x{bits}"), "nprobe", probes, ivf_search
