@@ -18,6 +18,11 @@ its EXIF orientation, convert to RGB and resize and crop it exactly as ``CLIPIma
 cost an endpoint, and a 224x224 PNG next to nothing; the row is derived from the 224x224 pixels, so
 a file and the client's crop of it get the same row. Its CPU time is counted (``prep_cpu_seconds``).
 
+A benchmark that must stop a client part-way (``texts_scale.py`` interrupts a run once half its rows
+are written) closes a gate rather than racing the client: :meth:`Endpoint.hold` makes the server keep
+every request that arrives once it has answered ``after_items`` more records until :meth:`Endpoint.release`
+(or the server stops), so the client cannot finish first however fast the machine is.
+
 Run as a module by :func:`serve`; by hand: ``python benchmarks/_serve.py --slots 4 --request-ms 50``.
 """
 
@@ -127,6 +132,9 @@ class _Stats:
         self.late = 0  # requests whose own work outlasted their latency budget
         self.bytes = 0  # request bodies received
         self.prep_cpu = 0.0  # CPU seconds spent preparing images (decode_images)
+        self.hold_after: int | None = None  # the gate: keep requests once this many items are answered
+        self.released = threading.Event()
+        self.released.set()
 
     def snapshot(self) -> dict[str, Any]:
         """The counters; ``max_at_server`` is the most seen since the previous snapshot."""
@@ -234,6 +242,15 @@ def _handler(
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path in ("/_bench/hold", "/_bench/release"):
+                with stats.lock:
+                    if self.path == "/_bench/hold":
+                        stats.hold_after = stats.items + int(json.loads(raw)["after_items"])
+                        stats.released.clear()
+                    else:
+                        stats.hold_after = None
+                        stats.released.set()
+                return self._send(200, b"{}")
             parts = self.path.strip("/").split("/")
             if len(parts) != 3 or parts[0] != "serving-endpoints" or parts[2] != "invocations":
                 return self._error(404, "ENDPOINT_NOT_FOUND", f"No API found for {self.path}")
@@ -242,6 +259,10 @@ def _handler(
                 return self._error(404, "RESOURCE_DOES_NOT_EXIST", f"Endpoint '{parts[1]}' does not exist.")
             if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                 return self._error(401, "UNAUTHENTICATED", "Invalid access token.")
+            with stats.lock:
+                held = stats.hold_after is not None and stats.items >= stats.hold_after
+            if held:  # the gate is closed: keep the request until it opens (or the server stops)
+                stats.released.wait()
             with stats.lock:  # arrived: in a slot or queued for one
                 stats.bytes += len(raw)
                 stats.at_server += 1
@@ -252,7 +273,10 @@ def _handler(
             finally:
                 with stats.lock:
                     stats.at_server -= 1
-            return self._send(status, out)
+            try:
+                return self._send(status, out)
+            except (BrokenPipeError, ConnectionResetError):  # the client went away (interrupted)
+                return None
 
         def _serve_one(self, kind: str, raw: bytes) -> tuple[int, bytes]:
             """Inside a slot: parse, compute and serialise, then hold the slot for the rest of the
@@ -285,6 +309,10 @@ def _handler(
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)  # a client that hung up is no error
 
 
 def _main() -> None:
@@ -337,6 +365,19 @@ class Endpoint:
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_bench/stats", timeout=10) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def hold(self, after_items: int) -> None:
+        """Close the gate: once ``after_items`` more records are answered, keep every new request."""
+        self._post("/_bench/hold", {"after_items": after_items})
+
+    def release(self) -> None:
+        """Open the gate: the requests it kept are served, and new ones pass."""
+        self._post("/_bench/release", {})
+
+    def _post(self, path: str, doc: dict[str, Any]) -> None:
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(doc).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            resp.read()
 
     def ceiling(self, kind: str, batch: int) -> float:
         return ceiling(

@@ -7,9 +7,11 @@ of its own), side by side with the command as it was before issue 20 (commit `BE
     python benchmarks/texts_scale.py --smoke    # 3,000 rows (CI)
 
 For each N: a fresh run (peak RSS of the child, `os.wait4`'s `ru_maxrss`, and rows/s), then a run
-interrupted with SIGINT once about half its rows are in `t.parquet.parts/`, then the same command
-again, which embeds only what is missing (its peak RSS and rows/s over the rows it embedded). The
-table gives each peak and its ratio to the smallest N's; the goal (issue 20) is a ratio <= 1.2.
+interrupted with SIGINT once about half its rows are in `t.parquet.parts/` (the endpoint holds
+every request past that point until the interrupt, so no machine is fast enough to finish first),
+then the same command again, which embeds only what is missing (its peak RSS and rows/s over the
+rows it embedded). The table gives each peak and its ratio to the smallest N's; the goal (issue 20)
+is a ratio <= 1.2.
 The embedding cache is off (`--no-cache`): this measures the command's pipeline, not the cache.
 The "before" row is the same command run from `git archive BEFORE` (the code before streaming), at the
 smallest N only (it holds every row: about 6.6 KB each).
@@ -30,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _serve import TOKEN, machine, serve
+from _serve import TOKEN, Endpoint, machine, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"smoke": [3_000], "default": [100_000, 1_000_000], "full": [100_000, 1_000_000, 10_000_000]}
@@ -82,10 +84,16 @@ def run_cli(
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     if interrupt_at is not None:
+        deadline = time.monotonic() + 1800
         while proc.poll() is None:
             if interrupt_at.is_dir() and len(list(interrupt_at.glob("part-*.parquet"))) >= parts_needed:
                 proc.send_signal(signal.SIGINT)
                 break
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(
+                    f"{parts_needed} part files did not appear in {interrupt_at} in 30 minutes"
+                )
             time.sleep(0.2)
     assert proc.stderr is not None
     err = proc.stderr.read()
@@ -113,19 +121,27 @@ def _head_tree(into: Path) -> Path | None:
     return into
 
 
-def measure(n: int, folder: Path, url: str, part_rows: int) -> tuple[Run, Run, Run]:
+def measure(n: int, folder: Path, endpoint: Endpoint, part_rows: int) -> tuple[Run, Run, Run]:
     """Fresh, interrupted and resumed runs at `n` rows."""
     source = folder / f"t{n}.txt"
     write_texts(source, n)
-    env = _env(url)
+    env = _env(endpoint.url)
     out = folder / f"t{n}.parquet"
     args = ["texts", "--from", source.name, "--out", out.name, "--no-cache", "--part-rows", str(part_rows)]
     fresh = run_cli(args, env, folder, n)
     out.unlink()
     half = max(1, n // 2 // part_rows)
-    stopped = run_cli(args, env, folder, n, interrupt_at=folder / f"{out.name}.parts", parts_needed=half)
+    if (half + 1) * part_rows >= n:
+        raise ValueError(f"{n:,} rows is too few to interrupt at half with {part_rows:,}-row parts")
+    # The endpoint answers the first half parts and one more, then keeps every request until the
+    # SIGINT has landed: the run cannot finish first, however fast the machine.
+    endpoint.hold(after_items=(half + 1) * part_rows)
+    try:
+        stopped = run_cli(args, env, folder, n, interrupt_at=folder / f"{out.name}.parts", parts_needed=half)
+    finally:
+        endpoint.release()
     if stopped.status != 130:
-        raise RuntimeError("the run to interrupt finished first: use more rows")
+        raise RuntimeError(f"the run to interrupt exited {stopped.status}, not 130 (interrupted)")
     kept = sum(1 for _ in (folder / f"{out.name}.parts").glob("part-*.parquet")) * part_rows
     resumed = run_cli(args, env, folder, n - kept)
     for name in (source, out):
@@ -153,7 +169,7 @@ def scale_rows(mode: str) -> list[str]:
         folder = Path(tmp)
         base: tuple[int, int] | None = None
         for n in sizes:
-            fresh, _, resumed = measure(n, folder, endpoint.url, part_rows)
+            fresh, _, resumed = measure(n, folder, endpoint, part_rows)
             base = base or (fresh.peak, resumed.peak)
             lines.append(
                 f"| streaming | {n:,} | {fresh.peak / 2**20:,.0f} MiB | {fresh.rate:,.0f} | "

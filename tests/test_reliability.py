@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import math
 import re
@@ -482,7 +483,7 @@ def test_keyboard_interrupt_stops_the_call_and_the_client_stays_usable(server: S
         finally:
             interrupter.join()
 
-        # the requests already under way finish; no further batch is sent
+        # the requests already under way are abandoned; no further batch is sent
         end = time.monotonic() + 10
         while server.in_flight and time.monotonic() < end:
             time.sleep(0.01)
@@ -492,6 +493,50 @@ def test_keyboard_interrupt_stops_the_call_and_the_client_stays_usable(server: S
         server.latency = 0
         np.testing.assert_array_equal(client.embed_texts(["after", "ctrl-c"]), text_rows(["after", "ctrl-c"]))
         assert server.inputs(TEXT)[-2:] == ["after", "ctrl-c"]
+
+
+_INTERRUPTED_SCRIPT = """
+import sys
+from clip_client import ClipClient
+with ClipClient(host=sys.argv[1], token=sys.argv[2], timeout=600, max_retries=0, batch_size=2,
+                max_concurrency=2) as client:
+    client.embed_texts([f"t{i}" for i in range(8)])
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_process_interrupted_while_its_requests_wait_for_answers_exits_at_once(
+    server: ServingServer,
+) -> None:
+    """Ctrl-C in a script whose requests wait on an endpoint that takes minutes to answer: the
+    process ends at once. Without the cancellation reaching the worker threads' sockets, Python's
+    exit would join those threads (`concurrent.futures` does) and wait the minutes out."""
+    import subprocess
+    import sys
+
+    server.script = [Reply(delay=600, answer=True)] * 4  # answers nobody will wait for
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_SCRIPT, server.url, TOKEN],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        end = time.monotonic() + 60
+        while server.posts() < 2 and time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.01)
+        assert server.posts() == 2, proc.stderr.read().decode() if proc.poll() is not None else ""
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)  # a bound on a hang, well short of the 600 s
+        except subprocess.TimeoutExpired:
+            pytest.fail("the interrupted process did not exit: its threads still wait for answers")
+        assert proc.returncode != 0
+        assert b"KeyboardInterrupt" in err
+        assert server.posts() == 2  # nothing was retried or sent after the interrupt
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 OVERLOADED_FOR_A_MINUTE = Reply(
@@ -718,6 +763,75 @@ async def test_tls_certificate_is_verified_and_a_failure_is_not_retried(
     assert stats.retries == 0
     assert tls_server.connections == 2  # the endpoint state's GET (refused alike), then the one POST
     assert TOKEN not in rendered(info.value)
+
+
+class SplittingProxy:
+    """A TCP proxy on 127.0.0.1 that hands the server's bytes on in halves, pausing `pause` seconds
+    between the two: every TLS record of an answer reaches the client cut in the middle, with the
+    wait longer than the read's cancellation poll (`timeouts.CANCEL_POLL`)."""
+
+    def __init__(self, upstream: tuple[str, int], pause: float) -> None:
+        self.upstream = upstream
+        self.pause = pause
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.splits = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pipe, args=(conn, up, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, conn, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, split: bool) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if split and len(chunk) > 1:
+                    half = len(chunk) // 2
+                    dst.sendall(chunk[:half])
+                    self.splits += 1
+                    time.sleep(self.pause)
+                    chunk = chunk[half:]
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_tls_answers_cut_mid_record_arrive_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over HTTPS, a read that waits on the socket looks at the call's cancellation flag every
+    quarter second, retrying the read in between; a TLS record that arrives in two halves, the second
+    after such a retry, still gives the right bytes (OpenSSL keeps the half it has)."""
+    cert, key = _self_signed_certificate(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # httpx trusts it (trust_env)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = ServingServer()
+    server._server.socket = context.wrap_socket(server._server.socket, server_side=True)
+    with server:
+        proxy = SplittingProxy(server._server.server_address[:2], pause=0.4)
+        try:
+            host = f"https://127.0.0.1:{proxy.port}"
+            with ClipClient(host=host, token=TOKEN, retry_backoff=0, max_retries=0) as client:
+                texts = ["cut", "in", "half"]
+                np.testing.assert_array_equal(client.embed_texts(texts), text_rows(texts))
+        finally:
+            proxy.close()
+    assert proxy.splits >= 2  # the handshake's and the answer's bytes were both cut
 
 
 def test_host_without_scheme_gets_https() -> None:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import httpx
 
 from .. import _constants as C
-from .._core.concurrency import AIMDLimit, AsyncLimiter, CallContext, Slot, ThreadLimiter
+from .._core.concurrency import AIMDLimit, AsyncLimiter, CallCancelled, CallContext, Slot, ThreadLimiter
 from .._core.images import PreparedImage
 from .._core.secrets import safe_cause
 from .._core.wire import encode_body, encode_record, parse_predictions, record_size
@@ -193,13 +193,15 @@ class RemoteBackend:
                     request, clock, route = self._request(client, kind, body, ctx, number)
                     slot.expected_503 = self.control.starting(kind)  # as it stands when this one is sent
                     try:
-                        with clock.bounding_sockets():
+                        with clock.bounding_sockets(ctx.cancelled if ctx else None):
                             response = client.send(request, auth=route.auth, stream=True)
                             clock.read_body(response)
                         failure = None
                     except httpx.HTTPError as exc:
                         failure = self._attempt_error(exc, kind, len(body), clock, ctx)
                     if failure is not None:  # raised outside the handler: see _attempt_error
+                        if ctx is not None and ctx.cancelled.is_set():  # nobody wants the answer
+                            raise CallCancelled("the call was cancelled")
                         raise failure
                     self._grade(response, slot, ctx, kind)
                 # The slot is free once the answer is in: the next request goes out while this

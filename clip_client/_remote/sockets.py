@@ -14,7 +14,7 @@ from typing import Any
 
 import httpcore
 
-from .timeouts import _attempt_expires
+from .timeouts import CANCEL_POLL, _attempt_cancelled, _attempt_expires
 
 __all__ = ["ExpiringBackend", "ExpiringStream", "time_left"]
 
@@ -39,7 +39,26 @@ class ExpiringStream(httpcore.NetworkStream):
         self._stream = stream
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, time_left(timeout, httpcore.ReadTimeout))
+        cancelled = _attempt_cancelled.get()
+        if cancelled is None:
+            return self._stream.read(max_bytes, time_left(timeout, httpcore.ReadTimeout))
+        # Waited for in steps of at most CANCEL_POLL, looking at the call's flag between them. A
+        # step that times out has consumed nothing (a plain socket's recv, or an SSL socket's,
+        # which keeps a partial record for the next read), so the next step goes on where it was.
+        until = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if cancelled.is_set():
+                raise httpcore.ReadError("the call was cancelled")
+            own = None if until is None else until - time.monotonic()
+            if own is not None and own <= 0:
+                raise httpcore.ReadTimeout("the read timed out")
+            left = time_left(own, httpcore.ReadTimeout)
+            polling = left is None or left > CANCEL_POLL
+            try:
+                return self._stream.read(max_bytes, CANCEL_POLL if polling else left)
+            except httpcore.ReadTimeout:
+                if not polling:  # the read's or the attempt's own time ran out
+                    raise
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         self._stream.write(buffer, time_left(timeout, httpcore.WriteTimeout))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +38,18 @@ _attempt_expires: ContextVar[float | None] = ContextVar("clip_client_attempt_exp
 streams of the sync clients the library creates; None outside an attempt or without a bound.
 """
 
+_attempt_cancelled: ContextVar[threading.Event | None] = ContextVar(
+    "clip_client_attempt_cancelled", default=None
+)
+"""The call's cancellation flag (`CallContext.cancelled`) for the attempt running in this thread:
+a read that is waiting on the socket gives up within `CANCEL_POLL` seconds of it being set, so a
+worker thread does not stay blocked on an answer nobody wants (Ctrl-C, a consumer that stopped
+early). Without it, the interpreter's exit would wait for every such request to finish, because
+`concurrent.futures` joins its worker threads at exit."""
+
+CANCEL_POLL = 0.25
+"""Seconds a blocked read waits between looks at the call's cancellation flag."""
+
 
 @dataclass(frozen=True)
 class AttemptClock:
@@ -66,13 +79,16 @@ class AttemptClock:
         return None if self.expires_at is None else max(0.0, self.expires_at - time.monotonic())
 
     @contextmanager
-    def bounding_sockets(self) -> Iterator[None]:
+    def bounding_sockets(self, cancelled: threading.Event | None = None) -> Iterator[None]:
         """Within this block, this thread's socket operations on a client made by
-        `sync_client` end by `expires_at`."""
+        `sync_client` end by `expires_at`, and a read waiting on the socket ends (httpcore's
+        `ReadError`) within `CANCEL_POLL` seconds of `cancelled` being set."""
         token = _attempt_expires.set(self.expires_at)
+        flag = _attempt_cancelled.set(cancelled)
         try:
             yield
         finally:
+            _attempt_cancelled.reset(flag)
             _attempt_expires.reset(token)
 
     def read_body(self, response: httpx.Response) -> None:
