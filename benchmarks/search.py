@@ -1,6 +1,6 @@
 """Search: ``clip_client.search.cosine_topk`` against the naive full product, the approximate
-``clip_client.index.ApproximateIndex`` (faiss HNSW) against ``cosine_topk``, and ``find_duplicates``
-against the full similarity matrix, side by side in one run.
+``clip_client.index.ApproximateIndex`` (faiss IVF by default; HNSW with ``--hnsw``) against
+``cosine_topk``, and ``find_duplicates`` against the full similarity matrix, side by side in one run.
 
     python benchmarks/search.py            # 1,000,000 x 768 float32 (about 3 GB), 1,000 queries
     python benchmarks/search.py --n 200000 # a smaller collection, same layout
@@ -27,16 +27,15 @@ run on the first ``--naive-queries`` queries, is what one writes by hand: normal
 tracemalloc's peak during the call (numpy reports its buffers to tracemalloc), beyond what was
 allocated before it. Both answers are checked against each other.
 
-Approximate: ``ApproximateIndex.build`` with its defaults (``m = 32``, ``ef_construction = 40``),
-timed, with the process's resident memory before and after (faiss allocates outside tracemalloc's
-view, so the index's memory is the growth of ``VmRSS``). Then every query at several ``ef_search``
-values (best of three calls): throughput, speed-up per query over ``cosine_topk``, and recall@10,
-the share of the exact top-``k`` rows the index returns (``|approx & exact| / k``, averaged over
-queries).
+Approximate: ``ApproximateIndex.build`` with its defaults (IVF, ``default_nlist(n)`` cells fitted to
+64 rows each), timed, with the process's resident memory before and after (faiss allocates outside
+tracemalloc's view, so the index's memory is the growth of ``VmRSS``). Then every query at several
+``nprobe`` values (best of three calls): throughput, speed-up per query over ``cosine_topk``, and
+recall@10, the share of the exact top-``k`` rows the index returns (``|approx & exact| / k``,
+averaged over queries).
 
-With ``--ivf``, the same queries also go to faiss's ``IndexIVFFlat`` (inner product on normalised
-rows, ``nlist = 4 sqrt(n)`` lists, k-means trained on 64 rows per list, several ``nprobe``): the
-structure ``ApproximateIndex`` was measured against before it settled on HNSW.
+With ``--hnsw``, the same queries also go to ``ApproximateIndex.build(structure="hnsw")`` at several
+``ef_search`` values: the structure that was the default before issue 20.
 
 ``find_duplicates`` runs on a smaller set (``--dup-n`` random rows, with planted copies at cosine
 0.99) beside the naive ``normed @ normed.T`` and ``np.nonzero`` of its upper triangle, which finds
@@ -56,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_client.index import DEFAULT_EF_SEARCH, ApproximateIndex
+from clip_client.index import DEFAULT_EF_SEARCH, DEFAULT_NPROBE, ApproximateIndex
 from clip_client.search import TopK, cosine_topk, find_duplicates
 
 MB = 1024 * 1024
@@ -187,14 +186,21 @@ def main() -> None:
         type=int,
         nargs="+",
         default=sorted({16, 32, DEFAULT_EF_SEARCH, 128, 256}),
-        help="ApproximateIndex search knob values to measure",
+        help="with --hnsw: its search knob values to measure",
+    )
+    parser.add_argument(
+        "--nprobe",
+        type=int,
+        nargs="+",
+        default=sorted({4, 8, DEFAULT_NPROBE, 32, 64}),
+        help="ApproximateIndex (IVF, the default) search knob values to measure",
     )
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--chunk-rows", type=int, default=8192)
     parser.add_argument(
-        "--ivf",
+        "--hnsw",
         action="store_true",
-        help="also measure faiss IndexIVFFlat (the structure ApproximateIndex did not pick)",
+        help='also measure ApproximateIndex(structure="hnsw"), the default before issue 20',
     )
     parser.add_argument("--dup-n", type=int, default=20_000, help="rows for find_duplicates")
     parser.add_argument("--dup-chunk-rows", type=int, default=2048)
@@ -209,9 +215,11 @@ def main() -> None:
         f"faiss {faiss_version()}; tracemalloc peaks are extra memory beyond the inputs"
     )
     matrix, queries, exact = bench_topk(args)
-    bench_approximate(args, matrix, queries, exact)
-    if args.ivf:
-        bench_ivf(args, matrix, queries, exact)
+    bench_approximate(args, matrix, queries, exact, "ivf", "nprobe", args.nprobe, DEFAULT_NPROBE)
+    if args.hnsw:
+        bench_approximate(
+            args, matrix, queries, exact, "hnsw", "ef_search", args.ef_search, DEFAULT_EF_SEARCH
+        )
     del matrix
     bench_duplicates(args)
 
@@ -266,11 +274,18 @@ def bench_topk(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, Measur
 
 
 def bench_approximate(
-    args: argparse.Namespace, matrix: np.ndarray, queries: np.ndarray, exact: Measured
+    args: argparse.Namespace,
+    matrix: np.ndarray,
+    queries: np.ndarray,
+    exact: Measured,
+    structure: Any,
+    knob: str,
+    values: list[int],
+    default: int,
 ) -> None:
     before = resident_bytes()
     start = time.perf_counter()
-    index = ApproximateIndex.build(matrix)
+    index = ApproximateIndex.build(matrix, structure=structure)
     build_seconds = time.perf_counter() - start
     after = resident_bytes()
     grown = "n/a" if before is None or after is None else f"{(after - before) / MB:,.0f} MiB"
@@ -279,68 +294,30 @@ def bench_approximate(
         f"resident memory grew by {grown}; {args.queries} queries, k={args.k}\n"
     )
     exact_per_query = exact.seconds / args.queries
-    print("| search | ef_search | seconds | throughput | speed-up per query | recall@10 |")
+    print(f"| search | {knob} | seconds | throughput | speed-up per query | recall@10 |")
     print("|---|---:|---:|---:|---:|---:|")
     print(
         f"| cosine_topk (exact) | - | {exact.seconds:.2f} | {args.queries / exact.seconds:,.1f} queries/s "
         f"| 1.0x | 1.000 |"
     )
     default_recall = None
-    for ef in args.ef_search:
+    for value in values:
         seconds = float("inf")
         for _ in range(3):  # best of three: the first call also warms faiss's thread pool
             start = time.perf_counter()
-            found = index.search(queries, args.k, ef_search=ef)
+            found = index.search(queries, args.k, **{knob: value})
             seconds = min(seconds, time.perf_counter() - start)
         got = recall_at_k(found, exact.result)
-        if ef == DEFAULT_EF_SEARCH:
+        if value == default:
             default_recall = got
-        label = "ApproximateIndex" + (" (default)" if ef == DEFAULT_EF_SEARCH else "")
+        label = f"ApproximateIndex {structure.upper()}" + (" (default)" if value == default else "")
         print(
-            f"| {label} | {ef} | {seconds:.3f} | {args.queries / seconds:,.1f} queries/s "
+            f"| {label} | {value} | {seconds:.3f} | {args.queries / seconds:,.1f} queries/s "
             f"| {exact_per_query / (seconds / args.queries):,.1f}x | {got:.3f} |"
         )
     if default_recall is not None and not args.smoke:
-        verdict = "meets" if default_recall >= 0.95 else "MISSES"
-        print(
-            f"\nrecall@{args.k} at the default ef_search={DEFAULT_EF_SEARCH}: "
-            f"{default_recall:.3f}, {verdict} 0.95"
-        )
-
-
-def bench_ivf(args: argparse.Namespace, matrix: np.ndarray, queries: np.ndarray, exact: Measured) -> None:
-    import faiss  # the index extra
-
-    n, d = matrix.shape
-    nlist = max(1, int(4 * np.sqrt(n)))
-
-    def unit(rows: np.ndarray) -> np.ndarray:
-        rows = np.array(rows, dtype=np.float32)
-        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-    start = time.perf_counter()
-    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    sample = np.random.default_rng(4).choice(n, size=min(n, 64 * nlist), replace=False)
-    ivf.train(unit(matrix[np.sort(sample)]))
-    for s in range(0, n, 65_536):
-        ivf.add(unit(matrix[s : s + 65_536]))
-    build_seconds = time.perf_counter() - start
-    print(f"\n# faiss IndexIVFFlat, nlist={nlist}: trained and filled in {build_seconds:.1f} s\n")
-    print("| search | nprobe | seconds | throughput | speed-up per query | recall@10 |")
-    print("|---|---:|---:|---:|---:|---:|")
-    qn = unit(queries)
-    exact_per_query = exact.seconds / args.queries
-    for nprobe in (1, 4, 16, 64):
-        seconds = float("inf")
-        for _ in range(3):
-            start = time.perf_counter()
-            _, found = ivf.search(qn, args.k, params=faiss.SearchParametersIVF(nprobe=nprobe))
-            seconds = min(seconds, time.perf_counter() - start)
-        got = recall_at_k(TopK(indices=found, scores=np.zeros(found.shape, np.float32)), exact.result)
-        print(
-            f"| IndexIVFFlat | {nprobe} | {seconds:.3f} | {args.queries / seconds:,.1f} queries/s "
-            f"| {exact_per_query / (seconds / args.queries):,.1f}x | {got:.3f} |"
-        )
+        verdict = "meets" if default_recall >= 0.99 else "MISSES"
+        print(f"\nrecall@{args.k} at the default {knob}={default}: {default_recall:.3f}, {verdict} 0.99")
 
 
 def bench_duplicates(args: argparse.Namespace) -> None:

@@ -13,32 +13,31 @@ Cosine similarity is the inner product of L2-normalised vectors (Radford et al.,
 the index normalises every row it is given and every query, in float32, so raw embeddings from the
 endpoint or the local model go in as they are.
 
-The structure is `faiss.IndexHNSWFlat` (Malkov and Yashunin, 2018, "Efficient and robust
-approximate nearest neighbor search using Hierarchical Navigable Small World graphs") with the inner
-product metric, under a `faiss.IndexIDMap` for the ids. It was measured against `IndexIVFFlat`
-(`benchmarks/search.py --ivf`, docs/benchmarks.md): at 200,000 x 768 clustered CLIP-like rows the
-two were level (recall@10 0.965 at 20.5x the exact search's speed for HNSW, `ef_search=32`; 0.957
-at 19.7x for IVF with 1,788 lists, `nprobe=4`), and IVF built faster (48 s against 69 s). HNSW was
-chosen because its search cost grows with about `log n` where IVF's grows with `sqrt n` (`4
-sqrt n` centroids, then `nprobe` lists of about `sqrt n / 4` rows each), because it needs no
-training pass, so rows `add`-ed later are found as well as the first ones (IVF keeps the centroids
-of the rows it was trained on), and because its one knob, `ef_search`, trades speed for recall
-without a rebuild. At 1,000,000 rows it measured recall@10 0.970 at 401x the exact search's speed.
+Two structures, both with the inner-product metric under a `faiss.IndexIDMap` for the ids:
 
-Its build settings were chosen again for issue 20 (`benchmarks/index_compare.py`, docs/search.md).
-On 200,000 x 768 clustered CLIP-like rows, 2 shared cores, faiss's default `efConstruction=40`
-left recall@10 at 0.973-0.978 whatever `ef_search` (64 to 256): the graph, not the search, was the
-limit. `efConstruction=128` built in 82 s instead of 43 s and reached 0.990 at `ef_search=128`
-(1,739 queries/s) and 0.997 at 256; at 1,000,000 rows it built in 269 s and reached 0.973 at
-`ef_search=128` (3,930 queries/s) and 0.991 at 256 (2,197 queries/s). faiss IVF with flat lists
-(1,788 lists) did as well on the 200,000 clustered rows (0.999 at `nprobe=32`, 1,885 queries/s,
-60 s to build) but was not taken, for the reasons above (its cells are fitted to the rows it was
-trained on, and its cost grows with `sqrt n`). IVF with product quantisation lost too much (recall
-0.345; 0.895 with an exact re-rank of 80 candidates), and usearch's HNSW built 3x more slowly for
-no better recall. So the structure, and with it the saved file, stays the same: an `IndexIDMap`
-over an inner-product `IndexHNSWFlat`; only the defaults changed (`efConstruction` 40 -> 128,
-`ef_search` 64 -> 256). Files saved before load unchanged, keeping the settings they were built
-with (the file holds them).
+- `"ivf"` (the default of `build`): `faiss.IndexIVFFlat` (Jegou et al., 2011, "Product quantization
+  for nearest neighbor search", section 3: an inverted file over k-means cells; here with flat,
+  uncompressed lists). `build` fits `nlist` cells (about `4 sqrt n`) to a sample of the rows and
+  files every row under its nearest cell; a query reads the `nprobe` cells nearest to it.
+- `"hnsw"` (the default of an empty `ApproximateIndex(d)` grown by `add`): `faiss.IndexHNSWFlat`
+  (Malkov and Yashunin, 2018, "Efficient and robust approximate nearest neighbor search using
+  Hierarchical Navigable Small World graphs"), which needs no training pass, so it suits a collection
+  that arrives in pieces.
+
+Why IVF is the default since issue 20 (`benchmarks/index_compare.py`, docs/search.md): on 1,000,000 x
+768 clustered CLIP-like rows on 2 cores, IVF with 4,000 lists built in 97 s and reached recall@10
+0.996 at `nprobe=16` and 2,729 queries/s, meeting every goal of the issue (under 3 minutes, >= 0.99 at
+>= 2,000 queries/s). HNSW at `efConstruction=128` reached 0.991 at 2,197 queries/s but built in 269 s;
+at faiss's `efConstruction=40` it built faster and never passed 0.978 on 200,000 rows, whatever
+`ef_search`. IVF with product quantisation lost the answer (recall 0.345; 0.895 with an exact
+re-rank of 80), and usearch's HNSW built 3x more slowly than faiss's for no better recall. What IVF
+costs: its cells are fitted to the rows `build` sees (rows `add`-ed later go to the nearest of those
+cells, which serves them well while they look like the first ones, as more embeddings of the same
+kind of collection do), and its search cost grows with `sqrt n` where the graph's grows with about
+`log n`. For a collection built up from empty by many small `add` calls, take the graph.
+
+Files saved by earlier versions (an HNSW index) load unchanged, with the settings they were built
+with: `load` reads either structure.
 
 Its vectors stay uncompressed (no product quantisation), so its scores are the exact float32
 cosines of the rows it returns; what is approximate is which rows it finds.
@@ -50,7 +49,7 @@ import contextlib
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -62,9 +61,15 @@ __all__ = [
     "DEFAULT_EF_CONSTRUCTION",
     "DEFAULT_EF_SEARCH",
     "DEFAULT_M",
+    "DEFAULT_NPROBE",
     "MAX_M",
     "ApproximateIndex",
+    "Structure",
+    "default_nlist",
 ]
+
+Structure = Literal["ivf", "hnsw"]
+"""The index's structure: `"ivf"` (inverted file over k-means cells, flat lists) or `"hnsw"` (graph)."""
 
 DEFAULT_M = 32
 """HNSW links per node (faiss's `M`): 32 is faiss's own default for `IndexHNSWFlat`."""
@@ -79,6 +84,19 @@ DEFAULT_EF_SEARCH = 256
 1,000,000 x 768 clustered CLIP-like rows with `efConstruction=128` (0.991 at 2,197 queries/s on 2
 cores, where 128 gave 0.973 at 3,930; `benchmarks/index_compare.py`). On 200,000 rows 128 already
 gave 0.990."""
+
+DEFAULT_NPROBE = 16
+"""IVF cells a query reads: the smallest power of two whose recall@10 reached 0.99 on 1,000,000 x 768
+clustered CLIP-like rows with 4,000 cells (0.996 at 2,729 queries/s on 2 cores, where 8 gave 0.976 at
+4,412; `benchmarks/index_compare.py`)."""
+
+TRAINING_ROWS_PER_LIST = 64
+"""Rows sampled per IVF cell to fit the cells (k-means): 256,000 for 4,000 cells, which gave the
+figures of `DEFAULT_NPROBE`. faiss asks for 39 to 256 per cell (`ClusteringParameters`)."""
+
+MIN_ROWS_PER_LIST = 39
+"""faiss's own floor of training rows per k-means cell (below it, faiss warns that the cells are
+poorly fitted); `default_nlist` never asks for more cells than the rows fill at this many."""
 
 DEFAULT_CHUNK_ROWS = 65_536
 _INSTALL = 'pip install "clip-serving-client[index]"'
@@ -96,6 +114,13 @@ own library, caps `M` at 10,000 ("M parameter exceeds 10000 which may lead to ad
 so does this class, with a ValueError rather than a silent cap. Useful values are 4-64."""
 
 
+def default_nlist(n: int) -> int:
+    """IVF cells for `n` rows: `4 sqrt n` (faiss's guideline for up to about a million rows, "Guidelines
+    to choose an index" in the faiss wiki), at most `n // 39` so that every cell has faiss's minimum of
+    39 training rows, and at least 1. 4,000 for 1,000,000 rows; 1 (an exact search) below 78 rows."""
+    return max(1, min(int(4 * np.sqrt(n)), n // MIN_ROWS_PER_LIST))
+
+
 def _faiss() -> Any:
     """faiss, imported on first use so that `import clip_client.index` works without the extra."""
     try:
@@ -106,23 +131,25 @@ def _faiss() -> Any:
 
 
 class ApproximateIndex:
-    """Approximate cosine top-`k` over a growing collection of embeddings (faiss HNSW).
+    """Approximate cosine top-`k` over a large collection of embeddings (faiss IVF or HNSW).
 
-    Build one with `ApproximateIndex.build(matrix)` (or an empty one with `ApproximateIndex(d)`
-    and `add`), search it with `search`, and keep it with `save`/`load`. Each row has an
-    int64 id: its row number in the order added (across `add` calls, as if the matrices were
-    stacked) unless you pass `ids`. `search` returns those ids in `TopK.indices`.
+    Build one with `ApproximateIndex.build(matrix)` (IVF, cells fitted to `matrix`), or start an
+    empty one with `ApproximateIndex(d)` (HNSW) and `add` to it; search it with `search`, and keep
+    it with `save`/`load`. Each row has an int64 id: its row number in the order added (across
+    `add` calls, as if the matrices were stacked) unless you pass `ids`. `search` returns those ids
+    in `TopK.indices`.
 
-    Memory: the index keeps its own float32 copy of every (normalised) row plus its graph, about
-    `4 d + 8 m + 16` bytes per row (3.3 GB for 1,000,000 x 768 at `m = 32`; 3,197 MiB measured),
-    and building reads the matrix `chunk_rows` rows at a time, so the input is never copied whole.
-    Building is the slow part: 818 s for 1,000,000 x 768 on two busy CPU cores at the former
-    `ef_construction=40` (docs/benchmarks.md), 269 s at today's 128 on a quieter one; save the
-    index and load it, and pass `progress=True` to `build`/`add` for a bar. Where a query may take
-    the exact `cosine_topk`'s time (0.02-0.09 s per million rows on two shared cores), that needs
+    Memory: the index keeps its own float32 copy of every (normalised) row, plus 16 bytes of ids per
+    row for IVF (3.1 GB for 1,000,000 x 768; 3,831 MiB measured while building, the training sample
+    included) or `8 m + 16` bytes of graph and ids for HNSW (3,197 MiB measured at `m = 32`).
+    Building reads the matrix `chunk_rows` rows at a time, so the input is never copied whole; IVF's
+    training reads a sample of `64 nlist` rows (0.79 GB at 1,000,000 x 768). Building is the slow
+    part: 97 s for 1,000,000 x 768 with IVF on 2 cores, 269 s with HNSW (docs/benchmarks.md); save
+    the index and load it, and pass `progress=True` to `build`/`add` for a bar. Where a query may
+    take the exact `cosine_topk`'s time (0.01-0.09 s per million rows on two cores), that needs
     neither the build nor the second copy (docs/search.md says when to use which).
 
-    Many identical rows weaken the graph, whose links then run mostly between copies (9,000 x 64
+    Many identical rows weaken an HNSW graph, whose links then run mostly between copies (9,000 x 64
     clustered rows of which a third were copies of 20 rows: recall@10 fell from 1.00 to 0.90): run
     `find_duplicates` first and index one row of each group.
 
@@ -130,43 +157,70 @@ class ApproximateIndex:
 
     Args:
         dim: width of the embeddings, `>= 1` (768 for CLIP ViT-L/14).
-        m: HNSW links per node, `2` to `MAX_M` (10,000). More links: better recall at a given
+        structure: `"hnsw"` (default here: an empty index grows by `add` with no training) or
+            `"ivf"`, whose cells are fitted to the rows of its first `add` (so give that call the
+            bulk of the collection, or use `build`).
+        nlist: IVF only: the number of cells, `>= 1`; default `default_nlist(n)` for the `n` rows of
+            the first `add` (4,000 for 1,000,000). The first `add` needs at least `nlist` rows.
+        nprobe: IVF only: cells a query reads, `>= 1`: the speed/recall knob (higher is slower and
+            finds more of the true neighbours; `nprobe >= nlist` reads every cell, an exact search).
+            Default 16 (`DEFAULT_NPROBE`), recall@10 0.996 at 1,000,000 rows.
+        m: HNSW only: links per node, `2` to `MAX_M` (10,000). More links: better recall at a given
             `ef_search`, more memory (`8 m` bytes per row) and a slower build. Default 32 (faiss's
             default).
-        ef_construction: candidates kept while inserting, `>= 1`; higher builds a better graph,
-            more slowly. Default 128 (`DEFAULT_EF_CONSTRUCTION`; faiss's own default is 40).
-        ef_search: candidates kept while searching, `>= 1`: the speed/recall knob (higher is
-            slower and finds more of the true neighbours). Default 256, which measured recall@10 of
-            0.991 at 1,000,000 rows (`DEFAULT_EF_SEARCH`). A search always keeps at least `k`.
+        ef_construction: HNSW only: candidates kept while inserting, `>= 1`; higher builds a better
+            graph, more slowly. Default 128 (`DEFAULT_EF_CONSTRUCTION`; faiss's own default is 40).
+        ef_search: HNSW only: candidates kept while searching, `>= 1`: the speed/recall knob.
+            Default 256, which measured recall@10 of 0.991 at 1,000,000 rows (`DEFAULT_EF_SEARCH`).
+            A search always keeps at least `k`.
 
     Raises:
         ImportError: faiss is not installed (the message says how to install it).
-        TypeError: a parameter is not an int.
-        ValueError: `dim`, `ef_construction` or `ef_search` is below 1 or above `C_INT_MAX`
-            (2**31 - 1: faiss takes a C `int`), or `m` is below 2 or above `MAX_M`. The message
-            names the argument and its range.
+        TypeError: a parameter is not an int, or `structure` not a string.
+        ValueError: `structure` is neither `"ivf"` nor `"hnsw"`; a parameter of the other structure
+            is given (`nprobe` to an HNSW index, `ef_search` to an IVF one...); `dim`, `nlist`,
+            `nprobe`, `ef_construction` or `ef_search` is below 1 or above `C_INT_MAX` (2**31 - 1:
+            faiss takes a C `int`), or `m` is below 2 or above `MAX_M`. The message names the
+            argument and its range.
     """
 
     def __init__(
         self,
         dim: int,
         *,
-        m: int = DEFAULT_M,
-        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-        ef_search: int = DEFAULT_EF_SEARCH,
+        structure: Structure = "hnsw",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        m: int | None = None,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
     ) -> None:
         faiss = _faiss()
+        structure = _structure(structure)
         dim = _c_int(dim, "dim")
-        m = _positive_int(m, "m")
+        _only_for(
+            structure, nlist=nlist, nprobe=nprobe, m=m, ef_construction=ef_construction, ef_search=ef_search
+        )
+        self._pending: tuple[int, int | None, int] | None = None  # IVF not yet trained: (dim, nlist, nprobe)
+        if structure == "ivf":
+            nprobe = DEFAULT_NPROBE if nprobe is None else _c_int(nprobe, "nprobe")
+            lists = None if nlist is None else _c_int(nlist, "nlist")
+            self._pending = (dim, lists, nprobe)
+            # Until its first `add` fits the cells: an empty flat index of the right width.
+            self._init(faiss.IndexIDMap(faiss.IndexFlatIP(dim)))
+            return
+        m = DEFAULT_M if m is None else _positive_int(m, "m")
         if m < 2:
             raise ValueError(f"m must be >= 2 (HNSW links per node); got {m}")
         if m > MAX_M:
             raise ValueError(f"m must be <= {MAX_M:,} (HNSW links per node; useful values are 4-64); got {m}")
-        ef_construction = _c_int(ef_construction, "ef_construction")
-        ef_search = _c_int(ef_search, "ef_search")
+        ef_c = (
+            DEFAULT_EF_CONSTRUCTION if ef_construction is None else _c_int(ef_construction, "ef_construction")
+        )
+        ef_s = DEFAULT_EF_SEARCH if ef_search is None else _c_int(ef_search, "ef_search")
         hnsw = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = ef_construction
-        hnsw.hnsw.efSearch = ef_search
+        hnsw.hnsw.efConstruction = ef_c
+        hnsw.hnsw.efSearch = ef_s
         self._init(faiss.IndexIDMap(hnsw))
 
     def _init(self, index: Any, owner: Any = None) -> None:
@@ -174,7 +228,7 @@ class ApproximateIndex:
         # faiss's downcast wrappers do not own the C++ index: keep the object that does alive.
         self._owner = index if owner is None else owner
         self._index = index
-        self._hnsw = faiss.downcast_index(index.index)
+        self._inner = faiss.downcast_index(index.index)
 
     @classmethod
     def build(
@@ -182,9 +236,12 @@ class ApproximateIndex:
         matrix: ArrayLike,
         ids: ArrayLike | None = None,
         *,
-        m: int = DEFAULT_M,
-        ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-        ef_search: int = DEFAULT_EF_SEARCH,
+        structure: Structure = "ivf",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        m: int | None = None,
+        ef_construction: int | None = None,
+        ef_search: int | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
         progress: bool = False,
     ) -> ApproximateIndex:
@@ -196,9 +253,12 @@ class ApproximateIndex:
                 a `np.memmap` works.
             ids: optional integer array, shape `(n,)`: the id `search` returns for each row
                 (stored as int64). Default: the row numbers `0 .. n-1`.
+            structure: `"ivf"` (default: cells fitted to `matrix`) or `"hnsw"` (see the class).
+            nlist: IVF cells, `1..n` (default `default_nlist(n)`, 4,000 for 1,000,000 rows).
+            nprobe: IVF cells read per query (see the class; default 16).
             m: HNSW links per node (see the class).
-            ef_construction: insertion candidates (see the class).
-            ef_search: the default search knob (see the class).
+            ef_construction: HNSW insertion candidates (see the class).
+            ef_search: HNSW search candidates (see the class).
             chunk_rows: rows normalised and inserted per block, `>= 1`; extra memory is one
                 `chunk_rows x d` float32 block.
             progress: show a tqdm bar on stderr, rows inserted (default off, as in the clients).
@@ -212,16 +272,45 @@ class ApproximateIndex:
                 not an int.
             ValueError: `matrix` is not 2-D or is empty; a row holds a NaN or an infinity or is all
                 zeros (the message names its index; nothing is added); `ids` has the wrong shape,
-                repeats an id or holds -1; a parameter is out of range.
+                repeats an id or holds -1; `nlist` is above `n`; a parameter is out of range or
+                belongs to the other structure.
         """
         mat = _as_float(matrix, "matrix")
         if mat.ndim != 2:
             raise ValueError(f"matrix must be 2-D (n, d); got shape {mat.shape}")
         if mat.shape[0] == 0 or mat.shape[1] == 0:
             raise ValueError(f"matrix is empty (shape {mat.shape}): there is nothing to index")
-        index = cls(mat.shape[1], m=m, ef_construction=ef_construction, ef_search=ef_search)
+        index = cls(
+            mat.shape[1], structure=structure, nlist=nlist, nprobe=nprobe, m=m,
+            ef_construction=ef_construction, ef_search=ef_search,
+        )  # fmt: skip
         index.add(mat, ids, chunk_rows=chunk_rows, progress=progress)
         return index
+
+    @property
+    def structure(self) -> Structure:
+        """`"ivf"` or `"hnsw"`, fixed when the index was made."""
+        return "ivf" if self._pending is not None or self._ivf() is not None else "hnsw"
+
+    def _ivf(self) -> Any:
+        faiss = _faiss()
+        return self._inner if isinstance(self._inner, faiss.IndexIVFFlat) else None
+
+    def _hnsw(self, name: str) -> Any:
+        if self.structure != "hnsw":
+            raise AttributeError(
+                f"{name} is a setting of HNSW indexes; this one is IVF (structure='ivf'), whose "
+                "settings are nlist and nprobe"
+            )
+        return self._inner.hnsw
+
+    def _ivf_setting(self, name: str) -> Any:
+        if self.structure != "ivf":
+            raise AttributeError(
+                f"{name} is a setting of IVF indexes; this one is HNSW (structure='hnsw'), whose "
+                "settings are m, ef_construction and ef_search"
+            )
+        return self._ivf()
 
     @property
     def dim(self) -> int:
@@ -229,27 +318,57 @@ class ApproximateIndex:
         return int(self._index.d)
 
     @property
+    def nlist(self) -> int | None:
+        """IVF cells (int), or None before the first `add` fits them. AttributeError on HNSW."""
+        ivf = self._ivf_setting("nlist")
+        if ivf is None:
+            assert self._pending is not None
+            return self._pending[1]
+        return int(ivf.nlist)
+
+    @property
+    def nprobe(self) -> int:
+        """IVF cells a query reads by default: the speed/recall knob. Saved with the index.
+        AttributeError on an HNSW index."""
+        ivf = self._ivf_setting("nprobe")
+        if ivf is None:
+            assert self._pending is not None
+            return self._pending[2]
+        return int(ivf.nprobe)
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        ivf = self._ivf_setting("nprobe")
+        value = _c_int(value, "nprobe")
+        if ivf is None:
+            assert self._pending is not None
+            self._pending = (self._pending[0], self._pending[1], value)
+        else:
+            ivf.nprobe = value
+
+    @property
     def m(self) -> int:
-        """HNSW links per node, fixed when the index was made."""
-        return int(self._hnsw.hnsw.nb_neighbors(1))
+        """HNSW links per node, fixed when the index was made. AttributeError on an IVF index."""
+        return int(self._hnsw("m").nb_neighbors(1))
 
     @property
     def ef_construction(self) -> int:
-        """Candidates kept while inserting rows (int)."""
-        return int(self._hnsw.hnsw.efConstruction)
+        """HNSW candidates kept while inserting rows (int). AttributeError on an IVF index."""
+        return int(self._hnsw("ef_construction").efConstruction)
 
     @ef_construction.setter
     def ef_construction(self, value: int) -> None:
-        self._hnsw.hnsw.efConstruction = _c_int(value, "ef_construction")
+        self._hnsw("ef_construction").efConstruction = _c_int(value, "ef_construction")
 
     @property
     def ef_search(self) -> int:
-        """Default candidates kept while searching: the speed/recall knob. Saved with the index."""
-        return int(self._hnsw.hnsw.efSearch)
+        """HNSW candidates kept while searching by default: the speed/recall knob. Saved with the
+        index. AttributeError on an IVF index."""
+        return int(self._hnsw("ef_search").efSearch)
 
     @ef_search.setter
     def ef_search(self, value: int) -> None:
-        self._hnsw.hnsw.efSearch = _c_int(value, "ef_search")
+        self._hnsw("ef_search").efSearch = _c_int(value, "ef_search")
 
     @property
     def ids(self) -> NDArray[np.int64]:
@@ -261,10 +380,11 @@ class ApproximateIndex:
         return int(self._index.ntotal)
 
     def __repr__(self) -> str:
-        return (
-            f"ApproximateIndex(dim={self.dim}, rows={len(self)}, m={self.m}, "
-            f"ef_construction={self.ef_construction}, ef_search={self.ef_search})"
-        )
+        if self.structure == "ivf":
+            knobs = f"nlist={self.nlist}, nprobe={self.nprobe}"
+        else:
+            knobs = f"m={self.m}, ef_construction={self.ef_construction}, ef_search={self.ef_search}"
+        return f"ApproximateIndex(structure={self.structure!r}, dim={self.dim}, rows={len(self)}, {knobs})"
 
     def add(
         self,
@@ -275,7 +395,9 @@ class ApproximateIndex:
         progress: bool = False,
     ) -> None:
         """Append rows. Every row and id is checked before the first is added, so a bad input adds
-        nothing.
+        nothing. The first `add` to an empty IVF index first fits its cells (k-means) to a sample of
+        `min(n, 64 nlist)` of these rows (fixed seed: the same rows give the same index); later
+        rows go to the nearest of those cells.
 
         Args:
             matrix: float array, shape `(n, d)` with `d == self.dim`; any float dtype, rows need
@@ -291,7 +413,8 @@ class ApproximateIndex:
             ValueError: `matrix` is not 2-D, is empty or has another width; a row holds a NaN or
                 an infinity or is all zeros (named by its index in `matrix`); `ids` has the
                 wrong shape, holds -1 (faiss's "no result"), repeats an id, or holds an id already
-                in the index (named by its position in `ids`); `chunk_rows < 1`.
+                in the index (named by its position in `ids`); `chunk_rows < 1`; the first `add`
+                to an IVF index has fewer rows than the `nlist` it was given.
         """
         mat = _as_float(matrix, "matrix")
         if mat.ndim != 2:
@@ -304,6 +427,11 @@ class ApproximateIndex:
                 f"matrix has width {d} but the index holds width {self.dim}: embed both with the same model"
             )
         chunk_rows = _positive_int(chunk_rows, "chunk_rows")
+        if self._pending is not None and self._pending[1] is not None and self._pending[1] > n:
+            raise ValueError(
+                f"nlist={self._pending[1]:,} IVF cells need at least as many rows to fit them, but "
+                f"the first add has {n:,}: add more rows at once, or ask for fewer cells"
+            )
         new_ids = self._checked_ids(ids, n)
         for start in range(0, n, chunk_rows):  # check every row first: all or nothing
             _normalised_rows(mat[start : start + chunk_rows], "matrix", first=start)
@@ -313,6 +441,12 @@ class ApproximateIndex:
 
             bar = tqdm(total=n, unit="row", unit_scale=True, desc="building the index")
         try:
+            if self._pending is not None:
+                if bar is not None:
+                    bar.set_description("fitting the IVF cells (k-means)")
+                self._train(mat)
+                if bar is not None:
+                    bar.set_description("building the index")
             for start in range(0, n, chunk_rows):
                 block = _normalised_rows(mat[start : start + chunk_rows], "matrix", first=start)
                 self._index.add_with_ids(block, new_ids[start : start + len(block)])
@@ -321,6 +455,27 @@ class ApproximateIndex:
         finally:
             if bar is not None:
                 bar.close()
+
+    def _train(self, mat: NDArray[np.floating[Any]]) -> None:
+        """Fit the IVF cells of an empty IVF index to a sample of `mat` (rows already checked)."""
+        faiss = _faiss()
+        assert self._pending is not None
+        dim, lists, nprobe = self._pending
+        n = mat.shape[0]
+        nlist = default_nlist(n) if lists is None else lists
+        size = min(n, TRAINING_ROWS_PER_LIST * nlist)
+        picked = np.sort(np.random.default_rng(0).choice(n, size=size, replace=False))
+        sample = np.empty((size, dim), dtype=np.float32)  # one copy, normalised block by block
+        for start in range(0, size, DEFAULT_CHUNK_ROWS):
+            block = picked[start : start + DEFAULT_CHUNK_ROWS]
+            sample[start : start + len(block)] = _normalised_rows(mat[block], "matrix")
+        index = faiss.index_factory(dim, f"IDMap,IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.extract_index_ivf(index)
+        ivf.nprobe = nprobe
+        ivf.cp.min_points_per_centroid = 1  # the sample is sized to the cells: no warning on small n
+        index.train(sample)
+        self._init(index)
+        self._pending = None
 
     def _checked_ids(self, ids: ArrayLike | None, n: int) -> NDArray[np.int64]:
         if ids is None:
@@ -359,48 +514,64 @@ class ApproximateIndex:
             raise ValueError(f"ids[{i}] = {int(arr[i])} is already in the index: ids must be new")
         return arr
 
-    def search(self, queries: ArrayLike, k: int = 10, *, ef_search: int | None = None) -> TopK:
+    def search(
+        self, queries: ArrayLike, k: int = 10, *, nprobe: int | None = None, ef_search: int | None = None
+    ) -> TopK:
         """Approximate cosine top-`k` of each query, in the shape `cosine_topk` returns.
 
         Args:
             queries: float array, shape `(d,)` (one query) or `(q, d)`; any float dtype,
                 normalised (L2) in float32.
             k: rows to return per query, `>= 1`; `k > len(self)` returns `len(self)`.
-            ef_search: candidates kept for this call only, `1` to `C_INT_MAX` (default: `self.ef_search`);
-                at least `k` are always kept. Raise it for recall, lower it for speed.
+            nprobe: IVF only: cells read for this call only, `1` to `C_INT_MAX` (default:
+                `self.nprobe`; values above `nlist` read every cell). Raise it for recall.
+            ef_search: HNSW only: candidates kept for this call only, `1` to `C_INT_MAX` (default:
+                `self.ef_search`); at least `k` are always kept. Raise it for recall.
 
         Returns:
             `TopK` with `indices` (int64, the rows' ids) and `scores` (float32, the exact
             cosines of those rows, clamped to `[-1, 1]` as `find_duplicates` does: float32
             rounding can otherwise give a row's own cosine as 1.0000001), both of shape
             `(q, min(k, len(self)))` (`q = 1` for a 1-D query), best first, equal scores by lower
-            id. The rows are those the graph search found: usually, not always, the exact top-`k`
-            (recall@10 >= 0.95 at the default on the benchmark's data). A query whose search found
-            fewer than `min(k, len(self))` rows (possible when `k` is near `len(self)`) is answered
-            by exact search instead, so no row of the result is ever missing.
+            id. The rows are those the search found: usually, not always, the exact top-`k`
+            (recall@10 >= 0.99 at the defaults on the benchmark's data). A query whose search found
+            fewer than `min(k, len(self))` rows (the cells it read, or the graph walk, held fewer)
+            is answered by exact search instead, so no row of the result is ever missing.
 
         Raises:
-            TypeError: `queries` is not a float array, or `k`/`ef_search` not an int.
+            TypeError: `queries` is not a float array, or `k`/`nprobe`/`ef_search` not an int.
             ValueError: the index is empty; `queries` is not 1-D or 2-D, has no rows or another
                 width; a query holds a NaN, an infinity or is all zeros (named by its index);
-                `k < 1`, or `ef_search` outside `1..C_INT_MAX`.
+                `k < 1`; `nprobe`/`ef_search` outside `1..C_INT_MAX`, or the knob of the other
+                structure (`ef_search` to an IVF index, `nprobe` to an HNSW one).
         """
         faiss = _faiss()
+        structure = self.structure
+        _only_for(structure, making=False, nprobe=nprobe, ef_search=ef_search)
         qn = _normalised_queries(queries, self.dim, "the index's rows")
         k = _positive_int(k, "k")
-        ef = self.ef_search if ef_search is None else _c_int(ef_search, "ef_search")
         n = len(self)
         if n == 0:
             raise ValueError("the index is empty: add rows before searching")
         k = min(k, n)
-        params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
+        if structure == "ivf":
+            ivf = self._ivf()
+            probes = min(self.nprobe if nprobe is None else _c_int(nprobe, "nprobe"), int(ivf.nlist))
+            params: Any = faiss.SearchParametersIVF(nprobe=probes)
+        else:
+            ef = self.ef_search if ef_search is None else _c_int(ef_search, "ef_search")
+            params = faiss.SearchParametersHNSW(efSearch=max(ef, k))
         scores, indices = self._index.search(qn, k, params=params)
         short = np.flatnonzero((indices == -1).any(axis=1))
-        if short.size:
-            storage = faiss.downcast_index(self._hnsw.storage)  # flat, exact: rows by position
-            exact_scores, positions = storage.search(qn[short], k)
-            scores[short] = exact_scores
-            indices[short] = self.ids[positions]
+        if short.size:  # exact for these: every IVF cell, or HNSW's flat storage (rows by position)
+            if structure == "ivf":
+                every = faiss.SearchParametersIVF(nprobe=int(self._ivf().nlist))
+                scores[short], indices[short] = self._index.search(qn[short], k, params=every)
+            else:
+                storage = faiss.downcast_index(self._inner.storage)
+                exact_scores, positions = storage.search(qn[short], k)
+                scores[short] = exact_scores
+                indices[short] = self.ids[positions]
         np.clip(scores, -1.0, 1.0, out=scores)  # float32 rounding: a cosine never leaves [-1, 1]
         order = np.lexsort((indices, -scores), axis=-1)
         return TopK(
@@ -409,11 +580,13 @@ class ApproximateIndex:
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the index (rows, graph, ids, `ef_search`) to one file in faiss's own format.
+        """Write the index (rows, cells or graph, ids, `nprobe` or `ef_search`) to one file in faiss's
+        own format. An IVF index with no rows yet has nothing to save (ValueError).
 
         The file is written beside `path` under a temporary name, flushed to disk, then renamed
         over `path`, so a reader sees either the old file or the whole new one, never a part.
-        Its size is about `len(self) x (4 d + 8 m + 16)` bytes.
+        Its size is about `len(self) x (4 d + 16)` bytes for IVF (plus `nlist x 4 d` for the cells),
+        `len(self) x (4 d + 8 m + 16)` for HNSW.
 
         Args:
             path: the file to write; its folder must exist. An existing file is replaced.
@@ -422,8 +595,11 @@ class ApproximateIndex:
             FileNotFoundError: the folder of `path` does not exist.
             IsADirectoryError: `path` is a folder.
             OSError: the file cannot be written (permissions, disk full).
+            ValueError: an IVF index whose cells are not fitted yet (no rows added).
         """
         faiss = _faiss()
+        if self._pending is not None:
+            raise ValueError("this IVF index has no rows yet, so no cells to save: add rows first")
         target = Path(path)
         if not target.parent.is_dir():
             raise FileNotFoundError(
@@ -459,7 +635,8 @@ class ApproximateIndex:
                 (about the size of the file).
 
         Returns:
-            The index, with its rows, ids and `ef_search`.
+            The index, with its structure, rows, ids and `nprobe` or `ef_search`; files saved by
+            earlier versions (HNSW) load with the settings they were built with.
 
         Raises:
             ImportError: faiss is not installed.
@@ -480,22 +657,50 @@ class ApproximateIndex:
             ) from None
         index = faiss.downcast_index(raw)
         inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
-        if isinstance(inner, faiss.IndexHNSWFlat) and index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        ours = isinstance(inner, (faiss.IndexHNSWFlat, faiss.IndexIVFFlat))
+        if ours and index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(
-                f"{source} holds the right structure (an IndexIDMap over an IndexHNSWFlat) but with "
-                f"the {_metric_name(faiss, index.metric_type)} metric, not the inner product "
+                f"{source} holds the right structure (an IndexIDMap over an {type(inner).__name__}) but "
+                f"with the {_metric_name(faiss, index.metric_type)} metric, not the inner product "
                 "(METRIC_INNER_PRODUCT) that ApproximateIndex searches by cosine with: its scores "
                 "would not be cosines; rebuild it with ApproximateIndex.build"
             )
-        if not isinstance(inner, faiss.IndexHNSWFlat) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        if not ours:
             raise ValueError(
                 f"{source} holds a faiss {type(index).__name__}, not the IndexIDMap over an "
-                "inner-product IndexHNSWFlat that ApproximateIndex.save writes: rebuild it with "
-                "ApproximateIndex.build"
+                "inner-product IndexIVFFlat or IndexHNSWFlat that ApproximateIndex.save writes: "
+                "rebuild it with ApproximateIndex.build"
             )
         out = cls.__new__(cls)
+        out._pending = None
         out._init(index, owner=raw)
         return out
+
+
+def _structure(value: object) -> Structure:
+    """`structure` checked: "ivf" or "hnsw"."""
+    if not isinstance(value, str):
+        raise TypeError(f'structure must be "ivf" or "hnsw"; got {type(value).__name__}')
+    if value not in ("ivf", "hnsw"):
+        raise ValueError(f'structure must be "ivf" or "hnsw"; got {value!r}')
+    return "ivf" if value == "ivf" else "hnsw"
+
+
+_SETTINGS = {"nlist": "ivf", "nprobe": "ivf", "m": "hnsw", "ef_construction": "hnsw", "ef_search": "hnsw"}
+
+
+def _only_for(structure: Structure, *, making: bool = True, **given: object) -> None:
+    """A ValueError when a setting of the other structure is given (not None); `making`: while
+    the index is being made (the advice may then be to make the other structure)."""
+    for name, value in given.items():
+        if value is not None and _SETTINGS[name] != structure:
+            own = ", ".join(k for k, v in _SETTINGS.items() if v == structure)
+            other = f", or pass structure={_SETTINGS[name]!r}" if making else ""
+            raise ValueError(
+                f"{name} is a setting of {_SETTINGS[name].upper()} indexes, but this index is "
+                f"{structure.upper()} (structure={structure!r}), whose settings are {own}: "
+                f"drop {name}{other}"
+            )
 
 
 def _c_int(value: object, name: str) -> int:

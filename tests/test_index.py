@@ -1,11 +1,13 @@
-"""clip_client.index.ApproximateIndex (faiss HNSW) against the exact clip_client.search.cosine_topk:
-recall on clustered data, the TopK contract, ids, add(), save/load and every bad input."""
+"""clip_client.index.ApproximateIndex (faiss IVF, the default of build, and HNSW) against the exact
+clip_client.search.cosine_topk: recall on clustered data, the TopK contract, ids, add(), save/load,
+files of earlier versions, and every bad input. The behaviour tests run on both structures."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,8 +19,10 @@ from clip_client.index import (  # noqa: E402
     C_INT_MAX,
     DEFAULT_EF_CONSTRUCTION,
     DEFAULT_EF_SEARCH,
+    DEFAULT_NPROBE,
     MAX_M,
     ApproximateIndex,
+    default_nlist,
 )
 from clip_client.search import TopK, cosine_topk  # noqa: E402
 
@@ -54,9 +58,15 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return clustered(6000, 64, clusters=60, seed=1), clustered(100, 64, clusters=60, seed=2)
 
 
-@pytest.fixture(scope="module")
-def built(data: tuple[np.ndarray, np.ndarray]) -> ApproximateIndex:
-    return ApproximateIndex.build(data[0])
+STRUCTURES = ["ivf", "hnsw"]
+
+#: Per structure, a search knob generous enough to make the search exhaustive on these small sets.
+EVERYTHING = {"ivf": {"nprobe": 10_000}, "hnsw": {"ef_search": 2000}}
+
+
+@pytest.fixture(scope="module", params=STRUCTURES)
+def built(request: pytest.FixtureRequest, data: tuple[np.ndarray, np.ndarray]) -> ApproximateIndex:
+    return ApproximateIndex.build(data[0], structure=request.param)
 
 
 def test_recall_at_10_against_exact_search_and_the_topk_contract(
@@ -74,9 +84,13 @@ def test_recall_at_10_against_exact_search_and_the_topk_contract(
     np.testing.assert_allclose(found.scores, true_cosines(queries, matrix[found.indices]), atol=2e-6)
     assert np.all(np.diff(found.scores, axis=1) <= 0)
     assert all(len(set(r)) == 10 for r in found.indices.tolist())
-    # A generous ef_search finds the exact answer on this small collection.
-    assert recall(built.search(queries, 10, ef_search=2000), exact) == 1.0
-    assert built.ef_search == DEFAULT_EF_SEARCH  # the per-call knob does not stick
+    # A generous knob finds the exact answer on this small collection.
+    assert recall(built.search(queries, 10, **EVERYTHING[built.structure]), exact) == 1.0
+    if built.structure == "ivf":  # the per-call knob does not stick
+        assert built.nprobe == DEFAULT_NPROBE
+        assert built.nlist == default_nlist(6000) == 6000 // 39
+    else:
+        assert built.ef_search == DEFAULT_EF_SEARCH
 
 
 def test_a_row_used_as_the_query_finds_itself_first(
@@ -90,10 +104,13 @@ def test_a_row_used_as_the_query_finds_itself_first(
         assert one.scores[0, 0] == pytest.approx(1.0, abs=1e-6)
 
 
-def test_k_beyond_the_collection_returns_every_row_like_cosine_topk() -> None:
+@pytest.mark.parametrize(
+    "knob", [{"structure": "hnsw", "ef_search": 1}, {"structure": "ivf", "nlist": 8, "nprobe": 1}]
+)
+def test_k_beyond_the_collection_returns_every_row_like_cosine_topk(knob: dict[str, Any]) -> None:
     matrix = clustered(40, 16, clusters=4, seed=3)
     queries = clustered(5, 16, clusters=4, seed=4)
-    index = ApproximateIndex.build(matrix, ef_search=1)
+    index = ApproximateIndex.build(matrix, **knob)
     for k in (40, 41, 1000):
         found = index.search(queries, k)
         exact = cosine_topk(queries, matrix, k)
@@ -109,7 +126,9 @@ def test_a_graph_search_that_comes_back_short_is_completed_exactly() -> None:
     rng = np.random.default_rng(10)
     matrix = rng.standard_normal((5, 8)).astype(np.float32)[rng.integers(0, 5, 300)]
     queries = rng.standard_normal((20, 8)).astype(np.float32)
-    index = ApproximateIndex.build(matrix, ids=np.arange(300) + 1000, m=2, ef_construction=1)
+    index = ApproximateIndex.build(
+        matrix, ids=np.arange(300) + 1000, structure="hnsw", m=2, ef_construction=1
+    )
     raw = index._index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 250)[1]
     assert (raw == -1).any(axis=1).all(), "faiss found every row: this test no longer tests the fallback"
     for k in (250, 300):
@@ -127,22 +146,38 @@ def test_a_graph_search_that_comes_back_short_is_completed_exactly() -> None:
         assert np.all(found.indices[:, 1:][ties] > found.indices[:, :-1][ties])
 
 
+def test_an_ivf_search_whose_cells_hold_too_few_rows_is_completed_exactly() -> None:
+    """With 30 cells and nprobe=1, a query reads one cell of about 10 rows: asked for 50, faiss
+    gives the rest as -1, and the index answers those queries from every cell instead."""
+    matrix = clustered(300, 8, clusters=30, seed=11)
+    queries = clustered(20, 8, clusters=30, seed=12)
+    index = ApproximateIndex.build(matrix, ids=np.arange(300) + 1000, nlist=30, nprobe=1)
+    raw = index._index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 50)[1]
+    assert (raw == -1).any(axis=1).all(), "one cell held 50 rows: this test no longer tests the fallback"
+    found = index.search(queries, 50)
+    exact = cosine_topk(queries, matrix, 50)
+    np.testing.assert_array_equal(found.indices, exact.indices + 1000)
+    np.testing.assert_allclose(found.scores, exact.scores, atol=2e-6)
+
+
 def test_other_float_dtypes_and_memmaps_are_accepted(tmp_path: Path) -> None:
     matrix = clustered(500, 24, clusters=5, seed=5).astype(np.float64)
     on_disk = np.lib.format.open_memmap(tmp_path / "rows.npy", mode="w+", dtype=np.float16, shape=(500, 24))
     on_disk[:] = matrix
     for source in (matrix, on_disk):
-        index = ApproximateIndex.build(source, chunk_rows=64)
-        exact = cosine_topk(matrix[:20].astype(np.float32), np.asarray(source, dtype=np.float32), 5)
-        found = index.search(matrix[:20].astype(np.float16), 5, ef_search=500)
-        assert recall(found, exact) == 1.0
+        for structure in STRUCTURES:
+            index = ApproximateIndex.build(source, chunk_rows=64, structure=structure)  # type: ignore[arg-type]
+            exact = cosine_topk(matrix[:20].astype(np.float32), np.asarray(source, dtype=np.float32), 5)
+            found = index.search(matrix[:20].astype(np.float16), 5, **EVERYTHING[structure])
+            assert recall(found, exact) == 1.0
 
 
-def test_ids_map_rows_to_the_callers_ids(data: tuple[np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_ids_map_rows_to_the_callers_ids(data: tuple[np.ndarray, np.ndarray], structure: Any) -> None:
     matrix, queries = data
     rng = np.random.default_rng(6)
     ids = rng.choice(np.arange(10**12, 10**12 + 10**6), size=len(matrix), replace=False)
-    index = ApproximateIndex.build(matrix, ids=ids)
+    index = ApproximateIndex.build(matrix, ids=ids, structure=structure)
     np.testing.assert_array_equal(index.ids, ids)
     found = index.search(queries, 10)
     row_of = {int(v): i for i, v in enumerate(ids.tolist())}
@@ -153,9 +188,10 @@ def test_ids_map_rows_to_the_callers_ids(data: tuple[np.ndarray, np.ndarray]) ->
     assert index.search(matrix[123], 1).indices[0, 0] == ids[123]
 
 
-def test_add_appends_with_row_numbers_continuing(data: tuple[np.ndarray, np.ndarray]) -> None:
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_add_appends_with_row_numbers_continuing(data: tuple[np.ndarray, np.ndarray], structure: Any) -> None:
     matrix, queries = data
-    index = ApproximateIndex.build(matrix[:2500])
+    index = ApproximateIndex.build(matrix[:2500], structure=structure)
     index.add(matrix[2500:4000])
     index.add(matrix[4000:], chunk_rows=333)
     assert len(index) == len(matrix)
@@ -174,8 +210,10 @@ def test_add_appends_with_row_numbers_continuing(data: tuple[np.ndarray, np.ndar
 def test_empty_index_then_add(data: tuple[np.ndarray, np.ndarray]) -> None:
     matrix, queries = data
     index = ApproximateIndex(64, m=16, ef_construction=80, ef_search=32)
-    assert (len(index), index.dim, index.m) == (0, 64, 16)
-    assert repr(index) == "ApproximateIndex(dim=64, rows=0, m=16, ef_construction=80, ef_search=32)"
+    assert (len(index), index.dim, index.m, index.structure) == (0, 64, 16, "hnsw")
+    assert repr(index) == (
+        "ApproximateIndex(structure='hnsw', dim=64, rows=0, m=16, ef_construction=80, ef_search=32)"
+    )
     with pytest.raises(ValueError, match="the index is empty"):
         index.search(queries, 10)
     index.add(matrix)
@@ -184,17 +222,85 @@ def test_empty_index_then_add(data: tuple[np.ndarray, np.ndarray]) -> None:
     assert recall(index.search(queries, 10), cosine_topk(queries, matrix, 10)) >= 0.95
 
 
-def test_save_and_load_give_identical_results(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+def test_an_empty_ivf_index_fits_its_cells_to_its_first_add(data: tuple[np.ndarray, np.ndarray]) -> None:
+    matrix, queries = data
+    index = ApproximateIndex(64, structure="ivf", nprobe=8)
+    assert (len(index), index.structure, index.nlist, index.nprobe) == (0, "ivf", None, 8)
+    assert repr(index) == "ApproximateIndex(structure='ivf', dim=64, rows=0, nlist=None, nprobe=8)"
+    with pytest.raises(ValueError, match="the index is empty"):
+        index.search(queries, 10)
+    with pytest.raises(ValueError, match="no rows yet, so no cells to save"):
+        index.save("never.faiss")
+    index.nprobe = 32
+    index.add(matrix[:5000])
+    assert (index.nlist, index.nprobe) == (default_nlist(5000), 32)
+    index.add(matrix[5000:])  # later rows go to the cells fitted to the first 5,000
+    assert recall(index.search(queries, 10), cosine_topk(queries, matrix, 10)) >= 0.95
+    # The same rows give the same index (the training sample has a fixed seed).
+    again = ApproximateIndex.build(matrix[:5000], nprobe=32)
+    again.add(matrix[5000:])
+    np.testing.assert_array_equal(again.search(queries, 10).indices, index.search(queries, 10).indices)
+    # A first add smaller than the cells asked for is refused before anything is fitted.
+    small = ApproximateIndex(64, structure="ivf", nlist=100)
+    with pytest.raises(
+        ValueError, match=r"nlist=100 IVF cells need at least as many rows .* the first add has 99"
+    ):
+        small.add(matrix[:99])
+    assert len(small) == 0
+    assert small.nlist == 100
+    small.add(matrix[:100])
+    assert small.nlist == 100
+
+
+def test_settings_of_the_other_structure_are_refused_by_name() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"ef_search is a setting of HNSW indexes, but this index is IVF .*pass structure='hnsw'",
+    ):
+        ApproximateIndex.build(GOOD, ef_search=64)
+    with pytest.raises(ValueError, match=r"nprobe is a setting of IVF indexes, but this index is HNSW"):
+        ApproximateIndex(6, nprobe=4)
+    with pytest.raises(ValueError, match=r'structure must be "ivf" or "hnsw"; got \'flat\''):
+        ApproximateIndex(6, structure="flat")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="structure must be"):
+        ApproximateIndex(6, structure=None)  # type: ignore[arg-type]
+    ivf = ApproximateIndex.build(GOOD)
+    with pytest.raises(ValueError, match=r"ef_search is a setting of HNSW indexes.*: drop ef_search$"):
+        ivf.search(GOOD[0], ef_search=8)
+    with pytest.raises(AttributeError, match="ef_search is a setting of HNSW indexes; this one is IVF"):
+        _ = ivf.ef_search
+    with pytest.raises(AttributeError, match="m is a setting of HNSW"):
+        _ = ivf.m
+    hnsw = ApproximateIndex.build(GOOD, structure="hnsw")
+    with pytest.raises(ValueError, match=r"nprobe is a setting of IVF indexes"):
+        hnsw.search(GOOD[0], nprobe=8)
+    with pytest.raises(AttributeError, match="nprobe is a setting of IVF indexes; this one is HNSW"):
+        hnsw.nprobe = 3
+    with pytest.raises(ValueError, match=r"nlist must be >= 1"):
+        ApproximateIndex.build(GOOD, nlist=0)
+    with pytest.raises(ValueError, match=r"nlist=31 IVF cells need at least as many rows"):
+        ApproximateIndex.build(GOOD, nlist=31)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_save_and_load_give_identical_results(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray], structure: str
+) -> None:
     matrix, queries = data
     ids = np.arange(len(matrix), dtype=np.int64) * 3 + 5
-    index = ApproximateIndex.build(matrix, ids=ids, ef_search=48)
+    knob: dict[str, Any] = {"nprobe": 5} if structure == "ivf" else {"ef_search": 48}
+    index = ApproximateIndex.build(matrix, ids=ids, structure=structure, **knob)  # type: ignore[arg-type]
     before = index.search(queries, 10)
     path = tmp_path / "images.faiss"
     path.write_bytes(b"an older file, replaced whole")
     index.save(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images.faiss"]  # no temporary left
     loaded = ApproximateIndex.load(str(path))
-    assert (len(loaded), loaded.dim, loaded.m, loaded.ef_search) == (len(index), 64, 32, 48)
+    assert (len(loaded), loaded.dim, loaded.structure) == (len(index), 64, structure)
+    if structure == "ivf":
+        assert (loaded.nlist, loaded.nprobe) == (index.nlist, 5)
+    else:
+        assert (loaded.m, loaded.ef_search) == (32, 48)
     np.testing.assert_array_equal(loaded.ids, ids)
     after = loaded.search(queries, 10)
     np.testing.assert_array_equal(after.indices, before.indices)
@@ -225,6 +331,11 @@ def test_save_and_load_errors_name_the_path(tmp_path: Path) -> None:
     with pytest.raises(
         ValueError, match=r"right structure .* but with the METRIC_L2 metric, not the inner product"
     ):
+        ApproximateIndex.load(other)
+    l2_ivf = faiss.index_factory(8, "IDMap,IVF2,Flat")  # IVF, L2 metric
+    l2_ivf.train(clustered(100, 8, clusters=2, seed=8))
+    faiss.write_index(l2_ivf, str(other))
+    with pytest.raises(ValueError, match=r"IndexIVFFlat\) but with the METRIC_L2 metric"):
         ApproximateIndex.load(other)
 
 
@@ -263,9 +374,11 @@ def _zero(row: int) -> np.ndarray:
         (GOOD, {"ids": [*range(10), -1, *range(11, 30)]}, ValueError, "ids[10] is -1"),
         (GOOD, {"ids": np.full(30, 2**63, dtype=np.uint64)}, ValueError, "does not fit in int64"),
         (GOOD, {"chunk_rows": 0}, ValueError, "chunk_rows must be >= 1"),
-        (GOOD, {"ef_search": 0}, ValueError, "ef_search must be >= 1"),
-        (GOOD, {"ef_construction": 1.5}, TypeError, "ef_construction must be an int"),
-        (GOOD, {"m": 1}, ValueError, "m must be >= 2"),
+        (GOOD, {"structure": "hnsw", "ef_search": 0}, ValueError, "ef_search must be >= 1"),
+        (GOOD, {"structure": "hnsw", "ef_construction": 1.5}, TypeError, "ef_construction must be an int"),
+        (GOOD, {"structure": "hnsw", "m": 1}, ValueError, "m must be >= 2"),
+        (GOOD, {"nprobe": 0}, ValueError, "nprobe must be >= 1"),
+        (GOOD, {"nlist": 2.0}, TypeError, "nlist must be an int"),
     ],
 )
 def test_build_errors_name_the_input(
@@ -302,14 +415,18 @@ def test_a_bad_add_adds_nothing() -> None:
         (np.array([1.0, np.nan, 0, 0, 0, 0]), {}, ValueError, "queries[0] holds a NaN"),
         (np.ones(6), {"k": 0}, ValueError, "k must be >= 1"),
         (np.ones(6), {"k": True}, TypeError, "k must be an int"),
-        (np.ones(6), {"ef_search": 0}, ValueError, "ef_search must be >= 1"),
-        (np.ones(6), {"ef_search": "64"}, TypeError, "ef_search must be an int"),
+        (np.ones(6), {"nprobe": 0}, ValueError, "nprobe must be >= 1"),
+        (np.ones(6), {"nprobe": "64"}, TypeError, "nprobe must be an int"),
+        (np.ones(6), {"nprobe": C_INT_MAX + 1}, ValueError, "nprobe must be between 1 and 2,147,483,647"),
+        (np.ones(6), {"structure": "hnsw", "ef_search": 0}, ValueError, "ef_search must be >= 1"),
+        (np.ones(6), {"structure": "hnsw", "ef_search": "64"}, TypeError, "ef_search must be an int"),
     ],
 )
 def test_search_errors_name_the_input(
     queries: np.ndarray, kwargs: dict[str, object], error: type, words: str
 ) -> None:
-    index = ApproximateIndex.build(GOOD)
+    structure = kwargs.pop("structure", "ivf")
+    index = ApproximateIndex.build(GOOD, structure=structure)  # type: ignore[arg-type]
     with pytest.raises(error) as info:
         index.search(queries, **kwargs)  # type: ignore[arg-type]
     assert words in str(info.value)
@@ -379,7 +496,8 @@ def test_an_index_saved_with_the_old_defaults_loads_with_its_own_settings(tmp_pa
             lambda: ApproximateIndex(8, ef_search=C_INT_MAX + 1),
             "ef_search must be between 1 and 2,147,483,647",
         ),
-        (lambda: ApproximateIndex.build(GOOD, m=10**6), "m must be <= 10,000"),
+        (lambda: ApproximateIndex.build(GOOD, structure="hnsw", m=10**6), "m must be <= 10,000"),
+        (lambda: ApproximateIndex.build(GOOD, nlist=2**31), "nlist must be between 1 and 2,147,483,647"),
     ],
 )
 def test_integers_faiss_cannot_take_are_a_value_error_naming_the_argument(make: object, words: str) -> None:
@@ -390,7 +508,7 @@ def test_integers_faiss_cannot_take_are_a_value_error_naming_the_argument(make: 
 
 
 def test_large_ef_search_on_an_index_is_a_value_error_and_changes_nothing() -> None:
-    index = ApproximateIndex.build(GOOD, ef_search=64)
+    index = ApproximateIndex.build(GOOD, structure="hnsw", ef_search=64)
     with pytest.raises(ValueError, match=r"ef_search must be between 1 and 2,147,483,647 .*got 2147483648"):
         index.search(GOOD[0], ef_search=2**31)
     with pytest.raises(ValueError, match=r"ef_search must be between 1 and 2,147,483,647"):
@@ -405,9 +523,10 @@ def test_large_ef_search_on_an_index_is_a_value_error_and_changes_nothing() -> N
 def test_search_scores_are_clamped_to_minus_one_one() -> None:
     """float32 rounding gives some rows' cosine with themselves as 1.0000001 (row 9 of this draw)."""
     rows = np.random.default_rng(0).standard_normal((200, 768)).astype(np.float32)
-    found = ApproximateIndex.build(rows).search(rows, 3)
-    assert found.scores.dtype == np.float32
-    assert found.scores.max() <= 1.0
-    assert found.scores.min() >= -1.0
-    assert found.indices[9, 0] == 9
-    assert found.scores[9, 0] == 1.0
+    for structure in STRUCTURES:
+        found = ApproximateIndex.build(rows, structure=structure).search(rows, 3)  # type: ignore[arg-type]
+        assert found.scores.dtype == np.float32
+        assert found.scores.max() <= 1.0
+        assert found.scores.min() >= -1.0
+        assert found.indices[9, 0] == 9
+        assert found.scores[9, 0] == 1.0
