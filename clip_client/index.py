@@ -1,5 +1,6 @@
 """An approximate nearest-neighbour index over CLIP embeddings, for collections too large for exact
-search: faiss's HNSW graph with cosine similarity. Needs the `index` extra:
+search: faiss's IVF (inverted file over k-means cells) or HNSW graph, with cosine similarity. Needs
+the `index` extra:
 
 ```bash
 pip install "clip-serving-client[index]"
@@ -154,6 +155,8 @@ class ApproximateIndex:
     `find_duplicates` first and index one row of each group.
 
     Not safe to `add` from one thread while another searches; concurrent `search` calls are.
+    Its attributes are fixed (`__slots__`): a misspelt knob (`index.n_probe = 64`) is an
+    AttributeError, not a setting that does nothing.
 
     Args:
         dim: width of the embeddings, `>= 1` (768 for CLIP ViT-L/14).
@@ -183,6 +186,8 @@ class ApproximateIndex:
             faiss takes a C `int`), or `m` is below 2 or above `MAX_M`. The message names the
             argument and its range.
     """
+
+    __slots__ = ("_index", "_inner", "_owner", "_pending")
 
     def __init__(
         self,
@@ -533,10 +538,13 @@ class ApproximateIndex:
             cosines of those rows, clamped to `[-1, 1]` as `find_duplicates` does: float32
             rounding can otherwise give a row's own cosine as 1.0000001), both of shape
             `(q, min(k, len(self)))` (`q = 1` for a 1-D query), best first, equal scores by lower
-            id. The rows are those the search found: usually, not always, the exact top-`k`
-            (recall@10 >= 0.99 at the defaults on the benchmark's data). A query whose search found
-            fewer than `min(k, len(self))` rows (the cells it read, or the graph walk, held fewer)
-            is answered by exact search instead, so no row of the result is ever missing.
+            id among the rows found (with many exact copies, the copies found need not be those of
+            the lowest ids, as `cosine_topk`'s would). The rows are those the search found:
+            usually, not always, the exact top-`k` (recall@10 >= 0.99 at the defaults on the
+            benchmark's data; it depends on the data: raise `nprobe` or `ef_search`). A query
+            whose search found fewer than `min(k, len(self))` rows (the cells it read, or the
+            graph walk, held fewer) is answered by exact search instead, so no row of the result is
+            ever missing.
 
         Raises:
             TypeError: `queries` is not a float array, or `k`/`nprobe`/`ef_search` not an int.
@@ -645,19 +653,27 @@ class ApproximateIndex:
                 structure or metric): rebuild it with `ApproximateIndex.build`.
         """
         faiss = _faiss()
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike (the index file); got {type(path).__name__}")
         source = Path(path)
+        if source.is_dir():
+            raise IsADirectoryError(
+                f"cannot load an index from {source}: it is a folder; name the index file"
+            )
         if not source.is_file():
             raise FileNotFoundError(f"no index file at {source}")
         try:
             raw = faiss.read_index(str(source))
         except RuntimeError as exc:
+            said = str(exc).splitlines()[-1]
+            said = said if len(said) <= 200 else said[:200].rsplit(" ", 1)[0] + " ..."
             raise ValueError(
-                f"{source} is not a faiss index file ({str(exc).splitlines()[-1][:200]}): "
-                "write one with ApproximateIndex.save"
+                f"{source} is not a faiss index file ({said}): write one with ApproximateIndex.save"
             ) from None
         index = faiss.downcast_index(raw)
-        inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
-        ours = isinstance(inner, (faiss.IndexHNSWFlat, faiss.IndexIVFFlat))
+        # Exact types: subclasses (IndexIDMap2, IndexIVFFlatDedup) are files `save` never writes.
+        inner = faiss.downcast_index(index.index) if type(index) is faiss.IndexIDMap else None
+        ours = type(inner) in (faiss.IndexHNSWFlat, faiss.IndexIVFFlat)
         if ours and index.metric_type != faiss.METRIC_INNER_PRODUCT:
             raise ValueError(
                 f"{source} holds the right structure (an IndexIDMap over an {type(inner).__name__}) but "
@@ -666,15 +682,45 @@ class ApproximateIndex:
                 "would not be cosines; rebuild it with ApproximateIndex.build"
             )
         if not ours:
+            held = type(index).__name__ + ("" if inner is None else f" over an {type(inner).__name__}")
             raise ValueError(
-                f"{source} holds a faiss {type(index).__name__}, not the IndexIDMap over an "
-                "inner-product IndexIVFFlat or IndexHNSWFlat that ApproximateIndex.save writes: "
-                "rebuild it with ApproximateIndex.build"
+                f"{source} holds a faiss {held}, not the IndexIDMap over an inner-product "
+                "IndexIVFFlat or IndexHNSWFlat that ApproximateIndex.save writes: rebuild it with "
+                "ApproximateIndex.build"
+            )
+        norms = np.linalg.norm(_some_rows(faiss, inner), axis=1)
+        if norms.size and not np.allclose(norms, 1.0, atol=1e-3):
+            raise ValueError(
+                f"{source} holds rows that are not L2-normalised (norms {norms.min():.3g} to "
+                f"{norms.max():.3g}), so its inner products are not cosines: it was not written by "
+                "ApproximateIndex.save; rebuild it with ApproximateIndex.build"
             )
         out = cls.__new__(cls)
         out._pending = None
         out._init(index, owner=raw)
         return out
+
+
+def _some_rows(faiss: Any, inner: Any, most: int = 64) -> NDArray[np.float32]:
+    """Up to `most` of the stored (float32) rows of an `IndexHNSWFlat` or `IndexIVFFlat`, read
+    without changing the index: the first of HNSW's flat storage, or of the first non-empty IVF
+    cells' lists."""
+    d = int(inner.d)
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        storage = faiss.downcast_index(inner.storage)
+        return np.asarray(storage.reconstruct_n(0, min(most, int(storage.ntotal))), dtype=np.float32)
+    lists = inner.invlists
+    found: list[NDArray[np.float32]] = []
+    have = 0
+    for cell in range(int(inner.nlist)):
+        size = min(int(lists.list_size(cell)), most - have)
+        if size > 0:
+            codes = faiss.rev_swig_ptr(lists.get_codes(cell), size * int(inner.code_size))
+            found.append(np.frombuffer(codes, dtype=np.float32).reshape(size, d).copy())
+            have += size
+        if have >= most:
+            break
+    return np.concatenate(found) if found else np.empty((0, d), dtype=np.float32)
 
 
 def _structure(value: object) -> Structure:

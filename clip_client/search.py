@@ -418,12 +418,24 @@ def _normalised_queries(queries: ArrayLike, d: int, against: str) -> NDArray[np.
 def _normalised_rows(rows: NDArray[Any], name: str, first: int = 0) -> NDArray[np.float32]:
     """`rows` as a C-contiguous float32 copy, each row L2-normalised. A row with a NaN, an
     infinity or all zeros has no direction: `ValueError` naming it as `name[first + i]`."""
-    out = np.array(rows, dtype=np.float32, order="C", copy=True)
+    with np.errstate(over="ignore", under="ignore"):  # a row out of float32's range is named below
+        out = np.array(rows, dtype=np.float32, order="C", copy=True)
     norms = _row_norms(out)
     bad = ~np.isfinite(norms) | (norms == 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         what = "is all zeros" if norms[i] == 0 else "holds a NaN or an infinity"
+        given = np.asarray(rows[i])
+        if np.isfinite(given).all() and (given != 0).any():  # fine as given, not as float32
+            what = (
+                "is all zeros in float32 (its values underflow: below about 1e-38)"
+                if norms[i] == 0
+                else "overflows float32 (values beyond about 3.4e38, or a norm that is)"
+            )
+            raise ValueError(
+                f"{name}[{first + i}] {what}: the search computes in float32; rescale the row "
+                "(a cosine does not depend on its length)"
+            )
         raise ValueError(
             f"{name}[{first + i}] {what}: its cosine similarity is undefined "
             f"({int(bad.sum())} such rows in {name}[{first}:{first + len(out)}]); "

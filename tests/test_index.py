@@ -530,3 +530,48 @@ def test_search_scores_are_clamped_to_minus_one_one() -> None:
         assert found.scores.min() >= -1.0
         assert found.indices[9, 0] == 9
         assert found.scores[9, 0] == 1.0
+
+
+def test_foreign_files_of_the_right_shape_but_not_written_by_save_are_refused(tmp_path: Path) -> None:
+    """An inner-product IVF or HNSW file whose rows are not normalised would give inner products,
+    not cosines (every score clamped to 1.0): refused by name, as are subclasses and other inner
+    structures (named), a folder and a path of the wrong type."""
+    rows = clustered(500, 8, clusters=5, seed=30) * 5
+    for spec in ("IDMap,HNSW16", "IDMap,IVF8,Flat"):
+        raw = faiss.index_factory(8, spec, faiss.METRIC_INNER_PRODUCT)
+        raw.train(rows)
+        raw.add_with_ids(rows, np.arange(500))
+        faiss.write_index(raw, str(tmp_path / "raw.faiss"))
+        with pytest.raises(
+            ValueError, match=r"raw\.faiss holds rows that are not L2-normalised .*rebuild it"
+        ):
+            ApproximateIndex.load(tmp_path / "raw.faiss")
+    pq = faiss.index_factory(8, "IDMap,IVF8,PQ4x4", faiss.METRIC_INNER_PRODUCT)
+    pq.train(rows)
+    faiss.write_index(pq, str(tmp_path / "pq.faiss"))
+    with pytest.raises(ValueError, match=r"holds a faiss IndexIDMap over an IndexIVFPQ, not the IndexIDMap"):
+        ApproximateIndex.load(tmp_path / "pq.faiss")
+    unit = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    two = faiss.IndexIDMap2(faiss.IndexHNSWFlat(8, 16, faiss.METRIC_INNER_PRODUCT))
+    two.add_with_ids(unit, np.arange(500))
+    faiss.write_index(two, str(tmp_path / "two.faiss"))
+    with pytest.raises(ValueError, match=r"holds a faiss IndexIDMap2"):
+        ApproximateIndex.load(tmp_path / "two.faiss")
+    with pytest.raises(IsADirectoryError, match="it is a folder; name the index file"):
+        ApproximateIndex.load(tmp_path)
+    with pytest.raises(TypeError, match=r"path must be a str or os\.PathLike"):
+        ApproximateIndex.load(None)  # type: ignore[arg-type]
+
+
+def test_rows_out_of_float32_range_are_named_as_such_and_knobs_cannot_be_misspelt() -> None:
+    big = GOOD.astype(np.float64)
+    big[4, 0] = 1e300
+    with pytest.raises(ValueError, match=r"matrix\[4\] overflows float32 .*rescale the row"):
+        ApproximateIndex.build(big)
+    tiny = GOOD.astype(np.float64)
+    tiny[4] *= 1e-300
+    with pytest.raises(ValueError, match=r"matrix\[4\] is all zeros in float32 \(its values underflow"):
+        ApproximateIndex.build(tiny)
+    index = ApproximateIndex.build(GOOD)
+    with pytest.raises(AttributeError, match="n_probe"):
+        index.n_probe = 64  # type: ignore[attr-defined]
