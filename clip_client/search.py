@@ -104,8 +104,9 @@ def cosine_topk(
             running `q x 2k` top-k; never `n x q`. For very many queries, pass them in slices.
 
     Returns:
-        `TopK` with `indices` (int64) and `scores` (float32), both of shape `(q, min(k, n))`
-        (`q = 1` for a 1-D query), best first, equal scores by lower row number.
+        `TopK` with `indices` (int64) and `scores` (float32, in `[-1, 1]`: float32 rounding
+        is clamped, as in `find_duplicates`; `-inf` for a row with no direction), both of shape
+        `(q, min(k, n))` (`q = 1` for a 1-D query), best first, equal scores by lower row number.
 
     Raises:
         TypeError: `queries` or `matrix` is not a float array (ints, bools, objects), or
@@ -128,6 +129,10 @@ def cosine_topk(
     for start in range(0, n, chunk_rows):
         block = _float32_block(mat, start, start + chunk_rows)
         scores = _block_scores(qn, block)
+        # float32 rounding (rows of tiny or huge values most) can put a cosine just outside [-1, 1]:
+        # clamped before ranking, so that ties stay by lower row; -inf (no direction) stays last.
+        np.minimum(scores, 1.0, out=scores)
+        np.putmask(scores, (scores < -1.0) & (scores > -np.inf), -1.0)
         top = _chunk_topk(scores, k)
         cand_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
         cand_indices = np.concatenate([best_indices, top.astype(np.int64) + start], axis=1)

@@ -538,3 +538,19 @@ def test_find_duplicates_progress_bar_is_opt_in(method: str, capsys: pytest.Capt
     assert capsys.readouterr().err == ""
     find_duplicates(matrix, 0.95, method=method, progress=True)  # type: ignore[arg-type]
     assert f"dedupe ({method})" in capsys.readouterr().err
+
+
+def test_cosine_topk_scores_stay_within_minus_one_one_and_ties_keep_row_order() -> None:
+    """float32 rounding: a row's cosine with itself can come out as 1.0000001 (row 9 of this draw),
+    and a row of subnormal values (about 1e-43) as 1.003; both are clamped before ranking, so two
+    rows that both score 1 come back by lower row number."""
+    rows = np.random.default_rng(0).standard_normal((200, 768)).astype(np.float32)
+    found = cosine_topk(rows, rows, 3)
+    assert found.scores.max() <= 1.0
+    assert found.scores[9, 0] == 1.0
+    assert found.indices[9, 0] == 9
+    tiny = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0]], dtype=np.float32)
+    tiny[1] *= np.float32(1e-43)  # subnormal float32: its norm is computed coarsely
+    result = cosine_topk(np.array([1.0, 1.0, 0.0], dtype=np.float32), tiny, 2)
+    assert result.scores.max() <= 1.0
+    assert result.indices[0].tolist() == [0, 1]  # equal (clamped) scores: lower row first
