@@ -8,13 +8,14 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, cast
 
 import numpy as np
 import typer
 
+from ._ledger import KeyClash, Ledger
 from .app import EXIT_FAILED_INPUTS, EXIT_OK, IMAGE_GLOBS, app, flag
 from .errors import handled, say_error
 from .interrupts import finishing
@@ -418,57 +419,90 @@ def _rows(n: int) -> str:
 def gather_images(
     paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str]
 ) -> list[str]:
-    """The images of the arguments, each once, listed by `clip_client.iter_images`: a file as
-    given (in the order given); a folder's entries that match `globs` (default `IMAGE_GLOBS`,
-    case-insensitive), sorted, from its subfolders too with `recursive`; a tar shard's images in
-    the webdataset layout, keyed by their webdataset key; an object-store URI's object, or the
-    objects below it, keyed by URI; braces (`shard-{000..009}.tar`) and, in URIs, globs expanded.
-    Paths are normalised (`os.path.normpath`: `photos/` and `photos` agree) but not made absolute.
-    A path that does not exist, and a folder entry that is not a readable file (a dangling
-    symlink...), is kept: it fails (and is reported) like any unreadable image.
+    """The images of the arguments, each once, as `list_images` lists them, in a list (for the
+    commands that hold their results whole anyway, `classify`).
 
     Local files are plain `str` paths; shard members and objects are `SourceItem`s (their key as a
-    `str`, which reads its bytes and carries its stamp). The list is whole: a plain `.tar` shard's
-    members are read again by offset when embedded, so it holds keys, not images.
+    `str`, which reads its bytes and carries its stamp). A plain `.tar` shard's members are read
+    again by offset when embedded, so the list holds keys, not images.
 
     Raises:
-        OutputError: a folder, shard or prefix holds nothing that matches `globs`; one key comes
-            from two different images (two shards with the same webdataset key).
+        OutputError: as `list_images`.
     """
+    with Ledger() as ledger:
+        relist = list_images(paths, recursive=recursive, globs=globs, ledger=ledger)
+        ledger.plan()  # no row is done: every input is to list
+        return [item for item, _ in ledger.pending(relist())]
+
+
+def _listing(
+    paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str]
+) -> Iterator[str]:
+    """Every image of the arguments, repeats included, as `clip_client.iter_images` lists them,
+    one at a time: a local file as its path (`str`), a shard member or object as its `SourceItem`."""
     from ..sources import NothingFoundError, iter_images
 
-    found: list[str] = []
     for given in paths:
         try:
             for image in iter_images(
                 [given], recursive=recursive, globs=globs or IMAGE_GLOBS, prefetch=0, reread=True
             ):
-                found.append(image.local_path or image)
+                yield image.local_path or image
         except NothingFoundError as exc:
             raise OutputError(
                 f"no images found in {os.fspath(given)} (patterns: {', '.join(globs or IMAGE_GLOBS)}"
                 f"{'' if exc.recursive else '; --recursive for subfolders'})"
             ) from None
+
+
+def list_images(
+    paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str], ledger: Ledger
+) -> Callable[[], Iterator[str]]:
+    """List the images of the arguments into `ledger` (its `inputs`, in order, with their stamps),
+    each once, streaming: memory does not grow with their count. Listed by
+    `clip_client.iter_images`: a file as given (in the order given); a folder's entries that match
+    `globs` (default `IMAGE_GLOBS`, case-insensitive), sorted, from its subfolders too with
+    `recursive`; a tar shard's images in the webdataset layout, keyed by their webdataset key; an
+    object-store URI's object, or the objects below it, keyed by URI; braces
+    (`shard-{000..009}.tar`) and, in URIs, globs expanded. Paths are normalised
+    (`os.path.normpath`: `photos/` and `photos` agree) but not made absolute. A path that does not
+    exist, and a folder entry that is not a readable file (a dangling symlink...), is kept: it fails
+    (and is reported) like any unreadable image. A repeat (the same absolute path, the same shard's
+    member) is counted and said once, on stderr; the first spelling is kept.
+
+    A stamp is a local file's size and mtime now (`file_stamp`), before it is read, or a shard
+    member's or object's as its listing gave it (`SourceItem.stamp`).
+
+    Returns:
+        `relist()`: the same listing again (repeats included; the same items, shard members read
+        through theirs), for `Ledger.pending` to take the inputs from as they are embedded.
+
+    Raises:
+        OutputError: a folder, shard or prefix holds nothing that matches `globs`; one key comes
+            from two different images (two shards with the same webdataset key).
+    """
+
+    def relist() -> Iterator[str]:
+        return _listing(paths, recursive=recursive, globs=globs)
+
     # One row per image, as resume matches rows: by absolute path (symlinks not resolved), so that
     # `photos/a.jpg`, `./photos/a.jpg` and `$PWD/photos/a.jpg` are one input, the first spelling kept.
     # A shard member is the same image again only from the same shard.
-    first: dict[str, tuple[str, str]] = {}
-    for item in found:
-        row = os.path.abspath(item)
-        which = _image_identity(item, row)
-        if row not in first:
-            first[row] = (item, which)
-        elif first[row][1] != which:
-            raise OutputError(
-                f"key {str(item)!r} names two images: {first[row][1]} and {which}; keys are the rows' ids "
-                "and must be unique: give one of them"
-            )
-    unique = [item for item, _ in first.values()]
-    if len(unique) < len(found):
-        say_error(
-            f"clip-client: {len(found) - len(unique)} path(s) given more than once; each is embedded once"
-        )
-    return unique
+    def rows() -> Iterator[tuple[str, str, str, tuple[int, int] | None]]:
+        for item in relist():
+            row = os.path.abspath(item)
+            yield item, row, _image_identity(item, row), _stamp_of(item)
+
+    try:
+        repeats = ledger.add_inputs(rows())
+    except KeyClash as clash:
+        raise OutputError(
+            f"key {str(clash.key)!r} names two images: {clash.first} and {clash.other}; keys are the rows' "
+            "ids and must be unique: give one of them"
+        ) from None
+    if repeats:
+        say_error(f"clip-client: {repeats} path(s) given more than once; each is embedded once")
+    return relist
 
 
 def _image_identity(item: str, row: str) -> str:
@@ -484,15 +518,13 @@ def _image_identity(item: str, row: str) -> str:
     return item.key
 
 
-def stamped(inputs: Iterable[str]) -> Iterator[tuple[str, tuple[int, int] | None]]:
-    """`(input, stamp)` of each of `inputs` as `gather_images` lists them, for a resumable run: a
-    shard member's or an object's stamp as its listing gave it (`SourceItem.stamp`), a file's
+def _stamp_of(item: str) -> tuple[int, int] | None:
+    """A shard member's or an object's stamp as its listing gave it (`SourceItem.stamp`), a file's
     size and mtime now (`file_stamp`), before it is read."""
     from ..sources import SourceItem
     from .outputs import file_stamp
 
-    for item in inputs:
-        yield (item, item.stamp) if isinstance(item, SourceItem) else (item, file_stamp(item))
+    return item.stamp if isinstance(item, SourceItem) else file_stamp(item)
 
 
 def report_failures(failed: Sequence[tuple[str, str]], total: int) -> None:
@@ -543,8 +575,26 @@ def images(
 
     Example: clip-client images photos/ --recursive --out photos.parquet
     """
-    inputs = gather_images(paths, recursive=recursive, globs=glob or ())
-    if not inputs:
+    with Ledger() as ledger:
+        relist = list_images(paths, recursive=recursive, globs=glob or (), ledger=ledger)
+        return _images(ledger, relist, paths, out, glob, strict, overwrite, part_rows, normalize, common)
+
+
+def _images(
+    ledger: Ledger,
+    relist: Callable[[], Iterator[str]],
+    paths: Sequence[str],
+    out: Path | None,
+    glob: Sequence[str] | None,
+    strict: bool,
+    overwrite: bool,
+    part_rows: int,
+    normalize: bool,
+    common: Common,
+) -> int:
+    """The `images` command once its inputs are listed in `ledger`."""
+    total = ledger.count
+    if not total:
         raise OutputError(
             f"no images found in {', '.join(map(str, paths))} (patterns: {', '.join(glob or IMAGE_GLOBS)})"
         )
@@ -552,20 +602,22 @@ def images(
         check_writable(out)  # before the model is loaded or an image sent
     with common.client(normalize=normalize) as client:
         if out is None:
-            failed = stream_images(client, inputs, sys.stdout, strict=strict, progress=show_progress())
+            ledger.plan()  # no row is done: every input is to embed
+            failed = stream_images(
+                client, (item for item, _ in ledger.pending(relist())), sys.stdout, count=total,
+                strict=strict, progress=show_progress(),
+            )  # fmt: skip
             with finishing() as window:
-                status = _failures(failed, len(inputs))
+                status = _failures(failed, total)
             if window.interrupted:
                 say_complete(None)
             return status
         run = ResumableImageRun(
-            client, out, stamped(inputs), normalize=normalize, part_rows=part_rows, overwrite=overwrite
+            client, out, ledger, relist, normalize=normalize, part_rows=part_rows, overwrite=overwrite
         )
         if run.resumed:
             again = f"; {run.changed} changed since (size or mtime) and embedded again" if run.changed else ""
-            say_error(
-                f"clip-client: resuming: {run.already_done} of {len(inputs)} image(s) already done{again}"
-            )
+            say_error(f"clip-client: resuming: {run.already_done} of {total} image(s) already done{again}")
         try:
             run.embed(strict=strict, progress=show_progress())
         except BaseException:
@@ -580,7 +632,7 @@ def images(
             done = run.finish()
         except BaseException:
             if run.failed:  # the failures are said whatever stops the output
-                report_failures(run.failed, len(inputs))
+                report_failures(run.failed, total)
             raise
         if done.left_out:
             say_error(
@@ -591,7 +643,7 @@ def images(
             f"clip-client: wrote {_rows(len(done.rows))} to {shown(str(out))} ({done.embedded} embedded, "
             f"{done.from_cache} of them from the cache)"
         )
-        status = _failures(done.failed, len(inputs))
+        status = _failures(done.failed, total)
     if window.interrupted:
         say_complete(out)
     return status

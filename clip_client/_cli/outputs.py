@@ -61,6 +61,7 @@ from .. import _constants as C
 from .._version import __version__
 from ..errors import ClipClientError, InvalidInputError
 from ..types import EmbeddingArray
+from ._ledger import Ledger
 from .errors import FLAGS, in_cli_words, one_line
 
 if TYPE_CHECKING:
@@ -1436,33 +1437,51 @@ Location = tuple[int, int]
 
 class ResumableOutput(_PartsFolder):
     """The finished rows of an `images` run towards `out`, kept in `<out>.parts/` until the run
-    completes.
+    completes, and indexed in the run's `Ledger` (a temporary SQLite file, not memory).
 
     `open` indexes the rows already done (from the parts of an interrupted run, or from a
     finished `out` of an earlier run, whose rows become the first part), after checking they were
     computed with the same settings: each key's part and row, and its stamp, never its vector;
-    `plan` matches them to this run's inputs (by absolute path, so `photos`, `photos/` and
-    `/home/me/photos` agree) and says which inputs are still to embed, those whose file changed
-    since (size or mtime) included; `add` buffers new rows and writes a part file every
-    `part_rows`; `finish` writes `out` in input order, a chunk at a time, and removes the parts.
+    `plan` matches them to this run's inputs, which the ledger holds (by absolute path, so
+    `photos`, `photos/` and `/home/me/photos` agree), and marks which inputs are still to embed,
+    those whose file changed since (size or mtime) included; `add` buffers new rows and writes a
+    part file every `part_rows`; `finish` writes `out` in input order, a chunk at a time, and
+    removes the parts.
 
     While the parts folder is there it holds every done row (the rows of an earlier `out` become
-    its first part), so it wins over `out`; once it is gone, `out` is complete. Memory: the keys and
-    stamps of the done rows, `part_rows` buffered rows, and a few parts while `out` is assembled.
+    its first part), so it wins over `out`; once it is gone, `out` is complete. Memory: `part_rows`
+    buffered rows and a few row groups of the parts while `out` is assembled, whatever the row count.
+
+    Args:
+        out: the output file (.parquet, .npy or .jsonl).
+        meta: the run's settings.
+        part_rows: rows a part file holds (default 1000).
+        ledger: the run's ledger (its inputs listed already); default: one of its own, deleted
+            once this is garbage-collected.
     """
 
     _CACHED_PARTS = 8
 
-    def __init__(self, out: Path, meta: OutputMeta, *, part_rows: int = DEFAULT_PART_ROWS) -> None:
+    def __init__(
+        self,
+        out: Path,
+        meta: OutputMeta,
+        *,
+        part_rows: int = DEFAULT_PART_ROWS,
+        ledger: Ledger | None = None,
+    ) -> None:
         super().__init__(out, meta, part_rows=part_rows)
-        self.done: dict[str, Location] = {}
-        self.stamps: dict[str, Stamp | None] = {}
+        self.ledger = ledger if ledger is not None else Ledger()
         self.resumed = 0
         self._buffer: list[tuple[str, EmbeddingArray, Stamp | None]] = []
         self._dim: int | None = None
 
-    def open(self, *, overwrite: bool = False) -> dict[str, Location]:
-        """The rows already done: where each is, by path (as the run that embedded them spelled it).
+    def open(self, *, overwrite: bool = False) -> int:
+        """Index the rows already done in the ledger (where each is, by path, as the run that
+        embedded them spelled it).
+
+        Returns:
+            how many rows are done already.
 
         Raises:
             OutputError: `--out` cannot be written (before any work is done); the parts or the
@@ -1473,7 +1492,7 @@ class ResumableOutput(_PartsFolder):
         """
         self._prepare(overwrite)
         if overwrite:
-            return self.done
+            return 0
         if self.parts.is_dir() and ((self.parts / _MANIFEST).is_file() or not self.out.exists()):
             self._check_manifest()
             for number, part in self._part_files():
@@ -1491,8 +1510,12 @@ class ResumableOutput(_PartsFolder):
             count = sum(len(rows) for rows in chunks)
             if count:  # they become part 0, so that the output may be rewritten safely
                 self._index(self._start_parts(self._copy_of_out(count)))
-        self.resumed = len(self.done)
-        return self.done
+        self.resumed = self.ledger.done_count()
+        return self.resumed
+
+    def done_keys(self) -> Iterator[str]:
+        """The keys of the done rows, in no set order."""
+        return self.ledger.done_keys()
 
     def _copy_of_out(self, count: int) -> _Chunked:
         """The rows of the finished `out`, to be copied chunk by chunk into the first part."""
@@ -1510,45 +1533,31 @@ class ResumableOutput(_PartsFolder):
     def _index(self, number: int) -> None:
         """Where each row of part `number` is. Later rows win: a part written after another holds
         re-embedded (changed) files."""
-        row = 0
-        for rows in read_chunks(self._part(number), vectors=False):
-            stamps = rows.stamps or [None] * len(rows)
-            for key, stamp in zip(rows.keys, stamps, strict=True):
-                self.done[str(key)] = (number, row)
-                self.stamps[str(key)] = stamp
-                row += 1
 
-    def plan(self, inputs: Sequence[str], stamps: Sequence[Stamp | None]) -> tuple[list[int], int]:
-        """Match the done rows to `inputs` (their files' current `stamps`, same order).
+        def rows() -> Iterator[tuple[str, int, int, Stamp | None]]:
+            row = 0
+            for chunk in read_chunks(self._part(number), vectors=False):
+                stamps = chunk.stamps or [None] * len(chunk)
+                for key, stamp in zip(chunk.keys, stamps, strict=True):
+                    yield str(key), number, row, stamp
+                    row += 1
 
-        A done row whose path names the same file as an input (same absolute path) is re-keyed to
-        the input's spelling. Returns the indices of the inputs still to embed, and how many of
-        them have a row that is stale: their file's size or mtime differs from when it was embedded.
+        self.ledger.add_done(rows())
+
+    def plan(self) -> tuple[int, int]:
+        """Match the done rows to the ledger's inputs (`Ledger.plan`): a done row whose path names
+        the same file as an input (same absolute path) is re-keyed to the input's spelling.
+
+        Returns:
+            how many inputs are still to embed, and how many of them have a row that is stale:
+            their file's size or mtime differs from when it was embedded.
         """
-        by_abs: dict[str, str] = {}
-        for key in self.done:
-            by_abs.setdefault(os.path.abspath(key), key)
-        todo: list[int] = []
-        changed = 0
-        for i, path in enumerate(inputs):
-            found = path if path in self.done else by_abs.get(os.path.abspath(path))
-            if found is None:
-                todo.append(i)
-                continue
-            if found != path:
-                self.done[path] = self.done.pop(found)
-                self.stamps[path] = self.stamps.pop(found, None)
-                by_abs[os.path.abspath(path)] = path
-            then = self.stamps.get(path)
-            if then is not None and then != stamps[i]:
-                todo.append(i)
-                changed += 1
-        return todo, changed
+        return self.ledger.plan()
 
     def add(self, path: str, row: EmbeddingArray, stamp: Stamp | None = None) -> None:
         """One finished row (and its file's stamp); a part file is written once `part_rows` are
         buffered. A row for a path already done replaces it."""
-        self._buffer.append((path, row, stamp))
+        self._buffer.append((str(path), row, stamp))
         if len(self._buffer) >= self.part_rows:
             self.flush()
 
@@ -1561,38 +1570,40 @@ class ResumableOutput(_PartsFolder):
         number = self._add_part(
             _Chunked.of(Rows(keys, matrix, None, self.meta, [s for _, _, s in self._buffer]))
         )
-        for row, (path, _, stamp) in enumerate(self._buffer):
-            self.done[path] = (number, row)
-            self.stamps[path] = stamp
+        self.ledger.add_done((path, number, row, stamp) for row, (path, _, stamp) in enumerate(self._buffer))
         self._dim = matrix.shape[1]
         self._buffer = []
 
-    def finish(self, order: Sequence[str]) -> WrittenOutput:
-        """Write `out`: the done rows of the paths in `order`, in that order (paths without a row,
+    def finish(self, order: Iterable[str] | None = None) -> WrittenOutput:
+        """Write `out`: the done rows of the ledger's inputs, in input order (inputs without a row,
         the failed ones, are left out), a chunk at a time, then remove the parts.
+
+        Args:
+            order: the inputs, where the ledger was not given them (they are added first).
 
         Returns:
             what was written (its rows are read back from `out` only if asked for).
         """
         self.flush()  # first: a kill while `out` is written keeps every row
-        keys = [p for p in order if p in self.done]
+        if order is not None:
+            self.ledger.add_inputs((p, os.path.abspath(p), os.path.abspath(p), None) for p in order)
+        count = self.ledger.count_in_order()
         dim = self._width(self._dim or self._part_width())
         groups = _RowGroups(self._part)
-
-        def vectors_of(chunk: Sequence[str]) -> EmbeddingArray:
-            out = np.empty((len(chunk), dim), dtype=np.float32)
-            for i, key in enumerate(chunk):
-                out[i] = groups.row(*self.done[key])
-            return out
+        exact = frozenset({"path"} if _needs_bytes(k for k, _, _, _ in self.ledger.rows_in_order()) else ())
 
         def chunks(vectors: bool) -> Iterator[Rows]:
-            for start in range(0, max(len(keys), 1), DEFAULT_CHUNK_ROWS):
-                chunk = keys[start : start + DEFAULT_CHUNK_ROWS]
-                matrix = vectors_of(chunk) if vectors else np.zeros((len(chunk), 0), dtype=np.float32)
-                yield Rows(chunk, matrix, None, self.meta, [self.stamps.get(p) for p in chunk])
+            rows = self.ledger.rows_in_order()
+            first = True
+            while (chunk := list(itertools.islice(rows, DEFAULT_CHUNK_ROWS))) or first:
+                first = False
+                matrix = np.empty((len(chunk), dim if vectors else 0), dtype=np.float32)
+                if vectors:
+                    for i, (_, part, row, _) in enumerate(chunk):
+                        matrix[i] = groups.row(part, row)
+                yield Rows([k for k, _, _, _ in chunk], matrix, None, self.meta, [s for _, _, _, s in chunk])
 
-        exact = frozenset({"path"} if _needs_bytes(keys) else ())
-        src = _Chunked(self.meta, "path", dim, len(keys), False, True, exact, chunks)
+        src = _Chunked(self.meta, "path", dim, count, False, True, exact, chunks)
         return self._write_out(src)
 
     def _part_width(self) -> int | None:
@@ -1865,49 +1876,79 @@ def failure_reason(failure: EmbeddingFailure) -> str:
     return one_line(exc)
 
 
+class _Counted(Iterable[str]):
+    """Images of a known count, read as they are embedded (so that a progress bar knows its total)."""
+
+    def __init__(self, items: Iterable[str], count: int) -> None:
+        self._items = items
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+
 def _embedded(
     client: ClipClient,
-    paths: Sequence[str],
+    todo: Iterable[tuple[str, Stamp | None]],
+    count: int,
     failed: list[tuple[str, str]],
     *,
     strict: bool,
     progress: bool | None,
-) -> Iterator[tuple[int, EmbeddingArray]]:
-    """`(index, row)` of each of `paths` that embeds, as they finish; each one that does not is
-    appended to `failed` as `(path, reason)`, or, with `strict`, stops the run.
+) -> Iterator[tuple[str, Stamp | None, EmbeddingArray]]:
+    """`(path, stamp, row)` of each of the `count` images of `todo` (`(image, stamp)` pairs, read as
+    they are embedded) that embeds, in input order; each one that does not is appended to `failed`
+    as `(path, reason)`, or, with `strict`, stops the run. Memory: the images the client has taken
+    and not yet answered (a bounded window), whatever `count` is.
 
     Raises:
         InvalidInputError: with `strict`, the first image that cannot be embedded (its path and reason).
     """
-    with client.iter_embed_images(paths, on_error="mark", progress=progress) as stream:
-        for index, vector in stream:
+    sent: collections.deque[tuple[str, Stamp | None]] = collections.deque()
+
+    def images() -> Iterator[str]:
+        for item, stamp in todo:
+            sent.append((item, stamp))
+            yield item
+
+    with client.iter_embed_images(_Counted(images(), count), on_error="mark", progress=progress) as stream:
+        for _, vector in stream:  # every index comes, in input order (a failure as a NaN row)
+            item, stamp = sent.popleft()
             if len(stream.failures) > len(failed):
-                failed.append((paths[index], failure_reason(stream.failures[-1])))
+                failed.append((str(item), failure_reason(stream.failures[-1])))
                 if strict:
-                    raise InvalidInputError(failed[-1][1], path=paths[index])
+                    raise InvalidInputError(failed[-1][1], path=item)
                 continue
-            yield index, vector
+            yield item, stamp, vector
 
 
 def stream_images(
     client: ClipClient,
-    paths: Sequence[str],
+    paths: Iterable[str],
     out: IO[str],
     *,
+    count: int,
     strict: bool = False,
     progress: bool | None = None,
 ) -> list[tuple[str, str]]:
-    """Embed `paths` and write each row to `out` as a JSON Lines `{"path", "size", "mtime_ns",
-    "embedding"}` line as soon as it is done (in the order they finish, which is input order); the
-    file's size and mtime are taken before it is read, as an output's rows record them.
+    """Embed the `count` images of `paths` (read as they are embedded: a listing, never held
+    whole) and write each row to `out` as a JSON Lines `{"path", "size", "mtime_ns", "embedding"}`
+    line as soon as it is done (in input order); a local file's size and mtime are taken before
+    it is read (a shard member's or object's as its listing gave them), as an output's rows
+    record them.
 
     Returns:
         the images that could not be embedded, as `(path, reason)`, in input order.
     """
+    from ..sources import SourceItem
+
     failed: list[tuple[str, str]] = []
-    stamps = [file_stamp(p) for p in paths]
-    for index, vector in _embedded(client, paths, failed, strict=strict, progress=progress):
-        out.write(jsonl_line("path", paths[index], None, vector, stamps[index]))
+    todo = ((p, p.stamp if isinstance(p, SourceItem) else file_stamp(p)) for p in paths)
+    for path, stamp, vector in _embedded(client, todo, count, failed, strict=strict, progress=progress):
+        out.write(jsonl_line("path", path, None, vector, stamp))
     out.flush()
     return failed
 
@@ -1932,26 +1973,25 @@ class ImageRunResult:
     left_out: int
 
 
-ImageInputs = Iterable[str] | Iterable[tuple[str, Stamp | None]]
-"""A resumable run's images: paths, or `(path, stamp)` pairs where the lister knows each file's
-(size, mtime_ns) already (None: unknown, so never taken for changed)."""
-
-
 class ResumableImageRun:
     """An `images` run into an output file that no interruption wastes: what an earlier run into
     the same file finished (with the same model and settings, else an error) is kept, files changed
     since are embedded again, and finished rows reach `<out>.parts/` as the run goes.
 
     ```python
-    run = ResumableImageRun(client, Path("photos.parquet"), paths, normalize=False)
-    run.already_done, run.changed  # what an earlier run left, and how much of it is stale
-    run.embed(strict=False)  # an error or Ctrl-C keeps the finished rows for a rerun (run.kept)
-    result = run.finish()  # the output, whole, in input order; result.failed lists the rest
+    with Ledger() as ledger:
+        ledger.add_inputs(...)  # (key, absolute key, identity, stamp) of each input, in order
+        run = ResumableImageRun(client, Path("photos.parquet"), ledger, relist, normalize=False)
+        run.already_done, run.changed  # what an earlier run left, and how much of it is stale
+        run.embed(strict=False)  # an error or Ctrl-C keeps the finished rows for a rerun (run.kept)
+        result = run.finish()  # the output, whole, in input order; result.failed lists the rest
     ```
 
-    `inputs` may be any iterable (a streaming listing): it is read once, here, and only the keys
-    and stamps are kept; the vectors live in the part files, and `finish` writes the output a
-    chunk at a time.
+    The inputs' keys and stamps are in `ledger` (a temporary SQLite file), never in memory;
+    `relist()` lists the same inputs again, the same items (a shard's members are read through
+    theirs) in the same order, and the ones still to embed are taken from it as they are embedded.
+    The vectors live in the part files, and `finish` writes the output a chunk at a time. Memory
+    does not grow with the input count (only with the failures, which are listed at the end).
 
     Raises (when built):
         OutputError: `--out` cannot be written (said before any image is embedded); the output or
@@ -1963,41 +2003,37 @@ class ResumableImageRun:
         self,
         client: ClipClient,
         out: Path,
-        inputs: ImageInputs,
+        ledger: Ledger,
+        relist: Callable[[], Iterable[str]],
         *,
         normalize: bool,
         part_rows: int = DEFAULT_PART_ROWS,
         overwrite: bool = False,
     ) -> None:
         self.client = client
+        self.ledger = ledger
+        self._relist = relist
         self.store = ResumableOutput(
-            out, OutputMeta.of(client, "image", normalize=normalize), part_rows=part_rows
+            out, OutputMeta.of(client, "image", normalize=normalize), part_rows=part_rows, ledger=ledger
         )
         self.store.open(overwrite=overwrite)
-        self.inputs: list[str] = []
-        # Each file's size and mtime before it is read: a file edited after this is re-embedded next time.
-        self._stamps: list[Stamp | None] = []
-        for item in inputs:
-            path, stamp = (item, file_stamp(item)) if isinstance(item, str) else item
-            self.inputs.append(path)
-            self._stamps.append(stamp)
-        self._todo_at, changed = self.store.plan(self.inputs, self._stamps)
-        self.todo = [self.inputs[i] for i in self._todo_at]
-        """The inputs this run embeds: those without a row, and those whose file changed since."""
+        self.todo, changed = self.store.plan()
+        """How many inputs this run embeds: those without a row, and those whose file changed since."""
         # Whether an earlier run had left rows; how many inputs are done; how many of them changed.
         self.resumed = bool(self.store.resumed)
-        self.already_done = len(self.inputs) - len(self.todo)
+        self.already_done = ledger.count - self.todo
         self.changed = changed
         self.failed: list[tuple[str, str]] = []
         self._from_cache = 0
+        self._embedded = 0
 
     @property
     def kept(self) -> int:
         """Finished rows kept in the parts folder (after an interruption: what a rerun starts from)."""
-        return len(self.store.done) if self.store.parts.is_dir() else 0
+        return self.ledger.done_count() if self.store.parts.is_dir() else 0
 
     def embed(self, *, strict: bool = False, progress: bool | None = None) -> None:
-        """Embed `todo`, each row kept as it comes; failures gather in `failed`.
+        """Embed the inputs still to embed, each row kept as it comes; failures gather in `failed`.
 
         Raises:
             InvalidInputError: with `strict`, the first image that cannot be embedded.
@@ -2006,10 +2042,13 @@ class ResumableImageRun:
         """
         hits = self.client.stats.cache_hits
         try:
-            for index, vector in _embedded(
-                self.client, self.todo, self.failed, strict=strict, progress=progress
-            ):
-                self.store.add(self.todo[index], vector, self._stamps[self._todo_at[index]])
+            if self.todo:
+                pending = self.ledger.pending(self._relist())
+                for path, stamp, vector in _embedded(
+                    self.client, pending, self.todo, self.failed, strict=strict, progress=progress
+                ):
+                    self.store.add(path, vector, stamp)
+                    self._embedded += 1
         except BaseException:
             self.store.flush()  # what is finished is kept, whatever stopped the run
             raise
@@ -2021,14 +2060,13 @@ class ResumableImageRun:
         Raises:
             OutputError: the output cannot be written (the parts are kept for a rerun).
         """
-        failed = dict(self.failed)
-        for path in [p for p in self.todo if p in self.store.done and p in failed]:
-            del self.store.done[path]  # a changed file that now fails keeps no stale row
-        left = len(set(self.store.done) - set(self.inputs))
-        rows = self.store.finish(self.inputs)
+        self.store.flush()
+        self.ledger.forget(p for p, _ in self.failed)  # a changed file that now fails keeps no stale row
+        left = self.ledger.left_out()
+        rows = self.store.finish()
         return ImageRunResult(
             rows=rows,
-            embedded=len(self.todo) - len(self.failed),
+            embedded=self._embedded,
             from_cache=self._from_cache,
             failed=list(self.failed),
             left_out=left,
