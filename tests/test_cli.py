@@ -650,14 +650,15 @@ def test_a_data_file_and_a_sidecar_that_do_not_match_are_refused(tmp_path: Path)
 def test_resumable_output_keeps_parts_checks_settings_and_finishes_in_order(tmp_path: Path) -> None:
     out = tmp_path / "o.parquet"
     store = ResumableOutput(out, _meta(), part_rows=2)
-    assert store.open() == {}
+    assert store.open() == 0
     rows = _rows(["c", "a", "b"])
     for key, row in zip(rows.keys, rows.embeddings, strict=True):
         store.add(key, row)
     assert len(list(store.parts.glob("part-*.parquet"))) == 1  # two rows; the third is buffered
 
     again = ResumableOutput(out, _meta(), part_rows=2)  # as after a kill: the buffered row is lost
-    assert set(again.open()) == {"c", "a"}
+    assert again.open() == 2
+    assert set(again.done_keys()) == {"c", "a"}
     with pytest.raises(OutputError, match=r"image_size 224 \(this run: 336\)"):
         ResumableOutput(out, _meta(preparation={"image_size": 336})).open()
     again.add("b", rows.embeddings[2])
@@ -668,9 +669,10 @@ def test_resumable_output_keeps_parts_checks_settings_and_finishes_in_order(tmp_
 
     # A finished output is resumed from too: its rows become the first part.
     third = ResumableOutput(out, _meta())
-    assert set(third.open()) == {"a", "b", "c"}
+    assert third.open() == 3
+    assert set(third.done_keys()) == {"a", "b", "c"}
     assert third.parts.is_dir()
-    assert ResumableOutput(tmp_path / "p.parquet", _meta(normalize=True)).open() == {}
+    assert ResumableOutput(tmp_path / "p.parquet", _meta(normalize=True)).open() == 0
     with pytest.raises(OutputError, match=r"normalize False \(this run: True\)"):
         ResumableOutput(out, _meta(normalize=True)).open()
 
@@ -933,7 +935,7 @@ def test_a_damaged_part_or_manifest_names_the_file_and_the_way_out(tmp_path: Pat
     (store.parts / "manifest.json").write_text("{not json")
     with pytest.raises(OutputError, match=r"manifest\.json.*is damaged: delete that folder"):
         ResumableOutput(out, _meta()).open()
-    assert ResumableOutput(out, _meta()).open(overwrite=True) == {}
+    assert ResumableOutput(out, _meta()).open(overwrite=True) == 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1495,7 +1497,8 @@ def test_every_error_of_a_resumable_output_is_an_output_error_naming_out(tmp_pat
     assert f"the finished rows in {store.parts} are kept" in str(caught.value)
     out.rmdir()
     again = ResumableOutput(out, _meta())
-    assert set(again.open()) == {"a"}
+    assert again.open() == 1
+    assert set(again.done_keys()) == {"a"}
     assert again.finish(["a"]).keys == ["a"]
 
 
