@@ -99,7 +99,7 @@ class Ledger:
         )
         self._lock = threading.RLock()  # one statement or transaction at a time, whichever thread asks
         self._closer = weakref.finalize(self, _close, self.db, self.folder)
-        for pragma in ("journal_mode = OFF", "synchronous = OFF", "temp_store = FILE", "cache_size = -8000"):
+        for pragma in ("journal_mode = OFF", "synchronous = OFF", "temp_store = FILE", "cache_size = -2000"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(
             """
