@@ -9,7 +9,9 @@ that is not UTF-8 goes in and comes out as the same `str`.
 
 The file lives in a folder of its own under the temporary folder (`$TMPDIR`, else the system's):
 about 300 bytes a key, so 3 GB for 10,000,000 keys. It is deleted by `close` (a `with` block), or
-when the ledger is garbage-collected or the interpreter exits.
+when the ledger is garbage-collected or the interpreter exits; the folder of a run that was killed
+is deleted by the next run (each run holds a lock on its own folder while it lives: a folder whose
+lock is free, and that is a minute old, is left over).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import sqlite3
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -66,11 +69,57 @@ def batched(items: Iterable[T], n: int = BATCH) -> Iterator[list[T]]:
         yield chunk
 
 
-def _close(db: sqlite3.Connection, folder: str) -> None:
+_PREFIX = "clip-client-ledger-"
+_LOCK = "lock"
+_STALE_S = 60.0
+"""A ledger folder younger than this is never taken for a killed run's (it may be starting)."""
+
+
+def _close(db: sqlite3.Connection, folder: str, lock: int | None) -> None:
     try:
         db.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def _hold(folder: str) -> int | None:
+    """A lock on `folder`'s lock file, held (by this process) until the descriptor is closed; None
+    where the system has no `flock`, or the lock is held already."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no sweep
+        return None
+    fd = os.open(os.path.join(folder, _LOCK), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _sweep() -> None:
+    """Delete the ledger folders that killed runs left in the temporary folder: those with a lock
+    file nobody holds, a minute old at least."""
+    root = tempfile.gettempdir()
+    try:
+        entries = [e for e in os.scandir(root) if e.name.startswith(_PREFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False) or time.time() - entry.stat().st_mtime < _STALE_S:
+                continue
+            if not os.path.exists(os.path.join(entry.path, _LOCK)):
+                continue
+            fd = _hold(entry.path)
+        except OSError:
+            continue
+        if fd is not None:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            os.close(fd)
 
 
 class KeyClash(Exception):
@@ -93,12 +142,14 @@ class Ledger:
     """
 
     def __init__(self) -> None:
-        self.folder = tempfile.mkdtemp(prefix="clip-client-ledger-")
+        _sweep()
+        self.folder = tempfile.mkdtemp(prefix=_PREFIX)
+        lock = _hold(self.folder)
         self.db = sqlite3.connect(
             os.path.join(self.folder, "ledger.sqlite"), isolation_level=None, check_same_thread=False
         )
         self._lock = threading.RLock()  # one statement or transaction at a time, whichever thread asks
-        self._closer = weakref.finalize(self, _close, self.db, self.folder)
+        self._closer = weakref.finalize(self, _close, self.db, self.folder, lock)
         for pragma in ("journal_mode = OFF", "synchronous = OFF", "temp_store = FILE", "cache_size = -2000"):
             self.db.execute(f"PRAGMA {pragma}")
         self.db.executescript(

@@ -7,7 +7,9 @@ import csv
 import json
 import os
 import re
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, cast
@@ -573,11 +575,20 @@ def images(
     Images that cannot be read are listed at the end with their reasons (exit status 3) and left out
     of the output; --strict stops at the first.
 
+    Memory does not grow with the image count: the list of images is kept in a temporary file (in
+    TMPDIR; about 300 bytes an image), deleted when the run ends.
+
     Example: clip-client images photos/ --recursive --out photos.parquet
     """
-    with Ledger() as ledger:
-        relist = list_images(paths, recursive=recursive, globs=glob or (), ledger=ledger)
-        return _images(ledger, relist, paths, out, glob, strict, overwrite, part_rows, normalize, common)
+    try:
+        with Ledger() as ledger:
+            relist = list_images(paths, recursive=recursive, globs=glob or (), ledger=ledger)
+            return _images(ledger, relist, paths, out, glob, strict, overwrite, part_rows, normalize, common)
+    except sqlite3.Error as exc:  # the temporary folder is full or not writable
+        raise OutputError(
+            f"cannot keep the run's list of images in {tempfile.gettempdir()} ({exc}); free space there, "
+            "or set TMPDIR to a folder with room, and rerun (finished rows are kept for a resume)"
+        ) from None
 
 
 def _images(
