@@ -2,7 +2,8 @@
 a file's rows.
 
 The commands only parse, call and render: `ResumableImageRun` runs an `images` embedding into an
-output (resume, stamps, failures) and `stream_images` one to stdout, both returning what failed;
+output (resume, stamps, failures; its inputs and done rows in a run-scoped SQLite `Ledger`) and
+`stream_images` one to stdout, both returning what failed;
 `ResumableTextRun` runs a `texts --from` embedding into an output (resume by id and text). Both
 keep finished rows in part files and write the output from them a chunk at a time
 (`DEFAULT_CHUNK_ROWS`), and `read_chunks` reads any output a chunk at a time: memory does not grow
