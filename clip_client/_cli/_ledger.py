@@ -101,8 +101,13 @@ def _hold(folder: str) -> int | None:
 
 
 def _sweep() -> None:
-    """Delete the ledger folders that killed runs left in the temporary folder: those with a lock
-    file nobody holds, a minute old at least."""
+    """Delete the ledger folders that killed runs left in the temporary folder, a minute old at
+    least: those with a lock file nobody holds, and those without one (a kill while it was deleted;
+    a live ledger has its lock file from its first instant on)."""
+    try:
+        import fcntl  # noqa: F401 - where there is no flock, a live ledger cannot be told from a dead one
+    except ImportError:
+        return
     root = tempfile.gettempdir()
     try:
         entries = [e for e in os.scandir(root) if e.name.startswith(_PREFIX)]
@@ -112,7 +117,8 @@ def _sweep() -> None:
         try:
             if not entry.is_dir(follow_symlinks=False) or time.time() - entry.stat().st_mtime < _STALE_S:
                 continue
-            if not os.path.exists(os.path.join(entry.path, _LOCK)):
+            if not os.path.exists(os.path.join(entry.path, _LOCK)):  # half deleted when killed
+                shutil.rmtree(entry.path, ignore_errors=True)
                 continue
             fd = _hold(entry.path)
         except OSError:
