@@ -2476,3 +2476,38 @@ def test_search_reads_its_index_in_chunks_and_merges_the_top_k_exactly(
     assert [h["id"] for h in hits] == want.indices[0].tolist()
     assert [h["text"] for h in hits] == [texts[i] for i in want.indices[0]]
     np.testing.assert_allclose([h["score"] for h in hits], want.scores[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("out", [None, "e.parquet"])
+def test_an_image_gone_between_the_listing_and_its_read_is_a_failed_input_not_a_gap(
+    cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str | None
+) -> None:  # type: ignore[no-untyped-def]
+    """The run lists its images into the ledger, then lists them again as it embeds them: an image
+    removed in between is named among the failures (exit 3), never silently missing."""
+    import clip_client._cli.embed as embed
+
+    write_pictures(tmp_path / "photos", 4)
+    real = embed._listing
+    calls = []
+
+    def listing(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        for item in real(*args, **kwargs):  # type: ignore[arg-type]
+            if len(calls) > 1 and item.endswith("img_002.jpg"):
+                continue  # gone by the time the run reads it
+            yield item
+
+    monkeypatch.setattr(embed, "_listing", listing)
+    result = cli("images", "photos", *(["--out", out] if out else []))
+    assert result.rc == 3, result
+    assert "1 of 4 image(s) could not be embedded" in result.err
+    assert "img_002.jpg: listed when the run started, but gone when it was read" in result.err
+    if out:
+        assert len(read_rows(tmp_path / out).keys) == 3
+    else:
+        assert len(result.out.splitlines()) == 3
+    monkeypatch.setattr(embed, "_listing", listing)
+    calls.clear()
+    strict = cli("images", "photos", "--strict", "--out", "s.parquet")
+    assert strict.rc != 0
+    assert "img_002.jpg" in strict.err

@@ -38,6 +38,9 @@ _TODO = 1
 """`inputs.state` of an input still to embed (0: done); 2 once it was handed to the embedder."""
 _SENT = 2
 
+VANISHED = "listed when the run started, but gone when it was read (removed or renamed during the run)"
+"""Why an input that `Ledger.unsent` names could not be embedded."""
+
 
 def _b(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
@@ -273,6 +276,15 @@ class Ledger:
                     yield item, stamp
             with self._lock:
                 self.db.executemany(f"UPDATE inputs SET state = {_SENT} WHERE seq = ?", sent)
+
+    def unsent(self) -> Iterator[str]:
+        """The inputs still to embed that `pending` never met, in input order: once the listing has
+        been read to its end, those that were listed when the run started but were gone from the
+        listing when it was read again (removed or renamed during the run)."""
+        for (key,) in self._paged(
+            f"SELECT seq, key FROM inputs WHERE state = {_TODO} AND seq > ? ORDER BY seq LIMIT ?"
+        ):
+            yield _s(key)
 
     # -- done rows ------------------------------------------------------------------------------
 

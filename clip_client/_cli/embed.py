@@ -33,6 +33,7 @@ from .outputs import (
     check_writable,
     shown,
     stream_images,
+    vanished,
     write_jsonl,
     write_rows,
 )
@@ -434,7 +435,9 @@ def gather_images(
     with Ledger() as ledger:
         relist = list_images(paths, recursive=recursive, globs=globs, ledger=ledger)
         ledger.plan()  # no row is done: every input is to list
-        return [item for item, _ in ledger.pending(relist())]
+        listed = [item for item, _ in ledger.pending(relist())]
+        # Gone since it was listed: kept as a path, so that it fails (and is reported) when read.
+        return listed + list(ledger.unsent())
 
 
 def _listing(
@@ -618,6 +621,7 @@ def _images(
                 client, (item for item, _ in ledger.pending(relist())), sys.stdout, count=total,
                 strict=strict, progress=show_progress(),
             )  # fmt: skip
+            vanished(ledger, failed, strict=strict)
             with finishing() as window:
                 status = _failures(failed, total)
             if window.interrupted:

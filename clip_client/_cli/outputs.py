@@ -93,6 +93,7 @@ __all__ = [
     "refuse_another_model",
     "shown",
     "stream_images",
+    "vanished",
     "write_rows",
 ]
 
@@ -1926,6 +1927,21 @@ def _embedded(
             yield item, stamp, vector
 
 
+def vanished(ledger: Any, failed: list[tuple[str, str]], *, strict: bool) -> None:
+    """Once a listing was read to its end: each input it no longer held (removed or renamed since
+    the run listed it) is a failed input, never a silent gap; with `strict`, the first stops the run.
+
+    Raises:
+        InvalidInputError: with `strict`, for the first such input.
+    """
+    from ._ledger import VANISHED
+
+    for key in ledger.unsent():
+        if strict:
+            raise InvalidInputError(VANISHED, path=key)
+        failed.append((key, VANISHED))
+
+
 def stream_images(
     client: ClipClient,
     paths: Iterable[str],
@@ -2050,6 +2066,7 @@ class ResumableImageRun:
                 ):
                     self.store.add(path, vector, stamp)
                     self._embedded += 1
+                vanished(self.ledger, self.failed, strict=strict)
         except BaseException:
             self.store.flush()  # what is finished is kept, whatever stopped the run
             raise
