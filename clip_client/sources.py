@@ -376,33 +376,48 @@ def _brace_pattern(pattern: str, source: str) -> list[_Part]:
     """The parts of `pattern`: literals and brace expressions (a brace pair that is neither a range
     nor a list stays literal, its inside expanded)."""
     parts: list[_Part] = []
-    start = pos = depth = 0
-    while pos < len(pattern):
-        char = pattern[pos]
+    start = 0
+    for pos, char, depth in _unescaped(pattern):
+        if char == "{" and depth == 0:  # depth before this brace
+            if pos > start:
+                parts.append(_constant(pattern[start:pos]))
+            start = pos
+        elif char == "}" and depth == 1:  # closes a top-level pair
+            expr = pattern[start + 1 : pos]
+            part = _brace_expression(expr, source)
+            if part is None:
+                parts += [_constant("{"), _expansions(_brace_pattern(expr, source)), _constant("}")]
+            else:
+                parts.append(part)
+            start = pos + 1
+    if _depth_at_end(pattern) != 0:
+        raise ValueError(f"{source}: unbalanced braces")
+    if start < len(pattern):
+        parts.append(_constant(pattern[start:]))
+    return parts
+
+
+def _unescaped(text: str) -> Iterator[tuple[int, str, int]]:
+    """`(position, character, brace depth before it)` of each brace and comma of `text` that no
+    backslash escapes: the one scan both the pattern and a brace expression are split by."""
+    pos = depth = 0
+    while pos < len(text):
+        char = text[pos]
         if char == "\\":
             pos += 2
             continue
-        if char == "{":
-            if depth == 0 and pos > start:
-                parts.append(_constant(pattern[start:pos]))
-                start = pos
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                expr = pattern[start + 1 : pos]
-                part = _brace_expression(expr, source)
-                if part is None:
-                    parts += [_constant("{"), _expansions(_brace_pattern(expr, source)), _constant("}")]
-                else:
-                    parts.append(part)
-                start = pos + 1
+        if char in "{},":
+            yield pos, char, depth
+            depth += {"{": 1, "}": -1, ",": 0}[char]
         pos += 1
-    if depth != 0:
-        raise ValueError(f"{source}: unbalanced braces")
-    if start < pos:
-        parts.append(_constant(pattern[start:]))
-    return parts
+
+
+def _depth_at_end(text: str) -> int:
+    """The brace depth after the whole of `text` (0: balanced, ignoring escaped braces)."""
+    depth = 0
+    for _, char, _ in _unescaped(text):
+        depth += {"{": 1, "}": -1, ",": 0}[char]
+    return depth
 
 
 def _brace_expression(expr: str, source: str) -> _Part | None:
@@ -425,21 +440,12 @@ def _brace_expression(expr: str, source: str) -> _Part | None:
         letters = _ALPHABET[a : b + 1 : by] if a < b else _ALPHABET[a : (b or -len(_ALPHABET)) - 1 : -by]
         return lambda: letters
     items: list[_Part] = []
-    start = pos = depth = 0
-    while pos < len(expr):
-        char = expr[pos]
-        if char == "\\":
-            pos += 2
-            continue
-        if char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-        elif char == "," and depth == 0:
+    start = 0
+    for pos, char, depth in _unescaped(expr):
+        if char == "," and depth == 0:
             items.append(_expansions(_brace_pattern(expr[start:pos], source)))
             start = pos + 1
-        pos += 1
-    if depth != 0 or not items:
+    if _depth_at_end(expr) != 0 or not items:
         return None
     items.append(_expansions(_brace_pattern(expr[start:], source)))
     return lambda: (value for item in items for value in item())
