@@ -133,7 +133,7 @@ def test_the_input_is_read_a_bounded_number_of_batches_ahead(tmp_path: Path, tin
 def test_onednn_linear_layers_agree_with_pytorchs_default(tmp_path: Path, tiny_checkpoint: Path) -> None:
     import torch
 
-    from clip_client._onednn import PackedLinear
+    from clip_client._onednn import FusedMLP, PackedLinear
 
     packed = LocalBackend(tiny_checkpoint, device="cpu")
     default = LocalBackend(tiny_checkpoint, device="cpu", onednn=False)
@@ -144,6 +144,11 @@ def test_onednn_linear_layers_agree_with_pytorchs_default(tmp_path: Path, tiny_c
     assert torch.nn.Linear in kinds
     if packed.onednn:
         assert not any(type(m) is torch.nn.Linear for m in packed._model.modules())
+        # every MLP block (QuickGELU in this checkpoint) runs its activation inside fc1's kernel
+        blocks = [m for m in default._model.modules() if type(m).__name__ == "CLIPMLP"]
+        fused = [m for m in packed._model.modules() if isinstance(m, FusedMLP)]
+        assert len(fused) == len(blocks) > 0
+        assert all(m.fc1.unary == "swish" for m in fused)
     paths = _photos(tmp_path / "photos", 6)
     opts = ImageOptions(size=packed.image_size, want="pixels")
     pixels = [prepare_image(p, i, opts).pixels for i, p in enumerate(paths)]
@@ -153,6 +158,91 @@ def test_onednn_linear_layers_agree_with_pytorchs_default(tmp_path: Path, tiny_c
         got, expected = packed.embed(kind, inputs), default.embed(kind, inputs)
         assert got.dtype == np.float32
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_fuses_exact_gelu_too(tmp_path: Path) -> None:
+    """A checkpoint whose MLPs use exact GELU (LAION's CLIPs) gets oneDNN's erf GELU post-op."""
+    import torch
+    from tiny_clip import TINY, write_clip_checkpoint
+
+    from clip_client._onednn import FusedMLP
+
+    if not torch._C._has_mkldnn:
+        pytest.skip("this torch build has no oneDNN")
+    dims: dict[str, Any] = {**TINY, "text": {**TINY["text"], "hidden_act": "gelu"}}  # type: ignore[dict-item]
+    dims["vision"] = {**TINY["vision"], "hidden_act": "gelu"}  # type: ignore[dict-item]
+    ckpt = write_clip_checkpoint(tmp_path / "gelu-clip", dims)
+    packed = LocalBackend(ckpt, device="cpu")
+    default = LocalBackend(ckpt, device="cpu", onednn=False)
+    fused = [m for m in packed._model.modules() if isinstance(m, FusedMLP)]
+    assert fused
+    assert {(m.fc1.unary, m.fc1.algorithm) for m in fused} == {("gelu", "none")}
+    pixels = list(np.random.default_rng(3).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8))
+    for kind, inputs in (("image", pixels), ("text", ["a cat", "two dogs on a sofa"])):
+        got, expected = packed.embed(kind, inputs), default.embed(kind, inputs)  # type: ignore[arg-type]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["quick_gelu", "gelu"])
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_a_fused_mlp_block_computes_the_block(activation: str, dtype_name: str) -> None:
+    import torch
+    from transformers.activations import ACT2FN
+
+    from clip_client._onednn import FusedMLP, _mlp_activation
+
+    if not torch._C._has_mkldnn:
+        pytest.skip("this torch build has no oneDNN")
+    dtype = getattr(torch, dtype_name)
+    torch.manual_seed(0)
+    block = torch.nn.Module()
+    block.fc1, block.fc2 = torch.nn.Linear(48, 192), torch.nn.Linear(192, 48)
+    block.activation_fn = ACT2FN[activation]
+    block.to(dtype)
+    assert _mlp_activation(block) == activation
+    x = torch.randn(2, 7, 48, dtype=dtype) * 3  # wide enough that the activation's tails matter
+    with torch.inference_mode():
+        expected = block.fc2(block.activation_fn(block.fc1(x))).float()
+        got = FusedMLP(block.fc1, block.fc2, activation)(x).float()
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    scale = float(expected.abs().max())
+    assert float((got - expected).abs().max()) <= tolerance * scale
+    with pytest.raises(ValueError, match="relu"):
+        FusedMLP(block.fc1, block.fc2, "relu")
+
+
+def test_a_block_whose_forward_is_not_fc2_of_act_of_fc1_keeps_its_layers_apart() -> None:
+    """`pack_linears` checks the fused block against the block's own forward; one that does more
+    (here a residual) than fc2(act(fc1(x))) keeps that forward, with its two layers packed."""
+    import torch
+    from transformers.activations import ACT2FN
+
+    from clip_client._onednn import FusedMLP, PackedLinear, pack_linears
+
+    if not torch._C._has_mkldnn:
+        pytest.skip("this torch build has no oneDNN")
+
+    class Residual(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = torch.nn.Linear(32, 64), torch.nn.Linear(64, 32)
+            self.activation_fn = ACT2FN["quick_gelu"]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = x + self.fc2(self.activation_fn(self.fc1(x)))
+            return out
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Residual(), torch.nn.Linear(32, 32), Residual())
+    x = torch.randn(3, 5, 32)
+    with torch.inference_mode():
+        expected = model(x)
+        assert pack_linears(model, torch.float32)
+        got = model(x)
+    assert not any(isinstance(m, FusedMLP) for m in model.modules())
+    assert [type(m) for m in model] == [Residual, PackedLinear, Residual]
+    assert all(type(m.fc1) is PackedLinear and type(m.fc2) is PackedLinear for m in (model[0], model[2]))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 # A closed client: a stream that `close` overtook raises the client's own closed error
