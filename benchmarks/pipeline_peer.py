@@ -347,6 +347,10 @@ def find_peer_python(given: str | None) -> str | None:
         )
         if check.returncode == 0:
             return python
+        if candidate:  # asked for by name: say why it cannot be used rather than compare with another peer
+            raise SystemExit(
+                f"{python} cannot import clip-retrieval:\n{check.stderr.decode(errors='replace')[-2000:]}"
+            )
     return None
 
 
@@ -395,11 +399,11 @@ def scale_rows(
     )
     if not peer and "clip-retrieval" not in chosen:
         lines.append("# clip-retrieval is not installed here: the peer is the DataLoader loop users write")
-    lines.append(f"# clip_client's Linear layers through oneDNN: {ours['onednn']}")
+    lines.append(f"# clip_client's Linear layers (MLP activations fused in) through oneDNN: {ours['onednn']}")
     if alone is not None:
         lines.append(
             f"# model alone (one batch of random pixels, {alone['threads']} torch threads): "
-            f"{alone['ceiling']:.2f} images/s with clip_client's Linear, "
+            f"{alone['ceiling']:.2f} images/s with clip_client's oneDNN layers, "
             f"{alone['ceiling_default_linear']:.2f} with PyTorch's default"
         )
     lines += [

@@ -29,8 +29,8 @@ class PackedLinear(torch.nn.Module):
 
     `unary`/`algorithm` name a oneDNN eltwise post-op applied to the output inside the same kernel
     (PyTorch's `mkldnn` fusion names: "none", "swish" (x * sigmoid(x)), "gelu" with algorithm "none"
-    (erf) or "tanh"); `scale` multiplies the weight and `bias_scale` the bias, in float32, before the
-    weight is packed (how `FusedMLP` folds QuickGELU's 1.702 into the layers)."""
+    (erf) or "tanh"); `scale` multiplies the packed weight and `bias_scale` the bias (how `FusedMLP`
+    folds QuickGELU's 1.702 into the layers)."""
 
     def __init__(
         self,
@@ -45,7 +45,11 @@ class PackedLinear(torch.nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.unary, self.algorithm = unary, algorithm
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(_scaled(linear.weight, scale), None)
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        if scale != 1.0:
+            # in place on the packed copy: a scaled copy of a large weight made before packing
+            # would be freed after it, and glibc's heap keeps such holes (+1 GB at a ViT-L/14 load)
+            self.packed.mul_(scale)
         self.bias = None if linear.bias is None else _scaled(linear.bias, bias_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +64,7 @@ class PackedLinear(torch.nn.Module):
 
 
 def _scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
-    """`tensor * scale` computed in float32 and cast back (a no-op copy-free view when scale is 1)."""
+    """`tensor * scale` computed in float32 and cast back (`tensor` itself when scale is 1)."""
     tensor = tensor.detach()
     return tensor if scale == 1.0 else (tensor.float() * scale).to(tensor.dtype)
 

@@ -92,7 +92,10 @@ class LocalBackend:
             a batch of 8; `benchmarks/pipeline_peer.py` measures the whole model. The rows are not
             bit-identical to the default path's (another summation order: a relative difference of
             4e-7 on that layer's output), as two BLAS libraries never are; the tests hold the two
-            within 1e-5 of each other.
+            within 1e-5 of each other. The MLP blocks' activation (QuickGELU or exact GELU) then
+            runs inside the first layer's kernel as a oneDNN post-op, once one block is checked
+            against its own forward at load: ViT-L/14 alone went from 1.80 to 2.40 images/s on
+            that machine (batch 8, float32), with rows equal to 1 - cosine of about 1e-7.
         progress: show transformers' "Loading weights" bar while the checkpoint loads (off by
             default). A first download from the hub shows huggingface_hub's download bars either
             way; `HF_HUB_DISABLE_PROGRESS_BARS`, when set, has priority over this argument.
