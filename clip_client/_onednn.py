@@ -69,8 +69,8 @@ def _scaled(tensor: torch.Tensor, scale: float) -> torch.Tensor:
     return tensor if scale == 1.0 else (tensor.float() * scale).to(tensor.dtype)
 
 
-#: QuickGELU(x) = x * sigmoid(1.702 x) (OpenAI CLIP's activation; transformers' `QuickGELUActivation`).
 QUICK_GELU_ALPHA = 1.702
+"""QuickGELU(x) = x * sigmoid(1.702 x): OpenAI CLIP's activation (transformers' `QuickGELUActivation`)."""
 
 
 class FusedMLP(torch.nn.Module):
