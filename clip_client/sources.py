@@ -28,6 +28,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import io
 import os
 import re
 import tarfile
@@ -37,9 +38,18 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import IO, Any, NamedTuple
 
-from .errors import InvalidInputError
+from ._remote.volumes import VolumeFiles, volume_files, volume_path
+from .errors import APIError, APIStatusError, InvalidInputError
 
-__all__ = ["IMAGE_GLOBS", "TAR_SUFFIXES", "NothingFoundError", "SourceItem", "Stamp", "iter_images"]
+__all__ = [
+    "IMAGE_GLOBS",
+    "TAR_SUFFIXES",
+    "NothingFoundError",
+    "SourceItem",
+    "SourceNotFoundError",
+    "Stamp",
+    "iter_images",
+]
 
 IMAGE_GLOBS: tuple[str, ...] = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.tif", "*.tiff", "*.webp")
 """The file names [`iter_images`][clip_client.iter_images] picks from a folder, a prefix or a shard
@@ -482,6 +492,12 @@ def _items_of(
     if _is_uri(source):
         yield from _uri_items(source, recursive, patterns, storage_options, hold=hold)
         return
+    volume = volume_path(source)
+    if volume is not None:
+        if not os.path.lexists(volume):  # off-cluster: no FUSE mount, the Files API reads it
+            yield from _volume_items(source, volume, recursive, patterns, storage_options, hold=hold)
+            return
+        source = volume  # on a cluster: the mount, read as any local path
     path = os.path.normpath(source)
     if os.path.isdir(path):
         yield from _local_folder(path, source, recursive, patterns)
@@ -931,6 +947,139 @@ def _nanoseconds(value: object) -> int | None:
         except ValueError:
             return None
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Unity Catalog volumes off-cluster (the Files API)
+
+
+class SourceNotFoundError(InvalidInputError):
+    """A source names nothing: a Unity Catalog volume path, read off-cluster through the Files
+    API, that is neither a folder nor a file (a folder that is not there, a volume, schema or
+    catalog misspelt). A missing image file is not this error: it is one failed input, as a local
+    file that is not there is."""
+
+    def __init__(self, source: str, reason: str = "no such folder or file in the volume") -> None:
+        self.source = source
+        super().__init__(reason, path=source)
+
+
+def _volume_reader(storage_options: Mapping[str, Any] | None) -> VolumeFiles:
+    """The Files API reader for volume sources: `storage_options` may name the workspace
+    (`host`, `token`, `profile`, as databricks-sdk's `Config` takes them), else databricks-sdk's
+    default chain finds it (env vars, `~/.databrickscfg`, notebook auth)."""
+    options = dict(storage_options or {})
+    given = options.get("volume_files")
+    if isinstance(given, VolumeFiles):
+        return given
+    return volume_files(host=options.get("host"), token=options.get("token"), profile=options.get("profile"))
+
+
+def volume_item(key: str, path: str, files: VolumeFiles, *, stamp: Stamp | None = None) -> SourceItem:
+    """The item of the volume file `path` (`/Volumes/...`), keyed `key`, read through `files`."""
+    return SourceItem(key, source=key, stamp=stamp, reader=_volume_file_reader(files, path, key))
+
+
+def _volume_file_reader(files: VolumeFiles, path: str, key: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            return files.read(path)
+        except APIError as exc:
+            raise _volume_input_error(exc, key) from exc
+
+    return read
+
+
+def _volume_failure(exc: APIError) -> str:
+    """What the Files API said, in the words a local file's failure would use."""
+    if isinstance(exc, APIStatusError):
+        said = f"the Files API answered HTTP {exc.status_code}"
+        if exc.error_code:
+            said += f" {exc.error_code}"
+        said += f": {exc.message}"
+        if exc.status_code == 404:
+            return f"no such file ({said})"
+        if exc.status_code == 403:
+            return f"cannot access file: permission denied ({said}); READ VOLUME on the volume is needed"
+        if exc.status_code == 401:
+            return (
+                f"cannot access file: not authenticated ({said}); check DATABRICKS_HOST and "
+                "DATABRICKS_TOKEN, or the profile"
+            )
+    attempts = f" (gave up after {exc.attempts} attempts)" if exc.attempts > 1 else ""
+    return f"cannot read file through the Files API: {exc.message}{attempts}"
+
+
+def _volume_input_error(exc: APIError, key: str) -> InvalidInputError:
+    return InvalidInputError(_volume_failure(exc), path=key)
+
+
+def _volume_items(
+    source: str,
+    path: str,
+    recursive: bool,
+    patterns: Sequence[str],
+    storage_options: Mapping[str, Any] | None,
+    *,
+    hold: bool,
+) -> Iterator[SourceItem]:
+    """The items of a volume path read off-cluster: a folder's files, walked through the Files
+    API's paged listing a page at a time (subfolders as they come, in the service's order: memory
+    holds one page per level, never a whole folder), a shard, or one file. Keys are `source` as
+    given (`/Volumes/...` or `dbfs:/Volumes/...`) joined with the path below it."""
+    files = _volume_reader(storage_options)
+    base = source.rstrip("/")
+    root = path.rstrip("/")
+    try:
+        kind = files.kind(root)
+    except APIError as exc:
+        yield _failed(source, source, _volume_failure(exc))
+        return
+    if kind is None:
+        if _matches(root, patterns) or _is_shard(root):  # a missing file: one failed input
+            yield volume_item(source, root, files)
+            return
+        raise SourceNotFoundError(source)
+    what, stamp = kind
+    if what == "file":
+        if _is_shard(root):
+            yield from _tar_items(source, lambda: io.BytesIO(files.read(root)), patterns, hold=hold)
+        else:
+            yield volume_item(source, root, files, stamp=stamp)
+        return
+
+    def walk(directory: str, rel: str) -> Iterator[SourceItem]:
+        listing = files.entries(directory)
+        while True:
+            try:
+                entry = next(listing, None)
+            except APIError as exc:
+                if not rel:
+                    if isinstance(exc, APIStatusError) and exc.status_code == 404:
+                        raise SourceNotFoundError(source) from None
+                    raise InvalidInputError(
+                        f"cannot list folder: {_volume_failure(exc)}", path=source
+                    ) from None
+                yield _failed(f"{base}/{rel}", source, f"cannot list folder: {_volume_failure(exc)}")
+                return
+            if entry is None:
+                return
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir:
+                if recursive:
+                    yield from walk(entry.path, child)
+            elif _matches(entry.name, patterns):
+                key = f"{base}/{child}"
+                item = volume_item(key, entry.path, files, stamp=entry.stamp)
+                item.source = source
+                yield item
+
+    found = False
+    for item in walk(root, ""):
+        found = True
+        yield item
+    if not found:
+        raise NothingFoundError(source, patterns, recursive)
 
 
 # --------------------------------------------------------------------------------------------------
