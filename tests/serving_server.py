@@ -847,7 +847,9 @@ class FilesServer(ServingServer):
                     self._fs_error(method, injected, code, f"Injected HTTP {injected}")
                     return True
                 if any(path == d or path.startswith(d.rstrip("/") + "/") for d in server.denied):
-                    self._fs_error(method, 403, "PERMISSION_DENIED", f"User does not have READ VOLUME on {path}.")
+                    self._fs_error(
+                        method, 403, "PERMISSION_DENIED", f"User does not have READ VOLUME on {path}."
+                    )
                     return True
                 local = server.local(path)
                 if prefix == FS_FILES:

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _constants as C
@@ -276,6 +278,7 @@ def typed_error(exc: BaseException) -> APIError:
         exc = exc.__cause__
     if isinstance(exc, DatabricksError):
         message = redact(str(exc)).split(" Config: ", 1)[0]  # the SDK appends its config (host, auth)
+        status: int | None
         for name, status in _STATUSES:
             if isinstance(exc, getattr(platform, name)):
                 retry_after = getattr(exc, "retry_after_secs", None)
@@ -285,10 +288,27 @@ def typed_error(exc: BaseException) -> APIError:
                     error_code=exc.error_code,
                     retry_after=None if retry_after is None else float(retry_after),
                 )
+        status = _status_said(message)
+        if status is not None:  # a status databricks-sdk has no class for (502, 555...)
+            return status_error_class(status)(message, status_code=status, error_code=exc.error_code)
         return APIError(message or type(exc).__name__)
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
         return APIConnectionError(redact(f"{type(exc).__name__}: {exc}"))
     return APIError(redact(f"{type(exc).__name__}: {exc}"))
+
+
+_REASONS = {status.phrase: int(status) for status in HTTPStatus}
+_LOGGED_STATUS = re.compile(r"^< (\d{3}) ", re.MULTILINE)
+
+
+def _status_said(message: str) -> int | None:
+    """The HTTP status of an answer databricks-sdk has no class for, where its message tells: the
+    reason phrase alone (`Bad Gateway`: an answer without a body), or its request log's `< 502 ...`
+    line (a body it could not parse)."""
+    if message in _REASONS:
+        return _REASONS[message]
+    logged = _LOGGED_STATUS.search(message)
+    return int(logged.group(1)) if logged else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,7 +326,9 @@ def volume_files(
     (`host=`, `token=`, `profile=`) and databricks-sdk's default chain resolve: one per workspace
     and process, so its bound on requests in flight is shared."""
     if workspace is None:
-        return _files_for(host or None, token or None, profile or None)
+        # The default chain reads the environment: a reader per environment it was resolved in.
+        ambient = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(_AMBIENT)))
+        return _files_for(host or None, token or None, profile or None, ambient)
     return _files_of_workspace(workspace)
 
 
@@ -331,8 +353,14 @@ _readers: weakref.WeakKeyDictionary[Workspace, VolumeFiles] = weakref.WeakKeyDic
 _lock = threading.Lock()
 
 
-@functools.cache
-def _files_for(host: str | None = None, token: str | None = None, profile: str | None = None) -> VolumeFiles:
+_AMBIENT = ("DATABRICKS_", "ARM_", "AZURE_", "GOOGLE_")
+"""The environment variables databricks-sdk's default chain reads."""
+
+
+@functools.lru_cache(maxsize=16)
+def _files_for(
+    host: str | None, token: str | None, profile: str | None, ambient: tuple[tuple[str, str], ...]
+) -> VolumeFiles:
     from .._core.secrets import redact_library_logs
     from .workspace import resolve_workspace
 
