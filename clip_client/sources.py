@@ -1,5 +1,6 @@
 """Images from where large collections live: local folders, tar shards in the webdataset layout,
-and object stores (`s3://`, `gs://`, `abfss://`...) through fsspec.
+object stores (`s3://`, `gs://`, `abfss://`...) through fsspec, and Unity Catalog volumes
+(`/Volumes/...`) through the Files API where they are not mounted.
 
 ```python
 from clip_client import ClipClient, iter_images
@@ -186,6 +187,11 @@ def iter_images(
       item keyed by its name;
     - an object-store URI (`s3://bucket/prefix`, `gs://...`, `abfss://...`, `memory://...`): an
       object, or the objects below a prefix, as a local file or folder;
+    - a Unity Catalog volume path (`/Volumes/catalog/schema/volume/...`, or `dbfs:/Volumes/...`)
+      that is not mounted here (off a Databricks cluster): a file, or a folder's files matching
+      `globs` in the Files API's order, read through databricks-sdk's `WorkspaceClient().files`
+      (the listing streamed a page at a time; on a cluster it is a local path). A path that is
+      neither raises `SourceNotFoundError`, unless its name is an image's (one failed input);
     - a pattern. Braces (`shard-{000000..000099}.tar`, `{a,b}`) expand, in order and lazily (one
       name at a time, however large the range), in local paths and URIs alike; in a local path
       only when no file has that very name. `*`, `?` and `[` are glob characters only in a URI,
@@ -203,7 +209,8 @@ def iter_images(
         prefetch: objects of an object store read ahead of the consumer, by a pool of up to 16
             threads (0: each object is read when its item is read, in the caller's thread).
         storage_options: keyword arguments for the fsspec filesystem of URIs (credentials,
-            endpoint...), as `fsspec.open` takes them.
+            endpoint...), as `fsspec.open` takes them; for volume paths, the workspace (`host`,
+            `token`, `profile`), else databricks-sdk's default chain finds it.
         reread: the items of a plain (uncompressed) `.tar` shard read their member again, by
             offset, each time they are read, and the shard is listed by seeking over the members'
             data, instead of being read as a stream whose items hold their bytes: for a listing
@@ -219,7 +226,8 @@ def iter_images(
 
     Raises:
         InvalidInputError: a folder, prefix or shard holds nothing that _matches `globs` (raised
-            when it has been walked, with `path` set to it).
+            when it has been walked, with `path` set to it): `NothingFoundError`; a volume path
+            names nothing (`SourceNotFoundError`), or its folder cannot be listed at all.
         ImportError: a URI was given without fsspec or the store's plugin installed (the message
             says what to install).
         ValueError: `prefetch` is negative; a source has unbalanced braces (raised when it is
