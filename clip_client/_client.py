@@ -546,8 +546,8 @@ class _BaseClient:
         if os.path.lexists(path):
             return path if path != given else image
         workspace = getattr(self.backend, "workspace", None)
-        files = volume_files(workspace if isinstance(workspace, Workspace) else None)
-        return volume_item(str(given), path, files)
+        owner = workspace if isinstance(workspace, Workspace) else None
+        return volume_item(str(given), path, lambda: volume_files(owner))
 
     def _image_item(self, index: int, prepared: PreparedImage) -> Prepared:
         payload, nbytes = self.backend.payload("image", prepared)

@@ -983,15 +983,22 @@ def _volume_reader(storage_options: Mapping[str, Any] | None) -> VolumeFiles:
     return volume_files(host=options.get("host"), token=options.get("token"), profile=options.get("profile"))
 
 
-def volume_item(key: str, path: str, files: VolumeFiles, *, stamp: Stamp | None = None) -> SourceItem:
-    """The item of the volume file `path` (`/Volumes/...`), keyed `key`, read through `files`."""
+def volume_item(
+    key: str, path: str, files: VolumeFiles | Callable[[], VolumeFiles], *, stamp: Stamp | None = None
+) -> SourceItem:
+    """The item of the volume file `path` (`/Volumes/...`), keyed `key`, read through `files` (or
+    the reader `files()` gives when the item is first read: in the thread that reads it, since
+    building one may reach the network)."""
     return SourceItem(key, source=key, stamp=stamp, reader=_volume_file_reader(files, path, key))
 
 
-def _volume_file_reader(files: VolumeFiles, path: str, key: str) -> Callable[[], bytes]:
+def _volume_file_reader(
+    files: VolumeFiles | Callable[[], VolumeFiles], path: str, key: str
+) -> Callable[[], bytes]:
     def read() -> bytes:
+        reader = files if isinstance(files, VolumeFiles) else files()
         try:
-            return files.read(path)
+            return reader.read(path)
         except APIError as exc:
             raise _volume_input_error(exc, key) from exc
 
@@ -1039,7 +1046,7 @@ def _volume_items(
     base = source.rstrip("/")
     root = path.rstrip("/")
     try:
-        kind = files.kind(root)
+        kind = files.kind(root, file_first=_matches(root, patterns) or _is_shard(root))
     except APIError as exc:
         yield _failed(source, source, _volume_failure(exc))
         return

@@ -169,22 +169,26 @@ class VolumeFiles:
 
         return self._retried(download)
 
-    def kind(self, path: str) -> tuple[str, tuple[int, int] | None] | None:
+    def kind(self, path: str, *, file_first: bool = False) -> tuple[str, tuple[int, int] | None] | None:
         """What `path` is: `("dir", None)`, `("file", stamp)` (stamp: `(size, mtime in ns)` or None),
-        or None when it is neither (404)."""
-        try:
+        or None when it is neither (404). `file_first`: ask whether it is a file first (its name is
+        an image's), so that a file costs one request."""
+
+        def as_dir() -> tuple[str, tuple[int, int] | None] | None:
             self._retried(lambda: self.files.get_directory_metadata(path))
             return ("dir", None)
-        except APIStatusError as exc:
-            if exc.status_code != 404:
-                raise
-        try:
+
+        def as_file() -> tuple[str, tuple[int, int] | None] | None:
             meta = self._retried(lambda: self.files.get_metadata(path))
-        except APIStatusError as exc:
-            if exc.status_code == 404:
-                return None
-            raise
-        return ("file", _stamp(meta.content_length, _http_date_ns(meta.last_modified)))
+            return ("file", _stamp(meta.content_length, _http_date_ns(meta.last_modified)))
+
+        for ask in (as_file, as_dir) if file_first else (as_dir, as_file):
+            try:
+                return ask()
+            except APIStatusError as exc:
+                if exc.status_code != 404:
+                    raise
+        return None
 
     def entries(self, directory: str) -> Iterator[VolumeEntry]:
         """The entries of the folder `directory`, in the service's order, streamed a page at a time:
@@ -292,7 +296,8 @@ def typed_error(exc: BaseException) -> APIError:
         if status is not None:  # a status databricks-sdk has no class for (502, 555...)
             return status_error_class(status)(message, status_code=status, error_code=exc.error_code)
         return APIError(message or type(exc).__name__)
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+    dropped = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    if isinstance(exc, (*dropped, ConnectionError, TimeoutError)):
         return APIConnectionError(redact(f"{type(exc).__name__}: {exc}"))
     return APIError(redact(f"{type(exc).__name__}: {exc}"))
 
