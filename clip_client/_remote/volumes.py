@@ -209,7 +209,8 @@ class VolumeFiles:
                 if listing is None:  # (again): the entries already given are read past
                     listing = iter(self.files.list_directory_contents(directory))
                     for _ in range(given):
-                        next(listing)
+                        if next(listing, None) is None:  # the folder lost entries meanwhile
+                            return None
                 return next(listing, None)
             except BaseException:
                 listing = None
