@@ -34,10 +34,10 @@ import os
 import re
 import tarfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, TypeVar
 
 from ._remote.volumes import VolumeFiles, volume_files, volume_path
 from .errors import APIError, APIStatusError, InvalidInputError
@@ -1105,24 +1105,44 @@ def _read_ahead(items: Iterator[SourceItem], depth: int) -> Iterator[SourceItem]
     """`items`, the objects among them read by a pool of threads, `depth` ahead of the consumer.
     Items that hold their bytes, and local files (which the client reads in its own pool), pass
     through. Closing the iterator cancels the reads not yet started."""
+    return read_ahead_by(items, depth, lambda item: item)
+
+
+V = TypeVar("V")
+
+
+def read_ahead_by(
+    values: Iterable[V], depth: int, item_of: Callable[[V], object]
+) -> Generator[V, None, None]:
+    """`values`, those whose `item_of(value)` is a `SourceItem` read from a store (an object, a
+    volume file read through the Files API, a plain shard's member) read by a pool of up to 16
+    threads, `depth` ahead of the consumer; anything else passes through. Closing the iterator
+    cancels the reads not yet started. (The `images` command reads its pending inputs so.)"""
     pool: ThreadPoolExecutor | None = None
-    window: deque[SourceItem] = deque()
+    window: deque[V] = deque()
     try:
-        for item in items:
-            if item._reader is not None and item._data is None and not item._local:
+        for value in values:
+            item = item_of(value)
+            if (
+                isinstance(item, SourceItem)
+                and item._reader is not None
+                and item._data is None
+                and not item._local
+            ):
                 if pool is None:
                     pool = ThreadPoolExecutor(
                         min(depth, _MAX_PREFETCH_THREADS), thread_name_prefix="clip-fetch"
                     )
                 item._ahead = pool.submit(item._reader)
-            window.append(item)
+            window.append(value)
             if len(window) >= depth:
                 yield window.popleft()
         while window:
             yield window.popleft()
     finally:  # stopped early: the reads of items never handed out are not needed
-        for item in window:
-            if item._ahead is not None:
+        for value in window:
+            item = item_of(value)
+            if isinstance(item, SourceItem) and item._ahead is not None:
                 item._ahead.cancel()
         if pool is not None:  # reads of items handed out finish; the threads then end
             pool.shutdown(wait=False)

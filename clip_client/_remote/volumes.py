@@ -131,6 +131,8 @@ class VolumeFiles:
                 self.max_seen_in_flight = max(self.max_seen_in_flight, self.in_flight)
             try:
                 return call()
+            except APIError:
+                raise
             except Exception as exc:
                 raise typed_error(exc) from safe_cause(exc)
             finally:
