@@ -46,7 +46,8 @@ from ._core.wire import BACKEND_HINT, empty_result
 from ._core.zeroshot import DEFAULT_LOGIT_SCALE, LabelEmbeddings, ZeroShotResult, ZeroShotTask
 from ._remote.backend import RemoteBackend
 from ._remote.control_plane import state_timeout
-from ._remote.workspace import resolve_workspace, scoring_server_workspace
+from ._remote.volumes import volume_files, volume_path
+from ._remote.workspace import Workspace, resolve_workspace, scoring_server_workspace
 from .cache import CacheOption, CacheView, EmbeddingCache, backend_identity, namespace, open_cache
 from .errors import APIError, BackendError, ClipClientError, InvalidInputError
 from .types import (
@@ -517,7 +518,7 @@ class _BaseClient:
         ahead: deque[tuple[int, Future[PreparedImage]]] = deque()
         try:
             for i, image in enumerate(images):
-                ahead.append((i, pool.submit(prepare_input, image, i, opts)))
+                ahead.append((i, pool.submit(prepare_input, self._volume_source(image), i, opts)))
                 if len(ahead) >= lookahead:
                     yield ahead.popleft()
             while ahead:
@@ -525,6 +526,28 @@ class _BaseClient:
         finally:
             for _, fut in ahead:
                 fut.cancel()
+
+    def _volume_source(self, image: object) -> object:
+        """`image` as it is, except a Unity Catalog volume path (`/Volumes/...`, `dbfs:/Volumes/...`):
+        on a cluster, its FUSE mount's path; elsewhere, an item that reads it through the Files API
+        of this client's workspace (the default chain's for a local model), named by the path."""
+        if not isinstance(image, (str, os.PathLike)) or not os.fspath(image).startswith(
+            ("/Volumes/", "dbfs:/")
+        ):
+            return image
+        from .sources import SourceItem, volume_item  # on first use: import cost
+
+        if isinstance(image, SourceItem) or not isinstance(image, (str, os.PathLike)):
+            return image
+        given = os.fspath(image)
+        path = volume_path(given) if isinstance(given, str) else None
+        if path is None:
+            return image
+        if os.path.lexists(path):
+            return path if path != given else image
+        workspace = getattr(self.backend, "workspace", None)
+        owner = workspace if isinstance(workspace, Workspace) else None
+        return volume_item(str(given), path, lambda: volume_files(owner))
 
     def _image_item(self, index: int, prepared: PreparedImage) -> Prepared:
         payload, nbytes = self.backend.payload("image", prepared)

@@ -89,8 +89,20 @@ DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 DEFAULT_EMBEDDING_DIM = 768
 """ViT-L/14's embedding width; used only for the shape of an empty result."""
 
-RETRYABLE_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504})
-"""Status codes that are worth another attempt."""
+RETRYABLE_STATUS_CODES = frozenset({408, 429, 500, 502, 503, 504, 555})
+"""Status codes that are worth another attempt (555: an endpoint scaling up from zero)."""
+
+VOLUME_MAX_IN_FLIGHT = 16
+"""Files API requests (downloads, listing pages) one workspace's volume reader has in flight at once."""
+VOLUME_MAX_RETRIES = 5
+"""Retries of one Files API request that failed transiently (408/429/5xx, a dropped connection), on
+top of databricks-sdk's own retries of 429 and 503."""
+VOLUME_RETRY_DEADLINE = 300.0
+"""Seconds one Files API request may spend retrying."""
+
+SCALING_FROM_ZERO_STATUS = 555
+"""Databricks' own status (not HTTP's) for a serving endpoint that is scaling up from zero: retried
+like a 503 of a starting endpoint, within the call's deadline, without using up `max_retries`."""
 
 LOGGER_NAME = "clip_client"
 

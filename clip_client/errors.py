@@ -553,9 +553,24 @@ class RateLimitError(APIStatusError):
 
 
 class ServerError(APIStatusError):
-    """5xx: the endpoint failed, is scaling from zero, or timed out."""
+    """5xx: the endpoint failed, is scaling from zero, or timed out. Databricks answers 555 (its
+    own status) while an endpoint scales up from zero: retried like a 503 within the deadline."""
 
     default_status = 500
+
+    _scaling = (
+        "HTTP 555 is Databricks' answer while the endpoint scales up from zero (it can take minutes): "
+        "raise {retry_deadline} (or the call's deadline) to wait for it, or turn scale to zero off"
+    )
+    """The advice for a 555: the endpoint was still scaling up from zero when the wait ended."""
+
+    def advice(self, spelling: Spelling = python_spelling) -> str | None:
+        if self.status_code != 555:
+            return super().advice(spelling)
+        return spell_advice(self._scaling, spelling)
+
+    def _hint(self) -> str:
+        return spell_advice(self._scaling) if self.status_code == 555 else self.hint
 
 
 _STATUS_ERRORS: dict[int, type[APIStatusError]] = {

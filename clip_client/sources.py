@@ -1,5 +1,6 @@
 """Images from where large collections live: local folders, tar shards in the webdataset layout,
-and object stores (`s3://`, `gs://`, `abfss://`...) through fsspec.
+object stores (`s3://`, `gs://`, `abfss://`...) through fsspec, and Unity Catalog volumes
+(`/Volumes/...`) through the Files API where they are not mounted.
 
 ```python
 from clip_client import ClipClient, iter_images
@@ -28,18 +29,28 @@ from __future__ import annotations
 import fnmatch
 import functools
 import hashlib
+import io
 import os
 import re
 import tarfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from datetime import datetime
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, NamedTuple, TypeVar
 
-from .errors import InvalidInputError
+from ._remote.volumes import VolumeFiles, volume_files, volume_path
+from .errors import APIError, APIStatusError, InvalidInputError
 
-__all__ = ["IMAGE_GLOBS", "TAR_SUFFIXES", "NothingFoundError", "SourceItem", "Stamp", "iter_images"]
+__all__ = [
+    "IMAGE_GLOBS",
+    "TAR_SUFFIXES",
+    "NothingFoundError",
+    "SourceItem",
+    "SourceNotFoundError",
+    "Stamp",
+    "iter_images",
+]
 
 IMAGE_GLOBS: tuple[str, ...] = ("*.jpg", "*.jpeg", "*.png", "*.gif", "*.bmp", "*.tif", "*.tiff", "*.webp")
 """The file names [`iter_images`][clip_client.iter_images] picks from a folder, a prefix or a shard
@@ -176,6 +187,11 @@ def iter_images(
       item keyed by its name;
     - an object-store URI (`s3://bucket/prefix`, `gs://...`, `abfss://...`, `memory://...`): an
       object, or the objects below a prefix, as a local file or folder;
+    - a Unity Catalog volume path (`/Volumes/catalog/schema/volume/...`, or `dbfs:/Volumes/...`)
+      that is not mounted here (off a Databricks cluster): a file, or a folder's files matching
+      `globs` in the Files API's order, read through databricks-sdk's `WorkspaceClient().files`
+      (the listing streamed a page at a time; on a cluster it is a local path). A path that is
+      neither raises `SourceNotFoundError`, unless its name is an image's (one failed input);
     - a pattern. Braces (`shard-{000000..000099}.tar`, `{a,b}`) expand, in order and lazily (one
       name at a time, however large the range), in local paths and URIs alike; in a local path
       only when no file has that very name. `*`, `?` and `[` are glob characters only in a URI,
@@ -193,7 +209,8 @@ def iter_images(
         prefetch: objects of an object store read ahead of the consumer, by a pool of up to 16
             threads (0: each object is read when its item is read, in the caller's thread).
         storage_options: keyword arguments for the fsspec filesystem of URIs (credentials,
-            endpoint...), as `fsspec.open` takes them.
+            endpoint...), as `fsspec.open` takes them; for volume paths, the workspace (`host`,
+            `token`, `profile`), else databricks-sdk's default chain finds it.
         reread: the items of a plain (uncompressed) `.tar` shard read their member again, by
             offset, each time they are read, and the shard is listed by seeking over the members'
             data, instead of being read as a stream whose items hold their bytes: for a listing
@@ -209,7 +226,8 @@ def iter_images(
 
     Raises:
         InvalidInputError: a folder, prefix or shard holds nothing that _matches `globs` (raised
-            when it has been walked, with `path` set to it).
+            when it has been walked, with `path` set to it): `NothingFoundError`; a volume path
+            names nothing (`SourceNotFoundError`), or its folder cannot be listed at all.
         ImportError: a URI was given without fsspec or the store's plugin installed (the message
             says what to install).
         ValueError: `prefetch` is negative; a source has unbalanced braces (raised when it is
@@ -482,6 +500,12 @@ def _items_of(
     if _is_uri(source):
         yield from _uri_items(source, recursive, patterns, storage_options, hold=hold)
         return
+    volume = volume_path(source)
+    if volume is not None:
+        if not os.path.lexists(volume):  # off-cluster: no FUSE mount, the Files API reads it
+            yield from _volume_items(source, volume, recursive, patterns, storage_options, hold=hold)
+            return
+        source = volume  # on a cluster: the mount, read as any local path
     path = os.path.normpath(source)
     if os.path.isdir(path):
         yield from _local_folder(path, source, recursive, patterns)
@@ -934,6 +958,146 @@ def _nanoseconds(value: object) -> int | None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Unity Catalog volumes off-cluster (the Files API)
+
+
+class SourceNotFoundError(InvalidInputError):
+    """A source names nothing: a Unity Catalog volume path, read off-cluster through the Files
+    API, that is neither a folder nor a file (a folder that is not there, a volume, schema or
+    catalog misspelt). A missing image file is not this error: it is one failed input, as a local
+    file that is not there is."""
+
+    def __init__(self, source: str, reason: str = "no such folder or file in the volume") -> None:
+        self.source = source
+        super().__init__(reason, path=source)
+
+
+def _volume_reader(storage_options: Mapping[str, Any] | None) -> VolumeFiles:
+    """The Files API reader for volume sources: `storage_options` may name the workspace
+    (`host`, `token`, `profile`, as databricks-sdk's `Config` takes them), else databricks-sdk's
+    default chain finds it (env vars, `~/.databrickscfg`, notebook auth)."""
+    options = dict(storage_options or {})
+    given = options.get("volume_files")
+    if isinstance(given, VolumeFiles):
+        return given
+    return volume_files(host=options.get("host"), token=options.get("token"), profile=options.get("profile"))
+
+
+def volume_item(
+    key: str, path: str, files: VolumeFiles | Callable[[], VolumeFiles], *, stamp: Stamp | None = None
+) -> SourceItem:
+    """The item of the volume file `path` (`/Volumes/...`), keyed `key`, read through `files` (or
+    the reader `files()` gives when the item is first read: in the thread that reads it, since
+    building one may reach the network)."""
+    return SourceItem(key, source=key, stamp=stamp, reader=_volume_file_reader(files, path, key))
+
+
+def _volume_file_reader(
+    files: VolumeFiles | Callable[[], VolumeFiles], path: str, key: str
+) -> Callable[[], bytes]:
+    def read() -> bytes:
+        reader = files if isinstance(files, VolumeFiles) else files()
+        try:
+            return reader.read(path)
+        except APIError as exc:
+            raise _volume_input_error(exc, key) from exc
+
+    return read
+
+
+def _volume_failure(exc: APIError) -> str:
+    """What the Files API said, in the words a local file's failure would use."""
+    if isinstance(exc, APIStatusError):
+        said = f"the Files API answered HTTP {exc.status_code}"
+        if exc.error_code:
+            said += f" {exc.error_code}"
+        said += f": {exc.message}"
+        if exc.status_code == 404:
+            return f"no such file ({said})"
+        if exc.status_code == 403:
+            return f"cannot access file: permission denied ({said}); READ VOLUME on the volume is needed"
+        if exc.status_code == 401:
+            return (
+                f"cannot access file: not authenticated ({said}); check DATABRICKS_HOST and "
+                "DATABRICKS_TOKEN, or the profile"
+            )
+    attempts = f" (gave up after {exc.attempts} attempts)" if exc.attempts > 1 else ""
+    return f"cannot read file through the Files API: {exc.message}{attempts}"
+
+
+def _volume_input_error(exc: APIError, key: str) -> InvalidInputError:
+    return InvalidInputError(_volume_failure(exc), path=key)
+
+
+def _volume_items(
+    source: str,
+    path: str,
+    recursive: bool,
+    patterns: Sequence[str],
+    storage_options: Mapping[str, Any] | None,
+    *,
+    hold: bool,
+) -> Iterator[SourceItem]:
+    """The items of a volume path read off-cluster: a folder's files, walked through the Files
+    API's paged listing a page at a time (subfolders as they come, in the service's order: memory
+    holds one page per level, never a whole folder), a shard, or one file. Keys are `source` as
+    given (`/Volumes/...` or `dbfs:/Volumes/...`) joined with the path below it."""
+    files = _volume_reader(storage_options)
+    base = source.rstrip("/")
+    root = path.rstrip("/")
+    try:
+        kind = files.kind(root, file_first=_matches(root, patterns) or _is_shard(root))
+    except APIError as exc:
+        yield _failed(source, source, _volume_failure(exc))
+        return
+    if kind is None:
+        if _matches(root, patterns) or _is_shard(root):  # a missing file: one failed input
+            yield volume_item(source, root, files)
+            return
+        raise SourceNotFoundError(source)
+    what, stamp = kind
+    if what == "file":
+        if _is_shard(root):
+            yield from _tar_items(source, lambda: io.BytesIO(files.read(root)), patterns, hold=hold)
+        else:
+            yield volume_item(source, root, files, stamp=stamp)
+        return
+
+    def walk(directory: str, rel: str) -> Iterator[SourceItem]:
+        listing = files.entries(directory)
+        while True:
+            try:
+                entry = next(listing, None)
+            except APIError as exc:
+                if not rel:
+                    if isinstance(exc, APIStatusError) and exc.status_code == 404:
+                        raise SourceNotFoundError(source) from None
+                    raise InvalidInputError(
+                        f"cannot list folder: {_volume_failure(exc)}", path=source
+                    ) from None
+                yield _failed(f"{base}/{rel}", source, f"cannot list folder: {_volume_failure(exc)}")
+                return
+            if entry is None:
+                return
+            child = f"{rel}/{entry.name}" if rel else entry.name
+            if entry.is_dir:
+                if recursive:
+                    yield from walk(entry.path, child)
+            elif _matches(entry.name, patterns):
+                key = f"{base}/{child}"
+                item = volume_item(key, entry.path, files, stamp=entry.stamp)
+                item.source = source
+                yield item
+
+    found = False
+    for item in walk(root, ""):
+        found = True
+        yield item
+    if not found:
+        raise NothingFoundError(source, patterns, recursive)
+
+
+# --------------------------------------------------------------------------------------------------
 # Read-ahead
 
 
@@ -941,24 +1105,44 @@ def _read_ahead(items: Iterator[SourceItem], depth: int) -> Iterator[SourceItem]
     """`items`, the objects among them read by a pool of threads, `depth` ahead of the consumer.
     Items that hold their bytes, and local files (which the client reads in its own pool), pass
     through. Closing the iterator cancels the reads not yet started."""
+    return read_ahead_by(items, depth, lambda item: item)
+
+
+V = TypeVar("V")
+
+
+def read_ahead_by(
+    values: Iterable[V], depth: int, item_of: Callable[[V], object]
+) -> Generator[V, None, None]:
+    """`values`, those whose `item_of(value)` is a `SourceItem` read from a store (an object, a
+    volume file read through the Files API, a plain shard's member) read by a pool of up to 16
+    threads, `depth` ahead of the consumer; anything else passes through. Closing the iterator
+    cancels the reads not yet started. (The `images` command reads its pending inputs so.)"""
     pool: ThreadPoolExecutor | None = None
-    window: deque[SourceItem] = deque()
+    window: deque[V] = deque()
     try:
-        for item in items:
-            if item._reader is not None and item._data is None and not item._local:
+        for value in values:
+            item = item_of(value)
+            if (
+                isinstance(item, SourceItem)
+                and item._reader is not None
+                and item._data is None
+                and not item._local
+            ):
                 if pool is None:
                     pool = ThreadPoolExecutor(
                         min(depth, _MAX_PREFETCH_THREADS), thread_name_prefix="clip-fetch"
                     )
                 item._ahead = pool.submit(item._reader)
-            window.append(item)
+            window.append(value)
             if len(window) >= depth:
                 yield window.popleft()
         while window:
             yield window.popleft()
     finally:  # stopped early: the reads of items never handed out are not needed
-        for item in window:
-            if item._ahead is not None:
+        for value in window:
+            item = item_of(value)
+            if isinstance(item, SourceItem) and item._ahead is not None:
                 item._ahead.cancel()
         if pool is not None:  # reads of items handed out finish; the threads then end
             pool.shutdown(wait=False)

@@ -73,11 +73,11 @@ Make = Callable[..., Embedder]
 Serve = Callable[..., ServingServer]
 
 
-def start_server(stack: ExitStack, **options: Any) -> ServingServer:
+def start_server(stack: ExitStack, cls: type[ServingServer] = ServingServer, **options: Any) -> ServingServer:
     """The one factory of the tests' servers (the ``server`` and ``serve`` fixtures): a started
-    ``ServingServer(**options)``, stopped in the background (``ServingServer.stop_soon``) when
-    ``stack`` closes, at the end of its test."""
-    started = ServingServer(**options).__enter__()
+    ``cls(**options)`` (a ``ServingServer``, or a subclass such as ``FilesServer``), stopped in the
+    background (``ServingServer.stop_soon``) when ``stack`` closes, at the end of its test."""
+    started = cls(**options).__enter__()
     stack.callback(started.stop_soon)
     return started
 

@@ -750,3 +750,159 @@ class DataPlaneServer(ServingServer):
                 super().do_POST()
 
         return Handler
+
+
+#: Where the Files API lives (databricks-sdk's ``FilesAPI``): a file's bytes and metadata, a
+#: directory's listing and metadata, by absolute path (``/Volumes/catalog/schema/volume/...``).
+FS_FILES = "/api/2.0/fs/files"
+FS_DIRECTORIES = "/api/2.0/fs/directories"
+
+
+class FilesServer(ServingServer):
+    """A :class:`ServingServer` that is also the workspace's Files API over a Unity Catalog volume
+    tree: ``/Volumes/...`` is served from the local folder ``root`` (``root/main/default/photos/a.jpg``
+    is ``/Volumes/main/default/photos/a.jpg``), so one server answers a client's embeddings and its
+    reads of a volume.
+
+    - ``GET /api/2.0/fs/directories{path}``: the entries of a directory, sorted by name, ``page_size``
+      a page (``page_token``, as the service pages); ``HEAD``: 200 or 404.
+    - ``GET /api/2.0/fs/files{path}``: the file's bytes (streamed, with ``Content-Length`` and
+      ``Last-Modified``); ``HEAD``: the same headers, no body.
+    - Errors in Databricks' JSON shape: 404 ``NOT_FOUND`` for a path that is not there, 403
+      ``PERMISSION_DENIED`` for a path in ``denied``, 401 for a request without ``Bearer TOKEN``.
+    - ``transient``: statuses (429, 503...) answered, one each, to the next Files API requests,
+      before any normal answer (a 429 with ``Retry-After: 0``).
+
+    ``downloads`` counts the file GETs answered with bytes, by path; ``listings`` the directory
+    pages answered; ``fs_requests`` holds ``(method, path, query)`` of every Files API request.
+    """
+
+    def __init__(self, root: Any, *, page_size: int = 2, **options: Any) -> None:
+        from pathlib import Path
+
+        self.root = Path(root)
+        self.page_size = page_size
+        self.denied: set[str] = set()
+        self.transient: list[int] = []
+        self.downloads: Counter[str] = Counter()
+        self.listings = 0
+        self.fs_requests: list[tuple[str, str, str]] = []
+        super().__init__(**options)
+
+    def reset(self) -> None:
+        super().reset()
+        with self.lock:
+            self.denied = set()
+            self.transient = []
+            self.downloads = Counter()
+            self.listings = 0
+            self.fs_requests = []
+
+    def local(self, volume_path: str) -> Any:
+        """The local file or folder behind ``volume_path`` (``/Volumes/...``)."""
+        return self.root / volume_path.removeprefix("/Volumes/").strip("/")
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+        base: Any = super()._handler()
+
+        class Handler(base):  # type: ignore[misc,valid-type]
+            def do_GET(self) -> None:
+                if not self._files_api("GET"):
+                    super().do_GET()
+
+            def do_HEAD(self) -> None:
+                if not self._files_api("HEAD"):
+                    self._send(404, b"")
+
+            def _fs_error(self, method: str, status: int, code: str, message: str) -> None:
+                if method == "HEAD":  # a HEAD answer has no body
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {"Retry-After": "0"} if status == 429 else {}
+                self._error(status, code, message, headers)
+
+            def _files_api(self, method: str) -> bool:
+                from email.utils import formatdate
+                from urllib.parse import unquote, urlsplit
+
+                parts = urlsplit(self.path)
+                for prefix in (FS_FILES, FS_DIRECTORIES):
+                    if parts.path.startswith(prefix + "/"):
+                        break
+                else:
+                    return False
+                path = unquote(parts.path[len(prefix) :])
+                query = dict(parse_qsl(parts.query))
+                with server.lock:
+                    server.fs_requests.append((method, path, parts.query))
+                    injected = server.transient.pop(0) if server.transient else None
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    self._fs_error(method, 401, "UNAUTHENTICATED", "Invalid access token.")
+                    return True
+                if injected is not None:
+                    code = _ERROR_CODES.get(injected, "TEMPORARILY_UNAVAILABLE")
+                    self._fs_error(method, injected, code, f"Injected HTTP {injected}")
+                    return True
+                if any(path == d or path.startswith(d.rstrip("/") + "/") for d in server.denied):
+                    self._fs_error(
+                        method, 403, "PERMISSION_DENIED", f"User does not have READ VOLUME on {path}."
+                    )
+                    return True
+                local = server.local(path)
+                if prefix == FS_FILES:
+                    if not local.is_file():
+                        self._fs_error(method, 404, "NOT_FOUND", "The file being accessed is not found.")
+                        return True
+                    st = local.stat()
+                    headers = {
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(st.st_size),
+                        "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+                    }
+                    self.send_response(200)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    if method == "GET":
+                        with open(local, "rb") as f:
+                            while chunk := f.read(4096):  # streamed, a chunk at a time
+                                self.wfile.write(chunk)
+                        with server.lock:
+                            server.downloads[path] += 1
+                    return True
+                if not local.is_dir():
+                    self._fs_error(method, 404, "NOT_FOUND", "The directory being accessed is not found.")
+                    return True
+                if method == "HEAD":
+                    self._send(200, b"")
+                    return True
+                names = sorted(p.name for p in local.iterdir())
+                start = int(query.get("page_token") or 0)
+                size = int(query.get("page_size") or server.page_size)
+                size = min(size, server.page_size)
+                page = names[start : start + size]
+                contents = []
+                for name in page:
+                    child = local / name
+                    entry: dict[str, Any] = {
+                        "path": f"{path.rstrip('/')}/{name}" + ("/" if child.is_dir() else ""),
+                        "name": name,
+                        "is_directory": child.is_dir(),
+                    }
+                    if child.is_file():
+                        st = child.stat()
+                        entry["file_size"] = st.st_size
+                        entry["last_modified"] = st.st_mtime_ns // 1_000_000
+                    contents.append(entry)
+                body: dict[str, Any] = {"contents": contents}
+                if start + size < len(names):
+                    body["next_page_token"] = str(start + size)
+                with server.lock:
+                    server.listings += 1
+                self._send(200, json.dumps(body).encode())
+                return True
+
+        return Handler

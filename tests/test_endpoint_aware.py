@@ -486,6 +486,63 @@ async def test_a_ready_endpoint_without_scale_to_zero_still_counts_503_as_overlo
     assert start_logs(caplog) == []
 
 
+SCALING_555 = Reply(555, {"error_code": "TEMPORARILY_UNAVAILABLE", "message": "scaling up from zero"})
+"""Databricks' own status for an endpoint scaling up from zero."""
+
+
+@pytest.mark.server(dim=4)
+async def test_555s_of_an_endpoint_scaling_from_zero_are_waited_out_not_taken_for_overload(
+    make: Make, server: ServingServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Databricks answers 555 while an endpoint scales up from zero: retried as the 503s of a starting
+    endpoint are, even when nothing said it was starting, and never counted as overload."""
+    caplog.set_level(logging.INFO, logger="clip_client")
+    server.script = [SCALING_555] * 4
+    client = make(max_concurrency=4, max_retries=1)  # fewer retries than 555s: they are not counted
+    out = await client.embed_texts(["a"])
+
+    np.testing.assert_array_equal(out, text_rows(["a"], 4))
+    assert server.posts(TEXT) == 5
+    assert client.stats.overloads == 0
+    assert client.stats.concurrency_limit == 4  # not halved
+    logged = start_logs(caplog)
+    assert len(logged) == 1, logged
+    assert "scaling up from zero, and answered 555" in logged[0]
+
+
+@pytest.mark.server(dim=4)
+async def test_555s_past_the_call_s_deadline_name_the_scale_from_zero(
+    make: Make, server: ServingServer
+) -> None:
+    server.faults = Faults(status_for_all=555)
+    client = make(max_retries=1, retry_backoff=0.05, retry_backoff_max=0.05)
+    with pytest.raises(APITimeoutError) as info:
+        await client.embed_texts(["a"], deadline=1.5)
+    text = str(info.value)
+    assert "deadline of 1.5s" in text
+    assert "HTTP 555" in text
+    assert "scales up from zero" in text
+    assert isinstance(info.value.__cause__, ServerError)
+    assert info.value.__cause__.status_code == 555
+    assert server.posts(TEXT) > 2  # past max_retries: only the deadline stopped it
+    assert client.stats.overloads == 0
+
+
+@pytest.mark.server(dim=4)
+async def test_555s_past_retry_deadline_raise_a_server_error_that_says_so(
+    make: Make, server: ServingServer
+) -> None:
+    server.faults = Faults(status_for_all=555)
+    client = make(max_retries=1, retry_backoff=0.02, retry_backoff_max=0.02, retry_deadline=1.0)
+    with pytest.raises(ServerError) as info:
+        await client.embed_texts(["a"])
+    assert info.value.status_code == 555
+    assert info.value.attempts > 2
+    assert "HTTP 555" in str(info.value)
+    assert "scales up from zero" in str(info.value)
+    assert "retry_deadline" in (info.value.advice() or "")
+
+
 # --------------------------------------------------------------------------------------------------
 # Fresh-tester findings
 

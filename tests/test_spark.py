@@ -1014,3 +1014,38 @@ def test_the_udfs_run_under_spark_connect(server: ServingServer, image_dir: Path
     assert "InvalidInputError: Spark partition 0, row 1 (counted from 0 within the partition)" in line, line
     assert "gone.png" in line, line
     assert "no such file" in line, line
+
+
+def test_a_volume_path_column_is_read_through_the_files_api_off_cluster(
+    spark: SparkSession, serve: Any, tmp_path: Path
+) -> None:
+    """Off a cluster, `/Volumes/...` in a path column (and binaryFile's `dbfs:/Volumes/...`) names
+    no local file: each worker's client reads it through its workspace's Files API (a loopback fake
+    that is also the serving endpoint). A file that is not there is a bad row naming its path."""
+    from serving_server import FilesServer
+
+    root = tmp_path / "volumes"
+    photos = root / "main" / "default" / "photos"
+    photos.mkdir(parents=True)
+    names = []
+    for i in range(12):
+        fmt, ext = (("PNG", "png"), ("JPEG", "jpg"))[i % 2]
+        names.append(f"img_{i:02d}.{ext}")
+        (photos / names[-1]).write_bytes(encode(Image.fromarray(picture(50 + i, 40 + 2 * i, seed=i)), fmt))
+    files = serve(cls=FilesServer, root=root)
+    volume = "/Volumes/main/default/photos"
+    paths = [f"{volume}/{n}" if i % 3 else f"dbfs:{volume}/{n}" for i, n in enumerate(names)]
+    paths.append(f"{volume}/gone.jpg")
+    df = spark.createDataFrame(list(enumerate(paths)), "id int, p string").repartition(3)
+    options = opts(files, timeout=47)
+    out = cs.embed_table(df, "p", "image", error_column="why", image_column="path", **options)
+    rows = collect(out, "embedding", "why")
+    with ClipClient(**options) as client:
+        want = client.embed_images([str(photos / n) for n in names])
+    assert np.array_equal(matrix([r[0] for r in rows[:-1]]), want)
+    embedding, why = rows[-1]
+    assert embedding is None
+    assert f"{volume}/gone.jpg" in why, why
+    assert "no such file" in why, why
+    assert TOKEN not in why
+    assert sum(files.downloads.values()) == len(names)

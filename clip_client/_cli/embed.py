@@ -10,7 +10,7 @@ import re
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, cast
 
@@ -420,7 +420,11 @@ def _rows(n: int) -> str:
 
 
 def gather_images(
-    paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str]
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool,
+    globs: Sequence[str],
+    workspace: Mapping[str, str | None] | None = None,
 ) -> list[str]:
     """The images of the arguments, each once, as `list_images` lists them, in a list (for the
     commands that hold their results whole anyway, `classify`).
@@ -433,7 +437,7 @@ def gather_images(
         OutputError: as `list_images`.
     """
     with Ledger() as ledger:
-        relist = list_images(paths, recursive=recursive, globs=globs, ledger=ledger)
+        relist = list_images(paths, recursive=recursive, globs=globs, ledger=ledger, workspace=workspace)
         ledger.plan()  # no row is done: every input is to list
         listed = [item for item, _ in ledger.pending(relist())]
         # Gone since it was listed: kept as a path, so that it fails (and is reported) when read.
@@ -441,16 +445,27 @@ def gather_images(
 
 
 def _listing(
-    paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str]
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool,
+    globs: Sequence[str],
+    workspace: Mapping[str, str | None] | None = None,
 ) -> Iterator[str]:
     """Every image of the arguments, repeats included, as `clip_client.iter_images` lists them,
-    one at a time: a local file as its path (`str`), a shard member or object as its `SourceItem`."""
-    from ..sources import NothingFoundError, iter_images
+    one at a time: a local file as its path (`str`), a shard member, object or volume file (off a
+    cluster) as its `SourceItem`. `workspace` (`host`, `profile`) is where volumes are read."""
+    from ..errors import InvalidInputError
+    from ..sources import NothingFoundError, SourceNotFoundError, iter_images
 
     for given in paths:
         try:
             for image in iter_images(
-                [given], recursive=recursive, globs=globs or IMAGE_GLOBS, prefetch=0, reread=True
+                [given],
+                recursive=recursive,
+                globs=globs or IMAGE_GLOBS,
+                prefetch=0,
+                reread=True,
+                storage_options=workspace,
             ):
                 yield image.local_path or image
         except NothingFoundError as exc:
@@ -458,17 +473,31 @@ def _listing(
                 f"no images found in {os.fspath(given)} (patterns: {', '.join(globs or IMAGE_GLOBS)}"
                 f"{'' if exc.recursive else '; --recursive for subfolders'})"
             ) from None
+        except SourceNotFoundError as exc:
+            raise OutputError(
+                f"{os.fspath(given)}: {exc.reason} (read through the workspace's Files API: this is not a "
+                "Databricks cluster, where /Volumes is mounted); check the catalog, schema, volume and folder"
+            ) from None
+        except InvalidInputError as exc:  # a volume folder that cannot be listed at all
+            raise OutputError(str(exc)) from None
 
 
 def list_images(
-    paths: Sequence[str | os.PathLike[str]], *, recursive: bool, globs: Sequence[str], ledger: Ledger
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    recursive: bool,
+    globs: Sequence[str],
+    ledger: Ledger,
+    workspace: Mapping[str, str | None] | None = None,
 ) -> Callable[[], Iterator[str]]:
     """List the images of the arguments into `ledger` (its `inputs`, in order, with their stamps),
     each once, streaming: memory does not grow with their count. Listed by
     `clip_client.iter_images`: a file as given (in the order given); a folder's entries that match
     `globs` (default `IMAGE_GLOBS`, case-insensitive), sorted, from its subfolders too with
     `recursive`; a tar shard's images in the webdataset layout, keyed by their webdataset key; an
-    object-store URI's object, or the objects below it, keyed by URI; braces
+    object-store URI's object, or the objects below it, keyed by URI; a Unity Catalog volume path
+    (`/Volumes/...`, `dbfs:/Volumes/...`) that is not mounted here, through the Files API of
+    `workspace` (`host`, `profile`; else databricks-sdk's default chain), keyed by path; braces
     (`shard-{000..009}.tar`) and, in URIs, globs expanded. Paths are normalised
     (`os.path.normpath`: `photos/` and `photos` agree) but not made absolute. A path that does not
     exist, and a folder entry that is not a readable file (a dangling symlink...), is kept: it fails
@@ -488,7 +517,7 @@ def list_images(
     """
 
     def relist() -> Iterator[str]:
-        return _listing(paths, recursive=recursive, globs=globs)
+        return _listing(paths, recursive=recursive, globs=globs, workspace=workspace)
 
     # One row per image, as resume matches rows: by absolute path (symlinks not resolved), so that
     # `photos/a.jpg`, `./photos/a.jpg` and `$PWD/photos/a.jpg` are one input, the first spelling kept.
@@ -545,7 +574,8 @@ def images(
     paths: Annotated[
         list[str],
         typer.Argument(
-            help="Image files, folders, tar shards (webdataset) and object-store URIs (s3://, gs://, abfss://).",
+            help="Image files, folders, tar shards (webdataset), object-store URIs (s3://, gs://, abfss://) "
+            "and Unity Catalog volume paths (/Volumes/..., read through the Files API off a cluster).",
             show_default=False,
         ),
     ],
@@ -585,7 +615,9 @@ def images(
     """
     try:
         with Ledger() as ledger:
-            relist = list_images(paths, recursive=recursive, globs=glob or (), ledger=ledger)
+            relist = list_images(
+                paths, recursive=recursive, globs=glob or (), ledger=ledger, workspace=common.workspace()
+            )
             return _images(ledger, relist, paths, out, glob, strict, overwrite, part_rows, normalize, common)
     except sqlite3.Error as exc:  # the temporary folder is full or not writable
         raise OutputError(

@@ -303,6 +303,11 @@ class Common:
             return None
         return self.cache if self.cache is not None else default_cache_path()
 
+    def workspace(self) -> dict[str, str | None]:
+        """Where Unity Catalog volumes are read off a cluster (`--host`, `--profile`; else
+        databricks-sdk's default chain), as `iter_images`' `storage_options`."""
+        return {"host": self.host, "profile": self.profile}
+
     def client(self, *, normalize: bool | None = None) -> ClipClient:
         """The client these options describe (remote unless `--local`)."""
         from pydantic import ValidationError

@@ -104,6 +104,9 @@ METADATA_KEY = b"clip_client"
 """The key of the settings in a Parquet file's schema metadata."""
 # Rows a resumable run gathers before it writes them as one part file.
 DEFAULT_PART_ROWS = 1000
+READ_AHEAD = 16
+"""Images of a store (objects, volume files off a cluster, shard members) read ahead of the client,
+as `iter_images`' default `prefetch`: their latency overlaps the embedding of those before them."""
 # Rows read, assembled or written at a time when a file is streamed (about 25 MB of 768-d float32):
 # the memory of a finish, a resume or a search, whatever the row count.
 DEFAULT_CHUNK_ROWS = 8192
@@ -1909,12 +1912,19 @@ def _embedded(
     Raises:
         InvalidInputError: with `strict`, the first image that cannot be embedded (its path and reason).
     """
+    from ..sources import read_ahead_by
+
     sent: collections.deque[tuple[str, Stamp | None]] = collections.deque()
+    # Objects and volume files read ahead of the client (local files are read in its own pool).
+    ahead = read_ahead_by(todo, READ_AHEAD, lambda pair: pair[0])
 
     def images() -> Iterator[str]:
-        for item, stamp in todo:
-            sent.append((item, stamp))
-            yield item
+        try:
+            for item, stamp in ahead:
+                sent.append((item, stamp))
+                yield item
+        finally:
+            ahead.close()
 
     with client.iter_embed_images(_Counted(images(), count), on_error="mark", progress=progress) as stream:
         for _, vector in stream:  # every index comes, in input order (a failure as a NaN row)

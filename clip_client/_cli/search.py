@@ -372,7 +372,7 @@ def classify(
         given = template or []
         where = ("--template", list(range(1, len(given) + 1)), str(len(given)))
         raise typer.BadParameter(_label_problem(exc, given, where), param_hint="--template") from None
-    inputs = gather_images(paths, recursive=recursive, globs=glob or ())
+    inputs = gather_images(paths, recursive=recursive, globs=glob or (), workspace=common.workspace())
     if not inputs:
         raise OutputError(f"no images found in {', '.join(map(str, paths))}")
     with common.client() as client:

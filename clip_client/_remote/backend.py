@@ -165,8 +165,13 @@ class RemoteBackend:
         await self.control.aprepare(kind, ctx)
 
     def _expected(self, kind: InputKind, exc: BaseException) -> bool:
-        """Whether a failure was expected: a 503 while the endpoint may still be starting."""
-        return isinstance(exc, APIStatusError) and exc.status_code == 503 and self.control.starting(kind)
+        """Whether a failure was expected: a 555 (the endpoint says it is scaling up from zero), or a
+        503 while the endpoint may still be starting."""
+        if not isinstance(exc, APIStatusError):
+            return False
+        return exc.status_code == C.SCALING_FROM_ZERO_STATUS or (
+            exc.status_code == 503 and self.control.starting(kind)
+        )
 
     # -- payloads ------------------------------------------------------------------------------------
 
@@ -350,7 +355,9 @@ class RemoteBackend:
         """What the adaptive limit learns from an answer: 429/503 mean overload, except the 503s of an
         endpoint that may be starting, until its first answer that succeeds."""
         status = response.status_code
-        if status == 503 and (slot.expected_503 or self.control.starting(kind)):
+        if status == C.SCALING_FROM_ZERO_STATUS:
+            self.control.waiting_for_start(kind, "it is scaling up from zero, and answered 555")
+        elif status == 503 and (slot.expected_503 or self.control.starting(kind)):
             # A 503 to a request sent while the endpoint was starting is a start-up answer, even
             # when it arrives after a later request already succeeded.
             self.control.waiting_for_start(kind, "it may have scaled to zero, and answered 503")

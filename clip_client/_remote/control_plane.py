@@ -139,7 +139,7 @@ class RemoteControlPlane:
             self._start_logged.add(kind)
         logger.info(
             "endpoint %r: %s; waiting for it to start, up to retry_deadline=%gs per batch (its 503 "
-            "answers meanwhile are expected: they do not lower the concurrency limit nor use up "
+            "and 555 answers meanwhile are expected: they do not lower the concurrency limit nor use up "
             "max_retries)",
             self._endpoints[kind],
             why,

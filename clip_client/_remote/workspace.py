@@ -91,6 +91,7 @@ class _StaticTokenAuth(httpx.Auth):
 
     def __init__(self, token: str) -> None:
         self._header = f"Bearer {token}"
+        self.token = token
         register(token)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -136,7 +137,7 @@ class _ConfigAuth(httpx.Auth):
         return "_ConfigAuth()"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Workspace:
     """Where requests go and how they authenticate. Its repr never shows credentials.
 
@@ -152,6 +153,11 @@ class Workspace:
 
     def __repr__(self) -> str:
         return f"Workspace(host={self.host!r}, auth_type={self.auth_type!r})"
+
+    def static_token(self) -> str | None:
+        """The personal access token given explicitly (`host=` and `token=`), for databricks-sdk's
+        own clients of this workspace (the Files API of volumes); None for a `Config`'s auth."""
+        return self.auth.token if isinstance(self.auth, _StaticTokenAuth) else None
 
     def data_plane_auth(self, url: str, authorization_details: str | None) -> httpx.Auth:
         """httpx auth for a route-optimized endpoint's data-plane `url`: a data-plane OAuth token,
