@@ -678,6 +678,9 @@ def _upsert_rows(
     return rows
 
 
+_ROW_SEPARATOR = len(", ")
+"""Bytes between two rows of `inputs_json` (`json.dumps`' default item separator)."""
+
 _UPSERT_BODY_OVERHEAD = len(json.dumps({"inputs_json": "[]"}))
 """Bytes of the request body around its rows: `{"inputs_json": "[` and `]"}`."""
 
@@ -688,7 +691,7 @@ def plan_upserts(rows: Sequence[Mapping[str, Any]], max_request_bytes: int) -> l
     long as the bound allows. Returns the row numbers of each run.
 
     A row's cost is exact: its JSON, escaped again as part of the `inputs_json` string (every `"`
-    becomes `\\"`), plus the comma that joins it to the next.
+    becomes `\\"`), plus the `", "` that joins it to the one before.
 
     Raises:
         ValueError: one row alone is over the bound (the message names its number and size).
@@ -704,7 +707,7 @@ def plan_upserts(rows: Sequence[Mapping[str, Any]], max_request_bytes: int) -> l
                 f"row {i} alone makes a {alone:,}-byte upsert request, over max_request_bytes="
                 f"{max_request_bytes:,}: send fewer or shorter columns with it"
             )
-        extra = cost + (1 if run else 0)
+        extra = cost + (_ROW_SEPARATOR if run else 0)
         if run and size + extra > max_request_bytes:
             runs.append(run)
             run, size, extra = [], _UPSERT_BODY_OVERHEAD, cost
