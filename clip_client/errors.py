@@ -591,7 +591,7 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
 
 class VectorSearchError(ClipClientError):
     """Databricks Vector Search refused or failed a request of
-    [`clip_client.vector_search`][clip_client.vector_search], or an index cannot serve the client.
+    `clip_client.vector_search` ([guide](vector-search.md)), or an index cannot serve the client.
 
     The message names the index (or endpoint, or source table), what was asked, the HTTP status and
     `error_code` where the service answered one, and what to do. It is scrubbed of credentials.

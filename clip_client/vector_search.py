@@ -84,6 +84,9 @@ __all__ = [
     "VectorSearchResult",
     "create_direct_index",
     "create_index",
+    "plan_deletes",
+    "plan_upserts",
+    "wait_online",
 ]
 
 logger = logging.getLogger(LOGGER_NAME)
@@ -96,9 +99,9 @@ PAGE_SIZE = 1_000
 
 UPSERT_MAX_BYTES = 10_000_000
 """The most bytes of one `upsert-data` request body that `upsert` sends (10 MB, decimal). Databricks
-documents a 10 MB limit on a query's answer; I found no number for the upsert request in the
-documentation I could check, so the same 10 MB bound is kept, conservatively below Model Serving's
-16 MB. Pass `max_request_bytes=` to `upsert` to use another."""
+documents 10 MB for a query's answer ("Vector Search limits"); no figure for an upsert's body was
+found in the pages checked for this release, so the same bound is used, below Model Serving's 16 MB.
+Pass `max_request_bytes=` to `upsert` to use another."""
 
 DELETE_MAX_QUERY_BYTES = 6_000
 """The most bytes of the query string of one `delete-data` request (`DELETE` carries the keys in the
