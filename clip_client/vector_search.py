@@ -545,11 +545,14 @@ def _columns_list(columns: Iterable[str] | None, primary_key: str) -> list[str]:
     return list(dict.fromkeys([primary_key, *extra]))
 
 
-def _cosine(score: float) -> float:
-    """The cosine of unit vectors whose Vector Search score (`1 / (1 + d^2)`) is `score`."""
-    if score <= 0:
-        return -1.0
-    return max(-1.0, min(1.0, 1.0 - (1.0 / score - 1.0) / 2.0))
+def _cosines(scores: NDArray[np.float64]) -> NDArray[np.float32]:
+    """The cosines of unit vectors whose Vector Search scores (`1 / (1 + d^2)`) are `scores`,
+    clamped to `[-1, 1]` (float rounding); a score that is not positive gives -1."""
+    with np.errstate(divide="ignore"):
+        cos = 1.0 - (1.0 / scores - 1.0) / 2.0
+    cos = np.where(scores > 0, cos, -1.0)
+    out: NDArray[np.float32] = np.clip(cos, -1.0, 1.0).astype(np.float32)
+    return out
 
 
 def _search_steps(
@@ -608,9 +611,7 @@ def _result(
         score_at = names.index("score") if "score" in names else len(names) - 1
         keys = np.empty((1, len(rows)), dtype=object)
         keys[0, :] = [row[key_at] for row in rows]
-        scores = np.array([[_cosine(float(row[score_at])) for row in rows]], dtype=np.float32).reshape(
-            1, len(rows)
-        )
+        scores = _cosines(np.array([row[score_at] for row in rows], dtype=np.float64)).reshape(1, len(rows))
         values = {
             c: [row[names.index(c)] for row in rows] for c in columns if c != primary_key and c in names
         }

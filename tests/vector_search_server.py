@@ -80,6 +80,7 @@ class VectorSearchServer(ServingServer):
                     if index["type"] == "DELTA_SYNC":
                         table = self.tables[index["spec"]["source_table"]]
                         index["rows"] = {str(r[index["primary_key"]]): dict(r) for r in table["rows"]}
+                        index["cache"] = None
                     index["state"], index["ready"], index["message"] = (
                         "ONLINE_NO_PENDING_UPDATE",
                         True,
@@ -111,12 +112,21 @@ class VectorSearchServer(ServingServer):
         vector_column = index["spec"]["embedding_vector_columns"][0]["name"]
         query = np.asarray(body["query_vector"], dtype=np.float64)
         filters = json.loads(body["filters_json"]) if body.get("filters_json") else {}
-        rows = [r for r in index["rows"].values() if _matches(r, filters)]
-        scored = []
-        for row in rows:
-            d2 = float(np.sum((np.asarray(row[vector_column], dtype=np.float64) - query) ** 2))
-            scored.append((1.0 / (1.0 + d2), row))
-        scored.sort(key=lambda item: -item[0])
+        if filters:
+            rows = [r for r in index["rows"].values() if _matches(r, filters)]
+            matrix = np.asarray([r[vector_column] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+        else:  # the whole index: its matrix is kept until a write changes the rows
+            if index.get("cache") is None:
+                every = list(index["rows"].values())
+                stacked = np.asarray([r[vector_column] for r in every], dtype=np.float64)
+                index["cache"] = (every, stacked.reshape(len(every), -1))
+            rows, matrix = index["cache"]
+        if rows:
+            scores = 1.0 / (1.0 + np.sum((matrix - query) ** 2, axis=1))
+        else:
+            scores = np.zeros(0)
+        order = np.argsort(-scores, kind="stable")[:k]
+        scored = [(float(scores[i]), rows[i]) for i in order]
         data = [[row.get(c) for c in columns] + [score] for score, row in scored[:k]]
         manifest = {
             "column_count": len(columns) + 1,
@@ -230,6 +240,7 @@ class VectorSearchServer(ServingServer):
                 if self.upsert_limit is not None and len(body) > self.upsert_limit:
                     return 400, {"error_code": "INVALID_PARAMETER_VALUE", "message": "request too large"}
                 rows = json.loads(doc["inputs_json"])
+                index["cache"] = None
                 failed = [
                     str(r[index["primary_key"]])
                     for r in rows
@@ -244,6 +255,7 @@ class VectorSearchServer(ServingServer):
                 }
             if verb == "delete-data":
                 keys = parse_qs(urlsplit(raw_path).query).get("primary_keys", [])
+                index["cache"] = None
                 for key in keys:
                     index["rows"].pop(key, None)
                 return 200, {"status": "SUCCESS", "result": {"success_row_count": len(keys)}}
