@@ -652,7 +652,8 @@ def _upsert_rows(
         raise ValueError(f"{len(keys)} keys but {matrix.shape[0]} embeddings: give one row per key")
     if matrix.shape[1] != dim:
         raise DimensionMismatchError(
-            f"the embeddings are {matrix.shape[1]}-d, but the index holds {dim}-d vectors",
+            f"the embeddings are {matrix.shape[1]}-d, but the index holds {dim}-d vectors: embed them "
+            "with the model the index was created for",
             index_dim=dim,
             client_dim=int(matrix.shape[1]),
         )
@@ -1304,10 +1305,18 @@ def _existing(ws: WorkspaceClient, name: str) -> IndexDescription | None:
 
 
 def _differences(existing: IndexDescription, wanted: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The fields of `wanted` that `existing` does not have; Unity Catalog names (the source table)
+    compared as Unity Catalog compares them, case-insensitively."""
+
+    def same(key: str, have: Any, want: Any) -> bool:
+        if key == "source_table" and isinstance(have, str) and isinstance(want, str):
+            return have.lower() == want.lower()
+        return bool(have == want)
+
     return {
         key: (getattr(existing, key), value)
         for key, value in wanted.items()
-        if getattr(existing, key) != value
+        if not same(key, getattr(existing, key), value)
     }
 
 

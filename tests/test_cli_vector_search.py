@@ -146,3 +146,19 @@ def test_what_counts_as_an_index_name(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not is_index_name("dir/a.b.c")
     (tmp_path / "a.b.c").write_text("")
     assert not is_index_name("a.b.c")
+
+
+def test_search_an_index_with_an_image(vs: VectorSearchServer, tmp_path: Path) -> None:
+    from PIL import Image
+
+    matrix = _table(vs)
+    assert _cli("index", "create", INDEX, "--source-table", TABLE, "--endpoint", "clip-vs")[0] == 0
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(tmp_path / "q.png")
+    code, out, err = _cli("search", INDEX, "--image", "q.png", "-k", "4", "--no-cache")
+    assert code == 0, err
+    with ClipClient(host=vs.url, token=TOKEN) as client:
+        query = client.embed_image(tmp_path / "q.png")
+    top = cosine_topk(query, matrix, 4)
+    assert [line.split()[2] for line in out.splitlines()[1:]] == [
+        f"/Volumes/p/{i}.jpg" for i in top.indices[0]
+    ]

@@ -428,3 +428,36 @@ def test_the_async_index_answers_as_the_sync_one(vs: VectorSearchServer, client:
     assert list(found.keys[0]) == list(expected.keys[0])
     np.testing.assert_array_equal(found.scores, expected.scores)
     assert found.columns == expected.columns
+
+
+def test_errors_pickle_with_their_fields() -> None:
+    import pickle
+
+    error = UpsertFailedError("boom", failed_keys=["a"], written=3, index=INDEX, status_code=403)
+    back = pickle.loads(pickle.dumps(error))
+    assert (type(back), str(back), back.failed_keys, back.written, back.index, back.status_code) == (
+        UpsertFailedError,
+        "boom",
+        ["a"],
+        3,
+        INDEX,
+        403,
+    )
+    mismatch = pickle.loads(pickle.dumps(DimensionMismatchError("x", index_dim=512, client_dim=768)))
+    assert (mismatch.index_dim, mismatch.client_dim) == (512, 768)
+
+
+def test_upserting_vectors_of_another_width_is_refused(vs: VectorSearchServer, client: ClipClient) -> None:
+    index = create_direct_index(INDEX, endpoint="clip-vs", client=client, poll_interval=0)
+    with pytest.raises(DimensionMismatchError):
+        index.upsert(["a"], np.ones((1, DIM + 1), dtype=np.float32))
+    assert vs.posted("/upsert-data") == []
+
+
+def test_a_403_on_the_source_table_names_its_privileges(vs: VectorSearchServer, client: ClipClient) -> None:
+    _table(vs)
+    vs.refusals["/unity-catalog/tables/"] = (403, "PERMISSION_DENIED", "User does not have SELECT")
+    with pytest.raises(VectorSearchPermissionError) as caught:
+        create_index(INDEX, source_table=TABLE, endpoint="clip-vs", client=client)
+    assert f"SELECT on the source table {TABLE}" in str(caught.value)
+    assert vs.indexes == {}
