@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -216,11 +217,18 @@ class _Call:
 
     run: Callable[[], Any]
     action: str
-    """What was asked, for messages: "read index", "query index"..."""
+    """What was asked, for messages: "read", "query", "create"..."""
     index: str | None = None
     endpoint: str | None = None
     needs: str = ""
     """The privileges a 403 lacks, as a sentence ending without a full stop."""
+    subject: str | None = None
+    """What the call reads, when not the index or the endpoint ("source table main.x.y")."""
+    missing: str = (
+        "Check the name (an index is named catalog.schema.index) and the workspace; list what exists with "
+        "`databricks vector-search-indexes list-indexes ENDPOINT`"
+    )
+    """The advice of a 404."""
 
 
 def _perform(call: _Call) -> Any:
@@ -243,6 +251,8 @@ def _perform(call: _Call) -> Any:
 
 
 def _what(call: _Call) -> str:
+    if call.subject is not None:
+        return call.subject
     if call.index is not None:
         return f"index {call.index!r}"
     if call.endpoint is not None:
@@ -272,10 +282,15 @@ def _status_of(exc: Exception) -> int | None:
     return None
 
 
+_SDK_CONFIG_NOTE = re.compile(r"\.? (?:Config|Env): .*$")
+"""What databricks-sdk appends to the server's message of a 401/403: its own settings (secrets
+masked), which say nothing about the refusal."""
+
+
 def _refusal(exc: Exception, call: _Call) -> VectorSearchError:
     status = _status_of(exc)
     code = getattr(exc, "error_code", None)
-    said = " ".join(redact(str(exc)).split())
+    said = _SDK_CONFIG_NOTE.sub("", " ".join(redact(str(exc)).split())).rstrip(". ")
     head = " ".join(x for x in (f"HTTP {status}" if status else "", code or "") if x) or "an error"
     text = f"could not {call.action} {_what(call)}: {head}: {said}"
     where: dict[str, Any] = {
@@ -287,11 +302,7 @@ def _refusal(exc: Exception, call: _Call) -> VectorSearchError:
     if status == 403:
         return VectorSearchPermissionError(f"{text}. The identity needs {call.needs}", **where)
     if status == 404:
-        return VectorSearchNotFoundError(
-            f"{text}. Check the name (an index is named catalog.schema.index) and the workspace; "
-            "list what exists with `databricks vector-search-indexes list-indexes ENDPOINT`",
-            **where,
-        )
+        return VectorSearchNotFoundError(f"{text}. {call.missing}", **where)
     if status == 401:
         return VectorSearchError(
             f"{text}. Check DATABRICKS_TOKEN / DATABRICKS_HOST, the ~/.databrickscfg profile, or the OAuth "
@@ -406,7 +417,7 @@ def _described(name: str, info: Any) -> IndexDescription:
 
 def _describe_steps(ws: WorkspaceClient, name: str) -> Generator[_Call, Any, IndexDescription]:
     info = yield _Call(
-        lambda: ws.vector_search_indexes.get_index(name), "read index", index=name, needs=_query_needs(name)
+        lambda: ws.vector_search_indexes.get_index(name), "read", index=name, needs=_query_needs(name)
     )
     return _described(name, info)
 
@@ -571,7 +582,7 @@ def _search_steps(
         lambda: ws.vector_search_indexes.query_index(
             name, columns, query_vector=query, num_results=k, filters_json=filters_json
         ),
-        "query index",
+        "query",
         index=name,
         endpoint=described.endpoint,
         needs=needs,
@@ -594,7 +605,7 @@ def _search_steps(
                 endpoint_name=described.endpoint,
                 page_token=token,
             ),
-            "query index",
+            "query",
             index=name,
             endpoint=described.endpoint,
             needs=needs,
@@ -1031,7 +1042,7 @@ class VectorIndex(_IndexBase):
         _perform(
             _Call(
                 lambda: self.workspace.vector_search_indexes.sync_index(name),
-                "sync index",
+                "sync",
                 index=name,
                 needs=_sync_needs(name),
             )
@@ -1120,7 +1131,7 @@ def _index_state(ws: WorkspaceClient, name: str) -> tuple[bool, str, str | None,
     body = _perform(
         _Call(
             lambda: ws.api_client.do("GET", f"/api/2.0/vector-search/indexes/{name}"),
-            "read index",
+            "read",
             index=name,
             needs=_query_needs(name),
         )
@@ -1192,8 +1203,11 @@ def _check_source_table(ws: WorkspaceClient, table: str, needed: Sequence[str], 
     info = _perform(
         _Call(
             lambda: ws.tables.get(table),
-            "read source table",
+            "read",
             index=index,
+            subject=f"source table {table}",
+            missing="Check the table's name (catalog.schema.table) and that embed_table's output was saved "
+            "there (`df.write.saveAsTable(...)`)",
             needs=f"SELECT on the source table {table}, USE CATALOG on {catalog} and USE SCHEMA on "
             f"{catalog}.{schema}",
         )
@@ -1237,7 +1251,7 @@ def _ensure_endpoint(
         _perform(
             _Call(
                 lambda: ws.vector_search_endpoints.get_endpoint(endpoint),
-                "read endpoint",
+                "read",
                 endpoint=endpoint,
                 needs=needs,
             )
@@ -1259,7 +1273,7 @@ def _ensure_endpoint(
                 lambda: ws.vector_search_endpoints.create_endpoint(
                     name=endpoint, endpoint_type=EndpointType.STANDARD
                 ),
-                "create endpoint",
+                "create",
                 endpoint=endpoint,
                 needs="permission to create Vector Search endpoints in the workspace",
             )
@@ -1270,7 +1284,7 @@ def _ensure_endpoint(
         info = _perform(
             _Call(
                 lambda: ws.vector_search_endpoints.get_endpoint(endpoint),
-                "read endpoint",
+                "read",
                 endpoint=endpoint,
                 needs=needs,
             )
@@ -1420,7 +1434,7 @@ def create_index(
             _perform(
                 _Call(
                     lambda: ws.vector_search_indexes.sync_index(name),
-                    "sync index",
+                    "sync",
                     index=name,
                     needs=_sync_needs(name),
                 )
@@ -1439,7 +1453,7 @@ def create_index(
                 lambda: ws.vector_search_indexes.create_index(
                     name, endpoint, primary_key, VectorIndexType.DELTA_SYNC, delta_sync_index_spec=spec
                 ),
-                "create index",
+                "create",
                 index=name,
                 endpoint=endpoint,
                 needs=_create_needs(name, endpoint, source_table),
@@ -1544,7 +1558,7 @@ def create_direct_index(
                 lambda: ws.vector_search_indexes.create_index(
                     name, endpoint, primary_key, VectorIndexType.DIRECT_ACCESS, direct_access_index_spec=spec
                 ),
-                "create index",
+                "create",
                 index=name,
                 endpoint=endpoint,
                 needs=_create_needs(name, endpoint),
