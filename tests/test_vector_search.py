@@ -461,3 +461,25 @@ def test_a_403_on_the_source_table_names_its_privileges(vs: VectorSearchServer, 
         create_index(INDEX, source_table=TABLE, endpoint="clip-vs", client=client)
     assert f"SELECT on the source table {TABLE}" in str(caught.value)
     assert vs.indexes == {}
+
+
+def test_a_local_client_searches_with_its_own_model_and_width(
+    vs: VectorSearchServer, tiny_checkpoint: Any
+) -> None:
+    """The in-process model knows its width before any answer (no probe request), embeds the query,
+    and the service is reached through `workspace=`."""
+    from databricks.sdk import WorkspaceClient
+
+    workspace = WorkspaceClient(host=vs.url, token=TOKEN)
+    with ClipClient.local(str(tiny_checkpoint), device="cpu") as local:
+        width = local.backend.dim
+        assert width is not None
+        index = create_direct_index(
+            INDEX, endpoint="clip-vs", client=local, poll_interval=0, workspace=workspace
+        )
+        assert vs.indexes[INDEX]["spec"]["embedding_vector_columns"][0]["embedding_dimension"] == width
+        matrix = np.random.default_rng(7).standard_normal((40, width)).astype(np.float32)
+        index.upsert([f"k{i}" for i in range(40)], matrix)
+        result = index.search("a photo of a cat", k=5)
+        _same_as_topk(result, local.embed_text("a photo of a cat"), matrix, 5, [f"k{i}" for i in range(40)])
+    assert vs.inputs() == []  # no serving endpoint was asked anything
