@@ -834,10 +834,29 @@ async def _arun(steps: Generator[_Call, Any, _T]) -> _T:
 class _IndexBase:
     """What both shells share: the name, the workspace, the description read once."""
 
-    def __init__(self, name: str, workspace: WorkspaceClient) -> None:
+    def __init__(
+        self,
+        name: str,
+        client: ClipClient | AsyncClipClient,
+        workspace: WorkspaceClient | None,
+        *,
+        resolve: bool,
+    ) -> None:
         self.name = _check_name(name)
-        self.workspace = workspace
+        self._client = client
+        self._workspace = None if workspace is None else _workspace_of(client, workspace)
+        if resolve:
+            self._workspace = self.workspace
         self._described: IndexDescription | None = None
+
+    @property
+    def workspace(self) -> WorkspaceClient:
+        """The databricks-sdk `WorkspaceClient` the service is called with: `workspace=`, or the
+        one of the client's workspace, built on first use (building it may read the workspace's
+        host metadata over the network)."""
+        if self._workspace is None:
+            self._workspace = _workspace_of(self._client, None)
+        return self._workspace
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -918,7 +937,7 @@ class VectorIndex(_IndexBase):
     """
 
     def __init__(self, name: str, *, client: ClipClient, workspace: WorkspaceClient | None = None) -> None:
-        super().__init__(name, _workspace_of(client, workspace))
+        super().__init__(name, client, workspace, resolve=True)
         self.client = client
 
     def describe(self, *, refresh: bool = False) -> IndexDescription:
@@ -1069,13 +1088,20 @@ class AsyncVectorIndex(_IndexBase):
     def __init__(
         self, name: str, *, client: AsyncClipClient, workspace: WorkspaceClient | None = None
     ) -> None:
-        super().__init__(name, _workspace_of(client, workspace))
+        # The client's workspace is resolved on the first call, in a worker thread: building a
+        # WorkspaceClient may read the workspace's host metadata, which must not block the loop.
+        super().__init__(name, client, workspace, resolve=False)
         self.client = client
+
+    async def _ready(self) -> WorkspaceClient:
+        if self._workspace is None:
+            await asyncio.to_thread(lambda: self.workspace)
+        return self.workspace
 
     async def describe(self, *, refresh: bool = False) -> IndexDescription:
         """`VectorIndex.describe`, awaited."""
         if self._described is None or refresh:
-            self._described = await _arun(_describe_steps(self.workspace, self.name))
+            self._described = await _arun(_describe_steps(await self._ready(), self.name))
         return self._described
 
     async def search(
@@ -1113,6 +1139,7 @@ class AsyncVectorIndex(_IndexBase):
 
     async def delete(self, keys: Sequence[Any]) -> int:
         """`VectorIndex.delete`, awaited."""
+        await self._ready()
         return await _arun(self._delete_plan(keys))
 
 
