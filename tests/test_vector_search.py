@@ -483,3 +483,25 @@ def test_a_local_client_searches_with_its_own_model_and_width(
         result = index.search("a photo of a cat", k=5)
         _same_as_topk(result, local.embed_text("a photo of a cat"), matrix, 5, [f"k{i}" for i in range(40)])
     assert vs.inputs() == []  # no serving endpoint was asked anything
+
+
+def test_integer_keys_read_as_topk_indices(vs: VectorSearchServer, client: ClipClient) -> None:
+    """Rows keyed by their row number: `indices` is what `cosine_topk` gives for the same matrix."""
+    index = create_direct_index(
+        INDEX, endpoint="clip-vs", client=client, primary_key="row", primary_key_type="long", poll_interval=0
+    )
+    matrix = _vectors(200, seed=12)
+    index.upsert(list(range(200)), matrix)
+    query = _vectors(1, seed=13)[0]
+    result = index.search(query, k=8)
+    top = cosine_topk(query, matrix, 8)
+    np.testing.assert_array_equal(result.indices, top.indices)
+    assert result.indices.dtype == np.int64
+    with pytest.raises(TypeError, match="not an integer"):
+        _ = _index_with_text_keys(vs, client).search(query, k=2).indices
+
+
+def _index_with_text_keys(vs: VectorSearchServer, client: ClipClient) -> VectorIndex:
+    index = create_direct_index("main.photos.by_name", endpoint="clip-vs", client=client, poll_interval=0)
+    index.upsert(["a", "b", "c"], _vectors(3, seed=14))
+    return index
