@@ -187,7 +187,7 @@ def create(
 
 @index_app.command("sync")
 @handled
-@shared_options("model", "workspace")
+@shared_options("workspace")
 def sync(name: NameArg, no_wait: NoWaitOpt = False, timeout: TimeoutOpt = 3600.0, *, common: Common) -> int:
     """Ask a TRIGGERED Delta Sync index to read its table's changes, and wait until it is online."""
     from ..vector_search import VectorIndex
@@ -199,7 +199,7 @@ def sync(name: NameArg, no_wait: NoWaitOpt = False, timeout: TimeoutOpt = 3600.0
 
 @index_app.command("status")
 @handled
-@shared_options("model", "workspace")
+@shared_options("workspace")
 def status(name: NameArg, *, common: Common) -> int:
     """What the index is: type, endpoint, key, embedding column and width, state, rows."""
     from ..vector_search import VectorIndex
