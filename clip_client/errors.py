@@ -29,8 +29,11 @@ __all__ = [
     "ClipClientError",
     "ConfigurationError",
     "CredentialsError",
+    "DimensionMismatchError",
     "EndpointNotFoundError",
     "ImageDecodeError",
+    "IndexNotReadyError",
+    "IndexSpecMismatchError",
     "InvalidInputError",
     "ModelLoadError",
     "PayloadTooLargeError",
@@ -38,7 +41,12 @@ __all__ = [
     "RateLimitError",
     "ResponseFormatError",
     "ServerError",
+    "SourceTableError",
     "Spelling",
+    "UpsertFailedError",
+    "VectorSearchError",
+    "VectorSearchNotFoundError",
+    "VectorSearchPermissionError",
     "python_spelling",
 ]
 
@@ -590,3 +598,125 @@ def status_error_class(status_code: int) -> type[APIStatusError]:
     if status_code >= 500:
         return ServerError
     return APIStatusError
+
+
+# --------------------------------------------------------------------------------------------------
+# Vector Search (clip_client.vector_search)
+
+
+class VectorSearchError(ClipClientError):
+    """Databricks Vector Search refused or failed a request of
+    `clip_client.vector_search` ([guide](vector-search.md)), or an index cannot serve the client.
+
+    The message names the index (or endpoint, or source table), what was asked, the HTTP status and
+    `error_code` where the service answered one, and what to do. It is scrubbed of credentials.
+
+    Attributes:
+        index: the Vector Search index's Unity Catalog name (`catalog.schema.index`), when the error
+            concerns one.
+        endpoint: the Vector Search endpoint's name, when the error concerns one.
+        status_code: the HTTP status of the service's refusal; None when no request failed.
+        error_code: the service's `error_code` (`RESOURCE_DOES_NOT_EXIST`...), when it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: str | None = None,
+        endpoint: str | None = None,
+        status_code: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.error_code = None if error_code is None else shorten(redact(error_code), _QUOTED_CODE)
+        super().__init__(shorten(redact(message), _QUOTED_MESSAGE))
+
+
+class VectorSearchNotFoundError(VectorSearchError):
+    """404: no Vector Search index, endpoint or source table of that name (the message says which),
+    or one the identity cannot see."""
+
+
+class VectorSearchPermissionError(VectorSearchError):
+    """403: the identity lacks a privilege. The message lists the ones the call needs: `SELECT`
+    on the index (or source table) with `USE CATALOG` and `USE SCHEMA` on its catalog and schema,
+    and `CAN USE` (query) or `CAN MANAGE` (create, sync) on the endpoint."""
+
+
+class IndexNotReadyError(VectorSearchError):
+    """The index is not online: still provisioning, its sync failed, or it did not come online
+    within the wait's timeout.
+
+    Attributes:
+        state: the index's `detailed_state` (`PROVISIONING_INITIAL_SNAPSHOT`,
+            `OFFLINE_FAILED`...), or `"NOT_READY"` when the service gives none.
+        status_message: the index's own `status.message`, verbatim (scrubbed), or None.
+    """
+
+    def __init__(self, message: str, *, state: str, status_message: str | None = None, **where: Any) -> None:
+        self.state = state
+        self.status_message = None if status_message is None else redact(status_message)
+        super().__init__(message, **where)
+
+
+class DimensionMismatchError(VectorSearchError, ValueError):
+    """The index holds vectors of another width than the client's model embeds (a 512-d index
+    queried with ViT-L/14's 768-d embeddings). Raised before any query is sent.
+
+    Attributes:
+        index_dim: the index's `embedding_dimension`.
+        client_dim: the width of the client's embeddings.
+    """
+
+    def __init__(self, message: str, *, index_dim: int, client_dim: int, **where: Any) -> None:
+        self.index_dim = index_dim
+        self.client_dim = client_dim
+        super().__init__(message, **where)
+
+
+class IndexSpecMismatchError(VectorSearchError, ValueError):
+    """`create_index` found an index of that name whose specification differs from the one asked
+    for; nothing was changed.
+
+    Attributes:
+        differences: `{field: (existing, asked)}` for every field that differs.
+    """
+
+    def __init__(self, message: str, *, differences: dict[str, tuple[Any, Any]], **where: Any) -> None:
+        self.differences = differences
+        super().__init__(message, **where)
+
+
+class SourceTableError(VectorSearchError, ValueError):
+    """The Delta table a Delta Sync index would read cannot serve as its source: a column is
+    missing, or Change Data Feed is off. Raised before anything is created.
+
+    Attributes:
+        table: the source table's name.
+        statement: the SQL statement that fixes it, when one does (`ALTER TABLE ... SET
+            TBLPROPERTIES (delta.enableChangeDataFeed = true)`); None otherwise.
+    """
+
+    def __init__(self, message: str, *, table: str, statement: str | None = None, **where: Any) -> None:
+        self.table = table
+        self.statement = statement
+        super().__init__(message, **where)
+
+
+class UpsertFailedError(VectorSearchError):
+    """Some rows of an upsert (or keys of a delete) were not written: the service answered with
+    `failed_primary_keys` (or refused a request after earlier ones succeeded).
+
+    Attributes:
+        failed_keys: the primary keys not written, as the service names them (strings); for a
+            refused request, every key it carried.
+        written: how many rows (or keys) were written before and besides the failure.
+    """
+
+    def __init__(self, message: str, *, failed_keys: list[str], written: int, **where: Any) -> None:
+        self.failed_keys = failed_keys
+        self.written = written
+        super().__init__(message, **where)

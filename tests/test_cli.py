@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -1650,21 +1651,36 @@ def test_a_kill_at_any_step_leaves_what_the_same_command_finishes(
 # docs/cli.md's option tables, against the commands
 
 
+_COMMAND_NAME = r"`([a-z-]+(?: [a-z-]+)?)`"
+"""A command's name in docs/cli.md: `search`, or a sub-command's, `index create`."""
+
+
+def _leaf_commands() -> dict[str, Any]:
+    """Every command the user runs, by the name typed: a group's sub-commands as `group sub`."""
+    import typer
+
+    found: dict[str, Any] = {}
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        if hasattr(command, "commands"):  # a group (typer's own click may not be click's)
+            found.update({f"{name} {sub}": leaf for sub, leaf in command.commands.items()})
+        else:
+            found[name] = command
+    return found
+
+
 def _doc_options() -> set[tuple[str, str]]:
     """(command, option) of every row of docs/cli.md's option tables (first column "Option"): the
     commands of its "Commands" column ("every command": all), else those its section's heading names."""
     import re
 
-    import typer
-
-    commands = set(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    commands = set(_leaf_commands())
     text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
     found: set[tuple[str, str]] = set()
     section: set[str] = set()
     header: list[str] | None = None
     for line in text.splitlines():
         if line.startswith("## "):
-            section = {c for c in re.findall(r"`([a-z-]+)`", line) if c in commands}
+            section = {c for c in re.findall(_COMMAND_NAME, line) if c in commands}
         if not line.startswith("|"):
             header = None
             continue
@@ -1676,7 +1692,7 @@ def _doc_options() -> set[tuple[str, str]]:
             continue
         if "Commands" in header:
             cell = cells[header.index("Commands")]
-            names = commands if cell == "every command" else set(re.findall(r"`([a-z-]+)`", cell))
+            names = commands if cell == "every command" else set(re.findall(_COMMAND_NAME, cell))
             assert names <= commands, (line, names - commands)
         else:
             names = section
@@ -1694,11 +1710,10 @@ def _doc_options() -> set[tuple[str, str]]:
 
 
 def test_the_docs_option_tables_list_exactly_each_commands_options() -> None:
-    import typer
 
     real = {
         (name, option)
-        for name, command in typer.main.get_command(app).commands.items()  # type: ignore[attr-defined]
+        for name, command in _leaf_commands().items()
         for param in command.params
         if param.param_type_name == "option"
         for option in [*param.opts, *param.secondary_opts]

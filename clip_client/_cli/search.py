@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -28,6 +28,9 @@ from .outputs import (
     refuse_another_model,
     shown,
 )
+
+if TYPE_CHECKING:
+    from ..vector_search import VectorSearchResult
 
 # --------------------------------------------------------------------------------------------------
 # search, dedupe
@@ -76,7 +79,11 @@ def _echo_json(obj: dict[str, Any]) -> None:
 @shared_options("model", "workspace", "tuning", "images")
 def search(
     index: Annotated[
-        Path, typer.Argument(help="An output of `images` or `texts` (.parquet, .npy or .jsonl).")
+        Path,
+        typer.Argument(
+            help="An output of `images` or `texts` (.parquet, .npy or .jsonl), or a Databricks Vector "
+            "Search index by its Unity Catalog name (catalog.schema.index)."
+        ),
     ],
     query: Annotated[str | None, typer.Argument(help="The query text.", show_default=False)] = None,
     image: Annotated[
@@ -84,22 +91,48 @@ def search(
         typer.Option("--image", help="Query with this image instead of a text.", show_default=False),
     ] = None,
     k: Annotated[int, typer.Option("-k", "--top", min=1, help="How many results.")] = 10,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="With a Vector Search index: only rows where KEY=VALUE (repeatable; also 'KEY<VALUE', "
+            "'KEY>=VALUE', 'KEY NOT=VALUE'; a VALUE that is a JSON scalar is sent as one, e.g. 5 or true; "
+            "a KEY given twice matches any of its values).",
+            show_default=False,
+        ),
+    ] = None,
     json_lines: JsonOpt = False,
     *,
     common: Common,
 ) -> int:
     """The rows of INDEX nearest to a text (or --image) by cosine similarity, best first.
 
-    Exact search over every row. The query is embedded by the model that computed INDEX, as its
-    settings name it (a local checkpoint, or the serving endpoints): --local, --model and the
+    Exact search over every row of a file. The query is embedded by the model that computed INDEX,
+    as its settings name it (a local checkpoint, or the serving endpoints): --local, --model and the
     workspace options are only needed to say otherwise, and another model is refused.
 
+    INDEX may also be a Databricks Vector Search index (catalog.schema.index, see `clip-client
+    index`): the query is embedded by the serving endpoints (or --local) and the index answers,
+    with --filter conditions if given.
+
     Example: clip-client search photos.parquet "a red car" -k 5
+
+    Example: clip-client search main.photos.clip_index "a red car" --filter folder=maize
     """
     from ..search import cosine_topk
+    from .vector_search import is_index_name, parse_filters, search_index
 
     if (query is None) == (image is None):
         raise typer.BadParameter("give a query text or --image FILE (one of them)", param_hint="QUERY")
+    if is_index_name(index):
+        return search_index(
+            common, str(index), query, image, k, parse_filters(filters or []), json_lines, _show_index_hits
+        )
+    if filters:
+        raise typer.BadParameter(
+            "--filter applies to a Vector Search index (catalog.schema.index), not to a file",
+            param_hint="--filter",
+        )
     # The file is read a chunk at a time, each chunk's exact top-k merged into the running one:
     # memory does not grow with the file. Its first rows say its settings and width.
     chunks = read_chunks(index, role="INDEX", foreign=True)
@@ -135,21 +168,34 @@ def search(
             hits.sort(key=lambda hit: (-hit[0], hit[1]))
             del hits[k:]
         offset += len(chunk)
+    _show_hits(key, [(score, name, text) for score, _, name, text in hits], has_texts, json_lines)
+    return EXIT_OK
+
+
+def _show_hits(
+    key: str, hits: Sequence[tuple[float, Any, str | None]], has_texts: bool, json_lines: bool
+) -> None:
+    """The hits of a search, best first: a table (rank, score, key, text) or `--json` lines."""
     if json_lines:
-        for rank, (score, _, name, text) in enumerate(hits, 1):
+        for rank, (score, name, text) in enumerate(hits, 1):
             obj: dict[str, Any] = {"rank": rank, "score": _json_score(score), key: name}
             if has_texts:
                 obj["text"] = text
             _echo_json(obj)
-        return EXIT_OK
+        return
     header = ["rank", "score", key] + (["text"] if has_texts else [])
     table = [
         [str(rank), f"{_clamp(score):.4f}", shown(str(name))]
         + ([shown(" ".join(str(text).split()))] if has_texts else [])
-        for rank, (score, _, name, text) in enumerate(hits, 1)
+        for rank, (score, name, text) in enumerate(hits, 1)
     ]
     _print_table(header, table, right=(0, 1))
-    return EXIT_OK
+
+
+def _show_index_hits(result: VectorSearchResult, json_lines: bool) -> None:
+    """A Vector Search index's hits, as a file's are shown."""
+    hits = [(float(score), key, None) for key, score in zip(result.keys[0], result.scores[0], strict=True)]
+    _show_hits(result.primary_key, hits, False, json_lines)
 
 
 class DedupeMethod(str, Enum):

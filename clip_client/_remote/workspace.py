@@ -32,6 +32,7 @@ from ..errors import (
 )
 
 if TYPE_CHECKING:
+    from databricks.sdk import WorkspaceClient
     from databricks.sdk.core import Config
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "resolve_workspace",
     "scoring_server_workspace",
     "sdk_config",
+    "workspace_client",
 ]
 
 
@@ -91,7 +93,7 @@ class _StaticTokenAuth(httpx.Auth):
 
     def __init__(self, token: str) -> None:
         self._header = f"Bearer {token}"
-        self.token = token
+        self._token = token
         register(token)
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
@@ -157,7 +159,7 @@ class Workspace:
     def static_token(self) -> str | None:
         """The personal access token given explicitly (`host=` and `token=`), for databricks-sdk's
         own clients of this workspace (the Files API of volumes); None for a `Config`'s auth."""
-        return self.auth.token if isinstance(self.auth, _StaticTokenAuth) else None
+        return self.auth._token if isinstance(self.auth, _StaticTokenAuth) else None
 
     def data_plane_auth(self, url: str, authorization_details: str | None) -> httpx.Auth:
         """httpx auth for a route-optimized endpoint's data-plane `url`: a data-plane OAuth token,
@@ -393,6 +395,30 @@ def sdk_config(**options: Any) -> Config:
     `resolve_workspace` builds it: with this library's bounds on the network calls the SDK
     makes while it is built. For what needs the SDK itself (`WorkspaceClient`), such as deploy."""
     return _config_class()(**options)
+
+
+def workspace_client(workspace: Workspace) -> WorkspaceClient:
+    """databricks-sdk's `WorkspaceClient` for the workspace a client resolved: its own `Config`
+    when it was resolved through the SDK's chain, else one built for its explicit host and token
+    (as `deploy` builds it). For the services this library calls through the SDK (Vector Search,
+    Unity Catalog tables).
+
+    Raises:
+        ConfigurationError: a scoring server addressed by URL (`text_url`/`image_url`), which has
+            no workspace behind it.
+    """
+    from databricks.sdk import WorkspaceClient
+
+    if workspace.config is not None:
+        return WorkspaceClient(config=workspace.config)
+    if (token := workspace.static_token()) is not None:
+        return WorkspaceClient(config=sdk_config(host=workspace.host, token=token))
+    raise ConfigurationError(
+        f"the client talks to a scoring server by URL ({workspace.host}), which has no Databricks workspace",
+        setting="host",
+        advice="Pass {workspace=} (a databricks.sdk.WorkspaceClient), or build the client for a workspace "
+        "({host=} and {token=}, or a {profile=})",
+    )
 
 
 _CONFIG_TIME_BOUNDS = {
