@@ -55,6 +55,7 @@ def clip_client(*args: object, env: dict[str, str], cwd: Path, timeout: float = 
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
@@ -75,9 +76,18 @@ class AppProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = cwd / f"app-{self.port}.log"
-        self._out = open(self._log, "wb")  # noqa: SIM115 (closed by stop)
+        self._out = open(self._log, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "clip_client", "app", str(source), "--port", str(self.port), *map(str, args)],
+            [
+                sys.executable,
+                "-m",
+                "clip_client",
+                "app",
+                str(source),
+                "--port",
+                str(self.port),
+                *map(str, args),
+            ],
             env=env,
             cwd=cwd,
             stdout=self._out,

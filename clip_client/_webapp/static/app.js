@@ -1,5 +1,5 @@
 // clip-client app: the page's behaviour. Data goes into the page through textContent and
-// attributes only, never innerHTML, so a path or a query is always shown as text.
+// attributes only, never as HTML markup, so a path or a query is always shown as text.
 "use strict";
 
 (() => {
