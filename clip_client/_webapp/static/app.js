@@ -4,7 +4,9 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const PAGE = 24;
+  // Results per page: 24, or the page address's ?k= (1 to the API's bound).
+  const asked = Number(new URLSearchParams(window.location.search).get("k"));
+  const PAGE = Number.isInteger(asked) && asked >= 1 ? Math.min(asked, Number(document.body.dataset.maxK)) : 24;
   const state = { mode: { kind: "browse" }, offset: 0, more: false, loading: false, generation: 0, labels: "", label: "" };
   let groupsShown = [];
 
