@@ -251,6 +251,7 @@
     for (const m of group.members) {
       const c = card({ ...m, score: m.similarity });
       c.querySelector(".similar").remove();
+      c.querySelector(".score").textContent = `similarity ${m.similarity.toFixed(4)}`;
       const choice = document.createElement("label");
       choice.className = "choice";
       const radio = document.createElement("input");
