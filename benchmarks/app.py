@@ -55,11 +55,16 @@ def start(app: Any) -> tuple[str, Any, threading.Thread]:
     import uvicorn
 
     sock = socket.socket()
+    # Accepted sockets inherit TCP_NODELAY: without it, a keep-alive answer written in two parts
+    # (head, body) waits 40 ms for the client's delayed ACK (uvicorn.run(host=, port=) sets it itself).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
         thread.join(0.02)
     return f"http://127.0.0.1:{sock.getsockname()[1]}", server, thread
 

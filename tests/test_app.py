@@ -463,12 +463,19 @@ def serve_app() -> Iterator[Any]:
 
     def start(web: Any) -> str:
         sock = socket.socket()
+        # Accepted sockets inherit TCP_NODELAY: without it, a keep-alive answer written in two parts
+        # (head, body) waits 40 ms for the client's delayed ACK (uvicorn.run(host=, port=) sets it itself).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", 0))
         server = uvicorn.Server(uvicorn.Config(web, log_level="warning"))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         while not server.started:  # the condition uvicorn sets once it accepts connections
+            if not thread.is_alive():
+                raise RuntimeError(
+                    "uvicorn did not start"
+                )  # the condition uvicorn sets once it accepts connections
             thread.join(0.02)
         servers.append((server, thread))
         return url
