@@ -200,11 +200,12 @@ def test_more_like_this(page: Any, setup: dict[str, Any]) -> None:
 
 def test_duplicates_change_a_keep_choice_and_export(page: Any, setup: dict[str, Any]) -> None:
     page.click("#tab-duplicates")
-    page.fill("#threshold", "0.97")
+    page.click("#duplicates-button")  # at the slider's default, 0.95
+    page.wait_for_function("document.getElementById('duplicates-status').textContent === '2 groups at 0.95'")
+    page.fill("#threshold", "0.97")  # moving the slider asks again
     assert page.text_content("#threshold-value") == "0.97"
-    page.click("#duplicates-button")
-    page.wait_for_function("document.querySelectorAll('#groups .group').length === 2")
-    assert page.text_content("#duplicates-status") == "2 groups at 0.97"
+    page.wait_for_function("document.getElementById('duplicates-status').textContent === '2 groups at 0.97'")
+    assert page.locator("#groups .group").count() == 2
     first = page.locator("#groups .group").first
     members = first.locator(".card")
     assert members.count() == 2

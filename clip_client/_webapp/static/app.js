@@ -269,8 +269,13 @@
     return node;
   }
 
+  let duplicatesAsked = 0;
+  // Releasing the slider asks again; so does the button.
+  $("threshold").addEventListener("change", () => $("duplicates-form").requestSubmit());
+
   $("duplicates-form").addEventListener("submit", async (e) => {
     e.preventDefault();
+    const asked = ++duplicatesAsked;
     const threshold = $("threshold").value;
     const status = $("duplicates-status");
     showError($("duplicates-error"), "");
@@ -280,11 +285,13 @@
     $("export-csv").disabled = $("export-json").disabled = true;
     try {
       const body = await getJSON(`/api/duplicates?${new URLSearchParams({ threshold, limit: "1000" })}`);
+      if (asked !== duplicatesAsked) return; // a newer threshold was asked for meanwhile
       groupsShown = body.groups;
       for (const g of body.groups) $("groups").appendChild(renderGroup(g));
       setStatus(status, body.total ? `${body.total} group${body.total === 1 ? "" : "s"} at ${Number(threshold).toFixed(2)}${body.total > body.groups.length ? ` (first ${body.groups.length} shown)` : ""}` : `No near-duplicates at ${Number(threshold).toFixed(2)}.`);
       $("export-csv").disabled = $("export-json").disabled = !body.groups.length;
     } catch (err) {
+      if (asked !== duplicatesAsked) return;
       setStatus(status, "");
       showError($("duplicates-error"), err.message);
     }
