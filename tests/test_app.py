@@ -638,3 +638,32 @@ def test_the_wheel_ships_the_templates_and_static_files() -> None:
         return
     shipped = {f.distribution_path for f in WheelBuilder(str(root)).recurse_included_files()}
     assert set(needed) <= shipped
+
+
+def test_in_a_databricks_app_a_volumes_file_and_its_images_come_through_the_files_api(
+    embeddings: Path, env: dict[str, str], tmp: Path, monkeypatch: pytest.MonkeyPatch, serve_app: Any
+) -> None:
+    import clip_client._webapp.databricks as databricks
+
+    volume = "/Volumes/main/photos/images/emb.parquet"
+    read: list[str] = []
+
+    def files_api(path: str, *, workspace: Any = None) -> bytes:
+        """databricks-sdk's files.download, standing in: the volume's files are this test's folder."""
+        read.append(path)
+        if path == volume:
+            return embeddings.read_bytes()
+        if path.startswith("photos/"):
+            return (tmp / path).read_bytes()
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(databricks, "read_volume_file", files_api)
+    for name, value in env.items():  # the App's credentials: databricks-sdk's chain, from the environment
+        if name.startswith("DATABRICKS_"):
+            monkeypatch.setenv(name, value)
+    web = databricks.build_app({"CLIP_APP_SOURCE": volume, "CLIP_APP_THUMBNAILS": str(tmp / "volume-thumbs")})
+    url = serve_app(web)
+    rows = read_rows(embeddings)
+    assert httpx.get(f"{url}/thumbnails/3").status_code == 200
+    assert read == [volume, rows.keys[3]]
+    assert httpx.get(f"{url}/api/duplicates").json()["total"] == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -133,6 +134,12 @@ def build_app(environ: dict[str, str] | None = None) -> FastAPI:
     source: Source
     if is_index_name(source_name):
         source = VectorSearchSource(source_name, client=client, read_image=read_volume_file)
+    elif source_name.startswith("/Volumes/"):
+        # An embeddings file on a volume: downloaded once through the Files API (a Parquet file
+        # only: its images' paths are in it), its images read through the Files API too.
+        local = Path(tempfile.mkdtemp(prefix="clip-app-")) / Path(source_name).name
+        local.write_bytes(read_volume_file(source_name))
+        source = FileSource.open(local, read_image=read_volume_file)
     else:
         source = FileSource.open(Path(source_name))
     thumbs = ThumbnailCache(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -94,7 +94,8 @@ class FileSource:
     Images are read from the paths the file lists (relative ones from `base`, the working folder
     by default, as `images` wrote them), and only from inside `root`: by default the deepest folder
     that holds every listed image. A listed path that resolves elsewhere (a symlink out of the
-    folder, a `..` in the file) is never read.
+    folder, a `..` in the file) is never read. With `read_image`, images are read by it instead, given
+    the listed path (a Unity Catalog Volumes reader, in a Databricks App).
     """
 
     def __init__(
@@ -105,8 +106,10 @@ class FileSource:
         base: Path | None = None,
         root: Path | None = None,
         approximate: bool | None = None,
+        read_image: Callable[[str], bytes] | None = None,
     ) -> None:
         self._rows = rows
+        self._read_image = read_image
         self._name = name
         base = Path.cwd() if base is None else base
         self._paths = [str(k) for k in rows.keys]
@@ -190,6 +193,11 @@ class FileSource:
     def image_bytes(self, row: int) -> bytes:
         self._check(row)
         listed = self._paths[row]
+        if self._read_image is not None:
+            try:
+                return self._read_image(listed)
+            except (OSError, LookupError) as exc:
+                raise ImageUnavailable(f"{listed} cannot be read ({type(exc).__name__})") from None
         real = os.path.realpath(self._absolute[row])
         if os.path.commonpath([real, self._root]) != self._root:
             raise ImageUnavailable(f"{listed} is outside the folder the app serves")
