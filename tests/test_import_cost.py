@@ -26,6 +26,12 @@ HEAVY = (
     "databricks",
     "tenacity",
     "httpcore",
+    # The app extra (`clip-client app`): loaded by that command only.
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "jinja2",
+    "multipart",
 )
 
 

@@ -200,6 +200,12 @@ _SHARED: dict[str, dict[str, Any]] = {
         "text_endpoint": TextEndpointOpt,
         "image_endpoint": ImageEndpointOpt,
     },
+    # The workspace options but --host: `app`, whose --host is the address it listens on.
+    "endpoints": {
+        "profile": ProfileOpt,
+        "text_endpoint": TextEndpointOpt,
+        "image_endpoint": ImageEndpointOpt,
+    },
     "tuning": {
         "batch_size": BatchSizeOpt,
         "max_concurrency": ConcurrencyOpt,
@@ -208,7 +214,7 @@ _SHARED: dict[str, dict[str, Any]] = {
     },
     "images": {"image_preparation": ImagePreparationOpt, "max_image_pixels": MaxImagePixelsOpt},
 }
-Group = Literal["model", "workspace", "tuning", "images"]
+Group = Literal["model", "workspace", "endpoints", "tuning", "images"]
 Command = TypeVar("Command", bound=Callable[..., Any])
 
 

@@ -1,0 +1,189 @@
+"""The `app` command: a web page (and JSON API) over an embeddings file, or a Databricks App folder."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .app import EXIT_OK, app
+from .errors import handled, say_error
+from .options import Common, default_cache_path, shared_options
+from .outputs import OutputError, options_for_rows, refuse_another_model
+
+_SERVER = "Server"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@app.command("app")
+@handled
+@shared_options("model", "endpoints", "tuning", "images")
+def app_command(
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="An output of `images` (.parquet, or .npy/.jsonl with its .meta.json).", show_default=False
+        ),
+    ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="The address to listen on: 127.0.0.1 serves this machine only; 0.0.0.0 every network "
+            "it is on. (The workspace comes from DATABRICKS_HOST or --profile.)",
+            rich_help_panel=_SERVER,
+        ),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="The port to listen on.", rich_help_panel=_SERVER)
+    ] = 8000,
+    max_upload_mib: Annotated[
+        int,
+        typer.Option(
+            "--max-upload-mib",
+            min=1,
+            max=1024,
+            help="Largest query image accepted, in MiB.",
+            rich_help_panel=_SERVER,
+        ),
+    ] = 20,
+    thumbnail_cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--thumbnail-cache",
+            help="Folder of cached thumbnails, 256 MiB at most (default: clip-client/thumbnails in the "
+            "user cache folder).",
+            show_default=False,
+            file_okay=False,
+            rich_help_panel=_SERVER,
+        ),
+    ] = None,
+    databricks_app: Annotated[
+        Path | None,
+        typer.Option(
+            "--databricks-app",
+            help="Write a Databricks App into this folder (app.yaml, requirements.txt, app.py) instead "
+            "of serving: deploy it with `databricks apps deploy`.",
+            show_default=False,
+            file_okay=False,
+            rich_help_panel="Databricks App",
+        ),
+    ] = None,
+    app_source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="With --databricks-app: the Vector Search index (catalog.schema.index) or /Volumes/ "
+            "embeddings file the App serves.",
+            show_default=False,
+            rich_help_panel="Databricks App",
+        ),
+    ] = None,
+    *,
+    common: Common,
+) -> int:
+    """A web page over SOURCE: search by text or image, more like this, near-duplicates, zero-shot labels.
+
+    Queries are embedded by the model that computed SOURCE (as `search` does); the JSON API is at
+    /api (its OpenAPI page at /docs). It listens on 127.0.0.1 unless --host says otherwise, serves
+    only the images SOURCE lists, and changes nothing. Needs the app extra:
+    pip install "clip-serving-client[app]".
+
+    Example: clip-client app photos.parquet --port 8000
+    """
+    if databricks_app is not None:
+        return _write_databricks_app(databricks_app, app_source or source, common)
+    if app_source is not None:
+        raise typer.BadParameter(
+            "--source goes with --databricks-app; give SOURCE as the argument", param_hint="--source"
+        )
+    if source is None:
+        raise typer.BadParameter(
+            "give SOURCE, an embeddings file written by `clip-client images`", param_hint="SOURCE"
+        )
+    _need_the_extra()
+    import uvicorn
+
+    from .._webapp.databricks import is_index_name
+    from .._webapp.queries import ClientQueries
+    from .._webapp.server import create_app
+    from .._webapp.source import FileSource
+    from .._webapp.thumbnails import ThumbnailCache
+
+    path = Path(source)
+    if not path.exists() and is_index_name(source):
+        raise OutputError(
+            f"{source} looks like a Vector Search index: serving one needs clip_client.vector_search, "
+            "not in this version; give an embeddings file (.parquet, .npy or .jsonl)"
+        )
+    files = FileSource.open(path)
+    if not len(files):
+        raise OutputError(f"{path} has no rows to serve")
+    with options_for_rows(common, files.meta, path).client() as client:
+        refuse_another_model(path, files.meta, client)
+        pixels = client.settings.max_image_pixels
+        thumbs = ThumbnailCache(
+            thumbnail_cache or default_cache_path().with_name("thumbnails"), max_pixels=pixels
+        )
+        web = create_app(
+            files,
+            ClientQueries(client),
+            thumbnails=thumbs,
+            max_upload_bytes=max_upload_mib * 2**20,
+            max_image_pixels=pixels,
+        )
+        shown_host = f"[{host}]" if ":" in host else host
+        say_error(
+            f"clip-client: serving {len(files):,} images of {path.name} on http://{shown_host}:{port} "
+            "(Ctrl-C stops)"
+        )
+        if not _loopback(host):
+            say_error(
+                f"clip-client: listening on {host}, not only this machine: anyone who reaches it can see "
+                "these images"
+            )
+        uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+    return EXIT_OK
+
+
+def _need_the_extra() -> None:
+    from .._webapp import APP_EXTRA_INSTALL, missing_modules
+
+    missing = missing_modules()
+    if missing:
+        raise OutputError(
+            f"the app needs {', '.join('python-multipart' if m == 'multipart' else m for m in missing)}: "
+            f"{APP_EXTRA_INSTALL}"
+        )
+
+
+def _write_databricks_app(folder: Path, source: str | None, common: Common) -> int:
+    from .._webapp.databricks import write_app_folder
+
+    if not source:
+        raise typer.BadParameter(
+            "name what the App serves: --source catalog.schema.index", param_hint="--source"
+        )
+    if common.local:
+        raise typer.BadParameter("a Databricks App embeds queries with serving endpoints: drop --local")
+    written = write_app_folder(
+        folder, source, text_endpoint=common.text_endpoint, image_endpoint=common.image_endpoint
+    )
+    for path in written:
+        typer.echo(str(path))
+    say_error(
+        f"clip-client: deploy with `databricks apps deploy APP_NAME --source-code-path {folder}` "
+        "(a workspace path the folder was synced to); the App's service principal needs CAN QUERY on "
+        "the endpoints, SELECT on the index and READ VOLUME on the images' volume"
+    )
+    return EXIT_OK

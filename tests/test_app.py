@@ -1,0 +1,669 @@
+"""`clip-client app`: its JSON API over real HTTP, against the real app on uvicorn.
+
+A folder of real images (`app_harness.write_folder`) is embedded by the real `clip-client images`,
+through the loopback serving server (`ServingServer`) and, in local mode, by the tiny checkpoint;
+the app runs as `clip-client app FILE` in a subprocess on 127.0.0.1. Results are compared with
+`cosine_topk` over the file's rows and with `ClipClient.classify`; the safety rules (ids only, no
+path from a request, escaped text, bounded uploads, no credential anywhere) are tried from outside.
+The error mapping and the thumbnail cache are also tested in this process (`create_app` on a
+uvicorn thread).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from app_harness import XSS_NAME, AppProcess, clip_client, workspace_env, write_folder
+from image_factory import noise, picture
+from PIL import Image
+from serving_server import TOKEN, ServingServer
+
+from clip_client import ClipClient, cosine_topk
+from clip_client._cli.outputs import read_rows
+
+pytest.importorskip("fastapi")
+pytest.importorskip("multipart")
+
+QUERIES = ["a red car", "maize in a field", "<img src=x onerror=alert(1)>"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Fixtures: one workspace, folder, file and app per module
+
+
+@pytest.fixture(scope="module")
+def workspace() -> Iterator[ServingServer]:
+    with ServingServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("app")
+
+
+@pytest.fixture(scope="module")
+def env(workspace: ServingServer, tmp: Path) -> dict[str, str]:
+    return workspace_env(workspace.url, TOKEN, tmp)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp: Path) -> dict[str, Path]:
+    return write_folder(tmp / "photos")
+
+
+@pytest.fixture(scope="module")
+def embeddings(photos: dict[str, Path], env: dict[str, str], tmp: Path) -> Path:
+    clip_client("images", "photos", "--out", "emb.parquet", env=env, cwd=tmp)
+    return tmp / "emb.parquet"
+
+
+@pytest.fixture(scope="module")
+def app(embeddings: Path, env: dict[str, str], tmp: Path) -> Iterator[AppProcess]:
+    running = AppProcess(
+        embeddings, "--max-upload-mib", "1", "--max-image-pixels", "250000",
+        "--thumbnail-cache", tmp / "thumbs", env=env, cwd=tmp,
+    )  # fmt: skip
+    yield running
+    running.stop()
+    # Nothing the app printed, in any test, shows the token.
+    assert TOKEN not in running.log()
+
+
+@pytest.fixture(scope="module")
+def reference(workspace: ServingServer) -> Iterator[ClipClient]:
+    with ClipClient(**workspace.client_kwargs()) as client:
+        yield client
+
+
+def ids(body: dict[str, Any]) -> list[int]:
+    return [r["id"] for r in body["results"]]
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, "PNG")
+    return out.getvalue()
+
+
+# --------------------------------------------------------------------------------------------------
+# Search, image search, more like this: the order of cosine_topk over the file
+
+
+def test_text_search_is_cosine_topk_over_the_file_in_pages(
+    app: AppProcess, embeddings: Path, reference: ClipClient
+) -> None:
+    rows = read_rows(embeddings)
+    for q in QUERIES:
+        expected = cosine_topk(reference.embed_text(q), rows.embeddings, len(rows))
+        want = expected.indices[0].tolist()
+        full = app.get("/api/search", params={"q": q, "k": len(rows)}).json()
+        assert ids(full) == want
+        assert [r["score"] for r in full["results"]] == pytest.approx(expected.scores[0].tolist(), abs=1e-5)
+        assert all(
+            r["path"] == rows.keys[r["id"]] and r["thumbnail"] == f"/thumbnails/{r['id']}"
+            for r in full["results"]
+        )
+        # Pages of 5, concatenated: the same order, and `more` until the last.
+        paged: list[int] = []
+        offset = 0
+        while True:
+            page = app.get("/api/search", params={"q": q, "k": 5, "offset": offset}).json()
+            paged += ids(page)
+            offset += 5
+            if not page["more"]:
+                break
+        assert paged == want
+
+
+def test_image_search_finds_the_image_and_its_copy_first(app: AppProcess, photos: dict[str, Path]) -> None:
+    data = photos["img00.png"].read_bytes()
+    body = app.post(
+        "/api/search/image", files={"file": ("query.png", data, "image/png")}, params={"k": 3}
+    ).json()
+    top = body["results"]
+    assert {r["path"] for r in top[:2]} == {"photos/img00.png", "photos/copy-of-img00.png"}
+    assert top[0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_more_like_this_is_cosine_topk_of_the_row_without_itself(app: AppProcess, embeddings: Path) -> None:
+    rows = read_rows(embeddings)
+    for row in (0, 5, len(rows) - 1):
+        want = [
+            i
+            for i in cosine_topk(rows.embeddings[row], rows.embeddings, len(rows)).indices[0].tolist()
+            if i != row
+        ]
+        assert ids(app.get(f"/api/similar/{row}", params={"k": 100}).json()) == want
+    assert app.get(f"/api/similar/{len(rows)}").status_code == 404
+
+
+def test_browse_lists_the_rows_in_file_order(app: AppProcess, embeddings: Path) -> None:
+    rows = read_rows(embeddings)
+    body = app.get("/api/browse", params={"k": 4, "offset": 2}).json()
+    assert ids(body) == [2, 3, 4, 5]
+    assert [r["path"] for r in body["results"]] == rows.keys[2:6]
+
+
+# --------------------------------------------------------------------------------------------------
+# Duplicates and labels
+
+
+def test_duplicates_groups_the_copies_and_the_threshold_is_validated(app: AppProcess) -> None:
+    body = app.get("/api/duplicates", params={"threshold": 0.95}).json()
+    groups = [sorted(m["path"] for m in g["members"]) for g in body["groups"]]
+    assert sorted(groups) == [
+        ["photos/copy-of-img00.png", "photos/img00.png"],
+        ["photos/copy-of-img01.jpg", "photos/img01.jpg"],
+    ]
+    assert all(g["keep"] == g["members"][0]["id"] for g in body["groups"])
+    assert body["total"] == 2
+    for bad in ("1.5", "-0.2", "0.1", "nan", "x"):
+        r = app.get("/api/duplicates", params={"threshold": bad})
+        assert r.status_code == 422, bad
+
+
+def test_labels_are_the_zero_shot_predictions_of_classify(
+    app: AppProcess, embeddings: Path, reference: ClipClient, tmp: Path
+) -> None:
+    rows = read_rows(embeddings)
+    labels = ["maize", "wheat", "rice"]
+    result = reference.classify([str(tmp / p) for p in rows.keys], labels)
+    body = app.get(
+        "/api/labels", params={"labels": "maize, wheat, rice", "ids": ",".join(map(str, range(len(rows))))}
+    ).json()
+    assert body["labels"] == labels
+    assert [r["label"] for r in body["rows"]] == result.predictions
+    assert [r["probability"] for r in body["rows"]] == pytest.approx(
+        result.probabilities.max(axis=1).tolist(), abs=1e-5
+    )
+    assert body["counts"] == {lab: result.predictions.count(lab) for lab in labels}
+    # Search results carry their label; label= keeps only that label's, in score order.
+    q = "a field"
+    every = app.get("/api/search", params={"q": q, "k": 100, "labels": "maize,wheat,rice"}).json()["results"]
+    assert all(r["label"] == result.predictions[r["id"]] for r in every)
+    for lab in labels:
+        only = app.get(
+            "/api/search", params={"q": q, "k": 100, "labels": "maize,wheat,rice", "label": lab}
+        ).json()
+        assert ids(only) == [r["id"] for r in every if r["label"] == lab]
+    assert (
+        app.get("/api/search", params={"q": q, "labels": "maize,wheat", "label": "rice"}).status_code == 422
+    )
+    assert app.get("/api/labels", params={"labels": "a," * 60}).status_code == 422
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameters, thumbnails, safety
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"q": "x", "k": 0},
+        {"q": "x", "k": 201},
+        {"q": "x", "offset": -1},
+        {"q": "x", "offset": 10_001},
+        {"q": ""},
+        {},
+    ],
+)
+def test_search_parameters_out_of_bounds_are_422(app: AppProcess, params: dict[str, Any]) -> None:
+    assert app.get("/api/search", params=params).status_code == 422
+
+
+def test_thumbnails_are_bounded_upright_jpegs(app: AppProcess, embeddings: Path) -> None:
+    rows = read_rows(embeddings)
+    for i, path in enumerate(rows.keys):
+        r = app.get(f"/thumbnails/{i}")
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "image/jpeg"
+        with Image.open(io.BytesIO(r.content)) as img:
+            assert max(img.size) <= 256
+            if path.endswith("rotated.jpg"):
+                assert img.size == (40, 80)  # stored 80x40, EXIF orientation 6: upright it is tall
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/thumbnails/../../../../etc/passwd",
+        "/thumbnails/..%2f..%2f..%2fetc%2fpasswd",
+        "/thumbnails/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/thumbnails/%2Fetc%2Fpasswd",
+        "/thumbnails//etc/passwd",
+        "/thumbnails/-1",
+        "/thumbnails/1.0",
+        "/thumbnails/0x1",
+        "/thumbnails/99999",
+        "/thumbnails/1%00",
+        "/static/../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/server.py",
+        "/static/..%2f__init__.py",
+    ],
+)
+def test_no_path_from_a_request_is_ever_served(app: AppProcess, path: str) -> None:
+    with httpx.Client() as c:
+        r = c.send(httpx.Request("GET", app.url + path, extensions={}), follow_redirects=False)
+    assert r.status_code == 404, (path, r.status_code, r.text[:200])
+    assert b"root:" not in r.content
+    assert b"import" not in r.content
+
+
+def test_a_moved_file_or_a_symlink_out_of_the_folder_is_a_404_with_a_message(
+    embeddings: Path, env: dict[str, str], tmp: Path
+) -> None:
+    # A copy of the folder and file, so that the module's app keeps its images.
+    import shutil
+
+    here = tmp / "moved"
+    shutil.copytree(tmp / "photos", here / "photos")
+    shutil.copyfile(embeddings, here / "emb.parquet")
+    outside = tmp / "secret.png"
+    outside.write_bytes(png_bytes(picture(32, 32, 3, seed=7)))
+    rows = read_rows(embeddings)
+    moved, linked = rows.keys.index("photos/img03.jpg"), rows.keys.index("photos/img04.png")
+    (here / "photos/img03.jpg").rename(here / "img03-moved.jpg")
+    (here / "photos/img04.png").unlink()
+    (here / "photos/img04.png").symlink_to(outside)
+    running = AppProcess(here / "emb.parquet", env=env, cwd=here)
+    try:
+        r = running.get(f"/thumbnails/{moved}")
+        assert r.status_code == 404
+        assert (
+            r.json()["error"]
+            == "photos/img03.jpg is not there any more (moved or deleted since it was embedded)"
+        )
+        r = running.get(f"/thumbnails/{linked}")
+        assert r.status_code == 404
+        assert "outside the folder" in r.json()["error"]
+        assert running.get("/thumbnails/0").status_code == 200
+    finally:
+        running.stop()
+
+
+def test_text_is_escaped_in_the_page_and_the_api_is_json(app: AppProcess, photos: dict[str, Path]) -> None:
+    page = app.get("/")
+    assert page.status_code == 200
+    assert "<img src=x" not in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert page.headers["x-content-type-options"] == "nosniff"
+    body = app.get("/api/search", params={"q": "<img src=x onerror=alert(1)>", "k": 100})
+    assert body.headers["content-type"] == "application/json"
+    assert f"photos/{XSS_NAME}" in [r["path"] for r in body.json()["results"]]
+    # The script puts data into the page as text only.
+    script = app.get("/static/app.js").text
+    assert "innerHTML" not in script
+    assert "insertAdjacentHTML" not in script
+    assert "document.write" not in script
+
+
+def test_uploads_over_the_byte_or_pixel_limit_are_413_and_non_images_400(app: AppProcess) -> None:
+    big = png_bytes(noise(800, 800, seed=1))  # about 1.9 MB: over --max-upload-mib 1
+    assert len(big) > 2**20
+    r = app.post("/api/search/image", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413
+    assert "1 MiB" in r.json()["error"]
+    # Declared length over the limit: refused before the body is read.
+    r = app.post(
+        "/api/search/image",
+        content=b"x" * (3 * 2**20),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    assert r.status_code == 413
+    many = png_bytes(np.zeros((600, 600, 3), np.uint8))  # small file, 360,000 pixels > 250,000
+    r = app.post("/api/search/image", files={"file": ("many.png", many, "image/png")})
+    assert r.status_code == 413
+    assert "250,000" in r.json()["error"]
+    r = app.post("/api/search/image", files={"file": ("x.png", b"not an image", "image/png")})
+    assert r.status_code == 400
+    assert "not an image" in r.json()["error"]
+
+
+def test_no_credential_reaches_the_page_the_api_or_the_logs(
+    app: AppProcess, workspace: ServingServer
+) -> None:
+    seen = "".join(
+        app.get(p).text
+        for p in ("/", "/api/info", "/openapi.json", "/docs", "/api/search?q=x", "/static/app.js")
+    )
+    assert TOKEN not in seen
+    assert TOKEN.split("-")[-1] not in seen
+    assert TOKEN not in app.log()
+    info = app.get("/api/info").json()
+    assert info == {
+        "source": "emb.parquet",
+        "rows": 16,
+        "model": info["model"],
+        "approximate": False,
+        "duplicates": True,
+    }
+
+
+def test_it_listens_on_loopback_only_by_default(app: AppProcess) -> None:
+    # Another address of this machine does not reach it (where the machine has one).
+    try:
+        other = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        pytest.skip("this machine has no address but loopback")
+    if other.startswith("127."):
+        pytest.skip("this machine's name resolves to loopback")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://{other}:{app.port}/api/info", timeout=2)
+
+
+def test_the_api_is_read_only(app: AppProcess) -> None:
+    for method in ("PUT", "DELETE", "PATCH"):
+        assert httpx.request(method, app.url + "/api/search?q=x").status_code == 405
+    assert app.post("/api/search", params={"q": "x"}).status_code == 405
+
+
+# --------------------------------------------------------------------------------------------------
+# Local mode, the model check, the extra
+
+
+def test_local_mode_on_the_tiny_checkpoint(
+    tiny_checkpoint: Path, photos: dict[str, Path], env: dict[str, str], tmp: Path
+) -> None:
+    clip_client(
+        "images", "photos", "--local", "--model", tiny_checkpoint, "--out", "local.parquet", env=env, cwd=tmp
+    )
+    rows = read_rows(tmp / "local.parquet")
+    running = AppProcess(tmp / "local.parquet", env=env, cwd=tmp)  # the model comes from the file
+    try:
+        with ClipClient.local(str(tiny_checkpoint)) as local:
+            for q in QUERIES[:2]:
+                want = cosine_topk(local.embed_text(q), rows.embeddings, len(rows)).indices[0].tolist()
+                assert ids(running.get("/api/search", params={"q": q, "k": 100}).json()) == want
+            labels = ["maize", "wheat"]
+            result = local.classify([str(tmp / p) for p in rows.keys], labels)
+        got = running.get(
+            "/api/labels", params={"labels": "maize,wheat", "ids": ",".join(map(str, range(len(rows))))}
+        ).json()
+        assert [r["label"] for r in got["rows"]] == result.predictions
+        data = photos["img05.jpg"].read_bytes()
+        top = running.post(
+            "/api/search/image", files={"file": ("q.jpg", data, "image/jpeg")}, params={"k": 1}
+        ).json()
+        assert top["results"][0]["path"] == "photos/img05.jpg"
+    finally:
+        running.stop()
+
+
+def test_another_model_than_the_files_is_refused(
+    embeddings: Path, env: dict[str, str], tmp: Path, tiny_checkpoint: Path
+) -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_client", "app", embeddings, "--local", "--model", tiny_checkpoint],
+        env=env, cwd=tmp, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "scores across two models mean nothing" in done.stderr
+
+
+def test_without_the_extra_the_command_says_how_to_install_it(
+    embeddings: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    import clip_client._webapp as webapp
+    from clip_client._cli import app as cli
+
+    monkeypatch.setattr(webapp, "missing_modules", lambda: ["fastapi", "multipart"])
+    result = CliRunner().invoke(cli, ["app", str(embeddings)])
+    assert result.exit_code == 1
+    assert 'needs fastapi, python-multipart: pip install "clip-serving-client[app]"' in result.stderr
+
+
+def test_importing_the_command_line_loads_no_web_framework() -> None:
+    import subprocess
+
+    code = (
+        "import sys, clip_client._cli\n"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'starlette', 'jinja2') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------------
+# Error mapping and the thumbnail cache, in this process (create_app on a uvicorn thread)
+
+
+class _Cold:
+    """`Queries` whose endpoint is scaling up from zero: every call raises the client's ServerError."""
+
+    def text(self, query: str) -> Any:
+        from clip_client.errors import ServerError
+
+        raise ServerError("503 Service Unavailable: the endpoint is scaling up", status_code=503)
+
+    image = text
+
+    def labels(self, labels: Any) -> Any:
+        return self.text("")
+
+
+@pytest.fixture
+def serve_app() -> Iterator[Any]:
+    import uvicorn
+
+    servers: list[tuple[Any, threading.Thread]] = []
+
+    def start(web: Any) -> str:
+        sock = socket.socket()
+        # Accepted sockets inherit TCP_NODELAY: without it, a keep-alive answer written in two parts
+        # (head, body) waits 40 ms for the client's delayed ACK (uvicorn.run(host=, port=) sets it itself).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(web, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        while not server.started:  # the condition uvicorn sets once it accepts connections
+            if not thread.is_alive():
+                raise RuntimeError(
+                    "uvicorn did not start"
+                )  # the condition uvicorn sets once it accepts connections
+            thread.join(0.02)
+        servers.append((server, thread))
+        return url
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_a_cold_endpoint_is_a_503_with_one_line(serve_app: Any, embeddings: Path, tmp: Path) -> None:
+    from clip_client._webapp.server import create_app
+    from clip_client._webapp.source import FileSource
+    from clip_client._webapp.thumbnails import ThumbnailCache
+
+    source = FileSource.open(embeddings, base=tmp)
+    url = serve_app(create_app(source, _Cold(), thumbnails=ThumbnailCache(tmp / "t2")))
+    r = httpx.get(f"{url}/api/search", params={"q": "x"})
+    assert r.status_code == 503
+    said = "the serving endpoint is not answering yet (it may be scaling up from zero): try again in a minute"
+    assert r.json() == {"error": said}
+    # What needs no query still answers.
+    assert httpx.get(f"{url}/api/browse").status_code == 200
+    assert httpx.get(f"{url}/thumbnails/0").status_code == 200
+
+
+def test_the_error_mapping_of_the_clients_typed_errors() -> None:
+    from clip_client._webapp.server import client_error
+    from clip_client.errors import (
+        APIConnectionError,
+        EndpointNotFoundError,
+        ImageDecodeError,
+        PermissionDeniedError,
+        RateLimitError,
+    )
+
+    assert client_error(RateLimitError("429", status_code=429))[0] == 429
+    assert client_error(APIConnectionError("refused"))[0] == 503
+    assert "CAN QUERY" in client_error(PermissionDeniedError("403", status_code=403))[1]
+    assert client_error(EndpointNotFoundError("404", status_code=404))[0] == 502
+    assert client_error(ImageDecodeError("bad image"))[0] == 400
+
+
+def test_the_thumbnail_cache_is_bounded_by_count_and_bytes(tmp_path: Path) -> None:
+    from clip_client._webapp.thumbnails import ThumbnailCache
+
+    images = [png_bytes(picture(300, 200, 3, seed=s)) for s in range(6)]
+    cache = ThumbnailCache(tmp_path / "t", max_files=3)
+    for data in images:
+        cache.get(data)
+    assert len(cache) == 3
+    assert len(list((tmp_path / "t").iterdir())) == 3
+    cache.get(images[3])  # a hit: now the most recent
+    cache.get(images[0])  # evicts images[4], the least recently used
+    names = {p.name for p in (tmp_path / "t").iterdir()}
+    assert len(names) == 3
+    # Bytes: one thumbnail's worth keeps one.
+    one = len(cache.get(images[1]))
+    small = ThumbnailCache(tmp_path / "s", max_bytes=one + 10)
+    for data in images:
+        small.get(data)
+    assert len(small) == 1
+    assert small.total_bytes <= one + 10
+    # A new cache on the folder picks up what is there, and keeps its bound.
+    again = ThumbnailCache(tmp_path / "t", max_files=2)
+    assert len(again) == 2
+    assert len(list((tmp_path / "t").iterdir())) == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# The Databricks App folder
+
+
+class _FakeVectorIndex:
+    """What clip_client.vector_search.VectorIndex answers (the Vector Search work): a result shaped
+    like cosine_topk's, with the rows' `path` column."""
+
+    matrix: np.ndarray
+    paths: list[str]
+
+    def __init__(self, name: str, client: Any = None) -> None:
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def search(self, query: Any, k: int, columns: Any = None, filters: Any = None) -> Any:
+        top = cosine_topk(query, self.matrix, k)
+
+        import types
+
+        paths = [self.paths[i] for i in top.indices[0].tolist()]
+        return types.SimpleNamespace(indices=top.indices, scores=top.scores, columns={"path": paths})
+
+    def vector(self, row: int) -> np.ndarray:
+        return self.matrix[row]
+
+
+def test_the_databricks_app_folder_deploys_and_its_entry_point_builds_the_app(
+    embeddings: Path, env: dict[str, str], tmp: Path, monkeypatch: pytest.MonkeyPatch, serve_app: Any
+) -> None:
+    import types
+
+    import yaml
+
+    out = tmp / "dbapp"
+    printed = clip_client(
+        "app", "--databricks-app", out, "--source", "main.photos.clip_index", "--text-endpoint", "my-text",
+        env=env, cwd=tmp,
+    )  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["app.py", "app.yaml", "requirements.txt"]
+    assert printed.split() == [str(out / n) for n in ("app.yaml", "requirements.txt", "app.py")]
+    spec = yaml.safe_load((out / "app.yaml").read_text())
+    assert spec["command"] == ["python", "app.py"]
+    settings = {e["name"]: e["value"] for e in spec["env"]}
+    assert settings["CLIP_APP_SOURCE"] == "main.photos.clip_index"
+    assert settings["CLIP_APP_TEXT_ENDPOINT"] == "my-text"
+    assert settings["CLIP_APP_IMAGE_ENDPOINT"] == "clip-image-embedding"
+    assert (out / "requirements.txt").read_text().startswith("clip-serving-client[app]==")
+    everything = "".join(p.read_text() for p in out.iterdir())
+    assert TOKEN not in everything
+    assert env["DATABRICKS_HOST"] not in everything
+
+    # The entry point, imported as the App runs it: credentials from the environment (the SDK's
+    # chain), the index through clip_client.vector_search (a stand-in here).
+    rows = read_rows(embeddings)
+    _FakeVectorIndex.matrix, _FakeVectorIndex.paths = rows.embeddings, list(rows.keys)
+    monkeypatch.setitem(
+        sys.modules, "clip_client.vector_search", types.SimpleNamespace(VectorIndex=_FakeVectorIndex)
+    )
+    for name, value in {**env, **settings, "CLIP_APP_TEXT_ENDPOINT": "clip-text-embedding"}.items():
+        if name.startswith(("DATABRICKS_", "CLIP_APP_")):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CLIP_APP_THUMBNAILS", str(tmp / "db-thumbs"))
+    namespace: dict[str, Any] = {"__name__": "databricks_app"}
+    exec(compile((out / "app.py").read_text(), str(out / "app.py"), "exec"), namespace)
+    web = namespace["app"]
+    url = serve_app(web)
+    with ClipClient(host=env["DATABRICKS_HOST"], token=TOKEN) as reference:
+        want = cosine_topk(reference.embed_text("a red car"), rows.embeddings, 5).indices[0].tolist()
+    body = httpx.get(f"{url}/api/search", params={"q": "a red car", "k": 5}).json()
+    assert ids(body) == want
+    assert httpx.get(f"{url}/api/duplicates").status_code == 501  # needs every row: not offered
+
+
+def test_the_wheel_ships_the_templates_and_static_files() -> None:
+    """hatch puts every file under `packages` (clip_client/) that git does not ignore into the wheel:
+    the page's files must be tracked and not ignored (with hatchling installed, its file list too)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    needed = [f"clip_client/_webapp/{n}" for n in ("templates/index.html", "static/app.js", "static/app.css")]
+    for name in needed:
+        assert (root / name).is_file()
+        ignored = subprocess.run(["git", "check-ignore", "-q", name], cwd=root, check=False)
+        assert ignored.returncode == 1, f"{name} is git-ignored: the wheel would lack it"
+    try:
+        from hatchling.builders.wheel import WheelBuilder
+    except ImportError:
+        return
+    shipped = {f.distribution_path for f in WheelBuilder(str(root)).recurse_included_files()}
+    assert set(needed) <= shipped
+
+
+def test_in_a_databricks_app_a_volumes_file_and_its_images_come_through_the_files_api(
+    embeddings: Path, env: dict[str, str], tmp: Path, monkeypatch: pytest.MonkeyPatch, serve_app: Any
+) -> None:
+    import clip_client._webapp.databricks as databricks
+
+    volume = "/Volumes/main/photos/images/emb.parquet"
+    read: list[str] = []
+
+    def files_api(path: str, *, workspace: Any = None) -> bytes:
+        """databricks-sdk's files.download, standing in: the volume's files are this test's folder."""
+        read.append(path)
+        if path == volume:
+            return embeddings.read_bytes()
+        if path.startswith("photos/"):
+            return (tmp / path).read_bytes()
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(databricks, "read_volume_file", files_api)
+    for name, value in env.items():  # the App's credentials: databricks-sdk's chain, from the environment
+        if name.startswith("DATABRICKS_"):
+            monkeypatch.setenv(name, value)
+    web = databricks.build_app({"CLIP_APP_SOURCE": volume, "CLIP_APP_THUMBNAILS": str(tmp / "volume-thumbs")})
+    url = serve_app(web)
+    rows = read_rows(embeddings)
+    assert httpx.get(f"{url}/thumbnails/3").status_code == 200
+    assert read == [volume, rows.keys[3]]
+    assert httpx.get(f"{url}/api/duplicates").json()["total"] == 2
