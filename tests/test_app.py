@@ -549,35 +549,9 @@ def test_the_thumbnail_cache_is_bounded_by_count_and_bytes(tmp_path: Path) -> No
 # The Databricks App folder
 
 
-class _FakeVectorIndex:
-    """What clip_client.vector_search.VectorIndex answers (the Vector Search work): a result shaped
-    like cosine_topk's, with the rows' `path` column."""
-
-    matrix: np.ndarray
-    paths: list[str]
-
-    def __init__(self, name: str, client: Any = None) -> None:
-        self.name = name
-
-    def __len__(self) -> int:
-        return len(self.matrix)
-
-    def search(self, query: Any, k: int, columns: Any = None, filters: Any = None) -> Any:
-        top = cosine_topk(query, self.matrix, k)
-
-        import types
-
-        paths = [self.paths[i] for i in top.indices[0].tolist()]
-        return types.SimpleNamespace(indices=top.indices, scores=top.scores, columns={"path": paths})
-
-    def vector(self, row: int) -> np.ndarray:
-        return self.matrix[row]
-
-
 def test_the_databricks_app_folder_deploys_and_its_entry_point_builds_the_app(
     embeddings: Path, env: dict[str, str], tmp: Path, monkeypatch: pytest.MonkeyPatch, serve_app: Any
 ) -> None:
-    import types
 
     import yaml
 
@@ -600,25 +574,60 @@ def test_the_databricks_app_folder_deploys_and_its_entry_point_builds_the_app(
     assert env["DATABRICKS_HOST"] not in everything
 
     # The entry point, imported as the App runs it: credentials from the environment (the SDK's
-    # chain), the index through clip_client.vector_search (a stand-in here).
+    # chain), the index through clip_client.vector_search, over a loopback Vector Search service
+    # (which also serves the embedding endpoints), the images through the Files API reader.
+    from vector_search_server import VectorSearchServer
+
+    from clip_client._webapp import databricks
+    from clip_client.vector_search import create_direct_index
+
     rows = read_rows(embeddings)
-    _FakeVectorIndex.matrix, _FakeVectorIndex.paths = rows.embeddings, list(rows.keys)
-    monkeypatch.setitem(
-        sys.modules, "clip_client.vector_search", types.SimpleNamespace(VectorIndex=_FakeVectorIndex)
-    )
-    for name, value in {**env, **settings, "CLIP_APP_TEXT_ENDPOINT": "clip-text-embedding"}.items():
-        if name.startswith(("DATABRICKS_", "CLIP_APP_")):
-            monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CLIP_APP_THUMBNAILS", str(tmp / "db-thumbs"))
-    namespace: dict[str, Any] = {"__name__": "databricks_app"}
-    exec(compile((out / "app.py").read_text(), str(out / "app.py"), "exec"), namespace)
-    web = namespace["app"]
-    url = serve_app(web)
-    with ClipClient(host=env["DATABRICKS_HOST"], token=TOKEN) as reference:
-        want = cosine_topk(reference.embed_text("a red car"), rows.embeddings, 5).indices[0].tolist()
-    body = httpx.get(f"{url}/api/search", params={"q": "a red car", "k": 5}).json()
-    assert ids(body) == want
-    assert httpx.get(f"{url}/api/duplicates").status_code == 501  # needs every row: not offered
+    paths = [str(k) for k in rows.keys]
+    with VectorSearchServer() as vs:
+        vs.add_endpoint("clip-vs")
+        with ClipClient(host=vs.url, token=TOKEN) as reference:
+            index = create_direct_index(
+                "main.photos.clip_index", endpoint="clip-vs", client=reference, primary_key="path",
+                poll_interval=0,
+            )  # fmt: skip
+            index.upsert(paths, rows.embeddings)
+            query = reference.embed_text("a red car")
+        vs_env = workspace_env(vs.url, TOKEN, tmp)
+        for name, value in {**vs_env, **settings, "CLIP_APP_TEXT_ENDPOINT": "clip-text-embedding"}.items():
+            if name.startswith(("DATABRICKS_", "CLIP_APP_")):
+                monkeypatch.setenv(name, value)
+        monkeypatch.setenv("CLIP_APP_THUMBNAILS", str(tmp / "db-thumbs"))
+        read: list[str] = []
+
+        def files_api(path: str, **_: Any) -> bytes:
+            read.append(path)
+            return (tmp / path).read_bytes()  # the volume's files are this test's folder
+
+        monkeypatch.setattr(databricks, "read_volume_file", files_api)
+        namespace: dict[str, Any] = {"__name__": "databricks_app"}
+        exec(compile((out / "app.py").read_text(), str(out / "app.py"), "exec"), namespace)
+        url = serve_app(namespace["app"])
+
+        want = [paths[i] for i in cosine_topk(query, rows.embeddings, 5).indices[0].tolist()]
+        body = httpx.get(f"{url}/api/search", params={"q": "a red car", "k": 5}).json()
+        assert [r["path"] for r in body["results"]] == want
+        np.testing.assert_allclose(
+            [r["score"] for r in body["results"]], cosine_topk(query, rows.embeddings, 5).scores[0], atol=1e-4
+        )
+        # More like this: the row's vector read back from the index, the row itself left out.
+        first = body["results"][0]
+        row = paths.index(first["path"])
+        top = cosine_topk(rows.embeddings[row], rows.embeddings, 5).indices[0].tolist()
+        similar = httpx.get(f"{url}/api/similar/{first['id']}", params={"k": 4}).json()
+        assert [r["path"] for r in similar["results"]] == [paths[i] for i in top if i != row][:4]
+        thumb = httpx.get(f"{url}{first['thumbnail']}")
+        assert thumb.status_code == 200, thumb.text
+        assert thumb.headers["content-type"] == "image/jpeg"
+        assert read == [first["path"]]
+        # An id no search has returned is a 404, never a guess.
+        assert httpx.get(f"{url}/thumbnails/4000").status_code == 404
+        assert httpx.get(f"{url}/api/similar/4000").status_code == 404
+        assert httpx.get(f"{url}/api/duplicates").status_code == 501  # needs every row: not offered
 
 
 def test_the_wheel_ships_the_templates_and_static_files() -> None:

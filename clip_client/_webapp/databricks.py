@@ -103,15 +103,14 @@ def write_app_folder(
 
 
 def read_volume_file(path: str, *, workspace: Any = None) -> bytes:
-    """A Unity Catalog Volumes file's bytes through the Files API (databricks-sdk's
-    `WorkspaceClient().files.download`). The seam for the Volumes reader of clip_client.sources:
-    swap this function for it."""
-    if workspace is None:
-        from databricks.sdk import WorkspaceClient
+    """A Unity Catalog volume file's bytes through the Files API: the package's volume reader
+    (`clip_client._remote.volumes`: bounded requests in flight, retried, typed errors), for the
+    workspace databricks-sdk's default chain resolves (an App's service principal), or `workspace`
+    (a databricks-sdk `WorkspaceClient`) when given."""
+    from .._remote.volumes import VolumeFiles, volume_files
 
-        workspace = WorkspaceClient()
-    data: bytes = workspace.files.download(path).contents.read()
-    return data
+    files = volume_files() if workspace is None else VolumeFiles(workspace.files)
+    return files.read(path)
 
 
 def build_app(environ: dict[str, str] | None = None) -> FastAPI:

@@ -364,7 +364,11 @@ def create_app(
         id: str, k: K = 24, offset: Offset = 0, labels: Labels = None, label: Label = None
     ) -> dict[str, Any]:
         row = _row(id)
-        return ranked(np.asarray(source.vector(row), dtype=np.float32), k, offset, labels, label, exclude=row)
+        try:
+            vector = np.asarray(source.vector(row), dtype=np.float32)
+        except ImageUnavailable as exc:
+            raise HTTPException(404, str(exc)) from None
+        return ranked(vector, k, offset, labels, label, exclude=row)
 
     @app.get("/api/browse", summary="Rows in file order (no query), optionally only one label's")
     def browse(k: K = 24, offset: Offset = 0, labels: Labels = None, label: Label = None) -> dict[str, Any]:

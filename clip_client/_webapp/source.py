@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import APIError, InvalidInputError
 from ..search import EXACT_DUPLICATE_MAX_ROWS
 
 if TYPE_CHECKING:
@@ -254,23 +255,40 @@ def _has_faiss() -> bool:
 
 
 class VectorSearchSource:
-    """A Unity Catalog Vector Search index as a `Source` (the seam for `clip_client.vector_search`).
+    """A Unity Catalog Vector Search index (`clip_client.vector_search.VectorIndex`) as a `Source`.
 
-    Searches go to `VectorIndex(name, client=...).search(vector, k, columns=["path"])`, whose result
-    is shaped like `cosine_topk`'s (`indices`, `scores`, and the rows' `path` column); images are
-    read by `read_image(path)`, the Unity Catalog Volumes reader (the Files API). Near-duplicates
+    The index's rows are named by their primary key; the page names rows by an integer id, so each
+    key gets the next id the first time a search returns it, and the last `PATHS_REMEMBERED` keys
+    seen keep theirs (an older id is a 404: search again). A row's path is its `path` column (its
+    key, when the key is `path`, as `embed_table` writes it); its image is read by `read_image(path)`
+    (the Files API reader of Unity Catalog volumes by default). "More like this" reads the row's
+    vector back from the index (a one-row query filtered on its key). Near-duplicates and browsing
     need every row at once and are not offered (`embeddings()` is None).
+
+    Raises (at construction):
+        VectorSearchError and its subclasses: the index cannot be read (404, 403, not online).
     """
 
-    def __init__(self, name: str, *, client: Any = None, read_image: Any = None) -> None:
-        import importlib
+    def __init__(
+        self,
+        name: str,
+        *,
+        client: Any,
+        read_image: Callable[[str], bytes] | None = None,
+        workspace: Any = None,
+    ) -> None:
+        from ..vector_search import VectorIndex
 
-        vector_search = importlib.import_module("clip_client.vector_search")  # the Vector Search work
-        self._index = vector_search.VectorIndex(name, client=client)
+        self._index = VectorIndex(name, client=client, workspace=workspace)
+        described = self._index.describe()
         self._name = name
+        self._key = described.primary_key or "path"
+        self._vector_column = described.embedding_column
+        self._count = described.indexed_row_count or 0
         self._read_image = read_image
-        # The paths of rows already shown (a page asks for their thumbnails next): bounded.
-        self._paths: OrderedDict[int, str] = OrderedDict()
+        self._ids: dict[Any, int] = {}  # key -> id, for the remembered rows
+        self._next = 0
+        self._rows: OrderedDict[int, tuple[Any, str]] = OrderedDict()  # id -> (key, path), bounded
         self._lock = threading.Lock()
 
     @property
@@ -282,38 +300,66 @@ class VectorSearchSource:
         return None
 
     def __len__(self) -> int:
-        return len(self._index)
+        with self._lock:
+            return max(self._count, self._next)
+
+    def _id_of(self, key: Any, path: str) -> int:
+        """The id of `key` (the next unused one the first time, or once forgotten), remembered as
+        the most recent (the lock held)."""
+        row = self._ids.get(key)
+        if row is None:
+            row, self._next = self._next, self._next + 1
+            self._ids[key] = row
+        self._rows[row] = (key, path)
+        self._rows.move_to_end(row)
+        while len(self._rows) > PATHS_REMEMBERED:
+            _, (old_key, _) = self._rows.popitem(last=False)
+            del self._ids[old_key]
+        return row
 
     def search(self, vector: EmbeddingArray, k: int) -> list[Hit]:
-        found = self._index.search(vector, k, columns=["path"])
-        paths: Sequence[str] = found.columns["path"]
-        hits = []
+        from ..vector_search import MAX_RESULTS
+
+        columns = [] if self._key == "path" else ["path"]
+        found = self._index.search(vector=vector, k=min(k, MAX_RESULTS), columns=columns)
+        keys = found.keys[0].tolist()
+        paths = found.columns.get("path", keys)
         with self._lock:
-            for i, s, p in zip(found.indices[0].tolist(), found.scores[0].tolist(), paths, strict=False):
-                self._paths[int(i)] = str(p)
-                self._paths.move_to_end(int(i))
-                hits.append(Hit(int(i), str(p), float(s)))
-            while len(self._paths) > PATHS_REMEMBERED:
-                self._paths.popitem(last=False)
-        return hits
+            return [
+                Hit(self._id_of(key, str(path)), str(path), float(score))
+                for key, path, score in zip(keys, paths, found.scores[0].tolist(), strict=True)
+            ]
+
+    def _entry(self, row: int) -> tuple[Any, str]:
+        with self._lock:
+            entry = self._rows.get(row)
+        if entry is None:
+            raise ImageUnavailable(f"row {row} is not among the rows this page has been shown: search again")
+        return entry
 
     def vector(self, row: int) -> EmbeddingArray:
-        out: EmbeddingArray = np.asarray(self._index.vector(row), dtype=np.float32)
+        key, path = self._entry(row)
+        if self._vector_column is None:
+            raise ImageUnavailable(f"{path}: the index has no embedding column to read back")
+        probe = np.zeros(self._index.describe().dim or 1, dtype=np.float32)
+        probe[0] = 1.0  # any direction: the filter leaves only the row
+        found = self._index.search(vector=probe, k=1, columns=[self._vector_column], filters={self._key: key})
+        values = found.columns.get(self._vector_column) or []
+        if not values:
+            raise ImageUnavailable(f"{path} is no longer in the index")
+        out: EmbeddingArray = np.asarray(values[0], dtype=np.float32)
         return out
 
     def path(self, row: int) -> str:
-        with self._lock:
-            if row not in self._paths:
-                raise IndexError(row)
-            return self._paths[row]
+        return self._entry(row)[1]
 
     def image_bytes(self, row: int) -> bytes:
         path = self.path(row)
         if self._read_image is None:
-            raise ImageUnavailable(f"{path}: no Volumes reader is configured")
+            raise ImageUnavailable(f"{path}: no reader of Unity Catalog volumes is configured")
         try:
             data: bytes = self._read_image(path)
-        except (OSError, LookupError) as exc:
+        except (OSError, LookupError, APIError, InvalidInputError) as exc:
             raise ImageUnavailable(f"{path} cannot be read ({type(exc).__name__})") from None
         return data
 
