@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -628,6 +629,62 @@ def test_the_databricks_app_folder_deploys_and_its_entry_point_builds_the_app(
         assert httpx.get(f"{url}/thumbnails/4000").status_code == 404
         assert httpx.get(f"{url}/api/similar/4000").status_code == 404
         assert httpx.get(f"{url}/api/duplicates").status_code == 501  # needs every row: not offered
+
+
+def test_the_command_serves_a_vector_search_index(embeddings: Path, tmp: Path) -> None:
+    """`clip-client app catalog.schema.index`: the same page and API over a Vector Search index
+    (the loopback service, which also serves the embedding endpoints), the images read from the
+    paths the index lists; an index of another width is refused before serving."""
+    from vector_search_server import VectorSearchServer
+
+    from clip_client.vector_search import create_direct_index
+
+    rows = read_rows(embeddings)
+    paths = [str((tmp / str(k)).resolve()) for k in rows.keys]  # as the index lists them
+    with VectorSearchServer() as vs:
+        vs.add_endpoint("clip-vs")
+        with ClipClient(host=vs.url, token=TOKEN) as reference:
+            index = create_direct_index(
+                "main.photos.clip_index", endpoint="clip-vs", client=reference, primary_key="path",
+                poll_interval=0,
+            )  # fmt: skip
+            index.upsert(paths, rows.embeddings)
+            query = reference.embed_text("a red car")
+        # An index of 8-d vectors, made with databricks-sdk alone.
+        from databricks.sdk import WorkspaceClient
+        from databricks.sdk.service import vectorsearch as vsapi
+
+        column = vsapi.EmbeddingVectorColumn(name="embedding", embedding_dimension=8)
+        WorkspaceClient(host=vs.url, token=TOKEN).vector_search_indexes.create_index(
+            name="main.photos.narrow", endpoint_name="clip-vs", primary_key="path",
+            index_type=vsapi.VectorIndexType.DIRECT_ACCESS,
+            direct_access_index_spec=vsapi.DirectAccessVectorIndexSpec(
+                embedding_vector_columns=[column],
+                schema_json='{"path": "string", "embedding": "array<float>"}',
+            ),
+        )  # fmt: skip
+        env = workspace_env(vs.url, TOKEN, tmp)
+        running = AppProcess(
+            "main.photos.clip_index", "--thumbnail-cache", tmp / "vs-thumbs", env=env, cwd=tmp
+        )
+        try:
+            top = cosine_topk(query, rows.embeddings, 6)
+            body = running.get("/api/search", params={"q": "a red car", "k": 6}).json()
+            assert [r["path"] for r in body["results"]] == [paths[i] for i in top.indices[0].tolist()]
+            np.testing.assert_allclose([r["score"] for r in body["results"]], top.scores[0], atol=1e-4)
+            thumb = running.get(body["results"][0]["thumbnail"])
+            assert thumb.status_code == 200
+            assert thumb.headers["content-type"] == "image/jpeg"
+        finally:
+            running.stop()
+        assert TOKEN not in running.log()
+        refused = subprocess.run(
+            [sys.executable, "-m", "clip_client", "app", "main.photos.narrow"],
+            env=env, cwd=tmp, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert refused.returncode == 1, refused.stderr
+        assert "holds 8-d vectors, but the client embeds 768-d ones" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_the_wheel_ships_the_templates_and_static_files() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -112,8 +112,6 @@ def app_command(
             "give SOURCE, an embeddings file written by `clip-client images`", param_hint="SOURCE"
         )
     _need_the_extra()
-    import uvicorn
-
     from .._webapp.databricks import is_index_name
     from .._webapp.queries import ClientQueries
     from .._webapp.server import create_app
@@ -122,10 +120,7 @@ def app_command(
 
     path = Path(source)
     if not path.exists() and is_index_name(source):
-        raise OutputError(
-            f"{source} looks like a Vector Search index: serving one needs clip_client.vector_search, "
-            "not in this version; give an embeddings file (.parquet, .npy or .jsonl)"
-        )
+        return _serve_index(source, common, host, port, max_upload_mib, thumbnail_cache)
     files = FileSource.open(path)
     if not len(files):
         raise OutputError(f"{path} has no rows to serve")
@@ -142,18 +137,60 @@ def app_command(
             max_upload_bytes=max_upload_mib * 2**20,
             max_image_pixels=pixels,
         )
-        shown_host = f"[{host}]" if ":" in host else host
-        say_error(
-            f"clip-client: serving {len(files):,} images of {path.name} on http://{shown_host}:{port} "
-            "(Ctrl-C stops)"
-        )
-        if not _loopback(host):
-            say_error(
-                f"clip-client: listening on {host}, not only this machine: anyone who reaches it can see "
-                "these images"
-            )
-        uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+        _run(web, host, port, f"{len(files):,} images of {path.name}")
     return EXIT_OK
+
+
+def _serve_index(
+    name: str, common: Common, host: str, port: int, max_upload_mib: int, thumbnail_cache: Path | None
+) -> int:
+    """Serve a Vector Search index: queries embedded by the options' model (whose width the index
+    must have: checked before serving), images read from the paths the index lists (Unity Catalog
+    volumes through the Files API of the client's workspace, other paths from this machine)."""
+    from .._remote.volumes import remote_volume_path, volume_files, volume_path
+    from .._remote.workspace import Workspace
+    from .._webapp.queries import ClientQueries
+    from .._webapp.server import create_app
+    from .._webapp.source import VectorSearchSource
+    from .._webapp.thumbnails import ThumbnailCache
+
+    with common.client() as client:
+        workspace = getattr(client.backend, "workspace", None)
+        owner = workspace if isinstance(workspace, Workspace) else None
+
+        def read_image(path: str) -> bytes:
+            remote = remote_volume_path(path)
+            if remote is not None:
+                return volume_files(owner).read(remote)
+            return Path(volume_path(path) or path).read_bytes()  # a volume's FUSE mount, or this machine
+
+        index = VectorSearchSource(name, client=client, read_image=read_image)
+        pixels = client.settings.max_image_pixels
+        thumbs = ThumbnailCache(
+            thumbnail_cache or default_cache_path().with_name("thumbnails"), max_pixels=pixels
+        )
+        web = create_app(
+            index,
+            ClientQueries(client),
+            thumbnails=thumbs,
+            max_upload_bytes=max_upload_mib * 2**20,
+            max_image_pixels=pixels,
+        )
+        _run(web, host, port, f"the Vector Search index {name} ({len(index):,} rows)")
+    return EXIT_OK
+
+
+def _run(web: Any, host: str, port: int, what: str) -> None:
+    import uvicorn
+
+    shown_host = f"[{host}]" if ":" in host else host
+    say_error(f"clip-client: serving {what} on http://{shown_host}:{port} (Ctrl-C stops)")
+    if not _loopback(host):
+        say_error(
+            f"clip-client: listening on {host}, not only this machine: anyone who reaches it can see "
+            "these images"
+        )
+    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
 
 
 def _need_the_extra() -> None:

@@ -107,10 +107,10 @@ def read_volume_file(path: str, *, workspace: Any = None) -> bytes:
     (`clip_client._remote.volumes`: bounded requests in flight, retried, typed errors), for the
     workspace databricks-sdk's default chain resolves (an App's service principal), or `workspace`
     (a databricks-sdk `WorkspaceClient`) when given."""
-    from .._remote.volumes import VolumeFiles, volume_files
+    from .._remote.volumes import VolumeFiles, volume_files, volume_path
 
     files = volume_files() if workspace is None else VolumeFiles(workspace.files)
-    return files.read(path)
+    return files.read(volume_path(path) or path)
 
 
 def build_app(environ: dict[str, str] | None = None) -> FastAPI:

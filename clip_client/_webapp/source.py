@@ -266,7 +266,8 @@ class VectorSearchSource:
     need every row at once and are not offered (`embeddings()` is None).
 
     Raises (at construction):
-        VectorSearchError and its subclasses: the index cannot be read (404, 403, not online).
+        VectorSearchError and its subclasses: the index cannot be read (404, 403), is not online, or
+            holds vectors of another width than the client's (`DimensionMismatchError`).
     """
 
     def __init__(
@@ -277,10 +278,11 @@ class VectorSearchSource:
         read_image: Callable[[str], bytes] | None = None,
         workspace: Any = None,
     ) -> None:
-        from ..vector_search import VectorIndex
+        from ..vector_search import VectorIndex, _check_queryable, _client_width
 
         self._index = VectorIndex(name, client=client, workspace=workspace)
         described = self._index.describe()
+        _check_queryable(described, _client_width(client))  # before serving: online, the client's width
         self._name = name
         self._key = described.primary_key or "path"
         self._vector_column = described.embedding_column
