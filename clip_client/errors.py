@@ -627,12 +627,17 @@ class VectorSearchError(ClipClientError):
         endpoint: str | None = None,
         status_code: int | None = None,
         error_code: str | None = None,
+        setting: str | None = None,
+        advice: str | None = None,
     ) -> None:
         self.index = index
         self.endpoint = endpoint
         self.status_code = status_code
         self.error_code = None if error_code is None else shorten(redact(error_code), _QUOTED_CODE)
-        super().__init__(shorten(redact(message), _QUOTED_MESSAGE))
+        # The advice (a template of the library's own, naming keywords as `{primary_key=}`) follows
+        # the message, so that the command can give it with its option names.
+        self._set_advice(setting, None, advice)
+        super().__init__(with_advice(shorten(redact(message), _QUOTED_MESSAGE), self.advice()))
 
 
 class VectorSearchNotFoundError(VectorSearchError):

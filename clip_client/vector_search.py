@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -192,6 +192,8 @@ class IndexDescription:
         indexed_row_count: rows indexed, when the service says.
         source_table: a Delta Sync index's source table; None for Direct Access.
         pipeline_type: a Delta Sync index's `"TRIGGERED"` or `"CONTINUOUS"`; None for Direct Access.
+        primary_key_type: a Direct Access index's primary key type from its `schema_json`
+            (`"string"`, `"long"`...); None when the service does not say (Delta Sync).
     """
 
     name: str
@@ -205,6 +207,7 @@ class IndexDescription:
     indexed_row_count: int | None = None
     source_table: str | None = None
     pipeline_type: str | None = None
+    primary_key_type: str | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,21 +236,39 @@ class _Call:
 
 def _perform(call: _Call) -> Any:
     """Run `call`, mapping databricks-sdk's failures to this package's errors (outside the handler,
-    so that no exception quoting the request is chained)."""
+    so that no exception quoting the request is chained; only a refusal that databricks-sdk retried
+    until it gave up, a 429 or 503, is chained as the error's `__cause__`: the service's own
+    answer)."""
     from databricks.sdk.errors.base import DatabricksError
 
+    cause: BaseException | None = None
     try:
         return call.run()
     except DatabricksError as exc:
         error = _refusal(exc, call)
+    except TimeoutError as exc:
+        # databricks-sdk retries a 429 or 503 until its `retry_timeout_seconds` (this package's
+        # `sdk_config` bounds it), then raises TimeoutError from the last refusal: that refusal is
+        # the cause to report, with the status and the service's own message.
+        last = exc.__cause__
+        if not isinstance(last, DatabricksError):
+            error = _unreachable(exc, call)
+        else:
+            error, cause = _refusal(last, call, gave_up=str(exc)), last
     except OSError as exc:  # requests' connection errors are OSErrors
-        error = VectorSearchError(
-            f"could not {call.action} {_what(call)}: {type(exc).__name__}: {exc}. Check the workspace "
-            "host and the network",
-            index=call.index,
-            endpoint=call.endpoint,
-        )
+        error = _unreachable(exc, call)
+    if cause is not None:
+        raise error from cause
     raise error
+
+
+def _unreachable(exc: OSError, call: _Call) -> VectorSearchError:
+    return VectorSearchError(
+        f"could not {call.action} {_what(call)}: {type(exc).__name__}: {exc}. Check the workspace "
+        "host and the network",
+        index=call.index,
+        endpoint=call.endpoint,
+    )
 
 
 def _what(call: _Call) -> str:
@@ -287,7 +308,16 @@ _SDK_CONFIG_NOTE = re.compile(r"\.? (?:Config|Env): .*$")
 masked), which say nothing about the refusal."""
 
 
-def _refusal(exc: Exception, call: _Call) -> VectorSearchError:
+_BUSY_ADVICE = {
+    429: "Vector Search is rate-limiting this workspace's requests: wait a minute and retry, and lower the "
+    "request rate (fewer concurrent searches or upserts, larger upsert batches)",
+    503: "Vector Search (or the index's endpoint) is temporarily unavailable: retry later; if it lasts, "
+    "check the endpoint's state under Compute > Vector Search",
+}
+"""What to do about a refusal that retrying later can cure."""
+
+
+def _refusal(exc: Exception, call: _Call, gave_up: str | None = None) -> VectorSearchError:
     status = _status_of(exc)
     code = getattr(exc, "error_code", None)
     said = _SDK_CONFIG_NOTE.sub("", " ".join(redact(str(exc)).split())).rstrip(". ")
@@ -303,6 +333,9 @@ def _refusal(exc: Exception, call: _Call) -> VectorSearchError:
         return VectorSearchPermissionError(f"{text}. The identity needs {call.needs}", **where)
     if status == 404:
         return VectorSearchNotFoundError(f"{text}. {call.missing}", **where)
+    if status in _BUSY_ADVICE:
+        retried = f" (still refused when databricks-sdk's retries stopped: {gave_up})" if gave_up else ""
+        return VectorSearchError(f"{text}{retried}. {_BUSY_ADVICE[status]}", **where)
     if status == 401:
         return VectorSearchError(
             f"{text}. Check DATABRICKS_TOKEN / DATABRICKS_HOST, the ~/.databrickscfg profile, or the OAuth "
@@ -344,12 +377,51 @@ def _parts(name: str) -> tuple[str, str, str]:
     return (parts[0], parts[1], parts[2])
 
 
+NAME_PART_MAX = 255
+"""The most characters of one part of a Unity Catalog name (Databricks, "Names")."""
+
+_REFUSED_IN_NAMES = frozenset("./\\?#%") | frozenset(chr(c) for c in range(0x20)) | {"\x7f"}
+"""Characters no part of a name may hold: Unity Catalog's (period, forward slash, the ASCII control
+characters 00-1F, DELETE; space and all whitespace), and those that would change the URL a name
+is put in (`\\`, `?`, `#`, `%`)."""
+
+
+def name_problem(name: object, kind: str = "index") -> str | None:
+    """Why `name` is not a Unity Catalog name of a `kind` (`"index"`, `"table"`), or None when it
+    is one.
+
+    The rule, from Databricks' "Names" page (SQL reference, "The following limitations apply for
+    all object names in Unity Catalog"): three parts, `catalog.schema.object`, each 1 to 255
+    characters, none of them a period, a space, a forward slash, an ASCII control character (00-1F
+    hex) or DELETE (7F). Letters (any case; Unity Catalog stores them lowercase), digits,
+    underscores and hyphens are the usual; other characters are allowed by Unity Catalog. This
+    package also refuses any whitespace and `\\`, `?`, `#`, `%`, which would change the request's
+    URL (`/api/2.0/vector-search/indexes/{name}`), so that a name can never reach another index
+    or endpoint than the one it names.
+    """
+    shape = f"catalog.schema.{kind}"
+    if not isinstance(name, str):
+        return f"it is a {type(name).__name__}, not a str: give {shape}"
+    parts = name.split(".")
+    if len(parts) != 3 or not all(parts):
+        return f"give three non-empty dotted parts, {shape}"
+    for part in parts:
+        if len(part) > NAME_PART_MAX:
+            return f"a part is {len(part):,} characters long, over Unity Catalog's {NAME_PART_MAX}"
+        bad = next((c for c in part if c in _REFUSED_IN_NAMES or c.isspace()), None)
+        if bad is not None:
+            return (
+                f"part {part!r} holds {bad!r}: a part of a Unity Catalog name ({shape}) may not hold "
+                "whitespace, '/', '\\', '?', '#', '%' or control characters"
+            )
+    return None
+
+
 def _check_name(name: object, what: str = "name") -> str:
-    if not isinstance(name, str) or len(name.split(".")) != 3 or not all(name.split(".")):
-        raise ValueError(
-            f"{what}={name!r} is not a Unity Catalog name: give "
-            f"catalog.schema.{'index' if what == 'name' else 'table'}"
-        )
+    problem = name_problem(name, "index" if what == "name" else "table")
+    if problem is not None:
+        raise ValueError(f"{what}={name!r} is not a Unity Catalog name: {problem}")
+    assert isinstance(name, str)
     return name
 
 
@@ -377,6 +449,21 @@ def _workspace_of(client: ClipClient | AsyncClipClient, workspace: WorkspaceClie
     return workspace
 
 
+def _check_client(client: object, wanted: Literal["sync", "async"], what: str) -> None:
+    """Refuse, when it is built, a client of the other kind: an `AsyncClipClient` where a
+    `ClipClient` is wanted (its embed calls answer coroutines) and the other way round."""
+    from ._client import AsyncClipClient, ClipClient
+
+    if wanted == "sync" and isinstance(client, AsyncClipClient):
+        raise TypeError(
+            f"{what} takes a ClipClient, not an AsyncClipClient: use AsyncVectorIndex with an AsyncClipClient"
+        )
+    if wanted == "async" and isinstance(client, ClipClient):
+        raise TypeError(
+            f"{what} takes an AsyncClipClient, not a ClipClient: use VectorIndex with a ClipClient"
+        )
+
+
 def _client_width(client: ClipClient) -> int:
     """The width of the client's embeddings: its backend's, when known before an answer (the local
     model), else that of one short text's embedding (one request to the text endpoint)."""
@@ -388,6 +475,17 @@ def _client_width(client: ClipClient) -> int:
 
 # --------------------------------------------------------------------------------------------------
 # Describing an index: one heart for both shells
+
+
+def _key_type(info: Any) -> str | None:
+    """The primary key's type in a Direct Access index's `schema_json`, lowercase; None if absent."""
+    raw = getattr(info.direct_access_index_spec, "schema_json", None)
+    try:
+        schema = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    kind = schema.get(info.primary_key) if isinstance(schema, dict) else None
+    return kind.strip().lower() if isinstance(kind, str) else None
 
 
 def _described(name: str, info: Any) -> IndexDescription:
@@ -412,6 +510,7 @@ def _described(name: str, info: Any) -> IndexDescription:
             if info.delta_sync_index_spec is not None and info.delta_sync_index_spec.pipeline_type is not None
             else None
         ),
+        primary_key_type=_key_type(info),
     )
 
 
@@ -540,7 +639,7 @@ def _filters_json(filters: Mapping[str, Any] | None) -> str | None:
             'filters must be a dict of column conditions, e.g. {"folder": "maize"} or {"id <": 5}'
         )
     try:
-        return json.dumps(dict(filters), allow_nan=False)
+        return json.dumps(dict(filters), allow_nan=False, default=_numpy_json)
     except (TypeError, ValueError) as exc:
         raise TypeError(
             f"filters must be JSON values (str, number, bool, None, lists of them): {exc}"
@@ -639,11 +738,69 @@ def _result(
 # Writes (Direct Access indexes): byte-bounded requests, partial failures named
 
 
+def _numpy_json(value: Any) -> Any:
+    """`json.dumps`' `default`: a numpy scalar or array as plain JSON data; anything else refused."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def _json_value(value: Any) -> Any:
     """A numpy scalar or array as plain JSON data."""
     if isinstance(value, np.generic | np.ndarray):
         return value.tolist()
     return value
+
+
+_INTEGER_KEY_TYPES = frozenset({"long", "int", "integer", "bigint", "short", "smallint", "tinyint", "byte"})
+"""Schema types of an integer primary key (Databricks' schema types and their Spark aliases)."""
+
+
+def _short(value: object, most: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def _check_keys(keys: object, key_type: str | None, verb: str) -> list[str | int]:
+    """`keys` as a list of plain primary keys (numpy scalars converted), each checked against the
+    index's primary key type: `"string"` takes str, an integer type (`"long"`...) int (not bool);
+    an unknown type takes str or int, all of one type. Refused before anything is sent.
+
+    Raises:
+        TypeError: `keys` is one str (or bytes) instead of a list, or a key of the wrong type (the
+            message names its position and value).
+        ValueError: an empty string key.
+    """
+    if isinstance(keys, str | bytes | bytearray | memoryview):
+        raise TypeError(f"{verb}() takes a list of keys, not a {type(keys).__name__}")
+    if isinstance(keys, Mapping) or not isinstance(keys, Iterable):
+        raise TypeError(f"{verb}() takes a list of keys, got a {type(keys).__name__}")
+    kind = (key_type or "").lower()
+    wanted: type | None = str if kind == "string" else int if kind in _INTEGER_KEY_TYPES else None
+    said = (
+        f"the index's primary key is of type {kind!r}: give {'str' if wanted is str else 'int'} keys"
+        if wanted is not None
+        else "give str or int keys"
+    )
+    out: list[str | int] = []
+    for i, given in enumerate(keys):
+        # np.int64 -> int, np.str_ -> str; np.float64, np.bool_ are refused below
+        key = given.item() if isinstance(given, np.generic) else given
+        if (
+            isinstance(key, bool)
+            or not isinstance(key, str | int)
+            or (wanted and not isinstance(key, wanted))
+        ):
+            raise TypeError(f"key {i} is {_short(key)} (a {type(key).__name__}): {said}")
+        if isinstance(key, str) and not key:
+            raise ValueError(f"key {i} is an empty string: a primary key must not be empty")
+        out.append(str(key) if isinstance(key, str) else int(key))
+        if wanted is None and type(out[-1]) is not type(out[0]):
+            raise TypeError(
+                f"key {i} is {_short(key)} (a {type(key).__name__}) but key 0 is {_short(out[0])} (a "
+                f"{type(out[0]).__name__}): the keys of one index are all of one type"
+            )
+    return out
 
 
 def _upsert_rows(
@@ -653,9 +810,10 @@ def _upsert_rows(
     primary_key: str,
     embedding_column: str,
     dim: int,
+    key_type: str | None = None,
 ) -> list[dict[str, Any]]:
     """One JSON-able row per key: the key, the unit-length embedding, the extra columns."""
-    keys = [_json_value(key) for key in keys]
+    keys = _check_keys(keys, key_type, "upsert")
     matrix = np.asarray(embeddings)
     if matrix.dtype.kind not in "fiu" or matrix.ndim != 2:
         raise ValueError(f"embeddings must be a 2-D float array (n, {dim}), got shape {matrix.shape}")
@@ -764,27 +922,32 @@ def _write_steps(
     for at, (verb, keys, run) in enumerate(requests):
         unsent = [str(k) for _, later, _ in requests[at + 1 :] for k in later]
         after = f"; the {len(unsent):,} keys after them were not sent" if unsent else ""
+        into, done_, rows = ("from", "deleted", "keys") if verb == "delete" else ("into", "written", "rows")
         try:
             answer = yield _Call(run, f"{verb} rows of", index=name, needs=_write_needs(name))
         except VectorSearchError as exc:
             raise UpsertFailedError(
-                f"{verb} of {len(keys):,} keys into index {name!r} was refused after {written:,} rows were "
-                f"written (keys not written: {_first(keys)}){after}: {exc}",
+                f"{verb} of {len(keys):,} keys {into} index {name!r} was refused after {written:,} {rows} "
+                f"were {done_} (keys not {done_}: {_first(keys)}){after}: {exc}",
                 failed_keys=[str(k) for k in keys] + unsent,
                 written=written,
                 index=name,
                 status_code=exc.status_code,
                 error_code=exc.error_code,
-            ) from None
+            ) from exc.__cause__
         result = getattr(answer, "result", None)
         failed = [str(k) for k in getattr(result, "failed_primary_keys", None) or []]
         done = getattr(result, "success_row_count", None)
         written += int(done) if done is not None else len(keys) - len(failed)
         if failed:
+            again = (
+                "delete the keys not deleted again (deleting a deleted key again does no harm)"
+                if verb == "delete"
+                else "send the keys not written again (writing a written key again does no harm)"
+            )
             raise UpsertFailedError(
-                f"{verb}: index {name!r} did not write {len(failed):,} of {len(keys):,} keys: "
-                f"{_first(failed)}{after}. {written:,} rows were written; send the keys not written "
-                "again (writing a written key again does no harm)",
+                f"{verb}: index {name!r} did not {verb if verb == 'delete' else 'write'} {len(failed):,} of "
+                f"{len(keys):,} keys: {_first(failed)}{after}. {written:,} {rows} were {done_}; {again}",
                 failed_keys=failed + unsent,
                 written=written,
                 index=name,
@@ -893,7 +1056,13 @@ class _IndexBase:
                 index=self.name,
             )
         rows = _upsert_rows(
-            keys, embeddings, columns, described.primary_key, described.embedding_column, described.dim
+            keys,
+            embeddings,
+            columns,
+            described.primary_key,
+            described.embedding_column,
+            described.dim,
+            described.primary_key_type,
         )
         indexes = self.workspace.vector_search_indexes
         requests: list[tuple[str, list[Any], Callable[[], Any]]] = []
@@ -906,9 +1075,7 @@ class _IndexBase:
         return _write_steps(self.workspace, self.name, requests)
 
     def _delete_plan(self, keys: Sequence[Any]) -> Generator[_Call, Any, int]:
-        if isinstance(keys, str):
-            raise TypeError("delete() takes a list of keys, not a str")
-        texts = [str(_json_value(k)) for k in keys]
+        texts = [str(k) for k in _check_keys(keys, None, "delete")]
         indexes = self.workspace.vector_search_indexes
         requests: list[tuple[str, list[Any], Callable[[], Any]]] = [
             ("delete", list(run), functools.partial(indexes.delete_data_vector_index, self.name, run))
@@ -931,12 +1098,15 @@ class VectorIndex(_IndexBase):
     is read on the first call that needs it and kept; `describe(refresh=True)` reads it again.
 
     Raises:
-        ValueError: `name` is not `catalog.schema.index`.
+        ValueError: `name` is not a Unity Catalog name `catalog.schema.index` (see `name_problem`
+            for the rule).
+        TypeError: `client` is an `AsyncClipClient` (use `AsyncVectorIndex`).
         ConfigurationError: no workspace can be resolved (a local client outside Databricks, without
             `workspace=` or DATABRICKS_HOST).
     """
 
     def __init__(self, name: str, *, client: ClipClient, workspace: WorkspaceClient | None = None) -> None:
+        _check_client(client, "sync", "VectorIndex")
         super().__init__(name, client, workspace, resolve=True)
         self.client = client
 
@@ -1021,8 +1191,12 @@ class VectorIndex(_IndexBase):
             The rows written.
 
         Raises:
-            ValueError: mismatched lengths, repeated keys, a row with no direction, or one row
-                alone over `max_request_bytes`.
+            TypeError: `keys` is one str (not a list), or a key is not of the index's primary key
+                type (`"string"`: str; `"long"` and other integer types: int, numpy integers
+                converted, bool refused; None, floats, bytes and mixed types always refused). The
+                message names the key's position and value. Nothing is sent.
+            ValueError: mismatched lengths, repeated keys, an empty key, a row with no direction,
+                or one row alone over `max_request_bytes`.
             DimensionMismatchError: the embeddings are not the index's width.
             UpsertFailedError: the service named failed keys, or refused a request; `failed_keys`
                 lists every key not written and `written` counts those that were. Requests are
@@ -1038,6 +1212,8 @@ class VectorIndex(_IndexBase):
             The rows the service says it deleted (keys that were not there count as done).
 
         Raises:
+            TypeError: `keys` is one str (not a list), or a key that is not a str or an int (or
+                keys of both types).
             UpsertFailedError: keys the service did not delete (`failed_keys`).
         """
         return _run(self._delete_plan(keys))
@@ -1054,10 +1230,20 @@ class VectorIndex(_IndexBase):
         it is online again (progress lines to `progress`, default logged at INFO on `clip_client`).
 
         Raises:
+            VectorSearchError: the index is a Direct Access index (no sync: write it with `upsert`).
             IndexNotReadyError: the sync failed (the index's own message, and what to do), or the
                 index was not online within `timeout` seconds.
         """
         name = self.name
+        described = self.describe(refresh=True)
+        if described.index_type == "DIRECT_ACCESS":
+            raise VectorSearchError(
+                f"index {name!r} is a Direct Access index, which has no sync: its rows are what upsert "
+                "writes (VectorIndex.upsert, VectorIndex.delete). Only a Delta Sync index syncs from its "
+                "table",
+                index=name,
+                endpoint=described.endpoint,
+            )
         _perform(
             _Call(
                 lambda: self.workspace.vector_search_indexes.sync_index(name),
@@ -1090,6 +1276,7 @@ class AsyncVectorIndex(_IndexBase):
     ) -> None:
         # The client's workspace is resolved on the first call, in a worker thread: building a
         # WorkspaceClient may read the workspace's host metadata, which must not block the loop.
+        _check_client(client, "async", "AsyncVectorIndex")
         super().__init__(name, client, workspace, resolve=False)
         self.client = client
 
@@ -1157,7 +1344,7 @@ def _index_state(ws: WorkspaceClient, name: str) -> tuple[bool, str, str | None,
     SDK's `VectorIndexStatus` drops the `detailed_state` that tells a failed sync from a slow one."""
     body = _perform(
         _Call(
-            lambda: ws.api_client.do("GET", f"/api/2.0/vector-search/indexes/{name}"),
+            lambda: ws.api_client.do("GET", f"/api/2.0/vector-search/indexes/{quote(name, safe='')}"),
             "read",
             index=name,
             needs=_query_needs(name),
@@ -1244,10 +1431,11 @@ def _check_source_table(ws: WorkspaceClient, table: str, needed: Sequence[str], 
     if missing:
         raise SourceTableError(
             f"source table {table} has no column {', '.join(repr(c) for c in missing)} (its columns: "
-            f"{', '.join(str(c) for c in have.values())}). Pass primary_key=/embedding_column= naming its "
-            "columns (embed_table writes the embedding to `embedding` by default)",
+            f"{', '.join(str(c) for c in have.values())}).",
             table=table,
             index=index,
+            advice="Pass {primary_key=}/{embedding_column=} naming its columns (embed_table writes the "
+            "embedding to `embedding` by default)",
         )
     properties = {k.lower(): v for k, v in (info.properties or {}).items()}
     if str(properties.get("delta.enablechangedatafeed", "")).lower() != "true":
@@ -1286,9 +1474,10 @@ def _ensure_endpoint(
     except VectorSearchNotFoundError:
         if not create:
             raise VectorSearchNotFoundError(
-                f"no Vector Search endpoint {endpoint!r} in this workspace. Pass create_endpoint=True to "
-                f"create it, or create it yourself (Compute > Vector Search, or `databricks "
-                f"vector-search-endpoints create-endpoint {endpoint} STANDARD`)",
+                f"no Vector Search endpoint {endpoint!r} in this workspace.",
+                advice="Pass {create_endpoint=True} to create it, or create it yourself (Compute > Vector "
+                f"Search, or `databricks vector-search-endpoints create-endpoint {_literal(endpoint)} "
+                "STANDARD`)",
                 endpoint=endpoint,
                 index=index,
                 status_code=404,
@@ -1336,6 +1525,12 @@ def _ensure_endpoint(
                 f"endpoint {endpoint!r} is not online after {timeout:g}s ({state})", endpoint=endpoint
             )
         time.sleep(poll)
+
+
+def _literal(text: str) -> str:
+    """`text` for an advice template, which reads `{...}` as a setting: a name with a brace is
+    shown as a placeholder word instead."""
+    return "ENDPOINT" if "{" in text or "}" in text else text
 
 
 def _existing(ws: WorkspaceClient, name: str) -> IndexDescription | None:
@@ -1435,6 +1630,7 @@ def create_index(
 
     _check_name(name)
     _check_name(source_table, "source_table")
+    _check_client(client, "sync", "create_index")
     if pipeline not in ("TRIGGERED", "CONTINUOUS"):
         raise ValueError(f"pipeline={pipeline!r}: use 'TRIGGERED' or 'CONTINUOUS'")
     say = _say(progress)
@@ -1539,7 +1735,9 @@ def create_direct_index(
         create_endpoint, wait, timeout, poll_interval, progress, workspace: as in `create_index`.
 
     Raises:
-        ValueError: a bad name or column type.
+        ValueError: a bad name or column type, or `columns` naming the primary key or the embedding
+            column.
+        TypeError: `client` is an `AsyncClipClient`.
         VectorSearchNotFoundError: no endpoint, without `create_endpoint`.
         IndexSpecMismatchError: the index exists with another specification.
         IndexNotReadyError, VectorSearchPermissionError: as in `create_index`.
@@ -1553,6 +1751,22 @@ def create_direct_index(
     )
 
     _check_name(name)
+    _check_client(client, "sync", "create_direct_index")
+    if not isinstance(primary_key, str) or not primary_key or not isinstance(embedding_column, str):
+        raise ValueError("primary_key and embedding_column must be non-empty column names (str)")
+    if not embedding_column or embedding_column == primary_key:
+        raise ValueError(
+            f"embedding_column={embedding_column!r} must be another column than primary_key={primary_key!r}"
+        )
+    if isinstance(columns, str) or (columns is not None and not isinstance(columns, Mapping)):
+        raise TypeError('columns takes a dict {name: type}, e.g. {"caption": "string"}')
+    clash = [c for c in (columns or {}) if c in (primary_key, embedding_column)]
+    if clash:
+        raise ValueError(
+            f"columns names {clash[0]!r}, which is the index's "
+            f"{'primary key' if clash[0] == primary_key else 'embedding column'}: columns= lists the other "
+            "columns only (set the key's type with primary_key_type=)"
+        )
     schema = {primary_key: primary_key_type, embedding_column: "array<float>", **dict(columns or {})}
     for column, kind in schema.items():
         if not isinstance(column, str) or not column or kind not in _SCHEMA_TYPES:

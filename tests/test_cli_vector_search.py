@@ -162,3 +162,77 @@ def test_search_an_index_with_an_image(vs: VectorSearchServer, tmp_path: Path) -
     assert [line.split()[2] for line in out.splitlines()[1:]] == [
         f"/Volumes/p/{i}.jpg" for i in top.indices[0]
     ]
+
+
+# -- Advice in option names, usage errors, names, Direct Access sync -----------------------------------
+
+
+def test_index_create_advice_names_the_options(vs: VectorSearchServer) -> None:
+    _table(vs)
+    code, _, err = _cli(
+        "index", "create", INDEX, "--source-table", TABLE, "--endpoint", "clip-vs", "--primary-key", "nope"
+    )
+    assert code == 1
+    assert "--primary-key/--embedding-column naming its columns" in err
+    assert "primary_key=" not in err
+    assert "ValueError" not in err
+
+    code, _, err = _cli("index", "create", INDEX, "--source-table", TABLE, "--endpoint", "nope")
+    assert code == 1
+    assert "Pass --create-endpoint to create it" in err
+    assert "create_endpoint=" not in err
+    assert vs.indexes == {}
+
+
+def test_k_over_the_service_cap_is_a_usage_error(vs: VectorSearchServer) -> None:
+    code, _, err = _cli("search", INDEX, "a dog", "-k", "10001", "--no-cache")
+    assert code == 2
+    assert "-k" in err
+    assert "10,000" in err
+    assert "--filter" in err
+    assert "ValueError" not in err
+    assert "filters=" not in err
+    assert vs.vs_requests == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("index", "create", "a.b", "--source-table", TABLE, "--endpoint", "clip-vs"),
+        ("index", "status", "main.photos.c1/sync"),
+        ("index", "status", "main.photos.c1?x=1"),
+        ("index", "status", " main.photos.c1"),
+        ("index", "sync", "main.photos.c1#x"),
+        ("search", "main.photos.c1?x=1", "a dog", "--no-cache"),
+    ],
+)
+def test_a_bad_index_name_is_a_usage_error_naming_the_argument(
+    vs: VectorSearchServer, args: tuple[str, ...]
+) -> None:
+    vs.indexes["main.photos.c1"] = {}  # what a name with a suffix must not reach
+    code, out, err = _cli(*args)
+    assert code == 2, (out, err)
+    assert "NAME" in err or "INDEX" in err
+    assert "not a Unity Catalog name" in err
+    assert "ValueError" not in err
+    assert "ready" not in out
+    assert vs.vs_requests == []
+
+
+def test_a_bad_source_table_is_a_usage_error_naming_the_option(vs: VectorSearchServer) -> None:
+    code, _, err = _cli("index", "create", INDEX, "--source-table", "main.t", "--endpoint", "clip-vs")
+    assert code == 2
+    assert "--source-table" in err
+    assert "ValueError" not in err
+
+
+def test_index_sync_of_a_direct_access_index_is_refused(vs: VectorSearchServer) -> None:
+    from clip_client.vector_search import create_direct_index
+
+    with ClipClient(host=vs.url, token=TOKEN) as client:
+        create_direct_index(INDEX, endpoint="clip-vs", client=client, poll_interval=0)
+    code, out, err = _cli("index", "sync", INDEX)
+    assert code == 1
+    assert "Direct Access index, which has no sync" in err
+    assert "online" not in err + out
+    assert vs.posted("/sync") == []

@@ -505,3 +505,237 @@ def _index_with_text_keys(vs: VectorSearchServer, client: ClipClient) -> VectorI
     index = create_direct_index("main.photos.by_name", endpoint="clip-vs", client=client, poll_interval=0)
     index.upsert(["a", "b", "c"], _vectors(3, seed=14))
     return index
+
+
+# -- Keys, names, rate limits, clients (defects found by a first user) --------------------------------
+
+
+def _upserts(vs: VectorSearchServer) -> int:
+    return len(vs.posted("/upsert-data"))
+
+
+def test_upsert_of_one_str_is_a_type_error_not_its_characters(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    index, _ = _direct(vs, client, n=5)
+    vectors = _vectors(4, seed=21)
+    before = _upserts(vs)
+    with pytest.raises(TypeError, match="takes a list of keys, not a str"):
+        index.upsert("ab", vectors[2:4])
+    with pytest.raises(TypeError, match="takes a list of keys, not a bytes"):
+        index.upsert(b"ab", vectors[2:4])
+
+    async def run() -> None:
+        async with AsyncClipClient(**vs.client_kwargs(token=TOKEN)) as aclient:
+            aindex = AsyncVectorIndex(INDEX, client=aclient)
+            with pytest.raises(TypeError, match="takes a list of keys, not a str"):
+                await aindex.upsert("ab", vectors[2:4])
+
+    asyncio.run(run())
+    assert _upserts(vs) == before
+    assert "a" not in vs.indexes[INDEX]["rows"]
+    assert "b" not in vs.indexes[INDEX]["rows"]
+
+
+def test_upsert_checks_every_key_against_the_primary_key_type(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    index = create_direct_index(INDEX, endpoint="clip-vs", client=client, poll_interval=0)
+    two = _vectors(2, seed=22)
+    for keys, where in (
+        ([None, "x"], r"key 0 is None \(a NoneType\)"),
+        (["m1", 2], r"key 1 is 2 \(a int\)"),
+        (["m1", 1.5], r"key 1 is 1.5 \(a float\)"),
+        ([True, "x"], r"key 0 is True \(a bool\)"),
+        (["x", b"y"], r"key 1 is b'y' \(a bytes\)"),
+    ):
+        with pytest.raises(TypeError, match=where) as caught:
+            index.upsert(keys, two)
+        assert "'string'" in str(caught.value)
+    with pytest.raises(ValueError, match="key 1 is an empty string"):
+        index.upsert(["x", ""], two)
+    assert _upserts(vs) == 0
+    assert index.upsert([np.str_("s0"), "s1"], two) == 2
+    assert json.loads(json.loads(vs.posted("/upsert-data")[-1])["inputs_json"])[0]["id"] == "s0"
+
+    longs = create_direct_index(
+        "main.photos.by_row",
+        endpoint="clip-vs",
+        client=client,
+        primary_key="row",
+        primary_key_type="long",
+        poll_interval=0,
+    )
+    sent = _upserts(vs)
+    for keys, where in (
+        (["a", 1], r"key 0 is 'a' \(a str\)"),
+        ([1, True], r"key 1 is True \(a bool\)"),
+        ([1, np.float64(2.0)], r"key 1 is 2.0 \(a float\)"),
+    ):
+        with pytest.raises(TypeError, match=where) as caught:
+            longs.upsert(keys, two)
+        assert "'long'" in str(caught.value)
+    assert _upserts(vs) == sent
+    assert longs.upsert(np.array([7, 8], dtype=np.int64), two) == 2
+    rows = json.loads(json.loads(vs.posted("/upsert-data")[-1])["inputs_json"])
+    assert [r["row"] for r in rows] == [7, 8]
+    assert longs.describe().primary_key_type == "long"
+
+
+def test_filters_with_numpy_scalars_are_sent_as_plain_json(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    index, matrix = _direct(vs, client, n=30)
+    query = _vectors(1, seed=23)[0]
+    result = index.search(query, k=3, filters={"n <": np.int64(9), "folder": np.str_("maize")})
+    sent = json.loads(vs.posted("/query")[-1])
+    assert json.loads(sent["filters_json"]) == {"n <": 9, "folder": "maize"}
+    chosen = [i for i in range(9) if i % 3 == 0]
+    _same_as_topk(result, query, matrix[chosen], 3, [f"k{i}" for i in chosen])
+    with pytest.raises(TypeError, match="JSON values"):
+        index.search(query, k=3, filters={"n": object()})
+
+
+def _impatient(vs: VectorSearchServer) -> Any:
+    """A WorkspaceClient whose databricks-sdk retries of a 429/503 give up after about a second."""
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.core import Config
+
+    return WorkspaceClient(config=Config(host=vs.url, token=TOKEN, retry_timeout_seconds=1))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "words"),
+    [
+        (429, "REQUEST_LIMIT_EXCEEDED", "rate-limiting"),
+        (503, "TEMPORARILY_UNAVAILABLE", "temporarily unavailable"),
+    ],
+)
+def test_a_persistent_429_or_503_names_the_refusal_and_keeps_its_cause(
+    vs: VectorSearchServer, client: ClipClient, status: int, code: str, words: str
+) -> None:
+    from databricks.sdk.errors.base import DatabricksError
+
+    _direct(vs, client, n=5)
+    vs.refusals["/query"] = (status, code, "Too many requests to index main.photos.clip_index")
+    index = VectorIndex(INDEX, client=client, workspace=_impatient(vs))
+    with pytest.raises(VectorSearchError) as caught:
+        index.search([1.0] * DIM)
+    error = caught.value
+    text = str(error)
+    assert (error.status_code, error.error_code) == (status, code)
+    assert f"HTTP {status} {code}" in text
+    assert "Too many requests to index" in text
+    assert words in text
+    assert "retry" in text
+    assert "Check the workspace host and the network" not in text
+    assert isinstance(error.__cause__, DatabricksError)
+    assert TOKEN not in text
+
+
+def test_a_429_on_delete_is_worded_for_deletes(vs: VectorSearchServer, client: ClipClient) -> None:
+    _direct(vs, client, n=5)
+    vs.refusals["/delete-data"] = (429, "REQUEST_LIMIT_EXCEEDED", "slow down")
+    index = VectorIndex(INDEX, client=client, workspace=_impatient(vs))
+    with pytest.raises(UpsertFailedError) as caught:
+        index.delete(["k1"])
+    text = str(caught.value)
+    assert "delete of 1 keys from index" in text
+    assert "0 keys were deleted" in text
+    assert "keys not deleted: 'k1'" in text
+    assert "into index" not in text
+    assert "written" not in text
+    assert "rate-limiting" in text
+    assert caught.value.status_code == 429
+    assert caught.value.__cause__ is not None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "a.b.c?x=1",
+        "a.b.c/d",
+        " a.b.c",
+        "a.b.c ",
+        "a.b.c#x",
+        "a.b.c%2Fd",
+        "a.b\tx.c",
+        "a.b.c\x00",
+        "a.b",
+        "a..c",
+    ],
+)
+def test_index_names_are_checked_strictly_before_any_request(
+    vs: VectorSearchServer, client: ClipClient, name: str
+) -> None:
+    _direct(vs, client, n=3)
+    vs.indexes["a.b.c"] = vs.indexes[INDEX]  # an index that a name with a suffix must not reach
+    before = len(vs.vs_requests)
+    with pytest.raises(ValueError, match="is not a Unity Catalog name") as caught:
+        VectorIndex(name, client=client).describe()
+    assert repr(name) in str(caught.value)
+    with pytest.raises(ValueError, match="is not a Unity Catalog name"):
+        create_direct_index(name, endpoint="clip-vs", client=client, poll_interval=0)
+    with pytest.raises(ValueError, match="source_table="):
+        create_index(INDEX, source_table=name, endpoint="clip-vs", client=client)
+    assert len(vs.vs_requests) == before
+
+
+def test_a_name_with_hyphens_and_letters_beyond_ascii_reaches_its_own_index(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    name = "main.photos-2.clip-índex"
+    index = create_direct_index(name, endpoint="clip-vs", client=client, poll_interval=0)
+    assert index.describe().ready
+    index.upsert(["a"], _vectors(1))
+    assert list(index.search(_vectors(1)[0], k=1).keys[0]) == ["a"]
+    gets = [path for method, path, _ in vs.vs_requests if method == "GET" and "/indexes/" in path]
+    assert any("clip-%C3%ADndex" in path for path in gets)
+
+
+def test_a_client_of_the_other_kind_is_refused_at_construction(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    async def run() -> None:
+        async with AsyncClipClient(**vs.client_kwargs(token=TOKEN)) as aclient:
+            with pytest.raises(TypeError, match="use AsyncVectorIndex"):
+                VectorIndex(INDEX, client=aclient)  # type: ignore[arg-type]
+            with pytest.raises(TypeError, match="use AsyncVectorIndex"):
+                create_direct_index(INDEX, endpoint="clip-vs", client=aclient)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    with pytest.raises(TypeError, match="use VectorIndex with a ClipClient"):
+        AsyncVectorIndex(INDEX, client=client)  # type: ignore[arg-type]
+    assert vs.vs_requests == []
+
+
+def test_direct_index_columns_may_not_name_the_key_or_the_embedding(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    with pytest.raises(ValueError, match="'id', which is the index's primary key"):
+        create_direct_index(INDEX, endpoint="clip-vs", client=client, columns={"id": "string"})
+    with pytest.raises(ValueError, match="'embedding', which is the index's embedding column"):
+        create_direct_index(INDEX, endpoint="clip-vs", client=client, columns={"embedding": "string"})
+    with pytest.raises(ValueError, match="another column than primary_key"):
+        create_direct_index(INDEX, endpoint="clip-vs", client=client, embedding_column="id")
+    assert vs.indexes == {}
+
+
+def test_sync_of_a_direct_access_index_is_refused(vs: VectorSearchServer, client: ClipClient) -> None:
+    index, _ = _direct(vs, client, n=3)
+    with pytest.raises(VectorSearchError, match="Direct Access index, which has no sync") as caught:
+        index.sync(poll_interval=0)
+    assert "upsert" in str(caught.value)
+    assert vs.posted("/sync") == []
+
+
+def test_a_filter_matching_nothing_returns_an_empty_result(
+    vs: VectorSearchServer, client: ClipClient
+) -> None:
+    index, _ = _direct(vs, client, n=10)
+    result = index.search(_vectors(1, seed=24)[0], k=5, filters={"folder": "none such"}, columns=["folder"])
+    assert result.keys.shape == (1, 0)
+    assert result.scores.shape == (1, 0)
+    assert result.scores.dtype == np.float32
+    assert result.columns == {"folder": []}
+    assert len(result.to_pandas()) == 0

@@ -114,12 +114,14 @@ class VectorSearchServer(ServingServer):
         filters = json.loads(body["filters_json"]) if body.get("filters_json") else {}
         if filters:
             rows = [r for r in index["rows"].values() if _matches(r, filters)]
-            matrix = np.asarray([r[vector_column] for r in rows], dtype=np.float64).reshape(len(rows), -1)
+            matrix = np.asarray([r[vector_column] for r in rows], dtype=np.float64).reshape(
+                len(rows), len(query)
+            )  # (0, d) when no row matches: reshape(0, -1) cannot infer the width
         else:  # the whole index: its matrix is kept until a write changes the rows
             if index.get("cache") is None:
                 every = list(index["rows"].values())
                 stacked = np.asarray([r[vector_column] for r in every], dtype=np.float64)
-                index["cache"] = (every, stacked.reshape(len(every), -1))
+                index["cache"] = (every, stacked.reshape(len(every), len(query)))
             rows, matrix = index["cache"]
         if rows:
             scores = 1.0 / (1.0 + np.sum((matrix - query) ** 2, axis=1))

@@ -4,16 +4,19 @@ the `search` command when its INDEX is `catalog.schema.index`), and the `index` 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..errors import ClipClientError, SettingValue
 from .app import EXIT_OK, app, flag
-from .errors import handled
+from .errors import flag_spelling, handled
 from .options import Common, shared_options
 
 if TYPE_CHECKING:
@@ -83,6 +86,57 @@ def _scalar(raw: str) -> Any:
     return value if value is None or isinstance(value, str | int | float | bool) else raw
 
 
+MAX_K = 10_000
+"""Vector Search's most results per query (`clip_client.vector_search.MAX_RESULTS`)."""
+
+INDEX_FLAGS: dict[str, str] = {
+    "primary_key": "--primary-key",
+    "embedding_column": "--embedding-column",
+    "create_endpoint": "--create-endpoint",
+    "source_table": "--source-table",
+    "endpoint": "--endpoint",
+    "timeout": "--timeout",
+}
+"""The keywords of `create_index` and `VectorIndex` that an option of `clip-client index` sets, and
+that option: advice that names `{primary_key=}` reads `--primary-key` here."""
+
+
+def index_spelling(setting: str, value: SettingValue | None = None, *, keyword: bool = False) -> str:
+    """`flag_spelling`, knowing the `index` commands' options too; a flag's `True` is the flag alone
+    (`{create_endpoint=True}` reads `--create-endpoint`)."""
+    option = INDEX_FLAGS.get(setting)
+    if option is None:
+        return flag_spelling(setting, value, keyword=keyword)
+    return option if value is None or value is True else f"{option} {value}"
+
+
+@contextlib.contextmanager
+def _in_index_words() -> Iterator[None]:
+    """Errors of the block with their advice in the `index` commands' option names (the error
+    re-raised as a copy whose message says it so, the advice template spent)."""
+    try:
+        yield
+    except ClipClientError as exc:
+        text = exc.render(index_spelling)
+        if text == str(exc):
+            raise
+        said = copy.copy(exc)
+        said.args = (text,)
+        said._advice = None
+        raise said from exc.__cause__
+
+
+def checked_name(value: str, param_hint: str, kind: str = "index") -> str:
+    """`value` when it is a Unity Catalog name (`catalog.schema.index`), else a usage error naming
+    the argument or option."""
+    from ..vector_search import name_problem
+
+    problem = name_problem(value, kind)
+    if problem is not None:
+        raise typer.BadParameter(f"{value!r} is not a Unity Catalog name: {problem}", param_hint=param_hint)
+    return value
+
+
 def search_index(
     common: Common,
     name: str,
@@ -97,7 +151,14 @@ def search_index(
     options describe, the hits shown by `show` (the same table as a file's search)."""
     from ..vector_search import VectorIndex
 
-    with common.client() as client:
+    checked_name(name, "INDEX")
+    if k > MAX_K:
+        raise typer.BadParameter(
+            f"{k} is over Vector Search's {MAX_K:,} results per query: ask for fewer, or narrow the search "
+            "with --filter",
+            param_hint="'-k' / '--top'",
+        )
+    with common.client() as client, _in_index_words():
         index = VectorIndex(name, client=client)
         if image is not None:
             result = index.search(image=image, k=k, filters=filters)
@@ -168,7 +229,9 @@ def create(
     """
     from ..vector_search import create_index
 
-    with common.client() as client:
+    checked_name(name, "NAME")
+    checked_name(source_table, "--source-table", "table")
+    with common.client() as client, _in_index_words():
         create_index(
             name,
             source_table=source_table,
@@ -189,10 +252,13 @@ def create(
 @handled
 @shared_options("workspace")
 def sync(name: NameArg, no_wait: NoWaitOpt = False, timeout: TimeoutOpt = 3600.0, *, common: Common) -> int:
-    """Ask a TRIGGERED Delta Sync index to read its table's changes, and wait until it is online."""
+    """Ask a TRIGGERED Delta Sync index to read its table's changes, and wait until it is online.
+
+    A Direct Access index has no sync (its rows are what upserts write): it is refused."""
     from ..vector_search import VectorIndex
 
-    with common.client() as client:
+    checked_name(name, "NAME")
+    with common.client() as client, _in_index_words():
         VectorIndex(name, client=client).sync(wait=not no_wait, timeout=timeout, progress=_progress)
     return EXIT_OK
 
@@ -204,7 +270,8 @@ def status(name: NameArg, *, common: Common) -> int:
     """What the index is: type, endpoint, key, embedding column and width, state, rows."""
     from ..vector_search import VectorIndex
 
-    with common.client() as client:
+    checked_name(name, "NAME")
+    with common.client() as client, _in_index_words():
         described = VectorIndex(name, client=client).describe()
     fields = [
         ("index", described.name),
