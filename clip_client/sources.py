@@ -40,7 +40,7 @@ from datetime import datetime
 from typing import IO, Any, NamedTuple, TypeVar
 
 from ._remote.volumes import VolumeFiles, volume_files, volume_path
-from .errors import APIError, APIStatusError, InvalidInputError
+from .errors import APIError, APIStatusError, AuthenticationError, InvalidInputError
 
 __all__ = [
     "IMAGE_GLOBS",
@@ -190,8 +190,12 @@ def iter_images(
     - a Unity Catalog volume path (`/Volumes/catalog/schema/volume/...`, or `dbfs:/Volumes/...`)
       that is not mounted here (off a Databricks cluster): a file, or a folder's files matching
       `globs` in the Files API's order, read through databricks-sdk's `WorkspaceClient().files`
-      (the listing streamed a page at a time; on a cluster it is a local path). A path that is
-      neither raises `SourceNotFoundError`, unless its name is an image's (one failed input);
+      (the listing streamed a page at a time; on a cluster it is a local path). The path is
+      normalised as a local one is (`dbfs:` kept, `//`, `.` and a trailing slash dropped). A path
+      that is neither, or is above a volume (`/Volumes`, a catalog, a schema), raises
+      `SourceNotFoundError`, unless its name is an image's (one failed input); a folder that cannot
+      be read raises (never one failed input): 401 `AuthenticationError`, 403 or a failure that
+      outlasts the retries `InvalidInputError` naming the folder;
     - a pattern. Braces (`shard-{000000..000099}.tar`, `{a,b}`) expand, in order and lazily (one
       name at a time, however large the range), in local paths and URIs alike; in a local path
       only when no file has that very name. `*`, `?` and `[` are glob characters only in a URI,
@@ -228,6 +232,8 @@ def iter_images(
         InvalidInputError: a folder, prefix or shard holds nothing that _matches `globs` (raised
             when it has been walked, with `path` set to it): `NothingFoundError`; a volume path
             names nothing (`SourceNotFoundError`), or its folder cannot be listed at all.
+        AuthenticationError: the Files API refused the credentials (401) for a volume path: every
+            other request would be refused too.
         ImportError: a URI was given without fsspec or the store's plugin installed (the message
             says what to install).
         ValueError: `prefetch` is negative; a source has unbalanced braces (raised when it is
@@ -1000,33 +1006,64 @@ def _volume_file_reader(
         try:
             return reader.read(path)
         except APIError as exc:
+            if isinstance(exc, APIStatusError) and exc.status_code == 404 and _is_volume_folder(reader, path):
+                raise InvalidInputError(
+                    "is a folder, not an image file: embed_images takes files; list a folder's images "
+                    "with clip_client.iter_images (or the `clip-client images` command)",
+                    path=key,
+                ) from None
             raise _volume_input_error(exc, key) from exc
 
     return read
 
 
-def _volume_failure(exc: APIError) -> str:
-    """What the Files API said, in the words a local file's failure would use."""
+def _is_volume_folder(files: VolumeFiles, path: str) -> bool:
+    """Whether `path`, which is not a file, is a folder (one more request, after a 404)."""
+    try:
+        return files.kind(path) == ("dir", None)
+    except APIError:
+        return False
+
+
+def _volume_failure(exc: APIError, what: str = "file") -> str:
+    """What the Files API said, in the words a local file's (or folder's) failure would use."""
     if isinstance(exc, APIStatusError):
         said = f"the Files API answered HTTP {exc.status_code}"
         if exc.error_code:
             said += f" {exc.error_code}"
         said += f": {exc.message}"
         if exc.status_code == 404:
-            return f"no such file ({said})"
+            return f"no such {what} ({said})"
         if exc.status_code == 403:
-            return f"cannot access file: permission denied ({said}); READ VOLUME on the volume is needed"
+            return f"cannot access {what}: permission denied ({said}); READ VOLUME on the volume is needed"
         if exc.status_code == 401:
             return (
-                f"cannot access file: not authenticated ({said}); check DATABRICKS_HOST and "
+                f"cannot access {what}: not authenticated ({said}); check DATABRICKS_HOST and "
                 "DATABRICKS_TOKEN, or the profile"
             )
     attempts = f" (gave up after {exc.attempts} attempts)" if exc.attempts > 1 else ""
-    return f"cannot read file through the Files API: {exc.message}{attempts}"
+    return f"cannot read {what} through the Files API: {exc.message}{attempts}"
 
 
 def _volume_input_error(exc: APIError, key: str) -> InvalidInputError:
     return InvalidInputError(_volume_failure(exc), path=key)
+
+
+def _unauthenticated(exc: APIError, source: str) -> AuthenticationError | None:
+    """A 401 of the Files API, reading `source`, as the package's typed error (a 401 stops a call:
+    every other request would be refused too); None for any other failure."""
+    if not (isinstance(exc, APIStatusError) and exc.status_code == 401):
+        return None
+    return AuthenticationError(
+        f"the Files API refused to read {source} ({exc.message})",
+        status_code=401,
+        error_code=exc.error_code,
+        request_id=exc.request_id,
+        attempts=exc.attempts,
+    )
+
+
+_VOLUME_DEPTH = 5  # `/Volumes/CATALOG/SCHEMA/VOLUME` split at `/`: the shallowest folder of files
 
 
 def _volume_items(
@@ -1041,18 +1078,42 @@ def _volume_items(
     """The items of a volume path read off-cluster: a folder's files, walked through the Files
     API's paged listing a page at a time (subfolders as they come, in the service's order: memory
     holds one page per level, never a whole folder), a shard, or one file. Keys are `source` as
-    given (`/Volumes/...` or `dbfs:/Volumes/...`) joined with the path below it."""
+    given (`/Volumes/...` or `dbfs:/Volumes/...`), normalised as a local path is, joined with the
+    path below it; the Files API is asked for `path` (`volume_path`'s one spelling).
+
+    A folder (a path whose name is not an image's or a shard's) that cannot be read is an error
+    about it, never one failed input: 401 is `AuthenticationError` (for any path), 404
+    `SourceNotFoundError`, anything else (403, a 5xx that outlasts the retries) `InvalidInputError`
+    with the server's words."""
+    root = path.rstrip("/") or path
+    if len(root.split("/")) < _VOLUME_DEPTH:  # `/Volumes`, a catalog, a schema: no files there
+        raise SourceNotFoundError(
+            source,
+            "not a volume folder: volume paths are /Volumes/CATALOG/SCHEMA/VOLUME/... "
+            "(a catalog or schema is not listed)",
+        )
     files = _volume_reader(storage_options)
-    base = source.rstrip("/")
-    root = path.rstrip("/")
+    # Keys are normalised as local paths are (`//`, `.` and a trailing slash dropped), the
+    # `dbfs:` scheme kept as given.
+    base = ("dbfs:" if source.startswith("dbfs:") else "") + root
+    named_file = _matches(root, patterns) or _is_shard(root)
     try:
-        kind = files.kind(root, file_first=_matches(root, patterns) or _is_shard(root))
+        kind = files.kind(root, file_first=named_file)
     except APIError as exc:
-        yield _failed(source, source, _volume_failure(exc))
-        return
+        unauthenticated = _unauthenticated(exc, source)
+        if unauthenticated is not None:
+            raise unauthenticated from None
+        if named_file:  # a file then: its read fails, or not, with the server's own words
+            yield volume_item(base, root, files)
+            return
+        if not (isinstance(exc, APIStatusError) and exc.status_code == 403):
+            raise InvalidInputError(
+                f"cannot list folder: {_volume_failure(exc, 'folder')}", path=source
+            ) from None
+        kind = ("dir", None)  # listing it says why it is refused, in the server's words (HEAD has none)
     if kind is None:
-        if _matches(root, patterns) or _is_shard(root):  # a missing file: one failed input
-            yield volume_item(source, root, files)
+        if named_file:  # a missing file: one failed input
+            yield volume_item(base, root, files)
             return
         raise SourceNotFoundError(source)
     what, stamp = kind
@@ -1060,7 +1121,7 @@ def _volume_items(
         if _is_shard(root):
             yield from _tar_items(source, lambda: io.BytesIO(files.read(root)), patterns, hold=hold)
         else:
-            yield volume_item(source, root, files, stamp=stamp)
+            yield volume_item(base, root, files, stamp=stamp)
         return
 
     def walk(directory: str, rel: str) -> Iterator[SourceItem]:
@@ -1069,13 +1130,18 @@ def _volume_items(
             try:
                 entry = next(listing, None)
             except APIError as exc:
+                unauthenticated = _unauthenticated(exc, source)
+                if unauthenticated is not None:
+                    raise unauthenticated from None
                 if not rel:
                     if isinstance(exc, APIStatusError) and exc.status_code == 404:
                         raise SourceNotFoundError(source) from None
                     raise InvalidInputError(
-                        f"cannot list folder: {_volume_failure(exc)}", path=source
+                        f"cannot list folder: {_volume_failure(exc, 'folder')}", path=source
                     ) from None
-                yield _failed(f"{base}/{rel}", source, f"cannot list folder: {_volume_failure(exc)}")
+                yield _failed(
+                    f"{base}/{rel}", source, f"cannot list folder: {_volume_failure(exc, 'folder')}"
+                )
                 return
             if entry is None:
                 return

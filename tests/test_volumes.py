@@ -141,7 +141,9 @@ def test_a_subfolder_that_cannot_be_listed_is_one_failed_input_after_the_others(
     server.denied.add(f"{VOLUME}/more")
     items = list(iter_images(VOLUME, recursive=True, storage_options=workspace(server), prefetch=0))
     assert [i.key for i in items] == [f"{VOLUME}/{n}" for n in names(server)] + [f"{VOLUME}/more"]
-    with pytest.raises(InvalidInputError, match="cannot list folder: cannot access file: permission denied"):
+    with pytest.raises(
+        InvalidInputError, match="cannot list folder: cannot access folder: permission denied"
+    ):
         items[-1].read()
 
 
@@ -203,6 +205,10 @@ def test_sdk_errors_become_typed_errors_without_the_token() -> None:
     bad_gateway = typed_error(DatabricksError("Bad Gateway"))
     assert isinstance(bad_gateway, APIStatusError)
     assert bad_gateway.status_code == 502
+    # Or from the error code of a JSON body (a 502 that says TEMPORARILY_UNAVAILABLE): retried.
+    said = typed_error(DatabricksError("busy", error_code="TEMPORARILY_UNAVAILABLE"))
+    assert isinstance(said, APIStatusError)
+    assert said.status_code == 503
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,3 +405,167 @@ def test_a_changed_volume_file_is_embedded_again_on_resume(  # type: ignore[no-u
     assert again.rc == 0, again
     assert f"resuming: {N - 1} of {N} image(s) already done; 1 changed since" in again.err
     assert sum(server.downloads.values()) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# A folder that cannot be read: an error about the folder, never one failed "image"
+
+
+def test_a_wrong_token_on_a_volume_folder_is_an_authentication_error(server: FilesServer) -> None:
+    from clip_client.errors import AuthenticationError
+
+    for source in (VOLUME, f"{VOLUME}/more", f"{VOLUME}/{names(server)[0]}"):
+        with pytest.raises(AuthenticationError) as info:
+            list(iter_images(source, storage_options={"host": server.url, "token": "wrong"}))
+        assert info.value.status_code == 401
+        assert source in str(info.value)
+        assert "wrong" not in str(info.value)
+
+
+def test_the_images_command_stops_at_a_wrong_token_without_an_output(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    server: FilesServer,
+    tmp_path: Path,
+) -> None:
+    run = cli("images", VOLUME, "--out", "e.parquet", extra_env={"DATABRICKS_TOKEN": "wrong"})
+    assert run.rc == 1, run
+    assert "401" in run.err
+    assert "could not be embedded" not in run.err
+    assert not (tmp_path / "e.parquet").exists()
+
+
+def test_a_forbidden_or_failing_volume_folder_is_an_error_about_the_folder(server: FilesServer) -> None:
+    server.denied.add(VOLUME)
+    with pytest.raises(InvalidInputError) as info:
+        list(iter_images(VOLUME, storage_options=workspace(server)))
+    assert info.value.path == VOLUME
+    assert "permission denied" in str(info.value)
+    assert f"User does not have READ VOLUME on {VOLUME}" in str(info.value)  # the server's words
+    assert "folder" in str(info.value)
+    server.reset()
+    files = VolumeFiles(
+        volume_files(host=server.url, token=TOKEN).files, backoff=0.01, backoff_max=0.01, max_retries=1
+    )
+    server.transient = [500] * 50
+    with pytest.raises(InvalidInputError) as failing:
+        list(iter_images(VOLUME, storage_options={"volume_files": files}))
+    assert failing.value.path == VOLUME
+    assert "cannot list folder: cannot read folder through the Files API" in str(failing.value)
+    assert "gave up after 2 attempts" in str(failing.value)
+    assert "no such file" not in str(failing.value)
+
+
+def test_the_images_command_says_a_forbidden_volume_folder_and_writes_nothing(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    server: FilesServer,
+    tmp_path: Path,
+) -> None:
+    server.denied.add(f"{VOLUME}/more")
+    run = cli("images", f"{VOLUME}/more", "--out", "f.parquet")
+    assert run.rc == 1, run
+    assert f"{VOLUME}/more" in run.err
+    assert "permission denied" in run.err
+    assert "could not be embedded" not in run.err
+    assert not (tmp_path / "f.parquet").exists()
+
+
+def test_strict_names_a_failed_volume_file_by_its_path(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    server: FilesServer,
+) -> None:
+    pictures = names(server, recursive=True)
+    secret = f"{VOLUME}/more/{pictures[-1].rsplit('/', 1)[-1]}"
+    server.denied.add(secret)
+    run = cli("images", f"{VOLUME}/more", "--out", "c.npy", "--strict")
+    assert run.rc != 0, run
+    assert "SourceItem" not in run.err
+    assert f"path {secret!r}" in run.err or f"{secret}:" in run.err
+
+
+def test_two_spellings_of_one_volume_file_are_one_input(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    server: FilesServer,
+    tmp_path: Path,
+) -> None:
+    first = names(server)[0]
+    run = cli(
+        "images",
+        f"{VOLUME}/{first}",
+        f"dbfs:{VOLUME}/{first}",
+        f"{VOLUME}//{first}",
+        f"{VOLUME}/./{first}",
+        "--out",
+        "o.parquet",
+    )
+    assert run.rc == 0, run
+    assert "3 path(s) given more than once; each is embedded once" in run.err
+    assert pq.read_table(tmp_path / "o.parquet").column(0).to_pylist() == [f"{VOLUME}/{first}"]
+    # A folder given twice, once with a trailing slash and once as dbfs:, is listed once.
+    both = cli("images", VOLUME, f"dbfs:{VOLUME}/", "--out", "b.parquet")
+    assert both.rc == 0, both
+    assert len(pq.read_table(tmp_path / "b.parquet")) == N
+    # The Files API is asked for the path itself, never a spelling with `//` or `.`.
+    assert all("//" not in p and "/./" not in p for _, p, _ in server.fs_requests)
+    # Keys are normalised as local paths are, the `dbfs:` scheme kept as given.
+    options = workspace(server)
+    assert [i.key for i in iter_images(f"dbfs:{VOLUME}//./{first}", storage_options=options)] == [
+        f"dbfs:{VOLUME}/{first}"
+    ]
+    assert [i.key for i in iter_images(f"{VOLUME}//more/.", storage_options=options)] == [
+        f"{VOLUME}/more/{n.rsplit('/', 1)[-1]}" for n in names(server, recursive=True) if "/" in n
+    ]
+    assert volume_path("dbfs:/Volumes/a//b/./c/") == "/Volumes/a/b/c"
+    assert volume_path("dbfs:/Volumes") == volume_path("/Volumes") == "/Volumes"
+    assert volume_path("/Volumes/../etc/x") is None  # climbs out: a local path
+
+
+async def test_embed_images_on_a_volume_folder_says_it_is_a_folder(make: Make, server: FilesServer) -> None:
+    client = make()
+    with pytest.raises(InvalidInputError) as info:
+        await client.embed_images([f"{VOLUME}/more"])
+    assert "is a folder" in str(info.value)
+    assert "iter_images" in str(info.value)
+
+
+def test_the_images_command_on_a_catalog_or_the_volumes_root_is_a_clear_error(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    server: FilesServer,
+) -> None:
+    for source in ("/Volumes", "/Volumes/", "/Volumes/cat", "dbfs:/Volumes/cat/sch"):
+        run = cli("images", source, "--out", "v.parquet")
+        assert run.rc == 1, (source, run)
+        assert "could not be embedded" not in run.err
+        assert "/Volumes/CATALOG/SCHEMA/VOLUME" in run.err
+
+
+def test_the_images_command_quotes_the_servers_message_for_a_forbidden_file(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    server: FilesServer,
+) -> None:
+    picture = f"{VOLUME}/{names(server)[0]}"
+    server.denied.add(picture)
+    run = cli("images", picture, f"{VOLUME}/{names(server)[1]}", "--out", "o.parquet")
+    assert run.rc == 3, run
+    assert f"User does not have READ VOLUME on {picture}" in run.err
+    assert "Forbidden" not in run.err
+
+
+def test_volume_files_are_read_by_the_plain_download_without_sdk_warnings(
+    server: FilesServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One GET of /api/2.0/fs/files a file: not databricks-sdk's pre-signed URL walk
+    (`/fs/endpoints`, `/fs/create-download-url`, then the fallback), whose failures it logs as
+    warnings ("IO_OFFLOAD ... failed 3 transfers in a row") that reach a library user's stderr."""
+    files = VolumeFiles(volume_files(host=server.url, token=TOKEN).files)
+    write_pictures(server.local(VOLUME) / "many", 6)
+    with caplog.at_level("INFO", logger="databricks.sdk"):
+        items = list(iter_images(f"{VOLUME}/many", storage_options={"volume_files": files}, prefetch=0))
+        assert all(item.read() for item in items)
+    assert not [p for _, p in server.requests if "/fs/create-download-url" in p or "/fs/endpoints" in p]
+    assert sum(server.downloads.values()) == 6
+    assert not [r for r in caplog.records if "transfers in a row" in r.getMessage()]
+    # The package adds no handler of its own to databricks-sdk's loggers (nor to its own).
+    import logging
+
+    assert logging.getLogger("databricks.sdk").handlers == []
+    assert logging.getLogger("clip_client").handlers == []

@@ -1931,8 +1931,8 @@ def _embedded(
             item, stamp = sent.popleft()
             if len(stream.failures) > len(failed):
                 failed.append((str(item), failure_reason(stream.failures[-1])))
-                if strict:
-                    raise InvalidInputError(failed[-1][1], path=item)
+                if strict:  # named by its path (a listed item's key), never by the item's repr
+                    raise InvalidInputError(failed[-1][1], path=failed[-1][0])
                 continue
             yield item, stamp, vector
 

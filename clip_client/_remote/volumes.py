@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import os
+import posixpath
 import re
 import threading
 import weakref
@@ -45,13 +46,17 @@ T = TypeVar("T")
 
 
 def volume_path(path: str) -> str | None:
-    """The `/Volumes/...` path that `path` names: itself, or `dbfs:/Volumes/...` without its scheme
-    (as Spark's `binaryFile` source spells it); None for any other path."""
-    if path.startswith(VOLUMES):
-        return path
-    if path.startswith(_DBFS_VOLUMES):
-        return path[len("dbfs:") :]
-    return None
+    """The `/Volumes/...` path that `path` names, in one spelling: itself, or `dbfs:/Volumes/...`
+    without its scheme (as Spark's `binaryFile` source spells it), `//` collapsed, `.` segments and
+    a trailing slash dropped (as `os.path.normpath` spells a local path: two spellings of one file
+    are one path); `/Volumes` itself is `/Volumes`. None for any other path."""
+    if path.startswith(_DBFS_VOLUMES) or path == _DBFS_VOLUMES.rstrip("/"):
+        path = path[len("dbfs:") :]
+    elif not (path.startswith(VOLUMES) or path == VOLUMES.rstrip("/")):
+        return None
+    found = posixpath.normpath(path)
+    # `..` may climb out of /Volumes: that is a local path, as it is on a cluster.
+    return found if found == VOLUMES.rstrip("/") or found.startswith(VOLUMES) else None
 
 
 def remote_volume_path(path: object) -> str | None:
@@ -110,6 +115,7 @@ class VolumeFiles:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.files = files
         self.host = host
+        self._download = _plain_download(files)
         self.max_in_flight = max_in_flight
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._retry_settings = (max_retries, backoff, backoff_max, deadline)
@@ -160,7 +166,7 @@ class VolumeFiles:
         """
 
         def download() -> bytes:
-            response = self.files.download(path)
+            response = self._download(path)
             contents = response.contents
             try:
                 return bytes(contents.read())
@@ -221,6 +227,23 @@ class VolumeFiles:
         while (entry := self._retried(advance)) is not None:
             given += 1
             yield _entry(entry)
+
+
+def _plain_download(files: Any) -> Callable[[str], Any]:
+    """`files.download`, as the Files API's own one request (`GET /api/2.0/fs/files{path}`) where
+    `files` is databricks-sdk's `FilesAPI`: its `FilesExt.download` (SDK 0.72+) first asks for a
+    pre-signed cloud-storage URL (`/fs/endpoints`, `/fs/create-download-url`) and falls back to the
+    Files API when that fails, logging a warning (`IO_OFFLOAD ... failed 3 transfers in a row`) that
+    reaches a library user's stderr. An image is small: one request through the workspace costs less
+    than two, is what the retries and the bound on requests in flight count, and works where cloud
+    storage cannot be reached (a laptop behind a firewall, a workspace with private storage)."""
+    try:
+        from databricks.sdk.service.files import FilesAPI
+    except ImportError:  # pragma: no cover - databricks-sdk is a dependency
+        return files.download  # type: ignore[no-any-return]
+    if isinstance(files, FilesAPI):
+        return functools.partial(FilesAPI.download, files)
+    return files.download  # type: ignore[no-any-return]  # a stand-in (tests, the app)
 
 
 def _entry(entry: Any) -> VolumeEntry:
@@ -295,7 +318,7 @@ def typed_error(exc: BaseException) -> APIError:
                     error_code=exc.error_code,
                     retry_after=None if retry_after is None else float(retry_after),
                 )
-        status = _status_said(message)
+        status = _status_said(message) or _CODE_STATUSES.get(exc.error_code or "")
         if status is not None:  # a status databricks-sdk has no class for (502, 555...)
             return status_error_class(status)(message, status_code=status, error_code=exc.error_code)
         return APIError(message or type(exc).__name__)
@@ -304,6 +327,11 @@ def typed_error(exc: BaseException) -> APIError:
         return APIConnectionError(redact(f"{type(exc).__name__}: {exc}"))
     return APIError(redact(f"{type(exc).__name__}: {exc}"))
 
+
+_CODE_STATUSES = {"INTERNAL_ERROR": 500, "TEMPORARILY_UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
+"""The status an `error_code` stands for, where databricks-sdk has a class for neither the code nor
+the answer's status (a 502 whose JSON body says `TEMPORARILY_UNAVAILABLE`): the code's status, so
+that it is retried as the transient failure the server says it is."""
 
 _REASONS = {status.phrase: int(status) for status in HTTPStatus}
 _LOGGED_STATUS = re.compile(r"^< (\d{3}) ", re.MULTILINE)
