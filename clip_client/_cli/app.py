@@ -73,4 +73,12 @@ def _main(
 
 def main() -> None:
     """The `clip-client` console script."""
-    app(prog_name="clip-client")
+    from .errors import say_error
+    from .interrupts import until_exit
+
+    with until_exit() as windows:
+        try:
+            app(prog_name="clip-client")
+        finally:
+            if any(w.interrupted and not w.said for w in windows):
+                say_error("clip-client: interrupted after the output was complete; nothing to rerun")

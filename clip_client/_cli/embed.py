@@ -20,7 +20,7 @@ import typer
 from ._ledger import KeyClash, Ledger
 from .app import EXIT_FAILED_INPUTS, EXIT_OK, IMAGE_GLOBS, app, flag
 from .errors import handled, say_error
-from .interrupts import finishing
+from .interrupts import Finishing, finishing
 from .options import Common, NormalizeOpt, OutOpt, OverwriteOpt, PartRowsOpt, shared_options, show_progress
 from .outputs import (
     DEFAULT_CHUNK_ROWS,
@@ -330,7 +330,7 @@ def texts(
             f"({run.embedded} embedded)"
         )
     if window.interrupted:
-        say_complete(out)
+        say_complete(out, window)
     return EXIT_OK
 
 
@@ -346,7 +346,7 @@ def _texts_given(items: list[str], out: Path | None, normalize: bool, common: Co
     with finishing() as window:
         _write(out, rows)
     if window.interrupted:
-        say_complete(out)
+        say_complete(out, window)
     return EXIT_OK
 
 
@@ -390,12 +390,13 @@ def _texts_to_stdout(given: TextInput, normalize: bool, common: Common) -> int:
         write_jsonl(sys.stdout, rows_of(chunk))
         sys.stdout.flush()
     if window.interrupted:
-        say_complete(None)
+        say_complete(None, window)
     return EXIT_OK
 
 
-def say_complete(out: Path | None) -> None:
+def say_complete(out: Path | None, window: Finishing) -> None:
     """The note of a Ctrl-C that came once the output was being finished (`finishing`)."""
+    window.said = True
     what = f"{shown(str(out))} is written whole" if out is not None else "every row is on stdout"
     say_error(f"clip-client: interrupted after the output was complete: {what}; nothing to rerun")
 
@@ -522,9 +523,11 @@ def list_images(
     # One row per image, as resume matches rows: by absolute path (symlinks not resolved), so that
     # `photos/a.jpg`, `./photos/a.jpg` and `$PWD/photos/a.jpg` are one input, the first spelling kept.
     # A shard member is the same image again only from the same shard.
+    # A volume file read through the Files API is its one spelling (`volume_path`: `dbfs:` dropped,
+    # `//` and `.` collapsed), as a local file is its absolute path.
     def rows() -> Iterator[tuple[str, str, str, tuple[int, int] | None]]:
         for item in relist():
-            row = os.path.abspath(item)
+            row = _volume_row(item) or os.path.abspath(item)
             yield item, row, _image_identity(item, row), _stamp_of(item)
 
     try:
@@ -539,6 +542,19 @@ def list_images(
     return relist
 
 
+def _volume_row(item: str) -> str | None:
+    """The one spelling of a volume file read through the Files API (`/Volumes/...`), None for
+    anything else (a local file, a shard's member, an object)."""
+    from .._remote.volumes import volume_path
+    from ..sources import TAR_SUFFIXES, SourceItem
+
+    if not isinstance(item, SourceItem) or item.local_path is not None:
+        return None
+    if item.key != item.source and item.source.lower().endswith(TAR_SUFFIXES):
+        return None
+    return volume_path(str(item))
+
+
 def _image_identity(item: str, row: str) -> str:
     """Which image `item` is, in words: a shard's member is `KEY in SHARD` (the shard absolute when
     local); a file is its absolute path `row`; an object is its URI."""
@@ -549,7 +565,7 @@ def _image_identity(item: str, row: str) -> str:
     if item.key != item.source and item.source.lower().endswith(TAR_SUFFIXES):
         shard = item.source if "://" in item.source else os.path.abspath(item.source)
         return f"{item.key} in {shard}"
-    return item.key
+    return _volume_row(item) or item.key
 
 
 def _stamp_of(item: str) -> tuple[int, int] | None:
@@ -657,7 +673,7 @@ def _images(
             with finishing() as window:
                 status = _failures(failed, total)
             if window.interrupted:
-                say_complete(None)
+                say_complete(None, window)
             return status
         run = ResumableImageRun(
             client, out, ledger, relist, normalize=normalize, part_rows=part_rows, overwrite=overwrite
@@ -692,7 +708,7 @@ def _images(
         )
         status = _failures(done.failed, total)
     if window.interrupted:
-        say_complete(out)
+        say_complete(out, window)
     return status
 
 

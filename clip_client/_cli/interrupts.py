@@ -16,14 +16,16 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Finishing", "finishing"]
+__all__ = ["Finishing", "finishing", "until_exit"]
 
 
 class Finishing:
-    """The window of `finishing`: whether Ctrl-C was pressed in it."""
+    """The window of `finishing`: whether Ctrl-C was pressed in it (`interrupted`), and whether the
+    command has said so (`said`)."""
 
     def __init__(self) -> None:
         self.interrupted = False
+        self.said = False
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
         if self.interrupted:  # the second press: stop now
@@ -47,4 +49,33 @@ def finishing() -> Iterator[Finishing]:
     try:
         yield window
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if _console.until_exit:
+            # The console script ends with the command: the window lasts until the process exits
+            # (closing the client, joining its threads and Python's own shutdown take a second).
+            _console.windows.append(window)
+        else:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _Console:
+    """Whether `until_exit` is in force (the console script), and the windows opened under it."""
+
+    until_exit = False
+    windows: list[Finishing] = []  # noqa: RUF012  (one process, one list)
+
+
+_console = _Console()
+
+
+@contextlib.contextmanager
+def until_exit() -> Iterator[list[Finishing]]:
+    """For the console script only (`main`), whose process ends with its command: a `finishing`
+    window, once opened, stays open until the process exits instead of closing with its block, so
+    that a Ctrl-C after the output is written but before the process is gone (the client's close,
+    Python's shutdown) is noted, not raised. Yields the windows opened, for `main` to say a Ctrl-C
+    the command did not."""
+    _console.until_exit = True
+    try:
+        yield _console.windows
+    finally:
+        _console.until_exit = False
