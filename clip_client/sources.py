@@ -666,8 +666,9 @@ def _tar_items(
     cannot be read by offset, so its items hold their bytes either way.
 
     A key with two members that match `patterns` (`KEY.jpg` and `KEY.png`) is one failed item; so
-    is a member that _matches but is not a regular file (a link), or has no webdataset key (keyed by
-    its name, after the sample it is found in), and the shard itself when it cannot be opened or is
+    is a member that _matches but is not a regular file (a link), has no webdataset key, or repeats
+    the key of an earlier member not next to it (these two keyed by the member's name, after the
+    sample they are found in), and the shard itself when it cannot be opened or is
     not whole (keyed by the shard, after the items read before the fault): `tarfile` ends the
     archive quietly at a missing, short or corrupt header, so the end is checked (`_end_fault`).
     """
@@ -679,6 +680,7 @@ def _tar_items(
         return
     pending: _Member | None = None
     behind: list[SourceItem] = []  # keyless members met while `pending` was open: they follow it
+    seen: dict[str, str] = {}  # key -> its first member's name, for this shard (bounded by it)
     found = False
     fault: str | None = None
     with f:
@@ -701,6 +703,14 @@ def _tar_items(
                     if pending is not None and pending.key == key:
                         pending.names.append(member.name)
                         continue
+                    if key in seen:  # a key met earlier in this shard, not next to it: its own failure
+                        repeat = _repeated_key(member, shard, key, seen[key])
+                        if pending is None:
+                            yield repeat
+                        else:
+                            behind.append(repeat)
+                        continue
+                    seen[key] = member.name
                     if pending is not None:
                         done, pending = pending, None  # a fault from here on must not yield it again
                         yield done.item(shard, opener)
@@ -787,6 +797,22 @@ def _keyless(member: tarfile.TarInfo, shard: str) -> SourceItem:
             member.name,
             shard,
             f"member {member.name} of {shard} has no webdataset key (its base name {why}); rename it",
+        ),
+        (member.size, int(member.mtime * 1_000_000_000)),
+    )
+
+
+def _repeated_key(member: tarfile.TarInfo, shard: str, key: str, first: str) -> SourceItem:
+    """A failed item for an image member whose webdataset key an earlier, not adjacent, member of
+    the same shard already has (webdataset groups a sample's files by key, next to each other):
+    keyed by the member's name, so that it is reported, not taken for the first one again."""
+    return _with_stamp(
+        _failed(
+            member.name,
+            shard,
+            f"member {member.name} of {shard} repeats the webdataset key {key!r} of the earlier member "
+            f"{first} (a sample's files are next to each other in a shard); rename one, or choose one "
+            "with globs (--glob)",
         ),
         (member.size, int(member.mtime * 1_000_000_000)),
     )

@@ -614,6 +614,33 @@ def test_the_images_command_embeds_a_shard_as_its_folder_and_resumes_it(  # type
     assert c.column("embedding").to_pylist()[5] != b.column("embedding").to_pylist()[5]
 
 
+def test_a_key_repeated_later_in_a_shard_is_a_failure_not_a_dropped_image(  # type: ignore[no-untyped-def]
+    cli,  # noqa: F811
+    images: dict[str, tuple[str, bytes]],
+    tmp_path: Path,
+) -> None:
+    """`k1.jpg`, `k2.jpg`, `k1.png`: the PNG is not the JPEG's sample (a sample's files are next to
+    each other), so it is reported by its member name, in both the stream and plain-tar readings,
+    never taken for `k1` again and dropped as a repeat."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        add(tf, "k1.jpg", images["000000"][1])
+        add(tf, "k2.jpg", images["000001"][1])
+        add(tf, "k1.png", images["000002"][1])
+    (tmp_path / "r.tar").write_bytes(buf.getvalue())
+    for reread in (False, True):  # members held as read, or read again by offset
+        items = list(iter_images(tmp_path / "r.tar", reread=reread))
+        assert [i.key for i in items] == ["k1", "k2", "k1.png"]
+        with pytest.raises(InvalidInputError, match="repeats the webdataset key 'k1'"):
+            items[2].read()
+    run = cli("images", "r.tar", "--out", "r.parquet")
+    assert run.rc == 3, run
+    assert "1 of 3 image(s) could not be embedded" in run.err
+    assert "repeats the webdataset key 'k1' of the earlier member k1.jpg" in run.err
+    assert "more than once" not in run.err
+    assert pq.read_table(tmp_path / "r.parquet").column(0).to_pylist() == ["k1", "k2"]
+
+
 def test_the_images_command_reports_a_bad_member_by_key(  # type: ignore[no-untyped-def]
     cli,  # noqa: F811
     images: dict[str, tuple[str, bytes]],
