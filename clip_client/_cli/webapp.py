@@ -113,10 +113,7 @@ def app_command(
         )
     _need_the_extra()
     from .._webapp.databricks import is_index_name
-    from .._webapp.queries import ClientQueries
-    from .._webapp.server import create_app
     from .._webapp.source import FileSource
-    from .._webapp.thumbnails import ThumbnailCache
 
     path = Path(source)
     if not path.exists() and is_index_name(source):
@@ -126,19 +123,28 @@ def app_command(
         raise OutputError(f"{path} has no rows to serve")
     with options_for_rows(common, files.meta, path).client() as client:
         refuse_another_model(path, files.meta, client)
-        pixels = client.settings.max_image_pixels
-        thumbs = ThumbnailCache(
-            thumbnail_cache or default_cache_path().with_name("thumbnails"), max_pixels=pixels
-        )
-        web = create_app(
-            files,
-            ClientQueries(client),
-            thumbnails=thumbs,
-            max_upload_bytes=max_upload_mib * 2**20,
-            max_image_pixels=pixels,
-        )
+        web = _web(files, client, thumbnail_cache, max_upload_mib)
         _run(web, host, port, f"{len(files):,} images of {path.name}")
     return EXIT_OK
+
+
+def _web(source: Any, client: Any, thumbnail_cache: Path | None, max_upload_mib: int) -> Any:
+    """The app over `source`, its queries embedded by `client`."""
+    from .._webapp.queries import ClientQueries
+    from .._webapp.server import create_app
+    from .._webapp.thumbnails import ThumbnailCache
+
+    pixels = client.settings.max_image_pixels
+    thumbs = ThumbnailCache(
+        thumbnail_cache or default_cache_path().with_name("thumbnails"), max_pixels=pixels
+    )
+    return create_app(
+        source,
+        ClientQueries(client),
+        thumbnails=thumbs,
+        max_upload_bytes=max_upload_mib * 2**20,
+        max_image_pixels=pixels,
+    )
 
 
 def _serve_index(
@@ -149,10 +155,7 @@ def _serve_index(
     volumes through the Files API of the client's workspace, other paths from this machine)."""
     from .._remote.volumes import remote_volume_path, volume_files, volume_path
     from .._remote.workspace import Workspace
-    from .._webapp.queries import ClientQueries
-    from .._webapp.server import create_app
     from .._webapp.source import VectorSearchSource
-    from .._webapp.thumbnails import ThumbnailCache
 
     with common.client() as client:
         workspace = getattr(client.backend, "workspace", None)
@@ -165,17 +168,7 @@ def _serve_index(
             return Path(volume_path(path) or path).read_bytes()  # a volume's FUSE mount, or this machine
 
         index = VectorSearchSource(name, client=client, read_image=read_image)
-        pixels = client.settings.max_image_pixels
-        thumbs = ThumbnailCache(
-            thumbnail_cache or default_cache_path().with_name("thumbnails"), max_pixels=pixels
-        )
-        web = create_app(
-            index,
-            ClientQueries(client),
-            thumbnails=thumbs,
-            max_upload_bytes=max_upload_mib * 2**20,
-            max_image_pixels=pixels,
-        )
+        web = _web(index, client, thumbnail_cache, max_upload_mib)
         _run(web, host, port, f"the Vector Search index {name} ({len(index):,} rows)")
     return EXIT_OK
 
