@@ -15,8 +15,9 @@ from .types import EmbeddingArray, InputKind
 
 if TYPE_CHECKING:
     from ._remote.endpoint_state import EndpointState
+    from ._remote.workspace import Workspace
 
-__all__ = ["Backend", "CacheIdentity", "ControlPlane", "InProcessModel", "LogitScale"]
+__all__ = ["Backend", "CacheIdentity", "ControlPlane", "InProcessModel", "InWorkspace", "LogitScale"]
 
 
 @runtime_checkable
@@ -197,4 +198,17 @@ class InProcessModel(Protocol):
     @property
     def location(self) -> str:
         """`local <folder or hub id> <dtype>`."""
+        ...
+
+
+@runtime_checkable
+class InWorkspace(Protocol):
+    """A backend that talks to a Databricks workspace and says which: its `workspace` (host and
+    credentials, resolved once), which the client's other services of that workspace use with the
+    same identity (Unity Catalog volumes read through the Files API, Vector Search indexes). A
+    backend without it (the local model) leaves them to databricks-sdk's default chain."""
+
+    @property
+    def workspace(self) -> Workspace:
+        """The workspace this backend's requests go to."""
         ...

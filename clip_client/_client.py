@@ -27,7 +27,7 @@ import numpy.typing as npt
 from pydantic.fields import FieldInfo
 
 from . import _constants as C
-from ._backend import Backend, ControlPlane, LogitScale
+from ._backend import Backend, ControlPlane, InWorkspace, LogitScale
 from ._core.batching import Batch, BatchOutcome, BatchPlanner, Collector, EmbedJob, adrive, batch_flow, drive
 from ._core.concurrency import CallContext, Counters
 from ._core.endpoint_check import CheckCounters, EndpointCheck, ReadState, Step, check_flow, probe_image
@@ -47,7 +47,7 @@ from ._core.zeroshot import DEFAULT_LOGIT_SCALE, LabelEmbeddings, ZeroShotResult
 from ._remote.backend import RemoteBackend
 from ._remote.control_plane import state_timeout
 from ._remote.volumes import volume_files, volume_path
-from ._remote.workspace import Workspace, resolve_workspace, scoring_server_workspace
+from ._remote.workspace import resolve_workspace, scoring_server_workspace
 from .cache import CacheOption, CacheView, EmbeddingCache, backend_identity, namespace, open_cache
 from .errors import APIError, BackendError, ClipClientError, InvalidInputError
 from .types import (
@@ -531,22 +531,25 @@ class _BaseClient:
         """`image` as it is, except a Unity Catalog volume path (`/Volumes/...`, `dbfs:/Volumes/...`):
         on a cluster, its FUSE mount's path; elsewhere, an item that reads it through the Files API
         of this client's workspace (the default chain's for a local model), named by the path."""
-        if not isinstance(image, (str, os.PathLike)) or not os.fspath(image).startswith(
-            ("/Volumes/", "dbfs:/")
-        ):
+        if not isinstance(image, (str, os.PathLike)):
+            return image
+        try:
+            spelled = os.fspath(image)
+        except Exception:  # a path object that fails: reported by the preparation, as its input's failure
+            return image
+        if not isinstance(spelled, str) or not spelled.startswith(("/Volumes/", "dbfs:/")):
             return image
         from .sources import SourceItem, volume_item  # on first use: import cost
 
-        if isinstance(image, SourceItem) or not isinstance(image, (str, os.PathLike)):
+        if isinstance(image, SourceItem):
             return image
-        given = os.fspath(image)
-        path = volume_path(given) if isinstance(given, str) else None
+        given = spelled
+        path = volume_path(given)
         if path is None:
             return image
         if os.path.lexists(path):
             return path if path != given else image
-        workspace = getattr(self.backend, "workspace", None)
-        owner = workspace if isinstance(workspace, Workspace) else None
+        owner = self.backend.workspace if isinstance(self.backend, InWorkspace) else None
         return volume_item(str(given), path, lambda: volume_files(owner))
 
     def _image_item(self, index: int, prepared: PreparedImage) -> Prepared:

@@ -432,12 +432,12 @@ def _check_name(name: object, what: str = "name") -> str:
 def _workspace_of(client: ClipClient | AsyncClipClient, workspace: WorkspaceClient | None) -> WorkspaceClient:
     """`workspace`, or the workspace the client resolved (a remote client), or databricks-sdk's
     default chain (a local client). Every credential of it is registered for redaction."""
-    from ._remote.backend import RemoteBackend
+    from ._backend import InWorkspace
     from ._remote.workspace import resolve_workspace, sdk_config, workspace_client
 
     if workspace is None:
         backend = client.backend
-        if isinstance(backend, RemoteBackend):
+        if isinstance(backend, InWorkspace):
             workspace = workspace_client(backend.workspace)
         else:  # the local model: the workspace from the environment, resolved as ClipClient() does
             from databricks.sdk import WorkspaceClient

@@ -153,13 +153,12 @@ def _serve_index(
     """Serve a Vector Search index: queries embedded by the options' model (whose width the index
     must have: checked before serving), images read from the paths the index lists (Unity Catalog
     volumes through the Files API of the client's workspace, other paths from this machine)."""
+    from .._backend import InWorkspace
     from .._remote.volumes import remote_volume_path, volume_files, volume_path
-    from .._remote.workspace import Workspace
     from .._webapp.source import VectorSearchSource
 
     with common.client() as client:
-        workspace = getattr(client.backend, "workspace", None)
-        owner = workspace if isinstance(workspace, Workspace) else None
+        owner = client.backend.workspace if isinstance(client.backend, InWorkspace) else None
 
         def read_image(path: str) -> bytes:
             remote = remote_volume_path(path)
