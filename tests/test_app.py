@@ -280,9 +280,9 @@ def test_a_moved_file_or_a_symlink_out_of_the_folder_is_a_404_with_a_message(
     try:
         r = running.get(f"/thumbnails/{moved}")
         assert r.status_code == 404
-        assert (
-            r.json()["error"]
-            == "photos/img03.jpg is not there any more (moved or deleted since it was embedded)"
+        assert r.json()["error"] == (
+            "photos/img03.jpg is not there any more (moved or deleted since it was embedded): "
+            f"looked for {here.resolve() / 'photos/img03.jpg'}"
         )
         r = running.get(f"/thumbnails/{linked}")
         assert r.status_code == 404
@@ -733,3 +733,166 @@ def test_in_a_databricks_app_a_volumes_file_and_its_images_come_through_the_file
     assert httpx.get(f"{url}/thumbnails/3").status_code == 200
     assert read == [volume, rows.keys[3]]
     assert httpx.get(f"{url}/api/duplicates").json()["total"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# What a first user ran into
+
+
+def _run_cli(*args: object, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "clip_client", *map(str, args)],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_a_file_name_that_is_not_utf8_is_served_with_replacement_characters(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    import os
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(picture(64 + 8 * i, 48, 3, seed=i)).save(folder / f"p{i}.png")
+    odd = os.fsdecode(b"caf\xe9.png")
+    Image.fromarray(picture(64, 48, 3, seed=0)).save(folder / odd)  # a copy of p0.png: a duplicate
+    clip_client("images", "odd", "--out", "odd.parquet", env=env, cwd=tmp_path)
+    rows = read_rows(tmp_path / "odd.parquet")
+    row = [str(k) for k in rows.keys].index(f"odd/{odd}")
+    running = AppProcess(tmp_path / "odd.parquet", env=env, cwd=tmp_path)
+    try:
+        for path in [
+            "/api/browse",
+            "/api/search?q=a+cafe",
+            f"/api/similar/{(row + 1) % 4}",
+            "/api/duplicates?threshold=0.5",
+        ]:
+            r = running.get(path)
+            assert r.status_code == 200, (path, r.text[:300])
+            assert "odd/caf\ufffd.png" in r.text
+        paths = [x["path"] for x in running.get("/api/browse").json()["results"]]
+        assert "odd/caf\ufffd.png" in paths
+        thumb = running.get(f"/thumbnails/{row}")  # read by the real bytes of its name
+        assert thumb.status_code == 200, thumb.text
+        assert thumb.headers["content-type"] == "image/jpeg"
+    finally:
+        running.stop()
+
+
+class _Broken:
+    """`Queries` with a bug: every call raises what no handler expects."""
+
+    def text(self, query: str) -> Any:
+        raise RuntimeError("something unexpected\nover two lines")
+
+    image = text
+    labels = text
+
+
+def test_an_unexpected_error_is_a_500_with_one_line_of_json(
+    serve_app: Any, embeddings: Path, tmp: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from clip_client._webapp.server import create_app
+    from clip_client._webapp.source import FileSource
+    from clip_client._webapp.thumbnails import ThumbnailCache
+
+    source = FileSource.open(embeddings, base=tmp)
+    url = serve_app(create_app(source, _Broken(), thumbnails=ThumbnailCache(tmp / "t3")))
+    r = httpx.get(f"{url}/api/search", params={"q": "x"})
+    assert r.status_code == 500
+    assert r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert "\n" not in error
+    assert "Traceback" not in error
+    assert "RuntimeError" in error
+    # Logged once, by the app, on one line: no traceback from uvicorn.
+    logged = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.name for r in logged] == ["clip_client.app"]
+    assert logged[0].exc_info is None
+
+
+def test_relative_paths_are_read_from_the_files_folder_whatever_the_working_folder(
+    embeddings: Path, env: dict[str, str], tmp_path: Path, tmp: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    running = AppProcess(embeddings, "--thumbnail-cache", tmp_path / "thumbs", env=env, cwd=elsewhere)
+    try:
+        for i in range(len(read_rows(embeddings))):
+            assert running.get(f"/thumbnails/{i}").status_code == 200, running.get(f"/thumbnails/{i}").text
+    finally:
+        running.stop()
+    # An image not found says where it was looked for.
+    from clip_client._webapp.source import FileSource, ImageUnavailable
+
+    source = FileSource.open(embeddings, base=tmp_path)
+    with pytest.raises(ImageUnavailable, match=f"looked for {tmp_path}"):
+        source.image_bytes(0)
+
+
+def test_a_npy_without_its_settings_file_or_an_output_of_texts_is_refused(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    np.save(tmp_path / "x.npy", np.ones((3, 8), np.float32))
+    done = _run_cli("app", "x.npy", "--port", "0", env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "its settings file x.npy.meta.json is missing" in done.stderr  # as `search` says
+    assert "serving" not in done.stderr
+    clip_client("texts", "a red car", "a dog", "--out", "captions.parquet", env=env, cwd=tmp_path)
+    done = _run_cli("app", "captions.parquet", "--port", "0", env=env, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    assert "an output of `clip-client images` is needed; this file holds texts" in done.stderr
+
+
+def test_a_decompression_bomb_upload_is_413_naming_the_limit(app: AppProcess) -> None:
+    bomb = io.BytesIO()
+    Image.new("1", (20000, 20000)).save(bomb, "PNG")
+    r = app.post("/api/search/image", files={"file": ("bomb.png", bomb.getvalue(), "image/png")})
+    assert r.status_code == 413, r.text
+    assert "decompression-bomb limit" in r.json()["error"]
+
+
+def test_validation_errors_are_one_line_naming_the_parameter(app: AppProcess) -> None:
+    r = app.get("/api/search", params={"q": "x", "k": 0})
+    assert r.status_code == 422
+    assert r.json() == {"error": "k must be between 1 and 200"}
+    long = "secret-looking-input-" * 100
+    r = app.get("/api/search", params={"q": long})
+    assert r.status_code == 422
+    assert r.json() == {"error": "q must be at most 1000 characters"}
+    r = app.get("/api/search", params={"k": "many"})
+    assert r.status_code == 422
+    assert r.json() == {"error": "q is required; k must be a whole number"}
+
+
+def test_a_port_in_use_is_one_line_and_exit_1_before_serving(
+    embeddings: Path, env: dict[str, str], tmp: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        done = _run_cli("app", embeddings, "--port", port, env=env, cwd=tmp)
+    assert done.returncode == 1, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(
+        f"clip-client: error: port {port} on 127.0.0.1 is in use (or 127.0.0.1 cannot be bound): "
+        "choose another --port"
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--source", "x.parquet"],
+        ["--source", "main.photos"],
+        ["main.photos.index", "--source", "main.photos.index"],
+    ],
+)
+def test_a_databricks_app_source_that_the_app_cannot_read_is_a_usage_error(
+    args: list[str], env: dict[str, str], tmp_path: Path
+) -> None:
+    done = _run_cli("app", "--databricks-app", tmp_path / "out", *args, env=env, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert not (tmp_path / "out").exists()

@@ -274,7 +274,8 @@ def test_a_moved_image_shows_a_placeholder_with_its_message(browser: Any, setup:
             "id => document.querySelector(`#results .card[data-id='${id}'] .placeholder`) !== null", arg=row
         )
         assert card.locator(".placeholder").text_content() == (
-            "photos/img02.png is not there any more (moved or deleted since it was embedded)"
+            "photos/img02.png is not there any more (moved or deleted since it was embedded): "
+            f"looked for {here.resolve() / 'photos/img02.png'}"
         )
         missing = tab.eval_on_selector_all(
             "#results .card", "cs => cs.filter(c => c.dataset.state === 'missing').length"
@@ -323,3 +324,72 @@ def test_the_page_works_under_its_own_content_security_policy(chromium: Any, set
         assert refused == []
     finally:
         context.close()
+
+
+def test_the_duplicates_export_holds_every_group_past_the_first_thousand(page: Any) -> None:
+    import re
+    from urllib.parse import parse_qs, urlparse
+
+    total = 1500
+
+    def groups(route: Any) -> None:  # the server's answer for a collection with 1,500 groups
+        query = parse_qs(urlparse(route.request.url).query)
+        offset, limit = int(query.get("offset", ["0"])[0]), int(query["limit"][0])
+        body = {
+            "threshold": 0.95,
+            "total": total,
+            "rows": 2 * total,
+            "groups": [
+                {
+                    "group": g,
+                    "keep": 0,
+                    "members": [
+                        {"id": 0, "path": f"g{g}/a.png", "similarity": 1.0, "thumbnail": "/thumbnails/0"},
+                        {"id": 1, "path": f"g{g}/b.png", "similarity": 0.99, "thumbnail": "/thumbnails/1"},
+                    ],
+                }
+                for g in range(offset + 1, min(total, offset + limit) + 1)
+            ],
+        }
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route(re.compile(r"/api/duplicates\?"), groups)
+    page.click("#tab-duplicates")
+    page.click("#duplicates-button")
+    page.wait_for_function(
+        "document.getElementById('duplicates-status').textContent.includes('the export holds all 1500')"
+    )
+    assert page.locator("#groups .group").count() == 1000
+    with page.expect_download() as got:
+        page.click("#export-json")
+    decisions = json.loads(Path(got.value.path()).read_text())
+    assert len(decisions) == 2 * total
+    assert sorted({d["group"] for d in decisions}) == list(range(1, total + 1))
+
+
+def test_a_slow_answer_to_an_earlier_label_press_is_dropped(page: Any) -> None:
+    import re
+
+    held: list[Any] = []
+
+    def hold_the_first(route: Any) -> None:
+        if "maize" in route.request.url:
+            held.append(route)  # answered only after the later press has been answered
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/api/labels\?"), hold_the_first)
+    page.fill("#labels", "maize, wheat")
+    page.click("#labels-button")
+    page.wait_for_function("document.getElementById('status').textContent.includes('Labelling')")
+    while not held:  # the condition "the first request reached the route"
+        page.wait_for_timeout(10)
+    page.fill("#labels", "cat, dog")
+    page.click("#labels-button")
+    page.wait_for_function("!document.getElementById('label-filter').disabled")
+    settled(page)
+    with page.expect_response(lambda r: "maize" in r.url):
+        held[0].continue_()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 100))")  # the stale answer handled
+    options = page.eval_on_selector_all("#label-filter option", "os => os.map(o => o.value)")
+    assert options[1:] == ["cat", "dog"]

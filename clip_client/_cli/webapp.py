@@ -102,6 +102,10 @@ def app_command(
     Example: clip-client app photos.parquet --port 8000
     """
     if databricks_app is not None:
+        if source is not None and app_source is not None:
+            raise typer.BadParameter(
+                "give what the App serves once: SOURCE or --source, not both", param_hint="--source"
+            )
         return _write_databricks_app(databricks_app, app_source or source, common)
     if app_source is not None:
         raise typer.BadParameter(
@@ -172,9 +176,37 @@ def _serve_index(
     return EXIT_OK
 
 
+def _bind(host: str, port: int) -> Any:
+    """A listening socket on `host`:`port`, bound before anything is printed (`OutputError`: in use)."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn chooses
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except (OSError, IndexError):
+        raise OutputError(
+            f"port {port} on {host} is in use (or {host} cannot be bound): choose another --port"
+        ) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise OutputError(
+            f"port {port} on {host} is in use (or {host} cannot be bound): choose another --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def _run(web: Any, host: str, port: int, what: str) -> None:
     import uvicorn
 
+    sock = _bind(host, port)
     shown_host = f"[{host}]" if ":" in host else host
     say_error(f"clip-client: serving {what} on http://{shown_host}:{port} (Ctrl-C stops)")
     if not _loopback(host):
@@ -182,7 +214,11 @@ def _run(web: Any, host: str, port: int, what: str) -> None:
             f"clip-client: listening on {host}, not only this machine: anyone who reaches it can see "
             "these images"
         )
-    uvicorn.run(web, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(web, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 def _need_the_extra() -> None:
@@ -202,6 +238,14 @@ def _write_databricks_app(folder: Path, source: str | None, common: Common) -> i
     if not source:
         raise typer.BadParameter(
             "name what the App serves: --source catalog.schema.index", param_hint="--source"
+        )
+    from .._webapp.databricks import is_index_name
+
+    if not (is_index_name(source) or source.startswith("/Volumes/")):
+        raise typer.BadParameter(
+            f"{source} is neither a Vector Search index (catalog.schema.index) nor an embeddings file "
+            "in a Unity Catalog volume (/Volumes/...): the App cannot read this machine's files",
+            param_hint="--source",
         )
     if common.local:
         raise typer.BadParameter("a Databricks App embeds queries with serving endpoints: drop --local")

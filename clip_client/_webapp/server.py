@@ -7,6 +7,7 @@ number in the source) only; the page shows data through `textContent`, never as 
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 import threading
@@ -17,6 +18,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -35,10 +37,12 @@ from ..errors import (
     ServerError,
 )
 from .queries import PredictionCache, Predictions, Queries, predict
-from .source import Hit, ImageUnavailable, Source
+from .source import Hit, ImageUnavailable, Source, shown
 from .thumbnails import ThumbnailCache, ThumbnailError
 
 HERE = Path(__file__).parent
+
+_log = logging.getLogger("clip_client.app")
 
 MAX_K = 200
 """The most results one page of `/api/search` returns."""
@@ -105,6 +109,54 @@ def client_error(exc: ClipClientError) -> tuple[int, str]:
     if isinstance(exc, EndpointNotFoundError):
         return 502, "the serving endpoint that embeds queries was not found"
     return 502, f"the query could not be embedded ({type(exc).__name__}): {exc}"
+
+
+_RANGES = {"k": (1, MAX_K), "offset": (0, MAX_OFFSET), "threshold": (0.5, 1), "limit": (1, MAX_GROUPS)}
+"""The bounds of the numeric parameters, named whole in their validation errors."""
+
+
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    _log.error(
+        "%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, one_line(str(exc))
+    )
+    return _error_response(500, f"the app failed on this request ({type(exc).__name__}): see its log")
+
+
+def validation_message(errors: Any) -> str:
+    """FastAPI's validation errors as one line naming each parameter, never echoing its value."""
+    parts = []
+    for error in list(errors)[:3]:
+        loc = [str(x) for x in error.get("loc", ()) if x not in ("query", "path", "body", "header")]
+        name = ".".join(loc) or "the request"
+        ctx = error.get("ctx") or {}
+        kind = str(error.get("type", ""))
+        if name in _RANGES and ("ge" in ctx or "le" in ctx):
+            low, high = _RANGES[name]
+            why = f"must be between {low} and {high}"
+        elif "ge" in ctx and "le" in ctx:
+            why = f"must be between {ctx['ge']} and {ctx['le']}"
+        elif "ge" in ctx:
+            why = f"must be at least {ctx['ge']}"
+        elif "le" in ctx:
+            why = f"must be at most {ctx['le']}"
+        elif "gt" in ctx:
+            why = f"must be greater than {ctx['gt']}"
+        elif "lt" in ctx:
+            why = f"must be less than {ctx['lt']}"
+        elif "max_length" in ctx:
+            why = f"must be at most {ctx['max_length']} characters"
+        elif "min_length" in ctx:
+            why = f"must be at least {ctx['min_length']} character{'s' if ctx['min_length'] != 1 else ''}"
+        elif kind == "missing":
+            why = "is required"
+        elif kind.startswith("int"):
+            why = "must be a whole number"
+        elif kind.startswith("float"):
+            why = "must be a number"
+        else:
+            why = one_line(str(error.get("msg", "is not valid")), 100)
+        parts.append(f"{name} {why}")
+    return "; ".join(parts) or "the request is not valid"
 
 
 class _UploadLimit:
@@ -192,7 +244,10 @@ def create_app(
 
     @app.middleware("http")
     async def _headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # what no handler expects: one line, logged once, no traceback shown
+            response = _unexpected(request, exc)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
         if not request.url.path.startswith(("/docs", "/redoc")):
@@ -207,6 +262,10 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error_response(422, validation_message(exc.errors()))
 
     # -- helpers ------------------------------------------------------------------------------------
 
@@ -238,7 +297,7 @@ def create_app(
 
     def row_json(hit: Hit) -> dict[str, Any]:
         score = None if math.isinf(hit.score) or math.isnan(hit.score) else round(hit.score, 6)
-        return {"id": hit.id, "path": hit.path, "score": score, "thumbnail": f"/thumbnails/{hit.id}"}
+        return {"id": hit.id, "path": shown(hit.path), "score": score, "thumbnail": f"/thumbnails/{hit.id}"}
 
     def ranked(
         vector: np.ndarray,
@@ -414,7 +473,7 @@ def create_app(
             members = [
                 {
                     "id": i,
-                    "path": source.path(i),
+                    "path": shown(source.path(i)),
                     "similarity": round(min(1.0, max(-1.0, s)), 6),
                     "thumbnail": f"/thumbnails/{i}",
                 }
@@ -467,7 +526,7 @@ def create_app(
         except ImageUnavailable as exc:
             raise HTTPException(404, str(exc)) from None
         except ThumbnailError as exc:
-            raise HTTPException(404, f"{source.path(row)}: {exc}") from None
+            raise HTTPException(404, f"{shown(source.path(row))}: {exc}") from None
         return Response(thumb, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=600"})
 
     def _row(id: str) -> int:
@@ -488,7 +547,14 @@ def _check_pixels(data: bytes, max_pixels: int | None) -> None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             w, h = img.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError):
+    except Image.DecompressionBombError as exc:  # Pillow checks the header's size before decoding
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        raise HTTPException(
+            413,
+            f"the image is over Pillow's decompression-bomb limit of {limit:,} pixels "
+            f"(Image.MAX_IMAGE_PIXELS x 2): {exc}",
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise HTTPException(400, "the upload is not an image Pillow can read (JPEG, PNG, WebP...)") from None
     if max_pixels is not None and w * h > max_pixels:
         raise HTTPException(

@@ -42,6 +42,28 @@ PATHS_REMEMBERED = 100_000
 """`VectorSearchSource`: the paths of the rows last returned, kept for their thumbnails."""
 
 
+def shown(path: str) -> str:
+    """`path` as text the page can show: the bytes of a file name that is not UTF-8 (lone surrogates,
+    `os.fsdecode`) as replacement characters. The row's image is still read by its real bytes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _base_of(file: Path, keys: list[str]) -> Path:
+    """The folder relative paths of `file` are read from: `images` records them relative to where
+    it ran, which the file does not record; the file's own folder is tried first, then the working
+    folder, and the one that holds more of (the first 50 of) them wins (the file's folder on a tie)."""
+    folder = file.resolve().parent
+    relative = [k for k in keys if k and not os.path.isabs(k)][:50]
+    if not relative:
+        return folder
+    cwd = Path.cwd()
+
+    def found(base: Path) -> int:
+        return sum(os.path.exists(os.path.join(base, k)) for k in relative)
+
+    return cwd if found(cwd) > found(folder) else folder
+
+
 class ImageUnavailable(Exception):
     """A row's image cannot be served: gone, moved, unreadable, or outside the source's folder. The
     message is safe to show (it names the row's own listed path, never a request's)."""
@@ -92,8 +114,9 @@ class FileSource:
     """An embeddings file written by `clip-client images` (.parquet, or .npy/.jsonl with its
     `.meta.json`), held in memory.
 
-    Images are read from the paths the file lists (relative ones from `base`, the working folder
-    by default, as `images` wrote them), and only from inside `root`: by default the deepest folder
+    Images are read from the paths the file lists (relative ones from `base`: the working folder
+    by default; `open` picks the file's own folder, or the working folder where more of them are
+    there), and only from inside `root`: by default the deepest folder
     that holds every listed image. A listed path that resolves elsewhere (a symlink out of the
     folder, a `..` in the file) is never read. With `read_image`, images are read by it instead, given
     the listed path (a Unity Catalog Volumes reader, in a Databricks App).
@@ -130,10 +153,15 @@ class FileSource:
 
     @classmethod
     def open(cls, path: Path, **options: Any) -> FileSource:
-        """Read `path` (`OutputError` where it is missing or not an embeddings file)."""
-        from .._cli.outputs import read_rows
+        """Read `path` (`OutputError` where it is missing, not an embeddings file, a .npy/.jsonl
+        without its .meta.json, or an output of `texts`)."""
+        from .._cli.outputs import OutputError, read_rows
 
-        rows = read_rows(path, role="SOURCE", foreign=True)
+        rows = read_rows(path, role="SOURCE")  # a .npy or .jsonl needs its .meta.json, as for `search`
+        if rows.meta is not None and rows.meta.kind == "text":
+            raise OutputError(f"{path}: an output of `clip-client images` is needed; this file holds texts")
+        if "base" not in options:
+            options["base"] = _base_of(path, [str(k) for k in rows.keys])
         return cls(rows, name=path.name, **options)
 
     # -- Source ------------------------------------------------------------------------------------
@@ -193,10 +221,10 @@ class FileSource:
 
     def image_bytes(self, row: int) -> bytes:
         self._check(row)
-        listed = self._paths[row]
+        listed = shown(self._paths[row])
         if self._read_image is not None:
             try:
-                return self._read_image(listed)
+                return self._read_image(self._paths[row])
             except (OSError, LookupError) as exc:
                 raise ImageUnavailable(f"{listed} cannot be read ({type(exc).__name__})") from None
         real = os.path.realpath(self._absolute[row])
@@ -207,7 +235,8 @@ class FileSource:
             fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             raise ImageUnavailable(
-                f"{listed} is not there any more (moved or deleted since it was embedded)"
+                f"{listed} is not there any more (moved or deleted since it was embedded): "
+                f"looked for {shown(self._absolute[row])}"
             ) from None
         except OSError as exc:
             raise ImageUnavailable(

@@ -179,8 +179,10 @@
 
   // -- labels --------------------------------------------------------------------------------------
 
+  let labelsAsked = 0;
   $("labels-form").addEventListener("submit", async (e) => {
     e.preventDefault();
+    const asked = ++labelsAsked; // latest wins: an older answer arriving later is dropped
     const names = $("labels").value.split(",").map((s) => s.trim()).filter(Boolean);
     const select = $("label-filter");
     state.labels = [...new Set(names)].join(",");
@@ -192,6 +194,7 @@
       setStatus($("status"), "Labelling…");
       try {
         const body = await getJSON(`/api/labels?${new URLSearchParams({ labels: state.labels })}`);
+        if (asked !== labelsAsked) return; // a newer Label press was made meanwhile
         for (const name of body.labels) {
           const option = document.createElement("option");
           option.value = name;
@@ -201,6 +204,7 @@
         }
         select.disabled = false;
       } catch (err) {
+        if (asked !== labelsAsked) return;
         showError($("error"), err.message);
         state.labels = "";
         select.disabled = true;
@@ -284,12 +288,23 @@
     groupsShown = [];
     $("export-csv").disabled = $("export-json").disabled = true;
     try {
-      const body = await getJSON(`/api/duplicates?${new URLSearchParams({ threshold, limit: "1000" })}`);
-      if (asked !== duplicatesAsked) return; // a newer threshold was asked for meanwhile
-      groupsShown = body.groups;
-      for (const g of body.groups) $("groups").appendChild(renderGroup(g));
-      setStatus(status, body.total ? `${body.total} group${body.total === 1 ? "" : "s"} at ${Number(threshold).toFixed(2)}${body.total > body.groups.length ? ` (first ${body.groups.length} shown)` : ""}` : `No near-duplicates at ${Number(threshold).toFixed(2)}.`);
-      $("export-csv").disabled = $("export-json").disabled = !body.groups.length;
+      // Every group, a page of 1,000 at a time: the page shows the first 1,000, the export holds all.
+      const all = [];
+      let total = 0;
+      for (;;) {
+        const params = new URLSearchParams({ threshold, limit: "1000", offset: String(all.length) });
+        const body = await getJSON(`/api/duplicates?${params}`);
+        if (asked !== duplicatesAsked) return; // a newer threshold was asked for meanwhile
+        total = body.total;
+        all.push(...body.groups);
+        if (!body.groups.length || all.length >= total) break;
+        if (all.length === body.groups.length) for (const g of body.groups) $("groups").appendChild(renderGroup(g));
+        setStatus(status, `Fetching groups for the export… ${all.length} of ${total}`);
+      }
+      groupsShown = all;
+      if (all.length <= 1000) for (const g of all) $("groups").appendChild(renderGroup(g));
+      setStatus(status, total ? `${total} group${total === 1 ? "" : "s"} at ${Number(threshold).toFixed(2)}${total > 1000 ? ` (first 1000 shown; the export holds all ${total})` : ""}` : `No near-duplicates at ${Number(threshold).toFixed(2)}.`);
+      $("export-csv").disabled = $("export-json").disabled = !all.length;
     } catch (err) {
       if (asked !== duplicatesAsked) return;
       setStatus(status, "");
