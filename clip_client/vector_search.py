@@ -1556,6 +1556,45 @@ def _differences(existing: IndexDescription, wanted: Mapping[str, Any]) -> dict[
     }
 
 
+def _exists_as(ws: WorkspaceClient, name: str, wanted: Mapping[str, Any]) -> bool:
+    """Whether index `name` exists with the specification `wanted` (False: there is none).
+
+    Raises:
+        IndexSpecMismatchError: it exists with another specification (each field that differs).
+    """
+    existing = _existing(ws, name)
+    if existing is None:
+        return False
+    diffs = _differences(existing, wanted)
+    if diffs:
+        raise _spec_error(name, diffs)
+    return True
+
+
+def _create(
+    ws: WorkspaceClient,
+    name: str,
+    endpoint: str,
+    primary_key: str,
+    source_table: str | None,
+    **spec: Any,
+) -> None:
+    """`create_index` of a Delta Sync index (`delta_sync_index_spec=`, over `source_table`) or a
+    Direct Access one (`direct_access_index_spec=`), its refusals named with the privileges needed."""
+    from databricks.sdk.service.vectorsearch import VectorIndexType
+
+    kind = VectorIndexType.DELTA_SYNC if "delta_sync_index_spec" in spec else VectorIndexType.DIRECT_ACCESS
+    _perform(
+        _Call(
+            lambda: ws.vector_search_indexes.create_index(name, endpoint, primary_key, kind, **spec),
+            "create",
+            index=name,
+            endpoint=endpoint,
+            needs=_create_needs(name, endpoint, source_table),
+        )
+    )
+
+
 def _spec_error(name: str, diffs: dict[str, tuple[Any, Any]]) -> IndexSpecMismatchError:
     listed = "; ".join(f"{key}: the index has {old!r}, asked {new!r}" for key, (old, new) in diffs.items())
     return IndexSpecMismatchError(
@@ -1625,7 +1664,6 @@ def create_index(
         DeltaSyncVectorIndexSpecRequest,
         EmbeddingVectorColumn,
         PipelineType,
-        VectorIndexType,
     )
 
     _check_name(name)
@@ -1647,11 +1685,7 @@ def create_index(
         "dim": dim,
         "pipeline_type": pipeline,
     }
-    existing = _existing(ws, name)
-    if existing is not None:
-        diffs = _differences(existing, wanted)
-        if diffs:
-            raise _spec_error(name, diffs)
+    if _exists_as(ws, name, wanted):
         if pipeline == "TRIGGERED":
             say(f"index {name}: exists with this specification; syncing")
             _perform(
@@ -1671,17 +1705,7 @@ def create_index(
             pipeline_type=PipelineType(pipeline),
             embedding_vector_columns=[EmbeddingVectorColumn(name=embedding_column, embedding_dimension=dim)],
         )
-        _perform(
-            _Call(
-                lambda: ws.vector_search_indexes.create_index(
-                    name, endpoint, primary_key, VectorIndexType.DELTA_SYNC, delta_sync_index_spec=spec
-                ),
-                "create",
-                index=name,
-                endpoint=endpoint,
-                needs=_create_needs(name, endpoint, source_table),
-            )
-        )
+        _create(ws, name, endpoint, primary_key, source_table, delta_sync_index_spec=spec)
     if wait:
         wait_online(ws, name, timeout=timeout, poll_interval=poll_interval, progress=say)
     return VectorIndex(name, client=client, workspace=ws)
@@ -1747,7 +1771,6 @@ def create_direct_index(
     from databricks.sdk.service.vectorsearch import (
         DirectAccessVectorIndexSpec,
         EmbeddingVectorColumn,
-        VectorIndexType,
     )
 
     _check_name(name)
@@ -1782,11 +1805,7 @@ def create_direct_index(
         "embedding_column": embedding_column,
         "dim": dim,
     }
-    existing = _existing(ws, name)
-    if existing is not None:
-        diffs = _differences(existing, wanted)
-        if diffs:
-            raise _spec_error(name, diffs)
+    if _exists_as(ws, name, wanted):
         say(f"index {name}: exists with this specification")
     else:
         say(f"index {name}: creating (Direct Access, {dim}-d {embedding_column!r})")
@@ -1794,17 +1813,7 @@ def create_direct_index(
             schema_json=_json.dumps(schema),
             embedding_vector_columns=[EmbeddingVectorColumn(name=embedding_column, embedding_dimension=dim)],
         )
-        _perform(
-            _Call(
-                lambda: ws.vector_search_indexes.create_index(
-                    name, endpoint, primary_key, VectorIndexType.DIRECT_ACCESS, direct_access_index_spec=spec
-                ),
-                "create",
-                index=name,
-                endpoint=endpoint,
-                needs=_create_needs(name, endpoint),
-            )
-        )
+        _create(ws, name, endpoint, primary_key, None, direct_access_index_spec=spec)
     if wait:
         wait_online(ws, name, timeout=timeout, poll_interval=poll_interval, progress=say)
     return VectorIndex(name, client=client, workspace=ws)

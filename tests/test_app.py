@@ -550,6 +550,21 @@ def test_the_thumbnail_cache_is_bounded_by_count_and_bytes(tmp_path: Path) -> No
 # The Databricks App folder
 
 
+def _photos_index(vs: Any, paths: list[str], embeddings: np.ndarray) -> np.ndarray:
+    """`main.photos.clip_index` on the loopback Vector Search service `vs`: a Direct Access index
+    keyed by path, holding `embeddings`; returns the embedding of the text "a red car"."""
+    from clip_client.vector_search import create_direct_index
+
+    vs.add_endpoint("clip-vs")
+    with ClipClient(host=vs.url, token=TOKEN) as reference:
+        index = create_direct_index(
+            "main.photos.clip_index", endpoint="clip-vs", client=reference, primary_key="path",
+            poll_interval=0,
+        )  # fmt: skip
+        index.upsert(paths, embeddings)
+        return reference.embed_text("a red car")
+
+
 def test_the_databricks_app_folder_deploys_and_its_entry_point_builds_the_app(
     embeddings: Path, env: dict[str, str], tmp: Path, monkeypatch: pytest.MonkeyPatch, serve_app: Any
 ) -> None:
@@ -580,19 +595,11 @@ def test_the_databricks_app_folder_deploys_and_its_entry_point_builds_the_app(
     from vector_search_server import VectorSearchServer
 
     from clip_client._webapp import databricks
-    from clip_client.vector_search import create_direct_index
 
     rows = read_rows(embeddings)
     paths = [str(k) for k in rows.keys]
     with VectorSearchServer() as vs:
-        vs.add_endpoint("clip-vs")
-        with ClipClient(host=vs.url, token=TOKEN) as reference:
-            index = create_direct_index(
-                "main.photos.clip_index", endpoint="clip-vs", client=reference, primary_key="path",
-                poll_interval=0,
-            )  # fmt: skip
-            index.upsert(paths, rows.embeddings)
-            query = reference.embed_text("a red car")
+        query = _photos_index(vs, paths, rows.embeddings)
         vs_env = workspace_env(vs.url, TOKEN, tmp)
         for name, value in {**vs_env, **settings, "CLIP_APP_TEXT_ENDPOINT": "clip-text-embedding"}.items():
             if name.startswith(("DATABRICKS_", "CLIP_APP_")):
@@ -637,19 +644,10 @@ def test_the_command_serves_a_vector_search_index(embeddings: Path, tmp: Path) -
     paths the index lists; an index of another width is refused before serving."""
     from vector_search_server import VectorSearchServer
 
-    from clip_client.vector_search import create_direct_index
-
     rows = read_rows(embeddings)
     paths = [str((tmp / str(k)).resolve()) for k in rows.keys]  # as the index lists them
     with VectorSearchServer() as vs:
-        vs.add_endpoint("clip-vs")
-        with ClipClient(host=vs.url, token=TOKEN) as reference:
-            index = create_direct_index(
-                "main.photos.clip_index", endpoint="clip-vs", client=reference, primary_key="path",
-                poll_interval=0,
-            )  # fmt: skip
-            index.upsert(paths, rows.embeddings)
-            query = reference.embed_text("a red car")
+        query = _photos_index(vs, paths, rows.embeddings)
         # An index of 8-d vectors, made with databricks-sdk alone.
         from databricks.sdk import WorkspaceClient
         from databricks.sdk.service import vectorsearch as vsapi
