@@ -165,7 +165,8 @@ def test_a_failure_that_outlasts_the_retries_names_the_path_and_status(server: F
     files = VolumeFiles(
         volume_files(host=server.url, token=TOKEN).files, backoff=0.01, backoff_max=0.01, max_retries=2
     )
-    (item,) = iter_images(f"{VOLUME}/{names(server)[0]}", storage_options={"volume_files": files})
+    # prefetch=0: the read happens in `item.read()`, not ahead in the pool before the faults are set
+    (item,) = iter_images(f"{VOLUME}/{names(server)[0]}", storage_options={"volume_files": files}, prefetch=0)
     server.transient = [500] * 3
     with pytest.raises(InvalidInputError) as info:
         item.read()
