@@ -161,6 +161,38 @@ def test_results_load_in_pages_as_the_user_scrolls(page: Any, setup: dict[str, A
     assert card_ids(page) == want
 
 
+def test_the_next_page_loads_when_the_user_reaches_the_bottom_in_the_same_frame_it_grew(
+    page: Any, setup: dict[str, Any]
+) -> None:
+    # A page of results is taller than the viewport and its 400 px margin, and the reader is
+    # back at the bottom before the browser draws again: every time cards are added, a
+    # MutationObserver (a microtask, so before the next frame) scrolls to the new bottom. The
+    # sentinel is then in view at every frame, so an IntersectionObserver that only reports
+    # changes would never call again: the page must still go on loading to the end.
+    rows = setup["rows"]
+    page.set_viewport_size({"width": 600, "height": 400})
+    page.goto(setup["app"].url + "/?k=6")
+    settled(page)
+    search(page, "a red car")
+    shown = len(card_ids(page))
+    assert shown < len(rows)
+    page.evaluate(
+        """() => {
+            const toBottom = () => window.scrollTo(0, document.body.scrollHeight);
+            new MutationObserver(toBottom).observe(document.getElementById('results'), { childList: true });
+            toBottom();
+        }"""
+    )
+    page.wait_for_function(
+        "n => document.querySelectorAll('#results .card').length === n "
+        "&& document.body.dataset.loading === 'no'",
+        arg=len(rows),
+        timeout=10_000,
+    )
+    want = cosine_topk(setup["ref"].embed_text("a red car"), rows.embeddings, len(rows)).indices[0].tolist()
+    assert card_ids(page) == want
+
+
 def test_choosing_or_dropping_an_image_searches_by_it(page: Any, setup: dict[str, Any]) -> None:
     image = setup["tmp"] / "photos" / "img03.jpg"
     page.set_input_files("#image-input", str(image))

@@ -125,7 +125,7 @@
       if (generation === state.generation) {
         state.loading = false;
         document.body.dataset.loading = "no";
-        if (state.more && nearBottom()) loadPage();
+        watchBottom();
       }
     }
   }
@@ -142,14 +142,20 @@
     loadPage();
   }
 
-  function nearBottom() {
-    const r = $("more").getBoundingClientRect();
-    return r.top < window.innerHeight + 400;
-  }
+  // The next page loads when the sentinel below the results comes within 400 px of the viewport.
+  // An IntersectionObserver reports only changes, measured at frames: a page that grows and a
+  // reader back at the bottom before the next frame is no change, and would never load again.
+  // So the sentinel is observed afresh after every page: a new observation always reports, at
+  // the next frame, where the sentinel is then.
+  const bottom = new IntersectionObserver((entries) => {
+    if (entries[entries.length - 1].isIntersecting && state.more && !state.loading) loadPage();
+  }, { rootMargin: "400px" });
 
-  new IntersectionObserver((entries) => {
-    if (entries.some((e) => e.isIntersecting) && state.more && !state.loading) loadPage();
-  }, { rootMargin: "400px" }).observe($("more"));
+  function watchBottom() {
+    bottom.unobserve($("more"));
+    bottom.observe($("more"));
+  }
+  watchBottom();
 
   $("search-form").addEventListener("submit", (e) => {
     e.preventDefault();
