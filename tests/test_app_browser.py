@@ -420,8 +420,22 @@ def test_a_slow_answer_to_an_earlier_label_press_is_dropped(page: Any) -> None:
     page.click("#labels-button")
     page.wait_for_function("!document.getElementById('label-filter').disabled")
     settled(page)
-    with page.expect_response(lambda r: "maize" in r.url):
-        held[0].continue_()
-    page.evaluate("() => new Promise((done) => setTimeout(done, 100))")  # the stale answer handled
+    # The condition "the stale answer was handled": its body's json() resolved, then one task
+    # later. The page's handler resumes from that promise in microtasks, which all run before
+    # any next task, so by then it has done whatever it does with the answer.
+    page.evaluate(
+        """() => {
+            const json = Response.prototype.json;
+            Response.prototype.json = function () {
+                const parsed = json.call(this);
+                if (this.url.includes("maize")) {
+                    parsed.finally(() => setTimeout(() => { window.staleAnswerHandled = true; }, 0));
+                }
+                return parsed;
+            };
+        }"""
+    )
+    held[0].continue_()
+    page.wait_for_function("window.staleAnswerHandled === true")
     options = page.eval_on_selector_all("#label-filter option", "os => os.map(o => o.value)")
     assert options[1:] == ["cat", "dog"]
