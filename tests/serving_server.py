@@ -862,6 +862,11 @@ class FilesServer(ServingServer):
                         "Content-Length": str(st.st_size),
                         "Last-Modified": formatdate(st.st_mtime, usegmt=True),
                     }
+                    if method == "GET":
+                        # Counted before the first byte is sent: a client that has the bytes,
+                        # and a test that asks next, must find the download already counted.
+                        with server.lock:
+                            server.downloads[path] += 1
                     self.send_response(200)
                     for k, v in headers.items():
                         self.send_header(k, v)
@@ -870,8 +875,6 @@ class FilesServer(ServingServer):
                         with open(local, "rb") as f:
                             while chunk := f.read(4096):  # streamed, a chunk at a time
                                 self.wfile.write(chunk)
-                        with server.lock:
-                            server.downloads[path] += 1
                     return True
                 if not local.is_dir():
                     self._fs_error(method, 404, "NOT_FOUND", "The directory being accessed is not found.")
