@@ -543,14 +543,13 @@ class _BaseClient:
 
         if isinstance(image, SourceItem):
             return image
-        given = spelled
-        path = volume_path(given)
+        path = volume_path(spelled)
         if path is None:
             return image
         if os.path.lexists(path):
-            return path if path != given else image
+            return path if path != spelled else image
         owner = self.backend.workspace if isinstance(self.backend, InWorkspace) else None
-        return volume_item(str(given), path, lambda: volume_files(owner))
+        return volume_item(spelled, path, lambda: volume_files(owner))
 
     def _image_item(self, index: int, prepared: PreparedImage) -> Prepared:
         payload, nbytes = self.backend.payload("image", prepared)

@@ -461,19 +461,9 @@ def _refused(
 
 def _sdk_refused(exc: Exception, host: str, endpoint: str, action: str) -> DeploymentError:
     """A databricks-sdk `DatabricksError` (or a failure to reach the host) as a DeploymentError."""
-    from databricks.sdk import errors
+    from ._remote.sdk_errors import sdk_status
 
-    statuses: list[tuple[type[Exception], int]] = [
-        (errors.BadRequest, 400),
-        (errors.Unauthenticated, 401),
-        (errors.PermissionDenied, 403),
-        (errors.NotFound, 404),
-        (errors.ResourceConflict, 409),
-        (errors.TooManyRequests, 429),
-        (errors.InternalError, 500),
-        (errors.TemporarilyUnavailable, 503),
-    ]
-    status = next((code for cls, code in statuses if isinstance(exc, cls)), None)
+    status = sdk_status(exc)
     error = _refused(host, endpoint, action, status, getattr(exc, "error_code", None), str(exc))
     error.__cause__ = None
     return error

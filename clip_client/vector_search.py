@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -281,33 +280,6 @@ def _what(call: _Call) -> str:
     return "the workspace"
 
 
-_STATUSES: tuple[tuple[str, int], ...] = (
-    ("BadRequest", 400),
-    ("Unauthenticated", 401),
-    ("PermissionDenied", 403),
-    ("NotFound", 404),
-    ("ResourceConflict", 409),
-    ("TooManyRequests", 429),
-    ("InternalError", 500),
-    ("TemporarilyUnavailable", 503),
-)
-
-
-def _status_of(exc: Exception) -> int | None:
-    from databricks.sdk import errors
-
-    for name, status in _STATUSES:
-        cls = getattr(errors, name, None)
-        if isinstance(cls, type) and isinstance(exc, cls):
-            return status
-    return None
-
-
-_SDK_CONFIG_NOTE = re.compile(r"\.? (?:Config|Env): .*$")
-"""What databricks-sdk appends to the server's message of a 401/403: its own settings (secrets
-masked), which say nothing about the refusal."""
-
-
 _BUSY_ADVICE = {
     429: "Vector Search is rate-limiting this workspace's requests: wait a minute and retry, and lower the "
     "request rate (fewer concurrent searches or upserts, larger upsert batches)",
@@ -318,9 +290,11 @@ _BUSY_ADVICE = {
 
 
 def _refusal(exc: Exception, call: _Call, gave_up: str | None = None) -> VectorSearchError:
-    status = _status_of(exc)
+    from ._remote.sdk_errors import sdk_message, sdk_status
+
+    status = sdk_status(exc)
     code = getattr(exc, "error_code", None)
-    said = _SDK_CONFIG_NOTE.sub("", " ".join(redact(str(exc)).split())).rstrip(". ")
+    said = " ".join(redact(sdk_message(exc)).split()).rstrip(". ")
     head = " ".join(x for x in (f"HTTP {status}" if status else "", code or "") if x) or "an error"
     text = f"could not {call.action} {_what(call)}: {head}: {said}"
     where: dict[str, Any] = {

@@ -25,10 +25,10 @@ from serving_server import TOKEN, FilesServer, Reply
 from test_cli import cli, env, in_workspace, invoke, write_pictures  # noqa: F401
 
 from clip_client import ClipClient, InvalidInputError, SourceItem, iter_images
+from clip_client._remote.sdk_errors import typed_error
 from clip_client._remote.volumes import (
     VolumeFiles,
     remote_volume_path,
-    typed_error,
     volume_files,
     volume_path,
 )

@@ -20,19 +20,18 @@ from __future__ import annotations
 import functools
 import os
 import posixpath
-import re
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import _constants as C
-from .._core.secrets import redact, safe_cause
-from ..errors import APIConnectionError, APIError, APIStatusError, status_error_class
+from .._core.secrets import safe_cause
+from ..errors import APIError, APIStatusError
 from .retry import retry_arguments
+from .sdk_errors import typed_error
 
 if TYPE_CHECKING:
     from .workspace import Workspace
@@ -270,81 +269,6 @@ def _http_date_ns(value: str | None) -> int | None:
         return int(parsedate_to_datetime(value).timestamp()) * 1_000_000_000
     except (TypeError, ValueError):
         return None
-
-
-# --------------------------------------------------------------------------------------------------
-# databricks-sdk's failures, typed
-
-
-_STATUSES = (  # databricks-sdk's error classes (`errors.platform`) and the statuses they stand for
-    ("BadRequest", 400),
-    ("Unauthenticated", 401),
-    ("PermissionDenied", 403),
-    ("NotFound", 404),
-    ("ResourceConflict", 409),
-    ("TooManyRequests", 429),
-    ("Cancelled", 499),
-    ("InternalError", 500),
-    ("NotImplemented", 501),
-    ("TemporarilyUnavailable", 503),
-    ("DeadlineExceeded", 504),
-)
-
-
-def typed_error(exc: BaseException) -> APIError:
-    """databricks-sdk's (or requests') failure as the package's typed error, its text scrubbed of
-    credentials: an `APIStatusError` of the status the SDK's class stands for, an
-    `APIConnectionError` for a connection that failed, else an `APIError`. The SDK's own retries
-    end in `TimeoutError` chained to the last failure: that failure is what is typed."""
-    import requests
-    from databricks.sdk.errors import platform
-    from databricks.sdk.errors.base import DatabricksError
-
-    if isinstance(exc, APIError):
-        return exc
-    if isinstance(exc, TimeoutError) and isinstance(
-        exc.__cause__, (DatabricksError, requests.RequestException)
-    ):
-        exc = exc.__cause__
-    if isinstance(exc, DatabricksError):
-        message = redact(str(exc)).split(" Config: ", 1)[0]  # the SDK appends its config (host, auth)
-        status: int | None
-        for name, status in _STATUSES:
-            if isinstance(exc, getattr(platform, name)):
-                retry_after = getattr(exc, "retry_after_secs", None)
-                return status_error_class(status)(
-                    message or "no message",
-                    status_code=status,
-                    error_code=exc.error_code,
-                    retry_after=None if retry_after is None else float(retry_after),
-                )
-        status = _status_said(message) or _CODE_STATUSES.get(exc.error_code or "")
-        if status is not None:  # a status databricks-sdk has no class for (502, 555...)
-            return status_error_class(status)(message, status_code=status, error_code=exc.error_code)
-        return APIError(message or type(exc).__name__)
-    dropped = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
-    if isinstance(exc, (*dropped, ConnectionError, TimeoutError)):
-        return APIConnectionError(redact(f"{type(exc).__name__}: {exc}"))
-    return APIError(redact(f"{type(exc).__name__}: {exc}"))
-
-
-_CODE_STATUSES = {"INTERNAL_ERROR": 500, "TEMPORARILY_UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504}
-"""The status an `error_code` stands for, where databricks-sdk has a class for neither the code nor
-the answer's status (a 502 whose JSON body says `TEMPORARILY_UNAVAILABLE`): the code's status, so
-that it is retried as the transient failure the server says it is."""
-
-_REASONS = {status.phrase: int(status) for status in HTTPStatus}
-_LOGGED_STATUS = re.compile(r"^< (\d{3}) ", re.MULTILINE)
-
-
-def _status_said(message: str) -> int | None:
-    """The HTTP status of an answer databricks-sdk has no class for, where its message tells: the
-    reason phrase alone (`Bad Gateway`: an answer without a body), or its request log's `< 502 ...`
-    line (a body it could not parse)."""
-    if message in _REASONS:
-        return _REASONS[message]
-    logged = _LOGGED_STATUS.search(message)
-    return int(logged.group(1)) if logged else None
 
 
 # --------------------------------------------------------------------------------------------------
