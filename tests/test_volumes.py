@@ -212,6 +212,34 @@ def test_sdk_errors_become_typed_errors_without_the_token() -> None:
     assert said.status_code == 503
 
 
+def test_every_workspace_service_reads_an_sdk_failure_s_status_alike() -> None:
+    """Volumes, Vector Search and deploy read a databricks-sdk failure's status one way
+    (`sdk_status`): by its class, else by what its message says (statuses the SDK has no class
+    for, 502 and 555), else by its error code; the settings the SDK appends are not the message."""
+    from databricks.sdk.errors import platform
+    from databricks.sdk.errors.base import DatabricksError
+
+    from clip_client._remote.sdk_errors import sdk_message, sdk_status
+    from clip_client.deploy import _sdk_refused
+    from clip_client.vector_search import _Call, _refusal
+
+    cases = [
+        (platform.NotFound("no such index"), 404),
+        (platform.DeadlineExceeded("too slow"), 504),
+        (DatabricksError("Bad Gateway"), 502),
+        (DatabricksError("unable to parse response.\n< 555 \n< {}"), 555),
+        (DatabricksError("busy", error_code="TEMPORARILY_UNAVAILABLE"), 503),
+        (DatabricksError("something else"), None),
+    ]
+    for exc, status in cases:
+        assert sdk_status(exc) == status, exc
+        assert _refusal(exc, _Call(lambda: None, "query", index="main.default.idx")).status_code == status
+        assert _sdk_refused(exc, "https://x.test", "clip-text-embedding", "update").status_code == status
+    assert sdk_status(ValueError("Bad Gateway")) is None
+    refused = platform.PermissionDenied("no CAN QUERY. Config: host=https://example.test, auth_type=pat")
+    assert sdk_message(refused) == "no CAN QUERY"
+
+
 # --------------------------------------------------------------------------------------------------
 # embed_images
 
